@@ -1,0 +1,273 @@
+//! The file layer: the only place the log touches the operating system after recovery.
+//!
+//! Two backends, chosen to match the shard's monoio driver:
+//! - [`IoBackend::Uring`]: writes and fdatasyncs are io_uring operations on the shard's own
+//!   ring, so the shard keeps running while the kernel works.
+//! - [`IoBackend::Thread`]: monoio's legacy (epoll) driver performs file operations as plain
+//!   blocking syscalls on the calling thread, which would stall the shard for every fsync.
+//!   This backend hands each operation to a dedicated I/O thread per log and awaits its
+//!   completion through a cross-thread oneshot (monoio's `sync` feature wakes the shard).
+//!
+//! Every operation goes through [`FileLayer`], which counts writes and syncs ([`IoCounters`])
+//! and applies injected faults ([`IoFaults`]) the same way for both backends.
+
+use std::fs::File as StdFile;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use crate::limits;
+
+/// How file operations are performed; match it to the runtime's driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring operations on the current monoio runtime (requires its io_uring driver).
+    Uring,
+    /// A dedicated blocking I/O thread (for monoio's legacy epoll driver).
+    Thread,
+}
+
+impl IoBackend {
+    /// The backend that suits the current thread's monoio runtime: io_uring when the kernel
+    /// offers it, the I/O thread otherwise. A shard built with an explicit driver should pass
+    /// the matching backend instead.
+    pub fn detect() -> Self {
+        if monoio::utils::detect_uring() {
+            Self::Uring
+        } else {
+            Self::Thread
+        }
+    }
+}
+
+/// Counts of operations that reached the file layer (whether or not they succeeded).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    writes: AtomicU64,
+    bytes_written: AtomicU64,
+    syncs: AtomicU64,
+}
+
+impl IoCounters {
+    /// Number of write calls (each batch is one).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+    /// Bytes handed to write calls.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+    /// Number of fdatasync/fsync calls, directories included.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// Faults to inject into the file layer, for tests of the failure paths. Each arms a one-shot
+/// failure of the n-th later operation of its kind; 0 means disarmed.
+#[derive(Debug, Default)]
+pub struct IoFaults {
+    fail_sync_countdown: AtomicU64,
+    fail_write_countdown: AtomicU64,
+}
+
+impl IoFaults {
+    /// Makes the `n`-th sync from now fail with EIO (`n` ≥ 1).
+    pub fn fail_sync_after(&self, n: u64) {
+        self.fail_sync_countdown.store(n, Ordering::SeqCst);
+    }
+    /// Makes the `n`-th write from now fail with ENOSPC (`n` ≥ 1).
+    pub fn fail_write_after(&self, n: u64) {
+        self.fail_write_countdown.store(n, Ordering::SeqCst);
+    }
+
+    fn trips(countdown: &AtomicU64) -> bool {
+        let update = countdown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        update == Ok(1)
+    }
+}
+
+/// An open segment or chain file.
+pub(crate) enum FileHandle {
+    Uring(monoio::fs::File),
+    Std(Arc<StdFile>),
+}
+
+/// Counting, fault-injecting front of the chosen backend.
+pub(crate) struct FileLayer {
+    backend: Backend,
+    counters: Arc<IoCounters>,
+    faults: Option<Arc<IoFaults>>,
+}
+
+enum Backend {
+    Uring,
+    Thread(IoThread),
+}
+
+impl FileLayer {
+    pub(crate) fn new(backend: IoBackend, faults: Option<Arc<IoFaults>>, name: &str) -> io::Result<Self> {
+        let backend = match backend {
+            IoBackend::Uring => Backend::Uring,
+            IoBackend::Thread => Backend::Thread(IoThread::spawn(name)?),
+        };
+        Ok(Self { backend, counters: Arc::new(IoCounters::default()), faults })
+    }
+
+    pub(crate) fn counters(&self) -> Arc<IoCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Wraps a file that recovery opened with std (startup may block; the shard is not
+    /// serving yet).
+    pub(crate) fn adopt(&self, file: StdFile) -> io::Result<FileHandle> {
+        match self.backend {
+            Backend::Uring => Ok(FileHandle::Uring(monoio::fs::File::from_std(file)?)),
+            Backend::Thread(_) => Ok(FileHandle::Std(Arc::new(file))),
+        }
+    }
+
+    /// Creates a new file that must not exist yet.
+    pub(crate) async fn create_new(&self, path: &Path) -> io::Result<FileHandle> {
+        match &self.backend {
+            Backend::Uring => {
+                let file = monoio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).await?;
+                Ok(FileHandle::Uring(file))
+            }
+            Backend::Thread(thread) => {
+                let path = path.to_path_buf();
+                let file = thread
+                    .run(move || std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path))
+                    .await?;
+                Ok(FileHandle::Std(Arc::new(file)))
+            }
+        }
+    }
+
+    /// Writes all of `buffer` at `offset` and gives the buffer back for reuse.
+    pub(crate) async fn write_all_at(&self, file: &FileHandle, buffer: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_written.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        if self.faults.as_ref().is_some_and(|faults| IoFaults::trips(&faults.fail_write_countdown)) {
+            return (Err(io::Error::from_raw_os_error(ENOSPC)), buffer);
+        }
+        match (file, &self.backend) {
+            (FileHandle::Uring(file), _) => file.write_all_at(buffer, offset).await,
+            (FileHandle::Std(file), Backend::Thread(thread)) => {
+                let file = Arc::clone(file);
+                let outcome = thread
+                    .run(move || {
+                        let result = file.write_all_at(&buffer, offset);
+                        Ok((result, buffer))
+                    })
+                    .await;
+                match outcome {
+                    Ok(pair) => pair,
+                    Err(error) => (Err(error), Vec::new()),
+                }
+            }
+            (FileHandle::Std(file), Backend::Uring) => (file.write_all_at(&buffer, offset), buffer),
+        }
+    }
+
+    /// fdatasync: makes the file's data (and the metadata needed to read it) durable.
+    pub(crate) async fn sync_data(&self, file: &FileHandle) -> io::Result<()> {
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        if self.faults.as_ref().is_some_and(|faults| IoFaults::trips(&faults.fail_sync_countdown)) {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        match (file, &self.backend) {
+            (FileHandle::Uring(file), _) => file.sync_data().await,
+            (FileHandle::Std(file), Backend::Thread(thread)) => {
+                let file = Arc::clone(file);
+                thread.run(move || file.sync_data()).await
+            }
+            (FileHandle::Std(file), Backend::Uring) => file.sync_data(),
+        }
+    }
+
+    /// Removes a file; the caller fsyncs the directory afterwards.
+    pub(crate) async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        match &self.backend {
+            Backend::Uring => monoio::fs::remove_file(path).await,
+            Backend::Thread(thread) => {
+                let path = path.to_path_buf();
+                thread.run(move || std::fs::remove_file(path)).await
+            }
+        }
+    }
+
+    /// fsyncs a directory so that a file created or removed in it survives a crash.
+    pub(crate) async fn sync_directory(&self, directory: &Path) -> io::Result<()> {
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        if self.faults.as_ref().is_some_and(|faults| IoFaults::trips(&faults.fail_sync_countdown)) {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        match &self.backend {
+            Backend::Uring => {
+                let handle = monoio::fs::File::open(directory).await?;
+                handle.sync_all().await
+            }
+            Backend::Thread(thread) => {
+                let directory = directory.to_path_buf();
+                thread.run(move || sync_directory_blocking(&directory)).await
+            }
+        }
+    }
+}
+
+/// fsyncs a directory with a blocking call; for startup and tools, never a serving shard.
+pub(crate) fn sync_directory_blocking(directory: &Path) -> io::Result<()> {
+    StdFile::open(directory)?.sync_all()
+}
+
+/// Linux's "I/O error", what a failing disk returns from fsync.
+const EIO: i32 = 5;
+/// Linux's "no space left on device".
+const ENOSPC: i32 = 28;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One blocking I/O thread per log. Jobs run in order; each reports through a oneshot whose
+/// completion wakes the awaiting task on the shard.
+struct IoThread {
+    jobs: mpsc::SyncSender<Job>,
+    name: PathBuf,
+}
+
+impl IoThread {
+    fn spawn(name: &str) -> io::Result<Self> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(limits::IO_THREAD_QUEUE_MAX);
+        std::thread::Builder::new().name(format!("kapsel-wal-io-{name}")).spawn(move || {
+            // Ends when the log drops its sender.
+            while let Ok(job) = queue.recv() {
+                job();
+            }
+        })?;
+        Ok(Self { jobs, name: PathBuf::from(name) })
+    }
+
+    async fn run<T, F>(&self, operation: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The receiver may be gone if the log was dropped; nothing waits for the answer then.
+            let _ = sender.send(operation());
+        });
+        // Blocking here is bounded: the queue holds IO_THREAD_QUEUE_MAX jobs and the flusher
+        // has one in flight at a time, so a full queue means the thread is about to drain it.
+        if self.jobs.send(job).is_err() {
+            return Err(io::Error::other(format!("I/O thread for {} has stopped", self.name.display())));
+        }
+        match receiver.await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other(format!("I/O thread for {} dropped an operation", self.name.display()))),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Kapsel's write-ahead log: the truth every acknowledgement rests on.
+//!
+//! One log per shard, in its own directory of append-only segment files. Records are framed
+//! (length, CRC32C, kind, LSN; see [`frame`]) and written in group-commit batches: every record
+//! appended while a write and fdatasync are in flight goes out in the next single write and
+//! fdatasync, and an append's [`Commit`] resolves only after the fsync that covers it.
+//!
+//! Invariants:
+//! - No [`Commit`] resolves `Ok` before the fdatasync covering its record has returned `Ok`.
+//! - After a failed write or fsync the log is poisoned: every later append fails until it is
+//!   reopened. An fsync is never retried as if it had worked.
+//! - Recovery truncates only a torn tail of the newest segment (its last batch, cut short or
+//!   garbled, with no valid batch after it); any other damage is [`WalError::Corrupt`] naming
+//!   the segment and offset.
+//! - A sealed segment's Merkle root (RFC 6962, see [`merkle`]) covers every record frame in it;
+//!   seals form a hash chain kept in `audit.chain`, which outlives segments removed by retention.
+//!
+//! The log knows nothing of HTTP, endpoints or events: record bodies are opaque bytes (the
+//! engine encodes them with rkyv through [`codec`]).
+
+pub mod audit;
+pub mod codec;
+mod error;
+pub mod frame;
+mod io;
+pub mod limits;
+mod log;
+pub mod merkle;
+mod recover;
+pub mod scan;
+pub mod seal;
+mod writer;
+
+pub use error::WalError;
+pub use io::{IoBackend, IoCounters, IoFaults};
+pub use log::{Commit, Options, Record, Recovery, Wal};
+pub use seal::SealInfo;

@@ -1,0 +1,520 @@
+//! The log: appends on the shard's thread, one flusher task per log doing group commit.
+//!
+//! Appenders encode their record straight into the open batch buffer and get a [`Commit`]
+//! future that resolves once the fdatasync covering the batch has returned. The flusher takes
+//! one batch at a time, so everything appended while a write and fsync are in flight gathers in
+//! the next batch: one write and one fdatasync for all of it. All appenders of a batch share one
+//! completion, so a batch costs one allocation however many records it carries.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::frame::{self, RECORD_HEADER_BYTES};
+use crate::io::{FileLayer, IoBackend, IoCounters, IoFaults};
+use crate::limits;
+use crate::recover::{self, Recovered};
+use crate::seal::SealInfo;
+use crate::writer::Writer;
+use crate::WalError;
+
+/// How a log is run. [`Options::default`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A segment is sealed once it reaches this size (`KAPSEL_WAL_SEGMENT_BYTES`).
+    pub segment_bytes: u64,
+    /// Upper bound on one group-commit batch (one write and one fdatasync).
+    pub batch_bytes_max: usize,
+    /// Extra time the flusher waits for a batch to fill before writing it. Zero (the default)
+    /// writes as soon as the previous fsync returned: batching then comes from concurrency alone.
+    pub batch_wait: Duration,
+    /// Bound on bytes appended but not yet written; beyond it appends fail with
+    /// [`WalError::Backpressure`].
+    pub queue_bytes_max: usize,
+    /// How file operations run; must suit the runtime's driver.
+    pub backend: IoBackend,
+    /// Faults to inject into the file layer (tests of failure paths).
+    pub faults: Option<Arc<IoFaults>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            batch_bytes_max: limits::BATCH_BYTES_DEFAULT,
+            batch_wait: Duration::ZERO,
+            queue_bytes_max: limits::QUEUE_BYTES_DEFAULT,
+            backend: IoBackend::detect(),
+            faults: None,
+        }
+    }
+}
+
+impl Options {
+    /// The batch limit in force: at most a quarter of a segment, so that segments fill to at
+    /// least three quarters of their size before they are sealed.
+    pub fn effective_batch_bytes_max(&self) -> usize {
+        let quarter_segment = usize::try_from(self.segment_bytes / 4).unwrap_or(usize::MAX);
+        self.batch_bytes_max.min(quarter_segment).max(limits::BATCH_BYTES_MIN)
+    }
+
+    fn validate(&self) -> Result<(), WalError> {
+        let segment_range = limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX;
+        if !segment_range.contains(&self.segment_bytes) {
+            return Err(WalError::InvalidOption(format!(
+                "segment size {} is outside {}..={} bytes",
+                self.segment_bytes,
+                limits::SEGMENT_BYTES_MIN,
+                limits::SEGMENT_BYTES_MAX
+            )));
+        }
+        if self.batch_bytes_max < limits::BATCH_BYTES_MIN || self.queue_bytes_max < self.batch_bytes_max {
+            return Err(WalError::InvalidOption(format!(
+                "batch limit {} must be at least {} and at most the queue limit {}",
+                self.batch_bytes_max,
+                limits::BATCH_BYTES_MIN,
+                self.queue_bytes_max
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A record handed to the replay callback of [`Wal::open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Log sequence number, from 1, consecutive.
+    pub lsn: u64,
+    /// The kind given to [`Wal::append`].
+    pub kind: u8,
+    /// The body given to [`Wal::append`].
+    pub body: &'a [u8],
+}
+
+/// What recovery found and did.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// Records replayed.
+    pub records: u64,
+    /// LSN the next append gets.
+    pub next_lsn: u64,
+    /// Sealed segments in the chain (including ones retention removed).
+    pub sealed_segments: usize,
+    /// The torn tail that was cut off: segment and offset.
+    pub truncated: Option<(PathBuf, u64)>,
+}
+
+/// A per-shard write-ahead log. Not `Send`: it lives on its shard's thread.
+pub struct Wal {
+    shared: Rc<Shared>,
+    flusher: Option<monoio::task::JoinHandle<()>>,
+}
+
+/// State shared between appenders and the flusher task. Borrowed only briefly, never across
+/// an await.
+pub(crate) struct Shared {
+    pub(crate) state: RefCell<State>,
+    pub(crate) directory: PathBuf,
+    pub(crate) counters: Arc<IoCounters>,
+}
+
+pub(crate) struct State {
+    next_lsn: u64,
+    /// The batch appends go into; it joins `queue` when full or when a control operation
+    /// must follow it.
+    open: Option<OpenBatch>,
+    queue: VecDeque<Pending>,
+    queued_bytes: usize,
+    batch_bytes_max: usize,
+    queue_bytes_max: usize,
+    pub(crate) poisoned: Option<String>,
+    closing: bool,
+    flusher_waker: Option<Waker>,
+    spare_buffers: Vec<Vec<u8>>,
+    pub(crate) sealed: Vec<SealInfo>,
+    oldest_segment_id: u64,
+    pub(crate) durable_lsn: u64,
+    pub(crate) batches: u64,
+}
+
+/// Work for the flusher, in log order.
+pub(crate) enum Pending {
+    Batch(OpenBatch),
+    Seal(Rc<Completion>),
+    Remove(Vec<u64>, Rc<Completion>),
+    Flush(Rc<Completion>),
+}
+
+/// Records waiting for the next write, framed in place after a reserved batch header.
+pub(crate) struct OpenBatch {
+    pub(crate) buffer: Vec<u8>,
+    pub(crate) records: u32,
+    pub(crate) first_lsn: u64,
+    pub(crate) done: Rc<Completion>,
+}
+
+/// One result shared by every waiter of a batch or control operation.
+#[derive(Default)]
+pub(crate) struct Completion {
+    result: RefCell<Option<Result<(), String>>>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Completion {
+    /// Resolves every waiter. The first result stands: a batch acknowledged after its fsync
+    /// stays acknowledged even if sealing fails right after it.
+    pub(crate) fn complete(&self, result: Result<(), String>) {
+        if self.result.borrow().is_some() {
+            return;
+        }
+        *self.result.borrow_mut() = Some(result);
+        for waker in self.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn poll_result(&self, slot: &mut Option<usize>, context: &mut Context<'_>) -> Poll<Result<(), WalError>> {
+        if let Some(result) = self.result.borrow().as_ref() {
+            return Poll::Ready(result.clone().map_err(|reason| WalError::Poisoned { reason }));
+        }
+        let mut wakers = self.wakers.borrow_mut();
+        match *slot {
+            Some(index) if index < wakers.len() => wakers[index].clone_from(context.waker()),
+            _ => {
+                *slot = Some(wakers.len());
+                wakers.push(context.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Resolves to the record's LSN once the fdatasync covering it has returned.
+#[must_use = "an append is durable only once its Commit resolves"]
+pub struct Commit {
+    lsn: u64,
+    done: Rc<Completion>,
+    slot: Option<usize>,
+}
+
+impl Commit {
+    /// The LSN the record was given (not yet durable).
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+}
+
+impl Future for Commit {
+    type Output = Result<u64, WalError>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let lsn = this.lsn;
+        this.done.poll_result(&mut this.slot, context).map(|result| result.map(|()| lsn))
+    }
+}
+
+/// Resolves when a control operation (seal, removal, flush) is done.
+struct Done {
+    done: Rc<Completion>,
+    slot: Option<usize>,
+}
+
+impl Future for Done {
+    type Output = Result<(), WalError>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.done.poll_result(&mut this.slot, context)
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `directory`: verifies every segment, truncates a torn tail,
+    /// calls `replay` for every record in LSN order, and starts the flusher on the current
+    /// monoio runtime. Recovery reads with blocking calls; call it before the shard serves.
+    pub async fn open(
+        directory: impl AsRef<Path>,
+        options: Options,
+        mut replay: impl FnMut(Record<'_>),
+    ) -> Result<(Wal, Recovery), WalError> {
+        options.validate()?;
+        let directory = directory.as_ref().to_path_buf();
+        let recovered = recover::recover(&directory, &mut replay)?;
+        let name = directory.file_name().map_or_else(|| "log".into(), |name| name.to_string_lossy().into_owned());
+        let layer = FileLayer::new(options.backend, options.faults.clone(), &name)
+            .map_err(|error| WalError::io("start I/O thread", &directory, error))?;
+        let recovery = Recovery {
+            records: recovered.records,
+            next_lsn: recovered.next_lsn,
+            sealed_segments: recovered.sealed.len(),
+            truncated: recovered.truncated.clone(),
+        };
+        let shared = Rc::new(Shared {
+            state: RefCell::new(State::new(&recovered, &options)),
+            directory: directory.clone(),
+            counters: layer.counters(),
+        });
+        let writer = Writer::new(layer, directory, &options, recovered)?;
+        let flusher = monoio::spawn(writer.run(Rc::clone(&shared), options.batch_wait));
+        Ok((Wal { shared, flusher: Some(flusher) }, recovery))
+    }
+
+    /// Appends a record. The record is not durable until the returned [`Commit`] resolves; it
+    /// fails at once when the log is poisoned, closed or its queue is full.
+    pub fn append(&self, kind: u8, body: &[u8]) -> Result<Commit, WalError> {
+        if kind > limits::USER_KIND_MAX {
+            return Err(WalError::ReservedKind(kind));
+        }
+        if body.len() > limits::RECORD_BODY_BYTES_MAX {
+            return Err(WalError::RecordTooLarge { bytes: body.len(), limit: limits::RECORD_BODY_BYTES_MAX });
+        }
+        let mut state = self.shared.state.borrow_mut();
+        state.check_open()?;
+        let frame_bytes = RECORD_HEADER_BYTES + body.len();
+        if state.queued_bytes > 0 && state.queued_bytes + frame_bytes > state.queue_bytes_max {
+            return Err(WalError::Backpressure { queued_bytes: state.queued_bytes });
+        }
+        let lsn = state.next_lsn;
+        state.next_lsn += 1;
+        state.queued_bytes += frame_bytes;
+        let batch = state.batch_for(frame_bytes, lsn);
+        frame::encode_record(&mut batch.buffer, kind, lsn, body);
+        batch.records += 1;
+        let done = Rc::clone(&batch.done);
+        state.wake_flusher();
+        Ok(Commit { lsn, done, slot: None })
+    }
+
+    /// Waits until every record appended so far is durable and every seal it triggered is
+    /// written.
+    pub async fn flush(&self) -> Result<(), WalError> {
+        // A marker behind everything queued: the flusher reaches it only after the batches
+        // before it (and any seal they triggered) are done.
+        self.control(Pending::Flush)?.await
+    }
+
+    /// Seals the current segment now (if it holds records) and starts the next one. Returns the
+    /// seal, or `None` when there was nothing to seal.
+    pub async fn seal(&self) -> Result<Option<SealInfo>, WalError> {
+        let before = self.shared.state.borrow().sealed.len();
+        self.control(Pending::Seal)?.await?;
+        Ok(self.shared.state.borrow().sealed.get(before).cloned())
+    }
+
+    /// Retention hook: removes every sealed segment whose records all lie below `lsn`. Their
+    /// seals stay in the audit chain. Returns the removed segment ids.
+    pub async fn remove_sealed_below(&self, lsn: u64) -> Result<Vec<u64>, WalError> {
+        let segment_ids: Vec<u64> = {
+            let mut state = self.shared.state.borrow_mut();
+            let oldest = state.oldest_segment_id;
+            let ids: Vec<u64> = state
+                .sealed
+                .iter()
+                .filter(|seal| seal.segment_id >= oldest && seal.last_lsn < lsn)
+                .map(|seal| seal.segment_id)
+                .collect();
+            if let Some(last) = ids.last() {
+                state.oldest_segment_id = last + 1;
+            }
+            ids
+        };
+        if segment_ids.is_empty() {
+            return Ok(segment_ids);
+        }
+        self.control(|done| Pending::Remove(segment_ids.clone(), done))?.await?;
+        Ok(segment_ids)
+    }
+
+    fn control(&self, make: impl FnOnce(Rc<Completion>) -> Pending) -> Result<Done, WalError> {
+        let mut state = self.shared.state.borrow_mut();
+        state.check_open()?;
+        let done = Rc::new(Completion::default());
+        state.push_control(make(Rc::clone(&done)));
+        state.wake_flusher();
+        Ok(Done { done, slot: None })
+    }
+
+    /// Seals written so far, oldest first (including segments retention removed).
+    pub fn sealed_segments(&self) -> Vec<SealInfo> {
+        self.shared.state.borrow().sealed.clone()
+    }
+
+    /// LSN the next append will get.
+    pub fn next_lsn(&self) -> u64 {
+        self.shared.state.borrow().next_lsn
+    }
+
+    /// Highest LSN known durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.shared.state.borrow().durable_lsn
+    }
+
+    /// Number of group-commit batches written since open.
+    pub fn batches(&self) -> u64 {
+        self.shared.state.borrow().batches
+    }
+
+    /// True once a storage failure has poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.state.borrow().poisoned.is_some()
+    }
+
+    /// Counters of the file layer (writes, bytes, syncs).
+    pub fn io_counters(&self) -> Arc<IoCounters> {
+        Arc::clone(&self.shared.counters)
+    }
+
+    /// The log's directory.
+    pub fn directory(&self) -> &Path {
+        &self.shared.directory
+    }
+
+    /// Writes everything queued, stops the flusher and closes the files.
+    pub async fn close(mut self) -> Result<(), WalError> {
+        self.shared.state.borrow_mut().begin_close();
+        if let Some(flusher) = self.flusher.take() {
+            flusher.await;
+        }
+        self.shared.state.borrow().check_poisoned()
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // The flusher drains what is queued and exits on its own.
+        self.shared.state.borrow_mut().begin_close();
+    }
+}
+
+impl State {
+    fn new(recovered: &Recovered, options: &Options) -> Self {
+        Self {
+            next_lsn: recovered.next_lsn,
+            open: None,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            batch_bytes_max: options.effective_batch_bytes_max(),
+            queue_bytes_max: options.queue_bytes_max,
+            poisoned: None,
+            closing: false,
+            flusher_waker: None,
+            spare_buffers: Vec::new(),
+            sealed: recovered.sealed.clone(),
+            oldest_segment_id: recovered.oldest_segment_id,
+            durable_lsn: recovered.next_lsn.saturating_sub(1),
+            batches: 0,
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(reason) => Err(WalError::Poisoned { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        if self.closing {
+            return Err(WalError::Closed);
+        }
+        Ok(())
+    }
+
+    fn begin_close(&mut self) {
+        self.closing = true;
+        self.wake_flusher();
+    }
+
+    fn wake_flusher(&mut self) {
+        if let Some(waker) = self.flusher_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The open batch if the record fits in it, else a fresh one (the full one joins the queue).
+    fn batch_for(&mut self, frame_bytes: usize, lsn: u64) -> &mut OpenBatch {
+        let batch_bytes_max = self.batch_bytes_max;
+        if let Some(full) = self.open.take_if(|batch| batch.buffer.len() + frame_bytes > batch_bytes_max) {
+            self.queue.push_back(Pending::Batch(full));
+        }
+        let spare_buffers = &mut self.spare_buffers;
+        self.open.get_or_insert_with(|| {
+            let mut buffer = spare_buffers.pop().unwrap_or_default();
+            frame::begin_batch(&mut buffer);
+            OpenBatch { buffer, records: 0, first_lsn: lsn, done: Rc::new(Completion::default()) }
+        })
+    }
+
+    /// Queues a control operation behind every record appended so far.
+    fn push_control(&mut self, pending: Pending) {
+        if let Some(open) = self.open.take() {
+            self.queue.push_back(Pending::Batch(open));
+        }
+        self.queue.push_back(pending);
+    }
+
+    /// Next piece of work for the flusher; `None` when closing and drained.
+    pub(crate) fn poll_next(&mut self, context: &mut Context<'_>) -> Poll<Option<Pending>> {
+        let next = self.queue.pop_front().or_else(|| self.open.take().map(Pending::Batch));
+        match next {
+            Some(pending) => {
+                if let Pending::Batch(batch) = &pending {
+                    self.queued_bytes -= batch.buffer.len() - frame::BATCH_HEADER_BYTES;
+                }
+                Poll::Ready(Some(pending))
+            }
+            None if self.closing || self.poisoned.is_some() => Poll::Ready(None),
+            None => {
+                self.flusher_waker = Some(context.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// True when the front of the queue is a batch (the flusher may wait for it to fill).
+    pub(crate) fn front_is_batch(&self) -> bool {
+        match self.queue.front() {
+            Some(pending) => matches!(pending, Pending::Batch(_)),
+            None => self.open.is_some(),
+        }
+    }
+
+    /// True when there is work or the log is closing; otherwise registers the flusher's waker.
+    pub(crate) fn poll_peek(&mut self, context: &mut Context<'_>) -> bool {
+        if !self.queue.is_empty() || self.open.is_some() || self.closing || self.poisoned.is_some() {
+            return true;
+        }
+        self.flusher_waker = Some(context.waker().clone());
+        false
+    }
+
+    pub(crate) fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.spare_buffers.len() < limits::SPARE_BUFFERS_MAX && buffer.capacity() <= 2 * self.batch_bytes_max {
+            buffer.clear();
+            self.spare_buffers.push(buffer);
+        }
+    }
+
+    /// Poisons the log: records the reason and fails everything still queued.
+    pub(crate) fn poison(&mut self, reason: String) {
+        tracing::error!(%reason, "write-ahead log poisoned; refusing appends until reopened");
+        let open = self.open.take().map(Pending::Batch);
+        for pending in self.queue.drain(..).chain(open) {
+            let done = match pending {
+                Pending::Batch(batch) => batch.done,
+                Pending::Seal(done) | Pending::Remove(_, done) | Pending::Flush(done) => done,
+            };
+            done.complete(Err(reason.clone()));
+        }
+        self.queued_bytes = 0;
+        self.poisoned = Some(reason);
+    }
+}

@@ -1,0 +1,265 @@
+//! The flusher task: the only code that writes to the log's files once it is open. It owns the
+//! active segment and the chain file, takes work from [`crate::log::State`] in order, and
+//! performs every write and fsync through the [`FileLayer`].
+
+use std::future::poll_fn;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::frame::{self, SegmentHeader, BATCH_HEADER_BYTES, KIND_SEAL, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::io::{FileHandle, FileLayer};
+use crate::log::{OpenBatch, Options, Pending, Shared};
+use crate::merkle::{self, Frontier, Hash};
+use crate::recover::Recovered;
+use crate::scan::segment_file_name;
+use crate::seal::{self, SealInfo, CHAIN_ENTRY_BYTES, CHAIN_FILE_NAME};
+use crate::{codec, error, WalError};
+
+struct Active {
+    path: PathBuf,
+    file: FileHandle,
+    header: SegmentHeader,
+    length: u64,
+    records: u64,
+    last_lsn: u64,
+    frontier: Frontier,
+}
+
+struct Chain {
+    path: PathBuf,
+    file: FileHandle,
+    length: u64,
+    last: Hash,
+}
+
+pub(crate) struct Writer {
+    layer: FileLayer,
+    directory: PathBuf,
+    segment_bytes: u64,
+    active: Option<Active>,
+    next_segment_id: u64,
+    next_lsn: u64,
+    chain: Chain,
+}
+
+impl Writer {
+    pub(crate) fn new(layer: FileLayer, directory: PathBuf, options: &Options, recovered: Recovered) -> Result<Self, WalError> {
+        let active = match recovered.active {
+            Some(active) => Some(Active {
+                file: layer.adopt(active.file).map_err(|error| WalError::io("open", &active.path, error))?,
+                path: active.path,
+                header: active.header,
+                length: active.length,
+                records: active.records,
+                last_lsn: active.last_lsn,
+                frontier: active.frontier,
+            }),
+            None => None,
+        };
+        let chain_path = directory.join(CHAIN_FILE_NAME);
+        let chain = Chain {
+            file: layer.adopt(recovered.chain.file).map_err(|error| WalError::io("open", &chain_path, error))?,
+            path: chain_path,
+            length: recovered.chain.length,
+            last: recovered.chain.last,
+        };
+        Ok(Self {
+            layer,
+            directory,
+            segment_bytes: options.segment_bytes,
+            active,
+            next_segment_id: recovered.next_segment_id,
+            next_lsn: recovered.next_lsn,
+            chain,
+        })
+    }
+
+    /// The flusher loop: runs until the log is closed and drained, or poisoned.
+    pub(crate) async fn run(mut self, shared: Rc<Shared>, batch_wait: Duration) {
+        loop {
+            if !batch_wait.is_zero() && wait_for_batch(&shared).await {
+                monoio::time::sleep(batch_wait).await;
+            }
+            let Some(pending) = poll_fn(|context| shared.state.borrow_mut().poll_next(context)).await else {
+                break;
+            };
+            let (outcome, done) = match pending {
+                Pending::Batch(batch) => {
+                    let done = Rc::clone(&batch.done);
+                    (self.commit_batch(&shared, batch).await, done)
+                }
+                Pending::Seal(done) => (self.seal_and_roll(&shared).await.map(|_| ()), done),
+                Pending::Remove(segment_ids, done) => (self.remove_segments(&segment_ids).await, done),
+                Pending::Flush(done) => (Ok(()), done),
+            };
+            match outcome {
+                Ok(()) => done.complete(Ok(())),
+                Err(failure) => {
+                    let reason = error::poison_reason(&failure);
+                    done.complete(Err(reason.clone()));
+                    shared.state.borrow_mut().poison(reason);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One group commit: a single write and a single fdatasync for the whole batch.
+    async fn commit_batch(&mut self, shared: &Shared, batch: OpenBatch) -> Result<(), WalError> {
+        let OpenBatch { mut buffer, records, first_lsn, done } = batch;
+        debug_assert_eq!(first_lsn, self.next_lsn, "batches reach the flusher in LSN order");
+        let full = self.active.as_ref().is_some_and(|active| {
+            active.records > 0 && active.length + buffer.len() as u64 > self.segment_bytes
+        });
+        if full {
+            self.seal_and_roll(shared).await?;
+        }
+        if self.active.is_none() {
+            self.create_segment(first_lsn).await?;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return Err(WalError::Closed);
+        };
+        frame::finish_batch(&mut buffer, active.header.nonce, records, first_lsn);
+        let (written, buffer) = self.layer.write_all_at(&active.file, buffer, active.length).await;
+        written.map_err(|error| WalError::io("write", &active.path, error))?;
+        self.layer.sync_data(&active.file).await.map_err(|error| WalError::io("fdatasync", &active.path, error))?;
+        let last_lsn = first_lsn + u64::from(records) - 1;
+        active.length += buffer.len() as u64;
+        active.records += u64::from(records);
+        active.last_lsn = last_lsn;
+        self.next_lsn = last_lsn + 1;
+        {
+            let mut state = shared.state.borrow_mut();
+            state.durable_lsn = last_lsn;
+            state.batches += 1;
+        }
+        // Acknowledge first; hashing the leaves can wait until the appenders are on their way.
+        done.complete(Ok(()));
+        push_leaves(&mut active.frontier, &buffer);
+        shared.state.borrow_mut().recycle(buffer);
+        if active.length >= self.segment_bytes {
+            self.seal_and_roll(shared).await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (when it holds records) and opens the next one.
+    async fn seal_and_roll(&mut self, shared: &Shared) -> Result<Option<SealInfo>, WalError> {
+        let Some(active) = self.active.take_if(|active| active.records > 0) else {
+            return Ok(None);
+        };
+        let seal = SealInfo::new(
+            active.header.segment_id,
+            (active.header.first_lsn, active.last_lsn),
+            active.records,
+            active.frontier.root(),
+            self.chain.last,
+            now_ms(),
+        );
+        let body = codec::encode(&seal)?;
+        let mut buffer = Vec::with_capacity(BATCH_HEADER_BYTES + RECORD_HEADER_BYTES + body.len());
+        frame::begin_batch(&mut buffer);
+        frame::encode_record(&mut buffer, KIND_SEAL, active.last_lsn, &body);
+        frame::finish_batch(&mut buffer, active.header.nonce, 1, active.last_lsn);
+        let (written, _) = self.layer.write_all_at(&active.file, buffer, active.length).await;
+        written.map_err(|error| WalError::io("write seal", &active.path, error))?;
+        self.layer.sync_data(&active.file).await.map_err(|error| WalError::io("fdatasync", &active.path, error))?;
+        self.append_chain(&seal).await?;
+        shared.state.borrow_mut().sealed.push(seal.clone());
+        tracing::info!(segment = %active.path.display(), records = seal.records, root = %merkle::to_hex(&seal.root), "sealed segment");
+        self.create_segment(active.last_lsn + 1).await?;
+        Ok(Some(seal))
+    }
+
+    async fn append_chain(&mut self, seal: &SealInfo) -> Result<(), WalError> {
+        let entry = seal::encode_chain_entry(seal).to_vec();
+        let (written, _) = self.layer.write_all_at(&self.chain.file, entry, self.chain.length).await;
+        written.map_err(|error| WalError::io("append chain", &self.chain.path, error))?;
+        self.layer.sync_data(&self.chain.file).await.map_err(|error| WalError::io("fdatasync", &self.chain.path, error))?;
+        self.chain.length += CHAIN_ENTRY_BYTES as u64;
+        self.chain.last = seal.chain;
+        Ok(())
+    }
+
+    /// Creates the next segment: header written and fsynced, then the directory fsynced so the
+    /// new file's name survives a crash.
+    async fn create_segment(&mut self, first_lsn: u64) -> Result<(), WalError> {
+        let header = SegmentHeader { segment_id: self.next_segment_id, first_lsn, nonce: random_nonce() };
+        let path = self.directory.join(segment_file_name(header.segment_id));
+        let file = self.layer.create_new(&path).await.map_err(|error| WalError::io("create", &path, error))?;
+        let bytes = frame::encode_segment_header(header).to_vec();
+        let (written, _) = self.layer.write_all_at(&file, bytes, 0).await;
+        written.map_err(|error| WalError::io("write header", &path, error))?;
+        self.layer.sync_data(&file).await.map_err(|error| WalError::io("fdatasync", &path, error))?;
+        self.layer
+            .sync_directory(&self.directory)
+            .await
+            .map_err(|error| WalError::io("fsync directory", &self.directory, error))?;
+        self.next_segment_id += 1;
+        self.active = Some(Active {
+            path,
+            file,
+            header,
+            length: SEGMENT_HEADER_BYTES as u64,
+            records: 0,
+            last_lsn: first_lsn - 1,
+            frontier: Frontier::new(),
+        });
+        Ok(())
+    }
+
+    async fn remove_segments(&mut self, segment_ids: &[u64]) -> Result<(), WalError> {
+        for id in segment_ids {
+            let path = self.directory.join(segment_file_name(*id));
+            self.layer.remove_file(&path).await.map_err(|error| WalError::io("remove", &path, error))?;
+            tracing::info!(segment = %path.display(), "removed sealed segment (its seal stays in the chain)");
+        }
+        self.layer
+            .sync_directory(&self.directory)
+            .await
+            .map_err(|error| WalError::io("fsync directory", &self.directory, error))
+    }
+}
+
+/// Resolves true when the front of the queue is a batch, false when there is other work or the
+/// log is closing; used to let a batch fill for `batch_wait`.
+async fn wait_for_batch(shared: &Shared) -> bool {
+    poll_fn(|context| {
+        let mut state = shared.state.borrow_mut();
+        if state.front_is_batch() {
+            return std::task::Poll::Ready(true);
+        }
+        match state.poll_peek(context) {
+            true => std::task::Poll::Ready(false),
+            false => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Adds the Merkle leaf of every record frame in a written batch.
+fn push_leaves(frontier: &mut Frontier, batch: &[u8]) {
+    let mut offset = BATCH_HEADER_BYTES;
+    while offset + RECORD_HEADER_BYTES <= batch.len() {
+        let mut length = [0u8; 4];
+        length.copy_from_slice(&batch[offset..offset + 4]);
+        let end = offset + RECORD_HEADER_BYTES + u32::from_le_bytes(length) as usize;
+        frontier.push(merkle::leaf_hash(&batch[offset..end]));
+        offset = end;
+    }
+    debug_assert_eq!(offset, batch.len(), "a batch is a whole number of frames");
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// A value an outsider cannot predict (see the nonce in [`crate::frame`]). Hashing the clock with
+/// std's randomly keyed SipHash avoids a dependency on a random number crate.
+fn random_nonce() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one(nanos)
+}
