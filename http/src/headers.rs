@@ -1,0 +1,433 @@
+//! Header fields: which ones the parser interprets, the small owned set it keeps for the
+//! application, and the rules (RFC 9110, RFC 9112) that turn them into framing, persistence and
+//! expectations. Field names compare case-insensitively (RFC 9110 §5.1).
+
+use std::fmt;
+
+use crate::error::ParseError;
+use crate::limits::Limits;
+use crate::request::{BodyFraming, Version};
+
+/// A header field the application reads, kept as raw bytes in [`ApplicationHeaders`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderName {
+    /// `content-type`: forwarded with the payload to the destination.
+    ContentType,
+    /// `authorization`: the admin bearer token.
+    Authorization,
+    /// `x-idempotency-key`: deduplicates ingests per endpoint.
+    IdempotencyKey,
+    /// `webhook-id`: Standard Webhooks message id (signed ingest).
+    WebhookId,
+    /// `webhook-timestamp`: Standard Webhooks timestamp (signed ingest).
+    WebhookTimestamp,
+    /// `webhook-signature`: Standard Webhooks signatures (signed ingest).
+    WebhookSignature,
+    /// `traceparent`: W3C trace context, propagated to deliveries.
+    Traceparent,
+}
+
+impl HeaderName {
+    /// Every variant, in a fixed order.
+    pub const ALL: [HeaderName; 7] = [
+        Self::ContentType,
+        Self::Authorization,
+        Self::IdempotencyKey,
+        Self::WebhookId,
+        Self::WebhookTimestamp,
+        Self::WebhookSignature,
+        Self::Traceparent,
+    ];
+
+    /// The field name in lowercase.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ContentType => "content-type",
+            Self::Authorization => "authorization",
+            Self::IdempotencyKey => "x-idempotency-key",
+            Self::WebhookId => "webhook-id",
+            Self::WebhookTimestamp => "webhook-timestamp",
+            Self::WebhookSignature => "webhook-signature",
+            Self::Traceparent => "traceparent",
+        }
+    }
+}
+
+/// The header fields of a request that the application needs, owned, each at most once. Values
+/// are the field values as sent, without surrounding whitespace. Other fields are not kept.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApplicationHeaders {
+    // At most seven entries: a linear scan beats any map, and there is one allocation per
+    // field present plus this vector's.
+    entries: Vec<(HeaderName, Vec<u8>)>,
+}
+
+impl ApplicationHeaders {
+    /// The value of `name`, if the request carried it.
+    #[must_use]
+    pub fn get(&self, name: HeaderName) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(entry_name, _)| *entry_name == name)
+            .map(|(_, value)| value.as_slice())
+    }
+
+    /// Every kept field, in the order the request sent them.
+    pub fn iter(&self) -> impl Iterator<Item = (HeaderName, &[u8])> {
+        self.entries
+            .iter()
+            .map(|(name, value)| (*name, value.as_slice()))
+    }
+
+    /// Whether no kept field was present.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn insert(&mut self, name: HeaderName, value: &[u8]) -> Result<(), ParseError> {
+        // Each of these is a singleton: two idempotency keys or two Authorization fields are
+        // ambiguous, and picking one is how a proxy and a server come to disagree.
+        if self.get(name).is_some() {
+            return Err(ParseError::DuplicateHeader {
+                name: name.as_str(),
+            });
+        }
+        self.entries.push((name, value.to_vec()));
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ApplicationHeaders {
+    // A head is likely to be logged; the admin token must not be.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = formatter.debug_map();
+        for (name, value) in self.iter() {
+            if name == HeaderName::Authorization {
+                map.entry(&name.as_str(), &"<redacted>");
+            } else {
+                map.entry(&name.as_str(), &String::from_utf8_lossy(value));
+            }
+        }
+        map.finish()
+    }
+}
+
+/// How a header field takes part in parsing.
+#[derive(Clone, Copy)]
+enum Field {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Application(HeaderName),
+}
+
+const PROTOCOL_FIELDS: [(&str, Field); 5] = [
+    ("host", Field::Host),
+    ("content-length", Field::ContentLength),
+    ("transfer-encoding", Field::TransferEncoding),
+    ("connection", Field::Connection),
+    ("expect", Field::Expect),
+];
+
+fn classify(name: &str) -> Option<Field> {
+    // Comparing lengths first makes the miss (the common case) one integer compare per entry.
+    let matches =
+        |candidate: &str| name.len() == candidate.len() && name.eq_ignore_ascii_case(candidate);
+    PROTOCOL_FIELDS
+        .iter()
+        .find(|(candidate, _)| matches(candidate))
+        .map(|(_, field)| *field)
+        .or_else(|| {
+            HeaderName::ALL
+                .iter()
+                .find(|candidate| matches(candidate.as_str()))
+                .map(|name| Field::Application(*name))
+        })
+}
+
+/// What the header fields of a head mean, once all of them are read.
+#[derive(Debug)]
+pub(crate) struct Semantics {
+    pub(crate) framing: BodyFraming,
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+    pub(crate) headers: ApplicationHeaders,
+}
+
+/// Accumulates the header fields of one head, one field line at a time. Fields that may be
+/// repeated as several lines (Connection, Transfer-Encoding, Expect) are combined as the list
+/// they would form on one line (RFC 9110 §5.3).
+#[derive(Default)]
+pub(crate) struct FieldScan {
+    host_count: u32,
+    content_length: Option<u64>,
+    transfer_encoding_seen: bool,
+    transfer_coding_count: u32,
+    last_coding_chunked: bool,
+    connection_close: bool,
+    connection_keep_alive: bool,
+    expect_continue: bool,
+    expect_other: bool,
+    headers: ApplicationHeaders,
+}
+
+impl FieldScan {
+    /// Takes one field line into account.
+    pub(crate) fn record(&mut self, name: &str, value: &[u8]) -> Result<(), ParseError> {
+        let Some(field) = classify(name) else {
+            return Ok(());
+        };
+        match field {
+            Field::Host => self.host_count = self.host_count.saturating_add(1),
+            Field::ContentLength => self.record_content_length(value)?,
+            Field::TransferEncoding => {
+                self.transfer_encoding_seen = true;
+                for coding in list_elements(value) {
+                    self.transfer_coding_count = self.transfer_coding_count.saturating_add(1);
+                    // Transfer codings are case-insensitive (RFC 9112 §7).
+                    self.last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+            Field::Connection => {
+                // Connection options are case-insensitive (RFC 9110 §7.6.1).
+                for option in list_elements(value) {
+                    self.connection_close |= option.eq_ignore_ascii_case(b"close");
+                    self.connection_keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Field::Expect => {
+                // "The Expect field value is case-insensitive." (RFC 9110 §10.1.1)
+                for expectation in list_elements(value) {
+                    if expectation.eq_ignore_ascii_case(b"100-continue") {
+                        self.expect_continue = true;
+                    } else {
+                        self.expect_other = true;
+                    }
+                }
+            }
+            Field::Application(name) => self.headers.insert(name, value)?,
+        }
+        Ok(())
+    }
+
+    fn record_content_length(&mut self, value: &[u8]) -> Result<(), ParseError> {
+        let length = parse_content_length(value)?;
+        match self.content_length {
+            // RFC 9110 §8.6: a list of identical values (from a proxy merging fields) MAY be
+            // taken as one; values that differ are an unrecoverable framing error (RFC 9112 §6.3).
+            Some(previous) if previous != length => Err(ParseError::ConflictingContentLength),
+            _ => {
+                self.content_length = Some(length);
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolves framing, persistence and expectations once every field line is recorded.
+    pub(crate) fn finish(self, version: Version, limits: &Limits) -> Result<Semantics, ParseError> {
+        // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+        // HTTP/1.1 request message that lacks a Host header field and to any request message
+        // that contains more than one Host header field line".
+        if self.host_count > 1 {
+            return Err(ParseError::DuplicateHeader { name: "host" });
+        }
+        if self.host_count == 0 && version == Version::Http11 {
+            return Err(ParseError::MissingHost);
+        }
+        // RFC 9110 §10.1.1: a server MAY answer 417 to an expectation it does not support.
+        if self.expect_other {
+            return Err(ParseError::ExpectationFailed);
+        }
+        let framing = self.framing(version, limits)?;
+        let keep_alive = match version {
+            // RFC 9112 §9.3: HTTP/1.1 connections persist unless "close" is sent; HTTP/1.0
+            // ones persist only when "keep-alive" is sent (and "close" wins over it).
+            Version::Http11 => !self.connection_close,
+            Version::Http10 => self.connection_keep_alive && !self.connection_close,
+        };
+        // RFC 9110 §10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.0
+        // request MUST ignore that expectation." Without content there is nothing to wait for
+        // either, and a 100 would only cost a write.
+        let expect_continue =
+            self.expect_continue && version == Version::Http11 && framing != BodyFraming::Empty;
+        Ok(Semantics {
+            framing,
+            keep_alive,
+            expect_continue,
+            headers: self.headers,
+        })
+    }
+
+    /// The body framing of RFC 9112 §6.3, strictest reading.
+    fn framing(&self, version: Version, limits: &Limits) -> Result<BodyFraming, ParseError> {
+        if self.transfer_encoding_seen {
+            // §6.3 item 3: a request with both "might indicate an attempt to perform request
+            // smuggling"; "A server MAY reject" it, and we do.
+            if self.content_length.is_some() {
+                return Err(ParseError::ContentLengthWithTransferEncoding);
+            }
+            // §6.1: a Transfer-Encoding in an HTTP/1.0 message means the framing is faulty.
+            if version == Version::Http10 {
+                return Err(ParseError::InvalidTransferEncoding {
+                    reason: "HTTP/1.0 requests cannot use transfer codings",
+                });
+            }
+            // §6.3 item 4: if chunked is not the final coding, "the server MUST respond with
+            // the 400 (Bad Request) status code and then close the connection".
+            if !self.last_coding_chunked {
+                return Err(ParseError::InvalidTransferEncoding {
+                    reason: "the final transfer coding must be chunked",
+                });
+            }
+            // We decode no other coding, and §7 forbids applying chunked more than once.
+            if self.transfer_coding_count != 1 {
+                return Err(ParseError::InvalidTransferEncoding {
+                    reason: "only a single chunked coding is supported",
+                });
+            }
+            return Ok(BodyFraming::Chunked);
+        }
+        match self.content_length {
+            // §6.3 item 7: a request with neither field has no content.
+            None | Some(0) => Ok(BodyFraming::Empty),
+            // Refused from the head, before a byte of the body is read.
+            Some(length) if length > limits.payload_bytes_max => Err(ParseError::PayloadTooLarge {
+                limit_bytes: limits.payload_bytes_max,
+            }),
+            Some(length) => Ok(BodyFraming::Length(length)),
+        }
+    }
+}
+
+/// Parses a Content-Length field value: `1*DIGIT`, or a comma-separated list of identical ones
+/// (RFC 9110 §8.6). Empty list elements, signs, spaces inside numbers and values over `u64::MAX`
+/// are invalid; RFC 9112 §6.3 item 5 makes an invalid Content-Length an unrecoverable error.
+fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
+    let mut agreed = None;
+    for element in value.split(|byte| *byte == b',') {
+        let digits = trim_whitespace(element);
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ParseError::InvalidContentLength);
+        }
+        let length = digits.iter().try_fold(0_u64, |length, digit| {
+            length.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+        });
+        let length = length.ok_or(ParseError::InvalidContentLength)?;
+        match agreed {
+            Some(previous) if previous != length => {
+                return Err(ParseError::ConflictingContentLength)
+            }
+            _ => agreed = Some(length),
+        }
+    }
+    agreed.ok_or(ParseError::InvalidContentLength)
+}
+
+/// The non-empty elements of a comma-separated field value, without optional whitespace.
+/// RFC 9110 §5.6.1.2: a recipient MUST parse and ignore empty list elements.
+fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|byte| *byte == b',')
+        .map(trim_whitespace)
+        .filter(|element| !element.is_empty())
+}
+
+/// `value` without leading and trailing optional whitespace (SP and HTAB, RFC 9110 §5.6.3).
+fn trim_whitespace(value: &[u8]) -> &[u8] {
+    let is_whitespace = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let start = value
+        .iter()
+        .position(|byte| !is_whitespace(byte))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|byte| !is_whitespace(byte))
+        .map_or(start, |last| last + 1);
+    value.get(start..end).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_accepts_digits_and_identical_lists() {
+        // A proxy may merge repeated identical fields into a list; refusing them breaks honest
+        // clients, accepting differing ones enables smuggling.
+        assert_eq!(parse_content_length(b"42"), Ok(42));
+        assert_eq!(parse_content_length(b"0042"), Ok(42));
+        assert_eq!(parse_content_length(b"42, 42 ,42"), Ok(42));
+        assert_eq!(parse_content_length(b"18446744073709551615"), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn content_length_rejects_everything_else() {
+        // Every lenient reading of a length is a way for two parsers to disagree on framing.
+        for value in [
+            &b""[..],
+            b" ",
+            b"+1",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"1,",
+            b",1",
+            b"1e3",
+            b"4 2",
+        ] {
+            assert_eq!(
+                parse_content_length(value),
+                Err(ParseError::InvalidContentLength),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            parse_content_length(b"18446744073709551616"),
+            Err(ParseError::InvalidContentLength)
+        );
+        assert_eq!(
+            parse_content_length(b"1, 2"),
+            Err(ParseError::ConflictingContentLength)
+        );
+    }
+
+    #[test]
+    fn field_names_match_case_insensitively() {
+        // RFC 9110 §5.1 makes field names case-insensitive; a case-sensitive match would let
+        // `content-LENGTH` slip past the framing rules.
+        assert!(matches!(
+            classify("CoNtEnT-LeNgTh"),
+            Some(Field::ContentLength)
+        ));
+        assert!(matches!(
+            classify("X-IDEMPOTENCY-KEY"),
+            Some(Field::Application(HeaderName::IdempotencyKey))
+        ));
+        assert!(classify("content-lengthx").is_none());
+        assert!(classify("accept").is_none());
+    }
+
+    #[test]
+    fn trim_whitespace_handles_blank_values() {
+        // Blank values must trim to empty rather than index out of range.
+        assert_eq!(trim_whitespace(b" \t "), b"");
+        assert_eq!(trim_whitespace(b"\t a b \t"), b"a b");
+        assert_eq!(trim_whitespace(b""), b"");
+    }
+
+    #[test]
+    fn debug_output_redacts_authorization() {
+        // Heads end up in logs; a bearer token in a log is a leaked admin credential.
+        let mut headers = ApplicationHeaders::default();
+        assert_eq!(
+            headers.insert(HeaderName::Authorization, b"Bearer secret"),
+            Ok(())
+        );
+        assert!(!format!("{headers:?}").contains("secret"));
+    }
+}
