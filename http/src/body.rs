@@ -25,9 +25,7 @@ impl BodyDecoder {
     pub fn new(framing: BodyFraming, limits: &Limits) -> Self {
         match framing {
             BodyFraming::Empty => Self::Length { remaining_bytes: 0 },
-            BodyFraming::Length(length) => Self::Length {
-                remaining_bytes: length,
-            },
+            BodyFraming::Length(length) => Self::Length { remaining_bytes: length },
             BodyFraming::Chunked => Self::Chunked(ChunkedDecoder::new(limits)),
         }
     }
@@ -55,15 +53,10 @@ impl BodyDecoder {
                 let available = u64::try_from(input.len()).unwrap_or(u64::MAX);
                 let taken = (*remaining_bytes).min(available);
                 // `taken` is at most `input.len()`, so it fits in usize.
-                let taken_bytes = usize::try_from(taken)
-                    .unwrap_or(input.len())
-                    .min(input.len());
+                let taken_bytes = usize::try_from(taken).unwrap_or(input.len()).min(input.len());
                 out.extend_from_slice(input.get(..taken_bytes).unwrap_or_default());
                 *remaining_bytes -= taken;
-                Ok(Progress {
-                    consumed_bytes: taken_bytes,
-                    complete: *remaining_bytes == 0,
-                })
+                Ok(Progress { consumed_bytes: taken_bytes, complete: *remaining_bytes == 0 })
             }
             Self::Chunked(decoder) => decoder.decode(input, out),
         }
@@ -79,20 +72,8 @@ mod tests {
         // A pipelined request after a fixed-length body must stay in the caller's buffer.
         let mut decoder = BodyDecoder::new(BodyFraming::Length(5), &Limits::default());
         let mut out = Vec::new();
-        assert_eq!(
-            decoder.decode(b"hel", &mut out),
-            Ok(Progress {
-                consumed_bytes: 3,
-                complete: false
-            })
-        );
-        assert_eq!(
-            decoder.decode(b"loGET /", &mut out),
-            Ok(Progress {
-                consumed_bytes: 2,
-                complete: true
-            })
-        );
+        assert_eq!(decoder.decode(b"hel", &mut out), Ok(Progress { consumed_bytes: 3, complete: false }));
+        assert_eq!(decoder.decode(b"loGET /", &mut out), Ok(Progress { consumed_bytes: 2, complete: true }));
         assert_eq!(out, b"hello");
         assert!(decoder.is_complete());
     }
@@ -103,13 +84,7 @@ mod tests {
         let mut decoder = BodyDecoder::new(BodyFraming::Empty, &Limits::default());
         let mut out = Vec::new();
         assert!(decoder.is_complete());
-        assert_eq!(
-            decoder.decode(b"GET /", &mut out),
-            Ok(Progress {
-                consumed_bytes: 0,
-                complete: true
-            })
-        );
+        assert_eq!(decoder.decode(b"GET /", &mut out), Ok(Progress { consumed_bytes: 0, complete: true }));
         assert!(out.is_empty());
     }
 }

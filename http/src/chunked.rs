@@ -128,10 +128,7 @@ impl ChunkedDecoder {
         if let State::Failed(error) = &self.state {
             return Err(error.clone());
         }
-        Ok(Progress {
-            consumed_bytes: position,
-            complete: self.is_complete(),
-        })
+        Ok(Progress { consumed_bytes: position, complete: self.is_complete() })
     }
 
     /// Copies as much chunk data as `input` holds and the chunk still needs.
@@ -139,9 +136,7 @@ impl ChunkedDecoder {
         let available = u64::try_from(input.len()).unwrap_or(u64::MAX);
         let taken = remaining_bytes.min(available);
         // `taken` is at most `input.len()`, so it fits in usize and the slice is in bounds.
-        let taken_bytes = usize::try_from(taken)
-            .unwrap_or(input.len())
-            .min(input.len());
+        let taken_bytes = usize::try_from(taken).unwrap_or(input.len()).min(input.len());
         out.extend_from_slice(input.get(..taken_bytes).unwrap_or_default());
         self.decoded_bytes = self.decoded_bytes.saturating_add(taken);
         self.state = match remaining_bytes - taken {
@@ -160,27 +155,16 @@ impl ChunkedDecoder {
             | State::Extension { .. }
             | State::SizeLineFeed { .. } => self.step_size_line(byte),
             State::DataCarriageReturn => {
-                self.state = expect(
-                    byte,
-                    b'\r',
-                    State::DataLineFeed,
-                    "chunk data must end with CRLF",
-                )?;
+                self.state = expect(byte, b'\r', State::DataLineFeed, "chunk data must end with CRLF")?;
                 Ok(())
             }
             State::DataLineFeed => {
-                self.state = expect(
-                    byte,
-                    b'\n',
-                    State::SizeStart,
-                    "chunk data must end with CRLF",
-                )?;
+                self.state = expect(byte, b'\n', State::SizeStart, "chunk data must end with CRLF")?;
                 Ok(())
             }
-            State::TrailerStart
-            | State::TrailerLine
-            | State::TrailerLineFeed
-            | State::EndLineFeed => self.step_trailer(byte),
+            State::TrailerStart | State::TrailerLine | State::TrailerLineFeed | State::EndLineFeed => {
+                self.step_trailer(byte)
+            }
             // `decode` handles these without calling `step`; reaching here is harmless.
             State::Data { .. } | State::Done => Ok(()),
             State::Failed(error) => Err(error),
@@ -191,54 +175,34 @@ impl ChunkedDecoder {
     fn step_size_line(&mut self, byte: u8) -> Result<(), ParseError> {
         self.size_line_bytes = self.size_line_bytes.saturating_add(1);
         if self.size_line_bytes > self.limits.chunk_size_line_bytes_max {
-            return Err(ParseError::ChunkLineTooLong {
-                limit_bytes: self.limits.chunk_size_line_bytes_max,
-            });
+            return Err(ParseError::ChunkLineTooLong { limit_bytes: self.limits.chunk_size_line_bytes_max });
         }
         let digit = hex_digit(byte);
         self.state = match (self.state.clone(), digit, byte) {
             (State::SizeStart, Some(digit), _) => State::Size { size: digit },
             (State::SizeStart, None, _) => return Err(ParseError::InvalidChunkSize),
             (State::Size { size }, Some(digit), _) => {
-                let size = size
-                    .checked_mul(16)
-                    .and_then(|size| size.checked_add(digit));
-                State::Size {
-                    size: size.ok_or(ParseError::ChunkSizeOverflow)?,
-                }
+                let size = size.checked_mul(16).and_then(|size| size.checked_add(digit));
+                State::Size { size: size.ok_or(ParseError::ChunkSizeOverflow)? }
             }
-            (State::Size { size } | State::SizeWhitespace { size }, _, b' ' | b'\t') => {
-                State::SizeWhitespace { size }
+            (State::Size { size } | State::SizeWhitespace { size }, _, b' ' | b'\t') => State::SizeWhitespace { size },
+            (State::Size { size } | State::SizeWhitespace { size }, _, b';') => self.extension_byte(size)?,
+            (State::Size { size } | State::SizeWhitespace { size } | State::Extension { size }, _, b'\r') => {
+                State::SizeLineFeed { size }
             }
-            (State::Size { size } | State::SizeWhitespace { size }, _, b';') => {
-                self.extension_byte(size)?
-            }
-            (
-                State::Size { size } | State::SizeWhitespace { size } | State::Extension { size },
-                _,
-                b'\r',
-            ) => State::SizeLineFeed { size },
-            (State::Size { .. } | State::SizeWhitespace { .. }, _, _) => {
-                return Err(ParseError::InvalidChunkSize)
-            }
+            (State::Size { .. } | State::SizeWhitespace { .. }, _, _) => return Err(ParseError::InvalidChunkSize),
             (State::Extension { .. }, _, b'\n') => {
-                return Err(ParseError::InvalidChunkFraming {
-                    reason: "bare LF in a chunk extension",
-                });
+                return Err(ParseError::InvalidChunkFraming { reason: "bare LF in a chunk extension" });
             }
             // Control bytes other than HTAB have no place in chunk-ext (RFC 9112 §7.1.1 builds
             // it from tokens and quoted strings).
             (State::Extension { .. }, _, byte) if byte.is_ascii_control() && byte != b'\t' => {
-                return Err(ParseError::InvalidChunkFraming {
-                    reason: "control byte in a chunk extension",
-                });
+                return Err(ParseError::InvalidChunkFraming { reason: "control byte in a chunk extension" });
             }
             (State::Extension { size }, _, _) => self.extension_byte(size)?,
             (State::SizeLineFeed { size }, _, b'\n') => self.end_size_line(size)?,
             (State::SizeLineFeed { .. }, _, _) => {
-                return Err(ParseError::InvalidChunkFraming {
-                    reason: "chunk size line must end with CRLF",
-                });
+                return Err(ParseError::InvalidChunkFraming { reason: "chunk size line must end with CRLF" });
             }
             (other, _, _) => other,
         };
@@ -249,9 +213,7 @@ impl ChunkedDecoder {
     fn extension_byte(&mut self, size: u64) -> Result<State, ParseError> {
         self.extension_bytes = self.extension_bytes.saturating_add(1);
         if self.extension_bytes > self.limits.chunk_extension_bytes_max {
-            return Err(ParseError::ChunkExtensionsTooLarge {
-                limit_bytes: self.limits.chunk_extension_bytes_max,
-            });
+            return Err(ParseError::ChunkExtensionsTooLarge { limit_bytes: self.limits.chunk_extension_bytes_max });
         }
         Ok(State::Extension { size })
     }
@@ -266,13 +228,9 @@ impl ChunkedDecoder {
         // nothing, buffering it would cost us.
         let decoded_bytes = self.decoded_bytes.saturating_add(size);
         if decoded_bytes > self.limits.payload_bytes_max {
-            return Err(ParseError::PayloadTooLarge {
-                limit_bytes: self.limits.payload_bytes_max,
-            });
+            return Err(ParseError::PayloadTooLarge { limit_bytes: self.limits.payload_bytes_max });
         }
-        Ok(State::Data {
-            remaining_bytes: size,
-        })
+        Ok(State::Data { remaining_bytes: size })
     }
 
     /// One byte of the trailer section: `*( field-line CRLF ) CRLF`. Trailer fields are
@@ -280,13 +238,9 @@ impl ChunkedDecoder {
     fn step_trailer(&mut self, byte: u8) -> Result<(), ParseError> {
         self.trailer_bytes = self.trailer_bytes.saturating_add(1);
         if self.trailer_bytes > self.limits.trailer_bytes_max {
-            return Err(ParseError::TrailerTooLarge {
-                limit_bytes: self.limits.trailer_bytes_max,
-            });
+            return Err(ParseError::TrailerTooLarge { limit_bytes: self.limits.trailer_bytes_max });
         }
-        let bare_line_feed = ParseError::InvalidChunkFraming {
-            reason: "trailer lines must end with CRLF",
-        };
+        let bare_line_feed = ParseError::InvalidChunkFraming { reason: "trailer lines must end with CRLF" };
         self.state = match (self.state.clone(), byte) {
             (State::TrailerStart, b'\r') => State::EndLineFeed,
             (State::TrailerStart | State::TrailerLine, b'\n') => return Err(bare_line_feed),
@@ -335,13 +289,7 @@ mod tests {
         let input = b"4;name=value;flag\r\nWiki\r\n5 ; x=\"q;uoted\"\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0;last\r\nExpires: never\r\nX-Checksum: abc\r\n\r\nGET /";
         let (out, progress) = decode_all(input, &Limits::default()).unwrap();
         assert_eq!(out, b"Wikipedia in\r\n\r\nchunks.");
-        assert_eq!(
-            progress,
-            Progress {
-                consumed_bytes: input.len() - 5,
-                complete: true
-            }
-        );
+        assert_eq!(progress, Progress { consumed_bytes: input.len() - 5, complete: true });
     }
 
     #[test]
@@ -359,30 +307,12 @@ mod tests {
         let mut decoder = ChunkedDecoder::new(&Limits::default());
         let mut out = Vec::new();
         let first = decoder.decode(b"5\r\nhel", &mut out).unwrap();
-        assert_eq!(
-            first,
-            Progress {
-                consumed_bytes: 6,
-                complete: false
-            }
-        );
+        assert_eq!(first, Progress { consumed_bytes: 6, complete: false });
         let second = decoder.decode(b"lo\r\n0\r\n\r\nPOST", &mut out).unwrap();
-        assert_eq!(
-            second,
-            Progress {
-                consumed_bytes: 9,
-                complete: true
-            }
-        );
+        assert_eq!(second, Progress { consumed_bytes: 9, complete: true });
         assert_eq!(out, b"hello");
         assert_eq!(decoder.decoded_bytes(), 5);
-        assert_eq!(
-            decoder.decode(b"POST", &mut out).unwrap(),
-            Progress {
-                consumed_bytes: 0,
-                complete: true
-            }
-        );
+        assert_eq!(decoder.decode(b"POST", &mut out).unwrap(), Progress { consumed_bytes: 0, complete: true });
     }
 
     #[test]
@@ -397,27 +327,9 @@ mod tests {
             ..Limits::default()
         };
         let cases: Vec<(&str, Vec<u8>, ParseError, u16, &str)> = vec![
-            (
-                "bad hex in chunk size",
-                b"5g\r\nhello\r\n".to_vec(),
-                ParseError::InvalidChunkSize,
-                400,
-                "E1005",
-            ),
-            (
-                "empty chunk size",
-                b"\r\nhello\r\n".to_vec(),
-                ParseError::InvalidChunkSize,
-                400,
-                "E1005",
-            ),
-            (
-                "signed chunk size",
-                b"+5\r\nhello\r\n".to_vec(),
-                ParseError::InvalidChunkSize,
-                400,
-                "E1005",
-            ),
+            ("bad hex in chunk size", b"5g\r\nhello\r\n".to_vec(), ParseError::InvalidChunkSize, 400, "E1005"),
+            ("empty chunk size", b"\r\nhello\r\n".to_vec(), ParseError::InvalidChunkSize, 400, "E1005"),
+            ("signed chunk size", b"+5\r\nhello\r\n".to_vec(), ParseError::InvalidChunkSize, 400, "E1005"),
             (
                 "chunk size overflowing u64",
                 b"1ffffffffffffffff\r\n".to_vec(),
@@ -428,52 +340,36 @@ mod tests {
             (
                 "missing CRLF after data",
                 b"5\r\nhelloX\r\n".to_vec(),
-                ParseError::InvalidChunkFraming {
-                    reason: "chunk data must end with CRLF",
-                },
+                ParseError::InvalidChunkFraming { reason: "chunk data must end with CRLF" },
                 400,
                 "E1005",
             ),
             (
                 "missing LF after data",
                 b"5\r\nhello\rX".to_vec(),
-                ParseError::InvalidChunkFraming {
-                    reason: "chunk data must end with CRLF",
-                },
+                ParseError::InvalidChunkFraming { reason: "chunk data must end with CRLF" },
                 400,
                 "E1005",
             ),
-            (
-                "bare LF after size",
-                b"5\nhello\r\n".to_vec(),
-                ParseError::InvalidChunkSize,
-                400,
-                "E1005",
-            ),
+            ("bare LF after size", b"5\nhello\r\n".to_vec(), ParseError::InvalidChunkSize, 400, "E1005"),
             (
                 "bare CR after size",
                 b"5\rhello\r\n".to_vec(),
-                ParseError::InvalidChunkFraming {
-                    reason: "chunk size line must end with CRLF",
-                },
+                ParseError::InvalidChunkFraming { reason: "chunk size line must end with CRLF" },
                 400,
                 "E1005",
             ),
             (
                 "bare LF in extension",
                 b"5;a\nhello\r\n".to_vec(),
-                ParseError::InvalidChunkFraming {
-                    reason: "bare LF in a chunk extension",
-                },
+                ParseError::InvalidChunkFraming { reason: "bare LF in a chunk extension" },
                 400,
                 "E1005",
             ),
             (
                 "NUL in extension",
                 b"5;a\0\r\nhello\r\n".to_vec(),
-                ParseError::InvalidChunkFraming {
-                    reason: "control byte in a chunk extension",
-                },
+                ParseError::InvalidChunkFraming { reason: "control byte in a chunk extension" },
                 400,
                 "E1005",
             ),
@@ -494,9 +390,7 @@ mod tests {
             (
                 "bare LF in trailer",
                 b"0\r\nX: y\n\r\n".to_vec(),
-                ParseError::InvalidChunkFraming {
-                    reason: "trailer lines must end with CRLF",
-                },
+                ParseError::InvalidChunkFraming { reason: "trailer lines must end with CRLF" },
                 400,
                 "E1005",
             ),
@@ -539,41 +433,22 @@ mod tests {
         // mid-frame as if nothing happened.
         let mut decoder = ChunkedDecoder::new(&Limits::default());
         let mut out = Vec::new();
-        assert_eq!(
-            decoder.decode(b"z", &mut out),
-            Err(ParseError::InvalidChunkSize)
-        );
-        assert_eq!(
-            decoder.decode(b"0\r\n\r\n", &mut out),
-            Err(ParseError::InvalidChunkSize)
-        );
-        assert_eq!(
-            decoder.decode(b"", &mut out),
-            Err(ParseError::InvalidChunkSize)
-        );
+        assert_eq!(decoder.decode(b"z", &mut out), Err(ParseError::InvalidChunkSize));
+        assert_eq!(decoder.decode(b"0\r\n\r\n", &mut out), Err(ParseError::InvalidChunkSize));
+        assert_eq!(decoder.decode(b"", &mut out), Err(ParseError::InvalidChunkSize));
     }
 
     #[test]
     fn payload_at_the_limit_is_accepted() {
         // The limit is the largest body allowed, not the smallest refused.
-        let limits = Limits {
-            payload_bytes_max: 10,
-            ..Limits::default()
-        };
-        let (out, progress) =
-            decode_all(b"6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n", &limits).unwrap();
+        let limits = Limits { payload_bytes_max: 10, ..Limits::default() };
+        let (out, progress) = decode_all(b"6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n", &limits).unwrap();
         assert_eq!(out, b"abcdefghij");
         assert!(progress.complete);
     }
 
     /// Chunked encoding of `body` with chunk sizes taken in turn from `sizes`.
-    fn encode(
-        body: &[u8],
-        sizes: &[usize],
-        extensions: bool,
-        trailers: &[String],
-        uppercase: bool,
-    ) -> Vec<u8> {
+    fn encode(body: &[u8], sizes: &[usize], extensions: bool, trailers: &[String], uppercase: bool) -> Vec<u8> {
         let mut encoded = Vec::new();
         let mut rest = body;
         for size in sizes.iter().cycle() {
@@ -581,11 +456,7 @@ mod tests {
                 break;
             }
             let (chunk, tail) = rest.split_at((*size).min(rest.len()));
-            let size_line = if uppercase {
-                format!("{:X}", chunk.len())
-            } else {
-                format!("{:x}", chunk.len())
-            };
+            let size_line = if uppercase { format!("{:X}", chunk.len()) } else { format!("{:x}", chunk.len()) };
             encoded.extend_from_slice(size_line.as_bytes());
             if extensions {
                 encoded.extend_from_slice(b" ;ext=\"v\";flag");

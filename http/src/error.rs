@@ -122,9 +122,7 @@ impl ParseError {
             Self::RequestLineTooLong { .. } => 414,
             // RFC 6585 §5: 431 when header fields are too large, one or all of them. Trailers
             // are header fields that arrive late.
-            Self::HeadTooLarge { .. }
-            | Self::TooManyHeaders { .. }
-            | Self::TrailerTooLarge { .. } => 431,
+            Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } | Self::TrailerTooLarge { .. } => 431,
             Self::UnsupportedMethod => 405,
             // RFC 9110 §10.1.1: a server that receives an Expect value other than
             // 100-continue MAY respond with 417 (Expectation Failed).

@@ -68,17 +68,12 @@ impl ApplicationHeaders {
     /// The value of `name`, if the request carried it.
     #[must_use]
     pub fn get(&self, name: HeaderName) -> Option<&[u8]> {
-        self.entries
-            .iter()
-            .find(|(entry_name, _)| *entry_name == name)
-            .map(|(_, value)| value.as_slice())
+        self.entries.iter().find(|(entry_name, _)| *entry_name == name).map(|(_, value)| value.as_slice())
     }
 
     /// Every kept field, in the order the request sent them.
     pub fn iter(&self) -> impl Iterator<Item = (HeaderName, &[u8])> {
-        self.entries
-            .iter()
-            .map(|(name, value)| (*name, value.as_slice()))
+        self.entries.iter().map(|(name, value)| (*name, value.as_slice()))
     }
 
     /// Whether no kept field was present.
@@ -91,9 +86,7 @@ impl ApplicationHeaders {
         // Each of these is a singleton: two idempotency keys or two Authorization fields are
         // ambiguous, and picking one is how a proxy and a server come to disagree.
         if self.get(name).is_some() {
-            return Err(ParseError::DuplicateHeader {
-                name: name.as_str(),
-            });
+            return Err(ParseError::DuplicateHeader { name: name.as_str() });
         }
         self.entries.push((name, value.to_vec()));
         Ok(())
@@ -136,18 +129,10 @@ const PROTOCOL_FIELDS: [(&str, Field); 5] = [
 
 fn classify(name: &str) -> Option<Field> {
     // Comparing lengths first makes the miss (the common case) one integer compare per entry.
-    let matches =
-        |candidate: &str| name.len() == candidate.len() && name.eq_ignore_ascii_case(candidate);
-    PROTOCOL_FIELDS
-        .iter()
-        .find(|(candidate, _)| matches(candidate))
-        .map(|(_, field)| *field)
-        .or_else(|| {
-            HeaderName::ALL
-                .iter()
-                .find(|candidate| matches(candidate.as_str()))
-                .map(|name| Field::Application(*name))
-        })
+    let matches = |candidate: &str| name.len() == candidate.len() && name.eq_ignore_ascii_case(candidate);
+    PROTOCOL_FIELDS.iter().find(|(candidate, _)| matches(candidate)).map(|(_, field)| *field).or_else(|| {
+        HeaderName::ALL.iter().find(|candidate| matches(candidate.as_str())).map(|name| Field::Application(*name))
+    })
 }
 
 /// What the header fields of a head mean, once all of them are read.
@@ -253,14 +238,8 @@ impl FieldScan {
         // RFC 9110 §10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.0
         // request MUST ignore that expectation." Without content there is nothing to wait for
         // either, and a 100 would only cost a write.
-        let expect_continue =
-            self.expect_continue && version == Version::Http11 && framing != BodyFraming::Empty;
-        Ok(Semantics {
-            framing,
-            keep_alive,
-            expect_continue,
-            headers: self.headers,
-        })
+        let expect_continue = self.expect_continue && version == Version::Http11 && framing != BodyFraming::Empty;
+        Ok(Semantics { framing, keep_alive, expect_continue, headers: self.headers })
     }
 
     /// The body framing of RFC 9112 §6.3, strictest reading.
@@ -296,9 +275,9 @@ impl FieldScan {
             // §6.3 item 7: a request with neither field has no content.
             None | Some(0) => Ok(BodyFraming::Empty),
             // Refused from the head, before a byte of the body is read.
-            Some(length) if length > limits.payload_bytes_max => Err(ParseError::PayloadTooLarge {
-                limit_bytes: limits.payload_bytes_max,
-            }),
+            Some(length) if length > limits.payload_bytes_max => {
+                Err(ParseError::PayloadTooLarge { limit_bytes: limits.payload_bytes_max })
+            }
             Some(length) => Ok(BodyFraming::Length(length)),
         }
     }
@@ -314,14 +293,11 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return Err(ParseError::InvalidContentLength);
         }
-        let length = digits.iter().try_fold(0_u64, |length, digit| {
-            length.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
-        });
+        let length =
+            digits.iter().try_fold(0_u64, |length, digit| length.checked_mul(10)?.checked_add(u64::from(digit - b'0')));
         let length = length.ok_or(ParseError::InvalidContentLength)?;
         match agreed {
-            Some(previous) if previous != length => {
-                return Err(ParseError::ConflictingContentLength)
-            }
+            Some(previous) if previous != length => return Err(ParseError::ConflictingContentLength),
             _ => agreed = Some(length),
         }
     }
@@ -331,23 +307,14 @@ fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
 /// The non-empty elements of a comma-separated field value, without optional whitespace.
 /// RFC 9110 §5.6.1.2: a recipient MUST parse and ignore empty list elements.
 fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|byte| *byte == b',')
-        .map(trim_whitespace)
-        .filter(|element| !element.is_empty())
+    value.split(|byte| *byte == b',').map(trim_whitespace).filter(|element| !element.is_empty())
 }
 
 /// `value` without leading and trailing optional whitespace (SP and HTAB, RFC 9110 §5.6.3).
 fn trim_whitespace(value: &[u8]) -> &[u8] {
     let is_whitespace = |byte: &u8| *byte == b' ' || *byte == b'\t';
-    let start = value
-        .iter()
-        .position(|byte| !is_whitespace(byte))
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|byte| !is_whitespace(byte))
-        .map_or(start, |last| last + 1);
+    let start = value.iter().position(|byte| !is_whitespace(byte)).unwrap_or(value.len());
+    let end = value.iter().rposition(|byte| !is_whitespace(byte)).map_or(start, |last| last + 1);
     value.get(start..end).unwrap_or_default()
 }
 
@@ -368,46 +335,19 @@ mod tests {
     #[test]
     fn content_length_rejects_everything_else() {
         // Every lenient reading of a length is a way for two parsers to disagree on framing.
-        for value in [
-            &b""[..],
-            b" ",
-            b"+1",
-            b"-1",
-            b"1 2",
-            b"0x10",
-            b"1,",
-            b",1",
-            b"1e3",
-            b"4 2",
-        ] {
-            assert_eq!(
-                parse_content_length(value),
-                Err(ParseError::InvalidContentLength),
-                "{value:?}"
-            );
+        for value in [&b""[..], b" ", b"+1", b"-1", b"1 2", b"0x10", b"1,", b",1", b"1e3", b"4 2"] {
+            assert_eq!(parse_content_length(value), Err(ParseError::InvalidContentLength), "{value:?}");
         }
-        assert_eq!(
-            parse_content_length(b"18446744073709551616"),
-            Err(ParseError::InvalidContentLength)
-        );
-        assert_eq!(
-            parse_content_length(b"1, 2"),
-            Err(ParseError::ConflictingContentLength)
-        );
+        assert_eq!(parse_content_length(b"18446744073709551616"), Err(ParseError::InvalidContentLength));
+        assert_eq!(parse_content_length(b"1, 2"), Err(ParseError::ConflictingContentLength));
     }
 
     #[test]
     fn field_names_match_case_insensitively() {
         // RFC 9110 §5.1 makes field names case-insensitive; a case-sensitive match would let
         // `content-LENGTH` slip past the framing rules.
-        assert!(matches!(
-            classify("CoNtEnT-LeNgTh"),
-            Some(Field::ContentLength)
-        ));
-        assert!(matches!(
-            classify("X-IDEMPOTENCY-KEY"),
-            Some(Field::Application(HeaderName::IdempotencyKey))
-        ));
+        assert!(matches!(classify("CoNtEnT-LeNgTh"), Some(Field::ContentLength)));
+        assert!(matches!(classify("X-IDEMPOTENCY-KEY"), Some(Field::Application(HeaderName::IdempotencyKey))));
         assert!(classify("content-lengthx").is_none());
         assert!(classify("accept").is_none());
     }
@@ -424,10 +364,7 @@ mod tests {
     fn debug_output_redacts_authorization() {
         // Heads end up in logs; a bearer token in a log is a leaked admin credential.
         let mut headers = ApplicationHeaders::default();
-        assert_eq!(
-            headers.insert(HeaderName::Authorization, b"Bearer secret"),
-            Ok(())
-        );
+        assert_eq!(headers.insert(HeaderName::Authorization, b"Bearer secret"), Ok(()));
         assert!(!format!("{headers:?}").contains("secret"));
     }
 }

@@ -93,9 +93,6 @@ impl Limits {
     /// The default limits with another payload limit (`KAPSEL_MAX_PAYLOAD_BYTES`).
     #[must_use]
     pub fn with_payload_bytes_max(self, payload_bytes_max: u64) -> Self {
-        Self {
-            payload_bytes_max,
-            ..self
-        }
+        Self { payload_bytes_max, ..self }
     }
 }

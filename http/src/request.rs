@@ -29,15 +29,8 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order an `Allow` header lists them.
-    pub const ALL: [Method; 7] = [
-        Self::Get,
-        Self::Head,
-        Self::Post,
-        Self::Put,
-        Self::Delete,
-        Self::Options,
-        Self::Patch,
-    ];
+    pub const ALL: [Method; 7] =
+        [Self::Get, Self::Head, Self::Post, Self::Put, Self::Delete, Self::Options, Self::Patch];
 
     /// The method token as sent on the wire.
     #[must_use]
@@ -54,9 +47,7 @@ impl Method {
     }
 
     fn from_token(token: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|method| method.as_str() == token)
+        Self::ALL.into_iter().find(|method| method.as_str() == token)
     }
 }
 
@@ -138,16 +129,12 @@ pub fn parse_head(buffer: &[u8], limits: &Limits) -> Result<Parsed, ParseError> 
     let header_count_max = limits.header_count_max.min(limits::HEADER_COUNT_MAX);
     let header_slots = header_slots.get_mut(..header_count_max).unwrap_or_default();
     let mut request = httparse::Request::new(header_slots);
-    let status = request
-        .parse(window)
-        .map_err(|error| classify_httparse_error(error, window, header_count_max))?;
+    let status = request.parse(window).map_err(|error| classify_httparse_error(error, window, header_count_max))?;
     check_request_line_length(window, limits.request_line_bytes_max)?;
     match status {
         httparse::Status::Partial if window.len() >= limits.header_bytes_max => {
             // The head needs at least one more byte than the limit allows.
-            Err(ParseError::HeadTooLarge {
-                limit_bytes: limits.header_bytes_max,
-            })
+            Err(ParseError::HeadTooLarge { limit_bytes: limits.header_bytes_max })
         }
         httparse::Status::Partial => Ok(Parsed::Partial),
         httparse::Status::Complete(head_length) => {
@@ -158,13 +145,8 @@ pub fn parse_head(buffer: &[u8], limits: &Limits) -> Result<Parsed, ParseError> 
 }
 
 /// Turns httparse's view of a complete head into a [`RequestHead`].
-fn interpret(
-    request: &httparse::Request<'_, '_>,
-    limits: &Limits,
-) -> Result<RequestHead, ParseError> {
-    let (Some(token), Some(target), Some(minor_version)) =
-        (request.method, request.path, request.version)
-    else {
+fn interpret(request: &httparse::Request<'_, '_>, limits: &Limits) -> Result<RequestHead, ParseError> {
+    let (Some(token), Some(target), Some(minor_version)) = (request.method, request.path, request.version) else {
         // httparse fills all three before it reports a complete head.
         return Err(ParseError::InvalidRequestLine);
     };
@@ -197,17 +179,11 @@ fn interpret(
 /// whose authority we ignore (routing is by path). The asterisk-form (`OPTIONS *`) and the
 /// authority-form (`CONNECT`) serve nothing here and are refused.
 fn split_target(target: &str) -> Result<(&str, Option<&str>), ParseError> {
-    let origin_form = if target.starts_with('/') {
-        target
-    } else {
-        absolute_form_path(target)?
-    };
+    let origin_form = if target.starts_with('/') { target } else { absolute_form_path(target)? };
     // A fragment is not part of a request-target (RFC 9112 §3.2); a client that sends one is
     // confused about what it is asking for.
     if origin_form.contains('#') {
-        return Err(ParseError::InvalidTarget {
-            reason: "a request target has no fragment",
-        });
+        return Err(ParseError::InvalidTarget { reason: "a request target has no fragment" });
     }
     Ok(match origin_form.split_once('?') {
         Some(("", query)) => ("/", Some(query)),
@@ -219,18 +195,14 @@ fn split_target(target: &str) -> Result<(&str, Option<&str>), ParseError> {
 
 /// The path-and-query part of an absolute-form target, possibly empty.
 fn absolute_form_path(target: &str) -> Result<&str, ParseError> {
-    let not_a_path = ParseError::InvalidTarget {
-        reason: "the target must be a path starting with /",
-    };
+    let not_a_path = ParseError::InvalidTarget { reason: "the target must be a path starting with /" };
     let (scheme, rest) = target.split_once("://").ok_or(not_a_path.clone())?;
     if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
         return Err(not_a_path);
     }
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     if authority_end == 0 {
-        return Err(ParseError::InvalidTarget {
-            reason: "an absolute target needs a host",
-        });
+        return Err(ParseError::InvalidTarget { reason: "an absolute target needs a host" });
     }
     Ok(rest.get(authority_end..).unwrap_or_default())
 }
@@ -239,10 +211,7 @@ fn absolute_form_path(target: &str) -> Result<&str, ParseError> {
 /// whether or not the rest of it has arrived. Leading empty lines, which RFC 9112 §2.2 lets a
 /// server skip, are not part of the request line; they still count towards the head's size.
 fn check_request_line_length(window: &[u8], limit_bytes: usize) -> Result<(), ParseError> {
-    let start = window
-        .iter()
-        .position(|byte| *byte != b'\r' && *byte != b'\n')
-        .unwrap_or(window.len());
+    let start = window.iter().position(|byte| *byte != b'\r' && *byte != b'\n').unwrap_or(window.len());
     let line = window.get(start..).unwrap_or_default();
     let searched = line.get(..limit_bytes).unwrap_or(line);
     if searched.contains(&b'\n') || line.len() < limit_bytes {
@@ -254,22 +223,14 @@ fn check_request_line_length(window: &[u8], limit_bytes: usize) -> Result<(), Pa
 
 /// Maps httparse's error kinds to ours. httparse reports invalid UTF-8 in the target as a bad
 /// token, so that case is told apart here to give the client a precise message.
-fn classify_httparse_error(
-    error: httparse::Error,
-    window: &[u8],
-    header_count_max: usize,
-) -> ParseError {
+fn classify_httparse_error(error: httparse::Error, window: &[u8], header_count_max: usize) -> ParseError {
     match error {
         httparse::Error::HeaderName | httparse::Error::HeaderValue => ParseError::InvalidHeader,
         httparse::Error::NewLine => ParseError::InvalidLineEnding,
-        httparse::Error::TooManyHeaders => ParseError::TooManyHeaders {
-            limit: header_count_max,
-        },
+        httparse::Error::TooManyHeaders => ParseError::TooManyHeaders { limit: header_count_max },
         httparse::Error::Version => ParseError::UnsupportedVersion,
         httparse::Error::Token | httparse::Error::Status if target_is_invalid_utf8(window) => {
-            ParseError::InvalidTarget {
-                reason: "the target is not valid UTF-8",
-            }
+            ParseError::InvalidTarget { reason: "the target is not valid UTF-8" }
         }
         httparse::Error::Token | httparse::Error::Status => ParseError::InvalidRequestLine,
     }
@@ -278,10 +239,7 @@ fn classify_httparse_error(
 /// Whether the second space-separated word of the first line is not UTF-8. Called only on the
 /// error path.
 fn target_is_invalid_utf8(window: &[u8]) -> bool {
-    let line = window
-        .split(|byte| *byte == b'\n')
-        .find(|line| !line.is_empty() && *line != b"\r")
-        .unwrap_or_default();
+    let line = window.split(|byte| *byte == b'\n').find(|line| !line.is_empty() && *line != b"\r").unwrap_or_default();
     let mut words = line.split(|byte| *byte == b' ');
     let target = words.nth(1).unwrap_or_default();
     std::str::from_utf8(target).is_err()
@@ -301,10 +259,7 @@ mod tests {
     fn complete(bytes: &[u8]) -> (RequestHead, usize) {
         match parse(bytes) {
             Ok(Parsed::Complete { head, head_length }) => (head, head_length),
-            other => panic!(
-                "expected a complete head for {:?}, got {other:?}",
-                String::from_utf8_lossy(bytes)
-            ),
+            other => panic!("expected a complete head for {:?}, got {other:?}", String::from_utf8_lossy(bytes)),
         }
     }
 
@@ -334,21 +289,82 @@ mod tests {
             ("request line too long", long_line, 414, "E1005"),
             ("oversized head, still partial", padded_header(17 * 1024), 431, "E1005"),
             ("too many headers", many_headers(64), 431, "E1005"),
-            ("differing Content-Length lines", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(), 400, "E1005"),
-            ("differing Content-Length list", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n".to_vec(), 400, "E1005"),
-            ("Content-Length with Transfer-Encoding", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400, "E1005"),
-            ("Transfer-Encoding without chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400, "E1005"),
-            ("chunked not final", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(), 400, "E1005"),
-            ("chunked twice", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400, "E1005"),
-            ("coding before chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(), 400, "E1005"),
-            ("Transfer-Encoding in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400, "E1005"),
+            (
+                "differing Content-Length lines",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "differing Content-Length list",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "Content-Length with Transfer-Encoding",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "Transfer-Encoding without chunked",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "chunked not final",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "chunked twice",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "coding before chunked",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "Transfer-Encoding in HTTP/1.0",
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
             ("invalid UTF-8 in the path", b"GET /caf\xc3\x28 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "E1005"),
             ("unsupported method", b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405, "E1005"),
             ("methods are case-sensitive", b"get / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405, "E1005"),
-            ("Content-Length over the payload limit", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10485761\r\n\r\n".to_vec(), 413, "E1002"),
-            ("Content-Length overflowing u64", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551616\r\n\r\n".to_vec(), 400, "E1005"),
-            ("Content-Length not digits", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12a\r\n\r\n".to_vec(), 400, "E1005"),
-            ("Content-Length negative", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(), 400, "E1005"),
+            (
+                "Content-Length over the payload limit",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10485761\r\n\r\n".to_vec(),
+                413,
+                "E1002",
+            ),
+            (
+                "Content-Length overflowing u64",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551616\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "Content-Length not digits",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12a\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
+            (
+                "Content-Length negative",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
             ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 400, "E1005"),
             ("bare CR ends a line", b"GET / HTTP/1.1\rHost: x\r\n\r\n".to_vec(), 400, "E1005"),
             ("bare CR inside a value", b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n".to_vec(), 400, "E1005"),
@@ -357,22 +373,28 @@ mod tests {
             ("NUL in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(), 400, "E1005"),
             ("missing Host in HTTP/1.1", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400, "E1005"),
             ("two Host fields", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400, "E1005"),
-            ("unsupported expectation", b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n".to_vec(), 417, "E1005"),
+            (
+                "unsupported expectation",
+                b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n".to_vec(),
+                417,
+                "E1005",
+            ),
             ("asterisk-form target", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "E1005"),
             ("authority-form target", b"GET example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "E1005"),
             ("fragment in target", b"GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "E1005"),
-            ("repeated idempotency key", b"POST / HTTP/1.1\r\nHost: x\r\nX-Idempotency-Key: a\r\nx-idempotency-key: a\r\n\r\n".to_vec(), 400, "E1005"),
+            (
+                "repeated idempotency key",
+                b"POST / HTTP/1.1\r\nHost: x\r\nX-Idempotency-Key: a\r\nx-idempotency-key: a\r\n\r\n".to_vec(),
+                400,
+                "E1005",
+            ),
         ];
         for (name, bytes, status, code) in cases {
             let error = match parse(&bytes) {
                 Err(error) => error,
                 Ok(parsed) => panic!("{name}: expected an error, got {parsed:?}"),
             };
-            assert_eq!(
-                (error.status(), error.code()),
-                (status, code),
-                "{name}: {error:?}"
-            );
+            assert_eq!((error.status(), error.code()), (status, code), "{name}: {error:?}");
             assert!(error.closes_connection(), "{name}");
         }
     }
@@ -383,35 +405,24 @@ mod tests {
         // to be misreported by a catch-all mapping.
         assert_eq!(
             parse(b"GET /caf\xc3\x28 HTTP/1.1\r\n"),
-            Err(ParseError::InvalidTarget {
-                reason: "the target is not valid UTF-8"
-            })
+            Err(ParseError::InvalidTarget { reason: "the target is not valid UTF-8" })
         );
-        assert_eq!(
-            parse(b"PRI * HTTP/2.0\r\n"),
-            Err(ParseError::UnsupportedVersion)
-        );
-        assert_eq!(
-            parse(&many_headers(65)),
-            Err(ParseError::TooManyHeaders { limit: 64 })
-        );
+        assert_eq!(parse(b"PRI * HTTP/2.0\r\n"), Err(ParseError::UnsupportedVersion));
+        assert_eq!(parse(&many_headers(65)), Err(ParseError::TooManyHeaders { limit: 64 }));
         assert_eq!(
             parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(ParseError::ContentLengthWithTransferEncoding)
         );
         assert_eq!(
             parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10485761\r\n\r\n"),
-            Err(ParseError::PayloadTooLarge {
-                limit_bytes: 10_485_760
-            })
+            Err(ParseError::PayloadTooLarge { limit_bytes: 10_485_760 })
         );
     }
 
     #[test]
     fn simple_get_parses_with_query_and_defaults() {
         // The common case must yield exactly the fields routing and the admin API rely on.
-        let request =
-            b"GET /admin/events?limit=10&status=failed HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let request = b"GET /admin/events?limit=10&status=failed HTTP/1.1\r\nHost: localhost\r\n\r\n";
         let (head, head_length) = complete(request);
         assert_eq!(head.method, Method::Get);
         assert_eq!(head.path, "/admin/events");
@@ -455,32 +466,15 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
         // (RFC 9112 §9.3).
         let cases: [(&[u8], bool); 7] = [
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", true),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                false,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, CLOSE\r\n\r\n",
-                false,
-            ),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, CLOSE\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
-            (
-                b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
-                false,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
-                true,
-            ),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", true),
         ];
         for (request, keep_alive) in cases {
-            assert_eq!(
-                complete(request).0.keep_alive,
-                keep_alive,
-                "{:?}",
-                String::from_utf8_lossy(request)
-            );
+            assert_eq!(complete(request).0.keep_alive, keep_alive, "{:?}", String::from_utf8_lossy(request));
         }
     }
 
@@ -496,15 +490,12 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
     fn expect_continue_is_honoured_only_where_it_means_something() {
         // A client waiting for 100 Continue stalls if we never send it; one that does not wait
         // must not get a stray 100 (RFC 9110 §10.1.1).
-        let with_body = complete(
-            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n",
-        )
-        .0;
+        let with_body = complete(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n").0;
         assert!(with_body.expect_continue);
-        let chunked = complete(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n").0;
+        let chunked =
+            complete(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n").0;
         assert!(chunked.expect_continue);
-        let http_1_0 =
-            complete(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").0;
+        let http_1_0 = complete(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").0;
         assert!(!http_1_0.expect_continue);
         let without_body = complete(b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n").0;
         assert!(!without_body.expect_continue);
@@ -513,18 +504,13 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
     #[test]
     fn framing_accepts_chunked_and_identical_lengths() {
         // Honest clients and merging proxies produce these; refusing them would be a false 400.
-        let chunked =
-            complete(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n").0;
+        let chunked = complete(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n").0;
         assert_eq!(chunked.framing, BodyFraming::Chunked);
-        let repeated = complete(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\ncontent-length: 7, 7\r\n\r\n",
-        )
-        .0;
+        let repeated = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\ncontent-length: 7, 7\r\n\r\n").0;
         assert_eq!(repeated.framing, BodyFraming::Length(7));
         let zero = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").0;
         assert_eq!(zero.framing, BodyFraming::Empty);
-        let at_limit =
-            complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n").0;
+        let at_limit = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n").0;
         assert_eq!(at_limit.framing, BodyFraming::Length(10_485_760));
     }
 
@@ -533,17 +519,15 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
         // KAPSEL_MAX_PAYLOAD_BYTES must take effect at the head, before the body is read.
         let limits = Limits::default().with_payload_bytes_max(100);
         let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n";
-        assert_eq!(
-            parse_head(request, &limits),
-            Err(ParseError::PayloadTooLarge { limit_bytes: 100 })
-        );
+        assert_eq!(parse_head(request, &limits), Err(ParseError::PayloadTooLarge { limit_bytes: 100 }));
     }
 
     #[test]
     fn pipelined_requests_parse_one_after_the_other() {
         // Pipelining clients send the next request before the first answer; the head length
         // is how the connection finds it.
-        let buffer = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /c";
+        let buffer =
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /c";
         let (first, first_length) = complete(buffer);
         assert_eq!((first.method, first.path.as_str()), (Method::Get, "/a"));
         let (second, second_length) = complete(&buffer[first_length..]);
@@ -574,12 +558,8 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
     #[test]
     fn absolute_form_targets_route_by_path() {
         // RFC 9112 §3.2.2: a server MUST accept the absolute-form.
-        let (head, _) =
-            complete(b"POST HTTP://kapsel.example/ingest/ep_1?x=1 HTTP/1.1\r\nHost: y\r\n\r\n");
-        assert_eq!(
-            (head.path.as_str(), head.query.as_deref()),
-            ("/ingest/ep_1", Some("x=1"))
-        );
+        let (head, _) = complete(b"POST HTTP://kapsel.example/ingest/ep_1?x=1 HTTP/1.1\r\nHost: y\r\n\r\n");
+        assert_eq!((head.path.as_str(), head.query.as_deref()), ("/ingest/ep_1", Some("x=1")));
         let (bare, _) = complete(b"GET https://kapsel.example HTTP/1.1\r\nHost: y\r\n\r\n");
         assert_eq!((bare.path.as_str(), bare.query), ("/", None));
         assert!(parse(b"GET http:///a HTTP/1.1\r\nHost: y\r\n\r\n").is_err());
@@ -591,46 +571,29 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(parse(b""), Ok(Parsed::Partial));
         assert_eq!(parse(b"GE"), Ok(Parsed::Partial));
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(Parsed::Partial));
-        assert_eq!(
-            parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r"),
-            Ok(Parsed::Partial)
-        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r"), Ok(Parsed::Partial));
     }
 
     #[test]
     fn oversized_input_fails_before_the_head_completes() {
         // A slowloris client trickling an endless head must be cut off at the limit, not
         // buffered until it finishes.
-        let limits = Limits {
-            header_bytes_max: 64,
-            request_line_bytes_max: 32,
-            ..Limits::default()
-        };
+        let limits = Limits { header_bytes_max: 64, request_line_bytes_max: 32, ..Limits::default() };
         let line = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaa";
         assert_eq!(line.len(), 32);
         assert_eq!(parse_head(&line[..31], &limits), Ok(Parsed::Partial));
-        assert_eq!(
-            parse_head(line, &limits),
-            Err(ParseError::RequestLineTooLong { limit_bytes: 32 })
-        );
+        assert_eq!(parse_head(line, &limits), Err(ParseError::RequestLineTooLong { limit_bytes: 32 }));
         let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
         head.resize(63, b'a');
         assert_eq!(parse_head(&head, &limits), Ok(Parsed::Partial));
         head.push(b'a');
-        assert_eq!(
-            parse_head(&head, &limits),
-            Err(ParseError::HeadTooLarge { limit_bytes: 64 })
-        );
+        assert_eq!(parse_head(&head, &limits), Err(ParseError::HeadTooLarge { limit_bytes: 64 }));
     }
 
     #[test]
     fn heads_exactly_at_the_limits_are_accepted() {
         // Off-by-one limits reject valid requests; the boundary belongs to the client.
-        let limits = Limits {
-            header_bytes_max: 64,
-            request_line_bytes_max: 32,
-            ..Limits::default()
-        };
+        let limits = Limits { header_bytes_max: 64, request_line_bytes_max: 32, ..Limits::default() };
         let mut head = b"GET /aaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
         assert_eq!(head.iter().position(|byte| *byte == b'\n'), Some(31));
         head.resize(60, b'a');
@@ -641,13 +604,7 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(head_length, 64);
         // The bytes after a complete head are not the head's business.
         head.extend_from_slice(&[b'z'; 100]);
-        assert!(matches!(
-            parse_head(&head, &limits),
-            Ok(Parsed::Complete {
-                head_length: 64,
-                ..
-            })
-        ));
+        assert!(matches!(parse_head(&head, &limits), Ok(Parsed::Complete { head_length: 64, .. })));
     }
 
     #[derive(Debug, Clone)]
@@ -664,13 +621,7 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
     fn flip_case(name: &str, flips: &[bool]) -> String {
         name.chars()
             .zip(flips.iter().cycle())
-            .map(|(character, flip)| {
-                if *flip {
-                    character.to_ascii_uppercase()
-                } else {
-                    character
-                }
-            })
+            .map(|(character, flip)| if *flip { character.to_ascii_uppercase() } else { character })
             .collect()
     }
 

@@ -52,15 +52,9 @@ pub fn write_response(
     body: &[u8],
     keep_alive: bool,
 ) {
-    debug_assert!(
-        (100..=999).contains(&status),
-        "status {status} is not three digits"
-    );
+    debug_assert!((100..=999).contains(&status), "status {status} is not three digits");
     let bodyless = status < 200 || status == 204;
-    debug_assert!(
-        !bodyless || body.is_empty(),
-        "status {status} cannot carry a body"
-    );
+    debug_assert!(!bodyless || body.is_empty(), "status {status} cannot carry a body");
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(status));
     out.push(b' ');
@@ -77,11 +71,7 @@ pub fn write_response(
         push_decimal(out, u64::try_from(body.len()).unwrap_or(u64::MAX));
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(if keep_alive {
-        b"Connection: keep-alive\r\n"
-    } else {
-        b"Connection: close\r\n"
-    });
+    out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
     out.extend_from_slice(b"\r\n");
     if !bodyless {
         out.extend_from_slice(body);
@@ -100,14 +90,7 @@ pub fn write_error_response(out: &mut Vec<u8>, error: &ParseError) {
     } else {
         &[]
     };
-    write_response(
-        out,
-        error.status(),
-        extra_headers,
-        Some("application/json"),
-        &body,
-        !error.closes_connection(),
-    );
+    write_response(out, error.status(), extra_headers, Some("application/json"), &body, !error.closes_connection());
 }
 
 /// The JSON error body of the external contract: `{"error":{"code":"E1002","message":"…"}}`,
@@ -148,10 +131,7 @@ fn push_json_string_contents(out: &mut Vec<u8>, text: &str) {
 /// Appends `name: value` CRLF, unless either holds CR or LF.
 fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
     let splits_lines = |text: &str| text.bytes().any(|byte| byte == b'\r' || byte == b'\n');
-    debug_assert!(
-        !splits_lines(name) && !splits_lines(value),
-        "header {name:?} holds CR or LF"
-    );
+    debug_assert!(!splits_lines(name) && !splits_lines(value), "header {name:?} holds CR or LF");
     if splits_lines(name) || splits_lines(value) {
         return;
     }
@@ -190,14 +170,7 @@ mod tests {
         keep_alive: bool,
     ) -> String {
         let mut out = Vec::new();
-        write_response(
-            &mut out,
-            status,
-            extra_headers,
-            content_type,
-            body,
-            keep_alive,
-        );
+        write_response(&mut out, status, extra_headers, content_type, body, keep_alive);
         String::from_utf8(out).unwrap()
     }
 
@@ -217,10 +190,7 @@ Connection: keep-alive\r\n\r\n{\"event_id\":\"evt_1\",\"status\":\"received\"}"
     fn no_content_carries_neither_length_nor_body() {
         // RFC 9110 §8.6 forbids Content-Length on 204; a client that trusts it would wait for
         // bytes that never come.
-        assert_eq!(
-            response(204, &[], None, b"", false),
-            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
-        );
+        assert_eq!(response(204, &[], None, b"", false), "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
     }
 
     #[test]
@@ -254,8 +224,7 @@ Connection: keep-alive\r\n\r\n{\"event_id\":\"evt_1\",\"status\":\"received\"}"
             (503, "Service Unavailable"),
         ] {
             assert_eq!(reason_phrase(status), phrase);
-            assert!(response(status, &[], None, b"", true)
-                .starts_with(&format!("HTTP/1.1 {status} {phrase}\r\n")));
+            assert!(response(status, &[], None, b"", true).starts_with(&format!("HTTP/1.1 {status} {phrase}\r\n")));
         }
         assert_eq!(reason_phrase(299), "");
     }
@@ -280,19 +249,13 @@ Connection: keep-alive\r\n\r\n{\"event_id\":\"evt_1\",\"status\":\"received\"}"
         let mut out = Vec::new();
         write_error_response(&mut out, &ParseError::PayloadTooLarge { limit_bytes: 10 });
         let text = String::from_utf8(out).unwrap();
-        assert!(text
-            .starts_with("HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"));
+        assert!(text.starts_with("HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"));
         assert!(text.contains("Connection: close\r\n"));
-        assert!(text.ends_with(
-            r#"{"error":{"code":"E1002","message":"payload is larger than 10 bytes"}}"#
-        ));
+        assert!(text.ends_with(r#"{"error":{"code":"E1002","message":"payload is larger than 10 bytes"}}"#));
         let mut out = Vec::new();
         write_error_response(&mut out, &ParseError::UnsupportedMethod);
         let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.contains("Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"),
-            "{text}"
-        );
+        assert!(text.contains("Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"), "{text}");
     }
 
     #[test]

@@ -123,10 +123,15 @@ pub fn verify(directory: &Path, progress: &mut dyn FnMut(&Progress<'_>)) -> Resu
             return Err(WalError::corrupt(path, damage.offset, damage.reason));
         }
         if scan.seal.is_some() {
-            let seal = scan::check_seal(&scan, &bytes, &previous_chain).map_err(|reason| WalError::corrupt(path, scan.valid_end, reason))?;
+            let seal = scan::check_seal(&scan, &bytes, &previous_chain)
+                .map_err(|reason| WalError::corrupt(path, scan.valid_end, reason))?;
             match verified.chain.iter().find(|entry| entry.segment_id == seal.segment_id) {
                 Some(entry) if *entry != seal => {
-                    return Err(WalError::corrupt(directory.join(CHAIN_FILE_NAME), 0, format!("chain entry for segment {id} differs from its seal")));
+                    return Err(WalError::corrupt(
+                        directory.join(CHAIN_FILE_NAME),
+                        0,
+                        format!("chain entry for segment {id} differs from its seal"),
+                    ));
                 }
                 _ => {}
             }
@@ -146,9 +151,15 @@ pub fn verify(directory: &Path, progress: &mut dyn FnMut(&Progress<'_>)) -> Resu
 fn chain_before(directory: &Path, chain: &[SealInfo], first_id: Option<u64>) -> Result<Hash, WalError> {
     match first_id {
         None | Some(0 | 1) => Ok(CHAIN_GENESIS),
-        Some(first_id) => chain.iter().find(|entry| entry.segment_id == first_id - 1).map(|entry| entry.chain).ok_or_else(|| {
-            WalError::corrupt(directory.join(CHAIN_FILE_NAME), 0, format!("no seal for the removed segments before {first_id}"))
-        }),
+        Some(first_id) => {
+            chain.iter().find(|entry| entry.segment_id == first_id - 1).map(|entry| entry.chain).ok_or_else(|| {
+                WalError::corrupt(
+                    directory.join(CHAIN_FILE_NAME),
+                    0,
+                    format!("no seal for the removed segments before {first_id}"),
+                )
+            })
+        }
     }
 }
 
@@ -190,7 +201,8 @@ pub fn prove(directory: &Path, lsn: u64) -> Result<InclusionProof, WalError> {
     let path = directory.join(scan::segment_file_name(seal.segment_id));
     let bytes = read(&path)?;
     let scan = scan::scan_segment(&bytes).map_err(|(offset, reason)| WalError::corrupt(&path, offset, reason))?;
-    let checked = scan::check_seal(&scan, &bytes, &seal.previous_chain).map_err(|reason| WalError::corrupt(&path, scan.valid_end, reason))?;
+    let checked = scan::check_seal(&scan, &bytes, &seal.previous_chain)
+        .map_err(|reason| WalError::corrupt(&path, scan.valid_end, reason))?;
     let index = (lsn - checked.first_lsn) as usize;
     let leaves: Vec<Hash> = scan.frames.iter().map(|frame| merkle::leaf_hash(frame.bytes(&bytes))).collect();
     let (Some(frame), Some(proof)) = (scan.frames.get(index), merkle::inclusion_proof(&leaves, index)) else {

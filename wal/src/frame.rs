@@ -273,9 +273,7 @@ pub fn find_valid_batch_after(segment: &[u8], nonce: u64, offset: usize) -> Opti
     let mut at = offset + 1;
     while at + BATCH_HEADER_BYTES <= segment.len() {
         let rest = &segment[at..];
-        let Some(found) = rest.windows(BATCH_MAGIC.len()).position(|window| window == BATCH_MAGIC) else {
-            return None;
-        };
+        let found = rest.windows(BATCH_MAGIC.len()).position(|window| window == BATCH_MAGIC)?;
         let candidate = at + found;
         if decode_batch(segment, nonce, candidate).is_ok() {
             return Some(candidate);

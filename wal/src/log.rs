@@ -50,7 +50,7 @@ impl Default for Options {
             batch_bytes_max: limits::BATCH_BYTES_DEFAULT,
             batch_wait: Duration::ZERO,
             queue_bytes_max: limits::QUEUE_BYTES_DEFAULT,
-            backend: IoBackend::detect(),
+            backend: IoBackend::default(),
             faults: None,
         }
     }

@@ -39,21 +39,12 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Hashes one leaf: `SHA-256(0x00 ‖ leaf)`.
 pub fn leaf_hash(leaf: &[u8]) -> Hash {
-    Sha256::new()
-        .chain_update([LEAF_PREFIX])
-        .chain_update(leaf)
-        .finalize()
-        .into()
+    Sha256::new().chain_update([LEAF_PREFIX]).chain_update(leaf).finalize().into()
 }
 
 /// Hashes two children into their parent: `SHA-256(0x01 ‖ left ‖ right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    Sha256::new()
-        .chain_update([NODE_PREFIX])
-        .chain_update(left)
-        .chain_update(right)
-        .finalize()
-        .into()
+    Sha256::new().chain_update([NODE_PREFIX]).chain_update(left).chain_update(right).finalize().into()
 }
 
 /// The root of the tree with no leaves: `SHA-256("")`, that is
@@ -67,11 +58,7 @@ pub fn empty_root() -> Hash {
 /// The first link takes [`CHAIN_GENESIS`] as `previous`. There is no prefix byte: chain values
 /// and tree hashes are never mixed in one structure, so no domain separation is needed.
 pub fn chain_next(previous: &Hash, root: &Hash) -> Hash {
-    Sha256::new()
-        .chain_update(previous)
-        .chain_update(root)
-        .finalize()
-        .into()
+    Sha256::new().chain_update(previous).chain_update(root).finalize().into()
 }
 
 /// Root over already-hashed leaves (MTH of RFC 6962 §2.1).
@@ -123,25 +110,13 @@ pub fn inclusion_proof(leaf_hashes: &[Hash], index: usize) -> Option<Vec<Hash>> 
 /// index >= size.
 ///
 /// The verifier trusts nothing it is given: the sizes may be any `u64`, the proof any length.
-pub fn verify_inclusion(
-    leaf_hash: &Hash,
-    index: u64,
-    tree_size: u64,
-    proof: &[Hash],
-    root: &Hash,
-) -> bool {
-    root_from_inclusion_proof(leaf_hash, index, tree_size, proof)
-        .is_some_and(|computed| computed == *root)
+pub fn verify_inclusion(leaf_hash: &Hash, index: u64, tree_size: u64, proof: &[Hash], root: &Hash) -> bool {
+    root_from_inclusion_proof(leaf_hash, index, tree_size, proof).is_some_and(|computed| computed == *root)
 }
 
 /// Recomputes the root an audit path leads to, or None when the path cannot belong to a tree of
 /// `tree_size` leaves (RFC 9162 §2.1.3.2, steps 1 to 5).
-fn root_from_inclusion_proof(
-    leaf_hash: &Hash,
-    index: u64,
-    tree_size: u64,
-    proof: &[Hash],
-) -> Option<Hash> {
+fn root_from_inclusion_proof(leaf_hash: &Hash, index: u64, tree_size: u64, proof: &[Hash]) -> Option<Hash> {
     if index >= tree_size {
         return None;
     }
@@ -179,9 +154,7 @@ fn root_from_inclusion_proof(
 /// arithmetic stays total.
 fn split_point(size: usize) -> usize {
     debug_assert!(size >= 2, "a tree of {size} leaves has no split");
-    (size - 1)
-        .checked_ilog2()
-        .map_or(1, |exponent| 1 << exponent)
+    (size - 1).checked_ilog2().map_or(1, |exponent| 1 << exponent)
 }
 
 /// An upper bound on the audit path length in a tree of `size` leaves: `ceil(log2(size))`.
@@ -248,12 +221,7 @@ impl Frontier {
     /// RFC 6962 splits off the largest perfect subtree on the left and recurses on the rest, so
     /// the root is the right fold of the subtree roots: smallest subtree first.
     pub fn root(&self) -> Hash {
-        self.subtrees
-            .iter()
-            .rev()
-            .copied()
-            .reduce(|right, left| node_hash(&left, &right))
-            .unwrap_or_else(empty_root)
+        self.subtrees.iter().rev().copied().reduce(|right, left| node_hash(&left, &right)).unwrap_or_else(empty_root)
     }
 }
 
@@ -307,16 +275,8 @@ mod tests {
     // the data is reproduced here.
 
     /// The eight reference leaves, as hexadecimal bytes.
-    const REFERENCE_LEAVES: [&str; 8] = [
-        "",
-        "00",
-        "10",
-        "2021",
-        "3031",
-        "40414243",
-        "5051525354555657",
-        "606162636465666768696a6b6c6d6e6f",
-    ];
+    const REFERENCE_LEAVES: [&str; 8] =
+        ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
 
     /// The root over the first `n` reference leaves, at position `n`.
     const REFERENCE_ROOTS: [&str; 9] = [
@@ -340,11 +300,7 @@ mod tests {
     }
 
     const REFERENCE_PROOFS: [ReferenceProof; 5] = [
-        ReferenceProof {
-            index: 0,
-            tree_size: 1,
-            path: &[],
-        },
+        ReferenceProof { index: 0, tree_size: 1, path: &[] },
         ReferenceProof {
             index: 0,
             tree_size: 8,
@@ -394,17 +350,12 @@ mod tests {
     }
 
     fn reference_leaf_hashes() -> Vec<Hash> {
-        REFERENCE_LEAVES
-            .iter()
-            .map(|leaf| leaf_hash(&bytes_from_hex(leaf)))
-            .collect()
+        REFERENCE_LEAVES.iter().map(|leaf| leaf_hash(&bytes_from_hex(leaf))).collect()
     }
 
     /// Distinct leaf hashes for synthetic trees.
     fn numbered_leaf_hashes(count: usize) -> Vec<Hash> {
-        (0..count as u64)
-            .map(|number| leaf_hash(&number.to_le_bytes()))
-            .collect()
+        (0..count as u64).map(|number| leaf_hash(&number.to_le_bytes())).collect()
     }
 
     fn u64_of(value: usize) -> u64 {
@@ -424,11 +375,7 @@ mod tests {
         // Agreement with the published vectors is what lets third-party CT tooling check our roots.
         let leaves = reference_leaf_hashes();
         for (size, expected) in REFERENCE_ROOTS.iter().enumerate() {
-            assert_eq!(
-                to_hex(&root(&leaves[..size])),
-                *expected,
-                "root of the first {size} reference leaves"
-            );
+            assert_eq!(to_hex(&root(&leaves[..size])), *expected, "root of the first {size} reference leaves");
         }
     }
 
@@ -437,11 +384,7 @@ mod tests {
         // Producing byte-identical paths proves our PATH(m, D[n]) ordering matches RFC 6962.
         let leaves = reference_leaf_hashes();
         for reference in &REFERENCE_PROOFS {
-            let expected: Vec<Hash> = reference
-                .path
-                .iter()
-                .map(|hex| hash_from_hex(hex))
-                .collect();
+            let expected: Vec<Hash> = reference.path.iter().map(|hex| hash_from_hex(hex)).collect();
             let tree = &leaves[..reference.tree_size];
             assert_eq!(
                 inclusion_proof(tree, reference.index),
@@ -463,20 +406,11 @@ mod tests {
     #[test]
     fn leaf_and_node_hashes_match_rfc6962_definitions() {
         // The prefixes are the whole of the second-preimage defence, so pin them byte for byte.
-        assert_eq!(
-            to_hex(&leaf_hash(b"")),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
-        assert_eq!(
-            to_hex(&leaf_hash(b"L123456")),
-            "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56"
-        );
+        assert_eq!(to_hex(&leaf_hash(b"")), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
+        assert_eq!(to_hex(&leaf_hash(b"L123456")), "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56");
         let left = leaf_hash(b"left");
         let right = leaf_hash(b"right");
-        assert_eq!(
-            node_hash(&left, &right),
-            sha256_of(&[&[0x01], &left, &right])
-        );
+        assert_eq!(node_hash(&left, &right), sha256_of(&[&[0x01], &left, &right]));
         assert_ne!(node_hash(&left, &right), node_hash(&right, &left));
     }
 
@@ -513,10 +447,7 @@ mod tests {
         for exponent in 0..=8 {
             let mut level = numbered_leaf_hashes(1 << exponent);
             while level.len() > 1 {
-                level = level
-                    .chunks_exact(2)
-                    .map(|pair| node_hash(&pair[0], &pair[1]))
-                    .collect();
+                level = level.chunks_exact(2).map(|pair| node_hash(&pair[0], &pair[1])).collect();
             }
             assert_eq!(root(&numbered_leaf_hashes(1 << exponent)), level[0]);
         }
@@ -525,15 +456,7 @@ mod tests {
     #[test]
     fn split_point_is_largest_power_of_two_below_size() {
         // The split decides the shape of every tree, so check it directly at the edges.
-        let expected = [
-            (2, 1),
-            (3, 2),
-            (4, 2),
-            (5, 4),
-            (8, 4),
-            (9, 8),
-            (1 << 20, 1 << 19),
-        ];
+        let expected = [(2, 1), (3, 2), (4, 2), (5, 4), (8, 4), (9, 8), (1 << 20, 1 << 19)];
         for (size, split) in expected {
             assert_eq!(split_point(size), split, "split of {size}");
         }
@@ -570,13 +493,7 @@ mod tests {
                 let proof = inclusion_proof(tree, index).unwrap();
                 assert!(proof.len() <= path_length_max(size));
                 assert!(
-                    verify_inclusion(
-                        &tree[index],
-                        u64_of(index),
-                        u64_of(size),
-                        &proof,
-                        &tree_root
-                    ),
+                    verify_inclusion(&tree[index], u64_of(index), u64_of(size), &proof, &tree_root),
                     "leaf {index} of {size}"
                 );
             }
@@ -587,9 +504,7 @@ mod tests {
     fn tampered_inclusion_proofs_fail_in_every_tree_up_to_300() {
         // A verifier that accepts any altered claim would make the audit log worthless.
         let leaves = numbered_leaf_hashes(2 * EXHAUSTIVE_SIZE_MAX);
-        let roots: Vec<Hash> = (0..=2 * EXHAUSTIVE_SIZE_MAX)
-            .map(|size| root(&leaves[..size]))
-            .collect();
+        let roots: Vec<Hash> = (0..=2 * EXHAUSTIVE_SIZE_MAX).map(|size| root(&leaves[..size])).collect();
         for size in 1..=EXHAUSTIVE_SIZE_MAX {
             for index in 0..size {
                 let proof = inclusion_proof(&leaves[..size], index).unwrap();
@@ -616,20 +531,11 @@ mod tests {
 
     impl Claim {
         fn verifies(&self) -> bool {
-            verify_inclusion(
-                &self.leaf,
-                self.index,
-                self.tree_size,
-                &self.proof,
-                &self.root,
-            )
+            verify_inclusion(&self.leaf, self.index, self.tree_size, &self.proof, &self.root)
         }
 
         fn with(&self, change: impl FnOnce(&mut Claim)) -> bool {
-            let mut changed = Claim {
-                proof: self.proof.clone(),
-                ..*self
-            };
+            let mut changed = Claim { proof: self.proof.clone(), ..*self };
             change(&mut changed);
             changed.verifies()
         }
@@ -645,17 +551,8 @@ mod tests {
     }
 
     fn assert_wrong_index_rejected(claim: &Claim, context: &str) {
-        let wrong_indices = [
-            claim.index.wrapping_sub(1),
-            claim.index + 1,
-            claim.index ^ 2,
-            claim.tree_size,
-            u64::MAX,
-        ];
-        for wrong in wrong_indices
-            .into_iter()
-            .filter(|wrong| *wrong != claim.index)
-        {
+        let wrong_indices = [claim.index.wrapping_sub(1), claim.index + 1, claim.index ^ 2, claim.tree_size, u64::MAX];
+        for wrong in wrong_indices.into_iter().filter(|wrong| *wrong != claim.index) {
             assert!(!claim.with(|c| c.index = wrong), "{context}: index {wrong}");
         }
     }
@@ -664,10 +561,7 @@ mod tests {
         // Against its own root a wrong size must fail whenever it changes the path's shape;
         // doubling or halving always does.
         for wrong in [claim.tree_size * 2, claim.tree_size / 2, u64::MAX] {
-            assert!(
-                !claim.with(|c| c.tree_size = wrong),
-                "{context}: size {wrong} own root"
-            );
+            assert!(!claim.with(|c| c.tree_size = wrong), "{context}: size {wrong} own root");
         }
         // Against the genuine root of the other size every wrong size must fail: a signed tree
         // head pairs a size with its root, so this is the claim an attacker could present.
@@ -689,10 +583,7 @@ mod tests {
         for position in 0..claim.proof.len() {
             for bit in [0, 7, 255] {
                 let flipped = claim.with(|c| c.proof[position][bit / 8] ^= 1 << (bit % 8));
-                assert!(
-                    !flipped,
-                    "{context}: bit {bit} of proof[{position}] flipped"
-                );
+                assert!(!flipped, "{context}: bit {bit} of proof[{position}] flipped");
             }
         }
         if !claim.proof.is_empty() {
@@ -710,38 +601,17 @@ mod tests {
             );
         }
         let root = claim.root;
-        assert!(
-            !claim.with(|c| c.proof.push(root)),
-            "{context}: root appended"
-        );
-        assert!(
-            !claim.with(|c| c.proof.insert(0, root)),
-            "{context}: root prepended"
-        );
-        assert!(
-            !claim.with(|c| c.proof.push([0; 32])),
-            "{context}: zeros appended"
-        );
+        assert!(!claim.with(|c| c.proof.push(root)), "{context}: root appended");
+        assert!(!claim.with(|c| c.proof.insert(0, root)), "{context}: root prepended");
+        assert!(!claim.with(|c| c.proof.push([0; 32])), "{context}: zeros appended");
     }
 
     fn assert_wrong_leaf_or_root_rejected(claim: &Claim, leaves: &[Hash], context: &str) {
         let other_leaf = leaves[usize::try_from(claim.index).unwrap() + 1];
-        assert!(
-            !claim.with(|c| c.leaf = other_leaf),
-            "{context}: neighbour's leaf"
-        );
-        assert!(
-            !claim.with(|c| c.leaf[31] ^= 1),
-            "{context}: leaf bit flipped"
-        );
-        assert!(
-            !claim.with(|c| c.root[0] ^= 1),
-            "{context}: root bit flipped"
-        );
-        assert!(
-            !claim.with(|c| c.root = empty_root()),
-            "{context}: empty root"
-        );
+        assert!(!claim.with(|c| c.leaf = other_leaf), "{context}: neighbour's leaf");
+        assert!(!claim.with(|c| c.leaf[31] ^= 1), "{context}: leaf bit flipped");
+        assert!(!claim.with(|c| c.root[0] ^= 1), "{context}: root bit flipped");
+        assert!(!claim.with(|c| c.root = empty_root()), "{context}: empty root");
     }
 
     #[test]
@@ -755,12 +625,7 @@ mod tests {
             frontier.push(*leaf);
             assert_eq!(frontier.len(), u64_of(count + 1));
             assert!(!frontier.is_empty());
-            assert_eq!(
-                frontier.root(),
-                root(&leaves[..=count]),
-                "size {}",
-                count + 1
-            );
+            assert_eq!(frontier.root(), root(&leaves[..=count]), "size {}", count + 1);
         }
     }
 
@@ -770,10 +635,7 @@ mod tests {
         let mut frontier = Frontier::new();
         for leaf in numbered_leaf_hashes(1 << 12) {
             frontier.push(leaf);
-            assert_eq!(
-                frontier.subtrees.len(),
-                frontier.len().count_ones() as usize
-            );
+            assert_eq!(frontier.subtrees.len(), frontier.len().count_ones() as usize);
         }
         assert_eq!(frontier.subtrees.len(), 1);
     }
@@ -806,13 +668,7 @@ mod tests {
         assert_eq!(frontier.root(), batch_root);
         let index = leaf_count - 3;
         let proof = inclusion_proof(&leaves, index).unwrap();
-        assert!(verify_inclusion(
-            &leaves[index],
-            u64_of(index),
-            u64_of(leaf_count),
-            &proof,
-            &batch_root
-        ));
+        assert!(verify_inclusion(&leaves[index], u64_of(index), u64_of(leaf_count), &proof, &batch_root));
     }
 
     #[test]
@@ -842,10 +698,7 @@ mod tests {
             *byte = u8::try_from(position * 8 + 1).unwrap();
         }
         let text = to_hex(&hash);
-        assert_eq!(
-            text,
-            "0109111921293139414951596169717981899199a1a9b1b9c1c9d1d9e1e9f1f9"
-        );
+        assert_eq!(text, "0109111921293139414951596169717981899199a1a9b1b9c1c9d1d9e1e9f1f9");
         assert_eq!(from_hex(&text), Some(hash));
         assert_eq!(from_hex(&text.to_uppercase()), Some(hash));
     }

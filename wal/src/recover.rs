@@ -257,14 +257,19 @@ impl<'a> Walk<'a> {
 fn reconcile_chain(chain: &mut LoadedChain, seal: &SealInfo) -> Result<(), WalError> {
     match chain.entries.iter().find(|entry| entry.segment_id == seal.segment_id) {
         Some(entry) if entry == seal => Ok(()),
-        Some(_) => Err(WalError::corrupt(&chain.path, 0, format!("chain entry for segment {} differs from its seal", seal.segment_id))),
+        Some(_) => Err(WalError::corrupt(
+            &chain.path,
+            0,
+            format!("chain entry for segment {} differs from its seal", seal.segment_id),
+        )),
         // The segment's seal was made durable but the crash came before its chain append.
         None => chain.append(seal),
     }
 }
 
 fn active_segment(path: &Path, scan: &SegmentScan, bytes: &[u8]) -> Result<ActiveSegment, WalError> {
-    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|error| WalError::io("open", path, error))?;
+    let file =
+        OpenOptions::new().read(true).write(true).open(path).map_err(|error| WalError::io("open", path, error))?;
     Ok(ActiveSegment {
         path: path.to_path_buf(),
         file,

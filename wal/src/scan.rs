@@ -85,16 +85,18 @@ impl SegmentScan {
 /// Scans a whole segment. `Err` is a damaged header, with its offset and reason.
 pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, (u64, &'static str)> {
     let header = frame::decode_segment_header(bytes).map_err(|reason| (0, reason))?;
-    let mut scan = SegmentScan { header, frames: Vec::new(), seal: None, valid_end: SEGMENT_HEADER_BYTES as u64, damage: None };
+    let mut scan =
+        SegmentScan { header, frames: Vec::new(), seal: None, valid_end: SEGMENT_HEADER_BYTES as u64, damage: None };
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut expected_lsn = header.first_lsn;
     while offset < bytes.len() {
-        let outcome = frame::decode_batch(bytes, header.nonce, offset).map_err(|damage| damage.describe()).and_then(|batch| {
-            if scan.seal.is_some() {
-                return Err("data after the segment's seal");
-            }
-            accept_batch(&mut scan, bytes, batch.frames, &mut expected_lsn).map(|()| batch.end)
-        });
+        let outcome =
+            frame::decode_batch(bytes, header.nonce, offset).map_err(|damage| damage.describe()).and_then(|batch| {
+                if scan.seal.is_some() {
+                    return Err("data after the segment's seal");
+                }
+                accept_batch(&mut scan, bytes, batch.frames, &mut expected_lsn).map(|()| batch.end)
+            });
         match outcome {
             Ok(end) => {
                 offset = end;
@@ -110,7 +112,12 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, (u64, &'static str)> {
     Ok(scan)
 }
 
-fn accept_batch(scan: &mut SegmentScan, bytes: &[u8], frames: Vec<FrameRef>, expected_lsn: &mut u64) -> Result<(), &'static str> {
+fn accept_batch(
+    scan: &mut SegmentScan,
+    bytes: &[u8],
+    frames: Vec<FrameRef>,
+    expected_lsn: &mut u64,
+) -> Result<(), &'static str> {
     if let Some(first) = frames.first().filter(|first| first.kind == KIND_SEAL) {
         if frames.len() != 1 {
             return Err("a seal shares its batch with records");
@@ -140,7 +147,10 @@ pub fn check_seal(scan: &SegmentScan, bytes: &[u8], previous_chain: &Hash) -> Re
     if seal.segment_id != scan.header.segment_id {
         return Err(format!("seal names segment {} but the header says {}", seal.segment_id, scan.header.segment_id));
     }
-    if seal.records != scan.frames.len() as u64 || seal.first_lsn != scan.header.first_lsn || seal.last_lsn != scan.last_lsn() {
+    if seal.records != scan.frames.len() as u64
+        || seal.first_lsn != scan.header.first_lsn
+        || seal.last_lsn != scan.last_lsn()
+    {
         return Err("seal's record count or LSN range does not match the segment".into());
     }
     if seal.root != scan.root(bytes) {

@@ -40,7 +40,14 @@ pub struct SealInfo {
 
 impl SealInfo {
     /// Builds the seal for a segment whose records hash to `root`.
-    pub fn new(segment_id: u64, lsns: (u64, u64), records: u64, root: Hash, previous_chain: Hash, sealed_at_ms: u64) -> Self {
+    pub fn new(
+        segment_id: u64,
+        lsns: (u64, u64),
+        records: u64,
+        root: Hash,
+        previous_chain: Hash,
+        sealed_at_ms: u64,
+    ) -> Self {
         let chain = merkle::chain_next(&previous_chain, &root);
         Self { segment_id, first_lsn: lsns.0, last_lsn: lsns.1, records, sealed_at_ms, root, previous_chain, chain }
     }

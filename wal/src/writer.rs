@@ -6,6 +6,7 @@ use std::future::poll_fn;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::frame::{self, SegmentHeader, BATCH_HEADER_BYTES, KIND_SEAL, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
@@ -45,7 +46,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(layer: FileLayer, directory: PathBuf, options: &Options, recovered: Recovered) -> Result<Self, WalError> {
+    pub(crate) fn new(
+        layer: FileLayer,
+        directory: PathBuf,
+        options: &Options,
+        recovered: Recovered,
+    ) -> Result<Self, WalError> {
         let active = match recovered.active {
             Some(active) => Some(Active {
                 file: layer.adopt(active.file).map_err(|error| WalError::io("open", &active.path, error))?,
@@ -110,9 +116,10 @@ impl Writer {
     async fn commit_batch(&mut self, shared: &Shared, batch: OpenBatch) -> Result<(), WalError> {
         let OpenBatch { mut buffer, records, first_lsn, done } = batch;
         debug_assert_eq!(first_lsn, self.next_lsn, "batches reach the flusher in LSN order");
-        let full = self.active.as_ref().is_some_and(|active| {
-            active.records > 0 && active.length + buffer.len() as u64 > self.segment_bytes
-        });
+        let full = self
+            .active
+            .as_ref()
+            .is_some_and(|active| active.records > 0 && active.length + buffer.len() as u64 > self.segment_bytes);
         if full {
             self.seal_and_roll(shared).await?;
         }
@@ -123,9 +130,12 @@ impl Writer {
             return Err(WalError::Closed);
         };
         frame::finish_batch(&mut buffer, active.header.nonce, records, first_lsn);
-        let (written, buffer) = self.layer.write_all_at(&active.file, buffer, active.length).await;
-        written.map_err(|error| WalError::io("write", &active.path, error))?;
-        self.layer.sync_data(&active.file).await.map_err(|error| WalError::io("fdatasync", &active.path, error))?;
+        let buffer = Arc::new(buffer);
+        let write = self.layer.start_durable_write(&active.file, Arc::clone(&buffer), active.length);
+        // The I/O thread is already writing; hash the leaves meanwhile. If the write fails the
+        // log is poisoned and this frontier is never used.
+        push_leaves(&mut active.frontier, &buffer);
+        write.wait().await.map_err(|error| WalError::io("write and fdatasync", &active.path, error))?;
         let last_lsn = first_lsn + u64::from(records) - 1;
         active.length += buffer.len() as u64;
         active.records += u64::from(records);
@@ -135,11 +145,11 @@ impl Writer {
             let mut state = shared.state.borrow_mut();
             state.durable_lsn = last_lsn;
             state.batches += 1;
+            if let Ok(buffer) = Arc::try_unwrap(buffer) {
+                state.recycle(buffer);
+            }
         }
-        // Acknowledge first; hashing the leaves can wait until the appenders are on their way.
         done.complete(Ok(()));
-        push_leaves(&mut active.frontier, &buffer);
-        shared.state.borrow_mut().recycle(buffer);
         if active.length >= self.segment_bytes {
             self.seal_and_roll(shared).await?;
         }
@@ -178,7 +188,10 @@ impl Writer {
         let entry = seal::encode_chain_entry(seal).to_vec();
         let (written, _) = self.layer.write_all_at(&self.chain.file, entry, self.chain.length).await;
         written.map_err(|error| WalError::io("append chain", &self.chain.path, error))?;
-        self.layer.sync_data(&self.chain.file).await.map_err(|error| WalError::io("fdatasync", &self.chain.path, error))?;
+        self.layer
+            .sync_data(&self.chain.file)
+            .await
+            .map_err(|error| WalError::io("fdatasync", &self.chain.path, error))?;
         self.chain.length += CHAIN_ENTRY_BYTES as u64;
         self.chain.last = seal.chain;
         Ok(())

@@ -10,7 +10,9 @@ use common::{append_all, on_both_drivers, open, options, segment_files};
 use kapsel_wal::{audit, IoFaults, WalError};
 
 fn bodies(count: usize, size: usize) -> Vec<Vec<u8>> {
-    (0..count).map(|index| format!("record-{index:06}-").into_bytes().into_iter().cycle().take(size).collect()).collect()
+    (0..count)
+        .map(|index| format!("record-{index:06}-").into_bytes().into_iter().cycle().take(size).collect())
+        .collect()
 }
 
 // The basic promise: what was acknowledged comes back, in order, after a reopen.
@@ -206,5 +208,31 @@ fn reserved_kinds_and_oversized_records_are_refused() {
         assert!(matches!(wal.append(0xFF, b"x"), Err(WalError::ReservedKind(0xFF))));
         let huge = vec![0u8; kapsel_wal::limits::RECORD_BODY_BYTES_MAX + 1];
         assert!(matches!(wal.append(1, &huge), Err(WalError::RecordTooLarge { .. })));
+    });
+}
+
+// The optional batch wait trades latency for bigger batches: a record appended shortly after
+// another joins its batch instead of paying its own fsync.
+#[test]
+fn batch_wait_gathers_later_appends_into_the_same_batch() {
+    on_both_drivers(|backend| async move {
+        for (wait, expected_batches) in [(std::time::Duration::from_millis(500), 1), (std::time::Duration::ZERO, 2)] {
+            let directory = tempfile::tempdir().unwrap();
+            let mut opts = options(backend, 1 << 20);
+            opts.batch_wait = wait;
+            let (wal, _, _) = open(directory.path(), opts).await.unwrap();
+            let first = wal.append(1, b"first").unwrap();
+            if wait.is_zero() {
+                // Without a wait the first record goes out alone.
+                first.await.unwrap();
+                let second = wal.append(1, b"second").unwrap();
+                second.await.unwrap();
+            } else {
+                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let second = wal.append(1, b"second").unwrap();
+                assert_eq!((first.await.unwrap(), second.await.unwrap()), (1, 2));
+            }
+            assert_eq!(wal.batches(), expected_batches, "batch wait {wait:?}");
+        }
     });
 }

@@ -19,7 +19,8 @@ where
         .build()
         .expect("io_uring runtime (io_uring must work on this machine)");
     uring.block_on(test(IoBackend::Uring));
-    let mut legacy = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("legacy runtime");
+    let mut legacy =
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().expect("legacy runtime");
     legacy.block_on(test(IoBackend::Thread));
 }
 
