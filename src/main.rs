@@ -3,7 +3,9 @@
 //! [`tools`], the parsing in [`cli`].
 
 mod cli;
+mod config;
 mod logging;
+mod server;
 mod tools;
 
 use std::io::Write;
@@ -54,14 +56,15 @@ fn printed(result: std::io::Result<()>) -> Exit {
     }
 }
 
-/// Runs the server until it is told to stop. The server is built by a later issue, which
-/// replaces this body; until then it says so and fails, so no script mistakes it for a
-/// running service.
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stop accepting, finish
+/// in-flight requests, flush every log, exit 0.
 fn run_server(data_directory: &Path, stderr: &mut dyn Write) -> Exit {
-    let _ = writeln!(
-        stderr,
-        "kapsel: the server is not built yet (data directory {}); the audit and wal commands work, see `kapsel --help`",
-        data_directory.display()
-    );
-    Exit::Error
+    match server::run(data_directory) {
+        Ok(()) => Exit::Success,
+        Err(error) => {
+            let _ = writeln!(stderr, "kapsel: {error}");
+            tracing::error!(%error, "server stopped with an error");
+            Exit::Error
+        }
+    }
 }

@@ -226,13 +226,21 @@ fn the_data_directory_defaults_to_kapsel_data_dir() {
     assert!(stdout.contains("50 records"), "{stdout}");
 }
 
-// Until the server is built, starting it must fail loudly rather than look like it runs.
+// A server that cannot honour its configuration must refuse to start, naming the variable,
+// rather than run with a silent default.
 #[test]
-fn no_subcommand_says_the_server_is_not_built_and_exits_2() {
-    let output = kapsel(&[]);
+fn the_server_refuses_a_bad_configuration_and_exits_2() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kapsel"))
+        .env("KAPSEL_DATA_DIR", data.path())
+        .env("SERVER_ADDR", "not-an-address")
+        .env_remove("KAPSEL_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
     let (_, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("server is not built yet"), "{stderr}");
+    assert!(stderr.contains("SERVER_ADDR"), "{stderr}");
 }
 
 // A typo must print the usage and fail, not fall through to some other command.

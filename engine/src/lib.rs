@@ -1,3 +1,91 @@
-//! Kapsel's shards: each a thread with its own monoio runtime that owns a slice of endpoints,
-//! their queues, breakers and idempotency table, and its own write-ahead log
-//! ([`kapsel_wal::Wal`]). Built out by the ingest issue; the write-ahead log is its foundation.
+//! Kapsel's engine: `KAPSEL_SHARDS` threads, each with its own monoio runtime, SO_REUSEPORT
+//! listener and write-ahead log, owning the endpoints whose id hashes to it.
+//!
+//! Invariants:
+//! - No request is answered as done before the fsync covering its record (see [`shard`]).
+//! - A shard's state changes only on its own thread; other shards reach it through its
+//!   [`inbox`], never through a lock.
+//! - The state machines ([`state`], [`idempotency`], [`rate`], [`route`]) take time as an argument;
+//!   only [`clock`] reads the clock.
+//! - Every table and queue is bounded ([`limits`]); a full one answers 503 E3002.
+
+pub mod clock;
+pub mod endpoint;
+pub mod error;
+pub mod idempotency;
+pub mod ids;
+pub mod inbox;
+pub mod limits;
+pub mod rate;
+pub mod records;
+pub mod route;
+mod runtime;
+pub mod service;
+pub mod shard;
+pub mod signature;
+pub mod state;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+pub use error::EngineError;
+pub use runtime::{Engine, EngineConfig, IoDriver, StartError};
+
+/// What all shards share: read-mostly, lock-free.
+pub struct Shared {
+    /// Number of shards.
+    pub shards: usize,
+    /// Bearer token for `/admin/*`.
+    pub admin_token: String,
+    /// Every shard's inbox, by shard index.
+    pub inboxes: Vec<inbox::Inbox>,
+    ready_shards: AtomicUsize,
+    serving_shards: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    fn new(shards: usize, admin_token: String, inboxes: Vec<inbox::Inbox>) -> Self {
+        Self {
+            shards,
+            admin_token,
+            inboxes,
+            ready_shards: AtomicUsize::new(0),
+            serving_shards: AtomicUsize::new(shards),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// `Ok` while every shard has recovered and none is shutting down; otherwise E3004.
+    pub fn check_serving(&self) -> Result<(), EngineError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(EngineError::Unavailable("shutting down".into()));
+        }
+        if self.ready_shards.load(Ordering::Acquire) < self.shards {
+            return Err(EngineError::Unavailable("recovering the write-ahead log".into()));
+        }
+        Ok(())
+    }
+
+    /// True once every shard has replayed its log.
+    pub fn is_ready(&self) -> bool {
+        self.ready_shards.load(Ordering::Acquire) >= self.shards
+    }
+
+    /// Starts a graceful shutdown: every shard stops accepting, finishes in-flight requests,
+    /// flushes its log and exits.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn wake_all(&self) {
+        for inbox in &self.inboxes {
+            inbox.wake();
+        }
+    }
+}

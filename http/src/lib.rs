@@ -1,6 +1,7 @@
-//! Kapsel's HTTP/1.1 layer: a request parser that distrusts its input, on monoio TCP streams.
+//! Kapsel's HTTP/1.1 layer: a request parser that distrusts its input, and the server that
+//! drives it on monoio TCP streams.
 //!
-//! This part is pure: no I/O, no clock, no allocation beyond what a request owns. A connection
+//! The parser is pure: no I/O, no clock, no allocation beyond what a request owns. A connection
 //! keeps a read buffer and drives it:
 //!
 //! 1. [`parse_head`] on the buffer: [`Parsed::Partial`] means read more; an `Err` means write
@@ -15,16 +16,26 @@
 //!
 //! Every input size is bounded by [`Limits`] (see [`limits`]), and every error maps to its
 //! status and E-code in one place, [`ParseError`].
+//!
+//! The server ([`serve`]) is that loop on a shard's monoio runtime: one task per connection,
+//! plain TCP or TLS ([`load_tls_config`]), with read deadlines, a connection limit and a
+//! graceful [`Shutdown`]. The application implements [`Handler`]: it sees each complete
+//! [`Request`] and answers a [`Response`].
 
 #![warn(missing_docs)]
 
 mod body;
 mod chunked;
+mod connection;
 mod error;
 mod headers;
 pub mod limits;
 mod request;
 mod response;
+mod server;
+mod shutdown;
+mod tasks;
+mod tls;
 
 pub use body::BodyDecoder;
 pub use chunked::{ChunkedDecoder, Progress};
@@ -33,3 +44,9 @@ pub use headers::{ApplicationHeaders, HeaderName};
 pub use limits::Limits;
 pub use request::{parse_head, BodyFraming, Method, Parsed, RequestHead, Version};
 pub use response::{error_body, reason_phrase, write_error_response, write_response, CONTINUE_100};
+pub use server::{bind_reuse_port, serve, Handler, Request, Response, ServerConfig};
+pub use shutdown::{Shutdown, Wait};
+pub use tls::{load_tls_config, TlsError};
+
+/// The rustls version this crate is built with, for building a [`ServerConfig::tls`] by hand.
+pub use rustls;

@@ -1,7 +1,9 @@
-//! Named limits of the HTTP/1.1 parser. Every byte the parser or the chunked decoder looks at
-//! is bounded by one of these, so a hostile peer costs at most a known amount of memory and CPU
-//! per connection. The runtime [`Limits`] starts from these defaults; only the payload limit is
-//! meant to be configured (`KAPSEL_MAX_PAYLOAD_BYTES`).
+//! Named limits of the HTTP/1.1 parser and server. Every byte the parser or the chunked decoder
+//! looks at is bounded by one of these, and so is every buffer, wait and connection of the
+//! server, so a hostile peer costs at most a known amount of memory and CPU per connection and
+//! a known number of connections per shard. The runtime [`Limits`] starts from these defaults;
+//! only the payload limit is meant to be configured (`KAPSEL_MAX_PAYLOAD_BYTES`), and the
+//! server's timeouts and connection limit through `ServerConfig`.
 
 /// Longest request line (method, target, version and its line ending) accepted. RFC 9112 §3:
 /// "It is RECOMMENDED that all HTTP senders and recipients support, at a minimum, request-line
@@ -53,6 +55,103 @@ const _: () = assert!(CHUNK_SIZE_LINE_BYTES_MAX <= CHUNK_EXTENSION_BYTES_MAX);
 const _: () = assert!(TRAILER_BYTES_MAX <= HEADER_BYTES_MAX);
 // The body is collected into a `Vec<u8>`, so its limit must be addressable.
 const _: () = assert!(PAYLOAD_BYTES_DEFAULT <= usize::MAX as u64);
+
+// The server: timeouts, connections and buffers. The three read timeouts are defaults of
+// `ServerConfig`; the rest are fixed, because they bound what the server itself spends.
+
+/// Default time a client has to send a whole request head, counted from its first byte
+/// (`ServerConfig::header_read_timeout`). It is what cuts off a slowloris client, which keeps a
+/// connection and its read buffer by trickling header bytes; legitimate heads arrive in one
+/// round trip. On a new connection, the wait for that first byte is bounded by it too.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Default time a client has to send a whole request body once its head is parsed
+/// (`ServerConfig::body_read_timeout`). Long enough for a maximal payload over a slow link
+/// (10 MiB at 3 Mbit/s), short enough that a stalled upload releases its buffer.
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Default time an idle keep-alive connection is kept waiting for its next request
+/// (`ServerConfig::keep_alive_timeout`). An idle connection costs a task, a socket and a read
+/// buffer of [`READ_BUFFER_BYTES_INITIAL`].
+pub const KEEP_ALIVE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+
+/// Default number of open connections one shard serves at once (`ServerConfig::connections_max`).
+/// Past it, a new connection is answered 503 E3002 and closed.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// Capacity of a connection's read buffer when it is created. Most webhooks, head and body,
+/// fit in it, and it is all an idle connection holds.
+pub const READ_BUFFER_BYTES_INITIAL: usize = 4 * 1024;
+
+/// Bytes by which a connection's read buffer grows when it runs short of room for a read. The
+/// buffer holds at most an incomplete head plus one read, so it never exceeds
+/// [`HEADER_BYTES_MAX`] + this; a body is decoded out of it as it arrives.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Write buffer capacity a connection keeps between responses. A larger response (an admin
+/// listing) grows the buffer for its own write; the buffer is then released rather than held
+/// for the life of the connection.
+pub const WRITE_BUFFER_BYTES_KEPT_MAX: usize = 64 * 1024;
+
+/// Connections the kernel queues for accepting on one shard's listener (the `listen` backlog;
+/// Linux caps it at `net.core.somaxconn`). Past it, new connections wait in SYN retries, which
+/// is the backpressure of last resort when the accept loop falls behind.
+pub const ACCEPT_BACKLOG_MAX: i32 = 1024;
+
+/// Time a response, or an interim `100 Continue`, may take to be written. A client that stops
+/// reading would otherwise hold its connection (and the slot counted against
+/// `connections_max`) forever.
+pub const RESPONSE_WRITE_TIMEOUT_MS: u64 = 10_000;
+
+/// Time a connection lingers after its last response, reading and discarding what the client
+/// still sends, before it is closed. Closing a socket with unread bytes makes the kernel send a
+/// reset, which can destroy the response before the client reads it.
+pub const LINGER_TIMEOUT_MS: u64 = 1_000;
+
+/// Most bytes discarded while lingering: past it the client is sending a body we refused, and
+/// is not listening anyway.
+pub const LINGER_BYTES_MAX: usize = 256 * 1024;
+
+/// Most connections being refused at once (503 while at `connections_max`). Each costs a task
+/// for at most [`RESPONSE_WRITE_TIMEOUT_MS`] + [`LINGER_TIMEOUT_MS`]; past this bound a new
+/// connection is closed without an answer, so a flood cannot grow the refusals themselves.
+pub const REJECTIONS_IN_FLIGHT_MAX: usize = 64;
+
+/// Time a shutting-down server waits for its connections to finish their in-flight requests
+/// before it drops them. Shorter than the usual 30 s an orchestrator grants before killing.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 20_000;
+
+/// Pause after a failed accept (typically EMFILE, out of file descriptors) before the next one,
+/// so that the accept loop does not spin while nothing can be accepted.
+pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 100;
+
+/// Longest timeout the server arms, whatever the configuration says; it keeps deadline
+/// arithmetic far from overflow. A day is longer than any sensible read timeout.
+pub const TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+
+/// Worst-case memory of the read buffers of one shard at [`CONNECTIONS_MAX_DEFAULT`]: every
+/// connection holding an incomplete maximal head plus one read.
+pub const READ_BUFFERS_BYTES_MAX: usize = CONNECTIONS_MAX_DEFAULT * (HEADER_BYTES_MAX + READ_CHUNK_BYTES);
+
+// A connection starts small and grows in chunks; starting larger than a chunk would be waste.
+const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= READ_CHUNK_BYTES);
+// A connection keeps at least room for a typical response between requests.
+const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= WRITE_BUFFER_BYTES_KEPT_MAX);
+// One read during lingering must be allowed to complete.
+const _: () = assert!(READ_CHUNK_BYTES <= LINGER_BYTES_MAX);
+// A response whose write began before shutdown is written and lingered within the drain.
+const _: () = assert!(RESPONSE_WRITE_TIMEOUT_MS + LINGER_TIMEOUT_MS < SHUTDOWN_DRAIN_TIMEOUT_MS);
+// Refusing connections must stay cheaper than serving them.
+const _: () = assert!(REJECTIONS_IN_FLIGHT_MAX <= CONNECTIONS_MAX_DEFAULT);
+// The default timeouts must be armable as configured.
+const _: () = assert!(HEADER_READ_TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX);
+const _: () = assert!(BODY_READ_TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX);
+const _: () = assert!(KEEP_ALIVE_TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX);
+// A client that has started a request gets no more time for its head than an idle
+// connection gets for nothing at all.
+const _: () = assert!(HEADER_READ_TIMEOUT_MS_DEFAULT <= KEEP_ALIVE_TIMEOUT_MS_DEFAULT);
+// Read buffers at the default connection limit stay within half a GiB per shard.
+const _: () = assert!(READ_BUFFERS_BYTES_MAX <= 512 * 1024 * 1024);
 
 /// The limits one server applies, copied into each connection. [`Limits::default`] uses the
 /// constants of this module; the binary overrides `payload_bytes_max` from its configuration.

@@ -1,0 +1,102 @@
+//! Cross-shard hops: a bounded crossbeam channel per shard plus a waker, so that a request that
+//! landed on shard k runs on its owner shard j without any lock on the hot path. The owner's
+//! inbox task registers its waker before each `try_recv`, so a send can never be missed.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use kapsel_http::{Request, Response};
+
+use crate::limits;
+use crate::route::Route;
+use crate::service::execute;
+use crate::shard::Shard;
+
+/// Work sent to a shard by another shard.
+pub enum Command {
+    /// Run a request this shard owns and send back the response.
+    Request {
+        /// The parsed route.
+        route: Route,
+        /// The request, body included.
+        request: Request,
+        /// Where the response goes.
+        reply: futures_channel::oneshot::Sender<Response>,
+    },
+}
+
+/// A command could not be queued: the inbox is at its bound or its shard has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxFull;
+
+/// The sending side of a shard's inbox; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Inbox {
+    sender: Sender<Command>,
+    waker: Arc<AtomicWaker>,
+}
+
+/// The receiving side, owned by the shard.
+pub struct InboxReceiver {
+    receiver: Receiver<Command>,
+    waker: Arc<AtomicWaker>,
+}
+
+/// A new inbox bounded by [`limits::INBOX_COMMANDS_MAX`].
+pub fn inbox() -> (Inbox, InboxReceiver) {
+    let (sender, receiver) = crossbeam_channel::bounded(limits::INBOX_COMMANDS_MAX);
+    let waker = Arc::new(AtomicWaker::new());
+    (Inbox { sender, waker: Arc::clone(&waker) }, InboxReceiver { receiver, waker })
+}
+
+impl Inbox {
+    /// Queues a command and wakes the shard. `Err` when the inbox is full (backpressure, E3002)
+    /// or the shard is gone; the command is dropped.
+    pub fn send(&self, command: Command) -> Result<(), InboxFull> {
+        self.sender.try_send(command).map_err(|_| InboxFull)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Wakes the shard without a command (it then checks the shutdown flag).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+impl InboxReceiver {
+    /// The next command, or `None` once `stop` says so and the inbox is empty.
+    async fn next(&self, stop: &dyn Fn() -> bool) -> Option<Command> {
+        poll_fn(|context| {
+            self.waker.register(context.waker());
+            match self.receiver.try_recv() {
+                Ok(command) => Poll::Ready(Some(command)),
+                Err(TryRecvError::Disconnected) => Poll::Ready(None),
+                Err(TryRecvError::Empty) if stop() => Poll::Ready(None),
+                Err(TryRecvError::Empty) => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Runs every command sent to this shard, each as its own task, until `stop` returns true
+    /// and the inbox is drained.
+    pub async fn run(self, shard: Rc<Shard>, stop: impl Fn() -> bool) {
+        while let Some(command) = self.next(&stop).await {
+            match command {
+                Command::Request { route, request, reply } => {
+                    let shard = Rc::clone(&shard);
+                    monoio::spawn(async move {
+                        let response = execute(&shard, route, request).await;
+                        // The requesting shard may have given up (connection closed); nothing to do then.
+                        let _ = reply.send(response);
+                    });
+                }
+            }
+        }
+    }
+}

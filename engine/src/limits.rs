@@ -1,0 +1,47 @@
+//! Named limits of the engine. Every table and queue a shard keeps is bounded by one of these
+//! (or by a configured value that defaults to one of these).
+
+/// Commands waiting in a shard's inbox (requests hopped from other shards). A full inbox answers
+/// 503 E3002 on the sending shard rather than queueing without bound. Each slot holds a request
+/// with its body, so the bound times the payload limit is the worst-case memory.
+pub const INBOX_COMMANDS_MAX: usize = 4096;
+
+/// Default bound on events a shard tracks in memory (each about 100 bytes plus its idempotency
+/// key). Until delivery retires events, this is also the bound on pending work: at the bound,
+/// ingest answers 503 E3002.
+pub const EVENTS_IN_MEMORY_DEFAULT: usize = 2_000_000;
+
+/// Default bound on idempotency keys a shard remembers (each about 100 bytes plus the key).
+/// Beyond it the oldest keys are forgotten before their window ends, and a warning is logged.
+pub const IDEMPOTENCY_KEYS_DEFAULT: usize = 1_000_000;
+
+/// Default idempotency window: a repeated key within it is answered as a duplicate.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+
+/// Longest idempotency key accepted (visible ASCII only).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// Longest endpoint id accepted.
+pub const ENDPOINT_ID_BYTES_MAX: usize = 64;
+
+/// Endpoints a shard holds; a create beyond it answers 503 E3002.
+pub const ENDPOINTS_PER_SHARD_MAX: usize = 100_000;
+
+/// Longest destination URL accepted.
+pub const URL_BYTES_MAX: usize = 2048;
+
+/// Largest admin request body (endpoint JSON).
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// Inbound signatures older or newer than this are refused (Standard Webhooks: 5 minutes).
+pub const SIGNATURE_TOLERANCE_MS: u64 = 5 * 60 * 1000;
+
+/// Signatures examined in one `webhook-signature` header; more is refused, bounding the HMAC work
+/// an unauthenticated sender can cause.
+pub const SIGNATURES_PER_HEADER_MAX: usize = 8;
+
+/// Most shards supported (event ids carry the shard in 16 bits; this keeps it far smaller).
+pub const SHARDS_MAX: usize = 256;
+
+const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX < 1024);
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);

@@ -1,0 +1,151 @@
+//! Request routing: which operation a method and path name, and which shard owns it. Pure.
+
+use kapsel_http::Method;
+
+use crate::error::EngineError;
+use crate::ids::{owner_shard, valid_endpoint_id, EventId};
+
+/// An operation of the external contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz`.
+    Health,
+    /// `GET /readyz`.
+    Ready,
+    /// `POST /ingest/{endpoint_id}`.
+    Ingest {
+        /// Target endpoint.
+        endpoint_id: String,
+    },
+    /// `PUT /admin/endpoints/{id}`.
+    PutEndpoint {
+        /// Endpoint id.
+        id: String,
+    },
+    /// `POST /admin/endpoints` (the receiving shard generates the id before routing).
+    CreateEndpoint {
+        /// Generated endpoint id.
+        id: String,
+    },
+    /// `GET /admin/endpoints/{id}`.
+    GetEndpoint {
+        /// Endpoint id.
+        id: String,
+    },
+    /// `DELETE /admin/endpoints/{id}`.
+    DeleteEndpoint {
+        /// Endpoint id.
+        id: String,
+    },
+    /// `GET /admin/events/{event_id}`.
+    GetEvent {
+        /// Event id.
+        event_id: EventId,
+    },
+}
+
+impl Route {
+    /// Parses a method and path. `generate_id` makes the id for `POST /admin/endpoints`.
+    pub fn parse(method: Method, path: &str, generate_id: impl FnOnce() -> String) -> Result<Self, EngineError> {
+        let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+        match segments.as_slice() {
+            ["healthz"] => only(method, Method::Get, "GET", Self::Health),
+            ["readyz"] => only(method, Method::Get, "GET", Self::Ready),
+            ["ingest", endpoint_id] => {
+                let endpoint_id = known_endpoint(endpoint_id)?;
+                only(method, Method::Post, "POST", Self::Ingest { endpoint_id })
+            }
+            ["admin", "endpoints"] => only(method, Method::Post, "POST", Self::CreateEndpoint { id: generate_id() }),
+            ["admin", "endpoints", id] => Self::endpoint(method, id),
+            ["admin", "events", event_id] => {
+                let Some(event_id) = EventId::parse(event_id) else {
+                    return Err(EngineError::NotFound(format!("event {event_id} not found")));
+                };
+                only(method, Method::Get, "GET", Self::GetEvent { event_id })
+            }
+            _ => Err(EngineError::NotFound(format!("no route for {path}"))),
+        }
+    }
+
+    fn endpoint(method: Method, id: &str) -> Result<Self, EngineError> {
+        const ALLOW: &str = "GET, PUT, DELETE";
+        match method {
+            Method::Put => {
+                if !valid_endpoint_id(id) {
+                    return Err(EngineError::Invalid("endpoint ids are 1 to 64 of A-Z a-z 0-9 _ - .".into()));
+                }
+                Ok(Self::PutEndpoint { id: id.to_string() })
+            }
+            Method::Get => Ok(Self::GetEndpoint { id: known_endpoint(id)? }),
+            Method::Delete => Ok(Self::DeleteEndpoint { id: known_endpoint(id)? }),
+            _ => Err(EngineError::MethodNotAllowed { allow: ALLOW }),
+        }
+    }
+
+    /// True for `/admin/…` routes (bearer token required).
+    pub fn is_admin(&self) -> bool {
+        !matches!(self, Self::Health | Self::Ready | Self::Ingest { .. })
+    }
+
+    /// The shard that must run this route, or `None` when any shard can.
+    pub fn owner(&self, shards: usize) -> Option<usize> {
+        match self {
+            Self::Health | Self::Ready => None,
+            Self::Ingest { endpoint_id: id }
+            | Self::PutEndpoint { id }
+            | Self::CreateEndpoint { id }
+            | Self::GetEndpoint { id }
+            | Self::DeleteEndpoint { id } => Some(owner_shard(id, shards)),
+            Self::GetEvent { event_id } => Some(usize::from(event_id.shard()) % shards.max(1)),
+        }
+    }
+}
+
+fn only(method: Method, expected: Method, allow: &'static str, route: Route) -> Result<Route, EngineError> {
+    if method == expected {
+        Ok(route)
+    } else {
+        Err(EngineError::MethodNotAllowed { allow })
+    }
+}
+
+/// An id in a path that must name an existing endpoint: one that cannot exist is simply not found.
+fn known_endpoint(id: &str) -> Result<String, EngineError> {
+    if valid_endpoint_id(id) {
+        Ok(id.to_string())
+    } else {
+        Err(EngineError::NotFound(format!("endpoint {id} not found")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn parse(method: Method, path: &str) -> Result<Route, EngineError> {
+        Route::parse(method, path, || "ep_generated".into())
+    }
+
+    // The contract's paths map to their operations; wrong methods and unknown paths are refused.
+    #[test]
+    fn contract_paths_route() {
+        assert_eq!(parse(Method::Post, "/ingest/orders").unwrap(), Route::Ingest { endpoint_id: "orders".into() });
+        assert_eq!(parse(Method::Put, "/admin/endpoints/a").unwrap(), Route::PutEndpoint { id: "a".into() });
+        assert_eq!(
+            parse(Method::Post, "/admin/endpoints").unwrap(),
+            Route::CreateEndpoint { id: "ep_generated".into() }
+        );
+        assert_eq!(parse(Method::Delete, "/admin/endpoints/a").unwrap(), Route::DeleteEndpoint { id: "a".into() });
+        assert_eq!(parse(Method::Get, "/healthz").unwrap(), Route::Health);
+        assert!(matches!(parse(Method::Get, "/ingest/orders"), Err(EngineError::MethodNotAllowed { .. })));
+        assert!(matches!(parse(Method::Get, "/nope"), Err(EngineError::NotFound(_))));
+        assert!(matches!(parse(Method::Post, "/ingest/a/b"), Err(EngineError::NotFound(_))));
+        assert!(matches!(parse(Method::Put, "/admin/endpoints/bad%20id"), Err(EngineError::Invalid(_))));
+        assert!(matches!(parse(Method::Get, "/admin/events/evt_nope"), Err(EngineError::NotFound(_))));
+        let event = EventId::new(5, 1, 2);
+        let route = parse(Method::Get, &format!("/admin/events/{event}")).unwrap();
+        assert_eq!(route.owner(4), Some(1));
+        assert!(route.is_admin());
+    }
+}

@@ -1,0 +1,288 @@
+//! Starting and stopping the shards: one thread per shard, each with its own monoio runtime.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kapsel_http::{ServerConfig, Shutdown};
+use kapsel_wal::{IoBackend, Options as WalOptions, Wal};
+
+use crate::clock::now_ms;
+use crate::inbox::{inbox, InboxReceiver};
+use crate::records::Record;
+use crate::service::Service;
+use crate::shard::Shard;
+use crate::state::{ShardState, StateLimits};
+use crate::Shared;
+
+/// Which monoio driver the shards run (`KAPSEL_IO_DRIVER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring; start-up fails where it is unavailable.
+    Uring,
+    /// epoll (monoio's legacy driver).
+    Legacy,
+}
+
+impl IoDriver {
+    /// Parses `auto`, `uring` or `legacy`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(Self::Auto),
+            "uring" | "io_uring" => Some(Self::Uring),
+            "legacy" | "epoll" => Some(Self::Legacy),
+            _ => None,
+        }
+    }
+
+    fn resolve(self) -> Self {
+        match self {
+            Self::Auto if monoio::utils::detect_uring() => Self::Uring,
+            Self::Auto => Self::Legacy,
+            chosen => chosen,
+        }
+    }
+}
+
+/// Everything the engine needs to start.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Listen address (`SERVER_ADDR`); port 0 picks a free port, shared by all shards.
+    pub listen: SocketAddr,
+    /// Data directory (`KAPSEL_DATA_DIR`).
+    pub data_directory: PathBuf,
+    /// Number of shards (`KAPSEL_SHARDS`).
+    pub shards: usize,
+    /// monoio driver (`KAPSEL_IO_DRIVER`).
+    pub io_driver: IoDriver,
+    /// Admin bearer token.
+    pub admin_token: String,
+    /// HTTP limits and timeouts (the payload limit is `KAPSEL_MAX_PAYLOAD_BYTES`).
+    pub server: ServerConfig,
+    /// Segment size of each shard's log (`KAPSEL_WAL_SEGMENT_BYTES`).
+    pub wal_segment_bytes: u64,
+    /// In-memory bounds.
+    pub state_limits: StateLimits,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Binding the listen address failed.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A shard thread could not be started or failed during start-up.
+    #[error("shard {shard}: {reason}")]
+    Shard {
+        /// The shard.
+        shard: usize,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The running engine.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<Result<(), String>>>,
+    address: SocketAddr,
+}
+
+impl Engine {
+    /// Binds the listeners and starts every shard. Returns once the threads run; readiness
+    /// (every log replayed) is [`Engine::is_ready`].
+    pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+        let (listeners, address) = bind_listeners(config.listen, config.shards)?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards).map(|_| inbox()).unzip();
+        let shared = Arc::new(Shared::new(config.shards, config.admin_token.clone(), senders));
+        let driver = config.io_driver.resolve();
+        tracing::info!(%address, shards = config.shards, ?driver, "starting shards");
+        let mut threads = Vec::with_capacity(config.shards);
+        for (index, (listener, receiver)) in listeners.into_iter().zip(receivers).enumerate() {
+            let (config, shared_for_thread) = (config.clone(), Arc::clone(&shared));
+            let thread = std::thread::Builder::new()
+                .name(format!("kapsel-shard-{index}"))
+                .spawn(move || run_shard(index, driver, config, shared_for_thread, listener, receiver))
+                .map_err(|error| StartError::Shard { shard: index, reason: error.to_string() })?;
+            threads.push(thread);
+        }
+        Ok(Self { shared, threads, address })
+    }
+
+    /// The address the shards listen on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// True once every shard has replayed its log.
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+
+    /// The state shared by the shards.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shared.begin_shutdown();
+    }
+
+    /// Waits for every shard to exit; the first shard error, if any.
+    pub fn wait(self) -> Result<(), String> {
+        let mut outcome = Ok(());
+        for (index, thread) in self.threads.into_iter().enumerate() {
+            let result = thread.join().unwrap_or_else(|_| Err("the shard thread panicked".into()));
+            if let Err(reason) = result {
+                tracing::error!(shard = index, %reason, "shard failed");
+                if outcome.is_ok() {
+                    outcome = Err(format!("shard {index}: {reason}"));
+                }
+            }
+        }
+        outcome
+    }
+}
+
+/// One SO_REUSEPORT listener per shard on the same address. With port 0, the first listener
+/// picks the port and the others join it.
+fn bind_listeners(
+    requested: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    let mut address = requested;
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let listener = bind_reuse_port(address).map_err(|source| StartError::Listen { address, source })?;
+        address = listener.local_addr().map_err(|source| StartError::Listen { address, source })?;
+        listeners.push(listener);
+    }
+    Ok((listeners, address))
+}
+
+/// A non-blocking listener with SO_REUSEPORT, so every shard can bind the same address and the
+/// kernel spreads connections over them.
+fn bind_reuse_port(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn run_shard(
+    index: usize,
+    driver: IoDriver,
+    config: EngineConfig,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    receiver: InboxReceiver,
+) -> Result<(), String> {
+    let outcome = block_on(driver, shard_main(index, config, Arc::clone(&shared), listener, receiver));
+    if outcome.is_err() {
+        // One shard down means the service cannot keep its promises: stop the others too.
+        shared.begin_shutdown();
+        shared.serving_shards.fetch_sub(1, Ordering::AcqRel);
+    }
+    outcome
+}
+
+fn block_on<F: Future<Output = Result<(), String>>>(driver: IoDriver, future: F) -> Result<(), String> {
+    match driver {
+        IoDriver::Uring | IoDriver::Auto => {
+            let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .map_err(|error| format!("cannot start an io_uring runtime: {error}"))?;
+            runtime.block_on(future)
+        }
+        IoDriver::Legacy => {
+            let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .map_err(|error| format!("cannot start an epoll runtime: {error}"))?;
+            runtime.block_on(future)
+        }
+    }
+}
+
+async fn shard_main(
+    index: usize,
+    config: EngineConfig,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    receiver: InboxReceiver,
+) -> Result<(), String> {
+    let shard = Rc::new(open_shard(index, &config).await?);
+    shared.ready_shards.fetch_add(1, Ordering::AcqRel);
+    let listener = monoio::net::TcpListener::from_std(listener).map_err(|error| format!("listener: {error}"))?;
+    let http_shutdown = Shutdown::new();
+    let inbox_task = {
+        let (shared, http_shutdown) = (Arc::clone(&shared), http_shutdown.clone());
+        monoio::spawn(receiver.run(Rc::clone(&shard), move || {
+            if shared.is_shutting_down() {
+                http_shutdown.trigger();
+            }
+            // Hops keep arriving while any shard still serves; stop only after all are done.
+            shared.serving_shards.load(Ordering::Acquire) == 0
+        }))
+    };
+    let service = Rc::new(Service::new(Rc::clone(&shard), Arc::clone(&shared)));
+    kapsel_http::serve(listener, Rc::new(config.server.clone()), service, http_shutdown).await;
+    shared.serving_shards.fetch_sub(1, Ordering::AcqRel);
+    shared.wake_all();
+    inbox_task.await;
+    let shard = Rc::try_unwrap(shard).map_err(|_| "shard still in use at shutdown".to_string())?;
+    let wal = shard.into_wal();
+    wal.close().await.map_err(|error| format!("closing the write-ahead log: {error}"))?;
+    tracing::info!(shard = index, "shard stopped");
+    Ok(())
+}
+
+/// Opens the shard's log and rebuilds its state by replaying it.
+async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String> {
+    let directory = config.data_directory.join("wal").join(format!("shard-{index}"));
+    let options =
+        WalOptions { segment_bytes: config.wal_segment_bytes, backend: IoBackend::default(), ..WalOptions::default() };
+    let shard_number = u16::try_from(index).map_err(|_| "too many shards".to_string())?;
+    let mut state = ShardState::new(shard_number, config.state_limits);
+    let mut replay_error = None;
+    let now = now_ms();
+    let started = std::time::Instant::now();
+    let (wal, recovery) = Wal::open(&directory, options, |record| match Record::decode(record.kind, record.body) {
+        Ok(decoded) => state.replay(record.lsn, decoded, now),
+        Err(error) => {
+            replay_error.get_or_insert_with(|| format!("record {} in {}: {error}", record.lsn, directory.display()));
+        }
+    })
+    .await
+    .map_err(|error| format!("opening the write-ahead log: {error}"))?;
+    if let Some(error) = replay_error {
+        return Err(error);
+    }
+    tracing::info!(
+        shard = index,
+        records = recovery.records,
+        endpoints = state.endpoints.len(),
+        events = state.events.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "replayed write-ahead log"
+    );
+    Ok(Shard::new(index, wal, state))
+}

@@ -1,0 +1,170 @@
+//! The HTTP face of a shard: implements `kapsel_http::Handler`. Authenticates, routes, and runs
+//! the operation on the owning shard — here, or on another shard after a hop through its inbox.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kapsel_http::{HeaderName, Request, RequestHead, Response};
+use serde_json::json;
+
+use crate::error::EngineError;
+use crate::idempotency;
+use crate::ids::EventId;
+use crate::inbox::Command;
+use crate::limits;
+use crate::route::Route;
+use crate::shard::{Accepted, Ingest, Shard};
+use crate::signature::constant_time_equal;
+use crate::Shared;
+
+/// One shard's request handler.
+pub struct Service {
+    shard: Rc<Shard>,
+    shared: Arc<Shared>,
+}
+
+impl Service {
+    /// The handler for `shard`.
+    pub fn new(shard: Rc<Shard>, shared: Arc<Shared>) -> Self {
+        Self { shard, shared }
+    }
+
+    fn route(&self, head: &RequestHead) -> Result<Route, EngineError> {
+        let route = Route::parse(head.method, &head.path, generate_endpoint_id)?;
+        if route.is_admin() {
+            self.authorize(head)?;
+        }
+        if !matches!(route, Route::Health | Route::Ready) {
+            self.shared.check_serving()?;
+        }
+        Ok(route)
+    }
+
+    fn authorize(&self, head: &RequestHead) -> Result<(), EngineError> {
+        let given = head.headers.get(HeaderName::Authorization).and_then(|value| value.strip_prefix(b"Bearer "));
+        match given {
+            Some(token) if constant_time_equal(token, self.shared.admin_token.as_bytes()) => Ok(()),
+            _ => Err(EngineError::Unauthorized("missing or wrong admin bearer token".into())),
+        }
+    }
+
+    async fn dispatch(&self, route: Route, request: Request) -> Response {
+        match route.owner(self.shared.shards) {
+            None => answer_anywhere(&route, &self.shared),
+            Some(owner) if owner == self.shard.index => execute(&self.shard, route, request).await,
+            Some(owner) => self.forward(owner, route, request).await,
+        }
+    }
+
+    /// Hands the request to its owner shard and waits for the answer.
+    async fn forward(&self, owner: usize, route: Route, request: Request) -> Response {
+        let Some(inbox) = self.shared.inboxes.get(owner) else {
+            return EngineError::Unavailable("no such shard".into()).into_response();
+        };
+        let (reply, answer) = futures_channel::oneshot::channel();
+        if inbox.send(Command::Request { route, request, reply }).is_err() {
+            return EngineError::QueueFull("the owning shard's inbox is full".into()).into_response();
+        }
+        answer.await.unwrap_or_else(|_| EngineError::Unavailable("the owning shard stopped".into()).into_response())
+    }
+}
+
+impl kapsel_http::Handler for Service {
+    fn check_head(&self, head: &RequestHead) -> Option<Response> {
+        match self.route(head) {
+            Err(error) => Some(error.into_response()),
+            Ok(route) if route.is_admin() && body_announced(head) > limits::ADMIN_BODY_BYTES_MAX as u64 => {
+                Some(EngineError::TooLarge("admin bodies are at most 64 KiB".into()).into_response())
+            }
+            Ok(_) => None,
+        }
+    }
+
+    async fn handle(&self, request: Request) -> Response {
+        match self.route(&request.head) {
+            Ok(route) => self.dispatch(route, request).await,
+            Err(error) => error.into_response(),
+        }
+    }
+}
+
+fn body_announced(head: &RequestHead) -> u64 {
+    match head.framing {
+        kapsel_http::BodyFraming::Length(length) => length,
+        _ => 0,
+    }
+}
+
+fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
+    match route {
+        Route::Ready => match shared.check_serving() {
+            Ok(()) => Response::json(200, json!({"status": "ready"}).to_string().into_bytes()),
+            Err(error) => error.into_response(),
+        },
+        _ => Response::json(200, json!({"status": "ok"}).to_string().into_bytes()),
+    }
+}
+
+/// Runs a routed request on its owner shard (called on that shard's thread).
+pub async fn execute(shard: &Shard, route: Route, request: Request) -> Response {
+    let outcome = match route {
+        Route::Ingest { endpoint_id } => ingest(shard, endpoint_id, request).await,
+        Route::PutEndpoint { id } | Route::CreateEndpoint { id } => shard
+            .put_endpoint(&id, &request.body)
+            .await
+            .map(|(json, created)| Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes())),
+        Route::GetEndpoint { id } => {
+            shard.get_endpoint(&id).map(|json| Response::json(200, json.to_string().into_bytes()))
+        }
+        Route::DeleteEndpoint { id } => shard.delete_endpoint(&id).await.map(|()| Response::empty(204)),
+        Route::GetEvent { event_id } => {
+            shard.get_event(event_id).map(|json| Response::json(200, json.to_string().into_bytes()))
+        }
+        Route::Health | Route::Ready => Err(EngineError::NotFound("not a shard operation".into())),
+    };
+    outcome.unwrap_or_else(EngineError::into_response)
+}
+
+async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<Response, EngineError> {
+    let headers = &request.head.headers;
+    let text = |name: HeaderName| headers.get(name).map(|value| String::from_utf8_lossy(value).into_owned());
+    let idempotency_key = match headers.get(HeaderName::IdempotencyKey) {
+        Some(key) if idempotency::valid_key(key) => Some(String::from_utf8_lossy(key).into_owned()),
+        Some(_) => {
+            return Err(EngineError::Invalid("X-Idempotency-Key must be 1 to 255 visible ASCII characters".into()))
+        }
+        None => None,
+    };
+    let signature =
+        match (text(HeaderName::WebhookId), text(HeaderName::WebhookTimestamp), text(HeaderName::WebhookSignature)) {
+            (Some(id), Some(timestamp), Some(signatures)) => Some((id, timestamp, signatures)),
+            _ => None,
+        };
+    let ingest = Ingest {
+        endpoint_id,
+        idempotency_key,
+        content_type: text(HeaderName::ContentType),
+        traceparent: text(HeaderName::Traceparent),
+        signature,
+        payload: request.body,
+    };
+    Ok(match shard.ingest(ingest).await? {
+        Accepted::Received(event_id) => accepted(202, event_id, "received"),
+        Accepted::Duplicate(event_id) => accepted(200, event_id, "duplicate"),
+    })
+}
+
+fn accepted(status: u16, event_id: EventId, word: &str) -> Response {
+    Response::json(status, json!({"event_id": event_id.to_string(), "status": word}).to_string().into_bytes())
+}
+
+/// `ep_` + 26 random Crockford base32 characters.
+fn generate_endpoint_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without randomness fall back to the clock: ids stay unique enough and creation never fails.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = u128::from(crate::clock::now_ms()).to_le_bytes();
+    }
+    let id = EventId(u128::from_le_bytes(bytes) >> 2).to_string();
+    format!("ep_{}", &id[4..])
+}

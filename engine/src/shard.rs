@@ -1,0 +1,184 @@
+//! A shard's operations on the endpoints and events it owns. Every change is appended to the
+//! shard's log and applied to memory only once the log has made it durable; nothing is answered
+//! as done before its fsync.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use kapsel_wal::Wal;
+use serde_json::Value;
+
+use crate::clock::now_ms;
+use crate::endpoint::{EndpointInput, LiveState};
+use crate::error::EngineError;
+use crate::idempotency::Remembered;
+use crate::ids::EventId;
+use crate::limits;
+use crate::records::{EndpointDeleted, EventReceived, Record};
+use crate::state::{event_json, ShardState};
+
+/// An inbound webhook, as the ingest route hands it to the owning shard.
+#[derive(Debug)]
+pub struct Ingest {
+    /// Target endpoint.
+    pub endpoint_id: String,
+    /// `X-Idempotency-Key`, already validated.
+    pub idempotency_key: Option<String>,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `traceparent`.
+    pub traceparent: Option<String>,
+    /// Standard Webhooks headers: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    pub signature: Option<(String, String, String)>,
+    /// The body.
+    pub payload: Vec<u8>,
+}
+
+/// How an ingest ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new event, durable.
+    Received(EventId),
+    /// A repeated idempotency key: the first event's id.
+    Duplicate(EventId),
+}
+
+/// One shard: its log and its state.
+pub struct Shard {
+    /// Shard number.
+    pub index: usize,
+    wal: Wal,
+    state: RefCell<ShardState>,
+}
+
+impl Shard {
+    /// A shard over an opened log and the state replayed from it.
+    pub fn new(index: usize, wal: Wal, state: ShardState) -> Self {
+        Self { index, wal, state: RefCell::new(state) }
+    }
+
+    /// The shard's log.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Gives up the shard for its log (at shutdown, to close it).
+    pub fn into_wal(self) -> Wal {
+        self.wal
+    }
+
+    /// Appends a record and waits for its fsync.
+    async fn append(&self, record: &Record) -> Result<u64, EngineError> {
+        let (kind, body) = record.encode()?;
+        let commit = self.wal.append(kind, &body)?;
+        Ok(commit.await?)
+    }
+
+    /// Accepts a webhook: checks, appends, waits for durability.
+    pub async fn ingest(&self, ingest: Ingest) -> Result<Accepted, EngineError> {
+        let now = now_ms();
+        let (endpoint, duplicate) = self.admit(&ingest, now)?;
+        if let Some(remembered) = duplicate {
+            // The first request may still be waiting for its fsync; answer only once it is durable.
+            if self.wal.durable_lsn() < remembered.lsn {
+                self.wal.flush().await?;
+            }
+            return Ok(Accepted::Duplicate(remembered.event_id));
+        }
+        let event_id = self.state.borrow_mut().ids.next(now);
+        let event = EventReceived {
+            event_id: event_id.0,
+            endpoint_id: ingest.endpoint_id,
+            received_at_ms: now,
+            idempotency_key: ingest.idempotency_key,
+            content_type: ingest.content_type,
+            traceparent: ingest.traceparent,
+            payload: ingest.payload,
+        };
+        let (kind, body) = Record::encode_event(&event)?;
+        let commit = self.wal.append(kind, &body)?;
+        if let Some(key) = &event.idempotency_key {
+            // Remembered before the fsync so that a concurrent repeat finds it and waits.
+            let remembered = Remembered { event_id, lsn: commit.lsn() };
+            self.state.borrow_mut().idempotency.remember(&endpoint, key, remembered, now, now);
+        }
+        commit.await?;
+        self.state.borrow_mut().track_event(event_id, &endpoint, &event);
+        Ok(Accepted::Received(event_id))
+    }
+
+    /// The checks before an append: endpoint, signature, rate limit, idempotency, capacity.
+    fn admit(&self, ingest: &Ingest, now: u64) -> Result<(Rc<str>, Option<Remembered>), EngineError> {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let Some(entry) = state.endpoints.get_mut(ingest.endpoint_id.as_str()) else {
+            return Err(EngineError::NotFound(format!("endpoint {} not found", ingest.endpoint_id)));
+        };
+        if let Some(secret) = &entry.ingest_secret {
+            let valid = ingest.signature.as_ref().is_some_and(|(id, timestamp, signatures)| {
+                secret.verify(id, timestamp, signatures, &ingest.payload, now)
+            });
+            if !valid {
+                return Err(EngineError::Unauthorized("missing or invalid webhook signature".into()));
+            }
+        }
+        let endpoint = Rc::clone(&entry.id);
+        if let Some(key) = &ingest.idempotency_key {
+            if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now) {
+                return Ok((endpoint, Some(remembered)));
+            }
+        }
+        if let Some(bucket) = entry.bucket.as_mut() {
+            bucket.take(now).map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
+        }
+        if state.events_full() {
+            return Err(EngineError::QueueFull("the shard tracks as many events as it may".into()));
+        }
+        Ok((endpoint, None))
+    }
+
+    /// Creates or replaces an endpoint; `true` when it was created.
+    pub async fn put_endpoint(&self, id: &str, body: &[u8]) -> Result<(Value, bool), EngineError> {
+        let now = now_ms();
+        let input = EndpointInput::parse(body).map_err(|error| EngineError::Invalid(error.0))?;
+        let endpoint = {
+            let state = self.state.borrow();
+            let previous = state.endpoints.get(id).map(|entry| &entry.endpoint);
+            if previous.is_none() && state.endpoints.len() >= limits::ENDPOINTS_PER_SHARD_MAX {
+                return Err(EngineError::QueueFull("the shard holds as many endpoints as it may".into()));
+            }
+            input.into_endpoint(id, previous, now).map_err(|error| EngineError::Invalid(error.0))?
+        };
+        self.append(&Record::EndpointPut(endpoint.clone())).await?;
+        let mut state = self.state.borrow_mut();
+        let created = !state.endpoints.contains_key(id);
+        let json = endpoint.to_json(&LiveState::default());
+        state.put_endpoint(endpoint, now);
+        Ok((json, created))
+    }
+
+    /// The endpoint's configuration and live state.
+    pub fn get_endpoint(&self, id: &str) -> Result<Value, EngineError> {
+        let state = self.state.borrow();
+        let entry = state.endpoints.get(id).ok_or_else(|| EngineError::NotFound(format!("endpoint {id} not found")))?;
+        Ok(entry.endpoint.to_json(&LiveState::default()))
+    }
+
+    /// Deletes an endpoint.
+    pub async fn delete_endpoint(&self, id: &str) -> Result<(), EngineError> {
+        if !self.state.borrow().endpoints.contains_key(id) {
+            return Err(EngineError::NotFound(format!("endpoint {id} not found")));
+        }
+        self.append(&Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms() })).await?;
+        self.state.borrow_mut().delete_endpoint(id);
+        Ok(())
+    }
+
+    /// An event's state.
+    pub fn get_event(&self, event_id: EventId) -> Result<Value, EngineError> {
+        let state = self.state.borrow();
+        let summary =
+            state.events.get(&event_id).ok_or_else(|| EngineError::NotFound(format!("event {event_id} not found")))?;
+        Ok(event_json(event_id, summary))
+    }
+}

@@ -1,0 +1,64 @@
+//! Starting the server: configuration, admin token, TLS, the engine, and signal handling.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use kapsel_engine::{Engine, EngineConfig};
+use kapsel_http::{Limits, ServerConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::{self, Settings};
+
+/// Runs until a shutdown signal and a clean stop, or until a shard fails.
+pub fn run(data_directory: &Path) -> Result<(), String> {
+    let settings = Settings::from_lookup(&|name| std::env::var(name).ok()).map_err(|error| error.to_string())?;
+    let shards = config::resolve_shards(settings.shards, config::existing_shards(data_directory))
+        .map_err(|error| error.to_string())?;
+    std::fs::create_dir_all(data_directory)
+        .map_err(|error| format!("cannot create {}: {error}", data_directory.display()))?;
+    let admin_token = config::admin_token(settings.admin_token.clone(), data_directory)
+        .map_err(|error| format!("admin token in {}: {error}", data_directory.display()))?;
+    let tls = match &settings.tls {
+        Some((certificate, key)) => Some(std::sync::Arc::new(
+            kapsel_http::load_tls_config(certificate, key).map_err(|error| error.to_string())?,
+        )),
+        None => None,
+    };
+    let server = ServerConfig {
+        limits: Limits::default().with_payload_bytes_max(settings.max_payload_bytes),
+        tls,
+        ..ServerConfig::default()
+    };
+    let engine = Engine::start(EngineConfig {
+        listen: settings.listen,
+        data_directory: data_directory.to_path_buf(),
+        shards,
+        io_driver: settings.io_driver,
+        admin_token,
+        server,
+        wal_segment_bytes: settings.wal_segment_bytes,
+        state_limits: settings.state_limits,
+    })
+    .map_err(|error| error.to_string())?;
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    // One plain line for people and scripts (tests read the port from it when SERVER_ADDR ends in :0).
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "kapsel listening on {scheme}://{}", engine.address());
+    let _ = stdout.flush();
+    tracing::info!(address = %engine.address(), shards, "listening");
+    let shared = engine.shared();
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|error| format!("signal handling: {error}"))?;
+    std::thread::Builder::new()
+        .name("kapsel-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "shutting down: no new connections, finishing in-flight requests");
+                shared.begin_shutdown();
+            }
+        })
+        .map_err(|error| format!("signal thread: {error}"))?;
+    engine.wait()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

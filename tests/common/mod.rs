@@ -1,0 +1,226 @@
+//! Test harness for the real `kapsel` binary: start it on a free loopback port with a private
+//! data directory, talk HTTP/1.1 to it over real TCP with a small client written here, stop it
+//! gracefully or with SIGKILL.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Admin token the tests configure.
+pub const TOKEN: &str = "test-admin-token";
+
+/// A running server process.
+pub struct Server {
+    child: Option<Child>,
+    pub address: SocketAddr,
+    pub data_directory: PathBuf,
+}
+
+/// The io drivers every scenario runs under.
+pub const DRIVERS: [&str; 2] = ["uring", "legacy"];
+
+impl Server {
+    /// Starts the binary with `driver` and extra environment, waits until `/readyz` is 200.
+    pub fn start(data_directory: &Path, driver: &str, extra: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kapsel"));
+        command
+            .env_clear()
+            .env("SERVER_ADDR", "127.0.0.1:0")
+            .env("KAPSEL_DATA_DIR", data_directory)
+            .env("KAPSEL_ADMIN_TOKEN", TOKEN)
+            .env("KAPSEL_IO_DRIVER", driver)
+            .env("KAPSEL_SHARDS", "2")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("start kapsel");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let address = line
+            .trim()
+            .rsplit("://")
+            .next()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let server = Server { child: Some(child), address, data_directory: data_directory.to_path_buf() };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = try_request(self.address, "GET", "/readyz", &[], b"") {
+                if response.status == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends one request on a fresh connection.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        try_request(self.address, method, path, headers, body)
+            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+    }
+
+    /// An admin request with the bearer token.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Response {
+        let authorization = format!("Bearer {TOKEN}");
+        self.request(
+            method,
+            path,
+            &[("Authorization", &authorization), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    /// Creates an endpoint pointing at a harmless URL.
+    pub fn create_endpoint(&self, id: &str) {
+        let response = self.admin("PUT", &format!("/admin/endpoints/{id}"), r#"{"url":"http://127.0.0.1:9/hook"}"#);
+        assert!(matches!(response.status, 200 | 201), "create endpoint: {response:?}");
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let mut child = self.child.take().expect("running");
+        signal(&child, "TERM");
+        wait_exit(&mut child)
+    }
+
+    /// SIGKILL: the crash case.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("kill");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    /// The E-code of an error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One request on a fresh connection, `Connection: close`.
+pub fn try_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: kapsel\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    read_response(&mut stream)
+}
+
+/// Sends raw bytes on a fresh connection and reads one response (or what came back).
+pub fn raw(address: SocketAddr, bytes: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(bytes)?;
+    read_response(&mut stream)
+}
+
+/// Reads one response: status line, headers, and a Content-Length body.
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break position + 4;
+        }
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 =
+        lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| {
+            line.split_once(':').map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    let mut body = buffer[head_end..].to_vec();
+    while body.len() < length {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..read]);
+    }
+    body.truncate(length);
+    Ok(Response { status, headers, body })
+}
