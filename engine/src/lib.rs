@@ -9,6 +9,7 @@
 //!   only [`clock`] reads the clock.
 //! - Every table and queue is bounded ([`limits`]); a full one answers 503 E3002.
 
+pub mod audit;
 pub mod clock;
 pub mod endpoint;
 pub mod error;
@@ -38,17 +39,20 @@ pub struct Shared {
     pub admin_token: String,
     /// Every shard's inbox, by shard index.
     pub inboxes: Vec<inbox::Inbox>,
+    /// The data directory (the audit endpoints read the chain files).
+    pub data_directory: std::path::PathBuf,
     ready_shards: AtomicUsize,
     serving_shards: AtomicUsize,
     shutting_down: AtomicBool,
 }
 
 impl Shared {
-    fn new(shards: usize, admin_token: String, inboxes: Vec<inbox::Inbox>) -> Self {
+    fn new(shards: usize, admin_token: String, inboxes: Vec<inbox::Inbox>, data_directory: std::path::PathBuf) -> Self {
         Self {
             shards,
             admin_token,
             inboxes,
+            data_directory,
             ready_shards: AtomicUsize::new(0),
             serving_shards: AtomicUsize::new(shards),
             shutting_down: AtomicBool::new(false),

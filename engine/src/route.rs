@@ -42,6 +42,13 @@ pub enum Route {
         /// Event id.
         event_id: EventId,
     },
+    /// `GET /admin/events/{event_id}/proof`.
+    EventProof {
+        /// Event id.
+        event_id: EventId,
+    },
+    /// `GET /admin/audit/segments`.
+    AuditSegments,
 }
 
 impl Route {
@@ -58,11 +65,12 @@ impl Route {
             ["admin", "endpoints"] => only(method, Method::Post, "POST", Self::CreateEndpoint { id: generate_id() }),
             ["admin", "endpoints", id] => Self::endpoint(method, id),
             ["admin", "events", event_id] => {
-                let Some(event_id) = EventId::parse(event_id) else {
-                    return Err(EngineError::NotFound(format!("event {event_id} not found")));
-                };
-                only(method, Method::Get, "GET", Self::GetEvent { event_id })
+                only(method, Method::Get, "GET", Self::GetEvent { event_id: known_event(event_id)? })
             }
+            ["admin", "events", event_id, "proof"] => {
+                only(method, Method::Get, "GET", Self::EventProof { event_id: known_event(event_id)? })
+            }
+            ["admin", "audit", "segments"] => only(method, Method::Get, "GET", Self::AuditSegments),
             _ => Err(EngineError::NotFound(format!("no route for {path}"))),
         }
     }
@@ -90,13 +98,15 @@ impl Route {
     /// The shard that must run this route, or `None` when any shard can.
     pub fn owner(&self, shards: usize) -> Option<usize> {
         match self {
-            Self::Health | Self::Ready => None,
+            Self::Health | Self::Ready | Self::AuditSegments => None,
             Self::Ingest { endpoint_id: id }
             | Self::PutEndpoint { id }
             | Self::CreateEndpoint { id }
             | Self::GetEndpoint { id }
             | Self::DeleteEndpoint { id } => Some(owner_shard(id, shards)),
-            Self::GetEvent { event_id } => Some(usize::from(event_id.shard()) % shards.max(1)),
+            Self::GetEvent { event_id } | Self::EventProof { event_id } => {
+                Some(usize::from(event_id.shard()) % shards.max(1))
+            }
         }
     }
 }
@@ -107,6 +117,10 @@ fn only(method: Method, expected: Method, allow: &'static str, route: Route) -> 
     } else {
         Err(EngineError::MethodNotAllowed { allow })
     }
+}
+
+fn known_event(text: &str) -> Result<EventId, EngineError> {
+    EventId::parse(text).ok_or_else(|| EngineError::NotFound(format!("event {text} not found")))
 }
 
 /// An id in a path that must name an existing endpoint: one that cannot exist is simply not found.

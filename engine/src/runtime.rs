@@ -107,7 +107,8 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
         let (listeners, address) = bind_listeners(config.listen, config.shards)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards).map(|_| inbox()).unzip();
-        let shared = Arc::new(Shared::new(config.shards, config.admin_token.clone(), senders));
+        let shared =
+            Arc::new(Shared::new(config.shards, config.admin_token.clone(), senders, config.data_directory.clone()));
         let driver = config.io_driver.resolve();
         tracing::info!(%address, shards = config.shards, ?driver, "starting shards");
         let mut threads = Vec::with_capacity(config.shards);

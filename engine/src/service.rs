@@ -97,6 +97,10 @@ fn body_announced(head: &RequestHead) -> u64 {
 
 fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
     match route {
+        Route::AuditSegments => match crate::audit::segments_json(&shared.data_directory, shared.shards) {
+            Ok(json) => Response::json(200, json.to_string().into_bytes()),
+            Err(error) => error.into_response(),
+        },
         Route::Ready => match shared.check_serving() {
             Ok(()) => Response::json(200, json!({"status": "ready"}).to_string().into_bytes()),
             Err(error) => error.into_response(),
@@ -120,7 +124,12 @@ pub async fn execute(shard: &Shard, route: Route, request: Request) -> Response 
         Route::GetEvent { event_id } => {
             shard.get_event(event_id).map(|json| Response::json(200, json.to_string().into_bytes()))
         }
-        Route::Health | Route::Ready => Err(EngineError::NotFound("not a shard operation".into())),
+        Route::EventProof { event_id } => {
+            shard.prove_event(event_id).await.map(|json| Response::json(200, json.to_string().into_bytes()))
+        }
+        Route::Health | Route::Ready | Route::AuditSegments => {
+            Err(EngineError::NotFound("not a shard operation".into()))
+        }
     };
     outcome.unwrap_or_else(EngineError::into_response)
 }

@@ -102,8 +102,8 @@ impl Shard {
             let remembered = Remembered { event_id, lsn: commit.lsn() };
             self.state.borrow_mut().idempotency.remember(&endpoint, key, remembered, now, now);
         }
-        commit.await?;
-        self.state.borrow_mut().track_event(event_id, &endpoint, &event);
+        let lsn = commit.await?;
+        self.state.borrow_mut().track_event(event_id, &endpoint, &event, lsn);
         Ok(Accepted::Received(event_id))
     }
 
@@ -172,6 +172,35 @@ impl Shard {
         self.append(&Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms() })).await?;
         self.state.borrow_mut().delete_endpoint(id);
         Ok(())
+    }
+
+    /// An RFC 6962 inclusion proof of an event's record in its sealed segment. Reading the
+    /// segment happens on a helper thread so the shard keeps serving.
+    pub async fn prove_event(&self, event_id: EventId) -> Result<Value, EngineError> {
+        let lsn = {
+            let state = self.state.borrow();
+            let summary = state
+                .events
+                .get(&event_id)
+                .ok_or_else(|| EngineError::NotFound(format!("event {event_id} not found")))?;
+            summary.lsn
+        };
+        let directory = self.wal.directory().to_path_buf();
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kapsel-proof".into())
+            .spawn(move || {
+                let _ = sender.send(kapsel_wal::audit::prove(&directory, lsn));
+            })
+            .map_err(|error| EngineError::Unavailable(format!("cannot start a proof thread: {error}")))?;
+        let proof = receiver.await.map_err(|_| EngineError::Unavailable("the proof thread stopped".into()))?;
+        match proof {
+            Ok(proof) => Ok(crate::audit::proof_json(event_id, self.index, &proof)),
+            Err(kapsel_wal::WalError::NotSealed { .. }) => Err(EngineError::NotFound(format!(
+                "event {event_id} is not in a sealed segment yet; its segment is sealed when it reaches KAPSEL_WAL_SEGMENT_BYTES"
+            ))),
+            Err(error) => Err(EngineError::Storage(error.to_string())),
+        }
     }
 
     /// An event's state.

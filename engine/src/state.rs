@@ -44,6 +44,8 @@ pub struct EventSummary {
     pub idempotency_key: Option<Box<str>>,
     /// Delivery status.
     pub status: EventStatus,
+    /// LSN of its record in the shard's log (for inclusion proofs).
+    pub lsn: u64,
 }
 
 /// An endpoint with what the shard derives from it.
@@ -113,7 +115,7 @@ impl ShardState {
                     let remembered = Remembered { event_id, lsn };
                     self.idempotency.remember(&endpoint, key, remembered, event.received_at_ms, now_ms);
                 }
-                self.track_event(event_id, &endpoint, &event);
+                self.track_event(event_id, &endpoint, &event, lsn);
             }
         }
     }
@@ -138,7 +140,7 @@ impl ShardState {
     }
 
     /// Records an accepted event in memory.
-    pub fn track_event(&mut self, event_id: EventId, endpoint: &Rc<str>, event: &EventReceived) {
+    pub fn track_event(&mut self, event_id: EventId, endpoint: &Rc<str>, event: &EventReceived, lsn: u64) {
         self.events.insert(
             event_id,
             EventSummary {
@@ -147,6 +149,7 @@ impl ShardState {
                 payload_bytes: u32::try_from(event.payload.len()).unwrap_or(u32::MAX),
                 idempotency_key: event.idempotency_key.as_deref().map(Box::from),
                 status: EventStatus::Pending,
+                lsn,
             },
         );
     }
