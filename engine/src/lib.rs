@@ -10,6 +10,7 @@
 //! - Every table and queue is bounded ([`limits`]); a full one answers 503 E3002.
 
 pub mod audit;
+pub mod breaker;
 pub mod clock;
 pub mod endpoint;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod inbox;
 pub mod limits;
 pub mod rate;
 pub mod records;
+pub mod retry;
 pub mod route;
 mod runtime;
 pub mod service;
