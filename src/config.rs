@@ -29,6 +29,10 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// `KAPSEL_IDEMPOTENCY_WINDOW`, `KAPSEL_IDEMPOTENCY_KEYS_MAX`, `KAPSEL_EVENTS_IN_MEMORY_MAX`.
     pub state_limits: StateLimits,
+    /// `KAPSEL_ALLOW_DESTINATIONS`.
+    pub destinations: kapsel_http::DestinationPolicy,
+    /// `KAPSEL_EXTRA_CA_FILE`.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 /// A configuration value that does not parse.
@@ -130,7 +134,22 @@ impl Settings {
             idempotency_window_ms: window_ms,
         };
         let admin_token = lookup("KAPSEL_ADMIN_TOKEN").filter(|value| !value.is_empty());
-        Ok(Self { listen, shards, io_driver, admin_token, max_payload_bytes, wal_segment_bytes, tls, state_limits })
+        let destinations =
+            kapsel_http::DestinationPolicy::parse_allow_list(&lookup("KAPSEL_ALLOW_DESTINATIONS").unwrap_or_default())
+                .map_err(|message| error("KAPSEL_ALLOW_DESTINATIONS", message))?;
+        let extra_ca_file = lookup("KAPSEL_EXTRA_CA_FILE").filter(|value| !value.is_empty()).map(PathBuf::from);
+        Ok(Self {
+            listen,
+            shards,
+            io_driver,
+            admin_token,
+            max_payload_bytes,
+            wal_segment_bytes,
+            tls,
+            state_limits,
+            destinations,
+            extra_ca_file,
+        })
     }
 }
 
@@ -229,6 +248,7 @@ mod tests {
             ("KAPSEL_WAL_SEGMENT_BYTES", "10"),
             ("KAPSEL_IDEMPOTENCY_WINDOW", "1y"),
             ("KAPSEL_TLS_CERT", "/only/cert.pem"),
+            ("KAPSEL_ALLOW_DESTINATIONS", "10.1.2.3/8"),
         ] {
             let failure = settings(&[(variable, value)]).unwrap_err();
             assert_eq!(failure.variable, variable);

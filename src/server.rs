@@ -29,6 +29,10 @@ pub fn run(data_directory: &Path) -> Result<(), String> {
         tls,
         ..ServerConfig::default()
     };
+    let client_tls = kapsel_http::tls_client_config(settings.extra_ca_file.as_deref())
+        .map_err(|error| format!("KAPSEL_EXTRA_CA_FILE: {error}"))?;
+    let mut client = kapsel_http::ClientConfig::new(std::sync::Arc::new(client_tls));
+    client.destinations = settings.destinations.clone();
     let engine = Engine::start(EngineConfig {
         listen: settings.listen,
         data_directory: data_directory.to_path_buf(),
@@ -38,6 +42,7 @@ pub fn run(data_directory: &Path) -> Result<(), String> {
         server,
         wal_segment_bytes: settings.wal_segment_bytes,
         state_limits: settings.state_limits,
+        client,
     })
     .map_err(|error| error.to_string())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };

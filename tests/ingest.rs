@@ -25,7 +25,9 @@ fn ingest_round_trip() {
         assert!(event_id.starts_with("evt_"));
         let event = server.admin("GET", &format!("/admin/events/{event_id}"), "");
         assert_eq!(event.status, 200, "{event:?}");
-        assert_eq!(event.json()["status"], "pending");
+        // The endpoint's destination refuses connections, so the event is on its way, not done.
+        let status = event.json()["status"].as_str().unwrap().to_string();
+        assert!(["pending", "delivering", "retrying"].contains(&status.as_str()), "{status}");
         assert_eq!(event.json()["endpoint_id"], "orders");
         let unknown = server.request("POST", "/ingest/nobody", &[], b"{}");
         assert_eq!((unknown.status, unknown.code()), (404, "E1004".to_string()));

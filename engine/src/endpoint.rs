@@ -10,6 +10,8 @@ use crate::signature::Secret;
 
 /// Default per-attempt request timeout.
 pub const TIMEOUT_MS_DEFAULT: u32 = 15_000;
+/// How long a replaced signing secret keeps signing alongside the new one.
+pub const SECRET_ROTATION_MS: u64 = 24 * 60 * 60 * 1000;
 /// Default concurrent attempts per endpoint.
 pub const MAX_IN_FLIGHT_DEFAULT: u32 = 16;
 
@@ -73,6 +75,8 @@ pub struct Endpoint {
     pub url: String,
     /// Signing secret for deliveries (`whsec_…`).
     pub secret: String,
+    /// The secret replaced last, still signing alongside the new one until the time given.
+    pub previous_secret: Option<(String, u64)>,
     /// Secret inbound webhooks must be signed with, if any.
     pub ingest_secret: Option<String>,
     /// Whether deliveries are made.
@@ -170,10 +174,16 @@ impl EndpointInput {
                 "`ingest_secret` must be whsec_ followed by base64 of 24 to 64 bytes",
             )?;
         }
+        let previous_secret = match previous {
+            Some(previous) if previous.secret != secret => Some((previous.secret.clone(), now_ms + SECRET_ROTATION_MS)),
+            Some(previous) => previous.previous_secret.clone().filter(|(_, until_ms)| *until_ms > now_ms),
+            None => None,
+        };
         let endpoint = Endpoint {
             id: id.to_string(),
             url,
             secret,
+            previous_secret,
             ingest_secret: self.ingest_secret,
             enabled: self.enabled.unwrap_or(true),
             timeout_ms: self.timeout_ms.unwrap_or(TIMEOUT_MS_DEFAULT),

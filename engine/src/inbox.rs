@@ -27,6 +27,13 @@ pub enum Command {
         /// Where the response goes.
         reply: futures_channel::oneshot::Sender<Response>,
     },
+    /// List this shard's events matching a query (the asking shard merges the answers).
+    ListEvents {
+        /// The filters and page.
+        query: crate::query::EventQuery,
+        /// Where the matches go.
+        reply: futures_channel::oneshot::Sender<Vec<(crate::ids::EventId, serde_json::Value)>>,
+    },
 }
 
 /// A command could not be queued: the inbox is at its bound or its shard has stopped.
@@ -85,13 +92,16 @@ impl InboxReceiver {
 
     /// Runs every command sent to this shard, each as its own task, until `stop` returns true
     /// and the inbox is drained.
-    pub async fn run(self, shard: Rc<Shard>, stop: impl Fn() -> bool) {
+    pub async fn run(self, shard: Rc<Shard>, shared: Arc<crate::Shared>, stop: impl Fn() -> bool) {
         while let Some(command) = self.next(&stop).await {
             match command {
+                Command::ListEvents { query, reply } => {
+                    let _ = reply.send(crate::query::list_local(&shard, &query));
+                }
                 Command::Request { route, request, reply } => {
-                    let shard = Rc::clone(&shard);
+                    let (shard, shared) = (Rc::clone(&shard), Arc::clone(&shared));
                     monoio::spawn(async move {
-                        let response = execute(&shard, route, request).await;
+                        let response = execute(&shard, &shared, route, request).await;
                         // The requesting shard may have given up (connection closed); nothing to do then.
                         let _ = reply.send(response);
                     });

@@ -12,12 +12,14 @@
 pub mod audit;
 pub mod breaker;
 pub mod clock;
+pub mod delivery;
 pub mod endpoint;
 pub mod error;
 pub mod idempotency;
 pub mod ids;
 pub mod inbox;
 pub mod limits;
+pub mod query;
 pub mod rate;
 pub mod records;
 pub mod retry;
@@ -27,6 +29,7 @@ pub mod service;
 pub mod shard;
 pub mod signature;
 pub mod state;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -43,18 +46,31 @@ pub struct Shared {
     pub inboxes: Vec<inbox::Inbox>,
     /// The data directory (the audit endpoints read the chain files).
     pub data_directory: std::path::PathBuf,
+    /// Which destinations deliveries may reach (endpoint URLs with a refused literal IP are
+    /// rejected when created).
+    pub destinations: kapsel_http::DestinationPolicy,
+    /// DNS resolution off the shards, shared by every shard's client.
+    pub resolver: kapsel_http::Resolver,
     ready_shards: AtomicUsize,
     serving_shards: AtomicUsize,
     shutting_down: AtomicBool,
 }
 
 impl Shared {
-    fn new(shards: usize, admin_token: String, inboxes: Vec<inbox::Inbox>, data_directory: std::path::PathBuf) -> Self {
+    fn new(
+        shards: usize,
+        admin_token: String,
+        inboxes: Vec<inbox::Inbox>,
+        data_directory: std::path::PathBuf,
+        destinations: kapsel_http::DestinationPolicy,
+    ) -> Self {
         Self {
             shards,
             admin_token,
             inboxes,
             data_directory,
+            destinations,
+            resolver: kapsel_http::Resolver::new(limits::RESOLVER_THREADS),
             ready_shards: AtomicUsize::new(0),
             serving_shards: AtomicUsize::new(shards),
             shutting_down: AtomicBool::new(false),

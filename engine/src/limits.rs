@@ -11,6 +11,23 @@ pub const INBOX_COMMANDS_MAX: usize = 4096;
 /// ingest answers 503 E3002.
 pub const EVENTS_IN_MEMORY_DEFAULT: usize = 2_000_000;
 
+/// Terminal (delivered or failed) events kept in memory for lookups, most recent first; older
+/// ones are answered by the Postgres index when it runs. About 150 bytes each.
+pub const TERMINAL_EVENTS_IN_MEMORY_MAX: usize = 200_000;
+
+/// Threads resolving destination names for all shards (system resolver calls block).
+pub const RESOLVER_THREADS: usize = 2;
+
+/// Longest the delivery scheduler sleeps without being woken (it then checks for shutdown).
+pub const SCHEDULER_IDLE_MS: u64 = 1000;
+
+/// Attempts of one event kept in memory (the log keeps all of them).
+pub const ATTEMPTS_IN_MEMORY_MAX: usize = 32;
+
+/// Queued events marked E2005 when an open breaker holds their endpoint (the rest show it
+/// through the endpoint's `circuit_state`).
+pub const WAITING_MARKED_MAX: usize = 1024;
+
 /// Default bound on idempotency keys a shard remembers (each about 100 bytes plus the key).
 /// Beyond it the oldest keys are forgotten before their window ends, and a warning is logged.
 pub const IDEMPOTENCY_KEYS_DEFAULT: usize = 1_000_000;

@@ -11,6 +11,49 @@ pub const KIND_ENDPOINT_PUT: u8 = 1;
 pub const KIND_ENDPOINT_DELETED: u8 = 2;
 /// Log kind of [`Record::EventReceived`].
 pub const KIND_EVENT_RECEIVED: u8 = 3;
+/// Log kind of [`Record::Attempt`].
+pub const KIND_ATTEMPT: u8 = 4;
+/// Log kind of [`Record::Requeued`].
+pub const KIND_REQUEUED: u8 = 5;
+
+/// The outcome of an attempt, as recorded.
+pub const OUTCOME_DELIVERED: u8 = 0;
+/// Will be retried at `next_attempt_at_ms`.
+pub const OUTCOME_RETRYING: u8 = 1;
+/// Given up: the event is failed (the dead-letter state).
+pub const OUTCOME_FAILED: u8 = 2;
+
+/// One delivery attempt and the state it left the event in.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Attempt {
+    /// The event.
+    pub event_id: u128,
+    /// Attempt number, from 1.
+    pub n: u32,
+    /// When the attempt started.
+    pub at_ms: u64,
+    /// The destination's status, when it answered.
+    pub status_code: Option<u16>,
+    /// Time to the answer (or the failure).
+    pub latency_ms: u32,
+    /// E2001–E2004 when it was not a success.
+    pub error_code: Option<String>,
+    /// The first KiB of the response body.
+    pub response_excerpt: Vec<u8>,
+    /// [`OUTCOME_DELIVERED`], [`OUTCOME_RETRYING`] or [`OUTCOME_FAILED`].
+    pub outcome: u8,
+    /// When the next attempt is due (retrying only).
+    pub next_attempt_at_ms: Option<u64>,
+}
+
+/// An event put back in its queue by an operator (`POST /admin/events/{id}/retry`).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Requeued {
+    /// The event.
+    pub event_id: u128,
+    /// When.
+    pub at_ms: u64,
+}
 
 /// An accepted webhook.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -49,6 +92,10 @@ pub enum Record {
     EndpointDeleted(EndpointDeleted),
     /// A webhook accepted.
     EventReceived(EventReceived),
+    /// A delivery attempt.
+    Attempt(Attempt),
+    /// An event requeued by an operator.
+    Requeued(Requeued),
 }
 
 impl Record {
@@ -58,6 +105,8 @@ impl Record {
             Self::EndpointPut(endpoint) => Ok((KIND_ENDPOINT_PUT, codec::encode(endpoint)?)),
             Self::EndpointDeleted(deleted) => Ok((KIND_ENDPOINT_DELETED, codec::encode(deleted)?)),
             Self::EventReceived(event) => Self::encode_event(event),
+            Self::Attempt(attempt) => Ok((KIND_ATTEMPT, codec::encode(attempt)?)),
+            Self::Requeued(requeued) => Ok((KIND_REQUEUED, codec::encode(requeued)?)),
         }
     }
 
@@ -72,6 +121,8 @@ impl Record {
             KIND_ENDPOINT_PUT => codec::decode(body).map(Self::EndpointPut),
             KIND_ENDPOINT_DELETED => codec::decode(body).map(Self::EndpointDeleted),
             KIND_EVENT_RECEIVED => codec::decode(body).map(Self::EventReceived),
+            KIND_ATTEMPT => codec::decode(body).map(Self::Attempt),
+            KIND_REQUEUED => codec::decode(body).map(Self::Requeued),
             other => Err(WalError::Decode(format!("unknown engine record kind {other}"))),
         }
     }

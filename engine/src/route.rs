@@ -49,11 +49,35 @@ pub enum Route {
     },
     /// `GET /admin/audit/segments`.
     AuditSegments,
+    /// `GET /admin/events?…`.
+    ListEvents(crate::query::EventQuery),
+    /// `POST /admin/events/{event_id}/retry`.
+    RetryEvent {
+        /// Event id.
+        event_id: EventId,
+    },
+    /// `POST /admin/endpoints/{id}/retry-failed`.
+    RetryFailed {
+        /// Endpoint id.
+        id: String,
+    },
+    /// `POST /admin/endpoints/{id}/enable` and `…/disable`.
+    SetEnabled {
+        /// Endpoint id.
+        id: String,
+        /// The new state.
+        enabled: bool,
+    },
 }
 
 impl Route {
     /// Parses a method and path. `generate_id` makes the id for `POST /admin/endpoints`.
-    pub fn parse(method: Method, path: &str, generate_id: impl FnOnce() -> String) -> Result<Self, EngineError> {
+    pub fn parse(
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        generate_id: impl FnOnce() -> String,
+    ) -> Result<Self, EngineError> {
         let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
         match segments.as_slice() {
             ["healthz"] => only(method, Method::Get, "GET", Self::Health),
@@ -64,6 +88,21 @@ impl Route {
             }
             ["admin", "endpoints"] => only(method, Method::Post, "POST", Self::CreateEndpoint { id: generate_id() }),
             ["admin", "endpoints", id] => Self::endpoint(method, id),
+            ["admin", "endpoints", id, "retry-failed"] => {
+                only(method, Method::Post, "POST", Self::RetryFailed { id: known_endpoint(id)? })
+            }
+            ["admin", "endpoints", id, action @ ("enable" | "disable")] => only(
+                method,
+                Method::Post,
+                "POST",
+                Self::SetEnabled { id: known_endpoint(id)?, enabled: *action == "enable" },
+            ),
+            ["admin", "events"] => {
+                only(method, Method::Get, "GET", Self::ListEvents(crate::query::EventQuery::parse(query)?))
+            }
+            ["admin", "events", event_id, "retry"] => {
+                only(method, Method::Post, "POST", Self::RetryEvent { event_id: known_event(event_id)? })
+            }
             ["admin", "events", event_id] => {
                 only(method, Method::Get, "GET", Self::GetEvent { event_id: known_event(event_id)? })
             }
@@ -99,12 +138,14 @@ impl Route {
     pub fn owner(&self, shards: usize) -> Option<usize> {
         match self {
             Self::Health | Self::Ready | Self::AuditSegments => None,
+            Self::ListEvents(query) => query.endpoint_id.as_deref().map(|id| owner_shard(id, shards)),
+            Self::RetryFailed { id } | Self::SetEnabled { id, .. } => Some(owner_shard(id, shards)),
             Self::Ingest { endpoint_id: id }
             | Self::PutEndpoint { id }
             | Self::CreateEndpoint { id }
             | Self::GetEndpoint { id }
             | Self::DeleteEndpoint { id } => Some(owner_shard(id, shards)),
-            Self::GetEvent { event_id } | Self::EventProof { event_id } => {
+            Self::GetEvent { event_id } | Self::EventProof { event_id } | Self::RetryEvent { event_id } => {
                 Some(usize::from(event_id.shard()) % shards.max(1))
             }
         }
@@ -138,7 +179,7 @@ mod tests {
     use super::*;
 
     fn parse(method: Method, path: &str) -> Result<Route, EngineError> {
-        Route::parse(method, path, || "ep_generated".into())
+        Route::parse(method, path, None, || "ep_generated".into())
     }
 
     // The contract's paths map to their operations; wrong methods and unknown paths are refused.

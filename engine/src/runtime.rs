@@ -69,6 +69,9 @@ pub struct EngineConfig {
     pub wal_segment_bytes: u64,
     /// In-memory bounds.
     pub state_limits: StateLimits,
+    /// Outbound deliveries: destination policy (`KAPSEL_ALLOW_DESTINATIONS`), TLS roots
+    /// (webpki plus `KAPSEL_EXTRA_CA_FILE`), connect timeout, pooling.
+    pub client: kapsel_http::ClientConfig,
 }
 
 /// Why the engine could not start.
@@ -107,8 +110,13 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
         let (listeners, address) = bind_listeners(config.listen, config.shards)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards).map(|_| inbox()).unzip();
-        let shared =
-            Arc::new(Shared::new(config.shards, config.admin_token.clone(), senders, config.data_directory.clone()));
+        let shared = Arc::new(Shared::new(
+            config.shards,
+            config.admin_token.clone(),
+            senders,
+            config.data_directory.clone(),
+            config.client.destinations.clone(),
+        ));
         let driver = config.io_driver.resolve();
         tracing::info!(%address, shards = config.shards, ?driver, "starting shards");
         let mut threads = Vec::with_capacity(config.shards);
@@ -235,24 +243,53 @@ async fn shard_main(
     let listener = monoio::net::TcpListener::from_std(listener).map_err(|error| format!("listener: {error}"))?;
     let http_shutdown = Shutdown::new();
     let inbox_task = {
-        let (shared, http_shutdown) = (Arc::clone(&shared), http_shutdown.clone());
-        monoio::spawn(receiver.run(Rc::clone(&shard), move || {
-            if shared.is_shutting_down() {
+        let (shared_for_stop, http_shutdown) = (Arc::clone(&shared), http_shutdown.clone());
+        monoio::spawn(receiver.run(Rc::clone(&shard), Arc::clone(&shared), move || {
+            if shared_for_stop.is_shutting_down() {
                 http_shutdown.trigger();
             }
             // Hops keep arriving while any shard still serves; stop only after all are done.
-            shared.serving_shards.load(Ordering::Acquire) == 0
+            shared_for_stop.serving_shards.load(Ordering::Acquire) == 0
         }))
     };
     let service = Rc::new(Service::new(Rc::clone(&shard), Arc::clone(&shared)));
+    let client = Rc::new(kapsel_http::Client::new(config.client.clone(), shared.resolver.clone()));
+    let scheduler = {
+        let shared = Arc::clone(&shared);
+        let stop: Rc<dyn Fn() -> bool> = Rc::new(move || shared.is_shutting_down());
+        monoio::spawn(crate::delivery::run_scheduler(Rc::clone(&shard), client, stop))
+    };
     kapsel_http::serve(listener, Rc::new(config.server.clone()), service, http_shutdown).await;
+    scheduler.await;
     shared.serving_shards.fetch_sub(1, Ordering::AcqRel);
     shared.wake_all();
     inbox_task.await;
-    let shard = Rc::try_unwrap(shard).map_err(|_| "shard still in use at shutdown".to_string())?;
-    let wal = shard.into_wal();
-    wal.close().await.map_err(|error| format!("closing the write-ahead log: {error}"))?;
+    // Attempts still in flight finish or are dropped with the runtime; either way what was
+    // appended is made durable here, and an attempt without its record is made again later.
+    shard.wal().flush().await.map_err(|error| format!("flushing the write-ahead log: {error}"))?;
     tracing::info!(shard = index, "shard stopped");
+    Ok(())
+}
+
+/// Requeued events whose payload had left memory during replay: read the payloads back (one pass
+/// over the segments holding them) and queue the events again.
+fn reload_requeued(directory: &std::path::Path, state: &mut ShardState) -> Result<(), String> {
+    let requeued = std::mem::take(&mut state.reload_after_replay);
+    if requeued.is_empty() {
+        return Ok(());
+    }
+    let lsns: Vec<u64> =
+        requeued.iter().filter_map(|(event_id, _)| state.events.get(event_id).map(|summary| summary.lsn)).collect();
+    let records =
+        kapsel_wal::audit::read_records(directory, &lsns).map_err(|error| format!("re-reading payloads: {error}"))?;
+    for (_, kind, body) in records {
+        if let Ok(Record::EventReceived(event)) = Record::decode(kind, &body) {
+            state.restore_payload(crate::ids::EventId(event.event_id), event);
+        }
+    }
+    for (event_id, at_ms) in requeued {
+        state.requeue(event_id, at_ms);
+    }
     Ok(())
 }
 
@@ -277,6 +314,7 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
     if let Some(error) = replay_error {
         return Err(error);
     }
+    reload_requeued(&directory, &mut state)?;
     tracing::info!(
         shard = index,
         records = recovery.records,

@@ -30,7 +30,7 @@ impl Service {
     }
 
     fn route(&self, head: &RequestHead) -> Result<Route, EngineError> {
-        let route = Route::parse(head.method, &head.path, generate_endpoint_id)?;
+        let route = Route::parse(head.method, &head.path, head.query.as_deref(), generate_endpoint_id)?;
         if route.is_admin() {
             self.authorize(head)?;
         }
@@ -49,11 +49,37 @@ impl Service {
     }
 
     async fn dispatch(&self, route: Route, request: Request) -> Response {
-        match route.owner(self.shared.shards) {
-            None => answer_anywhere(&route, &self.shared),
-            Some(owner) if owner == self.shard.index => execute(&self.shard, route, request).await,
-            Some(owner) => self.forward(owner, route, request).await,
+        match (route.owner(self.shared.shards), route) {
+            (None, Route::ListEvents(query)) => self.list_everywhere(query).await,
+            (None, route) => answer_anywhere(&route, &self.shared),
+            (Some(owner), route) if owner == self.shard.index => {
+                execute(&self.shard, &self.shared, route, request).await
+            }
+            (Some(owner), route) => self.forward(owner, route, request).await,
         }
+    }
+
+    /// Asks every shard for its newest matching events and merges them into one page.
+    async fn list_everywhere(&self, query: crate::query::EventQuery) -> Response {
+        let mut matches = crate::query::list_local(&self.shard, &query);
+        let mut answers = Vec::with_capacity(self.shared.shards);
+        for (index, inbox) in self.shared.inboxes.iter().enumerate() {
+            if index == self.shard.index {
+                continue;
+            }
+            let (reply, answer) = futures_channel::oneshot::channel();
+            if inbox.send(Command::ListEvents { query: query.clone(), reply }).is_err() {
+                return EngineError::QueueFull("a shard's inbox is full".into()).into_response();
+            }
+            answers.push(answer);
+        }
+        for answer in answers {
+            match answer.await {
+                Ok(found) => matches.extend(found),
+                Err(_) => return EngineError::Unavailable("a shard stopped".into()).into_response(),
+            }
+        }
+        Response::json(200, crate::query::page(matches, query.limit).to_string().into_bytes())
     }
 
     /// Hands the request to its owner shard and waits for the answer.
@@ -110,11 +136,20 @@ fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
 }
 
 /// Runs a routed request on its owner shard (called on that shard's thread).
-pub async fn execute(shard: &Shard, route: Route, request: Request) -> Response {
+pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Request) -> Response {
+    let ok = |json: serde_json::Value| Response::json(200, json.to_string().into_bytes());
     let outcome = match route {
+        Route::ListEvents(query) => Ok(ok(crate::query::page(crate::query::list_local(shard, &query), query.limit))),
+        Route::RetryEvent { event_id } => {
+            shard.retry_event(event_id).await.map(|json| Response::json(202, json.to_string().into_bytes()))
+        }
+        Route::RetryFailed { id } => {
+            shard.retry_failed(&id).await.map(|json| Response::json(202, json.to_string().into_bytes()))
+        }
+        Route::SetEnabled { id, enabled } => shard.set_enabled(&id, enabled).await.map(ok),
         Route::Ingest { endpoint_id } => ingest(shard, endpoint_id, request).await,
         Route::PutEndpoint { id } | Route::CreateEndpoint { id } => shard
-            .put_endpoint(&id, &request.body)
+            .put_endpoint(&id, &request.body, &shared.destinations)
             .await
             .map(|(json, created)| Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes())),
         Route::GetEndpoint { id } => {

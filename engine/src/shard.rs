@@ -9,7 +9,7 @@ use kapsel_wal::Wal;
 use serde_json::Value;
 
 use crate::clock::now_ms;
-use crate::endpoint::{EndpointInput, LiveState};
+use crate::endpoint::EndpointInput;
 use crate::error::EngineError;
 use crate::idempotency::Remembered;
 use crate::ids::EventId;
@@ -49,17 +49,35 @@ pub struct Shard {
     pub index: usize,
     wal: Wal,
     state: RefCell<ShardState>,
+    scheduler: std::cell::Cell<Option<std::task::Waker>>,
 }
 
 impl Shard {
     /// A shard over an opened log and the state replayed from it.
     pub fn new(index: usize, wal: Wal, state: ShardState) -> Self {
-        Self { index, wal, state: RefCell::new(state) }
+        Self { index, wal, state: RefCell::new(state), scheduler: std::cell::Cell::new(None) }
     }
 
     /// The shard's log.
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+
+    /// The shard's state (the delivery scheduler reads and updates it).
+    pub fn state(&self) -> &RefCell<ShardState> {
+        &self.state
+    }
+
+    /// Wakes the delivery scheduler: there may be new work.
+    pub fn notify_scheduler(&self) {
+        if let Some(waker) = self.scheduler.take() {
+            waker.wake();
+        }
+    }
+
+    /// Registers the scheduler's waker.
+    pub fn park_scheduler(&self, waker: &std::task::Waker) {
+        self.scheduler.set(Some(waker.clone()));
     }
 
     /// Gives up the shard for its log (at shutdown, to close it).
@@ -103,7 +121,8 @@ impl Shard {
             self.state.borrow_mut().idempotency.remember(&endpoint, key, remembered, now, now);
         }
         let lsn = commit.await?;
-        self.state.borrow_mut().track_event(event_id, &endpoint, &event, lsn);
+        self.state.borrow_mut().accept_event(event_id, &endpoint, event, lsn);
+        self.notify_scheduler();
         Ok(Accepted::Received(event_id))
     }
 
@@ -138,7 +157,12 @@ impl Shard {
     }
 
     /// Creates or replaces an endpoint; `true` when it was created.
-    pub async fn put_endpoint(&self, id: &str, body: &[u8]) -> Result<(Value, bool), EngineError> {
+    pub async fn put_endpoint(
+        &self,
+        id: &str,
+        body: &[u8],
+        destinations: &kapsel_http::DestinationPolicy,
+    ) -> Result<(Value, bool), EngineError> {
         let now = now_ms();
         let input = EndpointInput::parse(body).map_err(|error| EngineError::Invalid(error.0))?;
         let endpoint = {
@@ -149,11 +173,21 @@ impl Shard {
             }
             input.into_endpoint(id, previous, now).map_err(|error| EngineError::Invalid(error.0))?
         };
+        let target = kapsel_http::Target::parse(&endpoint.url)
+            .map_err(|error| EngineError::Invalid(format!("`url` cannot be delivered to: {error}")))?;
+        if destinations.refuses_literal(&target.host) {
+            return Err(EngineError::Invalid(format!(
+                "`url` points at {}, a private, loopback, link-local, multicast or unspecified address; allow it with KAPSEL_ALLOW_DESTINATIONS",
+                target.host
+            )));
+        }
         self.append(&Record::EndpointPut(endpoint.clone())).await?;
         let mut state = self.state.borrow_mut();
         let created = !state.endpoints.contains_key(id);
-        let json = endpoint.to_json(&LiveState::default());
-        state.put_endpoint(endpoint, now);
+        state.put_endpoint(endpoint.clone(), now);
+        let json = endpoint.to_json(&state.live(id, now));
+        drop(state);
+        self.notify_scheduler();
         Ok((json, created))
     }
 
@@ -161,7 +195,7 @@ impl Shard {
     pub fn get_endpoint(&self, id: &str) -> Result<Value, EngineError> {
         let state = self.state.borrow();
         let entry = state.endpoints.get(id).ok_or_else(|| EngineError::NotFound(format!("endpoint {id} not found")))?;
-        Ok(entry.endpoint.to_json(&LiveState::default()))
+        Ok(entry.endpoint.to_json(&state.live(id, now_ms())))
     }
 
     /// Deletes an endpoint.
@@ -171,6 +205,99 @@ impl Shard {
         }
         self.append(&Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms() })).await?;
         self.state.borrow_mut().delete_endpoint(id);
+        Ok(())
+    }
+
+    /// Enables or disables deliveries to an endpoint.
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<Value, EngineError> {
+        let now = now_ms();
+        let endpoint = {
+            let state = self.state.borrow();
+            let entry =
+                state.endpoints.get(id).ok_or_else(|| EngineError::NotFound(format!("endpoint {id} not found")))?;
+            let mut endpoint = entry.endpoint.clone();
+            endpoint.enabled = enabled;
+            endpoint.updated_at_ms = now;
+            endpoint
+        };
+        self.append(&Record::EndpointPut(endpoint.clone())).await?;
+        let mut state = self.state.borrow_mut();
+        state.put_endpoint(endpoint.clone(), now);
+        let json = endpoint.to_json(&state.live(id, now));
+        drop(state);
+        self.notify_scheduler();
+        Ok(json)
+    }
+
+    /// Redelivers an event, `failed` ones included, with a fresh retry budget.
+    pub async fn retry_event(&self, event_id: EventId) -> Result<Value, EngineError> {
+        let lsn = {
+            let state = self.state.borrow();
+            let summary = state
+                .events
+                .get(&event_id)
+                .ok_or_else(|| EngineError::NotFound(format!("event {event_id} not found")))?;
+            if summary.status == crate::state::EventStatus::Delivering {
+                return Ok(serde_json::json!({"event_id": event_id.to_string(), "status": "delivering"}));
+            }
+            summary.payload.is_none().then_some(summary.lsn)
+        };
+        if let Some(lsn) = lsn {
+            self.reload_payloads(&[(event_id, lsn)]).await?;
+        }
+        self.append(&Record::Requeued(crate::records::Requeued { event_id: event_id.0, at_ms: now_ms() })).await?;
+        crate::delivery::requeue_now(self, event_id);
+        Ok(serde_json::json!({"event_id": event_id.to_string(), "status": "pending"}))
+    }
+
+    /// Redrives every failed event of an endpoint.
+    pub async fn retry_failed(&self, id: &str) -> Result<Value, EngineError> {
+        let failed = {
+            let state = self.state.borrow();
+            if !state.endpoints.contains_key(id) {
+                return Err(EngineError::NotFound(format!("endpoint {id} not found")));
+            }
+            state.failed_events(id)
+        };
+        let missing: Vec<(EventId, u64)> = {
+            let state = self.state.borrow();
+            failed
+                .iter()
+                .filter(|(event_id, _)| state.events.get(event_id).is_some_and(|summary| summary.payload.is_none()))
+                .copied()
+                .collect()
+        };
+        self.reload_payloads(&missing).await?;
+        let now = now_ms();
+        for (event_id, _) in &failed {
+            self.append(&Record::Requeued(crate::records::Requeued { event_id: event_id.0, at_ms: now })).await?;
+            crate::delivery::requeue_now(self, *event_id);
+        }
+        Ok(serde_json::json!({"endpoint_id": id, "requeued": failed.len()}))
+    }
+
+    /// Reads the payloads of terminal events back from the log (on a helper thread).
+    async fn reload_payloads(&self, events: &[(EventId, u64)]) -> Result<(), EngineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let directory = self.wal.directory().to_path_buf();
+        let lsns: Vec<u64> = events.iter().map(|(_, lsn)| *lsn).collect();
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kapsel-reload".into())
+            .spawn(move || {
+                let _ = sender.send(kapsel_wal::audit::read_records(&directory, &lsns));
+            })
+            .map_err(|error| EngineError::Unavailable(format!("cannot start a reader thread: {error}")))?;
+        let records = receiver.await.map_err(|_| EngineError::Unavailable("the reader thread stopped".into()))?;
+        let records = records.map_err(|error| EngineError::Storage(error.to_string()))?;
+        let mut state = self.state.borrow_mut();
+        for (_, kind, body) in records {
+            if let Ok(Record::EventReceived(event)) = Record::decode(kind, &body) {
+                state.restore_payload(EventId(event.event_id), event);
+            }
+        }
         Ok(())
     }
 

@@ -1,25 +1,40 @@
-//! A shard's in-memory state: endpoints, the events it tracks, the idempotency table and the
-//! event id generator. Plain data and functions; time is passed in. Rebuilt at start by
-//! replaying the shard's log through [`ShardState::replay`].
+//! A shard's in-memory state: endpoints with their delivery queues and breakers, the events it
+//! tracks, retry timers, the idempotency table and the event id generator. Plain data and
+//! functions; time is passed in. Rebuilt at start by replaying the shard's log through
+//! [`ShardState::replay`].
+//!
+//! Memory bounds: non-terminal events (pending, delivering, retrying) are at most `events_max`
+//! (ingest answers 503 E3002 at the bound) and keep their payload; terminal events (delivered,
+//! failed) drop their payload and are kept for lookups in a window of the most recent
+//! `terminal_events_max`, oldest evicted first.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use serde_json::{json, Value};
 
+use crate::breaker::{Breaker, Permit};
 use crate::clock::rfc3339;
 use crate::endpoint::Endpoint;
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::ids::{EventId, EventIdGenerator};
 use crate::rate::TokenBucket;
-use crate::records::{EventReceived, Record};
+use crate::records::{Attempt, EventReceived, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
 use crate::signature::Secret;
 
-/// Delivery status of an event (`pending` until the delivery issue lands).
+/// Delivery status of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventStatus {
-    /// Accepted, not yet delivered.
+    /// Accepted, waiting for an attempt.
     Pending,
+    /// An attempt is in flight.
+    Delivering,
+    /// Waiting for its next attempt.
+    Retrying,
+    /// A 2xx was received.
+    Delivered,
+    /// Given up (the dead-letter state).
+    Failed,
 }
 
 impl EventStatus {
@@ -27,28 +42,86 @@ impl EventStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Delivering => "delivering",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
         }
+    }
+
+    /// Parses a status filter.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivering, Self::Retrying, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+
+    /// Delivered or failed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed)
     }
 }
 
-/// What a shard keeps in memory about an event (the payload stays in the log).
+/// What a delivery needs besides the endpoint: kept only while the event is not terminal.
+#[derive(Debug)]
+pub struct Payload {
+    /// The body, as received.
+    pub body: Rc<[u8]>,
+    /// The sender's `Content-Type`.
+    pub content_type: Option<String>,
+    /// The sender's `traceparent`.
+    pub traceparent: Option<String>,
+}
+
+/// An attempt as kept in memory (the log has the full record, excerpt included).
 #[derive(Clone, Debug)]
+pub struct AttemptSummary {
+    /// Attempt number.
+    pub n: u32,
+    /// Start time.
+    pub at_ms: u64,
+    /// The destination's status.
+    pub status_code: Option<u16>,
+    /// Latency.
+    pub latency_ms: u32,
+    /// E-code of a failure.
+    pub error_code: Option<Box<str>>,
+}
+
+/// What a shard keeps in memory about an event.
+#[derive(Debug)]
 pub struct EventSummary {
     /// The endpoint it is for.
     pub endpoint_id: Rc<str>,
     /// When it was accepted.
     pub received_at_ms: u64,
+    /// Last state change.
+    pub updated_at_ms: u64,
     /// Payload size.
     pub payload_bytes: u32,
     /// The sender's idempotency key.
     pub idempotency_key: Option<Box<str>>,
     /// Delivery status.
     pub status: EventStatus,
-    /// LSN of its record in the shard's log (for inclusion proofs).
+    /// LSN of its record in the shard's log (for inclusion proofs and re-reading the payload).
     pub lsn: u64,
+    /// Attempts made, oldest first (at most [`crate::limits::ATTEMPTS_IN_MEMORY_MAX`]).
+    pub attempts: Vec<AttemptSummary>,
+    /// Attempts counted against the retry budget (reset by an operator's retry).
+    pub budget_used: u32,
+    /// Number of the last attempt made.
+    pub last_attempt: u32,
+    /// When the next attempt is due.
+    pub next_attempt_at_ms: Option<u64>,
+    /// Why it is waiting, when the breaker holds it (E2005).
+    pub waiting: Option<&'static str>,
+    /// The payload, while it may still be delivered.
+    pub payload: Option<Rc<Payload>>,
+    /// The last response excerpt.
+    pub last_excerpt: Option<Box<[u8]>>,
 }
 
-/// An endpoint with what the shard derives from it.
+/// An endpoint with what the shard derives from it and its delivery queue.
 #[derive(Debug)]
 pub struct EndpointEntry {
     /// The stored configuration.
@@ -59,12 +132,20 @@ pub struct EndpointEntry {
     pub ingest_secret: Option<Secret>,
     /// Ingest rate limiter.
     pub bucket: Option<TokenBucket>,
+    /// Events ready for an attempt, oldest first.
+    pub ready: VecDeque<EventId>,
+    /// Attempts in flight.
+    pub in_flight: u32,
+    /// The circuit breaker.
+    pub breaker: Breaker,
+    /// The parsed destination (`None` when the URL cannot be delivered to).
+    pub target: Option<Rc<kapsel_http::Target>>,
 }
 
 /// Bounds and windows the state keeps.
 #[derive(Clone, Copy, Debug)]
 pub struct StateLimits {
-    /// Events tracked in memory.
+    /// Non-terminal events tracked (pending work); ingest answers 503 E3002 at the bound.
     pub events_max: usize,
     /// Idempotency keys remembered.
     pub idempotency_keys_max: usize,
@@ -72,18 +153,42 @@ pub struct StateLimits {
     pub idempotency_window_ms: u64,
 }
 
+/// An attempt the scheduler may start now.
+#[derive(Clone, Debug)]
+pub struct Start {
+    /// The event.
+    pub event_id: EventId,
+    /// Its endpoint.
+    pub endpoint_id: Rc<str>,
+    /// The attempt's number.
+    pub n: u32,
+    /// Whether it is the breaker's half-open probe.
+    pub probe: bool,
+    /// The payload.
+    pub payload: Rc<Payload>,
+}
+
 /// One shard's state.
 #[derive(Debug)]
 pub struct ShardState {
     /// Endpoints owned by this shard.
     pub endpoints: HashMap<Rc<str>, EndpointEntry>,
-    /// Events tracked, by id.
-    pub events: HashMap<EventId, EventSummary>,
+    /// Events tracked, by id (ids are time-ordered, so this is also newest-last).
+    pub events: BTreeMap<EventId, EventSummary>,
     /// Idempotency keys.
     pub idempotency: IdempotencyTable,
     /// Event id source.
     pub ids: EventIdGenerator,
+    /// Endpoints that have ready events.
+    active: HashSet<Rc<str>>,
+    /// Due times: retries (`Some(event)`) and breaker wake-ups (`None`), keyed by time and a tiebreak.
+    timers: BTreeMap<(u64, u64), Option<EventId>>,
+    timer_sequence: u64,
+    terminal: VecDeque<EventId>,
+    non_terminal: usize,
     limits: StateLimits,
+    /// Requeued terminal events met during replay, whose payloads must be read back.
+    pub reload_after_replay: Vec<(EventId, u64)>,
 }
 
 impl ShardState {
@@ -91,14 +196,20 @@ impl ShardState {
     pub fn new(index: u16, limits: StateLimits) -> Self {
         Self {
             endpoints: HashMap::new(),
-            events: HashMap::new(),
+            events: BTreeMap::new(),
             idempotency: IdempotencyTable::new(limits.idempotency_window_ms, limits.idempotency_keys_max),
             ids: EventIdGenerator::new(index, None),
+            active: HashSet::new(),
+            timers: BTreeMap::new(),
+            timer_sequence: 0,
+            terminal: VecDeque::new(),
+            non_terminal: 0,
             limits,
+            reload_after_replay: Vec::new(),
         }
     }
 
-    /// Applies a record read back from the log at start-up (or one just made durable).
+    /// Applies a record read back from the log at start-up.
     pub fn replay(&mut self, lsn: u64, record: Record, now_ms: u64) {
         match record {
             Record::EndpointPut(endpoint) => self.put_endpoint(endpoint, now_ms),
@@ -115,62 +226,366 @@ impl ShardState {
                     let remembered = Remembered { event_id, lsn };
                     self.idempotency.remember(&endpoint, key, remembered, event.received_at_ms, now_ms);
                 }
-                self.track_event(event_id, &endpoint, &event, lsn);
+                self.accept_event(event_id, &endpoint, event, lsn);
+            }
+            Record::Attempt(attempt) => self.apply_attempt(&attempt),
+            Record::Requeued(requeued) => {
+                let event_id = EventId(requeued.event_id);
+                if !self.requeue(event_id, requeued.at_ms)
+                    && self.events.get(&event_id).is_some_and(|summary| summary.payload.is_none())
+                {
+                    // Its payload left memory when it became terminal; reloaded after replay.
+                    self.reload_after_replay.push((event_id, requeued.at_ms));
+                }
             }
         }
     }
 
-    /// Stores an endpoint (create or replace).
+    /// Stores an endpoint (create or replace), keeping its queue and breaker.
     pub fn put_endpoint(&mut self, endpoint: Endpoint, now_ms: u64) {
-        let id: Rc<str> = self
-            .endpoints
-            .get(endpoint.id.as_str())
-            .map_or_else(|| Rc::from(endpoint.id.as_str()), |entry| Rc::clone(&entry.id));
         let ingest_secret = endpoint.ingest_secret.as_deref().and_then(Secret::parse);
         let bucket = endpoint.rate_limit_per_s.map(|rate| TokenBucket::new(rate, now_ms));
-        self.endpoints.insert(Rc::clone(&id), EndpointEntry { endpoint, id, ingest_secret, bucket });
+        let target = kapsel_http::Target::parse(&endpoint.url).ok().map(Rc::new);
+        if let Some(entry) = self.endpoints.get_mut(endpoint.id.as_str()) {
+            entry.target = target;
+            entry.ingest_secret = ingest_secret;
+            entry.bucket = bucket;
+            entry.endpoint = endpoint;
+            let id = Rc::clone(&entry.id);
+            if !entry.ready.is_empty() {
+                self.active.insert(id);
+            }
+            return;
+        }
+        let id: Rc<str> = Rc::from(endpoint.id.as_str());
+        let breaker = Breaker::new(&endpoint.circuit);
+        let entry = EndpointEntry {
+            endpoint,
+            id: Rc::clone(&id),
+            ingest_secret,
+            bucket,
+            ready: VecDeque::new(),
+            in_flight: 0,
+            breaker,
+            target,
+        };
+        self.endpoints.insert(id, entry);
     }
 
     /// Removes an endpoint with its events and idempotency keys.
     pub fn delete_endpoint(&mut self, id: &str) {
-        if self.endpoints.remove(id).is_some() {
-            self.events.retain(|_, summary| &*summary.endpoint_id != id);
-            self.idempotency.forget_endpoint(id);
+        if self.endpoints.remove(id).is_none() {
+            return;
+        }
+        let before = self.events.len();
+        let mut removed_non_terminal = 0;
+        self.events.retain(|_, summary| {
+            let keep = &*summary.endpoint_id != id;
+            if !keep && !summary.status.is_terminal() {
+                removed_non_terminal += 1;
+            }
+            keep
+        });
+        if self.events.len() != before {
+            self.terminal.retain(|event_id| self.events.contains_key(event_id));
+        }
+        self.non_terminal -= removed_non_terminal;
+        self.active.remove(id);
+        self.idempotency.forget_endpoint(id);
+    }
+
+    /// Tracks an accepted event and queues it for delivery.
+    pub fn accept_event(&mut self, event_id: EventId, endpoint: &Rc<str>, event: EventReceived, lsn: u64) {
+        let payload =
+            Payload { body: Rc::from(event.payload), content_type: event.content_type, traceparent: event.traceparent };
+        let summary = EventSummary {
+            endpoint_id: Rc::clone(endpoint),
+            received_at_ms: event.received_at_ms,
+            updated_at_ms: event.received_at_ms,
+            payload_bytes: u32::try_from(payload.body.len()).unwrap_or(u32::MAX),
+            idempotency_key: event.idempotency_key.map(String::into_boxed_str),
+            status: EventStatus::Pending,
+            lsn,
+            attempts: Vec::new(),
+            budget_used: 0,
+            last_attempt: 0,
+            next_attempt_at_ms: None,
+            waiting: None,
+            payload: Some(Rc::new(payload)),
+            last_excerpt: None,
+        };
+        self.events.insert(event_id, summary);
+        self.non_terminal += 1;
+        self.enqueue(endpoint, event_id);
+    }
+
+    fn enqueue(&mut self, endpoint: &Rc<str>, event_id: EventId) {
+        if let Some(entry) = self.endpoints.get_mut(endpoint) {
+            entry.ready.push_back(event_id);
+            self.active.insert(Rc::clone(endpoint));
         }
     }
 
-    /// Records an accepted event in memory.
-    pub fn track_event(&mut self, event_id: EventId, endpoint: &Rc<str>, event: &EventReceived, lsn: u64) {
-        self.events.insert(
-            event_id,
-            EventSummary {
-                endpoint_id: Rc::clone(endpoint),
-                received_at_ms: event.received_at_ms,
-                payload_bytes: u32::try_from(event.payload.len()).unwrap_or(u32::MAX),
-                idempotency_key: event.idempotency_key.as_deref().map(Box::from),
-                status: EventStatus::Pending,
-                lsn,
-            },
-        );
+    /// True when the shard holds as much pending work as it may (ingest answers 503 E3002).
+    pub fn events_full(&self) -> bool {
+        self.non_terminal >= self.limits.events_max
     }
 
-    /// True when the shard tracks as many events as it may (ingest answers 503 E3002).
-    pub fn events_full(&self) -> bool {
-        self.events.len() >= self.limits.events_max
+    /// Non-terminal events.
+    pub fn pending_work(&self) -> usize {
+        self.non_terminal
+    }
+
+    fn add_timer(&mut self, at_ms: u64, event: Option<EventId>) {
+        self.timer_sequence += 1;
+        self.timers.insert((at_ms, self.timer_sequence), event);
+    }
+
+    /// Moves every retry due at `now_ms` back into its endpoint's queue (and re-activates
+    /// endpoints whose breaker wait ended). Returns the next due time, if any.
+    pub fn release_due(&mut self, now_ms: u64) -> Option<u64> {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now_ms {
+                return Some(entry.key().0);
+            }
+            let event = entry.remove();
+            match event {
+                Some(event_id) => self.release_retry(event_id),
+                None => {
+                    let waiting: Vec<Rc<str>> = self
+                        .endpoints
+                        .values()
+                        .filter(|entry| !entry.ready.is_empty())
+                        .map(|entry| Rc::clone(&entry.id))
+                        .collect();
+                    self.active.extend(waiting);
+                }
+            }
+        }
+        None
+    }
+
+    fn release_retry(&mut self, event_id: EventId) {
+        let Some(summary) = self.events.get_mut(&event_id) else {
+            return;
+        };
+        if summary.status != EventStatus::Retrying {
+            return;
+        }
+        summary.status = EventStatus::Pending;
+        let endpoint = Rc::clone(&summary.endpoint_id);
+        self.enqueue(&endpoint, event_id);
+    }
+
+    /// The attempts the scheduler may start now, fairly across endpoints: each active endpoint
+    /// gets up to its free in-flight slots, as its breaker allows.
+    pub fn take_startable(&mut self, now_ms: u64) -> Vec<Start> {
+        let mut starts = Vec::new();
+        let active: Vec<Rc<str>> = self.active.drain().collect();
+        for endpoint in active {
+            let Some(entry) = self.endpoints.get_mut(&endpoint) else {
+                continue;
+            };
+            if !entry.endpoint.enabled {
+                continue;
+            }
+            let mut wait_until = None;
+            while entry.in_flight < entry.endpoint.max_in_flight && !entry.ready.is_empty() {
+                let probe = match entry.breaker.permit(now_ms) {
+                    Permit::Attempt => false,
+                    Permit::Probe => true,
+                    Permit::Wait { until_ms } => {
+                        wait_until = Some(until_ms);
+                        break;
+                    }
+                };
+                let Some(event_id) = entry.ready.pop_front() else {
+                    break;
+                };
+                let Some(summary) = self.events.get_mut(&event_id) else {
+                    continue;
+                };
+                let Some(payload) = summary.payload.clone() else {
+                    continue;
+                };
+                summary.status = EventStatus::Delivering;
+                summary.waiting = None;
+                summary.next_attempt_at_ms = None;
+                summary.last_attempt += 1;
+                entry.in_flight += 1;
+                starts.push(Start {
+                    event_id,
+                    endpoint_id: Rc::clone(&endpoint),
+                    n: summary.last_attempt,
+                    probe,
+                    payload,
+                });
+                if probe {
+                    break;
+                }
+            }
+            if let Some(until_ms) = wait_until {
+                // The breaker holds the queue: show it on the waiting events, look again later.
+                for event_id in entry.ready.iter().take(crate::limits::WAITING_MARKED_MAX) {
+                    if let Some(summary) = self.events.get_mut(event_id) {
+                        summary.waiting = Some("E2005");
+                    }
+                }
+                self.add_timer(until_ms, None);
+            }
+        }
+        starts
+    }
+
+    /// Applies an attempt's outcome (live or replayed). Live callers also release the in-flight
+    /// slot and feed the breaker through [`ShardState::finish_live`].
+    pub fn apply_attempt(&mut self, attempt: &Attempt) {
+        let event_id = EventId(attempt.event_id);
+        let Some(summary) = self.events.get_mut(&event_id) else {
+            return;
+        };
+        if summary.status.is_terminal() && attempt.outcome != OUTCOME_DELIVERED {
+            return;
+        }
+        let was_terminal = summary.status.is_terminal();
+        if summary.attempts.len() >= crate::limits::ATTEMPTS_IN_MEMORY_MAX {
+            summary.attempts.remove(0);
+        }
+        summary.attempts.push(AttemptSummary {
+            n: attempt.n,
+            at_ms: attempt.at_ms,
+            status_code: attempt.status_code,
+            latency_ms: attempt.latency_ms,
+            error_code: attempt.error_code.as_deref().map(Box::from),
+        });
+        summary.last_attempt = summary.last_attempt.max(attempt.n);
+        summary.budget_used += 1;
+        summary.updated_at_ms = attempt.at_ms.saturating_add(u64::from(attempt.latency_ms));
+        summary.last_excerpt = Some(attempt.response_excerpt.clone().into_boxed_slice());
+        match attempt.outcome {
+            OUTCOME_RETRYING => {
+                summary.status = EventStatus::Retrying;
+                summary.next_attempt_at_ms = attempt.next_attempt_at_ms;
+                let due = attempt.next_attempt_at_ms.unwrap_or(attempt.at_ms);
+                self.add_timer(due, Some(event_id));
+            }
+            OUTCOME_FAILED => self.make_terminal(event_id, EventStatus::Failed, was_terminal),
+            _ => self.make_terminal(event_id, EventStatus::Delivered, was_terminal),
+        }
+    }
+
+    fn make_terminal(&mut self, event_id: EventId, status: EventStatus, was_terminal: bool) {
+        if let Some(summary) = self.events.get_mut(&event_id) {
+            summary.status = status;
+            summary.next_attempt_at_ms = None;
+            summary.waiting = None;
+            summary.payload = None;
+        }
+        if !was_terminal {
+            self.non_terminal = self.non_terminal.saturating_sub(1);
+            self.terminal.push_back(event_id);
+        }
+        while self.terminal.len() > crate::limits::TERMINAL_EVENTS_IN_MEMORY_MAX {
+            if let Some(oldest) = self.terminal.pop_front() {
+                self.events.remove(&oldest);
+            }
+        }
+    }
+
+    /// After a live attempt: frees its slot, feeds the breaker, re-activates the endpoint.
+    pub fn finish_live(&mut self, endpoint: &Rc<str>, success: bool, probe: bool, now_ms: u64) {
+        if let Some(entry) = self.endpoints.get_mut(endpoint) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            let policy = entry.endpoint.circuit.clone();
+            entry.breaker.record(&policy, success, probe, now_ms);
+            if !entry.ready.is_empty() {
+                self.active.insert(Rc::clone(endpoint));
+            }
+        }
+    }
+
+    /// Puts an event back in its queue for a fresh round of attempts. `false` when it is unknown,
+    /// in flight, or its payload is no longer in memory (the caller reloads it from the log).
+    pub fn requeue(&mut self, event_id: EventId, at_ms: u64) -> bool {
+        let Some(summary) = self.events.get_mut(&event_id) else {
+            return false;
+        };
+        if summary.status == EventStatus::Delivering || summary.payload.is_none() {
+            return false;
+        }
+        let was_terminal = summary.status.is_terminal();
+        summary.status = EventStatus::Pending;
+        summary.budget_used = 0;
+        summary.next_attempt_at_ms = None;
+        summary.updated_at_ms = at_ms;
+        let endpoint = Rc::clone(&summary.endpoint_id);
+        if was_terminal {
+            self.terminal.retain(|id| *id != event_id);
+            self.non_terminal += 1;
+        }
+        self.enqueue(&endpoint, event_id);
+        true
+    }
+
+    /// Restores the payload of a terminal event read back from the log, so it can be requeued.
+    pub fn restore_payload(&mut self, event_id: EventId, event: EventReceived) {
+        if let Some(summary) = self.events.get_mut(&event_id) {
+            summary.payload = Some(Rc::new(Payload {
+                body: Rc::from(event.payload),
+                content_type: event.content_type,
+                traceparent: event.traceparent,
+            }));
+        }
+    }
+
+    /// Events of an endpoint in the failed state.
+    pub fn failed_events(&self, endpoint: &str) -> Vec<(EventId, u64)> {
+        self.events
+            .iter()
+            .filter(|(_, summary)| &*summary.endpoint_id == endpoint && summary.status == EventStatus::Failed)
+            .map(|(event_id, summary)| (*event_id, summary.lsn))
+            .collect()
+    }
+
+    /// Live state of an endpoint for the admin API.
+    pub fn live(&self, endpoint: &str, now_ms: u64) -> crate::endpoint::LiveState {
+        self.endpoints.get(endpoint).map_or_else(crate::endpoint::LiveState::default, |entry| {
+            crate::endpoint::LiveState {
+                circuit_state: entry.breaker.state_name(now_ms),
+                queue_depth: entry.ready.len(),
+                in_flight: entry.in_flight as usize,
+            }
+        })
     }
 }
 
 /// The admin JSON view of an event.
 pub fn event_json(event_id: EventId, summary: &EventSummary) -> Value {
+    let attempts: Vec<Value> = summary
+        .attempts
+        .iter()
+        .map(|attempt| {
+            json!({
+                "n": attempt.n,
+                "at": rfc3339(attempt.at_ms),
+                "status_code": attempt.status_code,
+                "latency_ms": attempt.latency_ms,
+                "error_code": attempt.error_code.as_deref(),
+            })
+        })
+        .collect();
     json!({
         "event_id": event_id.to_string(),
         "endpoint_id": &*summary.endpoint_id,
         "status": summary.status.as_str(),
-        "attempts": [],
-        "next_attempt_at": Value::Null,
+        "attempts": attempts,
+        "attempt_count": summary.last_attempt,
+        "next_attempt_at": summary.next_attempt_at_ms.map(rfc3339),
+        "waiting_reason": summary.waiting,
+        "last_response_excerpt": summary.last_excerpt.as_deref().map(String::from_utf8_lossy),
         "received_at": rfc3339(summary.received_at_ms),
         "created_at": rfc3339(summary.received_at_ms),
-        "updated_at": rfc3339(summary.received_at_ms),
+        "updated_at": rfc3339(summary.updated_at_ms),
         "payload_bytes": summary.payload_bytes,
         "idempotency_key": summary.idempotency_key.as_deref(),
     })

@@ -31,7 +31,10 @@ async fn shard_with(faults: Arc<IoFaults>, directory: &std::path::Path) -> Shard
     let options = Options { backend: IoBackend::Thread, faults: Some(faults), ..Options::default() };
     let (wal, _) = Wal::open(directory, options, |_| {}).await.unwrap();
     let shard = Shard::new(0, wal, ShardState::new(0, LIMITS));
-    shard.put_endpoint("orders", br#"{"url":"https://example.com/h"}"#).await.unwrap();
+    shard
+        .put_endpoint("orders", br#"{"url":"https://example.com/h"}"#, &kapsel_http::DestinationPolicy::default())
+        .await
+        .unwrap();
     shard
 }
 
@@ -89,7 +92,10 @@ fn the_event_bound_answers_e3002() {
         let (wal, _) = Wal::open(directory.path(), options, |_| {}).await.unwrap();
         let limits = StateLimits { events_max: 3, ..LIMITS };
         let shard = Shard::new(0, wal, ShardState::new(0, limits));
-        shard.put_endpoint("orders", br#"{"url":"https://example.com/h"}"#).await.unwrap();
+        shard
+            .put_endpoint("orders", br#"{"url":"https://example.com/h"}"#, &kapsel_http::DestinationPolicy::default())
+            .await
+            .unwrap();
         for _ in 0..3 {
             shard.ingest(ingest(None)).await.unwrap();
         }

@@ -21,32 +21,56 @@
 //! plain TCP or TLS ([`load_tls_config`]), with read deadlines, a connection limit and a
 //! graceful [`Shutdown`]. The application implements [`Handler`]: it sees each complete
 //! [`Request`] and answers a [`Response`].
+//!
+//! The client ([`Client`]) is the other direction: each shard's deliveries, as HTTP/1.1 POSTs
+//! to a destination [`Target`], over a bounded keep-alive pool, with TLS from
+//! [`tls_client_config`]. Names are resolved off the shard by the shared [`Resolver`], and
+//! every connection goes only to an address the [`DestinationPolicy`] (the SSRF guard)
+//! permits. Responses are read by [`parse_response_head`] and a [`ResponseBodyReader`], as
+//! distrustful of a destination as the server is of a client.
 
 #![warn(missing_docs)]
 
 mod body;
 mod chunked;
+mod client;
+mod client_connection;
+mod client_tls;
 mod connection;
+mod destination;
 mod error;
 mod headers;
 pub mod limits;
+mod pool;
 mod request;
+mod resolve;
 mod response;
+mod response_parse;
 mod server;
 mod shutdown;
+mod target;
 mod tasks;
 mod tls;
 
 pub use body::BodyDecoder;
 pub use chunked::{ChunkedDecoder, Progress};
+pub use client::{Client, ClientConfig, OutboundRequest, OutboundResponse, SendError};
+pub use client_tls::tls_client_config;
+pub use destination::{Cidr, DestinationPolicy};
 pub use error::ParseError;
 pub use headers::{ApplicationHeaders, HeaderName};
 pub use limits::Limits;
 pub use request::{parse_head, BodyFraming, Method, Parsed, RequestHead, Version};
+pub use resolve::Resolver;
 pub use response::{error_body, reason_phrase, write_error_response, write_response, CONTINUE_100};
+pub use response_parse::{
+    parse_response_head, BodyProgress, ParsedResponse, ResponseBodyReader, ResponseError, ResponseFraming, ResponseHead,
+};
 pub use server::{bind_reuse_port, serve, Handler, Request, Response, ServerConfig};
 pub use shutdown::{Shutdown, Wait};
+pub use target::{Scheme, Target, TargetError};
 pub use tls::{load_tls_config, TlsError};
 
-/// The rustls version this crate is built with, for building a [`ServerConfig::tls`] by hand.
+/// The rustls version this crate is built with, for building a [`ServerConfig::tls`] or a
+/// [`ClientConfig::tls`] by hand.
 pub use rustls;

@@ -4,6 +4,9 @@
 //! a known number of connections per shard. The runtime [`Limits`] starts from these defaults;
 //! only the payload limit is meant to be configured (`KAPSEL_MAX_PAYLOAD_BYTES`), and the
 //! server's timeouts and connection limit through `ServerConfig`.
+//!
+//! The outbound client (deliveries) has its own section below: what a destination's response,
+//! the connection pool, the resolver and a destination URL may cost.
 
 /// Longest request line (method, target, version and its line ending) accepted. RFC 9112 §3:
 /// "It is RECOMMENDED that all HTTP senders and recipients support, at a minimum, request-line
@@ -152,6 +155,128 @@ const _: () = assert!(KEEP_ALIVE_TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX);
 const _: () = assert!(HEADER_READ_TIMEOUT_MS_DEFAULT <= KEEP_ALIVE_TIMEOUT_MS_DEFAULT);
 // Read buffers at the default connection limit stay within half a GiB per shard.
 const _: () = assert!(READ_BUFFERS_BYTES_MAX <= 512 * 1024 * 1024);
+
+// The client: what one delivery attempt, the connection pool and the resolver may hold.
+
+/// Default time to establish a connection to a destination: the TCP handshake and, for https,
+/// the TLS handshake (`ClientConfig::connect_timeout`). A destination that drops SYNs would
+/// otherwise take the kernel's connect timeout (about two minutes) from the delivery timeout.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// Default time one delivery attempt may take from connect to the end of the response body:
+/// an endpoint's `timeout_ms` when it sets none. Past it the attempt fails with E2001.
+pub const DELIVERY_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+
+/// Longest delivery timeout the client arms, whatever an endpoint asks for; it keeps deadline
+/// arithmetic far from overflow, like [`TIMEOUT_MS_MAX`] does for the server.
+pub const DELIVERY_TIMEOUT_MS_MAX: u64 = 5 * 60 * 1000;
+
+/// Largest response head (status line and header fields) read from a destination. The head is
+/// buffered whole before it is parsed, so this is the memory a destination can make an attempt
+/// hold; a larger head fails the attempt (E2002) as soon as this many bytes have arrived.
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Most header fields in one response head, kept in a fixed array on the stack (3.2 KiB per
+/// parse). Responses carry more fields than our requests (CDN and security headers, cookies),
+/// so this is hyper's default rather than [`HEADER_COUNT_MAX`].
+pub const RESPONSE_HEADER_COUNT_MAX: usize = 100;
+
+/// Interim (1xx) responses skipped before the final one. We never ask for them, but RFC 9110
+/// §15.2 requires a client to accept them (`103 Early Hints`); a destination that sends an
+/// endless stream of them is cut off here.
+pub const INTERIM_RESPONSES_MAX: usize = 8;
+
+/// Bytes of a response body kept with the attempt, for operators to see why a destination
+/// refused a delivery. The rest of the body is read and discarded.
+pub const RESPONSE_BODY_EXCERPT_BYTES_MAX: usize = 1024;
+
+/// Most response body bytes (as they arrive on the wire, chunk framing included) read to keep
+/// a connection reusable. Past it the connection is closed instead: draining a destination that
+/// streams forever would hold the attempt until its timeout for nothing.
+pub const RESPONSE_BODY_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Default idle connections kept per destination (`ClientConfig::idle_connections_per_destination_max`):
+/// enough for a burst of concurrent deliveries to one endpoint to reuse its connections.
+pub const IDLE_CONNECTIONS_PER_DESTINATION_DEFAULT: usize = 16;
+
+/// Most idle connections one shard's client keeps over all destinations. Each costs a socket
+/// and a read buffer of [`READ_BUFFER_BYTES_INITIAL`]; past it a finished connection is closed
+/// rather than pooled.
+pub const IDLE_CONNECTIONS_MAX: usize = 1024;
+
+/// Default time an idle pooled connection is kept (`ClientConfig::idle_timeout`). Servers close
+/// idle connections on their own schedule (Node.js after 5 s, nginx after 75 s); reusing one
+/// they just closed costs a retry, so old connections are not worth keeping.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Most resolved addresses of one destination that a delivery attempt tries to connect to, in
+/// the resolver's order, each within the connect timeout.
+pub const CONNECT_ADDRESSES_TRIED_MAX: usize = 3;
+
+/// Longest destination URL accepted. The path and query become our request line, which must fit
+/// a server's request-line limit (ours is [`REQUEST_LINE_BYTES_MAX`]).
+pub const DESTINATION_URL_BYTES_MAX: usize = 4 * 1024;
+
+/// Longest host name (RFC 1035 §2.3.4: 255 octets on the wire, so 253 characters as text).
+pub const HOST_NAME_BYTES_MAX: usize = 253;
+
+/// Longest label of a host name (RFC 1035 §2.3.4).
+pub const HOST_LABEL_BYTES_MAX: usize = 63;
+
+/// Most CIDR ranges in `KAPSEL_ALLOW_DESTINATIONS`. Every connection checks its address
+/// against each of them.
+pub const ALLOW_LIST_ENTRIES_MAX: usize = 256;
+
+/// Most resolver threads. Lookups through the system resolver block their thread for up to the
+/// resolver's own timeout (5 s per try by default), so a few threads serve many shards.
+pub const RESOLVER_THREADS_MAX: usize = 16;
+
+/// Names waiting for a resolver thread. Lookups of the same name share one entry, so this
+/// bounds distinct names in flight; past it a lookup fails at once (E2002) instead of queueing.
+pub const RESOLVER_QUEUE_MAX: usize = 1024;
+
+/// Attempts waiting for one name's lookup. They are bounded by the deliveries in flight
+/// anyway; this bounds the waiter list of one hot name explicitly.
+pub const RESOLVER_WAITERS_PER_NAME_MAX: usize = 4096;
+
+/// Time a successful lookup is reused. The system resolver reports no TTL, so this is a fixed,
+/// short one: a destination that moves is followed within a minute.
+pub const RESOLVER_CACHE_TTL_MS: u64 = 60_000;
+
+/// Time a failed lookup is remembered, so that a burst of deliveries to a dead name costs one
+/// lookup, while a name that comes back is seen again soon.
+pub const RESOLVER_NEGATIVE_TTL_MS: u64 = 5_000;
+
+/// Names (host and port) kept in the resolver cache. Past it, expired entries are dropped and
+/// then the entry closest to expiry.
+pub const RESOLVER_CACHE_ENTRIES_MAX: usize = 4096;
+
+/// Addresses kept per resolved name; a name with more is cut to the first ones.
+pub const RESOLVED_ADDRESSES_MAX: usize = 16;
+
+// The excerpt is a prefix of what is read.
+const _: () = assert!(RESPONSE_BODY_EXCERPT_BYTES_MAX as u64 <= RESPONSE_BODY_BYTES_MAX);
+// Connecting is part of the attempt and must leave it time to send and read.
+const _: () = assert!(CONNECT_TIMEOUT_MS_DEFAULT < DELIVERY_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(DELIVERY_TIMEOUT_MS_DEFAULT <= DELIVERY_TIMEOUT_MS_MAX);
+const _: () = assert!(DELIVERY_TIMEOUT_MS_MAX <= TIMEOUT_MS_MAX);
+// The smallest header line is `a:` CRLF (4 bytes): the count limit must be reachable.
+const _: () = assert!(RESPONSE_HEADER_COUNT_MAX * 4 <= RESPONSE_HEAD_BYTES_MAX);
+// The head is read into a buffer that grows a chunk at a time.
+const _: () = assert!(READ_CHUNK_BYTES <= RESPONSE_HEAD_BYTES_MAX);
+// A full pool per destination fits in the shard's pool.
+const _: () = assert!(IDLE_CONNECTIONS_PER_DESTINATION_DEFAULT <= IDLE_CONNECTIONS_MAX);
+// Our request line is `POST ` + path and query + ` HTTP/1.1` CRLF: it must fit our own server.
+const _: () = assert!(DESTINATION_URL_BYTES_MAX + 16 <= REQUEST_LINE_BYTES_MAX);
+// A host name is part of the URL.
+const _: () = assert!(HOST_NAME_BYTES_MAX < DESTINATION_URL_BYTES_MAX);
+const _: () = assert!(HOST_LABEL_BYTES_MAX < HOST_NAME_BYTES_MAX);
+// A failure is retried sooner than a success is refreshed.
+const _: () = assert!(RESOLVER_NEGATIVE_TTL_MS <= RESOLVER_CACHE_TTL_MS);
+// Every queued name can be cached once resolved.
+const _: () = assert!(RESOLVER_QUEUE_MAX <= RESOLVER_CACHE_ENTRIES_MAX);
+// Trying an address beyond those kept is impossible.
+const _: () = assert!(CONNECT_ADDRESSES_TRIED_MAX <= RESOLVED_ADDRESSES_MAX);
 
 /// The limits one server applies, copied into each connection. [`Limits::default`] uses the
 /// constants of this module; the binary overrides `payload_bytes_max` from its configuration.

@@ -33,6 +33,7 @@ impl Server {
             .env("KAPSEL_ADMIN_TOKEN", TOKEN)
             .env("KAPSEL_IO_DRIVER", driver)
             .env("KAPSEL_SHARDS", "2")
+            .env("KAPSEL_ALLOW_DESTINATIONS", "127.0.0.0/8")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -219,3 +219,39 @@ pub fn prove(directory: &Path, lsn: u64) -> Result<InclusionProof, WalError> {
         chain: checked.chain,
     })
 }
+
+/// Reads records back by LSN (for example to re-deliver an event whose payload left memory).
+/// Each segment is read once however many of its records are asked for. Records that are not in
+/// the log (removed by retention, or never written) are left out of the answer.
+pub fn read_records(directory: &Path, lsns: &[u64]) -> Result<Vec<(u64, u8, Vec<u8>)>, WalError> {
+    let segments = scan::list_segments(directory).map_err(|error| WalError::io("list", directory, error))?;
+    let mut wanted: Vec<u64> = lsns.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut found = Vec::with_capacity(wanted.len());
+    let mut first_lsns = Vec::with_capacity(segments.len());
+    for (_, path) in &segments {
+        let mut header = [0u8; crate::frame::SEGMENT_HEADER_BYTES];
+        let first = std::fs::File::open(path)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
+            .ok()
+            .and_then(|()| crate::frame::decode_segment_header(&header).ok())
+            .map(|header| header.first_lsn);
+        first_lsns.push(first);
+    }
+    for (index, (_, path)) in segments.iter().enumerate() {
+        let Some(first) = first_lsns[index] else { continue };
+        let next_first = first_lsns.get(index + 1).copied().flatten().unwrap_or(u64::MAX);
+        if !wanted.iter().any(|lsn| (first..next_first).contains(lsn)) {
+            continue;
+        }
+        let bytes = read(path)?;
+        let scan = scan::scan_segment(&bytes).map_err(|(offset, reason)| WalError::corrupt(path, offset, reason))?;
+        for frame in &scan.frames {
+            if wanted.binary_search(&frame.lsn).is_ok() {
+                found.push((frame.lsn, frame.kind, frame.body(&bytes).to_vec()));
+            }
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,657 @@
+//! The delivery client over real TCP on 127.0.0.1. Each scenario runs the client on a monoio
+//! runtime in the test thread, once with the io_uring driver and once with the legacy (epoll)
+//! driver, against sinks written here: scripted servers on plain `std::net` sockets in
+//! threads, whose every byte is the test's own (for misbehaving destinations), and Kapsel's
+//! own server where a well-behaved destination is enough.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use kapsel_http::{
+    bind_reuse_port, load_tls_config, serve, tls_client_config, Client, ClientConfig, DestinationPolicy, Handler,
+    HeaderName, OutboundRequest, OutboundResponse, Request, Resolver, Response, SendError, ServerConfig, Shutdown,
+    Target,
+};
+
+/// How long a sink waits on a silent client, or the test on a sink, before giving up.
+const WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// A shared client TLS configuration.
+type TlsConfig = Arc<kapsel_http::rustls::ClientConfig>;
+
+/// The allow list that lets the client reach sinks on this machine.
+const ALLOW_LOOPBACK: &str = "127.0.0.0/8,::1/128";
+
+#[derive(Debug, Clone, Copy)]
+enum Driver {
+    Uring,
+    Legacy,
+}
+
+const DRIVERS: [Driver; 2] = [Driver::Uring, Driver::Legacy];
+
+fn block_on(driver: Driver, future: impl Future<Output = ()>) {
+    match driver {
+        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("io_uring runtime (io_uring must work on this machine)")
+            .block_on(future),
+        Driver::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("legacy runtime")
+            .block_on(future),
+    }
+}
+
+/// A client allowing `allow_list`, with the webpki roots plus `tls` roots if given. Build it
+/// inside the runtime: its pooled connections must be dropped there.
+fn client(allow_list: &str, tls: Option<TlsConfig>) -> Client {
+    let tls = tls.unwrap_or_else(|| Arc::new(tls_client_config(None).unwrap()));
+    let config = ClientConfig {
+        destinations: DestinationPolicy::parse_allow_list(allow_list).unwrap(),
+        connect_timeout: Duration::from_secs(2),
+        ..ClientConfig::new(tls)
+    };
+    Client::new(config, Resolver::new(1))
+}
+
+fn request(url: &str, body: &[u8], timeout: Duration) -> OutboundRequest {
+    OutboundRequest {
+        target: Rc::new(Target::parse(url).unwrap()),
+        headers: vec![
+            ("webhook-id", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W".to_owned()),
+            ("webhook-timestamp", "1674087231".to_owned()),
+            ("webhook-signature", "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=".to_owned()),
+        ],
+        content_type: Some("application/json".to_owned()),
+        body: Rc::from(body),
+        timeout,
+    }
+}
+
+async fn send(client: &Client, url: &str) -> Result<OutboundResponse, SendError> {
+    client.send(request(url, b"{\"n\":1}", WAIT_MAX)).await
+}
+
+/// One request as a scripted sink received it.
+#[derive(Debug, Clone)]
+struct Received {
+    /// Which accepted connection it came on, from 0.
+    connection: usize,
+    /// Request line and header fields, as sent.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (field, value) = line.split_once(':')?;
+            field.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// What a scripted sink does with a request.
+enum Reply {
+    /// Writes these bytes and waits for the next request.
+    Send(Vec<u8>),
+    /// Writes these bytes and closes the connection.
+    SendAndClose(Vec<u8>),
+    /// Never answers; holds the connection open until the sink stops.
+    Silence,
+    /// Closes the connection without a word.
+    Close,
+}
+
+type Script = dyn Fn(usize, &Received) -> Reply + Send + Sync;
+
+/// A scripted destination on its own threads: a thread accepts, one thread per connection
+/// reads requests (head, then a `Content-Length` body) and answers what the script says.
+struct Sink {
+    address: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start(script: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let script: Arc<Script> = Arc::new(script);
+        let thread = {
+            let (received, connections, stop) = (received.clone(), connections.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let connection = connections.fetch_add(1, Ordering::SeqCst);
+                            let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
+                            thread::spawn(move || serve_scripted(stream, connection, &*script, &received, &stop));
+                        }
+                        Err(error) if error.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+                        Err(error) => panic!("accept: {error}"),
+                    }
+                }
+            })
+        };
+        Self { address, received, connections, stop, thread: Some(thread) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let result = thread.join();
+            if !thread::panicking() {
+                result.expect("sink accept thread");
+            }
+        }
+    }
+}
+
+fn serve_scripted(
+    stream: TcpStream,
+    connection: usize,
+    script: &Script,
+    received: &Mutex<Vec<Received>>,
+    stop: &AtomicBool,
+) {
+    stream.set_read_timeout(Some(WAIT_MAX)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    while let Some((head, body)) = read_request(&mut reader) {
+        let request = Received { connection, head, body };
+        let index = {
+            let mut received = received.lock().unwrap();
+            received.push(request.clone());
+            received.len() - 1
+        };
+        match script(index, &request) {
+            Reply::Send(bytes) => {
+                if writer.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+            Reply::SendAndClose(bytes) => {
+                let _ = writer.write_all(&bytes);
+                return;
+            }
+            Reply::Silence => {
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < WAIT_MAX {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                return;
+            }
+            Reply::Close => return,
+        }
+    }
+}
+
+/// Reads a request head and its `Content-Length` body; `None` at the end of the stream.
+fn read_request(reader: &mut impl BufRead) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|value| value.trim().to_owned()))
+        .map_or(0, |value| value.parse().unwrap());
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// A response with a `Content-Length` body.
+fn response(status_line: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
+    let mut bytes = format!("HTTP/1.1 {status_line}\r\n").into_bytes();
+    for header in headers {
+        bytes.extend_from_slice(format!("{header}\r\n").as_bytes());
+    }
+    bytes.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn ok() -> Reply {
+    Reply::Send(response("200 OK", &[], b"ok"))
+}
+
+#[test]
+fn post_reaches_the_sink_with_headers_and_body_intact() {
+    // The destination verifies the signature over the exact body and headers we send; any
+    // change on the way makes every delivery fail verification.
+    for driver in DRIVERS {
+        let sink = Sink::start(|_, _| Reply::Send(response("202 Accepted", &[], b"queued")));
+        let url = sink.url("/hooks/orders?tenant=7");
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            let body = b"{\"email\":\"test@example.com\",\"username\":\"test_user\"}";
+            let response = client.send(request(&url, body, WAIT_MAX)).await.unwrap();
+            assert_eq!((response.status, response.body_excerpt.as_slice()), (202, &b"queued"[..]), "{driver:?}");
+            assert!(response.latency < WAIT_MAX);
+        });
+        let received = sink.received();
+        assert_eq!(received.len(), 1, "{driver:?}");
+        let request = &received[0];
+        assert!(request.head.starts_with("POST /hooks/orders?tenant=7 HTTP/1.1\r\n"), "{}", request.head);
+        assert_eq!(request.header("host"), Some(sink.address.to_string().as_str()));
+        assert_eq!(request.header("user-agent"), Some(concat!("Kapsel/", env!("CARGO_PKG_VERSION"))));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(request.header("content-length"), Some("51"));
+        assert_eq!(request.header("webhook-id"), Some("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"));
+        assert_eq!(request.header("webhook-timestamp"), Some("1674087231"));
+        assert_eq!(request.header("webhook-signature"), Some("v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="));
+        assert_eq!(request.body, b"{\"email\":\"test@example.com\",\"username\":\"test_user\"}");
+    }
+}
+
+/// The peer, `webhook-id` and body of every request a [`Recorder`] saw.
+type Seen = Arc<Mutex<Vec<(SocketAddr, Option<Vec<u8>>, Vec<u8>)>>>;
+
+/// Records every request; answers 200 or, for `/fail`, 500.
+struct Recorder {
+    seen: Seen,
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, request: Request) -> Response {
+        let webhook_id = request.head.headers.get(HeaderName::WebhookId).map(<[u8]>::to_vec);
+        self.seen.lock().unwrap().push((request.peer, webhook_id, request.body));
+        let status = if request.head.path == "/fail" { 500 } else { 200 };
+        Response::json(status, b"{}".to_vec())
+    }
+}
+
+/// Kapsel's own server as a destination, on its own thread and runtime (the legacy driver:
+/// the client under test is what runs on both).
+struct KapselSink {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KapselSink {
+    fn start(config: ServerConfig, seen: Seen) -> Self {
+        let (address_sender, address_receiver) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_requested = stop.clone();
+        let thread = thread::spawn(move || {
+            block_on(Driver::Legacy, async move {
+                let listener = bind_reuse_port(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+                address_sender.send(listener.local_addr().unwrap()).unwrap();
+                let shutdown = Shutdown::new();
+                let trigger = shutdown.clone();
+                monoio::spawn(async move {
+                    while !stop_requested.load(Ordering::Relaxed) {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    trigger.trigger();
+                });
+                serve(listener, Rc::new(config), Rc::new(Recorder { seen }), shutdown).await;
+            });
+        });
+        let address = address_receiver.recv_timeout(WAIT_MAX).expect("server address");
+        Self { address, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for KapselSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let result = thread.join();
+            if !thread::panicking() {
+                result.expect("server thread");
+            }
+        }
+    }
+}
+
+#[test]
+fn keep_alive_reuses_one_connection_for_several_sends() {
+    // A connection per delivery costs a handshake each (a TLS one for most destinations);
+    // consecutive deliveries to one endpoint must share a connection.
+    for driver in DRIVERS {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = KapselSink::start(ServerConfig::default(), seen.clone());
+        let url = format!("http://{}/hooks", sink.address);
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            for index in 0..5 {
+                let path = if index == 2 { "/fail" } else { "/hooks" };
+                let url = format!("http://{}{path}", sink.address);
+                let response = send(&client, &url).await.unwrap();
+                assert_eq!(response.status, if index == 2 { 500 } else { 200 }, "{driver:?}");
+                assert_eq!(client.idle_connections(), 1, "{driver:?}");
+            }
+            assert_eq!(send(&client, &url).await.unwrap().body_excerpt, b"{}");
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 6, "{driver:?}");
+        assert!(seen.iter().all(|(peer, _, _)| *peer == seen[0].0), "{driver:?}: {seen:?}");
+        assert!(seen.iter().all(
+            |(_, id, body)| id.as_deref() == Some(&b"msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"[..]) && body == b"{\"n\":1}"
+        ));
+    }
+}
+
+#[test]
+fn error_statuses_and_redirects_are_responses() {
+    // A 5xx is retried and a 4xx or 3xx is not, but all of them are answers the engine must
+    // see with their status, Retry-After and body; a redirect is never followed, or a
+    // destination could bounce deliveries to an address the SSRF guard never checked.
+    for driver in DRIVERS {
+        let sink = Sink::start(|_, request| {
+            let path = request.head.split(' ').nth(1).unwrap_or_default().to_owned();
+            Reply::Send(match path.as_str() {
+                "/500" => response("500 Internal Server Error", &[], b"database down"),
+                "/404" => response("404 Not Found", &[], b"no such hook"),
+                "/429" => response("429 Too Many Requests", &["Retry-After: 30"], b""),
+                "/503" => response("503 Service Unavailable", &["Retry-After: Fri, 31 Dec 2027 23:59:59 GMT"], b""),
+                "/301" => response("301 Moved Permanently", &["Location: http://169.254.169.254/latest"], b"moved"),
+                _ => response("200 OK", &[], b""),
+            })
+        });
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            let cases: [(&str, u16, Option<&str>, &[u8]); 5] = [
+                ("/500", 500, None, b"database down"),
+                ("/404", 404, None, b"no such hook"),
+                ("/429", 429, Some("30"), b""),
+                ("/503", 503, Some("Fri, 31 Dec 2027 23:59:59 GMT"), b""),
+                ("/301", 301, None, b"moved"),
+            ];
+            for (path, status, retry_after, excerpt) in cases {
+                let response = send(&client, &sink.url(path)).await.unwrap();
+                assert_eq!(response.status, status, "{driver:?} {path}");
+                assert_eq!(response.retry_after.as_deref(), retry_after, "{driver:?} {path}");
+                assert_eq!(response.body_excerpt, excerpt, "{driver:?} {path}");
+            }
+        });
+        let paths: Vec<String> =
+            sink.received().iter().map(|request| request.head.split(' ').nth(1).unwrap().to_owned()).collect();
+        assert_eq!(paths, ["/500", "/404", "/429", "/503", "/301"], "{driver:?}: the redirect was followed");
+        assert_eq!(sink.connections(), 1, "{driver:?}");
+    }
+}
+
+#[test]
+fn a_sink_that_never_answers_times_out() {
+    // A destination that accepts and hangs must cost an attempt its timeout (E2001), not a
+    // delivery slot forever.
+    for driver in DRIVERS {
+        let sink = Sink::start(|_, _| Reply::Silence);
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            let started = Instant::now();
+            let error = client.send(request(&sink.url("/"), b"{}", Duration::from_millis(300))).await.unwrap_err();
+            assert_eq!(error, SendError::Timeout, "{driver:?}");
+            assert_eq!(error.code(), "E2001");
+            assert!(started.elapsed() >= Duration::from_millis(300));
+            assert!(started.elapsed() < WAIT_MAX, "{driver:?}: the timeout did not fire");
+            assert_eq!(client.idle_connections(), 0);
+        });
+    }
+}
+
+#[test]
+fn a_closed_port_is_a_connection_failure() {
+    // Connection refused is the commonest failure of a destination that is down (E2002).
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for driver in DRIVERS {
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            let error = send(&client, &format!("http://127.0.0.1:{port}/")).await.unwrap_err();
+            assert!(
+                matches!(&error, SendError::Connect(message) if message.contains("127.0.0.1")),
+                "{driver:?}: {error:?}"
+            );
+            assert_eq!(error.code(), "E2002");
+        });
+    }
+}
+
+#[test]
+fn private_destinations_are_blocked_without_an_allow_list_entry() {
+    // The SSRF guard: without 127.0.0.0/8 in KAPSEL_ALLOW_DESTINATIONS, neither the literal
+    // nor a name that resolves to it may be connected to at all.
+    for driver in DRIVERS {
+        let sink = Sink::start(|_, _| ok());
+        let port = sink.address.port();
+        block_on(driver, async {
+            let client = client("10.0.0.0/8", None);
+            for url in [format!("http://127.0.0.1:{port}/"), format!("http://localhost:{port}/")] {
+                let error = send(&client, &url).await.unwrap_err();
+                assert!(
+                    matches!(&error, SendError::Blocked(message) if message.contains("loopback")),
+                    "{url}: {error:?}"
+                );
+                assert_eq!(error.code(), "E2002");
+            }
+            let allowed = self::client(ALLOW_LOOPBACK, None);
+            assert_eq!(send(&allowed, &format!("http://localhost:{port}/")).await.unwrap().status, 200);
+        });
+        assert_eq!(sink.received().len(), 1, "{driver:?}: a blocked destination was reached");
+    }
+}
+
+#[test]
+fn large_bodies_keep_an_excerpt_and_the_connection_when_read_to_the_end() {
+    // Only the first KiB is kept with the attempt, but the rest must still be drained for
+    // the connection to be reused, and a body past the read cap must close it instead.
+    let body: Arc<Vec<u8>> = Arc::new((0..64 * 1024_u32).map(|index| (index % 251) as u8).collect());
+    let huge = Arc::new(vec![b'z'; 2 * 1024 * 1024]);
+    for driver in DRIVERS {
+        let (sink_body, sink_huge) = (body.clone(), huge.clone());
+        let sink = Sink::start(move |_, request| {
+            let huge = request.head.starts_with("POST /huge ");
+            Reply::Send(response("200 OK", &[], if huge { &sink_huge } else { &sink_body }))
+        });
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            for _ in 0..3 {
+                let response = send(&client, &sink.url("/large")).await.unwrap();
+                assert_eq!(response.body_excerpt, body[..1024], "{driver:?}");
+            }
+            assert_eq!(sink.connections(), 1, "{driver:?}: a fully read body must leave the connection reusable");
+            for _ in 0..2 {
+                let response = send(&client, &sink.url("/huge")).await.unwrap();
+                assert_eq!(response.body_excerpt, huge[..1024], "{driver:?}");
+            }
+        });
+        // The first huge body came on the pooled connection, which it closed; the second
+        // needed a new one.
+        let connections: Vec<usize> = sink.received().iter().map(|request| request.connection).collect();
+        assert_eq!(connections, [0, 0, 0, 0, 1], "{driver:?}: a body past the cap must close the connection");
+    }
+}
+
+#[test]
+fn chunked_and_close_delimited_bodies_are_read() {
+    // Destinations behind frameworks answer chunked or, from old servers, until the close;
+    // both must give the same excerpt, and only the chunked one leaves a reusable connection.
+    for driver in DRIVERS {
+        let sink = Sink::start(|_, request| {
+            if request.head.starts_with("POST /chunked ") {
+                Reply::Send(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                        .to_vec(),
+                )
+            } else {
+                Reply::SendAndClose(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close".to_vec())
+            }
+        });
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            for _ in 0..2 {
+                let response = send(&client, &sink.url("/chunked")).await.unwrap();
+                assert_eq!(response.body_excerpt, b"hello world", "{driver:?}");
+            }
+            assert_eq!(sink.connections(), 1, "{driver:?}");
+            for _ in 0..2 {
+                let response = send(&client, &sink.url("/close")).await.unwrap();
+                assert_eq!(response.body_excerpt, b"until the close", "{driver:?}");
+            }
+        });
+        let connections: Vec<usize> = sink.received().iter().map(|request| request.connection).collect();
+        assert_eq!(connections, [0, 0, 0, 1], "{driver:?}");
+    }
+}
+
+#[test]
+fn a_pooled_connection_closed_by_the_server_is_retried_once_on_a_fresh_one() {
+    // Servers close idle keep-alive connections on their own schedule; the next delivery
+    // must not fail for it, while a fresh connection that closes unanswered is a failure and
+    // is not retried.
+    for driver in DRIVERS {
+        let sink = Sink::start(|index, _| match index {
+            // Looks reusable to the client, then the server drops it.
+            0 => Reply::SendAndClose(response("200 OK", &[], b"first")),
+            1 => ok(),
+            _ => Reply::Close,
+        });
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            assert_eq!(send(&client, &sink.url("/")).await.unwrap().body_excerpt, b"first");
+            assert_eq!(client.idle_connections(), 1);
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(send(&client, &sink.url("/")).await.unwrap().body_excerpt, b"ok", "{driver:?}");
+            assert_eq!(sink.connections(), 2, "{driver:?}");
+            // The pooled connection now gets a request the sink closes on, and the retry on a
+            // fresh connection gets the same: one retry, then the failure.
+            let error = send(&client, &sink.url("/")).await.unwrap_err();
+            assert!(
+                matches!(&error, SendError::Connect(message) if message.contains("without answering")),
+                "{error:?}"
+            );
+        });
+        assert_eq!(sink.received().len(), 4, "{driver:?}");
+        assert_eq!(sink.connections(), 3, "{driver:?}");
+    }
+}
+
+#[test]
+fn malformed_responses_fail_and_interim_responses_are_skipped() {
+    // Ambiguous framing from a destination must fail the attempt rather than be guessed at,
+    // while a 103 Early Hints before the answer is legitimate HTTP and must not.
+    for driver in DRIVERS {
+        let sink = Sink::start(|_, request| {
+            if request.head.starts_with("POST /interim ") {
+                Reply::Send(
+                    [
+                        &b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"[..],
+                        &response("201 Created", &[], b"made"),
+                    ]
+                    .concat(),
+                )
+            } else {
+                Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec())
+            }
+        });
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            let response = send(&client, &sink.url("/interim")).await.unwrap();
+            assert_eq!((response.status, response.body_excerpt.as_slice()), (201, &b"made"[..]), "{driver:?}");
+            let error = send(&client, &sink.url("/ambiguous")).await.unwrap_err();
+            assert!(matches!(&error, SendError::Protocol(message) if message.contains("Content-Length")), "{error:?}");
+            assert_eq!(error.code(), "E2002");
+            assert_eq!(client.idle_connections(), 0, "{driver:?}: a misframed connection was pooled");
+        });
+    }
+}
+
+/// A CA, and a server certificate and key it signed for `localhost` and 127.0.0.1, as PEM
+/// files in `directory`: (CA certificate, server certificate, server key).
+fn test_pki(directory: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Kapsel test CA");
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let ca_certificate = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let server_certificate = server_params.signed_by(&server_key, &issuer).unwrap();
+    let paths = (directory.join("ca.pem"), directory.join("server.pem"), directory.join("server.key"));
+    std::fs::write(&paths.0, ca_certificate.pem()).unwrap();
+    std::fs::write(&paths.1, server_certificate.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn https_is_trusted_through_the_extra_ca_file_and_refused_without_it() {
+    // Operators with an internal CA set KAPSEL_EXTRA_CA_FILE; without it, a certificate the
+    // webpki roots do not vouch for must fail the handshake, never be delivered to.
+    let directory = tempfile::tempdir().unwrap();
+    let (ca_path, certificate_path, key_path) = test_pki(directory.path());
+    let server_tls = Arc::new(load_tls_config(&certificate_path, &key_path).unwrap());
+    let trusted: TlsConfig = Arc::new(tls_client_config(Some(&ca_path)).unwrap());
+    for driver in DRIVERS {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink =
+            KapselSink::start(ServerConfig { tls: Some(server_tls.clone()), ..ServerConfig::default() }, seen.clone());
+        let port = sink.address.port();
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, Some(trusted.clone()));
+            for url in [format!("https://localhost:{port}/secure"), format!("https://127.0.0.1:{port}/by-address")] {
+                for _ in 0..2 {
+                    let response = send(&client, &url).await.unwrap();
+                    assert_eq!(
+                        (response.status, response.body_excerpt.as_slice()),
+                        (200, &b"{}"[..]),
+                        "{driver:?} {url}"
+                    );
+                }
+            }
+            let untrusting = self::client(ALLOW_LOOPBACK, None);
+            let error = send(&untrusting, &format!("https://localhost:{port}/secure")).await.unwrap_err();
+            assert!(matches!(&error, SendError::Connect(message) if message.contains("TLS")), "{driver:?}: {error:?}");
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 4, "{driver:?}");
+        // Two destinations (by name and by address), each reusing its connection.
+        let mut peers: Vec<SocketAddr> = seen.iter().map(|(peer, _, _)| *peer).collect();
+        peers.dedup();
+        assert_eq!(peers.len(), 2, "{driver:?}: {peers:?}");
+    }
+}
