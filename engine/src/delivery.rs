@@ -92,6 +92,7 @@ pub async fn run_scheduler(shard: Rc<Shard>, client: Rc<Client>, stop: Rc<dyn Fn
             let next_due = state.release_due(now);
             (state.take_startable(now), next_due)
         };
+        tracing::trace!(shard = shard.index, starts = starts.len(), ?next_due, "scheduler pass");
         for start in starts {
             let (shard, client, sample) = (Rc::clone(&shard), Rc::clone(&client), random.sample());
             monoio::spawn(async move { attempt(&shard, &client, start, sample).await });

@@ -1,0 +1,289 @@
+//! Delivery against real sinks on 127.0.0.1: signing, retries with backoff, Retry-After,
+//! permanent failures, 410, timeouts, refused connections, circuit breakers, crash recovery,
+//! SSRF refusal and the admin redrive API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::sink::{Reply, Sink};
+use common::Server;
+use hmac::Mac as _;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn create(server: &Server, id: &str, body: &str) -> serde_json::Value {
+    let response = server.admin("PUT", &format!("/admin/endpoints/{id}"), body);
+    assert!(matches!(response.status, 200 | 201), "{response:?}");
+    response.json()
+}
+
+fn ingest(server: &Server, endpoint: &str, body: &[u8]) -> String {
+    let response =
+        server.request("POST", &format!("/ingest/{endpoint}"), &[("Content-Type", "application/json")], body);
+    assert_eq!(response.status, 202, "{response:?}");
+    response.json()["event_id"].as_str().unwrap().to_string()
+}
+
+/// Polls the admin API until the event satisfies `condition` (state changes have no push API).
+fn wait_event(server: &Server, event_id: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let event = server.admin("GET", &format!("/admin/events/{event_id}"), "").json();
+        if condition(&event) {
+            return event;
+        }
+        assert!(Instant::now() < deadline, "event never reached the expected state: {event}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_endpoint(server: &Server, id: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let endpoint = server.admin("GET", &format!("/admin/endpoints/{id}"), "").json();
+        if condition(&endpoint) {
+            return endpoint;
+        }
+        assert!(Instant::now() < deadline, "endpoint never reached the expected state: {endpoint}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Standard Webhooks verifier written from the specification.
+fn verify(secret: &str, id: &str, timestamp: &str, body: &[u8], signatures: &str) -> bool {
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    signatures.split(' ').any(|signature| signature == expected)
+}
+
+const FAST_RETRY: &str = r#""retry":{"initial_delay_ms":200,"multiplier":2,"jitter":0,"max_attempts":5}"#;
+
+// The delivery a receiver gets must verify with the endpoint's secret, carry the event id and the
+// sender's Content-Type and continue its trace.
+#[test]
+fn signed_delivery_verifies_with_the_endpoint_secret() {
+    for driver in common::DRIVERS {
+        let sink = Sink::start(|_, _| Reply::status(200));
+        let directory = tempfile::tempdir().unwrap();
+        let server = Server::start(directory.path(), driver, &[]);
+        let endpoint = create(&server, "signed", &format!(r#"{{"url":"{}"}}"#, sink.url("/hooks")));
+        let secret = endpoint["secret"].as_str().unwrap().to_string();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let response = server.request(
+            "POST",
+            "/ingest/signed",
+            &[("Content-Type", "application/vnd.test+json"), ("traceparent", traceparent)],
+            br#"{"order":7}"#,
+        );
+        let event_id = response.json()["event_id"].as_str().unwrap().to_string();
+        let received = sink.wait_for("the delivery", WAIT, |received| !received.is_empty());
+        let delivery = &received[0];
+        assert_eq!(delivery.path, "/hooks");
+        assert_eq!(delivery.body, br#"{"order":7}"#);
+        assert_eq!(delivery.header("webhook-id"), Some(event_id.as_str()));
+        assert_eq!(delivery.header("content-type"), Some("application/vnd.test+json"));
+        let timestamp = delivery.header("webhook-timestamp").unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(timestamp.parse::<u64>().unwrap().abs_diff(now) < 60);
+        assert!(
+            verify(&secret, &event_id, timestamp, &delivery.body, delivery.header("webhook-signature").unwrap()),
+            "{driver}"
+        );
+        let child = delivery.header("traceparent").unwrap();
+        assert_eq!(&child[..35], &traceparent[..35], "same trace id");
+        assert_ne!(child, traceparent, "a child span");
+        let event = wait_event(&server, &event_id, |event| event["status"] == "delivered");
+        assert_eq!(event["attempts"][0]["status_code"], 200);
+    }
+}
+
+// 500, 500, 200: delivered on the third attempt, each wait longer than the one before.
+#[test]
+fn retries_back_off_until_delivered() {
+    let sink = Sink::start(|index, _| Reply::status(if index < 2 { 500 } else { 200 }));
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[]);
+    create(&server, "flaky", &format!(r#"{{"url":"{}",{FAST_RETRY}}}"#, sink.url("/")));
+    let event_id = ingest(&server, "flaky", b"{}");
+    let received = sink.wait_for("three attempts", WAIT, |received| received.len() >= 3);
+    let (first_gap, second_gap) = (received[1].at - received[0].at, received[2].at - received[1].at);
+    assert!(first_gap >= Duration::from_millis(180), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(380), "{second_gap:?}");
+    assert!(second_gap > first_gap);
+    let event = wait_event(&server, &event_id, |event| event["status"] == "delivered");
+    let codes: Vec<_> =
+        event["attempts"].as_array().unwrap().iter().map(|attempt| attempt["error_code"].clone()).collect();
+    assert_eq!(codes, [serde_json::json!("E2003"), serde_json::json!("E2003"), serde_json::Value::Null]);
+}
+
+// A 429 with Retry-After is honoured over the computed delay.
+#[test]
+fn retry_after_is_honoured() {
+    let sink = Sink::start(
+        |index, _| if index == 0 { Reply::status(429).header("Retry-After", "1") } else { Reply::status(200) },
+    );
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    create(&server, "busy", &format!(r#"{{"url":"{}","retry":{{"initial_delay_ms":50,"jitter":0}}}}"#, sink.url("/")));
+    let event_id = ingest(&server, "busy", b"{}");
+    let received = sink.wait_for("the retry", WAIT, |received| received.len() >= 2);
+    assert!(received[1].at - received[0].at >= Duration::from_millis(950), "{:?}", received[1].at - received[0].at);
+    wait_event(&server, &event_id, |event| event["status"] == "delivered");
+}
+
+// Permanent answers end delivery at once; 410 also disables the endpoint.
+#[test]
+fn permanent_failures_and_gone() {
+    let not_found = Sink::start(|_, _| Reply::status(404));
+    let gone = Sink::start(|_, _| Reply::status(410));
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[]);
+    create(&server, "missing", &format!(r#"{{"url":"{}",{FAST_RETRY}}}"#, not_found.url("/")));
+    create(&server, "gone", &format!(r#"{{"url":"{}",{FAST_RETRY}}}"#, gone.url("/")));
+    let missing = ingest(&server, "missing", b"{}");
+    let event = wait_event(&server, &missing, |event| event["status"] == "failed");
+    assert_eq!(event["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(event["attempts"][0]["error_code"], "E2004");
+    let gone_event = ingest(&server, "gone", b"{}");
+    wait_event(&server, &gone_event, |event| event["status"] == "failed");
+    wait_endpoint(&server, "gone", |endpoint| endpoint["enabled"] == false);
+}
+
+// A destination that hangs is an E2001 timeout; one that refuses is E2002.
+#[test]
+fn timeouts_and_refused_connections() {
+    let slow = Sink::start(|_, _| Reply::status(200).after(Duration::from_secs(3)));
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    create(&server, "slow", &format!(r#"{{"url":"{}","timeout_ms":300,"retry":{{"max_attempts":1}}}}"#, slow.url("/")));
+    create(&server, "closed", r#"{"url":"http://127.0.0.1:1/","retry":{"max_attempts":1}}"#);
+    let slow_event = ingest(&server, "slow", b"{}");
+    let closed_event = ingest(&server, "closed", b"{}");
+    let event = wait_event(&server, &slow_event, |event| event["status"] == "failed");
+    assert_eq!(event["attempts"][0]["error_code"], "E2001");
+    let event = wait_event(&server, &closed_event, |event| event["status"] == "failed");
+    assert_eq!(event["attempts"][0]["error_code"], "E2002");
+}
+
+// A dead endpoint's breaker opens, probes, and closes on recovery, while a healthy endpoint on
+// the same shard keeps being delivered to.
+#[test]
+fn breaker_isolates_a_dead_endpoint() {
+    let dead = Sink::start(|_, _| Reply::status(500));
+    let healthy = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[("KAPSEL_SHARDS", "1")]);
+    create(
+        &server,
+        "dead",
+        &format!(
+            r#"{{"url":"{}","retry":{{"initial_delay_ms":50,"multiplier":1,"jitter":0,"max_attempts":100}},"circuit":{{"consecutive_failures":3,"cooldown_ms":400,"cooldown_max_ms":800}}}}"#,
+            dead.url("/")
+        ),
+    );
+    create(&server, "healthy", &format!(r#"{{"url":"{}"}}"#, healthy.url("/")));
+    let dead_events: Vec<String> = (0..5).map(|_| ingest(&server, "dead", b"{}")).collect();
+    wait_endpoint(&server, "dead", |endpoint| endpoint["circuit_state"] == "open");
+    let attempts_while_open = dead.received().len();
+    let healthy_events: Vec<String> =
+        (0..50).map(|index| ingest(&server, "healthy", format!("{index}").as_bytes())).collect();
+    healthy.wait_for("the healthy endpoint's deliveries", WAIT, |received| received.len() >= 50);
+    for event_id in &healthy_events {
+        wait_event(&server, event_id, |event| event["status"] == "delivered");
+    }
+    let waiting = server.admin("GET", &format!("/admin/events/{}", dead_events[4]), "").json();
+    assert!(dead.received().len() <= attempts_while_open + 3, "an open breaker spends no attempts: {waiting}");
+    dead.set_script(|_, _| Reply::status(200));
+    wait_endpoint(&server, "dead", |endpoint| endpoint["circuit_state"] == "closed");
+    for event_id in &dead_events {
+        wait_event(&server, event_id, |event| event["status"] == "delivered");
+    }
+}
+
+// kill -9 while events wait for retries: after restart every accepted event is delivered and the
+// attempt histories made before the crash are still there.
+#[test]
+fn pending_retries_survive_kill_9() {
+    let sink = Sink::start(|_, _| Reply::status(503));
+    let directory = tempfile::tempdir().unwrap();
+    // A lenient breaker: this test is about retries, not about the breaker holding them back.
+    let endpoint = format!(
+        r#"{{"url":"{}","retry":{{"initial_delay_ms":300,"multiplier":1,"jitter":0,"max_attempts":50}},"circuit":{{"consecutive_failures":1000,"failure_rate":1.0,"window":1000}}}}"#,
+        sink.url("/")
+    );
+    let event_ids: Vec<String> = {
+        let server = Server::start(directory.path(), "uring", &[]);
+        create(&server, "recovering", &endpoint);
+        let ids: Vec<String> =
+            (0..10).map(|index| ingest(&server, "recovering", format!("{index}").as_bytes())).collect();
+        sink.wait_for("a first attempt of every event", WAIT, |received| received.len() >= 10);
+        for event_id in &ids {
+            wait_event(&server, event_id, |event| !event["attempts"].as_array().unwrap().is_empty());
+        }
+        server.kill();
+        ids
+    };
+    sink.set_script(|_, _| Reply::status(200));
+    let server = Server::start(directory.path(), "legacy", &[]);
+    for event_id in &event_ids {
+        let event = wait_event(&server, event_id, |event| event["status"] == "delivered");
+        let attempts = event["attempts"].as_array().unwrap();
+        assert!(attempts.len() >= 2, "the pre-crash attempt survived: {event}");
+        assert_eq!(attempts[0]["status_code"], 503);
+    }
+    let delivered_ids: std::collections::HashSet<String> =
+        sink.received().iter().filter_map(|request| request.header("webhook-id").map(String::from)).collect();
+    assert!(event_ids.iter().all(|id| delivered_ids.contains(id)));
+}
+
+// Private destinations are refused unless allowed: literal IPs at creation time.
+#[test]
+fn private_destinations_are_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[("KAPSEL_ALLOW_DESTINATIONS", "")]);
+    for url in ["http://127.0.0.1:8080/", "http://10.0.0.1/", "http://169.254.169.254/latest", "http://[::1]/"] {
+        let response = server.admin("PUT", "/admin/endpoints/internal", &format!(r#"{{"url":"{url}"}}"#));
+        assert_eq!((response.status, response.code()), (400, "E1005".to_string()), "{url}");
+    }
+}
+
+// Operators list failed events page by page and redrive them.
+#[test]
+fn failed_events_are_listed_and_redriven() {
+    let sink = Sink::start(|_, _| Reply::status(400));
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[]);
+    create(&server, "strict", &format!(r#"{{"url":"{}"}}"#, sink.url("/")));
+    let ids: Vec<String> = (0..3).map(|index| ingest(&server, "strict", format!("{index}").as_bytes())).collect();
+    for event_id in &ids {
+        wait_event(&server, event_id, |event| event["status"] == "failed");
+    }
+    let page = server.admin("GET", "/admin/events?endpoint_id=strict&status=failed&limit=2", "").json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_eq!(page["events"][0]["event_id"], ids[2].as_str(), "newest first");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest = server
+        .admin("GET", &format!("/admin/events?endpoint_id=strict&status=failed&limit=2&cursor={cursor}"), "")
+        .json();
+    assert_eq!(rest["events"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    let everywhere = server.admin("GET", "/admin/events?status=failed", "").json();
+    assert_eq!(everywhere["events"].as_array().unwrap().len(), 3);
+    sink.set_script(|_, _| Reply::status(200));
+    let redrive = server.admin("POST", "/admin/endpoints/strict/retry-failed", "");
+    assert_eq!(redrive.status, 202, "{redrive:?}");
+    for event_id in &ids {
+        wait_event(&server, event_id, |event| event["status"] == "delivered");
+    }
+    let again = server.admin("POST", &format!("/admin/events/{}/retry", ids[0]), "");
+    assert_eq!(again.status, 202);
+    sink.wait_for("the redelivery", WAIT, |received| {
+        received.iter().filter(|request| request.header("webhook-id") == Some(ids[0].as_str())).count() >= 3
+    });
+}
