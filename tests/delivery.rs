@@ -287,3 +287,33 @@ fn failed_events_are_listed_and_redriven() {
         received.iter().filter(|request| request.header("webhook-id") == Some(ids[0].as_str())).count() >= 3
     });
 }
+
+// https end to end: one Kapsel delivers to another Kapsel's TLS listener, whose certificate is
+// signed by a test CA that only KAPSEL_EXTRA_CA_FILE makes trusted.
+#[test]
+fn https_delivery_to_a_tls_listener_trusted_through_the_extra_ca() {
+    let pki_directory = tempfile::tempdir().unwrap();
+    let (ca, certificate, key) = common::test_pki(pki_directory.path());
+    let receiver_directory = tempfile::tempdir().unwrap();
+    let receiver = Server::spawn(
+        receiver_directory.path(),
+        "uring",
+        &[("KAPSEL_TLS_CERT", certificate.to_str().unwrap()), ("KAPSEL_TLS_KEY", key.to_str().unwrap())],
+    );
+    let plain_on_tls = common::try_request(receiver.address, "GET", "/healthz", &[], b"");
+    assert!(plain_on_tls.map_or(true, |response| response.status != 200), "the TLS listener refuses plain HTTP");
+    let sender_directory = tempfile::tempdir().unwrap();
+    let sender = Server::start(sender_directory.path(), "legacy", &[("KAPSEL_EXTRA_CA_FILE", ca.to_str().unwrap())]);
+    let url = format!("https://localhost:{}/healthz", receiver.address.port());
+    create(&sender, "tls", &format!(r#"{{"url":"{url}","retry":{{"initial_delay_ms":100,"jitter":0}}}}"#));
+    let event_id = ingest(&sender, "tls", b"{}");
+    // /healthz only answers GET: the receiver's 405 proves the TLS handshake and request worked.
+    let event = wait_event(&sender, &event_id, |event| !event["attempts"].as_array().unwrap().is_empty());
+    assert_eq!(event["attempts"][0]["status_code"], 405, "{event}");
+    let untrusting_directory = tempfile::tempdir().unwrap();
+    let untrusting = Server::start(untrusting_directory.path(), "legacy", &[]);
+    create(&untrusting, "tls", &format!(r#"{{"url":"{url}","retry":{{"max_attempts":1}}}}"#));
+    let refused = ingest(&untrusting, "tls", b"{}");
+    let event = wait_event(&untrusting, &refused, |event| event["status"] == "failed");
+    assert_eq!(event["attempts"][0]["error_code"], "E2002", "an unknown CA fails the handshake");
+}

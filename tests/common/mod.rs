@@ -27,6 +27,13 @@ pub const DRIVERS: [&str; 2] = ["uring", "legacy"];
 impl Server {
     /// Starts the binary with `driver` and extra environment, waits until `/readyz` is 200.
     pub fn start(data_directory: &Path, driver: &str, extra: &[(&str, &str)]) -> Server {
+        let server = Self::spawn(data_directory, driver, extra);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts the binary without waiting for readiness over plain HTTP (a TLS listener).
+    pub fn spawn(data_directory: &Path, driver: &str, extra: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kapsel"));
         command
             .env_clear()
@@ -52,9 +59,7 @@ impl Server {
             .next()
             .and_then(|text| text.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let server = Server { child: Some(child), address, data_directory: data_directory.to_path_buf() };
-        server.wait_ready();
-        server
+        Server { child: Some(child), address, data_directory: data_directory.to_path_buf() }
     }
 
     fn wait_ready(&self) {
@@ -131,6 +136,26 @@ fn wait_exit(child: &mut Child) -> i32 {
         assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A test PKI written to `directory`: (CA certificate, server certificate for localhost and
+/// 127.0.0.1, server key), PEM files.
+pub fn test_pki(directory: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Kapsel test CA");
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let ca_certificate = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let server_certificate = server_params.signed_by(&server_key, &issuer).unwrap();
+    let paths = (directory.join("ca.pem"), directory.join("server.pem"), directory.join("server.key"));
+    std::fs::write(&paths.0, ca_certificate.pem()).unwrap();
+    std::fs::write(&paths.1, server_certificate.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
 }
 
 /// A parsed HTTP response.
