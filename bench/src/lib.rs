@@ -1,2 +1,31 @@
-//! Kapsel's load-test harness (built out by the ingest issue). The write-ahead log's own
-//! benchmark lives in `wal/benches/`.
+//! Kapsel's ingest load test, and the two reference servers it is measured against.
+//!
+//! `cargo bench -p kapsel-bench` runs `benches/ingest.rs`, which calls [`suite::main`]: it builds
+//! the release binaries, then for every scenario spawns a fresh server process on loopback and
+//! drives it from one monoio thread with the client in this crate:
+//!
+//! - closed loop ([`closed`]): N keep-alive connections, each with one request outstanding,
+//!   for a fixed time; throughput and service-time percentiles;
+//! - open loop ([`open`]): a fixed schedule of requests per second; each request's latency runs
+//!   from its *intended* send time, so a stalled server shows up as latency instead of as a
+//!   politely slower client (no coordinated omission).
+//!
+//! The servers: Kapsel itself, and two references on the same HTTP stack (kapsel-http's
+//! `serve`, one monoio runtime and `SO_REUSEPORT` listener per thread) in [`reference`]:
+//! `reference-noop` (parse, answer 202) and `reference-durable` (parse, append to a per-thread
+//! file, answer 202 once a group-commit fdatasync covers the body).
+//!
+//! The write-ahead log's own micro-benchmark lives in `wal/benches/`.
+
+pub mod client;
+pub mod closed;
+pub mod limits;
+pub mod machine;
+pub mod open;
+pub mod payload;
+pub mod process;
+pub mod reference;
+pub mod report;
+pub mod runtime;
+pub mod stats;
+pub mod suite;

@@ -1,0 +1,82 @@
+//! Every bound the load test keeps. The timeouts are what make each loop finite: no wait in
+//! the client, the orchestration or the reference servers is unbounded.
+
+/// Body size of every ingest request: a 1 KiB JSON document.
+pub const PAYLOAD_BYTES: usize = 1024;
+
+/// Connection counts of the closed loops.
+pub const CLOSED_LOOP_CONNECTIONS: [usize; 2] = [64, 256];
+
+/// Requests per second the open loop schedules.
+pub const OPEN_LOOP_RATE_PER_S: u64 = 10_000;
+
+/// Connections the open loop spreads its schedule over.
+pub const OPEN_LOOP_CONNECTIONS: usize = 256;
+
+/// Default measured time of each loop (`KAPSEL_BENCH_SECONDS`).
+pub const MEASURE_SECONDS_DEFAULT: usize = 10;
+
+/// Longest measured time accepted from `KAPSEL_BENCH_SECONDS`.
+pub const MEASURE_SECONDS_MAX: usize = 3_600;
+
+/// Warm-up before each measured period, not recorded: connections open, the server's
+/// allocators and page cache warm, its log's first segment created.
+pub const WARM_UP_MS: u64 = 2_000;
+
+/// Default shards (Kapsel) and threads (references) per server (`KAPSEL_BENCH_SHARDS`).
+pub const SERVER_SHARDS_DEFAULT: usize = 2;
+
+/// Most shards or threads per server (`KAPSEL_BENCH_SHARDS`): Kapsel's own bound.
+pub const SERVER_SHARDS_MAX: usize = 256;
+
+/// Most rounds of the whole suite (`KAPSEL_BENCH_ROUNDS`, default 1).
+pub const ROUNDS_MAX: usize = 100;
+
+/// Most endpoints the load may be spread over (`KAPSEL_BENCH_ENDPOINTS`, default 1): one per
+/// connection at most is useful.
+pub const ENDPOINTS_MAX: usize = 256;
+
+/// Time to open one TCP connection.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Time one request may take, first byte written to last byte read; past it the request
+/// counts as timed out and its connection is replaced.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// After the measured period, time left for requests in flight and (open loop) for the backlog
+/// still queued; what is left then is abandoned and counted as an error.
+pub const DRAIN_GRACE_MS: u64 = 10_000;
+
+/// Pause after a failed connect, so a dead server is not hammered.
+pub const RECONNECT_BACKOFF_MS: u64 = 50;
+
+/// Time a spawned server has to print its listening line, and then to answer its readiness
+/// probe.
+pub const SERVER_START_TIMEOUT_MS: u64 = 60_000;
+
+/// Largest latency the histograms keep apart, in microseconds; longer ones are clamped to it.
+/// Above the longest a request can be outstanding (warm-up, measure, grace).
+pub const LATENCY_US_MAX: u64 = (WARM_UP_MS + MEASURE_SECONDS_MAX as u64 * 1000 + DRAIN_GRACE_MS) * 1000;
+
+/// HdrHistogram precision: 3 significant digits (0.1 % error per value).
+pub const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// Largest response head the client accepts (status line and fields).
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Largest response body the client accepts.
+pub const RESPONSE_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Header fields the client parses in one response.
+pub const RESPONSE_HEADERS_MAX: usize = 32;
+
+/// Bytes a client read asks for at a time.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Durable reference: bytes waiting for the next write+fdatasync on one thread. Past it an
+/// append is refused with 503 E3002 (backpressure) instead of growing the buffer.
+pub const GROUP_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+const _: () = assert!(RESPONSE_HEAD_BYTES_MAX >= READ_CHUNK_BYTES / 4);
+const _: () = assert!(REQUEST_TIMEOUT_MS <= DRAIN_GRACE_MS);
+const _: () = assert!(GROUP_PENDING_BYTES_MAX > 4 * PAYLOAD_BYTES);

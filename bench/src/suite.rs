@@ -1,0 +1,560 @@
+//! The load test as `cargo bench` runs it: build the binaries, run every scenario against a
+//! fresh server process, print the tables and the summary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use crate::client::Connection;
+use crate::closed::{self, ClosedLoop, ClosedOutcome};
+use crate::limits;
+use crate::machine::{self, CpuMeter, Facts};
+use crate::open::{self, OpenLoop, OpenOutcome};
+use crate::payload::{ingest_request, json_body, request};
+use crate::process::ServerProcess;
+use crate::report;
+use crate::runtime::{block_on, Driver};
+
+/// The endpoint every ingest goes to (with `KAPSEL_BENCH_ENDPOINTS` > 1: `bench-0`, …).
+const ENDPOINT: &str = "bench";
+
+/// The endpoints' destination, with deliveries paused (`"enabled": false`): this load test
+/// measures ingest alone (accept, make durable, answer); events wait in their queue as they do
+/// for a disabled endpoint. Delivery throughput has its own benchmark.
+const ENDPOINT_BODY: &str = r#"{"url":"http://127.0.0.1:9/bench","enabled":false}"#;
+
+/// `KAPSEL_ALLOW_DESTINATIONS` for that destination.
+const ENDPOINT_DESTINATION_ALLOWED: &str = "127.0.0.1/32";
+
+/// The servers under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// The real thing.
+    Kapsel,
+    /// Parse and answer 202.
+    Noop,
+    /// Parse, append, group-commit fdatasync, answer 202.
+    Durable,
+}
+
+impl Server {
+    /// Its name in the report, which is also its binary's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kapsel => "kapsel",
+            Self::Noop => "reference-noop",
+            Self::Durable => "reference-durable",
+        }
+    }
+}
+
+/// One scenario: a loop to run against one fresh server.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    Closed(ClosedLoop),
+    Open(OpenLoop),
+}
+
+impl Plan {
+    /// `closed-64`, `open-10000`: in log names and for `KAPSEL_BENCH_ONLY`.
+    fn label(self) -> String {
+        match self {
+            Self::Closed(closed) => format!("closed-{}", closed.connections),
+            Self::Open(open) => format!("open-{}", open.rate_per_s),
+        }
+    }
+}
+
+enum Outcome {
+    Closed(ClosedOutcome),
+    Open(OpenOutcome),
+}
+
+/// Where things are and how long to run.
+struct Suite {
+    workspace: PathBuf,
+    target_directory: PathBuf,
+    binaries: PathBuf,
+    data_directory: PathBuf,
+    log_directory: PathBuf,
+    shards: usize,
+    driver: Driver,
+    warm_up: Duration,
+    measure: Duration,
+    endpoints: Vec<String>,
+    /// `KAPSEL_BENCH_ROUNDS`: every scenario runs this many times; the tables show the median.
+    rounds: usize,
+    /// `KAPSEL_BENCH_SKIP_BUILD`: use the binaries already built (for profiling, or while
+    /// the tree does not build).
+    skip_build: bool,
+    /// `KAPSEL_BENCH_ONLY`: run only the scenarios whose label contains one of these.
+    only: Vec<String>,
+    admin_token: String,
+}
+
+/// Entry point of `benches/ingest.rs`. Run under `cargo test` (no `--bench` argument) it
+/// only says so: a two-minute load test has no place in a test run.
+pub fn main() -> ExitCode {
+    if !std::env::args().any(|argument| argument == "--bench") {
+        println!("kapsel-bench ingest: a load test; run it with `cargo bench -p kapsel-bench`");
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kapsel-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let suite = Suite::from_env()?;
+    suite.print_header();
+    suite.build_binaries()?;
+    std::fs::create_dir_all(&suite.log_directory)
+        .map_err(|error| format!("creating {}: {error}", suite.log_directory.display()))?;
+    let mut closed_results: Vec<(Server, ClosedOutcome)> = Vec::new();
+    let mut open_results: Vec<(Server, OpenOutcome)> = Vec::new();
+    println!(
+        "\nrunning ({} round(s); every scenario on a fresh server; {} s warm-up, {} s measured):",
+        suite.rounds,
+        suite.warm_up.as_secs(),
+        suite.measure.as_secs()
+    );
+    // Interleaved, so that noise from other work on the machine spreads over all servers.
+    for round in 1..=suite.rounds {
+        for plan in suite.plans() {
+            for server in [Server::Kapsel, Server::Noop, Server::Durable] {
+                if !suite.selected(server, plan) {
+                    continue;
+                }
+                let outcome = suite.scenario(server, plan)?;
+                let (throughput, latencies, failures) = match &outcome {
+                    Outcome::Closed(closed) => (closed.throughput_per_s(), &closed.latencies, &closed.failures),
+                    Outcome::Open(open) => (open.achieved_per_s(), &open.latencies, &open.failures),
+                };
+                println!(
+                    "  round {round}: {:<18} {:<11} {throughput:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {failures}",
+                    server.name(),
+                    plan.label(),
+                    latencies.at(50.0).as_secs_f64() * 1000.0,
+                    latencies.at(99.0).as_secs_f64() * 1000.0,
+                );
+                match outcome {
+                    Outcome::Closed(closed) => closed_results.push((server, closed)),
+                    Outcome::Open(open) => open_results.push((server, open)),
+                }
+            }
+        }
+    }
+    print_results(&suite, &closed_results, &open_results);
+    Ok(())
+}
+
+/// The median of each scenario's rounds by `key` (the lower one of two middles), in the
+/// order the scenarios first ran, with every round's key.
+fn medians<T>(results: &[(Server, T)], scenario: impl Fn(&T) -> usize, key: impl Fn(&T) -> f64) -> Vec<Median<'_, T>> {
+    let mut groups: Vec<(Server, usize, Vec<&T>)> = Vec::new();
+    for (server, outcome) in results {
+        match groups.iter_mut().find(|(known, number, _)| known == server && *number == scenario(outcome)) {
+            Some((_, _, rounds)) => rounds.push(outcome),
+            None => groups.push((*server, scenario(outcome), vec![outcome])),
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(server, _, mut rounds)| {
+            let keys: Vec<f64> = rounds.iter().map(|outcome| key(outcome)).collect();
+            rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
+            let median = *rounds.get((rounds.len() - 1) / 2)?;
+            Some((server, median, keys))
+        })
+        .collect()
+}
+
+impl Suite {
+    fn from_env() -> Result<Self, String> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or("kapsel-bench is not inside a workspace")?
+            .to_path_buf();
+        let target_directory = target_directory(&workspace);
+        let measure_seconds =
+            number_from_env("KAPSEL_BENCH_SECONDS", limits::MEASURE_SECONDS_DEFAULT, limits::MEASURE_SECONDS_MAX)?;
+        let shards = number_from_env("KAPSEL_BENCH_SHARDS", limits::SERVER_SHARDS_DEFAULT, limits::SERVER_SHARDS_MAX)?;
+        let endpoint_count = number_from_env("KAPSEL_BENCH_ENDPOINTS", 1, limits::ENDPOINTS_MAX)?;
+        let endpoints = if endpoint_count == 1 {
+            vec![ENDPOINT.to_string()]
+        } else {
+            (0..endpoint_count).map(|index| format!("{ENDPOINT}-{index}")).collect()
+        };
+        let bench_directory = target_directory.join("kapsel-bench");
+        Ok(Self {
+            workspace,
+            binaries: target_directory.join("release"),
+            data_directory: bench_directory.join("data"),
+            log_directory: bench_directory.join("logs"),
+            target_directory,
+            shards,
+            driver: Driver::from_env()?,
+            warm_up: Duration::from_millis(limits::WARM_UP_MS),
+            measure: Duration::from_secs(measure_seconds as u64),
+            endpoints,
+            rounds: number_from_env("KAPSEL_BENCH_ROUNDS", 1, limits::ROUNDS_MAX)?,
+            skip_build: std::env::var("KAPSEL_BENCH_SKIP_BUILD").is_ok_and(|value| !value.is_empty() && value != "0"),
+            only: std::env::var("KAPSEL_BENCH_ONLY")
+                .unwrap_or_default()
+                .split(',')
+                .map(|word| word.trim().to_string())
+                .filter(|word| !word.is_empty())
+                .collect(),
+            admin_token: format!("kapsel-bench-{}", std::process::id()),
+        })
+    }
+
+    fn print_header(&self) {
+        let facts = Facts::read();
+        let mut variables = Vec::new();
+        for name in [
+            "CARGO_TARGET_DIR",
+            "KAPSEL_BENCH_SECONDS",
+            "KAPSEL_BENCH_SHARDS",
+            "KAPSEL_BENCH_ENDPOINTS",
+            "KAPSEL_BENCH_ROUNDS",
+            "KAPSEL_BENCH_ONLY",
+            "KAPSEL_BENCH_SKIP_BUILD",
+            "KAPSEL_IO_DRIVER",
+        ] {
+            if let Ok(value) = std::env::var(name) {
+                variables.push(format!("{name}={value}"));
+            }
+        }
+        variables.push("cargo bench -p kapsel-bench".into());
+        println!("Kapsel ingest load test");
+        println!("  command:  {}", variables.join(" "));
+        println!("  bench:    {}", std::env::args().collect::<Vec<_>>().join(" "));
+        println!(
+            "  machine:  {} cores ({}), Linux {}, load average {}",
+            facts.cores, facts.cpu_model, facts.kernel, facts.load_average
+        );
+        println!(
+            "  servers:  {} shards/threads each, monoio driver {} (io_uring {}), SO_REUSEPORT on 127.0.0.1:0",
+            self.shards,
+            self.driver.name(),
+            if facts.io_uring { "available" } else { "unavailable" }
+        );
+        let target = match self.endpoints.as_slice() {
+            [only] => format!("/ingest/{only}"),
+            all => format!("/ingest/{ENDPOINT}-{{0..{}}} (connection i → endpoint i mod {})", all.len() - 1, all.len()),
+        };
+        println!(
+            "  client:   one monoio thread, keep-alive HTTP/1.1, POST {target} with a {} B JSON body",
+            limits::PAYLOAD_BYTES
+        );
+        println!(
+            "  kapsel:   endpoint(s) {ENDPOINT_BODY} (nothing listens there), KAPSEL_ALLOW_DESTINATIONS={ENDPOINT_DESTINATION_ALLOWED}"
+        );
+    }
+
+    /// Builds the release binaries the suite spawns, into the target directory this bench
+    /// runs from.
+    fn build_binaries(&self) -> Result<(), String> {
+        let builds: [&[&str]; 2] = [
+            &["build", "--release", "-p", "kapsel", "--bin", "kapsel"],
+            &["build", "--release", "-p", "kapsel-bench", "--bins"],
+        ];
+        for arguments in builds {
+            if self.skip_build {
+                println!("  NOT building (KAPSEL_BENCH_SKIP_BUILD): cargo {}", arguments.join(" "));
+                continue;
+            }
+            println!("  building: cargo {}", arguments.join(" "));
+            let status = Command::new(env!("CARGO"))
+                .args(arguments)
+                .arg("--target-dir")
+                .arg(&self.target_directory)
+                .current_dir(&self.workspace)
+                .status()
+                .map_err(|error| format!("running cargo: {error}"))?;
+            if !status.success() {
+                return Err(format!("cargo {} failed ({status})", arguments.join(" ")));
+            }
+        }
+        for server in [Server::Kapsel, Server::Noop, Server::Durable] {
+            let binary = self.binaries.join(server.name());
+            let modified = std::fs::metadata(&binary)
+                .and_then(|metadata| metadata.modified())
+                .map_err(|error| format!("{}: {error}", binary.display()))?;
+            let age = modified.elapsed().unwrap_or_default();
+            println!("  binary:   {} (built {} s ago)", binary.display(), age.as_secs());
+        }
+        // A data directory on tmpfs would make every fdatasync free and the comparison moot.
+        let (kind, device) = machine::filesystem_of(&self.target_directory);
+        println!("  data:     {} ({kind} on {device})", self.data_directory.display());
+        if kind == "tmpfs" || kind == "ramfs" {
+            println!("  WARNING:  the data directory is on {kind}: fdatasync costs nothing there; set CARGO_TARGET_DIR to a real disk");
+        }
+        // Left over by an interrupted run: every scenario's directory is deleted when it ends.
+        let _ = std::fs::remove_dir_all(&self.data_directory);
+        std::fs::create_dir_all(&self.data_directory)
+            .map_err(|error| format!("creating {}: {error}", self.data_directory.display()))
+    }
+
+    /// Every loop, in the order they run: the closed loops by connection count, then the open
+    /// loop.
+    fn plans(&self) -> Vec<Plan> {
+        let mut plans: Vec<Plan> = limits::CLOSED_LOOP_CONNECTIONS
+            .into_iter()
+            .map(|connections| Plan::Closed(ClosedLoop { connections, warm_up: self.warm_up, measure: self.measure }))
+            .collect();
+        plans.push(Plan::Open(OpenLoop {
+            rate_per_s: limits::OPEN_LOOP_RATE_PER_S,
+            connections: limits::OPEN_LOOP_CONNECTIONS,
+            warm_up: self.warm_up,
+            measure: self.measure,
+        }));
+        plans
+    }
+
+    /// Whether `KAPSEL_BENCH_ONLY` (when set) selects this scenario.
+    fn selected(&self, server: Server, plan: Plan) -> bool {
+        let label = format!("{} {}", server.name(), plan.label());
+        self.only.is_empty() || self.only.iter().any(|word| label.contains(word.as_str()))
+    }
+
+    fn variables(&self, server: Server, data_directory: &Path) -> Vec<(&'static str, String)> {
+        let mut variables = vec![
+            ("SERVER_ADDR", "127.0.0.1:0".to_string()),
+            ("KAPSEL_SHARDS", self.shards.to_string()),
+            ("KAPSEL_DATA_DIR", data_directory.display().to_string()),
+            ("KAPSEL_IO_DRIVER", self.driver.name().to_string()),
+        ];
+        if server == Server::Kapsel {
+            variables.push(("KAPSEL_ADMIN_TOKEN", self.admin_token.clone()));
+            // The endpoints' destination is on loopback, which Kapsel refuses by default.
+            variables.push(("KAPSEL_ALLOW_DESTINATIONS", ENDPOINT_DESTINATION_ALLOWED.to_string()));
+        }
+        variables
+    }
+
+    /// Spawns `server` with a fresh data directory, readies it, runs `plan`, kills it.
+    fn scenario(&self, server: Server, plan: Plan) -> Result<Outcome, String> {
+        let data = tempfile::Builder::new()
+            .prefix(&format!("{}-", server.name()))
+            .tempdir_in(&self.data_directory)
+            .map_err(|error| format!("creating a data directory in {}: {error}", self.data_directory.display()))?;
+        let log = self.log_directory.join(format!("{}-{}.log", server.name(), plan.label()));
+        let program = self.binaries.join(server.name());
+        let mut process = ServerProcess::spawn(server.name(), &program, &self.variables(server, data.path()), &log)?;
+        let (address, meter) = (process.address(), CpuMeter::new(process.pid()));
+        let body = json_body(limits::PAYLOAD_BYTES)?;
+        let requests: Vec<Vec<u8>> =
+            self.endpoints.iter().map(|endpoint| ingest_request(address, endpoint, &body)).collect();
+        let outcome = block_on(self.driver, async {
+            wait_until_ready(address).await?;
+            for (endpoint, ingest) in self.endpoints.iter().zip(&requests) {
+                if server == Server::Kapsel {
+                    create_endpoint(address, &self.admin_token, endpoint).await?;
+                }
+                check_ingest(address, endpoint, ingest).await?;
+            }
+            match plan {
+                Plan::Closed(plan) => closed::run(address, &requests, plan, meter).await.map(Outcome::Closed),
+                Plan::Open(plan) => open::run(address, &requests, plan, meter).await.map(Outcome::Open),
+            }
+        })?
+        .map_err(|error| process.failure(&error))?;
+        process.check_running()?;
+        drop(process);
+        drop(data);
+        Ok(outcome)
+    }
+}
+
+/// A whole number from the environment variable `name`, from 1 to `max`; `default` when
+/// unset or empty.
+fn number_from_env(name: &str, default: usize, max: usize) -> Result<usize, String> {
+    match std::env::var(name).ok().filter(|value| !value.is_empty()) {
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(number) if (1..=max).contains(&number) => Ok(number),
+            _ => Err(format!("{name}: `{text}` is not a number from 1 to {max}")),
+        },
+        None => Ok(default),
+    }
+}
+
+/// The target directory this bench was built into: the executable is
+/// `<target>/release/deps/ingest-<hash>`. Anything else (a copied binary) falls back to
+/// `CARGO_TARGET_DIR`, then `<workspace>/target`.
+fn target_directory(workspace: &Path) -> PathBuf {
+    let from_executable = std::env::current_exe().ok().and_then(|executable| {
+        let deps = executable.parent()?;
+        let profile = deps.parent()?;
+        (deps.file_name()? == "deps" && profile.file_name()? == "release")
+            .then(|| profile.parent().map(Path::to_path_buf))?
+    });
+    from_executable
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|directory| workspace.join(directory)))
+        .unwrap_or_else(|| workspace.join("target"))
+}
+
+/// One request on a new connection, within the request timeout: status and body.
+async fn one_request(address: SocketAddr, bytes: &[u8]) -> Result<(u16, String), String> {
+    let timeout = Duration::from_millis(limits::REQUEST_TIMEOUT_MS);
+    let exchange = async {
+        let mut connection = Connection::open(address, bytes).await?;
+        let reply = connection.exchange().await?;
+        Ok::<_, crate::client::Failure>((reply.status, String::from_utf8_lossy(connection.last_body()).into_owned()))
+    };
+    match monoio::time::timeout(timeout, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(failure)) => Err(format!("request to {address} failed: {failure}")),
+        Err(_) => Err(format!("request to {address} timed out")),
+    }
+}
+
+/// Polls `GET /readyz` until it answers 2xx (Kapsel: every shard recovered; the references
+/// answer everything with 202).
+async fn wait_until_ready(address: SocketAddr) -> Result<(), String> {
+    let deadline = monoio::time::Instant::now() + Duration::from_millis(limits::SERVER_START_TIMEOUT_MS);
+    let probe = request("GET", "/readyz", address, &[], None);
+    loop {
+        let last = match one_request(address, &probe).await {
+            Ok((status, _)) if (200..300).contains(&status) => return Ok(()),
+            Ok((status, body)) => format!("{status} {body}"),
+            Err(error) => error,
+        };
+        if monoio::time::Instant::now() >= deadline {
+            return Err(format!("not ready in time; last answer to GET /readyz: {last}"));
+        }
+        monoio::time::sleep(Duration::from_millis(limits::RECONNECT_BACKOFF_MS)).await;
+    }
+}
+
+/// `PUT /admin/endpoints/{endpoint}`.
+async fn create_endpoint(address: SocketAddr, token: &str, endpoint: &str) -> Result<(), String> {
+    let authorization = format!("Bearer {token}");
+    let put = request(
+        "PUT",
+        &format!("/admin/endpoints/{endpoint}"),
+        address,
+        &[("Authorization", &authorization)],
+        Some(ENDPOINT_BODY.as_bytes()),
+    );
+    match one_request(address, &put).await? {
+        (200 | 201, _) => Ok(()),
+        (status, body) => Err(format!("PUT /admin/endpoints/{endpoint} answered {status}: {body}")),
+    }
+}
+
+/// One ingest before the loop: it must be a 202, or the loop would measure errors.
+async fn check_ingest(address: SocketAddr, endpoint: &str, ingest: &[u8]) -> Result<(), String> {
+    match one_request(address, ingest).await? {
+        (202, _) => Ok(()),
+        (status, body) => Err(format!("POST /ingest/{endpoint} answered {status} instead of 202: {body}")),
+    }
+}
+
+/// The heading of the per-thread lines under each table.
+const THREADS_HEADING: &str = "Server CPU by thread over the measured period (cores), peak memory, load generator CPU:";
+
+/// One scenario's median round, with every round's key.
+type Median<'a, T> = (Server, &'a T, Vec<f64>);
+
+fn print_results(suite: &Suite, closed_results: &[(Server, ClosedOutcome)], open_results: &[(Server, OpenOutcome)]) {
+    let closed = medians(closed_results, |outcome| outcome.plan.connections, ClosedOutcome::throughput_per_s);
+    let open =
+        medians(open_results, |outcome| outcome.plan.connections, |outcome| outcome.latencies.at(99.0).as_secs_f64());
+    let which = if suite.rounds > 1 { format!(", median of {} rounds", suite.rounds) } else { String::new() };
+    if !closed.is_empty() {
+        println!();
+        println!(
+            "Closed loop: POST {} B JSON, keep-alive, one request outstanding per connection, {} s measured{which}",
+            limits::PAYLOAD_BYTES,
+            suite.measure.as_secs(),
+        );
+        print_closed(&closed);
+    }
+    if !open.is_empty() {
+        println!();
+        println!(
+            "Open loop: {} req/s scheduled over {} connections, {} s measured, latency from intended send time{which}",
+            limits::OPEN_LOOP_RATE_PER_S,
+            limits::OPEN_LOOP_CONNECTIONS,
+            suite.measure.as_secs(),
+        );
+        print_open(&open);
+    }
+    println!();
+    println!("{}", report::LEGEND);
+    println!();
+    println!("Summary (targets from the issue{which}):");
+    print_summary(&closed, &open);
+}
+
+fn print_closed(closed: &[Median<'_, ClosedOutcome>]) {
+    println!("{}", report::closed_header());
+    for (server, outcome, _) in closed {
+        println!("{}", report::closed_row(server.name(), outcome));
+    }
+    println!("{THREADS_HEADING}");
+    for (server, outcome, rounds) in closed {
+        let label = format!("{} {}", server.name(), outcome.plan.connections);
+        println!("{}", report::threads_row(&label, &outcome.cpu, outcome.plan.measure));
+        if rounds.len() > 1 {
+            println!("  {:<22} req/s by round: {}", "", report::list(rounds, 1.0, 0));
+        }
+    }
+}
+
+fn print_open(open: &[Median<'_, OpenOutcome>]) {
+    println!("{}", report::open_header());
+    for (server, outcome, _) in open {
+        println!("{}", report::open_row(server.name(), outcome));
+    }
+    println!("{THREADS_HEADING}");
+    for (server, outcome, rounds) in open {
+        println!("{}", report::threads_row(server.name(), &outcome.cpu, outcome.plan.measure));
+        if rounds.len() > 1 {
+            println!("  {:<22} p99 ms by round: {}", "", report::list(rounds, 1000.0, 2));
+        }
+    }
+}
+
+/// Kapsel against the references, with the issue's targets marked, and a warning when other
+/// processes took a noticeable share of the machine.
+fn print_summary(closed: &[Median<'_, ClosedOutcome>], open: &[Median<'_, OpenOutcome>]) {
+    for connections in limits::CLOSED_LOOP_CONNECTIONS {
+        let throughput = |wanted: Server| {
+            closed
+                .iter()
+                .find(|(server, outcome, _)| *server == wanted && outcome.plan.connections == connections)
+                .map(|(_, outcome, _)| outcome.throughput_per_s())
+        };
+        let (Some(kapsel), Some(noop), Some(durable)) =
+            (throughput(Server::Kapsel), throughput(Server::Noop), throughput(Server::Durable))
+        else {
+            continue;
+        };
+        println!("  {}", report::throughput_summary(connections, kapsel, noop, durable));
+    }
+    let open_of = |wanted: Server| open.iter().find(|(server, _, _)| *server == wanted).map(|(_, outcome, _)| *outcome);
+    if let (Some(kapsel), Some(durable)) = (open_of(Server::Kapsel), open_of(Server::Durable)) {
+        println!("  {}", report::latency_summary(limits::OPEN_LOOP_RATE_PER_S, kapsel, durable));
+    }
+    let noise = closed
+        .iter()
+        .map(|(_, outcome, _)| (outcome.cpu.others(), outcome.plan.measure))
+        .chain(open.iter().map(|(_, outcome, _)| (outcome.cpu.others(), outcome.plan.measure)))
+        .map(|(others, wall)| others.as_secs_f64() / wall.as_secs_f64().max(f64::EPSILON))
+        .fold(0.0, f64::max);
+    if noise > report::NOISE_CORES_MAX {
+        println!(
+            "  NOISY: other processes used up to {noise:.2} cores during a measured period; compare with care \
+             (KAPSEL_BENCH_ROUNDS=3 takes medians)"
+        );
+    }
+    println!("  load average at the end: {}", machine::load_average());
+}
