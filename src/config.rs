@@ -132,6 +132,11 @@ impl Settings {
             idempotency_keys_max: number(lookup, "KAPSEL_IDEMPOTENCY_KEYS_MAX", limits::IDEMPOTENCY_KEYS_DEFAULT)?
                 .max(1),
             idempotency_window_ms: window_ms,
+            payload_memory_bytes_max: number(
+                lookup,
+                "KAPSEL_PAYLOAD_MEMORY_BYTES",
+                limits::PAYLOAD_MEMORY_BYTES_DEFAULT,
+            )?,
         };
         let admin_token = lookup("KAPSEL_ADMIN_TOKEN").filter(|value| !value.is_empty());
         let destinations =

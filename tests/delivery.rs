@@ -317,3 +317,23 @@ fn https_delivery_to_a_tls_listener_trusted_through_the_extra_ca() {
     let event = wait_event(&untrusting, &refused, |event| event["status"] == "failed");
     assert_eq!(event["attempts"][0]["error_code"], "E2002", "an unknown CA fails the handshake");
 }
+
+// Waiting events beyond the payload memory budget keep only their metadata; their payloads are
+// read back from the log when their turn comes, byte for byte.
+#[test]
+fn payloads_beyond_the_memory_budget_are_read_back_from_the_log() {
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[("KAPSEL_PAYLOAD_MEMORY_BYTES", "2048")]);
+    create(&server, "paused", &format!(r#"{{"url":"{}","enabled":false}}"#, sink.url("/")));
+    let bodies: Vec<String> =
+        (0..60).map(|index| format!("{{\"n\":{index},\"pad\":\"{}\"}}", "p".repeat(400))).collect();
+    let ids: Vec<String> = bodies.iter().map(|body| ingest(&server, "paused", body.as_bytes())).collect();
+    let resumed = server.admin("POST", "/admin/endpoints/paused/enable", "");
+    assert_eq!((resumed.status, resumed.json()["queue_depth"].as_u64()), (200, Some(60)), "{resumed:?}");
+    let received = sink.wait_for("every event", WAIT, |received| received.len() >= 60);
+    for (id, body) in ids.iter().zip(&bodies) {
+        let delivery = received.iter().find(|request| request.header("webhook-id") == Some(id.as_str())).unwrap();
+        assert_eq!(delivery.body, body.as_bytes());
+    }
+}

@@ -13,8 +13,12 @@ use kapsel_engine::records::{EventReceived, Record};
 use kapsel_engine::state::{ShardState, StateLimits};
 use kapsel_wal::{Options, Wal};
 
-const LIMITS: StateLimits =
-    StateLimits { events_max: 4_000_000, idempotency_keys_max: 1_000_000, idempotency_window_ms: 86_400_000 };
+const LIMITS: StateLimits = StateLimits {
+    events_max: 4_000_000,
+    idempotency_keys_max: 1_000_000,
+    idempotency_window_ms: 86_400_000,
+    payload_memory_bytes_max: 64 << 20,
+};
 
 async fn write(directory: &std::path::Path, records: u64) {
     let (wal, _) = Wal::open(directory, Options::default(), |_| {}).await.unwrap();

@@ -82,16 +82,35 @@ pub fn classify(result: &Result<OutboundResponse, SendError>, now: u64) -> Class
 /// The scheduler loop of one shard; returns when `stop` says so.
 pub async fn run_scheduler(shard: Rc<Shard>, client: Rc<Client>, stop: Rc<dyn Fn() -> bool>) {
     let mut random = Random::seeded();
+    let reloading = Rc::new(std::cell::Cell::new(false));
     loop {
         if stop() {
             return;
         }
         let now = now_ms();
-        let (starts, next_due) = {
+        let (starts, next_due, reload) = {
             let mut state = shard.state().borrow_mut();
             let next_due = state.release_due(now);
-            (state.take_startable(now), next_due)
+            let starts = state.take_startable(now);
+            let reload = if reloading.get() {
+                Vec::new()
+            } else {
+                state.take_reload_wanted(crate::limits::PAYLOAD_RELOAD_BATCH_MAX)
+            };
+            (starts, next_due, reload)
         };
+        if !reload.is_empty() {
+            // Payloads that did not fit the memory budget: read them back off the shard thread.
+            reloading.set(true);
+            let (shard, reloading) = (Rc::clone(&shard), Rc::clone(&reloading));
+            monoio::spawn(async move {
+                if let Err(error) = shard.reload_payloads(&reload).await {
+                    tracing::error!(%error, "could not read payloads back from the write-ahead log");
+                }
+                reloading.set(false);
+                shard.notify_scheduler();
+            });
+        }
         tracing::trace!(shard = shard.index, starts = starts.len(), ?next_due, "scheduler pass");
         for start in starts {
             let (shard, client, sample) = (Rc::clone(&shard), Rc::clone(&client), random.sample());

@@ -15,6 +15,14 @@ pub const EVENTS_IN_MEMORY_DEFAULT: usize = 2_000_000;
 /// ones are answered by the Postgres index when it runs. About 150 bytes each.
 pub const TERMINAL_EVENTS_IN_MEMORY_MAX: usize = 200_000;
 
+/// Default bound on payload bytes of waiting events a shard keeps in memory. Beyond it, new
+/// events keep only their metadata (about 150 bytes) and their payload is read back from the
+/// log when their turn comes, so a dead or disabled endpoint cannot fill memory.
+pub const PAYLOAD_MEMORY_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// Payloads read back from the log in one go by the delivery scheduler.
+pub const PAYLOAD_RELOAD_BATCH_MAX: usize = 256;
+
 /// Threads resolving destination names for all shards (system resolver calls block).
 pub const RESOLVER_THREADS: usize = 2;
 

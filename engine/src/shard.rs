@@ -276,8 +276,9 @@ impl Shard {
         Ok(serde_json::json!({"endpoint_id": id, "requeued": failed.len()}))
     }
 
-    /// Reads the payloads of terminal events back from the log (on a helper thread).
-    async fn reload_payloads(&self, events: &[(EventId, u64)]) -> Result<(), EngineError> {
+    /// Reads payloads back from the log (on a helper thread): terminal events to be requeued, and
+    /// waiting events whose payload did not fit the memory budget.
+    pub async fn reload_payloads(&self, events: &[(EventId, u64)]) -> Result<(), EngineError> {
         if events.is_empty() {
             return Ok(());
         }

@@ -151,6 +151,9 @@ pub struct StateLimits {
     pub idempotency_keys_max: usize,
     /// Idempotency window.
     pub idempotency_window_ms: u64,
+    /// Payload bytes of non-terminal events kept in memory; beyond it new events keep only
+    /// their metadata and their payload is read back from the log when their turn comes.
+    pub payload_memory_bytes_max: usize,
 }
 
 /// An attempt the scheduler may start now.
@@ -189,6 +192,12 @@ pub struct ShardState {
     limits: StateLimits,
     /// Requeued terminal events met during replay, whose payloads must be read back.
     pub reload_after_replay: Vec<(EventId, u64)>,
+    /// Payload bytes held in memory.
+    payload_memory_bytes: usize,
+    /// Events whose turn came while their payload is on disk only: (event, LSN), for the
+    /// scheduler to read back.
+    reload_wanted: Vec<(EventId, u64)>,
+    reload_marked: HashSet<EventId>,
 }
 
 impl ShardState {
@@ -206,6 +215,9 @@ impl ShardState {
             non_terminal: 0,
             limits,
             reload_after_replay: Vec::new(),
+            payload_memory_bytes: 0,
+            reload_wanted: Vec::new(),
+            reload_marked: HashSet::new(),
         }
     }
 
@@ -279,13 +291,18 @@ impl ShardState {
         }
         let before = self.events.len();
         let mut removed_non_terminal = 0;
+        let mut removed_payload_bytes = 0;
         self.events.retain(|_, summary| {
             let keep = &*summary.endpoint_id != id;
             if !keep && !summary.status.is_terminal() {
                 removed_non_terminal += 1;
             }
+            if !keep {
+                removed_payload_bytes += summary.payload.as_ref().map_or(0, |payload| payload.body.len());
+            }
             keep
         });
+        self.payload_memory_bytes = self.payload_memory_bytes.saturating_sub(removed_payload_bytes);
         if self.events.len() != before {
             self.terminal.retain(|event_id| self.events.contains_key(event_id));
         }
@@ -296,13 +313,21 @@ impl ShardState {
 
     /// Tracks an accepted event and queues it for delivery.
     pub fn accept_event(&mut self, event_id: EventId, endpoint: &Rc<str>, event: EventReceived, lsn: u64) {
-        let payload =
-            Payload { body: Rc::from(event.payload), content_type: event.content_type, traceparent: event.traceparent };
+        let payload_bytes = event.payload.len();
+        let keep = self.payload_memory_bytes.saturating_add(payload_bytes) <= self.limits.payload_memory_bytes_max;
+        let payload = keep.then(|| {
+            self.payload_memory_bytes += payload_bytes;
+            Rc::new(Payload {
+                body: Rc::from(event.payload),
+                content_type: event.content_type,
+                traceparent: event.traceparent,
+            })
+        });
         let summary = EventSummary {
             endpoint_id: Rc::clone(endpoint),
             received_at_ms: event.received_at_ms,
             updated_at_ms: event.received_at_ms,
-            payload_bytes: u32::try_from(payload.body.len()).unwrap_or(u32::MAX),
+            payload_bytes: u32::try_from(payload_bytes).unwrap_or(u32::MAX),
             idempotency_key: event.idempotency_key.map(String::into_boxed_str),
             status: EventStatus::Pending,
             lsn,
@@ -311,7 +336,7 @@ impl ShardState {
             last_attempt: 0,
             next_attempt_at_ms: None,
             waiting: None,
-            payload: Some(Rc::new(payload)),
+            payload,
             last_excerpt: None,
         };
         self.events.insert(event_id, summary);
@@ -406,7 +431,12 @@ impl ShardState {
                     continue;
                 };
                 let Some(payload) = summary.payload.clone() else {
-                    continue;
+                    // Its payload is on disk only: keep its place and ask for it to be read back.
+                    entry.ready.push_front(event_id);
+                    if self.reload_marked.insert(event_id) {
+                        self.reload_wanted.push((event_id, summary.lsn));
+                    }
+                    break;
                 };
                 summary.status = EventStatus::Delivering;
                 summary.waiting = None;
@@ -479,7 +509,9 @@ impl ShardState {
             summary.status = status;
             summary.next_attempt_at_ms = None;
             summary.waiting = None;
-            summary.payload = None;
+            if let Some(payload) = summary.payload.take() {
+                self.payload_memory_bytes = self.payload_memory_bytes.saturating_sub(payload.body.len());
+            }
         }
         if !was_terminal {
             self.non_terminal = self.non_terminal.saturating_sub(1);
@@ -527,9 +559,25 @@ impl ShardState {
         true
     }
 
-    /// Restores the payload of a terminal event read back from the log, so it can be requeued.
+    /// Events waiting for their payload to be read back (taken by the scheduler).
+    pub fn take_reload_wanted(&mut self, count_max: usize) -> Vec<(EventId, u64)> {
+        let count = count_max.min(self.reload_wanted.len());
+        self.reload_wanted.drain(..count).collect()
+    }
+
+    /// Restores the payload of an event read back from the log (a terminal one to be requeued,
+    /// or a pending one whose payload did not fit the memory budget), and re-activates its
+    /// endpoint.
     pub fn restore_payload(&mut self, event_id: EventId, event: EventReceived) {
+        self.reload_marked.remove(&event_id);
         if let Some(summary) = self.events.get_mut(&event_id) {
+            if summary.payload.is_some() {
+                return;
+            }
+            self.payload_memory_bytes += event.payload.len();
+            if !summary.status.is_terminal() {
+                self.active.insert(Rc::clone(&summary.endpoint_id));
+            }
             summary.payload = Some(Rc::new(Payload {
                 body: Rc::from(event.payload),
                 content_type: event.content_type,

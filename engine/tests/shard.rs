@@ -10,7 +10,12 @@ use kapsel_engine::state::{ShardState, StateLimits};
 use kapsel_engine::EngineError;
 use kapsel_wal::{IoBackend, IoFaults, Options, Wal};
 
-const LIMITS: StateLimits = StateLimits { events_max: 1000, idempotency_keys_max: 1000, idempotency_window_ms: 60_000 };
+const LIMITS: StateLimits = StateLimits {
+    events_max: 1000,
+    idempotency_keys_max: 1000,
+    idempotency_window_ms: 60_000,
+    payload_memory_bytes_max: 1 << 20,
+};
 
 fn ingest(key: Option<&str>) -> Ingest {
     Ingest {
