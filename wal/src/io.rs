@@ -102,24 +102,37 @@ pub(crate) enum FileHandle {
 /// this is awaited.
 pub(crate) enum DurableWrite {
     Thread(futures_channel::oneshot::Receiver<io::Result<()>>),
-    Uring { file: Rc<monoio::fs::File>, buffer: Arc<Vec<u8>>, offset: u64, fail_sync: bool },
+    Uring { file: Rc<monoio::fs::File>, buffer: Vec<u8>, offset: u64, fail_sync: bool },
     Failed(io::Error),
 }
 
+/// What the I/O thread hands back after a batch is durable and acknowledged: the digest of the
+/// batch (its Merkle leaves), computed there rather than on the shard, and the buffer for reuse.
+pub(crate) struct Returned {
+    pub(crate) digest: Vec<[u8; 32]>,
+    pub(crate) buffer: Vec<u8>,
+}
+
+/// Computes a batch's digest (its Merkle leaf hashes).
+pub(crate) type Digest = fn(&[u8]) -> Vec<[u8; 32]>;
+
 impl DurableWrite {
-    /// Waits for the write and the fdatasync; `Ok` only when both succeeded.
-    pub(crate) async fn wait(self) -> io::Result<()> {
+    /// Waits for the write and the fdatasync; `Ok` only when both succeeded. With io_uring the
+    /// buffer comes back here (the caller digests it); with the I/O thread it comes back later,
+    /// digested, through [`FileLayer::take_returned`].
+    pub(crate) async fn wait(self) -> io::Result<Option<Vec<u8>>> {
         match self {
             Self::Thread(receiver) => {
-                receiver.await.unwrap_or_else(|_| Err(io::Error::other("I/O thread dropped a write")))
+                receiver.await.unwrap_or_else(|_| Err(io::Error::other("I/O thread dropped a write"))).map(|()| None)
             }
             Self::Uring { file, buffer, offset, fail_sync } => {
-                let (written, _) = file.write_all_at(buffer, offset).await;
+                let (written, buffer) = file.write_all_at(buffer, offset).await;
                 written?;
                 if fail_sync {
                     return Err(io::Error::from_raw_os_error(EIO));
                 }
-                file.sync_data().await
+                file.sync_data().await?;
+                Ok(Some(buffer))
             }
             Self::Failed(error) => Err(error),
         }
@@ -178,8 +191,16 @@ impl FileLayer {
     }
 
     /// Starts writing `buffer` at `offset` followed by an fdatasync: the group commit of one
-    /// batch. The buffer comes back through `Arc::try_unwrap` once the returned write is done.
-    pub(crate) fn start_durable_write(&self, file: &FileHandle, buffer: Arc<Vec<u8>>, offset: u64) -> DurableWrite {
+    /// batch. With the I/O thread, the thread then answers, and only after answering computes
+    /// `digest` over the buffer and hands both back through [`FileLayer::take_returned`], so the
+    /// hashing costs neither the shard's CPU nor the appenders' latency.
+    pub(crate) fn start_durable_write(
+        &self,
+        file: &FileHandle,
+        buffer: Vec<u8>,
+        offset: u64,
+        digest: Digest,
+    ) -> DurableWrite {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_written.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -190,15 +211,18 @@ impl FileLayer {
         match (file, &self.backend) {
             (FileHandle::Std(file), Backend::Thread(thread)) => {
                 let file = Arc::clone(file);
+                let returns = thread.returns.clone();
                 let (sender, receiver) = futures_channel::oneshot::channel();
                 let job: Job = Box::new(move || {
                     let mut result = file.write_all_at(&buffer, offset);
-                    // The shard may reclaim the buffer as soon as it hears back.
-                    drop(buffer);
                     if result.is_ok() {
                         result = if fail_sync { Err(io::Error::from_raw_os_error(EIO)) } else { file.sync_data() };
                     }
+                    let durable = result.is_ok();
                     let _ = sender.send(result);
+                    if durable {
+                        let _ = returns.send(Returned { digest: digest(&buffer), buffer });
+                    }
                 });
                 match thread.submit(job) {
                     Ok(()) => DurableWrite::Thread(receiver),
@@ -209,6 +233,23 @@ impl FileLayer {
             (FileHandle::Std(_), Backend::Uring) => {
                 DurableWrite::Failed(io::Error::other("file opened for another backend"))
             }
+        }
+    }
+
+    /// Batches the I/O thread has written, digested and handed back, in write order.
+    pub(crate) fn take_returned(&self) -> Vec<Returned> {
+        match &self.backend {
+            Backend::Thread(thread) => thread.returned.try_iter().collect(),
+            Backend::Uring => Vec::new(),
+        }
+    }
+
+    /// Waits until every operation handed to the I/O thread so far has finished, digests
+    /// included (it runs jobs in order). Immediate with io_uring.
+    pub(crate) async fn barrier(&self) -> io::Result<()> {
+        match &self.backend {
+            Backend::Thread(thread) => thread.run(|| Ok(())).await,
+            Backend::Uring => Ok(()),
         }
     }
 
@@ -310,6 +351,10 @@ type Job = Box<dyn FnOnce() + Send>;
 struct IoThread {
     jobs: mpsc::SyncSender<Job>,
     name: PathBuf,
+    /// Digested batches travel back on an unbounded channel: at most one per batch written
+    /// since the writer last drained it, which it does after every batch.
+    returns: mpsc::Sender<Returned>,
+    returned: mpsc::Receiver<Returned>,
 }
 
 impl IoThread {
@@ -321,7 +366,8 @@ impl IoThread {
                 job();
             }
         })?;
-        Ok(Self { jobs, name: PathBuf::from(name) })
+        let (returns, returned) = mpsc::channel();
+        Ok(Self { jobs, name: PathBuf::from(name), returns, returned })
     }
 
     fn submit(&self, job: Job) -> io::Result<()> {

@@ -196,6 +196,13 @@ impl Frontier {
         Self::default()
     }
 
+    /// Pushes leaf hashes in order.
+    pub fn extend(&mut self, leaf_hashes: impl IntoIterator<Item = Hash>) {
+        for leaf_hash in leaf_hashes {
+            self.push(leaf_hash);
+        }
+    }
+
     /// Appends one leaf hash (already hashed with [`leaf_hash`]) to the right end of the tree.
     pub fn push(&mut self, leaf_hash: Hash) {
         let mut merged = leaf_hash;

@@ -6,11 +6,10 @@ use std::future::poll_fn;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::frame::{self, SegmentHeader, BATCH_HEADER_BYTES, KIND_SEAL, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use crate::io::{FileHandle, FileLayer};
+use crate::io::{FileHandle, FileLayer, Returned};
 use crate::log::{OpenBatch, Options, Pending, Shared};
 use crate::merkle::{self, Frontier, Hash};
 use crate::recover::Recovered;
@@ -130,14 +129,11 @@ impl Writer {
             return Err(WalError::Closed);
         };
         frame::finish_batch(&mut buffer, active.header.nonce, records, first_lsn);
-        let buffer = Arc::new(buffer);
-        let write = self.layer.start_durable_write(&active.file, Arc::clone(&buffer), active.length);
-        // The I/O thread is already writing; hash the leaves meanwhile. If the write fails the
-        // log is poisoned and this frontier is never used.
-        push_leaves(&mut active.frontier, &buffer);
-        write.wait().await.map_err(|error| WalError::io("write and fdatasync", &active.path, error))?;
+        let batch_bytes = buffer.len() as u64;
+        let write = self.layer.start_durable_write(&active.file, buffer, active.length, leaf_hashes);
+        let returned = write.wait().await.map_err(|error| WalError::io("write and fdatasync", &active.path, error))?;
         let last_lsn = first_lsn + u64::from(records) - 1;
-        active.length += buffer.len() as u64;
+        active.length += batch_bytes;
         active.records += u64::from(records);
         active.last_lsn = last_lsn;
         self.next_lsn = last_lsn + 1;
@@ -145,20 +141,46 @@ impl Writer {
             let mut state = shared.state.borrow_mut();
             state.durable_lsn = last_lsn;
             state.batches += 1;
-            if let Ok(buffer) = Arc::try_unwrap(buffer) {
-                state.recycle(buffer);
-            }
         }
         done.complete(Ok(()));
+        // Merkle leaves: hashed here for io_uring, on the I/O thread (after it answered) otherwise.
+        if let Some(buffer) = returned {
+            active.frontier.extend(leaf_hashes(&buffer));
+            shared.state.borrow_mut().recycle(buffer);
+        }
+        self.absorb_returned(shared);
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
         if active.length >= self.segment_bytes {
             self.seal_and_roll(shared).await?;
         }
         Ok(())
     }
 
+    /// Adds the leaves the I/O thread has digested to the active segment's frontier and keeps
+    /// the buffers for reuse.
+    fn absorb_returned(&mut self, shared: &Shared) {
+        let returned = self.layer.take_returned();
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut state = shared.state.borrow_mut();
+        for Returned { digest, buffer } in returned {
+            active.frontier.extend(digest);
+            state.recycle(buffer);
+        }
+    }
+
     /// Seals the active segment (when it holds records) and opens the next one.
     async fn seal_and_roll(&mut self, shared: &Shared) -> Result<Option<SealInfo>, WalError> {
-        let Some(active) = self.active.take_if(|active| active.records > 0) else {
+        if self.active.as_ref().is_none_or(|active| active.records == 0) {
+            return Ok(None);
+        }
+        // Every leaf of the segment must be in the frontier before its root is taken.
+        self.layer.barrier().await.map_err(|error| WalError::io("wait for the I/O thread", &self.directory, error))?;
+        self.absorb_returned(shared);
+        let Some(active) = self.active.take() else {
             return Ok(None);
         };
         let seal = SealInfo::new(
@@ -253,17 +275,19 @@ async fn wait_for_batch(shared: &Shared) -> bool {
     .await
 }
 
-/// Adds the Merkle leaf of every record frame in a written batch.
-fn push_leaves(frontier: &mut Frontier, batch: &[u8]) {
+/// The Merkle leaf of every record frame in a written batch, in order.
+fn leaf_hashes(batch: &[u8]) -> Vec<Hash> {
+    let mut leaves = Vec::new();
     let mut offset = BATCH_HEADER_BYTES;
     while offset + RECORD_HEADER_BYTES <= batch.len() {
         let mut length = [0u8; 4];
         length.copy_from_slice(&batch[offset..offset + 4]);
-        let end = offset + RECORD_HEADER_BYTES + u32::from_le_bytes(length) as usize;
-        frontier.push(merkle::leaf_hash(&batch[offset..end]));
+        let end = (offset + RECORD_HEADER_BYTES + u32::from_le_bytes(length) as usize).min(batch.len());
+        leaves.push(merkle::leaf_hash(&batch[offset..end]));
         offset = end;
     }
     debug_assert_eq!(offset, batch.len(), "a batch is a whole number of frames");
+    leaves
 }
 
 fn now_ms() -> u64 {
