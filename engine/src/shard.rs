@@ -194,14 +194,14 @@ impl Shard {
     /// The endpoint's configuration and live state.
     pub fn get_endpoint(&self, id: &str) -> Result<Value, EngineError> {
         let state = self.state.borrow();
-        let entry = state.endpoints.get(id).ok_or_else(|| EngineError::NotFound(format!("endpoint {id} not found")))?;
+        let entry = state.endpoints.get(id).ok_or_else(|| endpoint_not_found(id))?;
         Ok(entry.endpoint.to_json(&state.live(id, now_ms())))
     }
 
     /// Deletes an endpoint.
     pub async fn delete_endpoint(&self, id: &str) -> Result<(), EngineError> {
         if !self.state.borrow().endpoints.contains_key(id) {
-            return Err(EngineError::NotFound(format!("endpoint {id} not found")));
+            return Err(endpoint_not_found(id));
         }
         self.append(&Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms() })).await?;
         self.state.borrow_mut().delete_endpoint(id);
@@ -213,8 +213,7 @@ impl Shard {
         let now = now_ms();
         let endpoint = {
             let state = self.state.borrow();
-            let entry =
-                state.endpoints.get(id).ok_or_else(|| EngineError::NotFound(format!("endpoint {id} not found")))?;
+            let entry = state.endpoints.get(id).ok_or_else(|| endpoint_not_found(id))?;
             let mut endpoint = entry.endpoint.clone();
             endpoint.enabled = enabled;
             endpoint.updated_at_ms = now;
@@ -233,10 +232,7 @@ impl Shard {
     pub async fn retry_event(&self, event_id: EventId) -> Result<Value, EngineError> {
         let lsn = {
             let state = self.state.borrow();
-            let summary = state
-                .events
-                .get(&event_id)
-                .ok_or_else(|| EngineError::NotFound(format!("event {event_id} not found")))?;
+            let summary = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
             if summary.status == crate::state::EventStatus::Delivering {
                 return Ok(serde_json::json!({"event_id": event_id.to_string(), "status": "delivering"}));
             }
@@ -255,7 +251,7 @@ impl Shard {
         let failed = {
             let state = self.state.borrow();
             if !state.endpoints.contains_key(id) {
-                return Err(EngineError::NotFound(format!("endpoint {id} not found")));
+                return Err(endpoint_not_found(id));
             }
             state.failed_events(id)
         };
@@ -284,14 +280,7 @@ impl Shard {
         }
         let directory = self.wal.directory().to_path_buf();
         let lsns: Vec<u64> = events.iter().map(|(_, lsn)| *lsn).collect();
-        let (sender, receiver) = futures_channel::oneshot::channel();
-        std::thread::Builder::new()
-            .name("kapsel-reload".into())
-            .spawn(move || {
-                let _ = sender.send(kapsel_wal::audit::read_records(&directory, &lsns));
-            })
-            .map_err(|error| EngineError::Unavailable(format!("cannot start a reader thread: {error}")))?;
-        let records = receiver.await.map_err(|_| EngineError::Unavailable("the reader thread stopped".into()))?;
+        let records = off_shard("kapsel-reload", move || kapsel_wal::audit::read_records(&directory, &lsns)).await?;
         let records = records.map_err(|error| EngineError::Storage(error.to_string()))?;
         let mut state = self.state.borrow_mut();
         for (_, kind, body) in records {
@@ -307,21 +296,11 @@ impl Shard {
     pub async fn prove_event(&self, event_id: EventId) -> Result<Value, EngineError> {
         let lsn = {
             let state = self.state.borrow();
-            let summary = state
-                .events
-                .get(&event_id)
-                .ok_or_else(|| EngineError::NotFound(format!("event {event_id} not found")))?;
+            let summary = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
             summary.lsn
         };
         let directory = self.wal.directory().to_path_buf();
-        let (sender, receiver) = futures_channel::oneshot::channel();
-        std::thread::Builder::new()
-            .name("kapsel-proof".into())
-            .spawn(move || {
-                let _ = sender.send(kapsel_wal::audit::prove(&directory, lsn));
-            })
-            .map_err(|error| EngineError::Unavailable(format!("cannot start a proof thread: {error}")))?;
-        let proof = receiver.await.map_err(|_| EngineError::Unavailable("the proof thread stopped".into()))?;
+        let proof = off_shard("kapsel-proof", move || kapsel_wal::audit::prove(&directory, lsn)).await?;
         match proof {
             Ok(proof) => Ok(crate::audit::proof_json(event_id, self.index, &proof)),
             Err(kapsel_wal::WalError::NotSealed { .. }) => Err(EngineError::NotFound(format!(
@@ -334,8 +313,28 @@ impl Shard {
     /// An event's state.
     pub fn get_event(&self, event_id: EventId) -> Result<Value, EngineError> {
         let state = self.state.borrow();
-        let summary =
-            state.events.get(&event_id).ok_or_else(|| EngineError::NotFound(format!("event {event_id} not found")))?;
+        let summary = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
         Ok(event_json(event_id, summary))
     }
+}
+
+fn endpoint_not_found(id: &str) -> EngineError {
+    EngineError::NotFound(format!("endpoint {id} not found"))
+}
+
+fn event_not_found(event_id: EventId) -> EngineError {
+    EngineError::NotFound(format!("event {event_id} not found"))
+}
+
+/// Runs blocking work (reading whole segments) on a short-lived helper thread and awaits its
+/// result, so the shard keeps serving meanwhile.
+async fn off_shard<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, EngineError> {
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = sender.send(work());
+        })
+        .map_err(|error| EngineError::Unavailable(format!("cannot start a helper thread: {error}")))?;
+    receiver.await.map_err(|_| EngineError::Unavailable("a helper thread stopped".into()))
 }
