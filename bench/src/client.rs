@@ -12,6 +12,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::limits;
+use crate::payload::{unix_micros_now, SendTimeStamp};
 
 /// Why a request did not get a 2xx answer. Ordered so that tallies print stably.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,6 +127,8 @@ pub struct Connection {
     buffer: Vec<u8>,
     /// The last response's body within `buffer`.
     last_body: std::ops::Range<usize>,
+    /// Where each send writes the current time into `request`, if anywhere.
+    stamp: Option<SendTimeStamp>,
 }
 
 impl Connection {
@@ -148,7 +151,16 @@ impl Connection {
             request: request.to_vec(),
             buffer: Vec::with_capacity(limits::READ_CHUNK_BYTES),
             last_body: 0..0,
+            stamp: None,
         })
+    }
+
+    /// The same connection, writing the current time into the request at `stamp` before
+    /// every send (the delivery bench's ingest-to-delivery latency).
+    #[must_use]
+    pub fn stamping(mut self, stamp: Option<SendTimeStamp>) -> Self {
+        self.stamp = stamp;
+        self
     }
 
     /// Sends the request and reads the whole response. Not cancel-safe: a connection whose
@@ -160,6 +172,9 @@ impl Connection {
     pub async fn exchange(&mut self) -> Result<Reply, Failure> {
         self.buffer.drain(..self.last_body.end.min(self.buffer.len()));
         self.last_body = 0..0;
+        if let Some(stamp) = self.stamp {
+            stamp.write(&mut self.request, unix_micros_now());
+        }
         let (written, request) = self.stream.write_all(std::mem::take(&mut self.request)).await;
         self.request = request;
         written.map_err(|_| Failure::Io)?;

@@ -2,7 +2,7 @@
 //! response arrived, for a fixed time after a warm-up. Throughput is what the server sustains
 //! with N requests outstanding; latency is service time (send to last byte received).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use monoio::time::Instant;
 use crate::client::{Connection, Failure};
 use crate::limits;
 use crate::machine::{CpuMeter, CpuUsage};
+use crate::payload::SendTimeStamp;
 use crate::stats::{Failures, Latencies};
 
 /// A closed loop to run.
@@ -23,6 +24,8 @@ pub struct ClosedLoop {
     pub warm_up: Duration,
     /// The measured period.
     pub measure: Duration,
+    /// Where each request gets its send time written, if anywhere.
+    pub stamp: Option<SendTimeStamp>,
 }
 
 /// What a closed loop measured.
@@ -34,6 +37,8 @@ pub struct ClosedOutcome {
     pub elapsed: Duration,
     /// 2xx responses completed within the measured period.
     pub successes: u64,
+    /// 2xx responses over the whole run, warm-up and tail included: what the server accepted.
+    pub accepted_total: u64,
     /// Their latencies.
     pub latencies: Latencies,
     /// Requests sent in the measured period that failed.
@@ -61,10 +66,12 @@ struct Recorder {
     window: Window,
     latencies: RefCell<Latencies>,
     failures: RefCell<Failures>,
+    accepted_total: Cell<u64>,
 }
 
 impl Recorder {
     fn success(&self, sent: Instant, done: Instant) {
+        self.accepted_total.set(self.accepted_total.get() + 1);
         if sent >= self.window.measure_start && done <= self.window.end {
             self.latencies.borrow_mut().record(done - sent);
         }
@@ -103,11 +110,12 @@ pub async fn run(
         window,
         latencies: RefCell::new(Latencies::new()?),
         failures: RefCell::new(Failures::default()),
+        accepted_total: Cell::new(0),
     });
     let requests: Vec<Rc<[u8]>> = requests.iter().map(|request| Rc::from(request.as_slice())).collect();
     let workers: Vec<_> = (0..plan.connections)
         .filter_map(|index| requests.get(index % requests.len().max(1)))
-        .map(|request| monoio::spawn(worker(address, Rc::clone(request), Rc::clone(&recorder))))
+        .map(|request| monoio::spawn(worker(address, Rc::clone(request), plan.stamp, Rc::clone(&recorder))))
         .collect();
     monoio::time::sleep_until(measure_start).await;
     let cpu_before = meter.sample();
@@ -122,6 +130,7 @@ pub async fn run(
         plan,
         elapsed: end - measure_start,
         successes: latencies.count(),
+        accepted_total: recorder.accepted_total.get(),
         latencies,
         failures,
         // Sampled when the sleeps woke, within a millisecond or two of the period's bounds.
@@ -130,14 +139,14 @@ pub async fn run(
 }
 
 /// One connection's loop: send, wait, record, again, until the end of the measured period.
-async fn worker(address: SocketAddr, request: Rc<[u8]>, recorder: Rc<Recorder>) {
+async fn worker(address: SocketAddr, request: Rc<[u8]>, stamp: Option<SendTimeStamp>, recorder: Rc<Recorder>) {
     let window = recorder.window;
     let mut connection: Option<Connection> = None;
     while Instant::now() < window.end {
         if connection.is_none() {
             let attempt = Instant::now();
             match Connection::open(address, &request).await {
-                Ok(opened) => connection = Some(opened),
+                Ok(opened) => connection = Some(opened.stamping(stamp)),
                 Err(failure) => {
                     recorder.failure(attempt, failure);
                     monoio::time::sleep(Duration::from_millis(limits::RECONNECT_BACKOFF_MS)).await;

@@ -1,6 +1,6 @@
-//! Kapsel's ingest load test, and the two reference servers it is measured against.
+//! Kapsel's load tests: ingest against two reference servers, and delivery end to end.
 //!
-//! `cargo bench -p kapsel-bench` runs `benches/ingest.rs`, which calls [`suite::main`]: it builds
+//! `cargo bench -p kapsel-bench` runs both. `benches/ingest.rs` calls [`suite::main`]: it builds
 //! the release binaries, then for every scenario spawns a fresh server process on loopback and
 //! drives it from one monoio thread with the client in this crate:
 //!
@@ -15,10 +15,16 @@
 //! `reference-noop` (parse, answer 202) and `reference-durable` (parse, append to a per-thread
 //! file, answer 202 once a group-commit fdatasync covers the body).
 //!
+//! `benches/delivery.rs` calls [`delivery::main`]: Kapsel delivering to the [`sink`] (a
+//! receiver on the same stack that answers 200 at once and records ingest-to-delivery latency
+//! from the send time stamped into each body), under a closed loop and fixed-rate open loops.
+//! Both benches share their set-up ([`setup`]), client, loops and CPU meters.
+//!
 //! The write-ahead log's own micro-benchmark lives in `wal/benches/`.
 
 pub mod client;
 pub mod closed;
+pub mod delivery;
 pub mod limits;
 pub mod machine;
 pub mod open;
@@ -27,5 +33,7 @@ pub mod process;
 pub mod reference;
 pub mod report;
 pub mod runtime;
+pub mod setup;
+pub mod sink;
 pub mod stats;
 pub mod suite;

@@ -36,6 +36,28 @@ pub const ROUNDS_MAX: usize = 100;
 /// connection at most is useful.
 pub const ENDPOINTS_MAX: usize = 256;
 
+/// Delivery bench: endpoints the ingest is spread over (`bench-0`…`bench-3`, connection *i*
+/// → endpoint *i* mod 4). With the default 2 shards each owns two of them (FNV-1a puts
+/// `bench-0` and `bench-2` on shard 0, `bench-1` and `bench-3` on shard 1).
+pub const DELIVERY_ENDPOINTS: usize = 4;
+
+/// Delivery bench: connections of its closed loop.
+pub const DELIVERY_CLOSED_LOOP_CONNECTIONS: usize = 64;
+
+/// Delivery bench: ingest rates of its open loops, requests per second.
+pub const DELIVERY_OPEN_LOOP_RATES_PER_S: [u64; 2] = [10_000, 20_000];
+
+/// Delivery bench: after the load stops, how long the sink may take to receive every event
+/// Kapsel accepted; what is missing then is reported as undelivered.
+pub const DELIVERY_DRAIN_MS_MAX: u64 = 60_000;
+
+/// Delivery bench: how long the first events (one per endpoint, before the loop) may take to
+/// arrive at the sink; past it the scenario fails, as delivery does not work at all.
+pub const DELIVERY_FIRST_MS_MAX: u64 = 10_000;
+
+/// Delivery bench: pause between two polls of the sink's `GET /stats` while draining.
+pub const SINK_POLL_MS: u64 = 50;
+
 /// Time to open one TCP connection.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
@@ -79,4 +101,5 @@ pub const GROUP_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 const _: () = assert!(RESPONSE_HEAD_BYTES_MAX >= READ_CHUNK_BYTES / 4);
 const _: () = assert!(REQUEST_TIMEOUT_MS <= DRAIN_GRACE_MS);
+const _: () = assert!(SINK_POLL_MS < DELIVERY_FIRST_MS_MAX && DELIVERY_FIRST_MS_MAX <= DELIVERY_DRAIN_MS_MAX);
 const _: () = assert!(GROUP_PENDING_BYTES_MAX > 4 * PAYLOAD_BYTES);

@@ -17,6 +17,7 @@ use monoio::time::Instant;
 use crate::client::{Connection, Failure};
 use crate::limits;
 use crate::machine::{CpuMeter, CpuUsage};
+use crate::payload::SendTimeStamp;
 use crate::stats::{Failures, Latencies};
 
 /// An open loop to run.
@@ -30,6 +31,8 @@ pub struct OpenLoop {
     pub warm_up: Duration,
     /// The measured period.
     pub measure: Duration,
+    /// Where each request gets its send time written, if anywhere.
+    pub stamp: Option<SendTimeStamp>,
 }
 
 /// What an open loop measured, over the requests scheduled in the measured period.
@@ -41,6 +44,8 @@ pub struct OpenOutcome {
     pub scheduled: u64,
     /// Of those, answered 2xx.
     pub successes: u64,
+    /// 2xx responses over the whole run, warm-up included: what the server accepted.
+    pub accepted_total: u64,
     /// Time from the start of the measured period to the last of its responses, at least the
     /// period itself.
     pub elapsed: Duration,
@@ -159,10 +164,12 @@ struct Shared {
     send_lag: RefCell<Latencies>,
     failures: RefCell<Failures>,
     last_done: Cell<Option<Instant>>,
+    accepted_total: Cell<u64>,
 }
 
 impl Shared {
     fn success(&self, due: Due, sent: Instant, done: Instant) {
+        self.accepted_total.set(self.accepted_total.get() + 1);
         if due.measured {
             self.latencies.borrow_mut().record(done - due.intended);
             self.send_lag.borrow_mut().record(sent.saturating_duration_since(due.intended));
@@ -208,11 +215,12 @@ pub async fn run(
         send_lag: RefCell::new(Latencies::new()?),
         failures: RefCell::new(Failures::default()),
         last_done: Cell::new(None),
+        accepted_total: Cell::new(0),
     });
     let requests: Vec<Rc<[u8]>> = requests.iter().map(|request| Rc::from(request.as_slice())).collect();
     let workers: Vec<_> = (0..plan.connections)
         .filter_map(|index| requests.get(index % requests.len().max(1)))
-        .map(|request| monoio::spawn(worker(address, Rc::clone(request), Rc::clone(&shared))))
+        .map(|request| monoio::spawn(worker(address, Rc::clone(request), plan.stamp, Rc::clone(&shared))))
         .collect();
     let cpu = monoio::spawn(async move {
         monoio::time::sleep_until(measure_start).await;
@@ -233,6 +241,7 @@ pub async fn run(
         plan,
         scheduled: total - measured_from,
         successes: latencies.count(),
+        accepted_total: shared.accepted_total.get(),
         elapsed: last_done - measure_start,
         latencies,
         send_lag,
@@ -254,7 +263,7 @@ async fn dispatch(shared: &Shared) {
 }
 
 /// One connection: takes the next due request, sends it, records it, until the queue closes.
-async fn worker(address: SocketAddr, request: Rc<[u8]>, shared: Rc<Shared>) {
+async fn worker(address: SocketAddr, request: Rc<[u8]>, stamp: Option<SendTimeStamp>, shared: Rc<Shared>) {
     let mut connection: Option<Connection> = None;
     while let Some(due) = shared.queue.next().await {
         if Instant::now() >= shared.hard_stop {
@@ -263,7 +272,7 @@ async fn worker(address: SocketAddr, request: Rc<[u8]>, shared: Rc<Shared>) {
         }
         if connection.is_none() {
             match monoio::time::timeout_at(shared.hard_stop, Connection::open(address, &request)).await {
-                Ok(Ok(opened)) => connection = Some(opened),
+                Ok(Ok(opened)) => connection = Some(opened.stamping(stamp)),
                 Ok(Err(failure)) => {
                     shared.failure(due, failure);
                     monoio::time::sleep(Duration::from_millis(limits::RECONNECT_BACKOFF_MS)).await;

@@ -9,7 +9,8 @@
 //!
 //! They read the same variables as Kapsel: `SERVER_ADDR`, `KAPSEL_SHARDS` (threads),
 //! `KAPSEL_DATA_DIR` and `KAPSEL_IO_DRIVER`, and print `<name> listening on http://ADDR` as
-//! their first line of standard output once every thread listens.
+//! their first line of standard output once every thread listens. [`run`] also runs the
+//! delivery bench's sink (`crate::sink`), on one thread.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -122,9 +123,13 @@ where
     Err("every thread ended".into())
 }
 
-/// A thread name that fits Linux's 15 bytes with its index: `ref-noop-0`, `ref-durable-1`.
+/// A thread name that fits Linux's 15 bytes with its index: `ref-noop-0`, `ref-durable-1`,
+/// `sink-0`.
 fn short_name(name: &str) -> String {
-    format!("ref-{}", name.strip_prefix("reference-").unwrap_or(name))
+    match name.strip_prefix("reference-") {
+        Some(kind) => format!("ref-{kind}"),
+        None => name.to_string(),
+    }
 }
 
 /// Parse (the stack does it) and answer 202.

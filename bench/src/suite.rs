@@ -3,18 +3,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::client::Connection;
 use crate::closed::{self, ClosedLoop, ClosedOutcome};
 use crate::limits;
-use crate::machine::{self, CpuMeter, Facts};
+use crate::machine::{self, CpuMeter, CpuUsage, Facts};
 use crate::open::{self, OpenLoop, OpenOutcome};
-use crate::payload::{ingest_request, json_body, request};
+use crate::payload::{ingest_request, json_body};
 use crate::process::ServerProcess;
 use crate::report;
 use crate::runtime::{block_on, Driver};
+use crate::setup::{self, Paths, DESTINATIONS_ALLOWED};
+use crate::stats::{Failures, Latencies};
 
 /// The endpoint every ingest goes to (with `KAPSEL_BENCH_ENDPOINTS` > 1: `bench-0`, …).
 const ENDPOINT: &str = "bench";
@@ -23,9 +24,6 @@ const ENDPOINT: &str = "bench";
 /// measures ingest alone (accept, make durable, answer); events wait in their queue as they do
 /// for a disabled endpoint. Delivery throughput has its own benchmark.
 const ENDPOINT_BODY: &str = r#"{"url":"http://127.0.0.1:9/bench","enabled":false}"#;
-
-/// `KAPSEL_ALLOW_DESTINATIONS` for that destination.
-const ENDPOINT_DESTINATION_ALLOWED: &str = "127.0.0.1/32";
 
 /// The servers under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,33 +49,63 @@ impl Server {
 
 /// One scenario: a loop to run against one fresh server.
 #[derive(Clone, Copy, Debug)]
-enum Plan {
+pub(crate) enum Plan {
     Closed(ClosedLoop),
     Open(OpenLoop),
 }
 
 impl Plan {
     /// `closed-64`, `open-10000`: in log names and for `KAPSEL_BENCH_ONLY`.
-    fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             Self::Closed(closed) => format!("closed-{}", closed.connections),
             Self::Open(open) => format!("open-{}", open.rate_per_s),
         }
     }
+
+    /// Runs the loop against `address`, connection `i` sending `requests[i % requests.len()]`.
+    pub(crate) async fn run(
+        self,
+        address: SocketAddr,
+        requests: &[Vec<u8>],
+        meter: CpuMeter,
+    ) -> Result<Outcome, String> {
+        match self {
+            Self::Closed(plan) => closed::run(address, requests, plan, meter).await.map(Outcome::Closed),
+            Self::Open(plan) => open::run(address, requests, plan, meter).await.map(Outcome::Open),
+        }
+    }
 }
 
-enum Outcome {
+/// What a [`Plan`] measured.
+pub(crate) enum Outcome {
     Closed(ClosedOutcome),
     Open(OpenOutcome),
 }
 
+impl Outcome {
+    /// 2xx answers per second (open loop: until its last answer), their latencies, the
+    /// failures, and CPU use over the measured period.
+    pub(crate) fn summary(&self) -> (f64, &Latencies, &Failures, &CpuUsage) {
+        match self {
+            Self::Closed(closed) => (closed.throughput_per_s(), &closed.latencies, &closed.failures, &closed.cpu),
+            Self::Open(open) => (open.achieved_per_s(), &open.latencies, &open.failures, &open.cpu),
+        }
+    }
+
+    /// 2xx answers over the whole run, warm-up and tail included.
+    pub(crate) fn accepted_total(&self) -> u64 {
+        match self {
+            Self::Closed(closed) => closed.accepted_total,
+            Self::Open(open) => open.accepted_total,
+        }
+    }
+}
+
 /// Where things are and how long to run.
 struct Suite {
-    workspace: PathBuf,
-    target_directory: PathBuf,
-    binaries: PathBuf,
+    paths: Paths,
     data_directory: PathBuf,
-    log_directory: PathBuf,
     shards: usize,
     driver: Driver,
     warm_up: Duration,
@@ -112,9 +140,9 @@ pub fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let suite = Suite::from_env()?;
     suite.print_header();
-    suite.build_binaries()?;
-    std::fs::create_dir_all(&suite.log_directory)
-        .map_err(|error| format!("creating {}: {error}", suite.log_directory.display()))?;
+    let servers = [Server::Kapsel, Server::Noop, Server::Durable].map(Server::name);
+    setup::build_binaries(&suite.paths, suite.skip_build, &servers)?;
+    setup::fresh_data_directory(&suite.paths, &suite.data_directory)?;
     let mut closed_results: Vec<(Server, ClosedOutcome)> = Vec::new();
     let mut open_results: Vec<(Server, OpenOutcome)> = Vec::new();
     println!(
@@ -131,10 +159,7 @@ fn run() -> Result<(), String> {
                     continue;
                 }
                 let outcome = suite.scenario(server, plan)?;
-                let (throughput, latencies, failures) = match &outcome {
-                    Outcome::Closed(closed) => (closed.throughput_per_s(), &closed.latencies, &closed.failures),
-                    Outcome::Open(open) => (open.achieved_per_s(), &open.latencies, &open.failures),
-                };
+                let (throughput, latencies, failures, _) = outcome.summary();
                 println!(
                     "  round {round}: {:<18} {:<11} {throughput:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {failures}",
                     server.name(),
@@ -176,64 +201,52 @@ fn medians<T>(results: &[(Server, T)], scenario: impl Fn(&T) -> usize, key: impl
 
 impl Suite {
     fn from_env() -> Result<Self, String> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or("kapsel-bench is not inside a workspace")?
-            .to_path_buf();
-        let target_directory = target_directory(&workspace);
-        let measure_seconds =
-            number_from_env("KAPSEL_BENCH_SECONDS", limits::MEASURE_SECONDS_DEFAULT, limits::MEASURE_SECONDS_MAX)?;
-        let shards = number_from_env("KAPSEL_BENCH_SHARDS", limits::SERVER_SHARDS_DEFAULT, limits::SERVER_SHARDS_MAX)?;
-        let endpoint_count = number_from_env("KAPSEL_BENCH_ENDPOINTS", 1, limits::ENDPOINTS_MAX)?;
+        let paths = Paths::from_env()?;
+        let measure_seconds = setup::number_from_env(
+            "KAPSEL_BENCH_SECONDS",
+            limits::MEASURE_SECONDS_DEFAULT,
+            limits::MEASURE_SECONDS_MAX,
+        )?;
+        let shards =
+            setup::number_from_env("KAPSEL_BENCH_SHARDS", limits::SERVER_SHARDS_DEFAULT, limits::SERVER_SHARDS_MAX)?;
+        let endpoint_count = setup::number_from_env("KAPSEL_BENCH_ENDPOINTS", 1, limits::ENDPOINTS_MAX)?;
         let endpoints = if endpoint_count == 1 {
             vec![ENDPOINT.to_string()]
         } else {
             (0..endpoint_count).map(|index| format!("{ENDPOINT}-{index}")).collect()
         };
-        let bench_directory = target_directory.join("kapsel-bench");
         Ok(Self {
-            workspace,
-            binaries: target_directory.join("release"),
-            data_directory: bench_directory.join("data"),
-            log_directory: bench_directory.join("logs"),
-            target_directory,
+            data_directory: paths.bench_directory("data"),
+            paths,
             shards,
             driver: Driver::from_env()?,
             warm_up: Duration::from_millis(limits::WARM_UP_MS),
             measure: Duration::from_secs(measure_seconds as u64),
             endpoints,
-            rounds: number_from_env("KAPSEL_BENCH_ROUNDS", 1, limits::ROUNDS_MAX)?,
-            skip_build: std::env::var("KAPSEL_BENCH_SKIP_BUILD").is_ok_and(|value| !value.is_empty() && value != "0"),
-            only: std::env::var("KAPSEL_BENCH_ONLY")
-                .unwrap_or_default()
-                .split(',')
-                .map(|word| word.trim().to_string())
-                .filter(|word| !word.is_empty())
-                .collect(),
+            rounds: setup::number_from_env("KAPSEL_BENCH_ROUNDS", 1, limits::ROUNDS_MAX)?,
+            skip_build: setup::flag_from_env("KAPSEL_BENCH_SKIP_BUILD"),
+            only: setup::words_from_env("KAPSEL_BENCH_ONLY"),
             admin_token: format!("kapsel-bench-{}", std::process::id()),
         })
     }
 
     fn print_header(&self) {
         let facts = Facts::read();
-        let mut variables = Vec::new();
-        for name in [
-            "CARGO_TARGET_DIR",
-            "KAPSEL_BENCH_SECONDS",
-            "KAPSEL_BENCH_SHARDS",
-            "KAPSEL_BENCH_ENDPOINTS",
-            "KAPSEL_BENCH_ROUNDS",
-            "KAPSEL_BENCH_ONLY",
-            "KAPSEL_BENCH_SKIP_BUILD",
-            "KAPSEL_IO_DRIVER",
-        ] {
-            if let Ok(value) = std::env::var(name) {
-                variables.push(format!("{name}={value}"));
-            }
-        }
-        variables.push("cargo bench -p kapsel-bench".into());
+        let command = setup::command_line(
+            &[
+                "CARGO_TARGET_DIR",
+                "KAPSEL_BENCH_SECONDS",
+                "KAPSEL_BENCH_SHARDS",
+                "KAPSEL_BENCH_ENDPOINTS",
+                "KAPSEL_BENCH_ROUNDS",
+                "KAPSEL_BENCH_ONLY",
+                "KAPSEL_BENCH_SKIP_BUILD",
+                "KAPSEL_IO_DRIVER",
+            ],
+            "cargo bench -p kapsel-bench",
+        );
         println!("Kapsel ingest load test");
-        println!("  command:  {}", variables.join(" "));
+        println!("  command:  {command}");
         println!("  bench:    {}", std::env::args().collect::<Vec<_>>().join(" "));
         println!(
             "  machine:  {} cores ({}), Linux {}, load average {}",
@@ -254,52 +267,8 @@ impl Suite {
             limits::PAYLOAD_BYTES
         );
         println!(
-            "  kapsel:   endpoint(s) {ENDPOINT_BODY} (nothing listens there), KAPSEL_ALLOW_DESTINATIONS={ENDPOINT_DESTINATION_ALLOWED}"
+            "  kapsel:   endpoint(s) {ENDPOINT_BODY} (nothing listens there), KAPSEL_ALLOW_DESTINATIONS={DESTINATIONS_ALLOWED}"
         );
-    }
-
-    /// Builds the release binaries the suite spawns, into the target directory this bench
-    /// runs from.
-    fn build_binaries(&self) -> Result<(), String> {
-        let builds: [&[&str]; 2] = [
-            &["build", "--release", "-p", "kapsel", "--bin", "kapsel"],
-            &["build", "--release", "-p", "kapsel-bench", "--bins"],
-        ];
-        for arguments in builds {
-            if self.skip_build {
-                println!("  NOT building (KAPSEL_BENCH_SKIP_BUILD): cargo {}", arguments.join(" "));
-                continue;
-            }
-            println!("  building: cargo {}", arguments.join(" "));
-            let status = Command::new(env!("CARGO"))
-                .args(arguments)
-                .arg("--target-dir")
-                .arg(&self.target_directory)
-                .current_dir(&self.workspace)
-                .status()
-                .map_err(|error| format!("running cargo: {error}"))?;
-            if !status.success() {
-                return Err(format!("cargo {} failed ({status})", arguments.join(" ")));
-            }
-        }
-        for server in [Server::Kapsel, Server::Noop, Server::Durable] {
-            let binary = self.binaries.join(server.name());
-            let modified = std::fs::metadata(&binary)
-                .and_then(|metadata| metadata.modified())
-                .map_err(|error| format!("{}: {error}", binary.display()))?;
-            let age = modified.elapsed().unwrap_or_default();
-            println!("  binary:   {} (built {} s ago)", binary.display(), age.as_secs());
-        }
-        // A data directory on tmpfs would make every fdatasync free and the comparison moot.
-        let (kind, device) = machine::filesystem_of(&self.target_directory);
-        println!("  data:     {} ({kind} on {device})", self.data_directory.display());
-        if kind == "tmpfs" || kind == "ramfs" {
-            println!("  WARNING:  the data directory is on {kind}: fdatasync costs nothing there; set CARGO_TARGET_DIR to a real disk");
-        }
-        // Left over by an interrupted run: every scenario's directory is deleted when it ends.
-        let _ = std::fs::remove_dir_all(&self.data_directory);
-        std::fs::create_dir_all(&self.data_directory)
-            .map_err(|error| format!("creating {}: {error}", self.data_directory.display()))
     }
 
     /// Every loop, in the order they run: the closed loops by connection count, then the open
@@ -307,13 +276,16 @@ impl Suite {
     fn plans(&self) -> Vec<Plan> {
         let mut plans: Vec<Plan> = limits::CLOSED_LOOP_CONNECTIONS
             .into_iter()
-            .map(|connections| Plan::Closed(ClosedLoop { connections, warm_up: self.warm_up, measure: self.measure }))
+            .map(|connections| {
+                Plan::Closed(ClosedLoop { connections, warm_up: self.warm_up, measure: self.measure, stamp: None })
+            })
             .collect();
         plans.push(Plan::Open(OpenLoop {
             rate_per_s: limits::OPEN_LOOP_RATE_PER_S,
             connections: limits::OPEN_LOOP_CONNECTIONS,
             warm_up: self.warm_up,
             measure: self.measure,
+            stamp: None,
         }));
         plans
     }
@@ -325,18 +297,10 @@ impl Suite {
     }
 
     fn variables(&self, server: Server, data_directory: &Path) -> Vec<(&'static str, String)> {
-        let mut variables = vec![
-            ("SERVER_ADDR", "127.0.0.1:0".to_string()),
-            ("KAPSEL_SHARDS", self.shards.to_string()),
-            ("KAPSEL_DATA_DIR", data_directory.display().to_string()),
-            ("KAPSEL_IO_DRIVER", self.driver.name().to_string()),
-        ];
-        if server == Server::Kapsel {
-            variables.push(("KAPSEL_ADMIN_TOKEN", self.admin_token.clone()));
-            // The endpoints' destination is on loopback, which Kapsel refuses by default.
-            variables.push(("KAPSEL_ALLOW_DESTINATIONS", ENDPOINT_DESTINATION_ALLOWED.to_string()));
+        match server {
+            Server::Kapsel => setup::kapsel_variables(self.shards, self.driver, data_directory, &self.admin_token),
+            Server::Noop | Server::Durable => setup::server_variables(self.shards, self.driver, data_directory),
         }
-        variables
     }
 
     /// Spawns `server` with a fresh data directory, readies it, runs `plan`, kills it.
@@ -345,115 +309,28 @@ impl Suite {
             .prefix(&format!("{}-", server.name()))
             .tempdir_in(&self.data_directory)
             .map_err(|error| format!("creating a data directory in {}: {error}", self.data_directory.display()))?;
-        let log = self.log_directory.join(format!("{}-{}.log", server.name(), plan.label()));
-        let program = self.binaries.join(server.name());
+        let log = self.paths.log_directory.join(format!("{}-{}.log", server.name(), plan.label()));
+        let program = self.paths.binaries.join(server.name());
         let mut process = ServerProcess::spawn(server.name(), &program, &self.variables(server, data.path()), &log)?;
         let (address, meter) = (process.address(), CpuMeter::new(process.pid()));
         let body = json_body(limits::PAYLOAD_BYTES)?;
         let requests: Vec<Vec<u8>> =
             self.endpoints.iter().map(|endpoint| ingest_request(address, endpoint, &body)).collect();
         let outcome = block_on(self.driver, async {
-            wait_until_ready(address).await?;
+            setup::wait_until_ready(address).await?;
             for (endpoint, ingest) in self.endpoints.iter().zip(&requests) {
                 if server == Server::Kapsel {
-                    create_endpoint(address, &self.admin_token, endpoint).await?;
+                    setup::create_endpoint(address, &self.admin_token, endpoint, ENDPOINT_BODY).await?;
                 }
-                check_ingest(address, endpoint, ingest).await?;
+                setup::check_ingest(address, endpoint, ingest).await?;
             }
-            match plan {
-                Plan::Closed(plan) => closed::run(address, &requests, plan, meter).await.map(Outcome::Closed),
-                Plan::Open(plan) => open::run(address, &requests, plan, meter).await.map(Outcome::Open),
-            }
+            plan.run(address, &requests, meter).await
         })?
         .map_err(|error| process.failure(&error))?;
         process.check_running()?;
         drop(process);
         drop(data);
         Ok(outcome)
-    }
-}
-
-/// A whole number from the environment variable `name`, from 1 to `max`; `default` when
-/// unset or empty.
-fn number_from_env(name: &str, default: usize, max: usize) -> Result<usize, String> {
-    match std::env::var(name).ok().filter(|value| !value.is_empty()) {
-        Some(text) => match text.trim().parse::<usize>() {
-            Ok(number) if (1..=max).contains(&number) => Ok(number),
-            _ => Err(format!("{name}: `{text}` is not a number from 1 to {max}")),
-        },
-        None => Ok(default),
-    }
-}
-
-/// The target directory this bench was built into: the executable is
-/// `<target>/release/deps/ingest-<hash>`. Anything else (a copied binary) falls back to
-/// `CARGO_TARGET_DIR`, then `<workspace>/target`.
-fn target_directory(workspace: &Path) -> PathBuf {
-    let from_executable = std::env::current_exe().ok().and_then(|executable| {
-        let deps = executable.parent()?;
-        let profile = deps.parent()?;
-        (deps.file_name()? == "deps" && profile.file_name()? == "release")
-            .then(|| profile.parent().map(Path::to_path_buf))?
-    });
-    from_executable
-        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|directory| workspace.join(directory)))
-        .unwrap_or_else(|| workspace.join("target"))
-}
-
-/// One request on a new connection, within the request timeout: status and body.
-async fn one_request(address: SocketAddr, bytes: &[u8]) -> Result<(u16, String), String> {
-    let timeout = Duration::from_millis(limits::REQUEST_TIMEOUT_MS);
-    let exchange = async {
-        let mut connection = Connection::open(address, bytes).await?;
-        let reply = connection.exchange().await?;
-        Ok::<_, crate::client::Failure>((reply.status, String::from_utf8_lossy(connection.last_body()).into_owned()))
-    };
-    match monoio::time::timeout(timeout, exchange).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(failure)) => Err(format!("request to {address} failed: {failure}")),
-        Err(_) => Err(format!("request to {address} timed out")),
-    }
-}
-
-/// Polls `GET /readyz` until it answers 2xx (Kapsel: every shard recovered; the references
-/// answer everything with 202).
-async fn wait_until_ready(address: SocketAddr) -> Result<(), String> {
-    let deadline = monoio::time::Instant::now() + Duration::from_millis(limits::SERVER_START_TIMEOUT_MS);
-    let probe = request("GET", "/readyz", address, &[], None);
-    loop {
-        let last = match one_request(address, &probe).await {
-            Ok((status, _)) if (200..300).contains(&status) => return Ok(()),
-            Ok((status, body)) => format!("{status} {body}"),
-            Err(error) => error,
-        };
-        if monoio::time::Instant::now() >= deadline {
-            return Err(format!("not ready in time; last answer to GET /readyz: {last}"));
-        }
-        monoio::time::sleep(Duration::from_millis(limits::RECONNECT_BACKOFF_MS)).await;
-    }
-}
-
-/// `PUT /admin/endpoints/{endpoint}`.
-async fn create_endpoint(address: SocketAddr, token: &str, endpoint: &str) -> Result<(), String> {
-    let authorization = format!("Bearer {token}");
-    let put = request(
-        "PUT",
-        &format!("/admin/endpoints/{endpoint}"),
-        address,
-        &[("Authorization", &authorization)],
-        Some(ENDPOINT_BODY.as_bytes()),
-    );
-    match one_request(address, &put).await? {
-        (200 | 201, _) => Ok(()),
-        (status, body) => Err(format!("PUT /admin/endpoints/{endpoint} answered {status}: {body}")),
-    }
-}
-
-/// One ingest before the loop: it must be a 202, or the loop would measure errors.
-async fn check_ingest(address: SocketAddr, endpoint: &str, ingest: &[u8]) -> Result<(), String> {
-    match one_request(address, ingest).await? {
-        (202, _) => Ok(()),
-        (status, body) => Err(format!("POST /ingest/{endpoint} answered {status} instead of 202: {body}")),
     }
 }
 
