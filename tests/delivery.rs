@@ -337,3 +337,24 @@ fn payloads_beyond_the_memory_budget_are_read_back_from_the_log() {
         assert_eq!(delivery.body, body.as_bytes());
     }
 }
+
+// Rotating a secret must not break receivers still holding the old one: for the rotation window
+// both the new and the old secret sign every delivery.
+#[test]
+fn a_replaced_secret_keeps_signing_alongside_the_new_one() {
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    let old = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let new = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    create(&server, "rotating", &format!(r#"{{"url":"{}","secret":"{old}"}}"#, sink.url("/")));
+    create(&server, "rotating", &format!(r#"{{"url":"{}","secret":"{new}"}}"#, sink.url("/")));
+    let event_id = ingest(&server, "rotating", b"{}");
+    let received = sink.wait_for("the delivery", WAIT, |received| !received.is_empty());
+    let delivery = &received[0];
+    let (timestamp, signatures) =
+        (delivery.header("webhook-timestamp").unwrap(), delivery.header("webhook-signature").unwrap());
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    assert!(verify(new, &event_id, timestamp, &delivery.body, signatures));
+    assert!(verify(old, &event_id, timestamp, &delivery.body, signatures));
+}

@@ -19,7 +19,6 @@ use crate::ids::EventId;
 use crate::records::{Attempt, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
 use crate::retry::{self, Next};
 use crate::shard::Shard;
-use crate::signature::Secret;
 use crate::state::Start;
 
 /// Bytes of the response body kept with an attempt.
@@ -156,19 +155,12 @@ fn headers(shard: &Shard, start: &Start, timestamp_s: u64, random: u64) -> Optio
     let target = entry.target.clone()?;
     let event_id = start.event_id.to_string();
     let now = now_ms();
-    let mut signatures = Vec::with_capacity(2);
-    for secret in std::iter::once(entry.endpoint.secret.as_str()).chain(
-        entry
-            .endpoint
-            .previous_secret
-            .iter()
-            .filter(|(_, until_ms)| *until_ms > now)
-            .map(|(secret, _)| secret.as_str()),
-    ) {
-        if let Some(secret) = Secret::parse(secret) {
-            signatures.push(secret.sign(&event_id, timestamp_s, &start.payload.body));
-        }
-    }
+    let signatures: Vec<String> = entry
+        .signing
+        .iter()
+        .filter(|(_, until_ms)| *until_ms > now)
+        .map(|(secret, _)| secret.sign(&event_id, timestamp_s, &start.payload.body))
+        .collect();
     let headers = vec![
         ("webhook-id", event_id),
         ("webhook-timestamp", timestamp_s.to_string()),

@@ -140,6 +140,9 @@ pub struct EndpointEntry {
     pub breaker: Breaker,
     /// The parsed destination (`None` when the URL cannot be delivered to).
     pub target: Option<Rc<kapsel_http::Target>>,
+    /// Decoded signing secrets with the time each signs until: the current one, and the
+    /// replaced one during its rotation window.
+    pub signing: Vec<(Secret, u64)>,
 }
 
 /// Bounds and windows the state keeps.
@@ -258,8 +261,10 @@ impl ShardState {
         let ingest_secret = endpoint.ingest_secret.as_deref().and_then(Secret::parse);
         let bucket = endpoint.rate_limit_per_s.map(|rate| TokenBucket::new(rate, now_ms));
         let target = kapsel_http::Target::parse(&endpoint.url).ok().map(Rc::new);
+        let signing = signing_secrets(&endpoint);
         if let Some(entry) = self.endpoints.get_mut(endpoint.id.as_str()) {
             entry.target = target;
+            entry.signing = signing;
             entry.ingest_secret = ingest_secret;
             entry.bucket = bucket;
             entry.endpoint = endpoint;
@@ -280,6 +285,7 @@ impl ShardState {
             in_flight: 0,
             breaker,
             target,
+            signing,
         };
         self.endpoints.insert(id, entry);
     }
@@ -605,6 +611,15 @@ impl ShardState {
             }
         })
     }
+}
+
+fn signing_secrets(endpoint: &Endpoint) -> Vec<(Secret, u64)> {
+    let current = Secret::parse(&endpoint.secret).map(|secret| (secret, u64::MAX));
+    let previous = endpoint
+        .previous_secret
+        .as_ref()
+        .and_then(|(secret, until_ms)| Secret::parse(secret).map(|secret| (secret, *until_ms)));
+    current.into_iter().chain(previous).collect()
 }
 
 /// The admin JSON view of an event.
