@@ -88,17 +88,7 @@ impl Delivered {
 /// Entry point of `benches/delivery.rs`. Run under `cargo test` (no `--bench` argument) it
 /// only says so.
 pub fn main() -> ExitCode {
-    if !std::env::args().any(|argument| argument == "--bench") {
-        println!("kapsel-bench delivery: a load test; run it with `cargo bench -p kapsel-bench --bench delivery`");
-        return ExitCode::SUCCESS;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("kapsel-bench delivery: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    setup::bench_main("kapsel-bench delivery", "cargo bench -p kapsel-bench --bench delivery", run)
 }
 
 fn run() -> Result<(), String> {

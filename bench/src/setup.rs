@@ -76,6 +76,23 @@ fn target_directory(workspace: &Path) -> PathBuf {
 /// # Errors
 ///
 /// A value that is not such a number, naming the variable.
+/// The entry point of a load-test bench target: under `cargo test` (no `--bench` argument) it
+/// only prints `hint` (a load test has no place in a test run); under `cargo bench` it runs
+/// `run` and reports its error, if any, prefixed with `name`.
+pub fn bench_main(name: &str, hint: &str, run: impl FnOnce() -> Result<(), String>) -> std::process::ExitCode {
+    if !std::env::args().any(|argument| argument == "--bench") {
+        println!("{name}: a load test; run it with `{hint}`");
+        return std::process::ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn number_from_env(name: &str, default: usize, max: usize) -> Result<usize, String> {
     match std::env::var(name).ok().filter(|value| !value.is_empty()) {
         Some(text) => match text.trim().parse::<usize>() {

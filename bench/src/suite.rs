@@ -124,17 +124,7 @@ struct Suite {
 /// Entry point of `benches/ingest.rs`. Run under `cargo test` (no `--bench` argument) it
 /// only says so: a two-minute load test has no place in a test run.
 pub fn main() -> ExitCode {
-    if !std::env::args().any(|argument| argument == "--bench") {
-        println!("kapsel-bench ingest: a load test; run it with `cargo bench -p kapsel-bench`");
-        return ExitCode::SUCCESS;
-    }
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("kapsel-bench: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    setup::bench_main("kapsel-bench ingest", "cargo bench -p kapsel-bench --bench ingest", run)
 }
 
 fn run() -> Result<(), String> {

@@ -5,7 +5,8 @@
 //! own server where a well-behaved destination is enough.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::future::Future;
+mod common;
+
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
@@ -29,28 +30,7 @@ type TlsConfig = Arc<kapsel_http::rustls::ClientConfig>;
 /// The allow list that lets the client reach sinks on this machine.
 const ALLOW_LOOPBACK: &str = "127.0.0.0/8,::1/128";
 
-#[derive(Debug, Clone, Copy)]
-enum Driver {
-    Uring,
-    Legacy,
-}
-
-const DRIVERS: [Driver; 2] = [Driver::Uring, Driver::Legacy];
-
-fn block_on(driver: Driver, future: impl Future<Output = ()>) {
-    match driver {
-        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("io_uring runtime (io_uring must work on this machine)")
-            .block_on(future),
-        Driver::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("legacy runtime")
-            .block_on(future),
-    }
-}
+use common::{block_on, Driver, DRIVERS};
 
 /// A client allowing `allow_list`, with the webpki roots plus `tls` roots if given. Build it
 /// inside the runtime: its pooled connections must be dropped there.

@@ -4,7 +4,8 @@
 //! byte on the wire is the test's own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::future::Future;
+mod common;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
@@ -20,28 +21,7 @@ use kapsel_http::{
 /// How long a client waits for any answer before the test fails instead of hanging.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
-enum Driver {
-    Uring,
-    Legacy,
-}
-
-const DRIVERS: [Driver; 2] = [Driver::Uring, Driver::Legacy];
-
-fn block_on(driver: Driver, future: impl Future<Output = ()>) {
-    match driver {
-        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("io_uring runtime (io_uring must work on this machine)")
-            .block_on(future),
-        Driver::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("legacy runtime")
-            .block_on(future),
-    }
-}
+use common::{block_on, Driver, DRIVERS};
 
 /// Answers `METHOD path body-length` as text. `/refuse` is refused from its head (404), and
 /// `/shutdown-while-busy` triggers the server's shutdown, then takes 300 ms to answer.
