@@ -3,6 +3,7 @@
 //! gracefully or with SIGKILL.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod postgres;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
