@@ -18,6 +18,7 @@ pub mod error;
 pub mod idempotency;
 pub mod ids;
 pub mod inbox;
+pub mod index;
 pub mod limits;
 pub mod query;
 pub mod rate;

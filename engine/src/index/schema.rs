@@ -1,0 +1,88 @@
+//! Versioned schema migrations, applied at start in one transaction each and recorded in
+//! `kapsel_schema_migrations`, so a second start changes nothing. A migration, once released,
+//! is never edited: changes come as new versions.
+
+use tokio_postgres::Client;
+
+/// Migrations in order: (version, description, SQL).
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "endpoints, events, attempts, per-shard checkpoints",
+    r#"
+CREATE TABLE endpoints (
+    id             TEXT PRIMARY KEY,
+    url            TEXT NOT NULL,
+    enabled        BOOLEAN NOT NULL,
+    deleted        BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at     TIMESTAMPTZ NOT NULL,
+    updated_at     TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE events (
+    id               TEXT PRIMARY KEY,
+    shard            INTEGER NOT NULL,
+    lsn              BIGINT NOT NULL,
+    endpoint_id      TEXT NOT NULL,
+    idempotency_key  TEXT,
+    received_at      TIMESTAMPTZ NOT NULL,
+    status           TEXT NOT NULL,
+    attempt_count    INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  TIMESTAMPTZ,
+    delivered_at     TIMESTAMPTZ,
+    payload_bytes    INTEGER NOT NULL,
+    trace_id         TEXT
+);
+CREATE INDEX events_by_endpoint ON events (endpoint_id, id DESC);
+CREATE INDEX events_by_status ON events (status, id DESC);
+CREATE INDEX events_by_received_at ON events (received_at DESC);
+CREATE INDEX events_by_idempotency_key ON events (endpoint_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE attempts (
+    event_id       TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    n              INTEGER NOT NULL,
+    at             TIMESTAMPTZ NOT NULL,
+    status_code    INTEGER,
+    latency_ms     INTEGER NOT NULL,
+    error_code     TEXT,
+    PRIMARY KEY (event_id, n)
+);
+CREATE TABLE checkpoints (
+    shard          INTEGER PRIMARY KEY,
+    lsn            BIGINT NOT NULL,
+    updated_at     TIMESTAMPTZ NOT NULL
+);
+"#,
+)];
+
+/// Applies every migration not yet recorded; returns the versions applied now.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS kapsel_schema_migrations (
+                 version INTEGER PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let mut applied = Vec::new();
+    for (version, description, sql) in MIGRATIONS {
+        let transaction = client.transaction().await?;
+        // Serialises concurrent starts: the second waits, then sees the version recorded.
+        transaction.batch_execute("LOCK TABLE kapsel_schema_migrations IN EXCLUSIVE MODE").await?;
+        let done =
+            transaction.query_opt("SELECT 1 FROM kapsel_schema_migrations WHERE version = $1", &[version]).await?;
+        if done.is_some() {
+            transaction.rollback().await?;
+            continue;
+        }
+        transaction.batch_execute(sql).await?;
+        transaction
+            .execute(
+                "INSERT INTO kapsel_schema_migrations (version, description) VALUES ($1, $2)",
+                &[version, description],
+            )
+            .await?;
+        transaction.commit().await?;
+        applied.push(*version);
+    }
+    Ok(applied)
+}
