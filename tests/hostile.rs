@@ -81,18 +81,8 @@ impl Client {
                 return Err(std::io::Error::new(ErrorKind::UnexpectedEof, format!("closed after {received:?}")));
             }
         };
-        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok());
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
-            .collect();
-        let length: usize = headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(0);
+        let (status_line, headers, length) = common::parse_head(&self.buffer[..head_end]);
+        let status = status_line.split(' ').nth(1).and_then(|code| code.parse().ok());
         while self.buffer.len() < head_end + length {
             if self.fill()? == 0 {
                 return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed inside a response body"));

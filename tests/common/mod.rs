@@ -139,6 +139,24 @@ fn wait_exit(child: &mut Child) -> i32 {
     }
 }
 
+/// Splits a message head (request or status line, then fields) into its first line, its fields
+/// and its Content-Length (0 when absent).
+pub fn parse_head(head: &[u8]) -> (String, Vec<(String, String)>, usize) {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let start_line = lines.next().unwrap_or_default().to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    (start_line, headers, length)
+}
+
 /// A test PKI written to `directory`: (CA certificate, server certificate for localhost and
 /// 127.0.0.1, server key), PEM files.
 pub fn test_pki(directory: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -228,20 +246,8 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
         }
         buffer.extend_from_slice(&chunk[..read]);
     };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 =
-        lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| {
-            line.split_once(':').map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
-        })
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or(0);
+    let (start_line, headers, length) = parse_head(&buffer[..head_end]);
+    let status: u16 = start_line.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     let mut body = buffer[head_end..].to_vec();
     while body.len() < length {
         let read = stream.read(&mut chunk)?;

@@ -137,19 +137,8 @@ fn serve(mut stream: TcpStream, inner: &Inner) {
             }
             continue;
         };
-        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let path = lines.next().and_then(|line| line.split(' ').nth(1)).unwrap_or("/").to_string();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| {
-                line.split_once(':').map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
-            })
-            .collect();
-        let length: usize = headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(0);
+        let (request_line, headers, length) = super::parse_head(&buffer[..head_end]);
+        let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
         while buffer.len() < head_end + 4 + length {
             match stream.read(&mut chunk) {
                 Ok(0) => return,
