@@ -148,13 +148,7 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let result = thread.join();
-            if !thread::panicking() {
-                result.expect("sink accept thread");
-            }
-        }
+        common::stop_and_join(&self.stop, self.thread.take(), "sink accept thread");
     }
 }
 

@@ -90,13 +90,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let result = thread.join();
-            if !thread::panicking() {
-                result.expect("server thread");
-            }
-        }
+        common::stop_and_join(&self.stop, self.thread.take(), "server thread");
     }
 }
 

@@ -2,6 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
 /// A monoio driver to run a scenario on.
 #[derive(Debug, Clone, Copy)]
@@ -26,5 +28,17 @@ pub fn block_on(driver: Driver, future: impl Future<Output = ()>) {
             .build()
             .expect("legacy runtime")
             .block_on(future),
+    }
+}
+
+/// Stops a background thread of a test fixture: raises its stop flag and joins it, reporting
+/// its panic unless the test is already failing.
+pub fn stop_and_join(stop: &AtomicBool, thread: Option<JoinHandle<()>>, what: &str) {
+    stop.store(true, Ordering::Relaxed);
+    if let Some(thread) = thread {
+        let result = thread.join();
+        if !std::thread::panicking() {
+            result.unwrap_or_else(|_| panic!("{what} panicked"));
+        }
     }
 }
