@@ -29,6 +29,7 @@ pub mod merkle;
 mod recover;
 pub mod scan;
 pub mod seal;
+pub mod tail;
 mod writer;
 
 pub use error::WalError;

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -122,6 +123,8 @@ pub(crate) struct Shared {
     pub(crate) state: RefCell<State>,
     pub(crate) directory: PathBuf,
     pub(crate) counters: Arc<IoCounters>,
+    /// [`State::durable_lsn`], readable from other threads (the index tails the log up to it).
+    pub(crate) durable: Arc<AtomicU64>,
 }
 
 pub(crate) struct State {
@@ -260,6 +263,7 @@ impl Wal {
             state: RefCell::new(State::new(&recovered, &options)),
             directory: directory.clone(),
             counters: layer.counters(),
+            durable: Arc::new(AtomicU64::new(recovered.next_lsn.saturating_sub(1))),
         });
         let writer = Writer::new(layer, directory, &options, recovered)?;
         let flusher = monoio::spawn(writer.run(Rc::clone(&shared), options.batch_wait));
@@ -354,6 +358,12 @@ impl Wal {
     /// Highest LSN known durable.
     pub fn durable_lsn(&self) -> u64 {
         self.shared.state.borrow().durable_lsn
+    }
+
+    /// The highest durable LSN as an atomic that other threads may read: a reader of the log's
+    /// files (for example [`crate::tail::Reader`]) may rely on every record up to it.
+    pub fn durable_watermark(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.durable)
     }
 
     /// Number of group-commit batches written since open.

@@ -142,6 +142,7 @@ impl Writer {
             state.durable_lsn = last_lsn;
             state.batches += 1;
         }
+        shared.durable.store(last_lsn, std::sync::atomic::Ordering::Release);
         done.complete(Ok(()));
         // Merkle leaves: hashed here for io_uring, on the I/O thread (after it answered) otherwise.
         if let Some(buffer) = returned {
