@@ -10,6 +10,9 @@ use kapsel_engine::{limits, IoDriver};
 /// Default listen address.
 pub const SERVER_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 
+/// Default `DATABASE_MAX_CONNECTIONS`.
+pub const DATABASE_MAX_CONNECTIONS_DEFAULT: usize = 10;
+
 /// Server settings read from the environment.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -33,6 +36,8 @@ pub struct Settings {
     pub destinations: kapsel_http::DestinationPolicy,
     /// `KAPSEL_EXTRA_CA_FILE`.
     pub extra_ca_file: Option<PathBuf>,
+    /// `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
+    pub index: Option<kapsel_engine::index::IndexConfig>,
 }
 
 /// A configuration value that does not parse.
@@ -137,12 +142,31 @@ impl Settings {
                 "KAPSEL_PAYLOAD_MEMORY_BYTES",
                 limits::PAYLOAD_MEMORY_BYTES_DEFAULT,
             )?,
+            terminal_events_max: number(
+                lookup,
+                "KAPSEL_TERMINAL_EVENTS_IN_MEMORY",
+                limits::TERMINAL_EVENTS_IN_MEMORY_MAX,
+            )?
+            .max(1),
         };
         let admin_token = lookup("KAPSEL_ADMIN_TOKEN").filter(|value| !value.is_empty());
         let destinations =
             kapsel_http::DestinationPolicy::parse_allow_list(&lookup("KAPSEL_ALLOW_DESTINATIONS").unwrap_or_default())
                 .map_err(|message| error("KAPSEL_ALLOW_DESTINATIONS", message))?;
         let extra_ca_file = lookup("KAPSEL_EXTRA_CA_FILE").filter(|value| !value.is_empty()).map(PathBuf::from);
+        let max_connections = number(lookup, "DATABASE_MAX_CONNECTIONS", DATABASE_MAX_CONNECTIONS_DEFAULT)?;
+        if !(2..=1000).contains(&max_connections) {
+            return Err(error("DATABASE_MAX_CONNECTIONS", "must be 2 to 1000 (one writes, the others serve queries)"));
+        }
+        let index = match lookup("DATABASE_URL").filter(|value| !value.is_empty()) {
+            Some(url) => {
+                if !kapsel_engine::index::valid_url(&url) {
+                    return Err(error("DATABASE_URL", "is not a postgres:// URL or key=value connection string"));
+                }
+                Some(kapsel_engine::index::IndexConfig { url, max_connections })
+            }
+            None => None,
+        };
         Ok(Self {
             listen,
             shards,
@@ -154,6 +178,7 @@ impl Settings {
             state_limits,
             destinations,
             extra_ca_file,
+            index,
         })
     }
 }

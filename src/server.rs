@@ -43,6 +43,7 @@ pub fn run(data_directory: &Path) -> Result<(), String> {
         wal_segment_bytes: settings.wal_segment_bytes,
         state_limits: settings.state_limits,
         client,
+        index: settings.index.clone(),
     })
     .map_err(|error| error.to_string())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };

@@ -18,6 +18,7 @@ const LIMITS: StateLimits = StateLimits {
     idempotency_keys_max: 1_000_000,
     idempotency_window_ms: 86_400_000,
     payload_memory_bytes_max: 64 << 20,
+    terminal_events_max: kapsel_engine::limits::TERMINAL_EVENTS_IN_MEMORY_MAX,
 };
 
 async fn write(directory: &std::path::Path, records: u64) {

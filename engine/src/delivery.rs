@@ -188,7 +188,7 @@ async fn attempt(shard: &Shard, client: &Client, start: Start, sample: (f64, u64
     let finished = now_ms();
     let classified = classify(&result, finished);
     let record = decide(shard, &start, started, finished, &classified, &result, sample.0);
-    if let Err(error) = append(shard, &Record::Attempt(record.clone())).await {
+    if let Err(error) = shard.append(&Record::Attempt(record.clone())).await {
         // The outcome still applies in memory; after a restart the attempt is simply made again.
         tracing::error!(event_id = %start.event_id, %error, "could not record a delivery attempt");
     }
@@ -246,11 +246,6 @@ fn decide(
     }
 }
 
-async fn append(shard: &Shard, record: &Record) -> Result<u64, crate::EngineError> {
-    let (kind, body) = record.encode()?;
-    Ok(shard.wal().append(kind, &body)?.await?)
-}
-
 /// 410 Gone: the destination asks never to be called again; the endpoint is disabled (and can
 /// be re-enabled by an operator).
 async fn disable_endpoint(shard: &Shard, endpoint_id: &str) {
@@ -268,7 +263,7 @@ async fn disable_endpoint(shard: &Shard, endpoint_id: &str) {
         endpoint
     };
     tracing::warn!(endpoint_id, "destination answered 410 Gone; endpoint disabled");
-    if let Err(error) = append(shard, &Record::EndpointPut(endpoint.clone())).await {
+    if let Err(error) = shard.append(&Record::EndpointPut(endpoint.clone())).await {
         tracing::error!(endpoint_id, %error, "could not record the endpoint's disabling");
     }
     shard.state().borrow_mut().put_endpoint(endpoint, now_ms());

@@ -38,6 +38,9 @@ pub enum EngineError {
     /// The write-ahead log failed (503 E3003).
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The index database is needed for this query and unreachable (503 E3001).
+    #[error("index database unavailable: {0}")]
+    IndexUnavailable(String),
     /// Shutting down or still recovering (503 E3004).
     #[error("{0}")]
     Unavailable(String),
@@ -66,7 +69,7 @@ impl EngineError {
             Self::NotFound(_) => 404,
             Self::Invalid(_) => 400,
             Self::MethodNotAllowed { .. } => 405,
-            Self::QueueFull(_) | Self::Storage(_) | Self::Unavailable(_) => 503,
+            Self::QueueFull(_) | Self::Storage(_) | Self::IndexUnavailable(_) | Self::Unavailable(_) => 503,
         }
     }
 
@@ -78,6 +81,7 @@ impl EngineError {
             Self::RateLimited { .. } => "E1003",
             Self::NotFound(_) => "E1004",
             Self::Invalid(_) | Self::MethodNotAllowed { .. } => "E1005",
+            Self::IndexUnavailable(_) => "E3001",
             Self::QueueFull(_) => "E3002",
             Self::Storage(_) => "E3003",
             Self::Unavailable(_) => "E3004",
@@ -89,7 +93,9 @@ impl EngineError {
         let response = Response::error(self.status(), self.code(), &self.to_string());
         match self {
             Self::RateLimited { retry_after_s } => response.with_header("Retry-After", retry_after_s.to_string()),
-            Self::QueueFull(_) | Self::Unavailable(_) => response.with_header("Retry-After", "1".to_string()),
+            Self::QueueFull(_) | Self::IndexUnavailable(_) | Self::Unavailable(_) => {
+                response.with_header("Retry-After", "1".to_string())
+            }
             Self::MethodNotAllowed { allow } => response.with_header("Allow", allow.to_string()),
             _ => response,
         }

@@ -52,6 +52,8 @@ pub struct Shared {
     pub destinations: kapsel_http::DestinationPolicy,
     /// DNS resolution off the shards, shared by every shard's client.
     pub resolver: kapsel_http::Resolver,
+    /// The Postgres index, when `DATABASE_URL` is set.
+    pub index: Option<index::IndexHandle>,
     ready_shards: AtomicUsize,
     serving_shards: AtomicUsize,
     shutting_down: AtomicBool,
@@ -64,6 +66,7 @@ impl Shared {
         inboxes: Vec<inbox::Inbox>,
         data_directory: std::path::PathBuf,
         destinations: kapsel_http::DestinationPolicy,
+        index: Option<index::IndexHandle>,
     ) -> Self {
         Self {
             shards,
@@ -72,6 +75,7 @@ impl Shared {
             data_directory,
             destinations,
             resolver: kapsel_http::Resolver::new(limits::RESOLVER_THREADS),
+            index,
             ready_shards: AtomicUsize::new(0),
             serving_shards: AtomicUsize::new(shards),
             shutting_down: AtomicBool::new(false),

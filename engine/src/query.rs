@@ -1,6 +1,9 @@
-//! `GET /admin/events?endpoint_id=&status=&limit=&cursor=`: newest first, from the engine's
-//! memory (every non-terminal event and the most recent terminal ones; see `state`). Each shard
-//! answers for its own events; the asking shard merges by event id (ids are time-ordered).
+//! `GET /admin/events?endpoint_id=&status=&idempotency_key=&received_after=&received_before=&limit=&cursor=`:
+//! newest first. With an index (`DATABASE_URL`) the answer comes from Postgres and covers the
+//! whole history (`crate::index::query`); without one it comes from the engine's memory (every
+//! non-terminal event and the most recent terminal ones; see `state`) and says so with
+//! `"source": "memory"`. In memory each shard answers for its own events and the asking shard
+//! merges by event id (ids are time-ordered).
 
 use serde_json::Value;
 
@@ -21,6 +24,12 @@ pub struct EventQuery {
     pub endpoint_id: Option<String>,
     /// Only events in this status.
     pub status: Option<EventStatusFilter>,
+    /// Only events ingested with this `X-Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// Only events received at or after this instant (Unix ms; RFC 3339 in the query string).
+    pub received_after_ms: Option<u64>,
+    /// Only events received before this instant (Unix ms; RFC 3339 in the query string).
+    pub received_before_ms: Option<u64>,
     /// Page size.
     pub limit: usize,
     /// Only events older than this one (the previous page's `next_cursor`).
@@ -32,11 +41,23 @@ pub struct EventQuery {
 pub struct EventStatusFilter(pub &'static str);
 
 impl EventQuery {
-    /// Parses `endpoint_id`, `status`, `limit` and `cursor`; unknown parameters are refused.
+    /// Parses the filters, `limit` and `cursor` (values percent-decoded); unknown parameters
+    /// are refused.
     pub fn parse(query: Option<&str>) -> Result<Self, EngineError> {
-        let mut parsed = Self { endpoint_id: None, status: None, limit: LIMIT_DEFAULT, cursor: None };
+        let mut parsed = Self {
+            endpoint_id: None,
+            status: None,
+            idempotency_key: None,
+            received_after_ms: None,
+            received_before_ms: None,
+            limit: LIMIT_DEFAULT,
+            cursor: None,
+        };
         for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded =
+                percent_decode(raw).ok_or_else(|| invalid(&format!("{name} is not valid percent-encoded UTF-8")))?;
+            let value = decoded.as_str();
             match name {
                 "endpoint_id" if valid_endpoint_id(value) => parsed.endpoint_id = Some(value.to_string()),
                 "status" => {
@@ -55,6 +76,19 @@ impl EventQuery {
                 "cursor" => {
                     parsed.cursor = Some(EventId::parse(value).ok_or_else(|| invalid("cursor is not an event id"))?)
                 }
+                "idempotency_key" if crate::idempotency::valid_key(value.as_bytes()) => {
+                    parsed.idempotency_key = Some(value.to_string())
+                }
+                "idempotency_key" => return Err(invalid("idempotency_key must be 1 to 255 visible ASCII characters")),
+                "received_after" | "received_before" => {
+                    let at = crate::clock::parse_rfc3339(value)
+                        .ok_or_else(|| invalid(&format!("{name} must be an RFC 3339 timestamp")))?;
+                    if name == "received_after" {
+                        parsed.received_after_ms = Some(at);
+                    } else {
+                        parsed.received_before_ms = Some(at);
+                    }
+                }
                 "endpoint_id" => return Err(invalid("endpoint_id is not a valid endpoint id")),
                 other => return Err(invalid(&format!("unknown query parameter {other}"))),
             }
@@ -67,6 +101,35 @@ fn invalid(message: &str) -> EngineError {
     EngineError::Invalid(message.to_string())
 }
 
+/// Decodes `%XX` escapes (`+` stays `+`: an RFC 3339 offset or a key may contain it).
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            at += 3;
+        } else {
+            decoded.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+impl EventQuery {
+    /// True when an event with these fields passes every filter (the cursor aside).
+    pub fn matches(&self, endpoint_id: &str, status: &str, idempotency_key: Option<&str>, received_at_ms: u64) -> bool {
+        self.endpoint_id.as_deref().is_none_or(|wanted| wanted == endpoint_id)
+            && self.status.is_none_or(|wanted| wanted.0 == status)
+            && self.idempotency_key.as_deref().is_none_or(|wanted| Some(wanted) == idempotency_key)
+            && self.received_after_ms.is_none_or(|after| received_at_ms >= after)
+            && self.received_before_ms.is_none_or(|before| received_at_ms < before)
+    }
+}
+
 /// This shard's matches: up to `limit + 1` newest events older than the cursor.
 pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
     let state = shard.state().borrow();
@@ -75,8 +138,14 @@ pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
         .events
         .range((std::ops::Bound::Unbounded, upper))
         .rev()
-        .filter(|(_, summary)| query.endpoint_id.as_deref().is_none_or(|endpoint| &*summary.endpoint_id == endpoint))
-        .filter(|(_, summary)| query.status.is_none_or(|status| summary.status.as_str() == status.0))
+        .filter(|(_, summary)| {
+            query.matches(
+                &summary.endpoint_id,
+                summary.status.as_str(),
+                summary.idempotency_key.as_deref(),
+                summary.received_at_ms,
+            )
+        })
         .take(query.limit + 1)
         .map(|(event_id, summary)| (*event_id, event_json(*event_id, summary)))
         .collect()
@@ -103,12 +172,32 @@ mod tests {
     // Query strings are untrusted: bad values are refused with E1005, good ones parsed exactly.
     #[test]
     fn parses_and_refuses() {
-        let query = EventQuery::parse(Some("endpoint_id=orders&status=failed&limit=10")).unwrap();
+        let query = EventQuery::parse(Some(
+            "endpoint_id=orders&status=failed&limit=10&idempotency_key=a%26b+c&received_after=2022-04-07T21%3A39%3A13Z&received_before=2022-04-07T23:39:14+02:00",
+        ))
+        .unwrap();
         assert_eq!(query.endpoint_id.as_deref(), Some("orders"));
+        assert_eq!(query.idempotency_key.as_deref(), Some("a&b+c"));
+        assert_eq!(query.received_after_ms, Some(1_649_367_553_000));
+        assert_eq!(query.received_before_ms, Some(1_649_367_554_000));
         assert_eq!(query.status, Some(EventStatusFilter("failed")));
         assert_eq!(query.limit, 10);
         assert_eq!(EventQuery::parse(None).unwrap().limit, LIMIT_DEFAULT);
-        for bad in ["status=lost", "limit=0", "limit=5000", "limit=x", "cursor=nope", "colour=red", "endpoint_id=a/b"] {
+        for bad in [
+            "status=lost",
+            "limit=0",
+            "limit=5000",
+            "limit=x",
+            "cursor=nope",
+            "colour=red",
+            "endpoint_id=a/b",
+            "idempotency_key=",
+            "idempotency_key=%20",
+            "received_after=yesterday",
+            "received_before=2022-04-07",
+            "status=%zz",
+            "idempotency_key=%ff",
+        ] {
             assert!(EventQuery::parse(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -72,6 +72,8 @@ pub struct EngineConfig {
     /// Outbound deliveries: destination policy (`KAPSEL_ALLOW_DESTINATIONS`), TLS roots
     /// (webpki plus `KAPSEL_EXTRA_CA_FILE`), connect timeout, pooling.
     pub client: kapsel_http::ClientConfig,
+    /// The Postgres index (`DATABASE_URL`); `None` runs without one.
+    pub index: Option<crate::index::IndexConfig>,
 }
 
 /// Why the engine could not start.
@@ -95,6 +97,9 @@ pub enum StartError {
         /// What went wrong.
         reason: String,
     },
+    /// The index thread could not be started.
+    #[error("index thread: {0}")]
+    Index(std::io::Error),
 }
 
 /// The running engine.
@@ -102,6 +107,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<Result<(), String>>>,
     address: SocketAddr,
+    index: Option<crate::index::Index>,
 }
 
 impl Engine {
@@ -110,12 +116,20 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
         let (listeners, address) = bind_listeners(config.listen, config.shards)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards).map(|_| inbox()).unzip();
+        let index = match &config.index {
+            Some(index_config) => Some(
+                crate::index::Index::start(index_config.clone(), config.shards, config.data_directory.clone())
+                    .map_err(StartError::Index)?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(
             config.shards,
             config.admin_token.clone(),
             senders,
             config.data_directory.clone(),
             config.client.destinations.clone(),
+            index.as_ref().map(crate::index::Index::handle),
         ));
         let driver = config.io_driver.resolve();
         tracing::info!(%address, shards = config.shards, ?driver, "starting shards");
@@ -128,7 +142,7 @@ impl Engine {
                 .map_err(|error| StartError::Shard { shard: index, reason: error.to_string() })?;
             threads.push(thread);
         }
-        Ok(Self { shared, threads, address })
+        Ok(Self { shared, threads, address, index })
     }
 
     /// The address the shards listen on.
@@ -162,6 +176,9 @@ impl Engine {
                     outcome = Err(format!("shard {index}: {reason}"));
                 }
             }
+        }
+        if let Some(index) = self.index {
+            index.stop();
         }
         outcome
     }
@@ -238,7 +255,11 @@ async fn shard_main(
     listener: std::net::TcpListener,
     receiver: InboxReceiver,
 ) -> Result<(), String> {
-    let shard = Rc::new(open_shard(index, &config).await?);
+    let mut shard = open_shard(index, &config).await?;
+    if let Some(handle) = &shared.index {
+        shard = shard.with_index(handle.clone());
+    }
+    let shard = Rc::new(shard);
     shared.ready_shards.fetch_add(1, Ordering::AcqRel);
     let listener = monoio::net::TcpListener::from_std(listener).map_err(|error| format!("listener: {error}"))?;
     let http_shutdown = Shutdown::new();

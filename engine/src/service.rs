@@ -49,6 +49,12 @@ impl Service {
     }
 
     async fn dispatch(&self, route: Route, request: Request) -> Response {
+        if let (Some(index), Route::ListEvents(query)) = (&self.shared.index, &route) {
+            return match index.query(crate::index::query::Query::List(query.clone())).await {
+                Ok(json) => Response::json(200, json.to_string().into_bytes()),
+                Err(error) => error.into_response(),
+            };
+        }
         match (route.owner(self.shared.shards), route) {
             (None, Route::ListEvents(query)) => self.list_everywhere(query).await,
             (None, route) => answer_anywhere(&route, &self.shared),
@@ -128,7 +134,14 @@ fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
             Err(error) => error.into_response(),
         },
         Route::Ready => match shared.check_serving() {
-            Ok(()) => Response::json(200, json!({"status": "ready"}).to_string().into_bytes()),
+            Ok(()) => {
+                let mut body = json!({"status": "ready"});
+                if let Some(index) = &shared.index {
+                    // The index is derived: its lag is reported, it never makes Kapsel unready.
+                    body["index"] = index.status().to_json(crate::clock::now_ms());
+                }
+                Response::json(200, body.to_string().into_bytes())
+            }
             Err(error) => error.into_response(),
         },
         _ => Response::json(200, json!({"status": "ok"}).to_string().into_bytes()),
@@ -156,9 +169,7 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
             shard.get_endpoint(&id).map(|json| Response::json(200, json.to_string().into_bytes()))
         }
         Route::DeleteEndpoint { id } => shard.delete_endpoint(&id).await.map(|()| Response::empty(204)),
-        Route::GetEvent { event_id } => {
-            shard.get_event(event_id).map(|json| Response::json(200, json.to_string().into_bytes()))
-        }
+        Route::GetEvent { event_id } => get_event(shard, event_id).await.map(ok),
         Route::EventProof { event_id } => {
             shard.prove_event(event_id).await.map(|json| Response::json(200, json.to_string().into_bytes()))
         }
@@ -167,6 +178,19 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         }
     };
     outcome.unwrap_or_else(EngineError::into_response)
+}
+
+/// From memory, or from the index for events that left it (terminal ones beyond the window).
+async fn get_event(shard: &Shard, event_id: EventId) -> Result<serde_json::Value, EngineError> {
+    match (shard.get_event(event_id), shard.index_handle()) {
+        (Err(EngineError::NotFound(message)), Some(index)) => {
+            match index.query(crate::index::query::Query::Get(event_id)).await? {
+                serde_json::Value::Null => Err(EngineError::NotFound(message)),
+                found => Ok(found),
+            }
+        }
+        (outcome, _) => outcome,
+    }
 }
 
 async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<Response, EngineError> {

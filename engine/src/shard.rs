@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use kapsel_wal::Wal;
+use kapsel_wal::{Commit, Wal};
 use serde_json::Value;
 
 use crate::clock::now_ms;
@@ -13,6 +13,7 @@ use crate::endpoint::EndpointInput;
 use crate::error::EngineError;
 use crate::idempotency::Remembered;
 use crate::ids::EventId;
+use crate::index::{Change, IndexHandle, Row};
 use crate::limits;
 use crate::records::{EndpointDeleted, EventReceived, Record};
 use crate::state::{event_json, ShardState};
@@ -50,12 +51,35 @@ pub struct Shard {
     wal: Wal,
     state: RefCell<ShardState>,
     scheduler: std::cell::Cell<Option<std::task::Waker>>,
+    indexer: Option<IndexHandle>,
 }
 
 impl Shard {
     /// A shard over an opened log and the state replayed from it.
     pub fn new(index: usize, wal: Wal, state: ShardState) -> Self {
-        Self { index, wal, state: RefCell::new(state), scheduler: std::cell::Cell::new(None) }
+        Self { index, wal, state: RefCell::new(state), scheduler: std::cell::Cell::new(None), indexer: None }
+    }
+
+    /// Feeds every record this shard appends to the Postgres index.
+    pub fn with_index(mut self, index: IndexHandle) -> Self {
+        index.register(self.index, self.wal.durable_watermark());
+        self.indexer = Some(index);
+        self
+    }
+
+    /// The index, when `DATABASE_URL` is set.
+    pub fn index_handle(&self) -> Option<&IndexHandle> {
+        self.indexer.as_ref()
+    }
+
+    /// Appends a record (not yet durable: await the commit) and offers it to the index.
+    pub fn append_record(&self, record: &Record) -> Result<Commit, EngineError> {
+        let (kind, body) = record.encode()?;
+        let commit = self.wal.append(kind, &body)?;
+        if let Some(index) = &self.indexer {
+            index.feed(Change { shard: self.index, lsn: commit.lsn(), row: Row::from_record(record) });
+        }
+        Ok(commit)
     }
 
     /// The shard's log.
@@ -86,10 +110,8 @@ impl Shard {
     }
 
     /// Appends a record and waits for its fsync.
-    async fn append(&self, record: &Record) -> Result<u64, EngineError> {
-        let (kind, body) = record.encode()?;
-        let commit = self.wal.append(kind, &body)?;
-        Ok(commit.await?)
+    pub async fn append(&self, record: &Record) -> Result<u64, EngineError> {
+        Ok(self.append_record(record)?.await?)
     }
 
     /// Accepts a webhook: checks, appends, waits for durability.
@@ -115,6 +137,9 @@ impl Shard {
         };
         let (kind, body) = Record::encode_event(&event)?;
         let commit = self.wal.append(kind, &body)?;
+        if let Some(index) = &self.indexer {
+            index.feed(Change { shard: self.index, lsn: commit.lsn(), row: Row::event(&event) });
+        }
         if let Some(key) = &event.idempotency_key {
             // Remembered before the fsync so that a concurrent repeat finds it and waits.
             let remembered = Remembered { event_id, lsn: commit.lsn() };

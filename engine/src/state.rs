@@ -157,6 +157,8 @@ pub struct StateLimits {
     /// Payload bytes of non-terminal events kept in memory; beyond it new events keep only
     /// their metadata and their payload is read back from the log when their turn comes.
     pub payload_memory_bytes_max: usize,
+    /// Terminal events kept for lookups, most recent first (older ones are in the index only).
+    pub terminal_events_max: usize,
 }
 
 /// An attempt the scheduler may start now.
@@ -523,7 +525,7 @@ impl ShardState {
             self.non_terminal = self.non_terminal.saturating_sub(1);
             self.terminal.push_back(event_id);
         }
-        while self.terminal.len() > crate::limits::TERMINAL_EVENTS_IN_MEMORY_MAX {
+        while self.terminal.len() > self.limits.terminal_events_max {
             if let Some(oldest) = self.terminal.pop_front() {
                 self.events.remove(&oldest);
             }

@@ -15,6 +15,7 @@ const LIMITS: StateLimits = StateLimits {
     idempotency_keys_max: 1000,
     idempotency_window_ms: 60_000,
     payload_memory_bytes_max: 1 << 20,
+    terminal_events_max: kapsel_engine::limits::TERMINAL_EVENTS_IN_MEMORY_MAX,
 };
 
 fn ingest(key: Option<&str>) -> Ingest {

@@ -14,6 +14,7 @@ pub struct Postgres {
     pub port: u16,
     bin: PathBuf,
     data: tempfile::TempDir,
+    options: String,
 }
 
 /// Where the server binaries are: `/usr/lib/postgresql/<version>/bin`, newest first, else PATH.
@@ -56,10 +57,34 @@ impl Postgres {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let options =
             format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={cluster_text} -c fsync=off");
-        let log = data.path().join("postgres.log").display().to_string();
-        let started = as_postgres(&bin, "pg_ctl", &["-D", &cluster_text, "-o", &options, "-l", &log, "-w", "start"]);
+        let postgres = Postgres { port, bin, data, options };
+        postgres.start_server();
+        Some(postgres)
+    }
+
+    fn cluster(&self) -> String {
+        self.data.path().join("cluster").display().to_string()
+    }
+
+    /// Starts the server again after [`Postgres::stop_server`] (same port, same data).
+    pub fn start_server(&self) {
+        let log = self.data.path().join("postgres.log").display().to_string();
+        let cluster = self.cluster();
+        let started =
+            as_postgres(&self.bin, "pg_ctl", &["-D", &cluster, "-o", &self.options, "-l", &log, "-w", "start"]);
         assert!(started.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&started.stderr));
-        Some(Postgres { port, bin, data })
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut), keeping its data.
+    pub fn stop_server(&self) {
+        let stopped = as_postgres(&self.bin, "pg_ctl", &["-D", &self.cluster(), "-m", "fast", "-w", "stop"]);
+        assert!(stopped.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&stopped.stderr));
+    }
+
+    /// Creates database `name` and returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(name)
     }
 
     /// A connection URL for database `name` (created on first use by the caller).
@@ -94,7 +119,6 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let cluster = self.data.path().join("cluster").display().to_string();
-        let _ = as_postgres(&self.bin, "pg_ctl", &["-D", &cluster, "-m", "immediate", "-w", "stop"]);
+        let _ = as_postgres(&self.bin, "pg_ctl", &["-D", &self.cluster(), "-m", "immediate", "-w", "stop"]);
     }
 }

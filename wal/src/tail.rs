@@ -113,7 +113,12 @@ impl Reader {
 
     /// Reads from the current segment; `true` once its seal has been reached and every record
     /// before it consumed.
-    fn read_segment(&mut self, up_to: u64, records_max: usize, records: &mut Vec<TailRecord>) -> Result<bool, WalError> {
+    fn read_segment(
+        &mut self,
+        up_to: u64,
+        records_max: usize,
+        records: &mut Vec<TailRecord>,
+    ) -> Result<bool, WalError> {
         let Some(position) = self.position.as_mut() else {
             return Ok(false);
         };

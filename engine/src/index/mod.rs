@@ -1,5 +1,248 @@
-//! The Postgres index (being built): derived from the write-ahead log, updated asynchronously
-//! by one index thread running a tokio current-thread runtime with tokio-postgres, never on the
-//! ingest or delivery path. This module holds the schema and its migrations so far.
+//! The Postgres index: derived from the write-ahead logs, updated asynchronously by one index
+//! thread running a tokio current-thread runtime with tokio-postgres, never on the ingest or
+//! delivery path.
+//!
+//! Shards hand each record's [`Change`] to the index over a bounded crossbeam channel at append
+//! time and never wait: when the channel is full the change is dropped and counted. The index
+//! applies changes per shard in LSN order and only up to the shard's durable LSN
+//! (`Wal::durable_watermark`), so it never indexes a record a crash could still take back. Any
+//! gap — a dropped change, a Postgres outage, a restart — is filled by reading the shard's log
+//! from the index's checkpoint ([`kapsel_wal::tail::Reader`]). Each batch is written in one
+//! transaction together with the shards' new checkpoints, so the index holds exactly the log's
+//! records: none missing, none twice.
+//!
+//! Invariants:
+//! - A shard never blocks on the index; the index never holds a lock a shard takes.
+//! - The checkpoint of a shard is the LSN of the last record whose rows are committed.
+//! - Queries that need Postgres while it is unreachable answer 503 E3001; nothing else does.
 
+pub mod query;
+pub mod rows;
 pub mod schema;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+pub use rows::{Change, Row};
+
+/// Changes waiting for the index thread, across shards.
+pub const FEED_CHANGES_MAX: usize = 65_536;
+/// Queries waiting for a connection.
+pub const QUERIES_WAITING_MAX: usize = 256;
+
+/// Where the index lives (`DATABASE_URL`, `DATABASE_MAX_CONNECTIONS`).
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// A libpq-style URL or key=value string (`postgres://user@host:port/db`).
+    pub url: String,
+    /// Connections in all: one writes, the others serve queries.
+    pub max_connections: usize,
+}
+
+/// True when `url` parses as a connection string (checked at start, before the thread runs).
+pub fn valid_url(url: &str) -> bool {
+    url.parse::<tokio_postgres::Config>().is_ok()
+}
+
+/// One shard's indexing progress, readable by any thread.
+#[derive(Debug, Default)]
+pub struct ShardProgress {
+    durable: OnceLock<Arc<AtomicU64>>,
+    indexed: AtomicU64,
+    dropped: AtomicU64,
+    behind_since_ms: AtomicU64,
+}
+
+impl ShardProgress {
+    /// The shard's durable LSN (0 until its log is open).
+    pub fn durable(&self) -> u64 {
+        self.durable.get().map_or(0, |durable| durable.load(Ordering::Acquire))
+    }
+
+    /// The last LSN committed to the index.
+    pub fn indexed(&self) -> u64 {
+        self.indexed.load(Ordering::Acquire)
+    }
+}
+
+/// What shards, the index thread and `/readyz` share.
+#[derive(Debug)]
+pub struct IndexStatus {
+    shards: Vec<ShardProgress>,
+    connected: AtomicBool,
+    stop: AtomicBool,
+    rows_indexed: AtomicU64,
+}
+
+impl IndexStatus {
+    fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards).map(|_| ShardProgress::default()).collect(),
+            connected: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            rows_indexed: AtomicU64::new(0),
+        }
+    }
+
+    /// Per-shard progress.
+    pub fn shards(&self) -> &[ShardProgress] {
+        &self.shards
+    }
+
+    /// True while the writer's connection works.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Records durable in the logs but not yet in the index.
+    pub fn lag_records(&self) -> u64 {
+        self.shards.iter().map(|shard| shard.durable().saturating_sub(shard.indexed())).sum()
+    }
+
+    /// How long the index has been behind (0 when it is caught up).
+    pub fn lag_seconds(&self, now_ms: u64) -> f64 {
+        let since = self
+            .shards
+            .iter()
+            .map(|shard| shard.behind_since_ms.load(Ordering::Acquire))
+            .filter(|since| *since > 0)
+            .min();
+        since.map_or(0.0, |since| now_ms.saturating_sub(since) as f64 / 1000.0)
+    }
+
+    /// Rows committed since start.
+    pub fn rows_indexed(&self) -> u64 {
+        self.rows_indexed.load(Ordering::Relaxed)
+    }
+
+    /// Changes shards dropped because the channel was full (read back from the logs later).
+    pub fn dropped(&self) -> u64 {
+        self.shards.iter().map(|shard| shard.dropped.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The `/readyz` details.
+    pub fn to_json(&self, now_ms: u64) -> serde_json::Value {
+        serde_json::json!({
+            "state": if self.is_connected() { "connected" } else { "unavailable" },
+            "lag_records": self.lag_records(),
+            "lag_seconds": self.lag_seconds(now_ms),
+            "rows_indexed": self.rows_indexed(),
+        })
+    }
+}
+
+/// The shards' side of the index: cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct IndexHandle {
+    feed: Sender<Change>,
+    queries: tokio::sync::mpsc::Sender<query::QueryRequest>,
+    status: Arc<IndexStatus>,
+}
+
+impl IndexHandle {
+    /// Registers a shard's durable watermark once its log is open.
+    pub fn register(&self, shard: usize, durable: Arc<AtomicU64>) {
+        if let Some(progress) = self.status.shards.get(shard) {
+            let _ = progress.durable.set(durable);
+        }
+    }
+
+    /// Offers a change; never blocks. A full channel drops it (the log still has it).
+    pub fn feed(&self, change: Change) {
+        let shard = change.shard;
+        if self.feed.try_send(change).is_err() {
+            if let Some(progress) = self.status.shards.get(shard) {
+                progress.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Progress, lag and connection state.
+    pub fn status(&self) -> &Arc<IndexStatus> {
+        &self.status
+    }
+
+    /// Runs a query on the index thread.
+    pub async fn query(&self, query: query::Query) -> Result<serde_json::Value, crate::EngineError> {
+        let (reply, answer) = futures_channel::oneshot::channel();
+        self.queries.try_send(query::QueryRequest { query, reply }).map_err(|error| match error {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                crate::EngineError::QueueFull("too many index queries waiting".into())
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                crate::EngineError::IndexUnavailable("the index thread stopped".into())
+            }
+        })?;
+        answer.await.unwrap_or_else(|_| Err(crate::EngineError::IndexUnavailable("the index thread stopped".into())))
+    }
+}
+
+/// The running index thread.
+pub struct Index {
+    handle: IndexHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Index {
+    /// Starts the index thread. It connects (and reconnects) by itself; until then queries get
+    /// E3001 and changes wait in the logs.
+    pub fn start(config: IndexConfig, shards: usize, data_directory: PathBuf) -> std::io::Result<Self> {
+        let (feed, changes) = crossbeam_channel::bounded(FEED_CHANGES_MAX);
+        let (queries, requests) = tokio::sync::mpsc::channel(QUERIES_WAITING_MAX);
+        let status = Arc::new(IndexStatus::new(shards));
+        let thread_status = Arc::clone(&status);
+        let thread = std::thread::Builder::new()
+            .name("kapsel-index".into())
+            .spawn(move || run(config, thread_status, changes, requests, data_directory))?;
+        Ok(Self { handle: IndexHandle { feed, queries, status }, thread: Some(thread) })
+    }
+
+    /// The shards' handle.
+    pub fn handle(&self) -> IndexHandle {
+        self.handle.clone()
+    }
+
+    /// Indexes what the logs hold (for a bounded time) and stops the thread. Call after the
+    /// shards have stopped.
+    pub fn stop(mut self) {
+        self.handle.status.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the index thread panicked");
+            }
+        }
+    }
+}
+
+fn run(
+    config: IndexConfig,
+    status: Arc<IndexStatus>,
+    changes: Receiver<Change>,
+    requests: tokio::sync::mpsc::Receiver<query::QueryRequest>,
+    data_directory: PathBuf,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the index runtime; the index stays unavailable");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let pg_config: tokio_postgres::Config = match config.url.parse() {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::error!(%error, "DATABASE_URL does not parse; the index stays unavailable");
+                return;
+            }
+        };
+        let pool = Arc::new(query::Pool::new(pg_config.clone(), config.max_connections.saturating_sub(1).max(1)));
+        let serving = tokio::spawn(query::serve(requests, Arc::clone(&pool)));
+        writer::Writer::new(pg_config, status, changes, data_directory).run().await;
+        serving.abort();
+    });
+}

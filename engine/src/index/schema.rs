@@ -17,8 +17,10 @@ CREATE TABLE endpoints (
     created_at     TIMESTAMPTZ NOT NULL,
     updated_at     TIMESTAMPTZ NOT NULL
 );
+-- Event ids are fixed-length Crockford base32 and time-ordered as bytes: the "C" collation keeps
+-- them in that order whatever the database's locale, for newest-first cursor pages.
 CREATE TABLE events (
-    id               TEXT PRIMARY KEY,
+    id               TEXT COLLATE "C" PRIMARY KEY,
     shard            INTEGER NOT NULL,
     lsn              BIGINT NOT NULL,
     endpoint_id      TEXT NOT NULL,
@@ -28,15 +30,16 @@ CREATE TABLE events (
     attempt_count    INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  TIMESTAMPTZ,
     delivered_at     TIMESTAMPTZ,
+    updated_at       TIMESTAMPTZ NOT NULL,
     payload_bytes    INTEGER NOT NULL,
     trace_id         TEXT
 );
 CREATE INDEX events_by_endpoint ON events (endpoint_id, id DESC);
 CREATE INDEX events_by_status ON events (status, id DESC);
 CREATE INDEX events_by_received_at ON events (received_at DESC);
-CREATE INDEX events_by_idempotency_key ON events (endpoint_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX events_by_idempotency_key ON events (idempotency_key, id DESC) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE attempts (
-    event_id       TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    event_id       TEXT COLLATE "C" NOT NULL REFERENCES events (id) ON DELETE CASCADE,
     n              INTEGER NOT NULL,
     at             TIMESTAMPTZ NOT NULL,
     status_code    INTEGER,

@@ -1,0 +1,226 @@
+//! Admin queries served from the index: `GET /admin/events` with its filters and cursor pages,
+//! and `GET /admin/events/{id}` for events no longer in the engine's memory. Queries run on the
+//! index thread over a small pool of connections, never on the writer's.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls, Row};
+
+use crate::clock::rfc3339;
+use crate::error::EngineError;
+use crate::ids::EventId;
+use crate::query::EventQuery;
+
+/// Longest a query (connecting included) may take before it answers E3001.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a shard asks the index.
+#[derive(Clone, Debug)]
+pub enum Query {
+    /// A page of events.
+    List(EventQuery),
+    /// One event, with its attempts.
+    Get(EventId),
+}
+
+/// A query and where its answer goes.
+pub struct QueryRequest {
+    /// The query.
+    pub query: Query,
+    /// The answer: JSON, or the error to answer with.
+    pub reply: futures_channel::oneshot::Sender<Result<Value, EngineError>>,
+}
+
+/// Connections for queries, opened on first use and again after a failure.
+pub struct Pool {
+    config: Config,
+    slots: Vec<Mutex<Option<Client>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    /// A pool of `size` connections to `config`.
+    pub fn new(config: Config, size: usize) -> Self {
+        Self { config, slots: (0..size).map(|_| Mutex::new(None)).collect(), next: Default::default() }
+    }
+
+    async fn run(&self, query: Query) -> Result<Value, EngineError> {
+        let index = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.slots.len().max(1);
+        let Some(slot) = self.slots.get(index) else {
+            return Err(EngineError::IndexUnavailable("no connections configured".into()));
+        };
+        let mut slot = slot.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            let mut config = self.config.clone();
+            config.connect_timeout(QUERY_TIMEOUT);
+            let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            *slot = Some(client);
+        }
+        let Some(client) = slot.as_ref() else {
+            return Err(EngineError::IndexUnavailable("no connection".into()));
+        };
+        let outcome = match query {
+            Query::List(query) => list(client, &query).await,
+            Query::Get(event_id) => get(client, event_id).await,
+        };
+        if outcome.is_err() && client.is_closed() {
+            *slot = None;
+        }
+        outcome.map_err(unavailable)
+    }
+}
+
+fn unavailable(error: tokio_postgres::Error) -> EngineError {
+    EngineError::IndexUnavailable(error.to_string())
+}
+
+/// Answers queries until the shards' side is dropped; each query is its own task, as many at
+/// once as the pool has connections.
+pub async fn serve(mut requests: tokio::sync::mpsc::Receiver<QueryRequest>, pool: Arc<Pool>) {
+    let running = Arc::new(tokio::sync::Semaphore::new(pool.slots.len().max(1)));
+    while let Some(request) = requests.recv().await {
+        let Ok(permit) = Arc::clone(&running).acquire_owned().await else { return };
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move {
+            let answer = match tokio::time::timeout(QUERY_TIMEOUT, pool.run(request.query)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(EngineError::IndexUnavailable("the index query timed out".into())),
+            };
+            let _ = request.reply.send(answer);
+            drop(permit);
+        });
+    }
+}
+
+const EVENT_COLUMNS: &str = "id, endpoint_id, status, attempt_count, next_attempt_at, received_at, updated_at, \
+                             delivered_at, payload_bytes, idempotency_key, trace_id";
+
+async fn list(client: &Client, query: &EventQuery) -> Result<Value, tokio_postgres::Error> {
+    let mut conditions: Vec<String> = Vec::new();
+    let mut parameters: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut add = |condition: &str, value: Box<dyn ToSql + Sync + Send>| {
+        parameters.push(value);
+        conditions.push(condition.replace('?', &format!("${}", parameters.len())));
+    };
+    if let Some(endpoint_id) = &query.endpoint_id {
+        add("endpoint_id = ?", Box::new(endpoint_id.clone()));
+    }
+    if let Some(status) = query.status {
+        add("status = ?", Box::new(status.0.to_string()));
+    }
+    if let Some(key) = &query.idempotency_key {
+        add("idempotency_key = ?", Box::new(key.clone()));
+    }
+    if let Some(after) = query.received_after_ms {
+        add("received_at >= ?", Box::new(time(after)));
+    }
+    if let Some(before) = query.received_before_ms {
+        add("received_at < ?", Box::new(time(before)));
+    }
+    if let Some(cursor) = query.cursor {
+        add("id < ?", Box::new(cursor.to_string()));
+    }
+    let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    let statement =
+        format!("SELECT {EVENT_COLUMNS} FROM events {filter} ORDER BY id DESC LIMIT {}", query.limit.saturating_add(1));
+    let borrowed: Vec<&(dyn ToSql + Sync)> =
+        parameters.iter().map(|parameter| parameter.as_ref() as &(dyn ToSql + Sync)).collect();
+    let mut rows = client.query(&statement, &borrowed).await?;
+    let more = rows.len() > query.limit;
+    rows.truncate(query.limit);
+    let ids: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let mut attempts = attempts_of(client, &ids).await?;
+    let events: Vec<Value> =
+        rows.iter().map(|row| event_json(row, attempts.remove(&row.get::<_, String>(0)))).collect();
+    let next_cursor = if more { ids.last().map(|id| Value::String(id.clone())) } else { None };
+    Ok(json!({"events": events, "next_cursor": next_cursor.unwrap_or(Value::Null), "source": "index"}))
+}
+
+async fn get(client: &Client, event_id: EventId) -> Result<Value, tokio_postgres::Error> {
+    let id = event_id.to_string();
+    let statement = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
+    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
+        return Ok(Value::Null);
+    };
+    let mut attempts = attempts_of(client, std::slice::from_ref(&id)).await?;
+    Ok(event_json(&row, attempts.remove(&id)))
+}
+
+async fn attempts_of(
+    client: &Client,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<Value>>, tokio_postgres::Error> {
+    let mut by_event: std::collections::HashMap<String, Vec<Value>> = std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(by_event);
+    }
+    let rows = client
+        .query(
+            "SELECT event_id, n, at, status_code, latency_ms, error_code FROM attempts
+             WHERE event_id = ANY($1) ORDER BY event_id, n",
+            &[&ids],
+        )
+        .await?;
+    for row in rows {
+        let n: i32 = row.get(1);
+        let status_code: Option<i32> = row.get(3);
+        let latency_ms: i32 = row.get(4);
+        let error_code: Option<String> = row.get(5);
+        by_event.entry(row.get(0)).or_default().push(json!({
+            "n": n,
+            "at": rfc3339(unix_ms(row.get(2))),
+            "status_code": status_code,
+            "latency_ms": latency_ms,
+            "error_code": error_code,
+        }));
+    }
+    Ok(by_event)
+}
+
+/// The same fields as the engine's own event view (`state::event_json`); what only the engine's
+/// memory knows (the waiting reason, the last response excerpt) is null.
+fn event_json(row: &Row, attempts: Option<Vec<Value>>) -> Value {
+    let id: String = row.get(0);
+    let endpoint_id: String = row.get(1);
+    let status: String = row.get(2);
+    let attempt_count: i32 = row.get(3);
+    let next_attempt_at: Option<SystemTime> = row.get(4);
+    let received_at: SystemTime = row.get(5);
+    let updated_at: SystemTime = row.get(6);
+    let delivered_at: Option<SystemTime> = row.get(7);
+    let payload_bytes: i32 = row.get(8);
+    let idempotency_key: Option<String> = row.get(9);
+    let trace_id: Option<String> = row.get(10);
+    json!({
+        "event_id": id,
+        "endpoint_id": endpoint_id,
+        "status": status,
+        "attempts": attempts.unwrap_or_default(),
+        "attempt_count": attempt_count,
+        "next_attempt_at": next_attempt_at.map(|at| rfc3339(unix_ms(at))),
+        "waiting_reason": Value::Null,
+        "last_response_excerpt": Value::Null,
+        "received_at": rfc3339(unix_ms(received_at)),
+        "created_at": rfc3339(unix_ms(received_at)),
+        "updated_at": rfc3339(unix_ms(updated_at)),
+        "delivered_at": delivered_at.map(|at| rfc3339(unix_ms(at))),
+        "payload_bytes": payload_bytes,
+        "idempotency_key": idempotency_key,
+        "trace_id": trace_id,
+    })
+}
+
+fn time(unix_ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(unix_ms)
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}

@@ -1,0 +1,395 @@
+//! The Postgres index against a real private PostgreSQL and the real binary: rows equal the
+//! engine's state after a mixed load, exact catch-up after a Postgres outage and after a Kapsel
+//! crash, and the admin queries served from it (every filter, cursor pages).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::postgres::Postgres;
+use common::sink::{Reply, Sink};
+use common::Server;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn start(directory: &std::path::Path, url: &str) -> Server {
+    Server::start(directory, "uring", &[("DATABASE_URL", url), ("DATABASE_MAX_CONNECTIONS", "4")])
+}
+
+fn create(server: &Server, id: &str, body: &str) {
+    let response = server.admin("PUT", &format!("/admin/endpoints/{id}"), body);
+    assert!(matches!(response.status, 200 | 201), "{response:?}");
+}
+
+fn ingest(server: &Server, endpoint: &str, key: Option<&str>, body: &[u8]) -> String {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(key) = key {
+        headers.push(("X-Idempotency-Key", key));
+    }
+    let response = server.request("POST", &format!("/ingest/{endpoint}"), &headers, body);
+    assert!(matches!(response.status, 200 | 202), "{response:?}");
+    response.json()["event_id"].as_str().unwrap().to_string()
+}
+
+fn readiness(server: &Server) -> Value {
+    let response = server.request("GET", "/readyz", &[], b"");
+    assert_eq!(response.status, 200, "{response:?}");
+    response.json()
+}
+
+/// Waits until the index holds everything the logs hold (`/readyz` reports the lag).
+fn wait_indexed(server: &Server) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = readiness(server);
+        if ready["index"]["state"] == "connected" && ready["index"]["lag_records"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the index never caught up: {ready}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every indexed event: id → (endpoint, status, attempt count, key, payload bytes, attempt rows).
+fn indexed_events(postgres: &Postgres, database: &str) -> BTreeMap<String, (String, String, i64, String, i64, i64)> {
+    let output = postgres.psql(
+        database,
+        "SELECT e.id, e.endpoint_id, e.status, e.attempt_count, coalesce(e.idempotency_key, ''), e.payload_bytes,
+                (SELECT count(*) FROM attempts a WHERE a.event_id = e.id)
+         FROM events e ORDER BY e.id",
+    );
+    output
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split('|').collect();
+            assert_eq!(fields.len(), 7, "{line}");
+            (
+                fields[0].to_string(),
+                (
+                    fields[1].to_string(),
+                    fields[2].to_string(),
+                    fields[3].parse().unwrap(),
+                    fields[4].to_string(),
+                    fields[5].parse().unwrap(),
+                    fields[6].parse().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn count(postgres: &Postgres, database: &str, sql: &str) -> usize {
+    postgres.psql(database, sql).parse().unwrap()
+}
+
+// After ingest, deliveries, retries, permanent failures, an operator's requeue and an endpoint
+// deletion, the index holds exactly the engine's events in the engine's states.
+#[test]
+fn index_rows_equal_engine_state_after_a_mixed_load() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.database("mixed");
+    // Path /flaky fails each event's first attempt; /broken always answers 400.
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let seen_by_sink = Arc::clone(&seen);
+    let sink = Sink::start(move |_, request| {
+        if request.path.starts_with("/broken") {
+            return Reply::status(400);
+        }
+        let id = request.header("webhook-id").unwrap_or_default().to_string();
+        if request.path.starts_with("/flaky") && seen_by_sink.lock().unwrap().insert(id) {
+            return Reply::status(503);
+        }
+        Reply::status(200)
+    });
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(directory.path(), &url);
+    // Fast retries, and breakers that stay closed: this test is about the index, not isolation.
+    let retry = r#""retry":{"initial_delay_ms":10,"max_delay_ms":20,"jitter":0},"circuit":{"consecutive_failures":1000,"window":1000}"#;
+    create(&server, "good", &format!(r#"{{"url":"{}"}}"#, sink.url("/good")));
+    create(&server, "flaky", &format!(r#"{{"url":"{}",{retry}}}"#, sink.url("/flaky")));
+    create(&server, "broken", &format!(r#"{{"url":"{}",{retry}}}"#, sink.url("/broken")));
+    create(&server, "doomed", r#"{"url":"http://127.0.0.1:9/never","enabled":false}"#);
+    let mut ids = BTreeSet::new();
+    for n in 0..60 {
+        let endpoint = ["good", "flaky", "broken"][n % 3];
+        let key = format!("key-{n}");
+        ids.insert(ingest(
+            &server,
+            endpoint,
+            (n % 2 == 0).then_some(key.as_str()),
+            format!("{{\"n\":{n}}}").as_bytes(),
+        ));
+    }
+    // A repeated key is not a new event.
+    assert!(ids.contains(&ingest(&server, "good", Some("key-0"), b"{}")));
+    for _ in 0..5 {
+        ingest(&server, "doomed", None, b"{}");
+    }
+    let terminal = |event: &Value| matches!(event["status"].as_str(), Some("delivered" | "failed"));
+    wait_until("every event delivered or failed", || {
+        ids.iter().all(|id| terminal(&server.admin("GET", &format!("/admin/events/{id}"), "").json()))
+    });
+    let requeued = ids
+        .iter()
+        .find(|id| server.admin("GET", &format!("/admin/events/{id}"), "").json()["status"] == "failed")
+        .unwrap()
+        .clone();
+    sink.set_script(|_, _| Reply::status(200));
+    assert_eq!(server.admin("POST", &format!("/admin/events/{requeued}/retry"), "").status, 202);
+    wait_until("the requeued event delivered", || {
+        server.admin("GET", &format!("/admin/events/{requeued}"), "").json()["status"] == "delivered"
+    });
+    assert_eq!(server.admin("DELETE", "/admin/endpoints/doomed", "").status, 204);
+    wait_indexed(&server);
+
+    let rows = indexed_events(&postgres, "mixed");
+    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), ids, "exactly the engine's events");
+    for (id, (endpoint, status, attempt_count, key, payload_bytes, attempt_rows)) in &rows {
+        let event = server.admin("GET", &format!("/admin/events/{id}"), "").json();
+        assert_eq!(event["endpoint_id"], endpoint.as_str(), "{id}");
+        assert_eq!(event["status"], status.as_str(), "{id}");
+        assert_eq!(event["attempt_count"], *attempt_count, "{id}");
+        assert_eq!(event["idempotency_key"].as_str().unwrap_or(""), key, "{id}");
+        assert_eq!(event["payload_bytes"], *payload_bytes, "{id}");
+        assert_eq!(event["attempts"].as_array().unwrap().len() as i64, *attempt_rows, "{id}");
+    }
+    assert!(rows.values().any(|row| row.1 == "failed") && rows.values().any(|row| row.2 >= 2));
+    assert_eq!(rows[&requeued].1, "delivered");
+    assert_eq!(count(&postgres, "mixed", "SELECT count(*) FROM endpoints WHERE deleted"), 1);
+    // The index answers the same as memory for a page of everything.
+    let page = server.admin("GET", "/admin/events?limit=1000", "").json();
+    assert_eq!(page["source"], "index");
+    assert_eq!(page["events"].as_array().unwrap().len(), ids.len());
+    assert_eq!(server.stop(), 0);
+}
+
+/// Ingests from `threads` connections until `stop`; returns every acknowledged event id.
+fn ingest_load(server: &Server, stop: &Arc<AtomicBool>, threads: usize) -> Vec<std::thread::JoinHandle<Vec<String>>> {
+    (0..threads)
+        .map(|thread| {
+            let (address, stop) = (server.address, Arc::clone(stop));
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    match common::try_request(address, "POST", "/ingest/load", &[], format!("{thread}").as_bytes()) {
+                        Ok(response) if response.status == 202 => {
+                            acknowledged.push(response.json()["event_id"].as_str().unwrap().to_string());
+                        }
+                        Ok(response) => panic!("an ingest failed: {response:?}"),
+                        // Killed mid-request: the answer never came, so nothing was promised.
+                        Err(_) => return acknowledged,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+fn indexed_ids(postgres: &Postgres, database: &str) -> Vec<String> {
+    postgres.psql(database, "SELECT id FROM events ORDER BY id").lines().map(str::to_string).collect()
+}
+
+// Postgres stops in the middle of a load and comes back: no ingest fails meanwhile, queries that
+// need it answer 503 E3001, and the index then holds exactly the acknowledged events.
+#[test]
+fn index_catches_up_exactly_after_a_postgres_outage() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.database("outage");
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(directory.path(), &url);
+    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = ingest_load(&server, &stop, 4);
+    wait_until("some events indexed", || readiness(&server)["index"]["rows_indexed"].as_u64() > Some(100));
+    postgres.stop_server();
+    wait_until("the outage noticed", || readiness(&server)["index"]["state"] == "unavailable");
+    let refused = server.admin("GET", "/admin/events", "");
+    assert_eq!((refused.status, refused.code()), (503, "E3001".to_string()), "{refused:?}");
+    let lag_before = readiness(&server)["index"]["lag_records"].as_u64().unwrap();
+    wait_until("events acknowledged during the outage", || {
+        readiness(&server)["index"]["lag_records"].as_u64().unwrap() > lag_before + 200
+    });
+    postgres.start_server();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Release);
+    let mut acknowledged: Vec<String> = load.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+    wait_indexed(&server);
+    acknowledged.sort();
+    let indexed = indexed_ids(&postgres, "outage");
+    assert_eq!(indexed.len(), acknowledged.len(), "no missing and no duplicate rows");
+    assert_eq!(indexed, acknowledged);
+    let sample = &acknowledged[acknowledged.len() / 2];
+    let event = server.admin("GET", &format!("/admin/events/{sample}"), "").json();
+    let row = postgres
+        .psql("outage", &format!("SELECT endpoint_id, status, payload_bytes FROM events WHERE id = '{sample}'"));
+    assert_eq!(row, format!("load|{}|{}", event["status"].as_str().unwrap(), event["payload_bytes"]));
+    assert_eq!(server.admin("GET", "/admin/events?limit=1", "").status, 200);
+    assert_eq!(server.stop(), 0);
+}
+
+// Kapsel is killed while the index is behind; on restart the index resumes from its
+// checkpoint and ends with every acknowledged event exactly once.
+#[test]
+fn a_restart_mid_indexing_resumes_from_the_checkpoint_without_duplicates() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.database("restart");
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(directory.path(), &url);
+    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = ingest_load(&server, &stop, 8);
+    wait_until("indexing under way", || readiness(&server)["index"]["rows_indexed"].as_u64() > Some(500));
+    server.kill();
+    let mut acknowledged: Vec<String> = load.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
+    let indexed_at_kill = count(&postgres, "restart", "SELECT count(*) FROM events");
+    let server = start(directory.path(), &url);
+    for n in 0..50 {
+        acknowledged.push(ingest(&server, "load", None, format!("{n}").as_bytes()));
+    }
+    wait_indexed(&server);
+    acknowledged.sort();
+    let indexed = indexed_ids(&postgres, "restart");
+    assert!(indexed_at_kill < indexed.len());
+    // A record made durable but never answered (killed mid-request) is indexed too: the log is
+    // the truth. Every acknowledged one must be there, each exactly once.
+    let unique: BTreeSet<&String> = indexed.iter().collect();
+    assert_eq!(unique.len(), indexed.len(), "no duplicates");
+    assert!(acknowledged.iter().all(|id| unique.contains(id)), "every acknowledged event is indexed");
+    let checkpoints = postgres.psql("restart", "SELECT sum(lsn) FROM checkpoints");
+    let records = count(&postgres, "restart", "SELECT count(*) FROM events") + 1;
+    assert_eq!(checkpoints.parse::<usize>().unwrap(), records, "checkpoints cover exactly the records (+1 endpoint)");
+    assert_eq!(server.stop(), 0);
+}
+
+// Every filter of GET /admin/events from the index, cursor pages that stay stable while new
+// events arrive, and GET /admin/events/{id} answered from the index once memory forgot it.
+#[test]
+fn queries_filter_and_page_from_the_index() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.database("queries");
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let server =
+        Server::start(directory.path(), "uring", &[("DATABASE_URL", &url), ("KAPSEL_TERMINAL_EVENTS_IN_MEMORY", "5")]);
+    create(&server, "delivered", &format!(r#"{{"url":"{}"}}"#, sink.url("/")));
+    create(&server, "waiting", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    let mut delivered = Vec::new();
+    let mut waiting = Vec::new();
+    for n in 0..20 {
+        delivered.push(ingest(&server, "delivered", Some(&format!("d&{n}")), b"{}"));
+        waiting.push(ingest(&server, "waiting", None, b"{}"));
+    }
+    let middle = server.admin("GET", &format!("/admin/events/{}", waiting[10]), "").json()["received_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(5));
+    for n in 20..25 {
+        waiting.push(ingest(&server, "waiting", None, format!("{n}").as_bytes()));
+    }
+    sink.wait_for("every delivery", WAIT, |received| received.len() >= 20);
+    wait_until("deliveries recorded", || {
+        let page = server.admin("GET", "/admin/events?status=delivered&limit=100", "").json();
+        page["events"].as_array().is_some_and(|events| events.len() == 20)
+    });
+    wait_indexed(&server);
+    let ids_of = |query: &str| -> Vec<String> {
+        let page = server.admin("GET", &format!("/admin/events?{query}"), "");
+        assert_eq!(page.status, 200, "{query}: {page:?}");
+        let page = page.json();
+        assert_eq!(page["source"], "index");
+        page["events"].as_array().unwrap().iter().map(|event| event["event_id"].as_str().unwrap().to_string()).collect()
+    };
+    let newest_first = |ids: &[String]| ids.iter().rev().cloned().collect::<Vec<_>>();
+    assert_eq!(ids_of("endpoint_id=delivered&limit=100"), newest_first(&delivered));
+    assert_eq!(ids_of("status=delivered&limit=100"), newest_first(&delivered));
+    assert_eq!(ids_of("status=pending&limit=100"), newest_first(&waiting));
+    assert_eq!(ids_of("status=failed"), Vec::<String>::new());
+    assert_eq!(ids_of("idempotency_key=d%267"), vec![delivered[7].clone()]);
+    assert_eq!(ids_of("idempotency_key=d%267&endpoint_id=waiting"), Vec::<String>::new());
+    let encoded = middle.replace(':', "%3A");
+    let after = ids_of(&format!("endpoint_id=waiting&received_after={encoded}&limit=100"));
+    let before = ids_of(&format!("endpoint_id=waiting&received_before={middle}&limit=100"));
+    assert!(after.contains(&waiting[10]) && !before.contains(&waiting[10]), "after is inclusive, before exclusive");
+    assert_eq!(after.len() + before.len(), waiting.len(), "the two windows split the events exactly");
+    assert!(after.contains(&waiting[24]) && before.contains(&waiting[0]));
+    let bad = server.admin("GET", "/admin/events?received_after=yesterday", "");
+    assert_eq!((bad.status, bad.code()), (400, "E1005".to_string()));
+
+    // Cursor pages over everything, with new events arriving between pages.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(cursor) => format!("/admin/events?limit=7&cursor={cursor}"),
+            None => "/admin/events?limit=7".to_string(),
+        };
+        let page = server.admin("GET", &query, "").json();
+        let events = page["events"].as_array().unwrap();
+        assert!(events.len() <= 7);
+        paged.extend(events.iter().map(|event| event["event_id"].as_str().unwrap().to_string()));
+        ingest(&server, "waiting", None, b"{\"late\":true}");
+        wait_indexed(&server);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut all: Vec<String> = delivered.iter().chain(&waiting).cloned().collect();
+    all.sort();
+    all.reverse();
+    assert_eq!(paged, all, "every event once, newest first, none of the late arrivals");
+
+    // Memory keeps 5 terminal events per shard; the oldest delivered ones come from the index.
+    let oldest = server.admin("GET", &format!("/admin/events/{}", delivered[0]), "");
+    assert_eq!(oldest.status, 200, "{oldest:?}");
+    let oldest = oldest.json();
+    assert_eq!(oldest["status"], "delivered");
+    assert_eq!(oldest["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(oldest["attempts"][0]["status_code"], 200);
+    let unknown = server.admin("GET", "/admin/events/evt_00000000000000000000000000", "");
+    assert_eq!((unknown.status, unknown.code()), (404, "E1004".to_string()));
+    // With Postgres gone, only queries that need it fail.
+    postgres.stop_server();
+    wait_until("the outage noticed", || readiness(&server)["index"]["state"] == "unavailable");
+    let refused = server.admin("GET", &format!("/admin/events/{}", delivered[0]), "");
+    assert_eq!((refused.status, refused.code()), (503, "E3001".to_string()), "{refused:?}");
+    let recent = server.admin("GET", &format!("/admin/events/{}", waiting[24]), "");
+    assert_eq!(recent.status, 200, "events in memory need no index");
+    assert_eq!(server.stop(), 0);
+}
+
+// Without DATABASE_URL the same filters work on the engine's memory, and say so.
+#[test]
+fn without_an_index_queries_answer_from_memory_and_say_so() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    create(&server, "waiting", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    let first = ingest(&server, "waiting", Some("k+1"), b"{}");
+    let second = ingest(&server, "waiting", None, b"{}");
+    let page = server.admin("GET", "/admin/events?idempotency_key=k%2B1", "").json();
+    assert_eq!(page["source"], "memory");
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page["events"][0]["event_id"], first.as_str());
+    let received =
+        server.admin("GET", &format!("/admin/events/{second}"), "").json()["received_at"].as_str().unwrap().to_string();
+    let page = server.admin("GET", &format!("/admin/events?received_after={received}"), "").json();
+    assert_eq!(page["events"][0]["event_id"], second.as_str());
+    assert!(readiness(&server).get("index").is_none());
+    assert_eq!(server.stop(), 0);
+}
