@@ -44,6 +44,7 @@ pub fn run(data_directory: &Path) -> Result<(), String> {
         state_limits: settings.state_limits,
         client,
         index: settings.index.clone(),
+        retention_ms: kapsel_engine::limits::RETENTION_MS_DEFAULT,
     })
     .map_err(|error| error.to_string())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };

@@ -263,10 +263,10 @@ async fn disable_endpoint(shard: &Shard, endpoint_id: &str) {
         endpoint
     };
     tracing::warn!(endpoint_id, "destination answered 410 Gone; endpoint disabled");
-    if let Err(error) = shard.append(&Record::EndpointPut(endpoint.clone())).await {
-        tracing::error!(endpoint_id, %error, "could not record the endpoint's disabling");
+    match shard.append(&Record::EndpointPut(endpoint.clone())).await {
+        Ok(_) => shard.state().borrow_mut().put_endpoint(endpoint, now_ms()),
+        Err(error) => tracing::error!(endpoint_id, %error, "could not record the endpoint's disabling"),
     }
-    shard.state().borrow_mut().put_endpoint(endpoint, now_ms());
 }
 
 /// A small xorshift generator for jitter and span ids; seeded from the OS.

@@ -23,12 +23,14 @@ pub mod limits;
 pub mod query;
 pub mod rate;
 pub mod records;
+pub mod retention;
 pub mod retry;
 pub mod route;
 mod runtime;
 pub mod service;
 pub mod shard;
 pub mod signature;
+pub mod snapshot;
 pub mod state;
 pub mod trace;
 

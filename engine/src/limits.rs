@@ -11,6 +11,9 @@ pub const INBOX_COMMANDS_MAX: usize = 4096;
 /// ingest answers 503 E3002.
 pub const EVENTS_IN_MEMORY_DEFAULT: usize = 2_000_000;
 
+/// Default `KAPSEL_RETENTION`: sealed segments older than this may be removed (7 days).
+pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// Terminal (delivered or failed) events kept in memory for lookups, most recent first; older
 /// ones are answered by the Postgres index when it runs. About 150 bytes each.
 pub const TERMINAL_EVENTS_IN_MEMORY_MAX: usize = 200_000;

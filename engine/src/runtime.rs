@@ -74,6 +74,9 @@ pub struct EngineConfig {
     pub client: kapsel_http::ClientConfig,
     /// The Postgres index (`DATABASE_URL`); `None` runs without one.
     pub index: Option<crate::index::IndexConfig>,
+    /// How old a sealed segment must be before retention may remove it (`KAPSEL_RETENTION`);
+    /// raised to the idempotency window when that is longer.
+    pub retention_ms: u64,
 }
 
 /// Why the engine could not start.
@@ -280,6 +283,12 @@ async fn shard_main(
         let stop: Rc<dyn Fn() -> bool> = Rc::new(move || shared.is_shutting_down());
         monoio::spawn(crate::delivery::run_scheduler(Rc::clone(&shard), client, stop))
     };
+    let _retention = {
+        let shared = Arc::clone(&shared);
+        let stop: Rc<dyn Fn() -> bool> = Rc::new(move || shared.is_shutting_down());
+        let age_ms = config.retention_ms.max(config.state_limits.idempotency_window_ms);
+        monoio::spawn(crate::retention::run(Rc::clone(&shard), crate::retention::RetentionPolicy::new(age_ms), stop))
+    };
     kapsel_http::serve(listener, Rc::new(config.server.clone()), service, http_shutdown).await;
     scheduler.await;
     shared.serving_shards.fetch_sub(1, Ordering::AcqRel);
@@ -324,6 +333,8 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
     let mut replay_error = None;
     let now = now_ms();
     let started = std::time::Instant::now();
+    // Endpoints whose records retention removed; the log then replays over them.
+    let snapshot_endpoints = crate::snapshot::load_into(&mut state, &directory, now)?;
     let (wal, recovery) = Wal::open(&directory, options, |record| match Record::decode(record.kind, record.body) {
         Ok(decoded) => state.replay(record.lsn, decoded, now),
         Err(error) => {
@@ -340,6 +351,7 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
         shard = index,
         records = recovery.records,
         endpoints = state.endpoints.len(),
+        snapshot_endpoints,
         events = state.events.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "replayed write-ahead log"

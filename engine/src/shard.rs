@@ -265,6 +265,11 @@ impl Shard {
         };
         if let Some(lsn) = lsn {
             self.reload_payloads(&[(event_id, lsn)]).await?;
+            if !self.has_payload(event_id) {
+                return Err(EngineError::NotFound(format!(
+                    "event {event_id}'s payload is no longer in the log (removed by retention, KAPSEL_RETENTION)"
+                )));
+            }
         }
         self.append(&Record::Requeued(crate::records::Requeued { event_id: event_id.0, at_ms: now_ms() })).await?;
         crate::delivery::requeue_now(self, event_id);
@@ -290,11 +295,17 @@ impl Shard {
         };
         self.reload_payloads(&missing).await?;
         let now = now_ms();
+        let mut requeued = 0;
         for (event_id, _) in &failed {
+            // A payload removed by retention cannot be delivered again.
+            if !self.has_payload(*event_id) {
+                continue;
+            }
             self.append(&Record::Requeued(crate::records::Requeued { event_id: event_id.0, at_ms: now })).await?;
             crate::delivery::requeue_now(self, *event_id);
+            requeued += 1;
         }
-        Ok(serde_json::json!({"endpoint_id": id, "requeued": failed.len()}))
+        Ok(serde_json::json!({"endpoint_id": id, "requeued": requeued, "expired": failed.len() - requeued}))
     }
 
     /// Reads payloads back from the log (on a helper thread): terminal events to be requeued, and
@@ -335,6 +346,10 @@ impl Shard {
         }
     }
 
+    fn has_payload(&self, event_id: EventId) -> bool {
+        self.state.borrow().events.get(&event_id).is_some_and(|summary| summary.payload.is_some())
+    }
+
     /// An event's state.
     pub fn get_event(&self, event_id: EventId) -> Result<Value, EngineError> {
         let state = self.state.borrow();
@@ -353,7 +368,10 @@ fn event_not_found(event_id: EventId) -> EngineError {
 
 /// Runs blocking work (reading whole segments) on a short-lived helper thread and awaits its
 /// result, so the shard keeps serving meanwhile.
-async fn off_shard<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, EngineError> {
+pub(crate) async fn off_shard<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
     let (sender, receiver) = futures_channel::oneshot::channel();
     std::thread::Builder::new()
         .name(name.into())

@@ -567,6 +567,16 @@ impl ShardState {
         true
     }
 
+    /// LSN of the oldest non-terminal event's record: retention keeps every segment from it on.
+    pub fn oldest_pending_lsn(&self) -> Option<u64> {
+        if self.non_terminal == 0 {
+            return None;
+        }
+        // Ids and LSNs grow together within a shard, so the first non-terminal event by id is
+        // the one with the smallest LSN.
+        self.events.values().find(|summary| !summary.status.is_terminal()).map(|summary| summary.lsn)
+    }
+
     /// Events waiting for their payload to be read back (taken by the scheduler).
     pub fn take_reload_wanted(&mut self, count_max: usize) -> Vec<(EventId, u64)> {
         let count = count_max.min(self.reload_wanted.len());

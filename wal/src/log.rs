@@ -350,6 +350,11 @@ impl Wal {
         self.shared.state.borrow().sealed.clone()
     }
 
+    /// True while a sealed segment is still on disk (retention has not removed it).
+    pub fn holds(&self, seal: &SealInfo) -> bool {
+        seal.segment_id >= self.shared.state.borrow().oldest_segment_id
+    }
+
     /// LSN the next append will get.
     pub fn next_lsn(&self) -> u64 {
         self.shared.state.borrow().next_lsn

@@ -1,0 +1,93 @@
+//! WAL retention: each shard removes its sealed segments once nothing needs them.
+//!
+//! A sealed segment may go when it was sealed longer ago than `KAPSEL_RETENTION` (and than the
+//! idempotency window, so a key is never forgotten early across a restart), every event it
+//! received is terminal, and — when the index runs — the index holds all of it. Before removing,
+//! it writes the shard's endpoint snapshot ([`crate::snapshot`]), so a restart still knows the
+//! endpoints whose records went. Seals stay in the audit chain, so `kapsel audit verify` still
+//! passes.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::clock::now_ms;
+use crate::shard::Shard;
+
+/// When and what retention may remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Minimum age of a segment's seal (`KAPSEL_RETENTION`).
+    pub age_ms: u64,
+    /// Pause between passes.
+    pub interval: Duration,
+}
+
+impl RetentionPolicy {
+    /// The policy for `KAPSEL_RETENTION`: a pass every minute, more often for short retention
+    /// (as in tests), never more than ten times a second.
+    pub fn new(age_ms: u64) -> Self {
+        let interval = Duration::from_millis((age_ms / 2).clamp(100, 60_000));
+        Self { age_ms, interval }
+    }
+}
+
+/// The first LSN retention must keep: everything below it may be removed.
+pub fn keep_from(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
+    let cutoff = now_ms.saturating_sub(age_ms);
+    let mut bound = 0;
+    for seal in shard.wal().sealed_segments() {
+        if seal.sealed_at_ms > cutoff {
+            break;
+        }
+        bound = seal.last_lsn + 1;
+    }
+    if let Some(pending) = shard.state().borrow().oldest_pending_lsn() {
+        bound = bound.min(pending);
+    }
+    if let Some(index) = shard.index_handle() {
+        let indexed = index.status().shards().get(shard.index).map_or(0, crate::index::ShardProgress::indexed);
+        bound = bound.min(indexed + 1);
+    }
+    bound
+}
+
+/// One pass: snapshots the endpoints and removes what may go. Returns the removed segment ids.
+pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, crate::EngineError> {
+    let bound = keep_from(shard, age_ms, now_ms);
+    let removable = shard.wal().sealed_segments().iter().any(|seal| seal.last_lsn < bound && shard.wal().holds(seal));
+    if !removable {
+        return Ok(Vec::new());
+    }
+    let endpoints: Vec<_> = shard.state().borrow().endpoints.values().map(|entry| entry.endpoint.clone()).collect();
+    let directory = shard.wal().directory().to_path_buf();
+    crate::shard::off_shard("kapsel-snapshot", move || crate::snapshot::write(&directory, &endpoints))
+        .await?
+        .map_err(crate::EngineError::Storage)?;
+    Ok(shard.wal().remove_sealed_below(bound).await?)
+}
+
+/// Runs passes until `stop` says so. Shutdown does not wait for it: a pass cut short leaves
+/// segments for the next start, and what it appended is flushed with the rest of the log.
+pub async fn run(shard: Rc<Shard>, policy: RetentionPolicy, stop: Rc<dyn Fn() -> bool>) {
+    let mut last_error = None;
+    loop {
+        monoio::time::sleep(policy.interval).await;
+        if stop() {
+            return;
+        }
+        match pass(&shard, policy.age_ms, now_ms()).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(shard = shard.index, segments = ?removed, "retention removed sealed segments");
+                last_error = None;
+            }
+            Ok(_) => last_error = None,
+            Err(error) => {
+                let text = error.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(shard = shard.index, error = %text, "retention pass failed");
+                    last_error = Some(text);
+                }
+            }
+        }
+    }
+}
