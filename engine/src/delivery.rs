@@ -16,6 +16,8 @@ use kapsel_http::{Client, OutboundRequest, OutboundResponse, SendError, Target};
 
 use crate::clock::now_ms;
 use crate::ids::EventId;
+use tracing::Instrument as _;
+
 use crate::records::{Attempt, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
 use crate::retry::{self, Next};
 use crate::shard::Shard;
@@ -170,9 +172,33 @@ fn headers(shard: &Shard, start: &Start, timestamp_s: u64, random: u64) -> Optio
     Some(Prepared { target, headers, timeout: Duration::from_millis(u64::from(entry.endpoint.timeout_ms)) })
 }
 
+/// One attempt in its own span (event id, endpoint id, attempt number, trace id).
 async fn attempt(shard: &Shard, client: &Client, start: Start, sample: (f64, u64)) {
     let started = now_ms();
-    let result = match headers(shard, &start, started / 1000, sample.1) {
+    let prepared = headers(shard, &start, started / 1000, sample.1);
+    let trace_id = prepared
+        .as_ref()
+        .and_then(|prepared| prepared.headers.iter().find(|(name, _)| *name == "traceparent"))
+        .and_then(|(_, value)| crate::trace::trace_id(value));
+    let span = tracing::info_span!(
+        "delivery",
+        event_id = %start.event_id,
+        endpoint_id = %start.endpoint_id,
+        attempt = start.n,
+        trace_id
+    );
+    send_and_record(shard, client, start, sample, prepared, started).instrument(span).await;
+}
+
+async fn send_and_record(
+    shard: &Shard,
+    client: &Client,
+    start: Start,
+    sample: (f64, u64),
+    prepared: Option<Prepared>,
+    started: u64,
+) {
+    let result = match prepared {
         Some(Prepared { target, headers, timeout }) => {
             let request = OutboundRequest {
                 target,
@@ -197,10 +223,18 @@ async fn attempt(shard: &Shard, client: &Client, start: Start, sample: (f64, u64
         state.apply_attempt(&record);
         state.finish_live(&start.endpoint_id, classified.success, start.probe, finished);
     }
+    let outcome = match record.outcome {
+        OUTCOME_DELIVERED => "delivered",
+        OUTCOME_RETRYING => "retrying",
+        _ => "failed",
+    };
+    let since_received = (record.outcome == OUTCOME_DELIVERED)
+        .then(|| finished.saturating_sub(start.event_id.unix_ms()).saturating_mul(1000));
+    shard.metrics().attempt(outcome, classified.error_code, u64::from(record.latency_ms) * 1000, since_received);
     if classified.gone {
         disable_endpoint(shard, &start.endpoint_id).await;
     }
-    tracing::debug!(event_id = %start.event_id, endpoint_id = %start.endpoint_id, n = start.n, status = ?classified.status_code, error_code = ?classified.error_code, "delivery attempt");
+    tracing::debug!(status = ?classified.status_code, error_code = ?classified.error_code, outcome, "delivery attempt");
     shard.notify_scheduler();
 }
 

@@ -34,6 +34,11 @@ pub enum Command {
         /// Where the matches go.
         reply: futures_channel::oneshot::Sender<Vec<(crate::ids::EventId, serde_json::Value)>>,
     },
+    /// Report this shard's metrics.
+    Metrics {
+        /// Where the report goes.
+        reply: futures_channel::oneshot::Sender<crate::metrics::ShardReport>,
+    },
 }
 
 /// A command could not be queued: the inbox is at its bound or its shard has stopped.
@@ -97,6 +102,9 @@ impl InboxReceiver {
             match command {
                 Command::ListEvents { query, reply } => {
                     let _ = reply.send(crate::query::list_local(&shard, &query));
+                }
+                Command::Metrics { reply } => {
+                    let _ = reply.send(crate::metrics::report(&shard, crate::clock::now_ms()));
                 }
                 Command::Request { route, request, reply } => {
                     let (shard, shared) = (Rc::clone(&shard), Arc::clone(&shared));

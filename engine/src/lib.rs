@@ -20,6 +20,7 @@ pub mod ids;
 pub mod inbox;
 pub mod index;
 pub mod limits;
+pub mod metrics;
 pub mod query;
 pub mod rate;
 pub mod records;

@@ -49,6 +49,8 @@ pub enum Route {
     },
     /// `GET /admin/audit/segments`.
     AuditSegments,
+    /// `GET /metrics`.
+    Metrics,
     /// `GET /admin/events?…`.
     ListEvents(crate::query::EventQuery),
     /// `POST /admin/events/{event_id}/retry`.
@@ -82,6 +84,7 @@ impl Route {
         match segments.as_slice() {
             ["healthz"] => only(method, Method::Get, "GET", Self::Health),
             ["readyz"] => only(method, Method::Get, "GET", Self::Ready),
+            ["metrics"] => only(method, Method::Get, "GET", Self::Metrics),
             ["ingest", endpoint_id] => {
                 let endpoint_id = known_endpoint(endpoint_id)?;
                 only(method, Method::Post, "POST", Self::Ingest { endpoint_id })
@@ -131,13 +134,13 @@ impl Route {
 
     /// True for `/admin/…` routes (bearer token required).
     pub fn is_admin(&self) -> bool {
-        !matches!(self, Self::Health | Self::Ready | Self::Ingest { .. })
+        !matches!(self, Self::Health | Self::Ready | Self::Metrics | Self::Ingest { .. })
     }
 
     /// The shard that must run this route, or `None` when any shard can.
     pub fn owner(&self, shards: usize) -> Option<usize> {
         match self {
-            Self::Health | Self::Ready | Self::AuditSegments => None,
+            Self::Health | Self::Ready | Self::Metrics | Self::AuditSegments => None,
             Self::ListEvents(query) => query.endpoint_id.as_deref().map(|id| owner_shard(id, shards)),
             Self::RetryFailed { id } | Self::SetEnabled { id, .. } => Some(owner_shard(id, shards)),
             Self::Ingest { endpoint_id: id }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use kapsel_http::{HeaderName, Request, RequestHead, Response};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::error::EngineError;
 use crate::idempotency;
@@ -57,6 +58,7 @@ impl Service {
         }
         match (route.owner(self.shared.shards), route) {
             (None, Route::ListEvents(query)) => self.list_everywhere(query).await,
+            (None, Route::Metrics) => self.metrics_everywhere().await,
             (None, route) => answer_anywhere(&route, &self.shared),
             (Some(owner), route) if owner == self.shard.index => {
                 execute(&self.shard, &self.shared, route, request).await
@@ -88,6 +90,34 @@ impl Service {
         Response::json(200, crate::query::page(matches, query.limit).to_string().into_bytes())
     }
 
+    /// Gathers every shard's metrics and renders them.
+    async fn metrics_everywhere(&self) -> Response {
+        let now = crate::clock::now_ms();
+        let mut reports = vec![crate::metrics::report(&self.shard, now)];
+        let mut answers = Vec::with_capacity(self.shared.shards);
+        for (index, inbox) in self.shared.inboxes.iter().enumerate() {
+            if index == self.shard.index {
+                continue;
+            }
+            let (reply, answer) = futures_channel::oneshot::channel();
+            if inbox.send(Command::Metrics { reply }).is_err() {
+                return EngineError::QueueFull("a shard's inbox is full".into()).into_response();
+            }
+            answers.push(answer);
+        }
+        for answer in answers {
+            match answer.await {
+                Ok(report) => reports.push(report),
+                Err(_) => return EngineError::Unavailable("a shard stopped".into()).into_response(),
+            }
+        }
+        let index = self.shared.index.as_ref().map(|index| index.status().as_ref());
+        let mut response = Response::empty(200);
+        response.content_type = Some("text/plain; version=0.0.4; charset=utf-8");
+        response.body = crate::metrics::render(reports, index, now).into_bytes();
+        response
+    }
+
     /// Hands the request to its owner shard and waits for the answer.
     async fn forward(&self, owner: usize, route: Route, request: Request) -> Response {
         let Some(inbox) = self.shared.inboxes.get(owner) else {
@@ -103,20 +133,41 @@ impl Service {
 
 impl kapsel_http::Handler for Service {
     fn check_head(&self, head: &RequestHead) -> Option<Response> {
-        match self.route(head) {
+        let refused = match self.route(head) {
             Err(error) => Some(error.into_response()),
             Ok(route) if route.is_admin() && body_announced(head) > limits::ADMIN_BODY_BYTES_MAX as u64 => {
                 Some(EngineError::TooLarge("admin bodies are at most 64 KiB".into()).into_response())
             }
             Ok(_) => None,
+        };
+        if let Some(response) = &refused {
+            if head.path.starts_with("/ingest/") {
+                self.shard.metrics().ingest(response.status, response.code, 0);
+            }
         }
+        refused
     }
 
     async fn handle(&self, request: Request) -> Response {
-        match self.route(&request.head) {
+        let started = std::time::Instant::now();
+        let is_ingest = request.head.path.starts_with("/ingest/");
+        let response = match self.route(&request.head) {
             Ok(route) => self.dispatch(route, request).await,
             Err(error) => error.into_response(),
+        };
+        if is_ingest {
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.shard.metrics().ingest(response.status, response.code, micros);
         }
+        response
+    }
+
+    fn on_connection(&self, open: bool) {
+        self.shard.metrics().connection(open);
+    }
+
+    fn on_refused(&self, status: u16, code: &'static str) {
+        self.shard.metrics().refused(status, code);
     }
 }
 
@@ -173,7 +224,7 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         Route::EventProof { event_id } => {
             shard.prove_event(event_id).await.map(|json| Response::json(200, json.to_string().into_bytes()))
         }
-        Route::Health | Route::Ready | Route::AuditSegments => {
+        Route::Health | Route::Ready | Route::Metrics | Route::AuditSegments => {
             Err(EngineError::NotFound("not a shard operation".into()))
         }
     };
@@ -208,6 +259,8 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
             (Some(id), Some(timestamp), Some(signatures)) => Some((id, timestamp, signatures)),
             _ => None,
         };
+    let trace_id = ingest_trace_id(headers);
+    let span = tracing::info_span!("ingest", endpoint_id = %endpoint_id, event_id = tracing::field::Empty, trace_id);
     let ingest = Ingest {
         endpoint_id,
         idempotency_key,
@@ -216,10 +269,30 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
         signature,
         payload: request.body,
     };
-    Ok(match shard.ingest(ingest).await? {
-        Accepted::Received(event_id) => accepted(202, event_id, "received"),
-        Accepted::Duplicate(event_id) => accepted(200, event_id, "duplicate"),
-    })
+    let outcome = shard.ingest(ingest).instrument(span.clone()).await;
+    let _entered = span.enter();
+    match outcome {
+        Ok(Accepted::Received(event_id)) => {
+            span.record("event_id", tracing::field::display(event_id));
+            tracing::debug!("accepted");
+            Ok(accepted(202, event_id, "received"))
+        }
+        Ok(Accepted::Duplicate(event_id)) => {
+            span.record("event_id", tracing::field::display(event_id));
+            tracing::debug!("duplicate");
+            Ok(accepted(200, event_id, "duplicate"))
+        }
+        Err(error) => {
+            tracing::debug!(code = error.code(), %error, "refused");
+            Err(error)
+        }
+    }
+}
+
+/// The trace id of the sender's `traceparent`, for the ingest span.
+fn ingest_trace_id(headers: &kapsel_http::ApplicationHeaders) -> Option<String> {
+    let value = std::str::from_utf8(headers.get(HeaderName::Traceparent)?).ok()?;
+    crate::trace::trace_id(value).map(str::to_string)
 }
 
 fn accepted(status: u16, event_id: EventId, word: &str) -> Response {

@@ -52,12 +52,20 @@ pub struct Shard {
     state: RefCell<ShardState>,
     scheduler: std::cell::Cell<Option<std::task::Waker>>,
     indexer: Option<IndexHandle>,
+    metrics: crate::metrics::ShardMetrics,
 }
 
 impl Shard {
     /// A shard over an opened log and the state replayed from it.
     pub fn new(index: usize, wal: Wal, state: ShardState) -> Self {
-        Self { index, wal, state: RefCell::new(state), scheduler: std::cell::Cell::new(None), indexer: None }
+        Self {
+            index,
+            wal,
+            state: RefCell::new(state),
+            scheduler: std::cell::Cell::new(None),
+            indexer: None,
+            metrics: crate::metrics::ShardMetrics::default(),
+        }
     }
 
     /// Feeds every record this shard appends to the Postgres index.
@@ -65,6 +73,11 @@ impl Shard {
         index.register(self.index, self.wal.durable_watermark());
         self.indexer = Some(index);
         self
+    }
+
+    /// What this shard counts for `GET /metrics`.
+    pub fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        &self.metrics
     }
 
     /// The index, when `DATABASE_URL` is set.

@@ -19,6 +19,11 @@ pub fn valid_traceparent(value: &str) -> bool {
         && parent_id.bytes().any(|byte| byte != b'0')
 }
 
+/// The trace id of a valid `traceparent`.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    valid_traceparent(traceparent).then(|| &traceparent[3..35])
+}
+
 /// A child `traceparent`: the parent's trace id and flags with a new span id, or a new trace.
 pub fn child_traceparent(parent: Option<&str>, random: u64) -> String {
     let span = format!("{:016x}", random | 1);

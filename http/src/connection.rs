@@ -222,6 +222,7 @@ impl<S: Transport, H: Handler> Connection<S, H> {
     /// Answers a malformed or refused request and ends the connection.
     async fn answer_parse_error(&mut self, error: &ParseError) -> Ending {
         tracing::debug!(peer = %self.peer, %error, "refusing a request");
+        self.handler.on_refused(error.status(), error.code());
         write_error_response(&mut self.write_buffer, error);
         if let Err(ending) = self.flush().await {
             return ending;
@@ -236,6 +237,7 @@ impl<S: Transport, H: Handler> Connection<S, H> {
     async fn answer_timeout(&mut self, part: &str, timeout: Duration) -> Ending {
         tracing::debug!(peer = %self.peer, part, "request timed out");
         let message = format!("request {part} not received within {} ms", timeout.as_millis());
+        self.handler.on_refused(408, "E1005");
         Response::error(408, "E1005", &message).encode(&mut self.write_buffer, false, false);
         match self.flush().await {
             Ok(()) => Ending::Linger,

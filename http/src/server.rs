@@ -48,25 +48,27 @@ pub struct Response {
     pub content_type: Option<&'static str>,
     /// The body; empty for 204.
     pub body: Vec<u8>,
+    /// The E-code of an error response (for metrics); `None` otherwise.
+    pub code: Option<&'static str>,
 }
 
 impl Response {
     /// A JSON response.
     #[must_use]
     pub fn json(status: u16, body: Vec<u8>) -> Self {
-        Self { status, headers: Vec::new(), content_type: Some("application/json"), body }
+        Self { status, headers: Vec::new(), content_type: Some("application/json"), body, code: None }
     }
 
     /// A response without a body (`Content-Length: 0`, or nothing for 204).
     #[must_use]
     pub fn empty(status: u16) -> Self {
-        Self { status, headers: Vec::new(), content_type: None, body: Vec::new() }
+        Self { status, headers: Vec::new(), content_type: None, body: Vec::new(), code: None }
     }
 
     /// An error response of the external contract: `{"error":{"code":…,"message":…}}`.
     #[must_use]
     pub fn error(status: u16, code: &'static str, message: &str) -> Self {
-        Self::json(status, error_body(code, message))
+        Self { code: Some(code), ..Self::json(status, error_body(code, message)) }
     }
 
     /// The same response with one more header field.
@@ -103,6 +105,18 @@ pub trait Handler: 'static {
 
     /// Handles a complete request.
     fn handle(&self, request: Request) -> impl Future<Output = Response>;
+
+    /// Told of every connection this shard starts (`true`) and ends (`false`) serving, for
+    /// metrics. Connections refused at `connections_max` are reported through `on_refused`.
+    fn on_connection(&self, open: bool) {
+        let _ = open;
+    }
+
+    /// Told of every request the server refuses by itself (malformed, too large, too slow, too
+    /// many connections) with the status and E-code it answered, for metrics.
+    fn on_refused(&self, status: u16, code: &'static str) {
+        let _ = (status, code);
+    }
 }
 
 /// How one shard's server behaves. [`ServerConfig::default`] uses the documented defaults of
@@ -218,6 +232,7 @@ impl<H: Handler> Shard<H> {
     /// Spawns the task that serves or refuses a new connection.
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         if self.connections.live() >= self.config.connections_max {
+            self.handler.on_refused(503, "E3002");
             if self.rejections.live() >= limits::REJECTIONS_IN_FLIGHT_MAX {
                 // Refusing politely is itself at its limit: dropping the stream closes it.
                 return;
@@ -236,6 +251,8 @@ impl<H: Handler> Shard<H> {
             tracing::debug!(%error, %peer, "setting TCP_NODELAY failed");
         }
         let guard = self.connections.enter();
+        self.handler.on_connection(true);
+        let handler = self.handler.clone();
         let connection = serve_connection(
             stream,
             peer,
@@ -248,6 +265,7 @@ impl<H: Handler> Shard<H> {
         monoio::spawn(async move {
             let _guard = guard;
             race(connection, abort).await;
+            handler.on_connection(false);
         });
     }
 

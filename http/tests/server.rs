@@ -40,8 +40,14 @@ impl Handler for Echo {
             monoio::time::sleep(Duration::from_millis(300)).await;
         }
         let text = format!("{} {} {}", request.head.method.as_str(), request.head.path, request.body.len());
-        Response { status: 200, headers: Vec::new(), content_type: Some("text/plain"), body: text.into_bytes() }
-            .with_header("X-Peer-Loopback", request.peer.ip().is_loopback().to_string())
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            content_type: Some("text/plain"),
+            body: text.into_bytes(),
+            code: None,
+        }
+        .with_header("X-Peer-Loopback", request.peer.ip().is_loopback().to_string())
     }
 }
 

@@ -33,8 +33,20 @@ impl Server {
         server
     }
 
+    /// Starts the binary with its log (stderr) written to `log`, and waits until ready.
+    pub fn start_logging_to(data_directory: &Path, driver: &str, extra: &[(&str, &str)], log: &Path) -> Server {
+        let file = std::fs::File::create(log).expect("create the log file");
+        let server = Self::spawn_with(data_directory, driver, extra, Stdio::from(file));
+        server.wait_ready();
+        server
+    }
+
     /// Starts the binary without waiting for readiness over plain HTTP (a TLS listener).
     pub fn spawn(data_directory: &Path, driver: &str, extra: &[(&str, &str)]) -> Server {
+        Self::spawn_with(data_directory, driver, extra, Stdio::inherit())
+    }
+
+    fn spawn_with(data_directory: &Path, driver: &str, extra: &[(&str, &str)], stderr: Stdio) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kapsel"));
         command
             .env_clear()
@@ -46,7 +58,7 @@ impl Server {
             .env("KAPSEL_ALLOW_DESTINATIONS", "127.0.0.0/8")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (name, value) in extra {
             command.env(name, value);
         }

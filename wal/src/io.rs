@@ -43,12 +43,78 @@ impl Default for IoBackend {
     }
 }
 
+/// Upper bounds in microseconds of [`IoCounters::commit_latency`]'s buckets (a last, unbounded
+/// bucket follows).
+pub const COMMIT_LATENCY_BOUNDS_US: [u64; 12] =
+    [50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 1_000_000];
+/// Upper bounds of [`IoCounters::batch_records`]'s buckets (a last, unbounded bucket follows).
+pub const BATCH_RECORDS_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+/// A fixed-bucket histogram that any thread may read while the log's thread records.
+#[derive(Debug)]
+pub struct Buckets<const N: usize> {
+    bounds: [u64; N],
+    counts: [AtomicU64; N],
+    over: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Buckets<N> {
+    fn new(bounds: [u64; N]) -> Self {
+        Self {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            over: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, value: u64) {
+        match self.bounds.iter().position(|bound| value <= *bound) {
+            Some(index) => self.counts[index].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// (upper bound, count in that bucket alone) per bucket; `None` is the unbounded one.
+    pub fn buckets(&self) -> Vec<(Option<u64>, u64)> {
+        self.bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(bound, count)| (Some(*bound), count.load(Ordering::Relaxed)))
+            .chain(std::iter::once((None, self.over.load(Ordering::Relaxed))))
+            .collect()
+    }
+
+    /// Sum of the recorded values.
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
+    }
+}
+
 /// Counts of operations that reached the file layer (whether or not they succeeded).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IoCounters {
     writes: AtomicU64,
     bytes_written: AtomicU64,
     syncs: AtomicU64,
+    records: AtomicU64,
+    commit_latency: Buckets<12>,
+    batch_records: Buckets<11>,
+}
+
+impl Default for IoCounters {
+    fn default() -> Self {
+        Self {
+            writes: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            commit_latency: Buckets::new(COMMIT_LATENCY_BOUNDS_US),
+            batch_records: Buckets::new(BATCH_RECORDS_BOUNDS),
+        }
+    }
 }
 
 impl IoCounters {
@@ -63,6 +129,23 @@ impl IoCounters {
     /// Number of fdatasync/fsync calls, directories included.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+    /// Records made durable.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+    /// Time from a group commit's write to its fdatasync returning, in microseconds.
+    pub fn commit_latency(&self) -> &Buckets<12> {
+        &self.commit_latency
+    }
+    /// Records per group commit.
+    pub fn batch_records(&self) -> &Buckets<11> {
+        &self.batch_records
+    }
+    pub(crate) fn record_commit(&self, records: u64, latency: std::time::Duration) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.batch_records.record(records);
+        self.commit_latency.record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 }
 

@@ -33,6 +33,6 @@ pub mod tail;
 mod writer;
 
 pub use error::WalError;
-pub use io::{IoBackend, IoCounters, IoFaults};
+pub use io::{Buckets, IoBackend, IoCounters, IoFaults, BATCH_RECORDS_BOUNDS, COMMIT_LATENCY_BOUNDS_US};
 pub use log::{Commit, Options, Record, Recovery, Wal};
 pub use seal::SealInfo;

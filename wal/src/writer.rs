@@ -130,8 +130,10 @@ impl Writer {
         };
         frame::finish_batch(&mut buffer, active.header.nonce, records, first_lsn);
         let batch_bytes = buffer.len() as u64;
+        let started = std::time::Instant::now();
         let write = self.layer.start_durable_write(&active.file, buffer, active.length, leaf_hashes);
         let returned = write.wait().await.map_err(|error| WalError::io("write and fdatasync", &active.path, error))?;
+        shared.counters.record_commit(u64::from(records), started.elapsed());
         let last_lsn = first_lsn + u64::from(records) - 1;
         active.length += batch_bytes;
         active.records += u64::from(records);

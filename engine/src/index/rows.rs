@@ -124,14 +124,9 @@ impl Row {
             received_at_ms: event.received_at_ms,
             idempotency_key: event.idempotency_key.clone(),
             payload_bytes: u32::try_from(event.payload.len()).unwrap_or(u32::MAX),
-            trace_id: event.traceparent.as_deref().and_then(trace_id),
+            trace_id: event.traceparent.as_deref().and_then(crate::trace::trace_id).map(str::to_string),
         }
     }
-}
-
-/// The trace id of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`).
-fn trace_id(traceparent: &str) -> Option<String> {
-    traceparent.split('-').nth(1).filter(|id| id.len() == 32).map(str::to_string)
 }
 
 /// An event's columns as the batch leaves them.

@@ -1,0 +1,479 @@
+//! `GET /metrics` in the Prometheus text format (version 0.0.4).
+//!
+//! Each shard records into its own [`ShardMetrics`] — plain cells on its own thread, no atomics
+//! on the hot path — with latencies in HdrHistograms. A scrape asks every shard for a
+//! [`ShardReport`] over its inbox (as event listings do), merges the reports and renders them
+//! with the logs' counters ([`kapsel_wal::IoCounters`]), the index's status and the process's
+//! resident memory.
+//!
+//! Cardinality: labels are shard numbers, statuses, E-codes and outcomes — all bounded. The
+//! only per-endpoint series is `kapsel_circuit_open`, for endpoints whose breaker is open or
+//! half-open, at most [`OPEN_BREAKERS_REPORTED_MAX`] per shard.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use crate::shard::Shard;
+
+/// Per-endpoint `kapsel_circuit_open` series per shard, at most.
+pub const OPEN_BREAKERS_REPORTED_MAX: usize = 100;
+
+/// Bucket bounds of the ingest latency histogram, in seconds.
+const INGEST_BOUNDS_S: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+/// Bucket bounds of the delivery histograms, in seconds.
+const DELIVERY_BOUNDS_S: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0];
+
+/// A latency histogram in microseconds with its exact sum (HdrHistogram keeps counts only).
+#[derive(Clone, Debug)]
+pub struct Latency {
+    histogram: Option<Histogram<u64>>,
+    sum_us: u64,
+}
+
+impl Latency {
+    fn new() -> Self {
+        // 1 µs to 1 day at 2 significant digits: a few KiB. Creation cannot fail for these
+        // bounds; were it to, the histogram would simply stay empty.
+        Self { histogram: Histogram::new_with_bounds(1, 86_400_000_000, 2).ok(), sum_us: 0 }
+    }
+
+    fn record(&mut self, micros: u64) {
+        if let Some(histogram) = self.histogram.as_mut() {
+            histogram.saturating_record(micros.max(1));
+        }
+        self.sum_us = self.sum_us.saturating_add(micros);
+    }
+
+    fn merge(&mut self, other: &Self) {
+        match (self.histogram.as_mut(), other.histogram.as_ref()) {
+            (Some(mine), Some(theirs)) => {
+                let _ = mine.add(theirs);
+            }
+            (None, Some(theirs)) => self.histogram = Some(theirs.clone()),
+            _ => {}
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
+
+    fn count(&self) -> u64 {
+        self.histogram.as_ref().map_or(0, Histogram::len)
+    }
+
+    fn count_at_most(&self, micros: u64) -> u64 {
+        self.histogram.as_ref().map_or(0, |histogram| histogram.count_between(0, micros))
+    }
+}
+
+/// What one shard counts. Only its own thread touches it.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    ingest: RefCell<BTreeMap<(u16, &'static str), u64>>,
+    refused: RefCell<BTreeMap<(u16, &'static str), u64>>,
+    deliveries: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
+    ingest_latency: RefCell<Latency>,
+    attempt_latency: RefCell<Latency>,
+    delivery_latency: RefCell<Latency>,
+    connections_open: Cell<u64>,
+    connections_total: Cell<u64>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        Self {
+            ingest: RefCell::default(),
+            refused: RefCell::default(),
+            deliveries: RefCell::default(),
+            ingest_latency: RefCell::new(Latency::new()),
+            attempt_latency: RefCell::new(Latency::new()),
+            delivery_latency: RefCell::new(Latency::new()),
+            connections_open: Cell::new(0),
+            connections_total: Cell::new(0),
+        }
+    }
+}
+
+fn bump<K: Ord>(map: &RefCell<BTreeMap<K, u64>>, key: K) {
+    *map.borrow_mut().entry(key).or_insert(0) += 1;
+}
+
+impl ShardMetrics {
+    /// An ingest request answered with `status` (and `code` when it is an error), after
+    /// `micros` in the handler.
+    pub fn ingest(&self, status: u16, code: Option<&'static str>, micros: u64) {
+        bump(&self.ingest, (status, code.unwrap_or("")));
+        self.ingest_latency.borrow_mut().record(micros);
+    }
+
+    /// A request the HTTP layer refused by itself.
+    pub fn refused(&self, status: u16, code: &'static str) {
+        bump(&self.refused, (status, code));
+    }
+
+    /// A connection opened or closed.
+    pub fn connection(&self, open: bool) {
+        if open {
+            self.connections_open.set(self.connections_open.get() + 1);
+            self.connections_total.set(self.connections_total.get() + 1);
+        } else {
+            self.connections_open.set(self.connections_open.get().saturating_sub(1));
+        }
+    }
+
+    /// A delivery attempt: its outcome (`delivered`, `retrying`, `failed`), E-code, duration,
+    /// and for a delivery the time since the event was received.
+    pub fn attempt(
+        &self,
+        outcome: &'static str,
+        code: Option<&'static str>,
+        micros: u64,
+        since_received_us: Option<u64>,
+    ) {
+        bump(&self.deliveries, (outcome, code.unwrap_or("")));
+        self.attempt_latency.borrow_mut().record(micros);
+        if let Some(end_to_end) = since_received_us {
+            self.delivery_latency.borrow_mut().record(end_to_end);
+        }
+    }
+}
+
+/// The log's counters as a scrape reads them.
+#[derive(Clone, Debug, Default)]
+pub struct WalReport {
+    records: u64,
+    bytes: u64,
+    writes: u64,
+    syncs: u64,
+    commit_latency_us: Vec<(Option<u64>, u64)>,
+    commit_latency_sum_us: u64,
+    batch_records: Vec<(Option<u64>, u64)>,
+    batch_records_sum: u64,
+    durable_lsn: u64,
+    sealed_segments: usize,
+    poisoned: bool,
+}
+
+/// One shard's numbers, sent to the shard that renders the scrape.
+#[derive(Clone, Debug)]
+pub struct ShardReport {
+    shard: usize,
+    ingest: BTreeMap<(u16, &'static str), u64>,
+    refused: BTreeMap<(u16, &'static str), u64>,
+    deliveries: BTreeMap<(&'static str, &'static str), u64>,
+    ingest_latency: Latency,
+    attempt_latency: Latency,
+    delivery_latency: Latency,
+    connections_open: u64,
+    connections_total: u64,
+    endpoints: usize,
+    events_tracked: usize,
+    events_waiting: usize,
+    ready: usize,
+    in_flight: u64,
+    idempotency_keys: usize,
+    breakers: BTreeMap<&'static str, u64>,
+    open_breakers: Vec<(String, &'static str)>,
+    wal: WalReport,
+}
+
+/// Reads a shard's numbers (on its own thread).
+pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
+    let metrics = shard.metrics();
+    let state = shard.state().borrow();
+    let mut breakers = BTreeMap::new();
+    let mut open_breakers = Vec::new();
+    let (mut ready, mut in_flight) = (0, 0u64);
+    for entry in state.endpoints.values() {
+        let name = entry.breaker.state_name(now_ms);
+        *breakers.entry(name).or_insert(0) += 1;
+        if name != "closed" && open_breakers.len() < OPEN_BREAKERS_REPORTED_MAX {
+            open_breakers.push((entry.endpoint.id.clone(), name));
+        }
+        ready += entry.ready.len();
+        in_flight += u64::from(entry.in_flight);
+    }
+    let wal = shard.wal();
+    let counters = wal.io_counters();
+    ShardReport {
+        shard: shard.index,
+        ingest: metrics.ingest.borrow().clone(),
+        refused: metrics.refused.borrow().clone(),
+        deliveries: metrics.deliveries.borrow().clone(),
+        ingest_latency: metrics.ingest_latency.borrow().clone(),
+        attempt_latency: metrics.attempt_latency.borrow().clone(),
+        delivery_latency: metrics.delivery_latency.borrow().clone(),
+        connections_open: metrics.connections_open.get(),
+        connections_total: metrics.connections_total.get(),
+        endpoints: state.endpoints.len(),
+        events_tracked: state.events.len(),
+        events_waiting: state.pending_work(),
+        ready,
+        in_flight,
+        idempotency_keys: state.idempotency.len(),
+        breakers,
+        open_breakers,
+        wal: WalReport {
+            records: counters.records(),
+            bytes: counters.bytes_written(),
+            writes: counters.writes(),
+            syncs: counters.syncs(),
+            commit_latency_us: counters.commit_latency().buckets(),
+            commit_latency_sum_us: counters.commit_latency().sum(),
+            batch_records: counters.batch_records().buckets(),
+            batch_records_sum: counters.batch_records().sum(),
+            durable_lsn: wal.durable_lsn(),
+            sealed_segments: wal.sealed_segments().iter().filter(|seal| wal.holds(seal)).count(),
+            poisoned: wal.is_poisoned(),
+        },
+    }
+}
+
+/// Writes the Prometheus text for every shard's report, the index's status and the process.
+pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexStatus>, now_ms: u64) -> String {
+    reports.sort_by_key(|report| report.shard);
+    let mut out = String::with_capacity(16 * 1024);
+    let sum_maps = |pick: &dyn Fn(&ShardReport) -> Vec<(String, u64)>| {
+        let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+        for report in &reports {
+            for (labels, value) in pick(report) {
+                *merged.entry(labels).or_insert(0) += value;
+            }
+        }
+        merged
+    };
+
+    header(&mut out, "kapsel_ingest_requests_total", "counter", "Ingest requests answered, by status and E-code.");
+    let ingest = sum_maps(&|report| {
+        report.ingest.iter().map(|((status, code), n)| (format!("status=\"{status}\",code=\"{code}\""), *n)).collect()
+    });
+    for (labels, value) in &ingest {
+        let _ = writeln!(out, "kapsel_ingest_requests_total{{{labels}}} {value}");
+    }
+    header(
+        &mut out,
+        "kapsel_http_refused_total",
+        "counter",
+        "Requests the HTTP layer refused by itself (malformed, too large, too slow, too many connections).",
+    );
+    let refused = sum_maps(&|report| {
+        report.refused.iter().map(|((status, code), n)| (format!("status=\"{status}\",code=\"{code}\""), *n)).collect()
+    });
+    for (labels, value) in &refused {
+        let _ = writeln!(out, "kapsel_http_refused_total{{{labels}}} {value}");
+    }
+    header(
+        &mut out,
+        "kapsel_deliveries_total",
+        "counter",
+        "Delivery attempts by outcome (delivered, retrying, failed) and E-code.",
+    );
+    let deliveries = sum_maps(&|report| {
+        report
+            .deliveries
+            .iter()
+            .map(|((outcome, code), n)| (format!("outcome=\"{outcome}\",code=\"{code}\""), *n))
+            .collect()
+    });
+    for (labels, value) in &deliveries {
+        let _ = writeln!(out, "kapsel_deliveries_total{{{labels}}} {value}");
+    }
+    let merged = |pick: &dyn Fn(&ShardReport) -> &Latency| {
+        let mut total = Latency::new();
+        for report in &reports {
+            total.merge(pick(report));
+        }
+        total
+    };
+    histogram(
+        &mut out,
+        "kapsel_ingest_duration_seconds",
+        "Time from a complete ingest request to its answer.",
+        &merged(&|report| &report.ingest_latency),
+        &INGEST_BOUNDS_S,
+    );
+    histogram(
+        &mut out,
+        "kapsel_delivery_attempt_duration_seconds",
+        "Time from sending a delivery to its outcome.",
+        &merged(&|report| &report.attempt_latency),
+        &DELIVERY_BOUNDS_S,
+    );
+    histogram(
+        &mut out,
+        "kapsel_delivery_latency_seconds",
+        "Time from ingest to successful delivery.",
+        &merged(&|report| &report.delivery_latency),
+        &DELIVERY_BOUNDS_S,
+    );
+
+    let per_shard = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardReport) -> u64| {
+        header(out, name, kind, help);
+        for report in &reports {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", report.shard, value(report));
+        }
+    };
+    per_shard(&mut out, "kapsel_connections_open", "gauge", "Inbound connections being served.", &|r| {
+        r.connections_open
+    });
+    per_shard(&mut out, "kapsel_connections_total", "counter", "Inbound connections accepted.", &|r| {
+        r.connections_total
+    });
+    per_shard(&mut out, "kapsel_endpoints", "gauge", "Endpoints owned.", &|r| r.endpoints as u64);
+    per_shard(
+        &mut out,
+        "kapsel_events_waiting",
+        "gauge",
+        "Events not yet delivered or failed (pending, delivering, retrying).",
+        &|r| r.events_waiting as u64,
+    );
+    per_shard(
+        &mut out,
+        "kapsel_events_in_memory",
+        "gauge",
+        "Events tracked in memory, terminal ones in the lookup window included.",
+        &|r| r.events_tracked as u64,
+    );
+    per_shard(&mut out, "kapsel_queue_depth", "gauge", "Events ready for an attempt, waiting for a slot.", &|r| {
+        r.ready as u64
+    });
+    per_shard(&mut out, "kapsel_deliveries_in_flight", "gauge", "Delivery attempts in flight.", &|r| r.in_flight);
+    per_shard(&mut out, "kapsel_idempotency_keys", "gauge", "Idempotency keys remembered.", &|r| {
+        r.idempotency_keys as u64
+    });
+    per_shard(&mut out, "kapsel_wal_appends_total", "counter", "Records made durable in the write-ahead log.", &|r| {
+        r.wal.records
+    });
+    per_shard(&mut out, "kapsel_wal_bytes_total", "counter", "Bytes written to the write-ahead log.", &|r| r.wal.bytes);
+    per_shard(
+        &mut out,
+        "kapsel_wal_writes_total",
+        "counter",
+        "Write calls (one per group commit, plus seals).",
+        &|r| r.wal.writes,
+    );
+    per_shard(&mut out, "kapsel_wal_fsyncs_total", "counter", "fdatasync/fsync calls, directories included.", &|r| {
+        r.wal.syncs
+    });
+    per_shard(&mut out, "kapsel_wal_durable_lsn", "gauge", "Highest durable log sequence number.", &|r| {
+        r.wal.durable_lsn
+    });
+    per_shard(&mut out, "kapsel_wal_sealed_segments", "gauge", "Sealed segments on disk.", &|r| {
+        r.wal.sealed_segments as u64
+    });
+    per_shard(&mut out, "kapsel_wal_poisoned", "gauge", "1 once a storage failure stopped the log (E3003).", &|r| {
+        u64::from(r.wal.poisoned)
+    });
+    header(&mut out, "kapsel_wal_commit_duration_seconds", "histogram", "Write plus fdatasync of one group commit.");
+    for report in &reports {
+        let labels = format!("shard=\"{}\"", report.shard);
+        buckets(
+            &mut out,
+            "kapsel_wal_commit_duration_seconds",
+            &labels,
+            &report.wal.commit_latency_us,
+            1e-6,
+            report.wal.commit_latency_sum_us as f64 * 1e-6,
+        );
+    }
+    header(&mut out, "kapsel_wal_batch_records", "histogram", "Records per group commit.");
+    for report in &reports {
+        let labels = format!("shard=\"{}\"", report.shard);
+        buckets(
+            &mut out,
+            "kapsel_wal_batch_records",
+            &labels,
+            &report.wal.batch_records,
+            1.0,
+            report.wal.batch_records_sum as f64,
+        );
+    }
+    header(&mut out, "kapsel_circuit_breakers", "gauge", "Endpoints by circuit breaker state.");
+    let breakers =
+        sum_maps(&|report| report.breakers.iter().map(|(state, n)| (format!("state=\"{state}\""), *n)).collect());
+    for state in ["closed", "open", "half_open"] {
+        let labels = format!("state=\"{state}\"");
+        let _ = writeln!(out, "kapsel_circuit_breakers{{{labels}}} {}", breakers.get(&labels).copied().unwrap_or(0));
+    }
+    header(
+        &mut out,
+        "kapsel_circuit_open",
+        "gauge",
+        "Endpoints whose breaker is open or half-open (at most 100 per shard).",
+    );
+    for report in &reports {
+        for (endpoint, state) in &report.open_breakers {
+            let _ = writeln!(out, "kapsel_circuit_open{{endpoint_id=\"{}\",state=\"{state}\"}} 1", escape(endpoint));
+        }
+    }
+    if let Some(index) = index {
+        header(&mut out, "kapsel_index_up", "gauge", "1 while the index database is reachable.");
+        let _ = writeln!(out, "kapsel_index_up {}", u8::from(index.is_connected()));
+        header(&mut out, "kapsel_index_lag_records", "gauge", "Records durable in the logs but not yet in the index.");
+        let _ = writeln!(out, "kapsel_index_lag_records {}", index.lag_records());
+        header(&mut out, "kapsel_index_lag_seconds", "gauge", "How long the index has been behind the logs.");
+        let _ = writeln!(out, "kapsel_index_lag_seconds {}", index.lag_seconds(now_ms));
+        header(&mut out, "kapsel_index_rows_total", "counter", "Records written to the index since start.");
+        let _ = writeln!(out, "kapsel_index_rows_total {}", index.rows_indexed());
+        header(
+            &mut out,
+            "kapsel_index_dropped_total",
+            "counter",
+            "Records the shards could not hand to the index at once (read back from the logs).",
+        );
+        let _ = writeln!(out, "kapsel_index_dropped_total {}", index.dropped());
+    }
+    if let Some(rss) = resident_bytes() {
+        header(&mut out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, latency: &Latency, bounds_s: &[f64]) {
+    header(out, name, "histogram", help);
+    for bound in bounds_s {
+        let micros = (bound * 1e6) as u64;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", latency.count_at_most(micros));
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", latency.count());
+    let _ = writeln!(out, "{name}_sum {}", latency.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", latency.count());
+}
+
+/// A fixed-bucket histogram from the log (per-bucket counts, made cumulative here).
+fn buckets(out: &mut String, name: &str, labels: &str, counts: &[(Option<u64>, u64)], scale: f64, sum: f64) {
+    let mut cumulative = 0;
+    for (bound, count) in counts {
+        cumulative += count;
+        match bound {
+            Some(bound) => {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}", *bound as f64 * scale);
+            }
+            None => {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+            }
+        }
+    }
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+}
+
+/// A label value escaped per the text format (backslash, double quote, newline).
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Resident set size from `/proc/self/statm` (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

@@ -1,0 +1,138 @@
+//! What an operator watches: `GET /metrics` present and moving under load, and logs that carry
+//! event id, endpoint id and trace id but never a payload or a secret.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::sink::{Reply, Sink};
+use common::Server;
+
+/// Every sample of a scrape: `name{labels}` → value.
+fn scrape(server: &Server) -> BTreeMap<String, f64> {
+    let response = server.request("GET", "/metrics", &[], b"");
+    assert_eq!(response.status, 200);
+    assert!(response.header("Content-Type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(response.body.clone()).unwrap();
+    let mut samples = BTreeMap::new();
+    for line in text.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        samples.insert(series.to_string(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}")));
+    }
+    samples
+}
+
+fn sum(samples: &BTreeMap<String, f64>, prefix: &str) -> f64 {
+    samples.iter().filter(|(series, _)| series.starts_with(prefix)).map(|(_, value)| value).sum()
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ingest(server: &Server, endpoint: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    server.request("POST", &format!("/ingest/{endpoint}"), headers, body).status
+}
+
+// Counters, gauges and histograms appear with the documented names and labels, and move with
+// the load: ingest by status and E-code, refusals by the HTTP layer, deliveries by outcome, the
+// log's appends and commit latency, connections and memory.
+#[test]
+fn metrics_are_present_and_move_under_load() {
+    let sink = Sink::start(|_, request| if request.path == "/fail" { Reply::status(400) } else { Reply::status(200) });
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[]);
+    let body = format!(r#"{{"url":"{}"}}"#, sink.url("/ok"));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/ok", &body).status, 200 | 201));
+    let body = format!(r#"{{"url":"{}"}}"#, sink.url("/fail"));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/fail", &body).status, 200 | 201));
+    let before = scrape(&server);
+    assert_eq!(sum(&before, "kapsel_ingest_requests_total"), 0.0);
+    for _ in 0..20 {
+        assert_eq!(ingest(&server, "ok", &[], b"{}"), 202);
+    }
+    assert_eq!(ingest(&server, "fail", &[], b"{}"), 202);
+    assert_eq!(ingest(&server, "nobody", &[], b"{}"), 404);
+    let garbage = common::raw(server.address, b"NOT HTTP\r\n\r\n").unwrap();
+    assert_eq!(garbage.status, 400);
+    wait_until("the deliveries counted", || {
+        let samples = scrape(&server);
+        samples.get("kapsel_deliveries_total{outcome=\"delivered\",code=\"\"}") == Some(&20.0)
+            && samples.get("kapsel_deliveries_total{outcome=\"failed\",code=\"E2004\"}") == Some(&1.0)
+    });
+    let after = scrape(&server);
+    assert_eq!(after["kapsel_ingest_requests_total{status=\"202\",code=\"\"}"], 21.0);
+    assert_eq!(after["kapsel_ingest_requests_total{status=\"404\",code=\"E1004\"}"], 1.0);
+    assert_eq!(after["kapsel_ingest_duration_seconds_count"], 22.0);
+    assert_eq!(after["kapsel_ingest_duration_seconds_bucket{le=\"+Inf\"}"], 22.0);
+    assert!(after["kapsel_ingest_duration_seconds_sum"] > 0.0);
+    assert_eq!(after["kapsel_delivery_latency_seconds_count"], 20.0);
+    assert_eq!(after["kapsel_delivery_attempt_duration_seconds_count"], 21.0);
+    assert!(sum(&after, "kapsel_http_refused_total{status=\"400\"") >= 1.0, "{after:?}");
+    // 2 endpoints + 21 events + 21 attempts, made durable in the shards' logs.
+    assert!(sum(&after, "kapsel_wal_appends_total") >= 44.0);
+    assert!(sum(&after, "kapsel_wal_appends_total") > sum(&before, "kapsel_wal_appends_total"));
+    assert!(sum(&after, "kapsel_wal_commit_duration_seconds_count") > 0.0);
+    assert!(sum(&after, "kapsel_wal_fsyncs_total") > 0.0);
+    assert!(sum(&after, "kapsel_connections_total") >= 25.0);
+    assert_eq!(sum(&after, "kapsel_endpoints"), 2.0);
+    assert_eq!(sum(&after, "kapsel_events_waiting"), 0.0);
+    assert_eq!(after["kapsel_circuit_breakers{state=\"closed\"}"], 2.0);
+    assert!(after["process_resident_memory_bytes"] > 1_000_000.0);
+    assert!(!after.keys().any(|series| series.starts_with("kapsel_index_")), "no index configured");
+    assert_eq!(server.stop(), 0);
+}
+
+// One span per ingest and per attempt carries the event id, the endpoint id and the trace id of
+// the sender's traceparent; payloads and secrets never reach the log.
+#[test]
+fn logs_carry_ids_and_trace_but_never_payloads_or_secrets() {
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let log = directory.path().join("kapsel.log");
+    let server = Server::start_logging_to(
+        &directory.path().join("data"),
+        "legacy",
+        &[("RUST_LOG", "info,kapsel_engine=debug"), ("KAPSEL_LOG_FORMAT", "json")],
+        &log,
+    );
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let body = format!(r#"{{"url":"{}","secret":"{secret}"}}"#, sink.url("/hook"));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/traced", &body).status, 200 | 201));
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let marker = "PAYLOAD-MARKER-7c1e";
+    let response = server.request(
+        "POST",
+        "/ingest/traced",
+        &[("traceparent", traceparent), ("Content-Type", "application/json")],
+        format!(r#"{{"secret_field":"{marker}"}}"#).as_bytes(),
+    );
+    assert_eq!(response.status, 202);
+    let event_id = response.json()["event_id"].as_str().unwrap().to_string();
+    let delivered = sink.wait_for("the delivery", Duration::from_secs(20), |received| !received.is_empty());
+    assert_eq!(&delivered[0].header("traceparent").unwrap()[..35], &traceparent[..35]);
+    assert_eq!(server.stop(), 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let trace_id = &traceparent[3..35];
+    let lines_with = |needle: &str| text.lines().filter(|line| line.contains(needle)).count();
+    assert!(
+        text.lines().any(|line| line.contains("\"ingest\"") && line.contains(&event_id) && line.contains(trace_id)),
+        "an ingest log line with event id and trace id:\n{text}"
+    );
+    assert!(
+        text.lines().any(|line| line.contains("\"delivery\"")
+            && line.contains(&event_id)
+            && line.contains("traced")
+            && line.contains(trace_id)),
+        "a delivery log line with event id, endpoint id and trace id:\n{text}"
+    );
+    assert_eq!(lines_with(marker), 0, "payloads never appear in logs");
+    assert_eq!(lines_with(secret), 0, "secrets never appear in logs");
+    assert_eq!(lines_with(common::TOKEN), 0, "the admin token never appears in logs");
+}
