@@ -393,3 +393,27 @@ fn without_an_index_queries_answer_from_memory_and_say_so() {
     assert!(readiness(&server).get("index").is_none());
     assert_eq!(server.stop(), 0);
 }
+
+// An index that is ahead of the logs (restored from another backup, or another data
+// directory) is not written to: `/readyz` says so instead of mixing two histories.
+#[test]
+fn an_index_ahead_of_the_logs_is_reported_and_left_alone() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.database("diverged");
+    let first = tempfile::tempdir().unwrap();
+    let server = start(first.path(), &url);
+    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    for n in 0..10 {
+        ingest(&server, "load", None, format!("{n}").as_bytes());
+    }
+    wait_indexed(&server);
+    assert_eq!(server.stop(), 0);
+    let other = tempfile::tempdir().unwrap();
+    let server = start(other.path(), &url);
+    wait_until("the divergence reported", || readiness(&server)["index"]["state"] == "diverged");
+    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    ingest(&server, "load", None, b"{}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(&postgres, "diverged", "SELECT count(*) FROM events"), 10, "nothing written");
+    assert_eq!(server.stop(), 0);
+}

@@ -136,3 +136,24 @@ fn logs_carry_ids_and_trace_but_never_payloads_or_secrets() {
     assert_eq!(lines_with(secret), 0, "secrets never appear in logs");
     assert_eq!(lines_with(common::TOKEN), 0, "the admin token never appears in logs");
 }
+
+// Two processes on one data directory would interleave their logs: the second is refused at
+// start, naming the directory, and the first keeps serving.
+#[test]
+fn a_second_process_on_the_same_data_directory_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_kapsel"))
+        .env_clear()
+        .env("SERVER_ADDR", "127.0.0.1:0")
+        .env("KAPSEL_DATA_DIR", directory.path())
+        .env("KAPSEL_ADMIN_TOKEN", common::TOKEN)
+        .env("KAPSEL_SHARDS", "2")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another Kapsel process"), "{stderr}");
+    assert_eq!(server.request("GET", "/readyz", &[], b"").status, 200);
+    assert_eq!(server.stop(), 0);
+}

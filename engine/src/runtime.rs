@@ -103,6 +103,18 @@ pub enum StartError {
     /// The index thread could not be started.
     #[error("index thread: {0}")]
     Index(std::io::Error),
+    /// Another process holds the data directory.
+    #[error("{0} is in use by another Kapsel process (its lock file is held); two processes must never share a data directory")]
+    Locked(PathBuf),
+    /// The data directory's lock file could not be created or locked.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The running engine.
@@ -111,12 +123,15 @@ pub struct Engine {
     threads: Vec<JoinHandle<Result<(), String>>>,
     address: SocketAddr,
     index: Option<crate::index::Index>,
+    /// Held until the engine is dropped: one process per data directory.
+    _lock: std::fs::File,
 }
 
 impl Engine {
     /// Binds the listeners and starts every shard. Returns once the threads run; readiness
     /// (every log replayed) is [`Engine::is_ready`].
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+        let lock = lock_data_directory(&config.data_directory)?;
         let (listeners, address) = bind_listeners(config.listen, config.shards)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards).map(|_| inbox()).unzip();
         let index = match &config.index {
@@ -145,7 +160,7 @@ impl Engine {
                 .map_err(|error| StartError::Shard { shard: index, reason: error.to_string() })?;
             threads.push(thread);
         }
-        Ok(Self { shared, threads, address, index })
+        Ok(Self { shared, threads, address, index, _lock: lock })
     }
 
     /// The address the shards listen on.
@@ -184,6 +199,20 @@ impl Engine {
             index.stop();
         }
         outcome
+    }
+}
+
+/// Takes `<data>/kapsel.lock` exclusively (an advisory lock the kernel drops with the process),
+/// so that a second process on the same directory fails instead of corrupting the logs.
+fn lock_data_directory(directory: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let path = directory.join("kapsel.lock");
+    let failed = |source| StartError::Lock { path: path.clone(), source };
+    std::fs::create_dir_all(directory).map_err(failed)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(directory.to_path_buf())),
+        Err(std::fs::TryLockError::Error(error)) => Err(failed(error)),
     }
 }
 

@@ -184,6 +184,16 @@ impl Reader {
     }
 }
 
+/// The first LSN still in the log in `directory` (retention removes older segments), or
+/// `None` when it holds no segment.
+pub fn first_lsn(directory: &Path) -> Result<Option<u64>, WalError> {
+    let segments = scan::list_segments(directory).map_err(|error| WalError::io("list", directory, error))?;
+    match segments.first() {
+        Some((_, path)) => Ok(Some(read_header(path)?.first_lsn)),
+        None => Ok(None),
+    }
+}
+
 fn read_header(path: &Path) -> Result<frame::SegmentHeader, WalError> {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     File::open(path)

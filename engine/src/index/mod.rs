@@ -74,6 +74,7 @@ impl ShardProgress {
 pub struct IndexStatus {
     shards: Vec<ShardProgress>,
     connected: AtomicBool,
+    diverged: AtomicBool,
     stop: AtomicBool,
     rows_indexed: AtomicU64,
 }
@@ -83,6 +84,7 @@ impl IndexStatus {
         Self {
             shards: (0..shards).map(|_| ShardProgress::default()).collect(),
             connected: AtomicBool::new(false),
+            diverged: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             rows_indexed: AtomicU64::new(0),
         }
@@ -96,6 +98,12 @@ impl IndexStatus {
     /// True while the writer's connection works.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// True once the index was found ahead of a log (restored from a different backup, or a
+    /// different data directory): it is no longer written until rebuilt.
+    pub fn is_diverged(&self) -> bool {
+        self.diverged.load(Ordering::Acquire)
     }
 
     /// Records durable in the logs but not yet in the index.
@@ -127,7 +135,11 @@ impl IndexStatus {
     /// The `/readyz` details.
     pub fn to_json(&self, now_ms: u64) -> serde_json::Value {
         serde_json::json!({
-            "state": if self.is_connected() { "connected" } else { "unavailable" },
+            "state": match (self.is_diverged(), self.is_connected()) {
+                (true, _) => "diverged",
+                (false, true) => "connected",
+                (false, false) => "unavailable",
+            },
             "lag_records": self.lag_records(),
             "lag_seconds": self.lag_seconds(now_ms),
             "rows_indexed": self.rows_indexed(),

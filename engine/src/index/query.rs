@@ -78,7 +78,7 @@ impl Pool {
 }
 
 fn unavailable(error: tokio_postgres::Error) -> EngineError {
-    EngineError::IndexUnavailable(error.to_string())
+    EngineError::IndexUnavailable(super::writer::describe(&error))
 }
 
 /// Answers queries until the shards' side is dropped; each query is its own task, as many at

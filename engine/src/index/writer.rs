@@ -137,8 +137,10 @@ impl Writer {
     async fn connect(&mut self) -> Result<(), String> {
         let mut config = self.config.clone();
         config.connect_timeout(STATEMENT_TIMEOUT);
-        let (mut client, connection) =
-            config.connect(NoTls).await.map_err(|error| format!("connecting to the index database: {error}"))?;
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|error| format!("connecting to the index database: {}", describe(&error)))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "index connection closed");
@@ -147,14 +149,14 @@ impl Writer {
         let applied = tokio::time::timeout(STATEMENT_TIMEOUT, schema::migrate(&mut client))
             .await
             .map_err(|_| "applying index migrations timed out".to_string())?
-            .map_err(|error| format!("applying index migrations: {error}"))?;
+            .map_err(|error| format!("applying index migrations: {}", describe(&error)))?;
         if !applied.is_empty() {
             tracing::info!(versions = ?applied, "index schema migrated");
         }
         let rows = client
             .query("SELECT shard, lsn FROM checkpoints", &[])
             .await
-            .map_err(|error| format!("reading index checkpoints: {error}"))?;
+            .map_err(|error| format!("reading index checkpoints: {}", describe(&error)))?;
         let mut checkpoints = vec![0u64; self.shards.len()];
         for row in rows {
             let (shard, lsn): (i32, i64) = (row.get(0), row.get(1));
@@ -164,14 +166,6 @@ impl Writer {
         }
         for (index, cursor) in self.shards.iter_mut().enumerate() {
             let progress = &self.status.shards[index];
-            if checkpoints[index] > progress.durable() && progress.durable.get().is_some() {
-                tracing::warn!(
-                    shard = index,
-                    checkpoint = checkpoints[index],
-                    durable = progress.durable(),
-                    "the index is ahead of this shard's log (a different data directory?)"
-                );
-            }
             progress.indexed.store(checkpoints[index], Ordering::Release);
             cursor.next = checkpoints[index] + 1;
             cursor.reader = None;
@@ -211,6 +205,9 @@ impl Writer {
         // its fsync completed, so it is in the channel by now or was dropped.
         let durable: Vec<u64> = self.status.shards.iter().map(super::ShardProgress::durable).collect();
         self.drain_channel();
+        if self.check_divergence() {
+            return Vec::new();
+        }
         let mut batch = Vec::new();
         for (index, cursor) in self.shards.iter_mut().enumerate() {
             let up_to = durable[index];
@@ -232,6 +229,9 @@ impl Writer {
                             Ok(read) if read.is_empty() => break,
                             Ok(read) => batch.extend(read),
                             Err(error) => {
+                                if skip_removed_history(cursor, index) {
+                                    continue;
+                                }
                                 let problem = format!("reading shard {index}'s log for the index: {error}");
                                 if self.last_problem.as_deref() != Some(problem.as_str()) {
                                     tracing::error!(%problem, "index cannot catch up");
@@ -248,6 +248,29 @@ impl Writer {
         batch
     }
 
+    /// An index ahead of a shard's log holds records that log does not: it was restored from
+    /// another backup than the data directory, or points at another one. Writing on would mix
+    /// the two, so the index stops, says so once, and `/readyz` reports `diverged`.
+    fn check_divergence(&mut self) -> bool {
+        if self.status.is_diverged() {
+            return true;
+        }
+        for (index, progress) in self.status.shards.iter().enumerate() {
+            if progress.durable.get().is_some() && progress.indexed() > progress.durable() {
+                tracing::error!(
+                    shard = index,
+                    indexed = progress.indexed(),
+                    durable = progress.durable(),
+                    "the index is ahead of this shard's write-ahead log (restored from another backup, or \
+                     another data directory); it is no longer updated: drop the index database to rebuild it"
+                );
+                self.status.diverged.store(true, Ordering::Release);
+                return true;
+            }
+        }
+        false
+    }
+
     async fn commit(&mut self, batch: &[Change]) -> Result<(), String> {
         let Some(client) = self.client.as_mut() else {
             return Err("not connected".into());
@@ -260,7 +283,7 @@ impl Writer {
         tokio::time::timeout(STATEMENT_TIMEOUT, work)
             .await
             .map_err(|_| "an index transaction timed out".to_string())?
-            .map_err(|error| format!("writing to the index database: {error}"))
+            .map_err(|error| format!("writing to the index database: {}", describe(&error)))
     }
 
     fn track_lag(&self) {
@@ -274,6 +297,37 @@ impl Writer {
                 progress.behind_since_ms.store(now, Ordering::Release);
             }
         }
+    }
+}
+
+/// tokio-postgres says only "db error" or "error connecting to server"; the cause is in the
+/// database's message or the source error.
+pub(super) fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(database) = error.as_db_error() {
+        return format!("{}: {}", database.severity(), database.message());
+    }
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
+}
+
+/// When the records the index needs next were removed by retention before it ever saw them
+/// (Kapsel ran without an index for a while), it starts at the oldest record the log still has.
+fn skip_removed_history(cursor: &mut ShardCursor, shard: usize) -> bool {
+    match kapsel_wal::tail::first_lsn(&cursor.directory) {
+        Ok(Some(first)) if first > cursor.next => {
+            tracing::warn!(
+                shard,
+                from = cursor.next,
+                to = first - 1,
+                "records removed by retention before they were indexed are left out of the index"
+            );
+            cursor.next = first;
+            cursor.reader = None;
+            true
+        }
+        _ => false,
     }
 }
 
