@@ -274,10 +274,7 @@ impl Bench {
                 limits::DELIVERY_FIRST_MS_MAX
             ));
         }
-        let (warm_up, measure) = match plan {
-            Plan::Closed(closed) => (closed.warm_up, closed.measure),
-            Plan::Open(open) => (open.warm_up, open.measure),
-        };
+        let (warm_up, measure) = plan.period();
         let measure_start = Instant::now() + warm_up;
         let measure_end = measure_start + measure;
         let observer = monoio::spawn(observe(sink, sink_meter, measure_start, measure_end));

@@ -1,8 +1,9 @@
-//! Kapsel's load tests: ingest against two reference servers, and delivery end to end.
+//! Kapsel's load tests: ingest against two reference servers, delivery end to end, and the
+//! Postgres index under ingest load.
 //!
-//! `cargo bench -p kapsel-bench` runs both. `benches/ingest.rs` calls [`suite::main`]: it builds
-//! the release binaries, then for every scenario spawns a fresh server process on loopback and
-//! drives it from one monoio thread with the client in this crate:
+//! `cargo bench -p kapsel-bench` runs all three. `benches/ingest.rs` calls [`suite::main`]: it
+//! builds the release binaries, then for every scenario spawns a fresh server process on
+//! loopback and drives it from one monoio thread with the client in this crate:
 //!
 //! - closed loop ([`closed`]): N keep-alive connections, each with one request outstanding,
 //!   for a fixed time; throughput and service-time percentiles;
@@ -18,18 +19,27 @@
 //! `benches/delivery.rs` calls [`delivery::main`]: Kapsel delivering to the [`sink`] (a
 //! receiver on the same stack that answers 200 at once and records ingest-to-delivery latency
 //! from the send time stamped into each body), under a closed loop and fixed-rate open loops.
-//! Both benches share their set-up ([`setup`]), client, loops and CPU meters.
+//!
+//! `benches/index.rs` calls [`index::main`]: Kapsel indexing into a private, durable
+//! PostgreSQL ([`postgres`]) under the ingest bench's loops, its progress sampled from
+//! `GET /readyz` ([`progress`]): indexed rows per second, index lag, catch-up time, and a
+//! count of the indexed events against the accepted ones.
+//!
+//! The benches share their set-up ([`setup`]), client, loops and CPU meters.
 //!
 //! The write-ahead log's own micro-benchmark lives in `wal/benches/`.
 
 pub mod client;
 pub mod closed;
 pub mod delivery;
+pub mod index;
 pub mod limits;
 pub mod machine;
 pub mod open;
 pub mod payload;
+pub mod postgres;
 pub mod process;
+pub mod progress;
 pub mod reference;
 pub mod report;
 pub mod runtime;

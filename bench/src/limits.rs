@@ -58,6 +58,24 @@ pub const DELIVERY_FIRST_MS_MAX: u64 = 10_000;
 /// Delivery bench: pause between two polls of the sink's `GET /stats` while draining.
 pub const SINK_POLL_MS: u64 = 50;
 
+/// Index bench: connections of its closed loops (with and without the index): the ingest
+/// bench's first closed loop, so the baseline is comparable with it.
+pub const INDEX_CLOSED_LOOP_CONNECTIONS: usize = 64;
+
+/// Index bench: pause between two samples of Kapsel's `GET /readyz` (the index's progress).
+pub const INDEX_SAMPLE_MS: u64 = 100;
+
+/// Index bench: one sample's connect, write and read time; a slower answer is a failed sample
+/// (counted, not fatal).
+pub const INDEX_SAMPLE_TIMEOUT_MS: u64 = 1_000;
+
+/// Index bench: after the load stops, how long the index may take to catch up (lag 0); past
+/// it the scenario is reported as not caught up and its count check fails.
+pub const INDEX_CATCH_UP_MS_MAX: u64 = 60_000;
+
+/// Index bench: time one `psql` or `pg_ctl` command may take (connect, statement, shutdown).
+pub const POSTGRES_COMMAND_TIMEOUT_MS: u64 = 60_000;
+
 /// Time to open one TCP connection.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
@@ -102,4 +120,5 @@ pub const GROUP_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 const _: () = assert!(RESPONSE_HEAD_BYTES_MAX >= READ_CHUNK_BYTES / 4);
 const _: () = assert!(REQUEST_TIMEOUT_MS <= DRAIN_GRACE_MS);
 const _: () = assert!(SINK_POLL_MS < DELIVERY_FIRST_MS_MAX && DELIVERY_FIRST_MS_MAX <= DELIVERY_DRAIN_MS_MAX);
+const _: () = assert!(INDEX_SAMPLE_MS <= INDEX_SAMPLE_TIMEOUT_MS && INDEX_SAMPLE_TIMEOUT_MS < INDEX_CATCH_UP_MS_MAX);
 const _: () = assert!(GROUP_PENDING_BYTES_MAX > 4 * PAYLOAD_BYTES);

@@ -117,6 +117,23 @@ fn parse_stat(text: &str) -> Option<(String, u64)> {
     Some((name, user + system))
 }
 
+/// CPU time (user+system) so far of process `root` and its direct children: a PostgreSQL
+/// postmaster with its backends and background workers. Children that already exited are not
+/// counted; 0 when nothing can be read.
+pub fn process_tree_cpu(root: u32) -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Duration::ZERO };
+    let total: u64 = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let text = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let parent: u32 = text.get(text.rfind(')')? + 1..)?.split_whitespace().nth(1)?.parse().ok()?;
+            (pid == root || parent == root).then(|| parse_stat(&text).map(|(_, ticks)| ticks))?
+        })
+        .sum();
+    ticks(total)
+}
+
 /// Every thread of process `pid`: id, name, ticks.
 fn thread_ticks(pid: u32) -> Vec<(u32, String, u64)> {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
@@ -240,5 +257,8 @@ mod tests {
         assert!(!thread_ticks(std::process::id()).is_empty());
         assert!(peak_rss_bytes(std::process::id()).is_some_and(|bytes| bytes > 0));
         assert_eq!(parse_stat("1 (a (b) c) S 0 0 0 0 0 0 0 0 0 0 7 5 0"), Some(("a (b) c".into(), 12)));
+        // A process's tree holds at least the process (read second: the counters only grow).
+        let own = ticks(process_ticks("/proc/self/stat").unwrap_or(0));
+        assert!(process_tree_cpu(std::process::id()) >= own);
     }
 }

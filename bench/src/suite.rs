@@ -63,6 +63,14 @@ impl Plan {
         }
     }
 
+    /// Its warm-up and measured period.
+    pub(crate) fn period(self) -> (Duration, Duration) {
+        match self {
+            Self::Closed(closed) => (closed.warm_up, closed.measure),
+            Self::Open(open) => (open.warm_up, open.measure),
+        }
+    }
+
     /// Runs the loop against `address`, connection `i` sending `requests[i % requests.len()]`.
     pub(crate) async fn run(
         self,
@@ -102,23 +110,36 @@ impl Outcome {
     }
 }
 
-/// Where things are and how long to run.
-struct Suite {
-    paths: Paths,
-    data_directory: PathBuf,
+/// Where things are and how long to run. The index bench ([`crate::index`]) runs its
+/// scenarios through the same settings and [`Suite::prepare`] / [`Suite::run_plan`].
+pub(crate) struct Suite {
+    pub(crate) paths: Paths,
+    /// Where the scenarios' data directories go (emptied when the bench starts).
+    pub(crate) data_directory: PathBuf,
     shards: usize,
     driver: Driver,
-    warm_up: Duration,
-    measure: Duration,
-    endpoints: Vec<String>,
+    pub(crate) warm_up: Duration,
+    pub(crate) measure: Duration,
+    pub(crate) endpoints: Vec<String>,
     /// `KAPSEL_BENCH_ROUNDS`: every scenario runs this many times; the tables show the median.
     rounds: usize,
     /// `KAPSEL_BENCH_SKIP_BUILD`: use the binaries already built (for profiling, or while
     /// the tree does not build).
-    skip_build: bool,
+    pub(crate) skip_build: bool,
     /// `KAPSEL_BENCH_ONLY`: run only the scenarios whose label contains one of these.
     only: Vec<String>,
     admin_token: String,
+}
+
+/// A server spawned for one scenario on a fresh data directory: ready, its endpoints created
+/// and each checked with one ingest (a 202 each, before any loop). Dropping it kills the
+/// process, then deletes the directory.
+pub(crate) struct Prepared {
+    pub(crate) process: ServerProcess,
+    /// Connection `i` of a loop sends `requests[i % requests.len()]`.
+    requests: Vec<Vec<u8>>,
+    /// Declared after `process`, so deleted after the kill.
+    _data: tempfile::TempDir,
 }
 
 /// Entry point of `benches/ingest.rs`. Run under `cargo test` (no `--bench` argument) it
@@ -129,7 +150,7 @@ pub fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let suite = Suite::from_env()?;
-    suite.print_header();
+    suite.print_header("Kapsel ingest load test", "cargo bench -p kapsel-bench");
     let servers = [Server::Kapsel, Server::Noop, Server::Durable].map(Server::name);
     setup::build_binaries(&suite.paths, suite.skip_build, &servers)?;
     setup::fresh_data_directory(&suite.paths, &suite.data_directory)?;
@@ -190,7 +211,7 @@ fn medians<T>(results: &[(Server, T)], scenario: impl Fn(&T) -> usize, key: impl
 }
 
 impl Suite {
-    fn from_env() -> Result<Self, String> {
+    pub(crate) fn from_env() -> Result<Self, String> {
         let paths = Paths::from_env()?;
         let measure_seconds = setup::number_from_env(
             "KAPSEL_BENCH_SECONDS",
@@ -220,7 +241,9 @@ impl Suite {
         })
     }
 
-    fn print_header(&self) {
+    /// The bench's `title`, the exact command line (ending in `command`), the machine, the
+    /// servers and the client.
+    pub(crate) fn print_header(&self, title: &str, command: &str) {
         let facts = Facts::read();
         let command = setup::command_line(
             &[
@@ -232,10 +255,11 @@ impl Suite {
                 "KAPSEL_BENCH_ONLY",
                 "KAPSEL_BENCH_SKIP_BUILD",
                 "KAPSEL_IO_DRIVER",
+                "DATABASE_MAX_CONNECTIONS",
             ],
-            "cargo bench -p kapsel-bench",
+            command,
         );
-        println!("Kapsel ingest load test");
+        println!("{title}");
         println!("  command:  {command}");
         println!("  bench:    {}", std::env::args().collect::<Vec<_>>().join(" "));
         println!(
@@ -263,7 +287,7 @@ impl Suite {
 
     /// Every loop, in the order they run: the closed loops by connection count, then the open
     /// loop.
-    fn plans(&self) -> Vec<Plan> {
+    pub(crate) fn plans(&self) -> Vec<Plan> {
         let mut plans: Vec<Plan> = limits::CLOSED_LOOP_CONNECTIONS
             .into_iter()
             .map(|connections| {
@@ -282,7 +306,11 @@ impl Suite {
 
     /// Whether `KAPSEL_BENCH_ONLY` (when set) selects this scenario.
     fn selected(&self, server: Server, plan: Plan) -> bool {
-        let label = format!("{} {}", server.name(), plan.label());
+        self.selects(&format!("{} {}", server.name(), plan.label()))
+    }
+
+    /// Whether `KAPSEL_BENCH_ONLY` (when set) selects the scenario labelled `label`.
+    pub(crate) fn selects(&self, label: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|word| label.contains(word.as_str()))
     }
 
@@ -295,18 +323,37 @@ impl Suite {
 
     /// Spawns `server` with a fresh data directory, readies it, runs `plan`, kills it.
     fn scenario(&self, server: Server, plan: Plan) -> Result<Outcome, String> {
+        let mut prepared = self.prepare(server, &format!("{}-{}", server.name(), plan.label()), &[])?;
+        self.run_plan(&mut prepared, plan)
+    }
+
+    /// Spawns `server` with a fresh data directory and its variables plus `extra`, standard
+    /// error going to `<logs>/<log_name>.log`; waits until it is ready, then creates the
+    /// endpoints (Kapsel) and checks one ingest per endpoint.
+    ///
+    /// # Errors
+    ///
+    /// It did not start, or a set-up request failed; with the tail of its log.
+    pub(crate) fn prepare(
+        &self,
+        server: Server,
+        log_name: &str,
+        extra: &[(&'static str, String)],
+    ) -> Result<Prepared, String> {
         let data = tempfile::Builder::new()
             .prefix(&format!("{}-", server.name()))
             .tempdir_in(&self.data_directory)
             .map_err(|error| format!("creating a data directory in {}: {error}", self.data_directory.display()))?;
-        let log = self.paths.log_directory.join(format!("{}-{}.log", server.name(), plan.label()));
+        let log = self.paths.log_directory.join(format!("{log_name}.log"));
         let program = self.paths.binaries.join(server.name());
-        let mut process = ServerProcess::spawn(server.name(), &program, &self.variables(server, data.path()), &log)?;
-        let (address, meter) = (process.address(), CpuMeter::new(process.pid()));
+        let mut variables = self.variables(server, data.path());
+        variables.extend_from_slice(extra);
+        let process = ServerProcess::spawn(server.name(), &program, &variables, &log)?;
+        let address = process.address();
         let body = json_body(limits::PAYLOAD_BYTES)?;
         let requests: Vec<Vec<u8>> =
             self.endpoints.iter().map(|endpoint| ingest_request(address, endpoint, &body)).collect();
-        let outcome = block_on(self.driver, async {
+        block_on(self.driver, async {
             setup::wait_until_ready(address).await?;
             for (endpoint, ingest) in self.endpoints.iter().zip(&requests) {
                 if server == Server::Kapsel {
@@ -314,12 +361,22 @@ impl Suite {
                 }
                 setup::check_ingest(address, endpoint, ingest).await?;
             }
-            plan.run(address, &requests, meter).await
+            Ok::<_, String>(())
         })?
         .map_err(|error| process.failure(&error))?;
-        process.check_running()?;
-        drop(process);
-        drop(data);
+        Ok(Prepared { process, requests, _data: data })
+    }
+
+    /// Runs `plan` against a prepared server, then checks that it is still running.
+    ///
+    /// # Errors
+    ///
+    /// The loop could not run, or the server exited; with the tail of its log.
+    pub(crate) fn run_plan(&self, prepared: &mut Prepared, plan: Plan) -> Result<Outcome, String> {
+        let (address, meter) = (prepared.process.address(), CpuMeter::new(prepared.process.pid()));
+        let outcome = block_on(self.driver, plan.run(address, &prepared.requests, meter))?
+            .map_err(|error| prepared.process.failure(&error))?;
+        prepared.process.check_running()?;
         Ok(outcome)
     }
 }
