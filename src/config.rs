@@ -1,23 +1,633 @@
-//! Server configuration from the environment (the names of the external contract). Parsing is a
-//! pure function of a variable lookup, so it is tested without touching the process environment.
+//! Server configuration: one table of settings, [`SETTINGS`], and the layers that set them.
+//!
+//! Every setting has an environment variable (the names of the external contract), a
+//! `kapsel.toml` key (the variable in lower case without `KAPSEL_`) and a flag (that key with
+//! `-` for `_`). The table alone drives the merge, `kapsel --help` and `kapsel config`.
+//! Layers, lowest first: defaults, the configuration file (named by `--config` or
+//! `KAPSEL_CONFIG`), the environment, flags. Every layer is reduced to the text the
+//! environment would hold, so one pure function of a variable lookup,
+//! [`Settings::from_lookup`], validates values wherever they came from.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use kapsel_engine::state::StateLimits;
 use kapsel_engine::{limits, IoDriver};
+use DefaultValue::{Described, Text};
 
 /// Default listen address.
 pub const SERVER_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./data";
+
 /// Default `DATABASE_MAX_CONNECTIONS`.
 pub const DATABASE_MAX_CONNECTIONS_DEFAULT: usize = 10;
 
-/// Server settings read from the environment.
+/// Environment variable naming the configuration file (the flag is `--config`).
+pub const CONFIG_VARIABLE: &str = "KAPSEL_CONFIG";
+
+/// What `kapsel config` shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// How `kapsel config` shows a setting's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrecy {
+    /// Shown as it is.
+    Public,
+    /// Never shown.
+    Secret,
+    /// A Postgres connection string: shown with its password hidden.
+    Password,
+}
+
+/// Which layers may set a setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layers {
+    /// The file, the environment and a flag.
+    All,
+    /// Only the environment: logging is set up from it before anything else is read.
+    EnvironmentOnly,
+}
+
+/// What a setting is when no layer sets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// This text, as if it had been set.
+    Text(&'static str),
+    /// Something that is not a fixed text (computed, generated or absent), described.
+    Described(&'static str),
+}
+
+/// One setting: its names in every layer, its default and what it means.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// The environment variable, also the name used in messages.
+    pub variable: &'static str,
+    /// The `kapsel.toml` key.
+    pub key: &'static str,
+    /// What the value is, in `--help` (`ADDR`, `N`, `PATH`, …).
+    pub value_name: &'static str,
+    /// The default.
+    pub default: DefaultValue,
+    /// What it does, for `--help`.
+    pub description: &'static str,
+    /// How `kapsel config` shows it.
+    pub secrecy: Secrecy,
+    /// Which layers may set it.
+    pub layers: Layers,
+}
+
+impl Setting {
+    const fn new(
+        variable: &'static str,
+        key: &'static str,
+        value_name: &'static str,
+        default: DefaultValue,
+        description: &'static str,
+    ) -> Self {
+        Self { variable, key, value_name, default, description, secrecy: Secrecy::Public, layers: Layers::All }
+    }
+
+    const fn secret(self, secrecy: Secrecy) -> Self {
+        Self { secrecy, ..self }
+    }
+
+    const fn environment_only(self) -> Self {
+        Self { layers: Layers::EnvironmentOnly, ..self }
+    }
+
+    /// The command-line flag: `--` and the key with `-` for `_`.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+
+    /// The default as `--help` and `kapsel config` show it.
+    pub fn default_text(&self) -> &'static str {
+        match self.default {
+            DefaultValue::Text(text) | DefaultValue::Described(text) => text,
+        }
+    }
+
+    /// The value as `kapsel config` may show it, secrets hidden.
+    pub fn shown(&self, value: &str) -> String {
+        match self.secrecy {
+            Secrecy::Public => value.to_owned(),
+            Secrecy::Secret => REDACTED.to_owned(),
+            Secrecy::Password => redact_password(value),
+        }
+    }
+}
+
+/// Every setting, in the order `--help` and `kapsel config` list them.
+pub const SETTINGS: &[Setting] = &[
+    Setting::new(
+        "SERVER_ADDR",
+        "server_addr",
+        "ADDR",
+        Text(SERVER_ADDR_DEFAULT),
+        "listen address for ingest and admin (port 0 picks a free port, printed at start)",
+    ),
+    Setting::new(
+        "KAPSEL_DATA_DIR",
+        "data_dir",
+        "DIR",
+        Text(DATA_DIR_DEFAULT),
+        "data directory: wal/shard-<n>/ logs and admin.token; `audit verify` and `wal inspect` read every \
+         <DIR>/wal/shard-<n>/ log, or DIR itself when it is a log directory",
+    ),
+    Setting::new(
+        "KAPSEL_SHARDS",
+        "shards",
+        "N",
+        Described("available cores"),
+        "shard threads (1 to 256); fixed once the data directory has logs (a different value is refused)",
+    ),
+    Setting::new("KAPSEL_IO_DRIVER", "io_driver", "DRIVER", Text("auto"), "auto, uring or legacy (epoll)"),
+    Setting::new(
+        "KAPSEL_ADMIN_TOKEN",
+        "admin_token",
+        "TOKEN",
+        Described("generated"),
+        "bearer token for /admin/*; when unset, generated once into <data dir>/admin.token (mode 0600)",
+    )
+    .secret(Secrecy::Secret),
+    Setting::new(
+        "KAPSEL_MAX_PAYLOAD_BYTES",
+        "max_payload_bytes",
+        "BYTES",
+        Text("10485760"),
+        "larger ingest bodies get 413 E1002",
+    ),
+    Setting::new(
+        "KAPSEL_WAL_SEGMENT_BYTES",
+        "wal_segment_bytes",
+        "BYTES",
+        Text("67108864"),
+        "a segment is sealed (Merkle root, chain) when it reaches this size (4096 to 1073741824)",
+    ),
+    Setting::new(
+        "KAPSEL_RETENTION",
+        "retention",
+        "DURATION",
+        Text("7d"),
+        "sealed segments older than this, fully terminal and indexed, may be deleted (ms, s, m, h or d)",
+    ),
+    Setting::new(
+        "KAPSEL_TLS_CERT",
+        "tls_cert",
+        "PATH",
+        Described("unset"),
+        "PEM certificate chain; when it and KAPSEL_TLS_KEY are set, the listener speaks TLS",
+    ),
+    Setting::new("KAPSEL_TLS_KEY", "tls_key", "PATH", Described("unset"), "PEM private key for KAPSEL_TLS_CERT"),
+    Setting::new(
+        "KAPSEL_EXTRA_CA_FILE",
+        "extra_ca_file",
+        "PATH",
+        Described("unset"),
+        "PEM roots trusted for https destinations besides the webpki roots",
+    ),
+    Setting::new(
+        "KAPSEL_ALLOW_DESTINATIONS",
+        "allow_destinations",
+        "CIDRS",
+        Described("empty"),
+        "comma-separated CIDRs deliveries may reach despite the private-range block (e.g. 127.0.0.0/8)",
+    ),
+    Setting::new(
+        "KAPSEL_IDEMPOTENCY_WINDOW",
+        "idempotency_window",
+        "DURATION",
+        Text("24h"),
+        "how long a repeated X-Idempotency-Key is a duplicate (ms, s, m, h or d)",
+    ),
+    Setting::new(
+        "KAPSEL_IDEMPOTENCY_KEYS_MAX",
+        "idempotency_keys_max",
+        "N",
+        Text("1000000"),
+        "idempotency keys remembered per shard (about 100 bytes each plus the key); beyond it the oldest are \
+         forgotten early",
+    ),
+    Setting::new(
+        "KAPSEL_EVENTS_IN_MEMORY_MAX",
+        "events_in_memory_max",
+        "N",
+        Text("2000000"),
+        "waiting (non-terminal) events a shard tracks (about 150 bytes each); at the bound ingest answers 503 E3002",
+    ),
+    Setting::new(
+        "KAPSEL_TERMINAL_EVENTS_IN_MEMORY",
+        "terminal_events_in_memory",
+        "N",
+        Text("200000"),
+        "delivered or failed events a shard keeps in memory for lookups; older ones are answered by the index",
+    ),
+    Setting::new(
+        "KAPSEL_PAYLOAD_MEMORY_BYTES",
+        "payload_memory_bytes",
+        "BYTES",
+        Text("67108864"),
+        "payload bytes of waiting events a shard keeps in memory; beyond it payloads stay on disk and are read \
+         back from the log when their turn comes",
+    ),
+    Setting::new(
+        "DATABASE_URL",
+        "database_url",
+        "URL",
+        Described("unset"),
+        "Postgres index (postgres://user:password@host:port/db or key=value form); unset means no index",
+    )
+    .secret(Secrecy::Password),
+    Setting::new(
+        "DATABASE_MAX_CONNECTIONS",
+        "database_max_connections",
+        "N",
+        Text("10"),
+        "index connections: one writes, the others serve queries (2 to 1000)",
+    ),
+    Setting::new("RUST_LOG", "rust_log", "FILTER", Text("info"), "tracing filter").environment_only(),
+    Setting::new("KAPSEL_LOG_FORMAT", "log_format", "FORMAT", Text("json"), "json or pretty").environment_only(),
+];
+
+/// The setting read from `variable`.
+pub fn setting(variable: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|setting| setting.variable == variable)
+}
+
+/// The layer a value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// No layer set it.
+    Default,
+    /// The configuration file.
+    File,
+    /// The environment.
+    Environment,
+    /// A command-line flag.
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            Self::Default => "default",
+            Self::File => "file",
+            Self::Environment => "env",
+            Self::Flag => "flag",
+        })
+    }
+}
+
+/// The configuration file read, and what named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// Its path, as given.
+    pub path: PathBuf,
+    /// [`Source::Flag`] for `--config`, [`Source::Environment`] for `KAPSEL_CONFIG`.
+    pub named_by: Source,
+}
+
+impl ConfigFile {
+    fn named_by_text(&self) -> &'static str {
+        if self.named_by == Source::Flag {
+            "--config"
+        } else {
+            CONFIG_VARIABLE
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the setting or the file.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting's value is wrong.
+    Invalid {
+        /// The setting's environment variable.
+        variable: &'static str,
+        /// Where the value came from when that was not the variable itself, such as
+        /// ``"`shards` in /etc/kapsel.toml"`` or `"--shards"`.
+        origin: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The configuration file is missing, unreadable or malformed, or names an unknown setting.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid { variable, origin: Some(origin), message } => {
+                write!(formatter, "{variable} (set by {origin}): {message}")
+            }
+            Self::Invalid { variable, origin: None, message } => write!(formatter, "{variable}: {message}"),
+            Self::File { path, message } => write!(formatter, "configuration file {}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { variable, origin: None, message: message.into() }
+}
+
+fn file_error(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::File { path: path.to_path_buf(), message: message.into() }
+}
+
+/// The effective configuration: for each setting that some layer sets, the winning text and
+/// its layer. Empty values count as unset in every layer, so they never hide a lower one.
+#[derive(Clone, Debug)]
+pub struct Configuration {
+    file: Option<ConfigFile>,
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl Configuration {
+    /// Reads the environment and the file named by `config_flag` or `KAPSEL_CONFIG`, and
+    /// merges them with `flags` (values by variable name, from the command line). This is the
+    /// edge that does I/O; [`Configuration::merge`] is the pure part.
+    pub fn load(config_flag: Option<PathBuf>, flags: &BTreeMap<&'static str, String>) -> Result<Self, ConfigError> {
+        let mut environment = BTreeMap::new();
+        for variable in SETTINGS.iter().map(|setting| setting.variable).chain([CONFIG_VARIABLE]) {
+            if let Some(value) = std::env::var_os(variable) {
+                let value = value.into_string().map_err(|_| error(variable, "is not valid UTF-8"))?;
+                environment.insert(variable, value);
+            }
+        }
+        let environment_file = environment.get(CONFIG_VARIABLE).filter(|path| !path.is_empty());
+        let file = match (config_flag, environment_file) {
+            (Some(path), _) => Some(ConfigFile { path, named_by: Source::Flag }),
+            (None, Some(path)) => Some(ConfigFile { path: PathBuf::from(path), named_by: Source::Environment }),
+            (None, None) => None,
+        };
+        let file_values = match &file {
+            Some(file) => {
+                let text = std::fs::read_to_string(&file.path).map_err(|error| {
+                    file_error(&file.path, format!("cannot read it (named by {}): {error}", file.named_by_text()))
+                })?;
+                parse_file(&text, &file.path)?
+            }
+            None => BTreeMap::new(),
+        };
+        Ok(Self::merge(file, file_values, &|variable| environment.get(variable).cloned(), flags))
+    }
+
+    /// Merges the layers: `file_values` (from [`parse_file`]), then `environment`, then `flags`,
+    /// each keyed by variable name.
+    pub fn merge(
+        file: Option<ConfigFile>,
+        file_values: BTreeMap<&'static str, String>,
+        environment: &dyn Fn(&str) -> Option<String>,
+        flags: &BTreeMap<&'static str, String>,
+    ) -> Self {
+        let mut values = BTreeMap::new();
+        for setting in SETTINGS {
+            let layers = [
+                (file_values.get(setting.variable).cloned(), Source::File),
+                (environment(setting.variable), Source::Environment),
+                (flags.get(setting.variable).cloned(), Source::Flag),
+            ];
+            let winner = layers
+                .into_iter()
+                .filter_map(|(value, source)| Some((value?, source)))
+                .rfind(|(value, _)| !value.is_empty());
+            if let Some(winner) = winner {
+                values.insert(setting.variable, winner);
+            }
+        }
+        Self { file, values }
+    }
+
+    /// The value of `variable`, if any layer sets it.
+    pub fn lookup(&self, variable: &str) -> Option<String> {
+        self.values.get(variable).map(|(value, _)| value.clone())
+    }
+
+    /// The layer `variable`'s value comes from.
+    pub fn source(&self, variable: &str) -> Source {
+        self.values.get(variable).map_or(Source::Default, |(_, source)| *source)
+    }
+
+    /// The validated settings. An error names the setting and, when the value came from the
+    /// file or a flag, how it was spelt there.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(&|variable| self.lookup(variable)).map_err(|error| self.with_origin(error))
+    }
+
+    /// The shard count to run (see [`resolve_shards`]), checked against the data directory.
+    pub fn shards(&self, settings: &Settings) -> Result<usize, ConfigError> {
+        resolve_shards(settings.shards, existing_shards(&settings.data_directory))
+            .map_err(|error| self.with_origin(error))
+    }
+
+    /// The data directory, for the commands that need nothing else.
+    pub fn data_directory(&self) -> PathBuf {
+        data_directory(&|variable| self.lookup(variable))
+    }
+
+    fn with_origin(&self, error: ConfigError) -> ConfigError {
+        let ConfigError::Invalid { variable, origin: None, message } = error else {
+            return error;
+        };
+        let origin = match (self.source(variable), setting(variable), &self.file) {
+            (Source::File, Some(setting), Some(file)) => Some(format!("`{}` in {}", setting.key, file.path.display())),
+            (Source::Flag, Some(setting), _) => Some(setting.flag()),
+            _ => None,
+        };
+        ConfigError::Invalid { variable, origin, message }
+    }
+
+    /// What `kapsel config` prints: every setting, the layer its value comes from and the value,
+    /// secrets redacted; unset settings show their default in parentheses when it is not a
+    /// fixed text.
+    pub fn report(&self) -> String {
+        let file = match &self.file {
+            Some(file) => format!("{} (named by {})", file.path.display(), file.named_by_text()),
+            None => format!("none (name one with --config or {CONFIG_VARIABLE})"),
+        };
+        let width = SETTINGS.iter().map(|setting| setting.variable.len()).max().unwrap_or(0);
+        let mut lines = vec![
+            "# Effective configuration; each value comes from, highest first: flag, env, file, default.".to_owned(),
+            format!("# Configuration file: {file}"),
+            format!("{:<width$}  {:<7}  VALUE", "SETTING", "SOURCE"),
+        ];
+        for setting in SETTINGS {
+            let (value, source) = match self.values.get(setting.variable) {
+                Some((value, source)) => (setting.shown(value), *source),
+                None => match setting.default {
+                    Text(text) => (text.to_owned(), Source::Default),
+                    Described(text) => (format!("({text})"), Source::Default),
+                },
+            };
+            lines.push(format!("{:<width$}  {:<7}  {value}", setting.variable, source.to_string()));
+        }
+        lines.push(String::new());
+        lines.join("\n")
+    }
+}
+
+/// Reads a `kapsel.toml`: top-level `key = value` pairs whose keys are the settings' keys and
+/// whose values are strings, integers, booleans or arrays of those (joined with commas, so
+/// `allow_destinations = ["127.0.0.0/8", "::1/128"]` reads as the environment's list). The
+/// values come back as the text the environment would hold, by variable name. Unknown keys,
+/// tables, floats and dates are errors naming the key and its line.
+pub fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<&'static str, String>, ConfigError> {
+    let line_of = |offset: usize| text.get(..offset).map_or(1, |before| before.matches('\n').count() + 1);
+    // The parser's own message quotes the line, which may hold the database password: only
+    // its position and what it expected are shown.
+    let document = toml::de::DeTable::parse(text).map_err(|error| {
+        let line = line_of(error.span().map_or(0, |span| span.start));
+        file_error(path, format!("line {line}: {}", error.message().trim_end()))
+    })?;
+    let mut values = BTreeMap::new();
+    for (key, value) in document.get_ref().iter() {
+        let name: &str = key.get_ref();
+        let line = line_of(key.span().start);
+        let setting = SETTINGS.iter().find(|setting| setting.key == name).ok_or_else(|| {
+            file_error(path, format!("line {line}: unknown setting `{name}` (`kapsel --help` lists them)"))
+        })?;
+        if setting.layers == Layers::EnvironmentOnly {
+            return Err(file_error(
+                path,
+                format!(
+                    "line {line}: `{name}` cannot be set here: {} is read from the environment only",
+                    setting.variable
+                ),
+            ));
+        }
+        let text = toml_text(value.get_ref()).ok_or_else(|| {
+            file_error(
+                path,
+                format!("line {line}: `{name}` must be a string, an integer, a boolean or an array of those"),
+            )
+        })?;
+        values.insert(setting.variable, text);
+    }
+    Ok(values)
+}
+
+/// A TOML value as environment text; `None` for kinds no setting takes.
+fn toml_text(value: &toml::de::DeValue<'_>) -> Option<String> {
+    use toml::de::DeValue;
+    match value {
+        DeValue::String(text) => Some(text.to_string()),
+        DeValue::Integer(integer) => {
+            i128::from_str_radix(integer.as_str(), integer.radix()).ok().map(|number| number.to_string())
+        }
+        DeValue::Boolean(flag) => Some(flag.to_string()),
+        DeValue::Array(items) => items
+            .iter()
+            .map(|item| match item.get_ref() {
+                DeValue::Array(_) => None,
+                scalar => toml_text(scalar),
+            })
+            .collect::<Option<Vec<String>>>()
+            .map(|items| items.join(",")),
+        DeValue::Float(_) | DeValue::Datetime(_) | DeValue::Table(_) => None,
+    }
+}
+
+/// A Postgres connection string with its password replaced by [`REDACTED`]: the password of a
+/// URL's user information and any `password` parameter, in URL or `key=value` form. Errs on
+/// the side of hiding: in a URL, everything between the first `:` of the user information and
+/// the last `@` is hidden, so a password with an unescaped `@` or `/` does not leak.
+pub fn redact_password(text: &str) -> String {
+    let scheme_length = ["postgres://", "postgresql://"]
+        .iter()
+        .find(|scheme| text.get(..scheme.len()).is_some_and(|start| start.eq_ignore_ascii_case(scheme)))
+        .map(|scheme| scheme.len());
+    let Some((scheme, rest)) = scheme_length.map(|length| text.split_at(length)) else {
+        return redact_key_values(text);
+    };
+    let (user_information, host_and_more) = match rest.rfind('@') {
+        Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at..).unwrap_or_default()),
+        None => ("", rest),
+    };
+    let user_information = match user_information.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => user_information.to_owned(),
+    };
+    let host_and_more = match host_and_more.split_once('?') {
+        Some((host, query)) => {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some(("password", _)) => format!("password={REDACTED}"),
+                    _ => parameter.to_owned(),
+                })
+                .collect();
+            format!("{host}?{}", parameters.join("&"))
+        }
+        None => host_and_more.to_owned(),
+    };
+    format!("{scheme}{user_information}{host_and_more}")
+}
+
+/// The `key=value` form (libpq's): pairs separated by whitespace, spaces allowed around `=`.
+fn redact_key_values(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let pair = rest.trim_start();
+        shown.push_str(&rest[..rest.len() - pair.len()]);
+        if pair.is_empty() {
+            return shown;
+        }
+        let key_length =
+            pair.find(|character: char| character == '=' || character.is_whitespace()).unwrap_or(pair.len());
+        let (key, after_key) = pair.split_at(key_length);
+        shown.push_str(key);
+        let Some(after_equals) = after_key.trim_start().strip_prefix('=') else {
+            // A word without `=` (not valid, so never shown after validation): keep it and go on.
+            // The key is not empty here, as a pair starting with `=` has one, so this progresses.
+            rest = after_key;
+            continue;
+        };
+        let value = after_equals.trim_start();
+        shown.push_str(&after_key[..after_key.len() - value.len()]);
+        let value_length = key_value_length(value);
+        shown.push_str(if key == "password" { REDACTED } else { &value[..value_length] });
+        rest = &value[value_length..];
+    }
+}
+
+/// Length in bytes of the value at the start of `text`: a quoted string up to its closing
+/// quote, else a word up to whitespace; `\` escapes the next character in both.
+fn key_value_length(text: &str) -> usize {
+    let quoted = text.starts_with('\'');
+    let mut characters = text.char_indices().skip(usize::from(quoted));
+    while let Some((index, character)) = characters.next() {
+        match character {
+            '\\' => {
+                characters.next();
+            }
+            '\'' if quoted => return index + 1,
+            character if !quoted && character.is_whitespace() => return index,
+            _ => {}
+        }
+    }
+    text.len()
+}
+
+/// Server settings, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// `SERVER_ADDR`.
     pub listen: SocketAddr,
+    /// `KAPSEL_DATA_DIR`.
+    pub data_directory: PathBuf,
     /// `KAPSEL_SHARDS` (`None`: keep the data directory's count, else the available cores).
     pub shards: Option<usize>,
     /// `KAPSEL_IO_DRIVER`.
@@ -28,9 +638,13 @@ pub struct Settings {
     pub max_payload_bytes: u64,
     /// `KAPSEL_WAL_SEGMENT_BYTES`.
     pub wal_segment_bytes: u64,
+    /// `KAPSEL_RETENTION`: sealed segments older than this, fully terminal and indexed, may be
+    /// deleted.
+    pub retention_ms: u64,
     /// `KAPSEL_TLS_CERT` and `KAPSEL_TLS_KEY`.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// `KAPSEL_IDEMPOTENCY_WINDOW`, `KAPSEL_IDEMPOTENCY_KEYS_MAX`, `KAPSEL_EVENTS_IN_MEMORY_MAX`.
+    /// `KAPSEL_IDEMPOTENCY_WINDOW`, `KAPSEL_IDEMPOTENCY_KEYS_MAX`, `KAPSEL_EVENTS_IN_MEMORY_MAX`,
+    /// `KAPSEL_PAYLOAD_MEMORY_BYTES`, `KAPSEL_TERMINAL_EVENTS_IN_MEMORY`.
     pub state_limits: StateLimits,
     /// `KAPSEL_ALLOW_DESTINATIONS`.
     pub destinations: kapsel_http::DestinationPolicy,
@@ -40,28 +654,26 @@ pub struct Settings {
     pub index: Option<kapsel_engine::index::IndexConfig>,
 }
 
-/// A configuration value that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {message}")]
-pub struct ConfigError {
-    /// The variable.
-    pub variable: &'static str,
-    /// What is wrong.
-    pub message: String,
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The value of `variable`, when set and not empty.
+fn text(lookup: Lookup<'_>, variable: &str) -> Option<String> {
+    lookup(variable).filter(|value| !value.is_empty())
 }
 
-fn error(variable: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { variable, message: message.into() }
-}
-
-fn number<T: std::str::FromStr>(
-    lookup: &dyn Fn(&str) -> Option<String>,
-    variable: &'static str,
-    default: T,
-) -> Result<T, ConfigError> {
-    match lookup(variable).filter(|value| !value.is_empty()) {
+fn number<T: std::str::FromStr>(lookup: Lookup<'_>, variable: &'static str, default: T) -> Result<T, ConfigError> {
+    match text(lookup, variable) {
         Some(value) => value.trim().parse().map_err(|_| error(variable, format!("`{value}` is not a valid number"))),
         None => Ok(default),
+    }
+}
+
+fn duration(lookup: Lookup<'_>, variable: &'static str, default_ms: u64) -> Result<u64, ConfigError> {
+    match text(lookup, variable) {
+        Some(value) => parse_duration_ms(&value)
+            .filter(|milliseconds| *milliseconds > 0)
+            .ok_or_else(|| error(variable, format!("`{value}` is not a duration such as 500ms, 30s, 15m, 24h or 7d"))),
+        None => Ok(default_ms),
     }
 }
 
@@ -82,34 +694,27 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
     value.checked_mul(factor)
 }
 
+/// The data directory: `KAPSEL_DATA_DIR`, else [`DATA_DIR_DEFAULT`].
+pub fn data_directory(lookup: Lookup<'_>) -> PathBuf {
+    PathBuf::from(text(lookup, "KAPSEL_DATA_DIR").unwrap_or_else(|| DATA_DIR_DEFAULT.into()))
+}
+
 impl Settings {
-    /// Reads the settings through `lookup` (the environment in production).
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let listen_text =
-            lookup("SERVER_ADDR").filter(|value| !value.is_empty()).unwrap_or_else(|| SERVER_ADDR_DEFAULT.into());
+    /// Reads the settings through `lookup`, by variable name (a merged [`Configuration`] in
+    /// production). Unset and empty values take their defaults; a wrong one is an error naming
+    /// its variable, never a silent default.
+    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
+        let listen_text = text(lookup, "SERVER_ADDR").unwrap_or_else(|| SERVER_ADDR_DEFAULT.into());
         let listen = listen_text
             .parse()
             .map_err(|_| error("SERVER_ADDR", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
-        let shards = match lookup("KAPSEL_SHARDS").filter(|value| !value.is_empty()) {
-            Some(value) => {
-                let count: usize =
-                    value.trim().parse().map_err(|_| error("KAPSEL_SHARDS", format!("`{value}` is not a number")))?;
-                if !(1..=limits::SHARDS_MAX).contains(&count) {
-                    return Err(error("KAPSEL_SHARDS", format!("must be 1 to {}", limits::SHARDS_MAX)));
-                }
-                Some(count)
-            }
-            None => None,
-        };
-        let driver_text = lookup("KAPSEL_IO_DRIVER").filter(|value| !value.is_empty()).unwrap_or_else(|| "auto".into());
-        let io_driver =
-            IoDriver::parse(&driver_text).ok_or_else(|| error("KAPSEL_IO_DRIVER", "must be auto, uring or legacy"))?;
+        let driver_text = text(lookup, "KAPSEL_IO_DRIVER").unwrap_or_else(|| "auto".into());
+        let io_driver = IoDriver::parse(&driver_text)
+            .ok_or_else(|| error("KAPSEL_IO_DRIVER", format!("`{driver_text}` is not auto, uring or legacy")))?;
         let max_payload_bytes = number(lookup, "KAPSEL_MAX_PAYLOAD_BYTES", kapsel_http::limits::PAYLOAD_BYTES_DEFAULT)?;
-        if max_payload_bytes == 0 || max_payload_bytes > (kapsel_wal::limits::RECORD_BODY_BYTES_MAX / 2) as u64 {
-            return Err(error(
-                "KAPSEL_MAX_PAYLOAD_BYTES",
-                format!("must be 1 to {}", kapsel_wal::limits::RECORD_BODY_BYTES_MAX / 2),
-            ));
+        let payload_bytes_max = (kapsel_wal::limits::RECORD_BODY_BYTES_MAX / 2) as u64;
+        if !(1..=payload_bytes_max).contains(&max_payload_bytes) {
+            return Err(error("KAPSEL_MAX_PAYLOAD_BYTES", format!("must be 1 to {payload_bytes_max}")));
         }
         let wal_segment_bytes = number(lookup, "KAPSEL_WAL_SEGMENT_BYTES", kapsel_wal::limits::SEGMENT_BYTES_DEFAULT)?;
         let segment_range = kapsel_wal::limits::SEGMENT_BYTES_MIN..=kapsel_wal::limits::SEGMENT_BYTES_MAX;
@@ -119,68 +724,72 @@ impl Settings {
                 format!("must be {} to {}", segment_range.start(), segment_range.end()),
             ));
         }
-        let tls = match (
-            lookup("KAPSEL_TLS_CERT").filter(|v| !v.is_empty()),
-            lookup("KAPSEL_TLS_KEY").filter(|v| !v.is_empty()),
-        ) {
-            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
-            (None, None) => None,
-            _ => return Err(error("KAPSEL_TLS_CERT", "KAPSEL_TLS_CERT and KAPSEL_TLS_KEY must be set together")),
-        };
-        let window_ms = match lookup("KAPSEL_IDEMPOTENCY_WINDOW").filter(|value| !value.is_empty()) {
-            Some(value) => parse_duration_ms(&value)
-                .ok_or_else(|| error("KAPSEL_IDEMPOTENCY_WINDOW", "must be a duration such as 24h"))?,
-            None => limits::IDEMPOTENCY_WINDOW_MS_DEFAULT,
-        };
-        let state_limits = StateLimits {
-            events_max: number(lookup, "KAPSEL_EVENTS_IN_MEMORY_MAX", limits::EVENTS_IN_MEMORY_DEFAULT)?.max(1),
-            idempotency_keys_max: number(lookup, "KAPSEL_IDEMPOTENCY_KEYS_MAX", limits::IDEMPOTENCY_KEYS_DEFAULT)?
-                .max(1),
-            idempotency_window_ms: window_ms,
-            payload_memory_bytes_max: number(
-                lookup,
-                "KAPSEL_PAYLOAD_MEMORY_BYTES",
-                limits::PAYLOAD_MEMORY_BYTES_DEFAULT,
-            )?,
-            terminal_events_max: number(
-                lookup,
-                "KAPSEL_TERMINAL_EVENTS_IN_MEMORY",
-                limits::TERMINAL_EVENTS_IN_MEMORY_MAX,
-            )?
-            .max(1),
-        };
-        let admin_token = lookup("KAPSEL_ADMIN_TOKEN").filter(|value| !value.is_empty());
-        let destinations =
-            kapsel_http::DestinationPolicy::parse_allow_list(&lookup("KAPSEL_ALLOW_DESTINATIONS").unwrap_or_default())
-                .map_err(|message| error("KAPSEL_ALLOW_DESTINATIONS", message))?;
-        let extra_ca_file = lookup("KAPSEL_EXTRA_CA_FILE").filter(|value| !value.is_empty()).map(PathBuf::from);
-        let max_connections = number(lookup, "DATABASE_MAX_CONNECTIONS", DATABASE_MAX_CONNECTIONS_DEFAULT)?;
-        if !(2..=1000).contains(&max_connections) {
-            return Err(error("DATABASE_MAX_CONNECTIONS", "must be 2 to 1000 (one writes, the others serve queries)"));
-        }
-        let index = match lookup("DATABASE_URL").filter(|value| !value.is_empty()) {
-            Some(url) => {
-                if !kapsel_engine::index::valid_url(&url) {
-                    return Err(error("DATABASE_URL", "is not a postgres:// URL or key=value connection string"));
-                }
-                Some(kapsel_engine::index::IndexConfig { url, max_connections })
-            }
-            None => None,
-        };
+        let destinations = kapsel_http::DestinationPolicy::parse_allow_list(
+            &text(lookup, "KAPSEL_ALLOW_DESTINATIONS").unwrap_or_default(),
+        )
+        .map_err(|message| error("KAPSEL_ALLOW_DESTINATIONS", message))?;
         Ok(Self {
             listen,
-            shards,
+            data_directory: data_directory(lookup),
+            shards: shards(lookup)?,
             io_driver,
-            admin_token,
+            admin_token: text(lookup, "KAPSEL_ADMIN_TOKEN"),
             max_payload_bytes,
             wal_segment_bytes,
-            tls,
-            state_limits,
+            retention_ms: duration(lookup, "KAPSEL_RETENTION", limits::RETENTION_MS_DEFAULT)?,
+            tls: tls(lookup)?,
+            state_limits: state_limits(lookup)?,
             destinations,
-            extra_ca_file,
-            index,
+            extra_ca_file: text(lookup, "KAPSEL_EXTRA_CA_FILE").map(PathBuf::from),
+            index: index(lookup)?,
         })
     }
+}
+
+fn shards(lookup: Lookup<'_>) -> Result<Option<usize>, ConfigError> {
+    let Some(value) = text(lookup, "KAPSEL_SHARDS") else {
+        return Ok(None);
+    };
+    let count: usize =
+        value.trim().parse().map_err(|_| error("KAPSEL_SHARDS", format!("`{value}` is not a number")))?;
+    if !(1..=limits::SHARDS_MAX).contains(&count) {
+        return Err(error("KAPSEL_SHARDS", format!("must be 1 to {}", limits::SHARDS_MAX)));
+    }
+    Ok(Some(count))
+}
+
+fn tls(lookup: Lookup<'_>) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (text(lookup, "KAPSEL_TLS_CERT"), text(lookup, "KAPSEL_TLS_KEY")) {
+        (Some(certificate), Some(key)) => Ok(Some((PathBuf::from(certificate), PathBuf::from(key)))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(error("KAPSEL_TLS_CERT", "KAPSEL_TLS_CERT and KAPSEL_TLS_KEY must be set together")),
+        (None, Some(_)) => Err(error("KAPSEL_TLS_KEY", "KAPSEL_TLS_CERT and KAPSEL_TLS_KEY must be set together")),
+    }
+}
+
+fn state_limits(lookup: Lookup<'_>) -> Result<StateLimits, ConfigError> {
+    Ok(StateLimits {
+        events_max: number(lookup, "KAPSEL_EVENTS_IN_MEMORY_MAX", limits::EVENTS_IN_MEMORY_DEFAULT)?.max(1),
+        idempotency_keys_max: number(lookup, "KAPSEL_IDEMPOTENCY_KEYS_MAX", limits::IDEMPOTENCY_KEYS_DEFAULT)?.max(1),
+        idempotency_window_ms: duration(lookup, "KAPSEL_IDEMPOTENCY_WINDOW", limits::IDEMPOTENCY_WINDOW_MS_DEFAULT)?,
+        payload_memory_bytes_max: number(lookup, "KAPSEL_PAYLOAD_MEMORY_BYTES", limits::PAYLOAD_MEMORY_BYTES_DEFAULT)?,
+        terminal_events_max: number(lookup, "KAPSEL_TERMINAL_EVENTS_IN_MEMORY", limits::TERMINAL_EVENTS_IN_MEMORY_MAX)?
+            .max(1),
+    })
+}
+
+fn index(lookup: Lookup<'_>) -> Result<Option<kapsel_engine::index::IndexConfig>, ConfigError> {
+    let max_connections = number(lookup, "DATABASE_MAX_CONNECTIONS", DATABASE_MAX_CONNECTIONS_DEFAULT)?;
+    if !(2..=1000).contains(&max_connections) {
+        return Err(error("DATABASE_MAX_CONNECTIONS", "must be 2 to 1000 (one writes, the others serve queries)"));
+    }
+    let Some(url) = text(lookup, "DATABASE_URL") else {
+        return Ok(None);
+    };
+    if !kapsel_engine::index::valid_url(&url) {
+        return Err(error("DATABASE_URL", "is not a postgres:// URL or key=value connection string"));
+    }
+    Ok(Some(kapsel_engine::index::IndexConfig { url, max_connections }))
 }
 
 /// Shards a data directory was created with (its `wal/shard-<n>` directories), if any.
@@ -205,7 +814,7 @@ pub fn resolve_shards(requested: Option<usize>, existing: Option<usize>) -> Resu
     match (requested, existing) {
         (Some(requested), Some(existing)) if requested != existing => Err(error(
             "KAPSEL_SHARDS",
-            format!("the data directory holds {existing} shards; run with KAPSEL_SHARDS={existing} (or unset)"),
+            format!("the data directory holds {existing} shards: set it to {existing} or leave it unset"),
         )),
         (_, Some(existing)) => Ok(existing),
         (Some(requested), None) => Ok(requested),
@@ -256,15 +865,59 @@ mod tests {
         Settings::from_lookup(&|name| map.get(name).cloned())
     }
 
+    fn flags(pairs: &[(&'static str, &str)]) -> BTreeMap<&'static str, String> {
+        pairs.iter().map(|(variable, value)| (*variable, value.to_string())).collect()
+    }
+
+    fn file() -> Option<ConfigFile> {
+        Some(ConfigFile { path: PathBuf::from("/etc/kapsel.toml"), named_by: Source::Flag })
+    }
+
+    /// A configuration from a file's text, an environment and flags.
+    fn merged(toml: &str, environment: &[(&str, &str)], flag_values: &[(&'static str, &str)]) -> Configuration {
+        let file_values = parse_file(toml, Path::new("/etc/kapsel.toml")).unwrap();
+        let environment: HashMap<String, String> =
+            environment.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Configuration::merge(file(), file_values, &|name| environment.get(name).cloned(), &flags(flag_values))
+    }
+
     // No configuration must give a working server: the documented defaults.
     #[test]
     fn defaults_need_no_configuration() {
         let defaults = settings(&[]).unwrap();
         assert_eq!(defaults.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(defaults.data_directory, PathBuf::from("./data"));
         assert_eq!(defaults.io_driver, IoDriver::Auto);
         assert_eq!(defaults.max_payload_bytes, 10_485_760);
         assert_eq!(defaults.wal_segment_bytes, 67_108_864);
+        assert_eq!(defaults.retention_ms, 7 * 86_400_000);
         assert!(defaults.tls.is_none() && defaults.admin_token.is_none() && defaults.shards.is_none());
+        assert!(defaults.index.is_none());
+    }
+
+    // `--help` and `kapsel config` show the table's defaults; they must be the ones the parser
+    // really uses, or the documentation lies.
+    #[test]
+    fn documented_defaults_are_the_real_ones() {
+        let unset = format!("{:?}", settings(&[]).unwrap());
+        for setting in SETTINGS.iter().filter(|setting| setting.layers == Layers::All) {
+            if let DefaultValue::Text(default) = setting.default {
+                let explicit = format!("{:?}", settings(&[(setting.variable, default)]).unwrap());
+                assert_eq!(explicit, unset, "{} default {default}", setting.variable);
+            }
+        }
+    }
+
+    // The names are derived by a rule operators can apply without looking them up.
+    #[test]
+    fn keys_and_flags_follow_the_variable_names() {
+        for setting in SETTINGS {
+            let expected = setting.variable.strip_prefix("KAPSEL_").unwrap_or(setting.variable).to_lowercase();
+            assert_eq!(setting.key, expected);
+            assert_eq!(setting.flag(), format!("--{}", expected.replace('_', "-")));
+            assert_eq!(SETTINGS.iter().filter(|other| other.key == setting.key).count(), 1, "{}", setting.key);
+            assert_ne!(setting.key, "config", "--config names the file");
+        }
     }
 
     // A wrong value is an error naming the variable, never a silent default.
@@ -273,18 +926,155 @@ mod tests {
         for (variable, value) in [
             ("SERVER_ADDR", "nowhere"),
             ("KAPSEL_SHARDS", "0"),
+            ("KAPSEL_SHARDS", "many"),
             ("KAPSEL_IO_DRIVER", "fast"),
             ("KAPSEL_MAX_PAYLOAD_BYTES", "lots"),
+            ("KAPSEL_MAX_PAYLOAD_BYTES", "0"),
             ("KAPSEL_WAL_SEGMENT_BYTES", "10"),
+            ("KAPSEL_RETENTION", "1y"),
+            ("KAPSEL_RETENTION", "0d"),
             ("KAPSEL_IDEMPOTENCY_WINDOW", "1y"),
             ("KAPSEL_TLS_CERT", "/only/cert.pem"),
+            ("KAPSEL_TLS_KEY", "/only/key.pem"),
             ("KAPSEL_ALLOW_DESTINATIONS", "10.1.2.3/8"),
+            ("KAPSEL_EVENTS_IN_MEMORY_MAX", "-1"),
+            ("DATABASE_URL", "mysql://nope"),
+            ("DATABASE_MAX_CONNECTIONS", "1"),
         ] {
             let failure = settings(&[(variable, value)]).unwrap_err();
-            assert_eq!(failure.variable, variable);
+            assert!(
+                matches!(failure, ConfigError::Invalid { variable: named, .. } if named == variable),
+                "{variable}={value}: {failure}"
+            );
+            assert!(failure.to_string().starts_with(variable), "{failure}");
         }
         assert_eq!(parse_duration_ms("24h"), Some(86_400_000));
         assert_eq!(parse_duration_ms("1500"), Some(1500));
+        assert_eq!(settings(&[("KAPSEL_RETENTION", "36h")]).unwrap().retention_ms, 36 * 3_600_000);
+    }
+
+    // The promised order: defaults < file < environment < flags, each value knowing its layer.
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let configuration = merged(
+            "server_addr = \"127.0.0.1:1\"\nshards = 3\nio_driver = \"legacy\"\n",
+            &[("SERVER_ADDR", "127.0.0.1:2"), ("KAPSEL_IO_DRIVER", "uring")],
+            &[("SERVER_ADDR", "127.0.0.1:3")],
+        );
+        let settings = configuration.settings().unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:3".parse::<SocketAddr>().unwrap());
+        assert_eq!(settings.io_driver, IoDriver::Uring);
+        assert_eq!(settings.shards, Some(3));
+        assert_eq!(configuration.source("SERVER_ADDR"), Source::Flag);
+        assert_eq!(configuration.source("KAPSEL_IO_DRIVER"), Source::Environment);
+        assert_eq!(configuration.source("KAPSEL_SHARDS"), Source::File);
+        assert_eq!(configuration.source("KAPSEL_RETENTION"), Source::Default);
+    }
+
+    // `VAR=` in a shell or unit file usually means "no value"; it must not hide the file's.
+    #[test]
+    fn an_empty_variable_does_not_hide_the_file() {
+        let configuration = merged("shards = 2", &[("KAPSEL_SHARDS", "")], &[]);
+        assert_eq!(configuration.settings().unwrap().shards, Some(2));
+        assert_eq!(configuration.source("KAPSEL_SHARDS"), Source::File);
+    }
+
+    // An operator must be told which spelling in which layer to fix.
+    #[test]
+    fn errors_say_where_a_bad_value_was_set() {
+        let from_file = merged("shards = 0", &[], &[]).settings().unwrap_err();
+        assert_eq!(from_file.to_string(), "KAPSEL_SHARDS (set by `shards` in /etc/kapsel.toml): must be 1 to 256");
+        let from_flag = merged("", &[], &[("KAPSEL_SHARDS", "x")]).settings().unwrap_err();
+        assert_eq!(from_flag.to_string(), "KAPSEL_SHARDS (set by --shards): `x` is not a number");
+        let from_environment = merged("", &[("KAPSEL_SHARDS", "x")], &[]).settings().unwrap_err();
+        assert_eq!(from_environment.to_string(), "KAPSEL_SHARDS: `x` is not a number");
+    }
+
+    // TOML's kinds become the environment's text, so one parser validates every layer.
+    #[test]
+    fn file_values_become_environment_text() {
+        let text = "max_payload_bytes = 1_048_576\nwal_segment_bytes = 0x10000\nretention = \"3d\"\n\
+                    allow_destinations = [\"127.0.0.0/8\", \"::1/128\"]\nadmin_token = 'literal'\n";
+        let values = parse_file(text, Path::new("k.toml")).unwrap();
+        assert_eq!(values["KAPSEL_MAX_PAYLOAD_BYTES"], "1048576");
+        assert_eq!(values["KAPSEL_WAL_SEGMENT_BYTES"], "65536");
+        assert_eq!(values["KAPSEL_RETENTION"], "3d");
+        assert_eq!(values["KAPSEL_ALLOW_DESTINATIONS"], "127.0.0.0/8,::1/128");
+        assert_eq!(values["KAPSEL_ADMIN_TOKEN"], "literal");
+        assert_eq!(parse_file("shards = true", Path::new("k.toml")).unwrap()["KAPSEL_SHARDS"], "true");
+    }
+
+    // A typo in the file must not be ignored: the key and its line are named.
+    #[test]
+    fn file_errors_name_the_key_and_line() {
+        let path = Path::new("/etc/kapsel.toml");
+        let unknown = parse_file("shards = 2\n\nshard = 3\n", path).unwrap_err().to_string();
+        assert_eq!(
+            unknown,
+            "configuration file /etc/kapsel.toml: line 3: unknown setting `shard` (`kapsel --help` lists them)"
+        );
+        let float = parse_file("retention = 1.5", path).unwrap_err().to_string();
+        assert!(float.contains("line 1") && float.contains("`retention` must be"), "{float}");
+        let table = parse_file("[server]\naddr = \"x\"", path).unwrap_err().to_string();
+        assert!(table.contains("unknown setting `server`"), "{table}");
+        let logging = parse_file("log_format = \"pretty\"", path).unwrap_err().to_string();
+        assert!(logging.contains("KAPSEL_LOG_FORMAT is read from the environment only"), "{logging}");
+        let syntax = parse_file("shards = \"2", path).unwrap_err().to_string();
+        assert!(syntax.starts_with("configuration file /etc/kapsel.toml: line 1"), "{syntax}");
+    }
+
+    // A syntax error must not echo the line: it may hold the database password.
+    #[test]
+    fn syntax_errors_do_not_echo_secrets() {
+        let failure = parse_file("database_url = \"postgres://kapsel:hunter2@db/kapsel", Path::new("k.toml"));
+        let message = failure.unwrap_err().to_string();
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    // `kapsel config` is pasted into tickets and chats; secrets must never be in it.
+    #[test]
+    fn the_report_redacts_secrets_and_names_sources() {
+        let configuration = merged(
+            "database_url = \"postgres://kapsel:hunter2@db:5432/kapsel\"\n",
+            &[("KAPSEL_ADMIN_TOKEN", "s3cret-token")],
+            &[("KAPSEL_SHARDS", "2")],
+        );
+        let report = configuration.report();
+        assert!(!report.contains("hunter2") && !report.contains("s3cret-token"), "{report}");
+        let line = |variable: &str| {
+            report.lines().find(|line| line.split_whitespace().next() == Some(variable)).unwrap().to_owned()
+        };
+        assert_eq!(
+            line("DATABASE_URL").split_whitespace().collect::<Vec<_>>(),
+            ["DATABASE_URL", "file", "postgres://kapsel:<redacted>@db:5432/kapsel"]
+        );
+        assert!(line("KAPSEL_ADMIN_TOKEN").ends_with("env      <redacted>"), "{report}");
+        assert!(line("KAPSEL_SHARDS").ends_with("flag     2"), "{report}");
+        assert!(line("KAPSEL_RETENTION").ends_with("default  7d"), "{report}");
+        assert!(line("KAPSEL_TLS_CERT").ends_with("default  (unset)"), "{report}");
+        assert!(report.contains("/etc/kapsel.toml (named by --config)"), "{report}");
+        assert_eq!(report.lines().filter(|line| !line.starts_with('#')).count(), SETTINGS.len() + 1);
+    }
+
+    // Every form libpq accepts for a password must be hidden, erring towards hiding more.
+    #[test]
+    fn database_passwords_are_redacted_in_every_form() {
+        for (url, shown) in [
+            ("postgres://kapsel:pw@db/kapsel", "postgres://kapsel:<redacted>@db/kapsel"),
+            ("postgresql://kapsel:p@ss/w@db:5432/kapsel", "postgresql://kapsel:<redacted>@db:5432/kapsel"),
+            ("POSTGRES://u:pw@db", "POSTGRES://u:<redacted>@db"),
+            ("postgres://kapsel@db/kapsel", "postgres://kapsel@db/kapsel"),
+            (
+                "postgres://db/kapsel?user=k&password=pw&sslmode=disable",
+                "postgres://db/kapsel?user=k&password=<redacted>&sslmode=disable",
+            ),
+            ("host=db user=kapsel password=pw dbname=k", "host=db user=kapsel password=<redacted> dbname=k"),
+            ("host=db password = 'p w\\' x' port=5432", "host=db password = <redacted> port=5432"),
+            ("password=pw", "password=<redacted>"),
+            ("host=db", "host=db"),
+        ] {
+            assert_eq!(redact_password(url), shown, "{url}");
+        }
     }
 
     // The shard count is fixed by existing data; a conflicting request is refused.

@@ -1,6 +1,6 @@
-//! The `kapsel` binary: parses the command line, sets up logging, and runs the server or one
-//! of the read-only tool commands. It only wires things together; the commands live in
-//! [`tools`], the parsing in [`cli`].
+//! The `kapsel` binary: parses the command line, sets up logging, merges the configuration,
+//! and runs the server or one of the commands. It only wires things together; the commands
+//! live in [`tools`], the parsing in [`cli`], the settings in [`config`].
 
 mod cli;
 mod config;
@@ -9,10 +9,10 @@ mod server;
 mod tools;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 
 use cli::Command;
+use config::Configuration;
 use tools::Exit;
 
 fn main() -> ExitCode {
@@ -27,24 +27,37 @@ fn run(stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
         Ok(arguments) => arguments,
         Err(error) => {
             // Nothing more can be done when standard error fails; the exit code still tells.
-            let _ = write!(stderr, "kapsel: {error}\n\n{}", cli::USAGE);
+            let _ = write!(
+                stderr,
+                "kapsel: {error}\n\n{}\nRun `kapsel --help` for the options and every setting.\n",
+                cli::USAGE
+            );
             return Exit::Error;
         }
     };
-    // Help and version must work even where the logging variables are wrong.
-    if !matches!(arguments.command, Command::Help | Command::Version) {
-        if let Err(error) = logging::init() {
+    // Help and version must work even where the configuration is wrong.
+    match arguments.command {
+        Command::Help => return printed(write!(stdout, "{}", cli::help())),
+        Command::Version => return printed(writeln!(stdout, "kapsel {}", env!("CARGO_PKG_VERSION"))),
+        _ => {}
+    }
+    if let Err(error) = logging::init() {
+        let _ = writeln!(stderr, "kapsel: {error}");
+        return Exit::Error;
+    }
+    let configuration = match Configuration::load(arguments.config_file, &arguments.flags) {
+        Ok(configuration) => configuration,
+        Err(error) => {
             let _ = writeln!(stderr, "kapsel: {error}");
             return Exit::Error;
         }
-    }
-    let data_directory = cli::data_directory_or_default(arguments.data_directory);
+    };
     match arguments.command {
-        Command::Help => printed(write!(stdout, "{}", cli::USAGE)),
-        Command::Version => printed(writeln!(stdout, "kapsel {}", env!("CARGO_PKG_VERSION"))),
-        Command::Server => run_server(&data_directory, stderr),
-        Command::AuditVerify => tools::audit_verify(&data_directory, stdout, stderr),
-        Command::WalInspect => tools::wal_inspect(&data_directory, stdout, stderr),
+        Command::Server => run_server(&configuration, stderr),
+        Command::Config => print_configuration(&configuration, stdout, stderr),
+        Command::AuditVerify => tools::audit_verify(&configuration.data_directory(), stdout, stderr),
+        Command::WalInspect => tools::wal_inspect(&configuration.data_directory(), stdout, stderr),
+        Command::Help | Command::Version => Exit::Success,
     }
 }
 
@@ -56,10 +69,23 @@ fn printed(result: std::io::Result<()>) -> Exit {
     }
 }
 
+/// `kapsel config`: validates the configuration as a start would (every value, and the shard
+/// count against the data directory) and prints it, secrets redacted.
+fn print_configuration(configuration: &Configuration, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
+    let checked = configuration.settings().and_then(|settings| configuration.shards(&settings));
+    match checked {
+        Ok(_) => printed(write!(stdout, "{}", configuration.report())),
+        Err(error) => {
+            let _ = writeln!(stderr, "kapsel: {error}");
+            Exit::Error
+        }
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stop accepting, finish
 /// in-flight requests, flush every log, exit 0.
-fn run_server(data_directory: &Path, stderr: &mut dyn Write) -> Exit {
-    match server::run(data_directory) {
+fn run_server(configuration: &Configuration, stderr: &mut dyn Write) -> Exit {
+    match server::run(configuration) {
         Ok(()) => Exit::Success,
         Err(error) => {
             let _ = writeln!(stderr, "kapsel: {error}");

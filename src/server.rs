@@ -1,19 +1,19 @@
 //! Starting the server: configuration, admin token, TLS, the engine, and signal handling.
 
 use std::io::Write as _;
-use std::path::Path;
 
 use kapsel_engine::{Engine, EngineConfig};
 use kapsel_http::{Limits, ServerConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::config::{self, Settings};
+use crate::config::{self, Configuration};
 
-/// Runs until a shutdown signal and a clean stop, or until a shard fails.
-pub fn run(data_directory: &Path) -> Result<(), String> {
-    let settings = Settings::from_lookup(&|name| std::env::var(name).ok()).map_err(|error| error.to_string())?;
-    let shards = config::resolve_shards(settings.shards, config::existing_shards(data_directory))
-        .map_err(|error| error.to_string())?;
+/// Runs until a shutdown signal and a clean stop, or until a shard fails. Bad configuration is
+/// refused before anything starts, with a message naming the setting.
+pub fn run(configuration: &Configuration) -> Result<(), String> {
+    let settings = configuration.settings().map_err(|error| error.to_string())?;
+    let shards = configuration.shards(&settings).map_err(|error| error.to_string())?;
+    let data_directory = settings.data_directory.as_path();
     std::fs::create_dir_all(data_directory)
         .map_err(|error| format!("cannot create {}: {error}", data_directory.display()))?;
     let admin_token = config::admin_token(settings.admin_token.clone(), data_directory)
@@ -33,6 +33,10 @@ pub fn run(data_directory: &Path) -> Result<(), String> {
         .map_err(|error| format!("KAPSEL_EXTRA_CA_FILE: {error}"))?;
     let mut client = kapsel_http::ClientConfig::new(std::sync::Arc::new(client_tls));
     client.destinations = settings.destinations.clone();
+    // Registered before the engine starts, so a signal sent as soon as the listening line is
+    // printed (or during start-up) is a graceful stop, not the default action's abrupt exit.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|error| format!("signal handling: {error}"))?;
     let engine = Engine::start(EngineConfig {
         listen: settings.listen,
         data_directory: data_directory.to_path_buf(),
@@ -44,7 +48,7 @@ pub fn run(data_directory: &Path) -> Result<(), String> {
         state_limits: settings.state_limits,
         client,
         index: settings.index.clone(),
-        retention_ms: kapsel_engine::limits::RETENTION_MS_DEFAULT,
+        retention_ms: settings.retention_ms,
     })
     .map_err(|error| error.to_string())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
@@ -54,8 +58,6 @@ pub fn run(data_directory: &Path) -> Result<(), String> {
     let _ = stdout.flush();
     tracing::info!(address = %engine.address(), shards, "listening");
     let shared = engine.shared();
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|error| format!("signal handling: {error}"))?;
     std::thread::Builder::new()
         .name("kapsel-signals".into())
         .spawn(move || {
