@@ -163,6 +163,13 @@ impl Connection {
         self
     }
 
+    /// Sends `request` from the next exchange on (the footprint bench's fill spreads one
+    /// connection's ingests over many endpoints).
+    pub fn set_request(&mut self, request: &[u8]) {
+        self.request.clear();
+        self.request.extend_from_slice(request);
+    }
+
     /// Sends the request and reads the whole response. Not cancel-safe: a connection whose
     /// exchange was dropped half-way (a timeout) must be dropped too.
     ///

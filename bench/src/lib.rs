@@ -1,7 +1,7 @@
-//! Kapsel's load tests: ingest against two reference servers, delivery end to end, and the
-//! Postgres index under ingest load.
+//! Kapsel's load tests: ingest against two reference servers, delivery end to end, the
+//! Postgres index under ingest load, and Kapsel's footprint (idle memory, start-up time).
 //!
-//! `cargo bench -p kapsel-bench` runs all three. `benches/ingest.rs` calls [`suite::main`]: it
+//! `cargo bench -p kapsel-bench` runs all four. `benches/ingest.rs` calls [`suite::main`]: it
 //! builds the release binaries, then for every scenario spawns a fresh server process on
 //! loopback and drives it from one monoio thread with the client in this crate:
 //!
@@ -25,6 +25,10 @@
 //! `GET /readyz` ([`progress`]): indexed rows per second, index lag, catch-up time, and a
 //! count of the indexed events against the accepted ones.
 //!
+//! `benches/footprint.rs` calls [`footprint::main`]: Kapsel's resident memory idle, with 1,000
+//! endpoints and after a restart, then its time from spawn to ready on a log of a million
+//! records written by a count-bounded closed loop ([`fill`]), with the page cache warm and cold.
+//!
 //! The benches share their set-up ([`setup`]), client, loops and CPU meters.
 //!
 //! The write-ahead log's own micro-benchmark lives in `wal/benches/`.
@@ -32,6 +36,8 @@
 pub mod client;
 pub mod closed;
 pub mod delivery;
+pub mod fill;
+pub mod footprint;
 pub mod index;
 pub mod limits;
 pub mod machine;

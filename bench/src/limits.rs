@@ -76,6 +76,54 @@ pub const INDEX_CATCH_UP_MS_MAX: u64 = 60_000;
 /// Index bench: time one `psql` or `pg_ctl` command may take (connect, statement, shutdown).
 pub const POSTGRES_COMMAND_TIMEOUT_MS: u64 = 60_000;
 
+/// Footprint bench: endpoints configured for the idle-memory target and spread over by the
+/// log it fills (the "1,000 endpoints configured").
+pub const FOOTPRINT_ENDPOINTS: usize = 1_000;
+
+/// Footprint bench: events ingested into the log whose replay is timed
+/// (`KAPSEL_BENCH_FOOTPRINT_RECORDS`); the "WAL of 1M records".
+pub const FOOTPRINT_RECORDS_DEFAULT: usize = 1_000_000;
+
+/// Footprint bench: most events accepted from `KAPSEL_BENCH_FOOTPRINT_RECORDS`. Each costs
+/// about 1.1 KiB of log on disk, so this is about 22 GiB.
+pub const FOOTPRINT_RECORDS_MAX: usize = 20_000_000;
+
+/// Footprint bench: connections of the closed loop that fills the log, each with one ingest
+/// outstanding (enough to keep both shards' group commits full).
+pub const FOOTPRINT_FILL_CONNECTIONS: usize = 128;
+
+/// Footprint bench: the fill gives up after this many non-202 answers or transport failures;
+/// a failed ingest is sent again, so without a bound a broken server would loop forever.
+pub const FOOTPRINT_FILL_FAILURES_MAX: u64 = 1_000;
+
+/// Footprint bench: how often the fill checks whether its connections are done.
+pub const FOOTPRINT_FILL_POLL_MS: u64 = 50;
+
+/// Footprint bench: how often the fill prints its progress.
+pub const FOOTPRINT_FILL_PROGRESS_MS: u64 = 10_000;
+
+/// Footprint bench: how long Kapsel is left idle before its resident memory is read, so that
+/// start-up or set-up work and the allocator's returns have settled.
+pub const FOOTPRINT_SETTLE_MS: u64 = 2_000;
+
+/// Footprint bench: pause between two `GET /readyz` probes while timing a start-up; the
+/// resolution of the time to ready.
+pub const FOOTPRINT_READY_POLL_MS: u64 = 10;
+
+/// Footprint bench: one readiness probe's connect, write and read time. A shard still
+/// replaying has not started accepting, so a probe that reached it waits in the listen
+/// backlog and is answered as soon as it serves; past this bound it is sent again.
+pub const FOOTPRINT_READY_PROBE_TIMEOUT_MS: u64 = 1_000;
+
+/// Footprint bench: time a tool run (`kapsel wal inspect`, `dd`) may take.
+pub const FOOTPRINT_TOOL_TIMEOUT_MS: u64 = 300_000;
+
+/// Time a server has to exit after SIGTERM (a graceful stop flushes its log first).
+pub const SERVER_STOP_TIMEOUT_MS: u64 = 60_000;
+
+/// Pause between two checks whether a server that was sent SIGTERM has exited.
+pub const SERVER_STOP_POLL_MS: u64 = 10;
+
 /// Time to open one TCP connection.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
@@ -122,3 +170,8 @@ const _: () = assert!(REQUEST_TIMEOUT_MS <= DRAIN_GRACE_MS);
 const _: () = assert!(SINK_POLL_MS < DELIVERY_FIRST_MS_MAX && DELIVERY_FIRST_MS_MAX <= DELIVERY_DRAIN_MS_MAX);
 const _: () = assert!(INDEX_SAMPLE_MS <= INDEX_SAMPLE_TIMEOUT_MS && INDEX_SAMPLE_TIMEOUT_MS < INDEX_CATCH_UP_MS_MAX);
 const _: () = assert!(GROUP_PENDING_BYTES_MAX > 4 * PAYLOAD_BYTES);
+const _: () = assert!(FOOTPRINT_RECORDS_DEFAULT <= FOOTPRINT_RECORDS_MAX);
+const _: () = assert!(FOOTPRINT_FILL_POLL_MS < FOOTPRINT_FILL_PROGRESS_MS);
+const _: () = assert!(FOOTPRINT_READY_POLL_MS < FOOTPRINT_READY_PROBE_TIMEOUT_MS);
+const _: () = assert!(FOOTPRINT_READY_PROBE_TIMEOUT_MS < SERVER_START_TIMEOUT_MS);
+const _: () = assert!(SERVER_STOP_POLL_MS < SERVER_STOP_TIMEOUT_MS);

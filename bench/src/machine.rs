@@ -151,10 +151,41 @@ fn thread_ticks(pid: u32) -> Vec<(u32, String, u64)> {
 
 /// The peak resident set size of process `pid` (`VmHWM` in its `status` file).
 fn peak_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kibibytes: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kibibytes * 1024)
+    memory_of(pid).map(|memory| memory.peak_bytes)
+}
+
+/// A process's memory as its `/proc/<pid>/status` has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub resident_bytes: u64,
+    /// `RssAnon`: the anonymous part of it (heap, stacks, anonymous mappings).
+    pub anonymous_bytes: u64,
+    /// `RssFile`: the file-backed part (the binary's and libraries' pages, mapped files).
+    pub file_bytes: u64,
+    /// `VmHWM`: the peak resident set size so far.
+    pub peak_bytes: u64,
+}
+
+/// The memory of process `pid` now; `None` when its `status` file is unreadable (it exited).
+pub fn memory_of(pid: u32) -> Option<Memory> {
+    parse_memory(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// [`Memory`] from the text of a `status` file; `None` without `VmRSS` or `VmHWM` (a kernel
+/// thread, a zombie). The kernel writes `kB` and means KiB.
+fn parse_memory(status: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        let line = status.lines().find(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(':')))?;
+        let value = line.get(name.len() + 1..)?.trim().trim_end_matches("kB").trim();
+        value.parse::<u64>().ok().map(|kibibytes| kibibytes * 1024)
+    };
+    Some(Memory {
+        resident_bytes: field("VmRSS")?,
+        anonymous_bytes: field("RssAnon").unwrap_or(0),
+        file_bytes: field("RssFile").unwrap_or(0),
+        peak_bytes: field("VmHWM")?,
+    })
 }
 
 /// (busy, total) ticks over all cores from the first line of `/proc/stat`; idle and iowait
@@ -238,6 +269,20 @@ pub fn filesystem_of(path: &Path) -> (String, String) {
 mod tests {
     use super::*;
 
+    // The footprint bench's verdicts rest on these figures: the right field each, in bytes,
+    // and no confusion between `VmRSS` and a field that merely starts with it.
+    #[test]
+    fn memory_fields_parse_in_bytes() {
+        let status = "Name:\tkapsel\nVmHWM:\t   30000 kB\nVmRSS:\t   24000 kB\nRssAnon:\t   10000 kB\n\
+                      RssFile:\t   14000 kB\nRssShmem:\t       0 kB\n";
+        let memory = parse_memory(status).unwrap();
+        assert_eq!(memory.resident_bytes, 24_000 * 1024);
+        assert_eq!(memory.anonymous_bytes, 10_000 * 1024);
+        assert_eq!(memory.file_bytes, 14_000 * 1024);
+        assert_eq!(memory.peak_bytes, 30_000 * 1024);
+        assert_eq!(parse_memory("Name:\tkthreadd\nState:\tS (sleeping)\n"), None);
+    }
+
     // The per-request CPU figures rest on these counters: they must parse on this kernel and
     // only ever grow.
     #[test]
@@ -256,6 +301,8 @@ mod tests {
         assert!(machine_ticks().is_some());
         assert!(!thread_ticks(std::process::id()).is_empty());
         assert!(peak_rss_bytes(std::process::id()).is_some_and(|bytes| bytes > 0));
+        let memory = memory_of(std::process::id()).unwrap();
+        assert!(memory.resident_bytes > 0 && memory.peak_bytes >= memory.resident_bytes);
         assert_eq!(parse_stat("1 (a (b) c) S 0 0 0 0 0 0 0 0 0 0 7 5 0"), Some(("a (b) c".into(), 12)));
         // A process's tree holds at least the process (read second: the counters only grow).
         let own = ticks(process_ticks("/proc/self/stat").unwrap_or(0));

@@ -1,6 +1,6 @@
 //! A server under test as a child process: spawned with its environment, its address read
-//! from its first line of standard output, killed when dropped (on every path, errors
-//! included).
+//! from its first line of standard output, stopped gracefully on request
+//! ([`ServerProcess::terminate`]) and killed when dropped (on every path, errors included).
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader};
@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::limits;
 
@@ -102,6 +102,38 @@ impl ServerProcess {
         }
     }
 
+    /// Stops it gracefully: SIGTERM (sent with `kill(1)`, which needs no `unsafe`), then waits
+    /// at most [`limits::SERVER_STOP_TIMEOUT_MS`] for it to exit. Returns how long it took.
+    /// The child is not reaped before it exits, so its pid cannot have been reused.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent, the process did not exit in time (it is killed when
+    /// dropped), or it exited with a failure status; with the tail of its log.
+    pub fn terminate(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .map_err(|error| format!("running kill: {error}"))?;
+        if !sent.success() {
+            return Err(self.failure(&format!("could not be sent SIGTERM (kill: {sent})")));
+        }
+        let deadline = started + Duration::from_millis(limits::SERVER_STOP_TIMEOUT_MS);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(started.elapsed()),
+                Ok(Some(status)) => return Err(self.failure(&format!("exited ({status}) after SIGTERM"))),
+                Ok(None) if Instant::now() >= deadline => {
+                    let bound = limits::SERVER_STOP_TIMEOUT_MS / 1000;
+                    return Err(self.failure(&format!("did not exit within {bound} s of SIGTERM")));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(limits::SERVER_STOP_POLL_MS)),
+                Err(error) => return Err(self.failure(&format!("cannot be waited for: {error}"))),
+            }
+        }
+    }
+
     /// An error message about this server, with the last lines of its log.
     pub fn failure(&self, what: &str) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -113,7 +145,8 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        // SIGKILL: the data directory is thrown away, and a kill cannot hang.
+        // SIGKILL: the data directory is thrown away, and a kill cannot hang. After
+        // `terminate` the child is already reaped: nothing is signalled, errors are ignored.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -4,15 +4,13 @@
 //! sampling neither waits behind nor slows the load generator's runtime), and what the samples
 //! say about a measured period.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::client::parse_response_head;
 use crate::limits;
-use crate::payload::request;
+use crate::setup;
 
 /// One reading of `/readyz`'s `index` object.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,46 +40,20 @@ impl IndexReading {
     }
 }
 
-/// `GET /readyz` on a new blocking connection, every step bounded by
-/// [`limits::INDEX_SAMPLE_TIMEOUT_MS`]; the index's reading.
+/// `GET /readyz` on a new blocking connection, bounded by [`limits::INDEX_SAMPLE_TIMEOUT_MS`];
+/// the index's reading.
 ///
 /// # Errors
 ///
 /// The request failed or timed out, the answer was not a 200, or it has no `index` object.
 pub fn read_index(address: SocketAddr) -> Result<IndexReading, String> {
     let timeout = Duration::from_millis(limits::INDEX_SAMPLE_TIMEOUT_MS);
-    let deadline = Instant::now() + timeout;
-    let io = |error: std::io::Error| format!("GET /readyz: {error}");
-    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    stream.write_all(&request("GET", "/readyz", address, &[], None)).map_err(io)?;
-    let mut buffer = Vec::with_capacity(limits::READ_CHUNK_BYTES);
-    let mut chunk = [0u8; 4096];
-    loop {
-        match parse_response_head(&buffer).map_err(|failure| format!("GET /readyz: {failure}"))? {
-            Some(head) => {
-                if let Some(body) = buffer.get(head.head_bytes..head.head_bytes + head.content_length) {
-                    let text = || String::from_utf8_lossy(body).into_owned();
-                    if head.status != 200 {
-                        return Err(format!("GET /readyz answered {}: {}", head.status, text()));
-                    }
-                    return IndexReading::parse(body).ok_or_else(|| format!("GET /readyz has no index: {}", text()));
-                }
-            }
-            None if buffer.len() >= limits::RESPONSE_HEAD_BYTES_MAX => {
-                return Err("GET /readyz: response head too long".into());
-            }
-            None => {}
-        }
-        if Instant::now() >= deadline {
-            return Err("GET /readyz timed out".into());
-        }
-        match stream.read(&mut chunk).map_err(io)? {
-            0 => return Err("GET /readyz: connection closed before the whole response".into()),
-            read => buffer.extend_from_slice(&chunk[..read]),
-        }
+    let (status, body) = setup::get_blocking(address, "/readyz", timeout)?;
+    let text = || String::from_utf8_lossy(&body).into_owned();
+    if status != 200 {
+        return Err(format!("GET /readyz answered {status}: {}", text()));
     }
+    IndexReading::parse(&body).ok_or_else(|| format!("GET /readyz has no index: {}", text()))
 }
 
 /// Polls [`read_index`] until the index is connected, at most

@@ -2,12 +2,13 @@
 //! the release binaries it spawns, read its knobs from the environment, and talk to a spawned
 //! server (readiness, endpoint creation, a first ingest) with one-off requests.
 
-use std::net::SocketAddr;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::client::{Connection, Failure};
+use crate::client::{parse_response_head, Connection, Failure};
 use crate::limits;
 use crate::machine;
 use crate::payload::request;
@@ -70,12 +71,6 @@ fn target_directory(workspace: &Path) -> PathBuf {
         .unwrap_or_else(|| workspace.join("target"))
 }
 
-/// A whole number from the environment variable `name`, from 1 to `max`; `default` when
-/// unset or empty.
-///
-/// # Errors
-///
-/// A value that is not such a number, naming the variable.
 /// The entry point of a load-test bench target: under `cargo test` (no `--bench` argument) it
 /// only prints `hint` (a load test has no place in a test run); under `cargo bench` it runs
 /// `run` and reports its error, if any, prefixed with `name`.
@@ -93,6 +88,12 @@ pub fn bench_main(name: &str, hint: &str, run: impl FnOnce() -> Result<(), Strin
     }
 }
 
+/// A whole number from the environment variable `name`, from 1 to `max`; `default` when
+/// unset or empty.
+///
+/// # Errors
+///
+/// A value that is not such a number, naming the variable.
 pub fn number_from_env(name: &str, default: usize, max: usize) -> Result<usize, String> {
     match std::env::var(name).ok().filter(|value| !value.is_empty()) {
         Some(text) => match text.trim().parse::<usize>() {
@@ -224,6 +225,45 @@ pub async fn one_request(address: SocketAddr, bytes: &[u8]) -> Result<(u16, Stri
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(failure)) => Err(format!("request to {address} failed: {failure}")),
         Err(_) => Err(format!("request to {address} timed out")),
+    }
+}
+
+/// `GET {path}` on a new blocking connection (plain std sockets, for threads without a monoio
+/// runtime), connect, write and read together bounded by `timeout`: status and body.
+///
+/// # Errors
+///
+/// The request failed, timed out, or the response did not parse; the message starts with
+/// `GET {path}`.
+pub fn get_blocking(address: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+    let deadline = Instant::now() + timeout;
+    let io = |error: std::io::Error| format!("GET {path}: {error}");
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let mut stream = TcpStream::connect_timeout(&address, left()).map_err(io)?;
+    stream.set_write_timeout(Some(left())).map_err(io)?;
+    stream.write_all(&request("GET", path, address, &[], None)).map_err(io)?;
+    let mut buffer = Vec::with_capacity(limits::READ_CHUNK_BYTES);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match parse_response_head(&buffer).map_err(|failure| format!("GET {path}: {failure}"))? {
+            Some(head) => {
+                if let Some(body) = buffer.get(head.head_bytes..head.head_bytes + head.content_length) {
+                    return Ok((head.status, body.to_vec()));
+                }
+            }
+            None if buffer.len() >= limits::RESPONSE_HEAD_BYTES_MAX => {
+                return Err(format!("GET {path}: response head too long"));
+            }
+            None => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("GET {path} timed out"));
+        }
+        stream.set_read_timeout(Some(left())).map_err(io)?;
+        match stream.read(&mut chunk).map_err(io)? {
+            0 => return Err(format!("GET {path}: connection closed before the whole response")),
+            read => buffer.extend_from_slice(&chunk[..read]),
+        }
     }
 }
 
