@@ -15,6 +15,8 @@ pub const KIND_EVENT_RECEIVED: u8 = 3;
 pub const KIND_ATTEMPT: u8 = 4;
 /// Log kind of [`Record::Requeued`].
 pub const KIND_REQUEUED: u8 = 5;
+/// Log kind of [`Record::EventCarried`].
+pub const KIND_EVENT_CARRIED: u8 = 6;
 
 /// The outcome of an attempt, as recorded.
 pub const OUTCOME_DELIVERED: u8 = 0;
@@ -74,6 +76,20 @@ pub struct EventReceived {
     pub payload: Vec<u8>,
 }
 
+/// A waiting event written again at the end of the log, with its delivery progress, so that
+/// retention can remove the old segment that held it (see `retention`).
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct EventCarried {
+    /// The event as it was received.
+    pub event: EventReceived,
+    /// Number of the last attempt made.
+    pub last_attempt: u32,
+    /// Attempts counted against the retry budget.
+    pub budget_used: u32,
+    /// When the next attempt is due, for a retrying event.
+    pub next_attempt_at_ms: Option<u64>,
+}
+
 /// An endpoint removed.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct EndpointDeleted {
@@ -96,6 +112,8 @@ pub enum Record {
     Attempt(Attempt),
     /// An event requeued by an operator.
     Requeued(Requeued),
+    /// A waiting event moved forward by retention.
+    EventCarried(EventCarried),
 }
 
 impl Record {
@@ -107,12 +125,22 @@ impl Record {
             Self::EventReceived(event) => Self::encode_event(event),
             Self::Attempt(attempt) => Ok((KIND_ATTEMPT, codec::encode(attempt)?)),
             Self::Requeued(requeued) => Ok((KIND_REQUEUED, codec::encode(requeued)?)),
+            Self::EventCarried(carried) => Ok((KIND_EVENT_CARRIED, codec::encode(carried)?)),
         }
     }
 
     /// Encodes an event record without wrapping it (the ingest hot path keeps the event).
     pub fn encode_event(event: &EventReceived) -> Result<(u8, rkyv::util::AlignedVec), WalError> {
         Ok((KIND_EVENT_RECEIVED, codec::encode(event)?))
+    }
+
+    /// The event of a received or carried record (where a payload is read back from).
+    pub fn into_event(self) -> Option<EventReceived> {
+        match self {
+            Self::EventReceived(event) => Some(event),
+            Self::EventCarried(carried) => Some(carried.event),
+            _ => None,
+        }
     }
 
     /// Decodes and validates a record read back from the log.
@@ -123,6 +151,7 @@ impl Record {
             KIND_EVENT_RECEIVED => codec::decode(body).map(Self::EventReceived),
             KIND_ATTEMPT => codec::decode(body).map(Self::Attempt),
             KIND_REQUEUED => codec::decode(body).map(Self::Requeued),
+            KIND_EVENT_CARRIED => codec::decode(body).map(Self::EventCarried),
             other => Err(WalError::Decode(format!("unknown engine record kind {other}"))),
         }
     }

@@ -2,7 +2,12 @@
 //!
 //! A sealed segment may go when it was sealed longer ago than `KAPSEL_RETENTION` (and than the
 //! idempotency window, so a key is never forgotten early across a restart), every event it
-//! received is terminal, and — when the index runs — the index holds all of it. Before removing,
+//! received is terminal, and — when the index runs — the index holds all of it.
+//!
+//! Events still waiting (a paused endpoint, an open breaker, a long retry schedule) would pin
+//! their segment, and every later one, for as long as they wait. Retention therefore carries
+//! them forward: it writes each again at the end of the log with its delivery progress
+//! (`Record::EventCarried`), after which the old segment holds nothing needed. Before removing,
 //! it writes the shard's endpoint snapshot ([`crate::snapshot`]), so a restart still knows the
 //! endpoints whose records went. Seals stay in the audit chain, so `kapsel audit verify` still
 //! passes.
@@ -11,6 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::records::Record;
 use crate::shard::Shard;
 
 /// When and what retention may remove.
@@ -31,8 +37,11 @@ impl RetentionPolicy {
     }
 }
 
-/// The first LSN retention must keep: everything below it may be removed.
-pub fn keep_from(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
+/// Waiting events carried forward per pass, at most (their payloads are read back first).
+pub const CARRIED_PER_PASS_MAX: usize = 1024;
+
+/// The first LSN that age and the index let go of: sealed long enough ago, and indexed.
+fn aged_bound(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
     let cutoff = now_ms.saturating_sub(age_ms);
     let mut bound = 0;
     for seal in shard.wal().sealed_segments() {
@@ -41,9 +50,6 @@ pub fn keep_from(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
         }
         bound = seal.last_lsn + 1;
     }
-    if let Some(pending) = shard.state().borrow().oldest_pending_lsn() {
-        bound = bound.min(pending);
-    }
     if let Some(index) = shard.index_handle() {
         let indexed = index.status().shards().get(shard.index).map_or(0, crate::index::ShardProgress::indexed);
         bound = bound.min(indexed + 1);
@@ -51,8 +57,46 @@ pub fn keep_from(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
     bound
 }
 
-/// One pass: snapshots the endpoints and removes what may go. Returns the removed segment ids.
+/// The first LSN retention must keep: everything below it may be removed.
+pub fn keep_from(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
+    let bound = aged_bound(shard, age_ms, now_ms);
+    shard.state().borrow().oldest_pending_lsn().map_or(bound, |pending| bound.min(pending))
+}
+
+/// Writes waiting events that pin segments below `bound` again at the end of the log.
+async fn carry_forward(shard: &Shard, bound: u64) -> Result<(), crate::EngineError> {
+    let pinning = shard.state().borrow().pinning_below(bound, CARRIED_PER_PASS_MAX);
+    if pinning.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<_> = {
+        let state = shard.state().borrow();
+        pinning
+            .iter()
+            .filter(|(event_id, _)| state.events.get(event_id).is_some_and(|summary| summary.payload.is_none()))
+            .copied()
+            .collect()
+    };
+    shard.reload_payloads(&missing).await?;
+    let mut commits = Vec::with_capacity(pinning.len());
+    for (event_id, _) in pinning {
+        // Read and appended without an await between: the record matches memory at its LSN.
+        let carried = shard.state().borrow().carry(event_id);
+        if let Some(carried) = carried {
+            commits.push((event_id, shard.append_record(&Record::EventCarried(carried))?));
+        }
+    }
+    for (event_id, commit) in commits {
+        let lsn = commit.await?;
+        shard.state().borrow_mut().moved(event_id, lsn);
+    }
+    Ok(())
+}
+
+/// One pass: carries waiting events forward, snapshots the endpoints and removes what may go.
+/// Returns the removed segment ids.
 pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, crate::EngineError> {
+    carry_forward(shard, aged_bound(shard, age_ms, now_ms)).await?;
     let bound = keep_from(shard, age_ms, now_ms);
     let removable = shard.wal().sealed_segments().iter().any(|seal| seal.last_lsn < bound && shard.wal().holds(seal));
     if !removable {

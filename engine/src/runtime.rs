@@ -342,7 +342,7 @@ fn reload_requeued(directory: &std::path::Path, state: &mut ShardState) -> Resul
     let records =
         kapsel_wal::audit::read_records(directory, &lsns).map_err(|error| format!("re-reading payloads: {error}"))?;
     for (_, kind, body) in records {
-        if let Ok(Record::EventReceived(event)) = Record::decode(kind, &body) {
+        if let Some(event) = Record::decode(kind, &body).ok().and_then(Record::into_event) {
             state.restore_payload(crate::ids::EventId(event.event_id), event);
         }
     }

@@ -333,7 +333,7 @@ impl Shard {
         let records = records.map_err(|error| EngineError::Storage(error.to_string()))?;
         let mut state = self.state.borrow_mut();
         for (_, kind, body) in records {
-            if let Ok(Record::EventReceived(event)) = Record::decode(kind, &body) {
+            if let Some(event) = Record::decode(kind, &body).ok().and_then(Record::into_event) {
                 state.restore_payload(EventId(event.event_id), event);
             }
         }

@@ -19,7 +19,9 @@ use crate::endpoint::Endpoint;
 use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::ids::{EventId, EventIdGenerator};
 use crate::rate::TokenBucket;
-use crate::records::{Attempt, EventReceived, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
+use crate::records::{
+    Attempt, EventCarried, EventReceived, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING,
+};
 use crate::signature::Secret;
 
 /// Delivery status of an event.
@@ -232,19 +234,9 @@ impl ShardState {
             Record::EndpointPut(endpoint) => self.put_endpoint(endpoint, now_ms),
             Record::EndpointDeleted(deleted) => self.delete_endpoint(&deleted.id),
             Record::EventReceived(event) => {
-                let event_id = EventId(event.event_id);
-                self.ids.observe(event_id);
-                let Some(endpoint) = self.endpoints.get(event.endpoint_id.as_str()).map(|entry| Rc::clone(&entry.id))
-                else {
-                    // The endpoint was deleted later in the log; its events went with it.
-                    return;
-                };
-                if let Some(key) = &event.idempotency_key {
-                    let remembered = Remembered { event_id, lsn };
-                    self.idempotency.remember(&endpoint, key, remembered, event.received_at_ms, now_ms);
-                }
-                self.accept_event(event_id, &endpoint, event, lsn);
+                self.replay_received(lsn, event, now_ms);
             }
+            Record::EventCarried(carried) => self.replay_carried(lsn, carried, now_ms),
             Record::Attempt(attempt) => self.apply_attempt(&attempt),
             Record::Requeued(requeued) => {
                 let event_id = EventId(requeued.event_id);
@@ -255,6 +247,47 @@ impl ShardState {
                     self.reload_after_replay.push((event_id, requeued.at_ms));
                 }
             }
+        }
+    }
+
+    /// A received event at replay; `false` when its endpoint is gone.
+    fn replay_received(&mut self, lsn: u64, event: EventReceived, now_ms: u64) -> bool {
+        let event_id = EventId(event.event_id);
+        self.ids.observe(event_id);
+        let Some(endpoint) = self.endpoints.get(event.endpoint_id.as_str()).map(|entry| Rc::clone(&entry.id)) else {
+            // The endpoint was deleted later in the log; its events went with it.
+            return false;
+        };
+        if let Some(key) = &event.idempotency_key {
+            let remembered = Remembered { event_id, lsn };
+            self.idempotency.remember(&endpoint, key, remembered, event.received_at_ms, now_ms);
+        }
+        self.accept_event(event_id, &endpoint, event, lsn);
+        true
+    }
+
+    /// A carried event at replay: where the original is still in the log, only its location
+    /// moves; where retention removed it, the event comes back with its delivery progress.
+    fn replay_carried(&mut self, lsn: u64, carried: EventCarried, now_ms: u64) {
+        let event_id = EventId(carried.event.event_id);
+        if let Some(summary) = self.events.get_mut(&event_id) {
+            summary.lsn = lsn;
+            return;
+        }
+        if !self.replay_received(lsn, carried.event, now_ms) {
+            return;
+        }
+        let Some(summary) = self.events.get_mut(&event_id) else { return };
+        summary.last_attempt = carried.last_attempt;
+        summary.budget_used = carried.budget_used;
+        if let Some(due) = carried.next_attempt_at_ms {
+            summary.status = EventStatus::Retrying;
+            summary.next_attempt_at_ms = Some(due);
+            let endpoint = Rc::clone(&summary.endpoint_id);
+            if let Some(entry) = self.endpoints.get_mut(&endpoint) {
+                entry.ready.retain(|queued| *queued != event_id);
+            }
+            self.add_timer(due, Some(event_id));
         }
     }
 
@@ -572,9 +605,53 @@ impl ShardState {
         if self.non_terminal == 0 {
             return None;
         }
-        // Ids and LSNs grow together within a shard, so the first non-terminal event by id is
-        // the one with the smallest LSN.
-        self.events.values().find(|summary| !summary.status.is_terminal()).map(|summary| summary.lsn)
+        // Carried events hold old ids at new LSNs, so every waiting event is looked at.
+        self.events.values().filter(|summary| !summary.status.is_terminal()).map(|summary| summary.lsn).min()
+    }
+
+    /// Up to `count_max` waiting events, not in flight, whose record lies below `lsn`: retention
+    /// carries them forward so that their old segments can go.
+    pub fn pinning_below(&self, lsn: u64, count_max: usize) -> Vec<(EventId, u64)> {
+        self.events
+            .iter()
+            .filter(|(_, summary)| {
+                summary.lsn < lsn && !summary.status.is_terminal() && summary.status != EventStatus::Delivering
+            })
+            .take(count_max)
+            .map(|(event_id, summary)| (*event_id, summary.lsn))
+            .collect()
+    }
+
+    /// The record that carries an event forward, from memory (`None` without its payload).
+    pub fn carry(&self, event_id: EventId) -> Option<EventCarried> {
+        let summary = self.events.get(&event_id)?;
+        if summary.status.is_terminal() || summary.status == EventStatus::Delivering {
+            return None;
+        }
+        let payload = summary.payload.as_ref()?;
+        Some(EventCarried {
+            event: EventReceived {
+                event_id: event_id.0,
+                endpoint_id: summary.endpoint_id.to_string(),
+                received_at_ms: summary.received_at_ms,
+                idempotency_key: summary.idempotency_key.as_deref().map(str::to_string),
+                content_type: payload.content_type.clone(),
+                traceparent: payload.traceparent.clone(),
+                payload: payload.body.to_vec(),
+            },
+            last_attempt: summary.last_attempt,
+            budget_used: summary.budget_used,
+            next_attempt_at_ms: (summary.status == EventStatus::Retrying)
+                .then_some(summary.next_attempt_at_ms)
+                .flatten(),
+        })
+    }
+
+    /// The event's record now lives at `lsn`.
+    pub fn moved(&mut self, event_id: EventId, lsn: u64) {
+        if let Some(summary) = self.events.get_mut(&event_id) {
+            summary.lsn = lsn;
+        }
     }
 
     /// Events waiting for their payload to be read back (taken by the scheduler).

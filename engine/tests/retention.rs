@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kapsel_engine::ids::EventId;
-use kapsel_engine::records::{Attempt, Record, OUTCOME_DELIVERED};
+use kapsel_engine::records::{Attempt, Record, OUTCOME_DELIVERED, OUTCOME_RETRYING};
 use kapsel_engine::retention;
 use kapsel_engine::shard::{Accepted, Ingest, Shard};
 use kapsel_engine::state::{EventStatus, ShardState, StateLimits};
@@ -36,18 +36,18 @@ async fn ingest(shard: &Shard, n: usize) -> EventId {
     }
 }
 
-/// Records a successful attempt, as the delivery task does.
-async fn deliver(shard: &Shard, event_id: EventId) {
+/// Records an attempt, as the delivery task does: delivered, or retrying at `retry_at`.
+async fn attempt(shard: &Shard, event_id: EventId, retry_at: Option<u64>) {
     let attempt = Attempt {
         event_id: event_id.0,
         n: 1,
         at_ms: kapsel_engine::clock::now_ms(),
-        status_code: Some(200),
+        status_code: Some(if retry_at.is_some() { 503 } else { 200 }),
         latency_ms: 1,
-        error_code: None,
+        error_code: retry_at.map(|_| "E2003".to_string()),
         response_excerpt: Vec::new(),
-        outcome: OUTCOME_DELIVERED,
-        next_attempt_at_ms: None,
+        outcome: if retry_at.is_some() { OUTCOME_RETRYING } else { OUTCOME_DELIVERED },
+        next_attempt_at_ms: retry_at,
     };
     shard.append(&Record::Attempt(attempt.clone())).await.unwrap();
     shard.state().borrow_mut().apply_attempt(&attempt);
@@ -74,8 +74,11 @@ fn retention_removes_only_what_it_may() {
             ids.push(ingest(&shard, n).await);
         }
         for id in &ids[..40] {
-            deliver(&shard, *id).await;
+            attempt(&shard, *id, None).await;
         }
+        // One waiting event is between retries, far in the future.
+        let retry_at = kapsel_engine::clock::now_ms() + 3_600_000;
+        attempt(&shard, ids[45], Some(retry_at)).await;
         shard.wal().seal().await.unwrap();
         let before = segment_ids(directory.path());
         assert!(before.len() > 4, "the test needs several segments: {before:?}");
@@ -85,14 +88,17 @@ fn retention_removes_only_what_it_may() {
         assert!(retention::pass(&shard, 3_600_000, now).await.unwrap().is_empty());
         assert_eq!(segment_ids(directory.path()), before);
 
-        let oldest_waiting = shard.state().borrow().events[&ids[40]].lsn;
         let removed = retention::pass(&shard, 0, now + 1).await.unwrap();
         assert!(!removed.is_empty());
         let after = segment_ids(directory.path());
-        assert!(after.len() < before.len());
-        // Everything from the oldest waiting event on is still readable.
-        let kept = kapsel_wal::audit::read_records(directory.path(), &[oldest_waiting]).unwrap();
-        assert_eq!(kept.len(), 1, "the oldest waiting event's segment is kept");
+        assert!(
+            after.iter().all(|id| !before[..before.len() - 1].contains(id)),
+            "waiting events were carried forward, so every sealed segment could go: {before:?} → {after:?}"
+        );
+        // The waiting events' records now live where they can still be read.
+        let lsns: Vec<u64> = ids[40..].iter().map(|id| shard.state().borrow().events[id].lsn).collect();
+        let kept = kapsel_wal::audit::read_records(directory.path(), &lsns).unwrap();
+        assert_eq!(kept.len(), 20, "every waiting event is readable at its new place");
         // A delivered event whose segment went cannot be redelivered, and says why.
         let expired = shard.retry_event(ids[0]).await.unwrap_err();
         assert_eq!(expired.code(), "E1004", "{expired}");
@@ -109,9 +115,13 @@ fn retention_removes_only_what_it_may() {
         .await
         .unwrap();
         assert!(state.endpoints.contains_key("orders"), "the endpoint came back from the snapshot");
-        for id in &ids[40..] {
+        for id in ids[40..].iter().filter(|id| **id != ids[45]) {
             assert_eq!(state.events[id].status, EventStatus::Pending, "waiting events survive");
         }
+        let retrying = &state.events[&ids[45]];
+        assert_eq!(retrying.status, EventStatus::Retrying, "its progress came along");
+        assert_eq!((retrying.next_attempt_at_ms, retrying.last_attempt, retrying.budget_used), (Some(retry_at), 1, 1));
+        assert_eq!(state.pending_work(), 20);
         assert!(!state.events.contains_key(&ids[0]), "removed events are gone from memory");
         wal.close().await.unwrap();
     });

@@ -113,6 +113,8 @@ impl Row {
                 next_attempt_at_ms: attempt.next_attempt_at_ms,
             },
             Record::Requeued(requeued) => Self::Requeued { event_id: requeued.event_id, at_ms: requeued.at_ms },
+            // The index has the event already (it is inserted only if it is not there).
+            Record::EventCarried(carried) => Self::event(&carried.event),
         }
     }
 
