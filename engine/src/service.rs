@@ -260,7 +260,9 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
             _ => None,
         };
     let trace_id = ingest_trace_id(headers);
-    let span = tracing::info_span!("ingest", endpoint_id = %endpoint_id, event_id = tracing::field::Empty, trace_id);
+    // The event id is known only at the end, so it goes on the outcome's log line rather than
+    // on the span (recording it would format the span's fields a second time per request).
+    let span = tracing::info_span!("ingest", endpoint_id = %endpoint_id, trace_id);
     let ingest = Ingest {
         endpoint_id,
         idempotency_key,
@@ -270,23 +272,20 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
         payload: request.body,
     };
     let outcome = shard.ingest(ingest).instrument(span.clone()).await;
-    let _entered = span.enter();
-    match outcome {
+    span.in_scope(|| match outcome {
         Ok(Accepted::Received(event_id)) => {
-            span.record("event_id", tracing::field::display(event_id));
-            tracing::debug!("accepted");
+            tracing::debug!(%event_id, "accepted");
             Ok(accepted(202, event_id, "received"))
         }
         Ok(Accepted::Duplicate(event_id)) => {
-            span.record("event_id", tracing::field::display(event_id));
-            tracing::debug!("duplicate");
+            tracing::debug!(%event_id, "duplicate");
             Ok(accepted(200, event_id, "duplicate"))
         }
         Err(error) => {
             tracing::debug!(code = error.code(), %error, "refused");
             Err(error)
         }
-    }
+    })
 }
 
 /// The trace id of the sender's `traceparent`, for the ingest span.
