@@ -152,7 +152,8 @@ impl Bench {
 
     fn print_header(&self) {
         let facts = Facts::read();
-        let command = setup::command_line(
+        setup::print_preamble(
+            "Kapsel delivery load test",
             &[
                 "CARGO_TARGET_DIR",
                 "KAPSEL_BENCH_SECONDS",
@@ -162,13 +163,7 @@ impl Bench {
                 "KAPSEL_IO_DRIVER",
             ],
             "cargo bench -p kapsel-bench --bench delivery",
-        );
-        println!("Kapsel delivery load test");
-        println!("  command:  {command}");
-        println!("  bench:    {}", std::env::args().collect::<Vec<_>>().join(" "));
-        println!(
-            "  machine:  {} cores ({}), Linux {}, load average {}",
-            facts.cores, facts.cpu_model, facts.kernel, facts.load_average
+            &facts,
         );
         println!(
             "  kapsel:   {} shards, monoio driver {} (io_uring {}), endpoints {ENDPOINT_PREFIX}-{{0..{}}} → sink {HOOK_PATH} \

@@ -192,7 +192,8 @@ impl Settings {
 
     fn print_header(&self) {
         let facts = Facts::read();
-        let command = setup::command_line(
+        setup::print_preamble(
+            "Kapsel footprint: idle memory and start-up time",
             &[
                 "CARGO_TARGET_DIR",
                 "KAPSEL_BENCH_FOOTPRINT_RECORDS",
@@ -201,13 +202,7 @@ impl Settings {
                 "KAPSEL_IO_DRIVER",
             ],
             "cargo bench -p kapsel-bench --bench footprint",
-        );
-        println!("Kapsel footprint: idle memory and start-up time");
-        println!("  command:  {command}");
-        println!("  bench:    {}", std::env::args().collect::<Vec<_>>().join(" "));
-        println!(
-            "  machine:  {} cores ({}), Linux {}, load average {}",
-            facts.cores, facts.cpu_model, facts.kernel, facts.load_average
+            &facts,
         );
         println!(
             "  kapsel:   {} shards, monoio driver {} (io_uring {}), on 127.0.0.1:0, other settings at their defaults",

@@ -120,6 +120,20 @@ pub fn words_from_env(name: &str) -> Vec<String> {
 }
 
 /// `NAME=value` for each of `names` that is set, then `command`: the exact command line.
+/// Prints the lines every bench starts with: its title, the command that reproduces it (with
+/// the variables among `names` that are set), its arguments and the machine.
+pub fn print_preamble(title: &str, names: &[&str], command: &str, facts: &machine::Facts) {
+    println!("{title}");
+    println!("  command:  {}", command_line(names, command));
+    println!("  bench:    {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!(
+        "  machine:  {} cores ({}), Linux {}, load average {}",
+        facts.cores, facts.cpu_model, facts.kernel, facts.load_average
+    );
+}
+
+/// The command line that reproduces a run: the variables among `names` that are set, then
+/// `command`.
 pub fn command_line(names: &[&str], command: &str) -> String {
     let mut words: Vec<String> =
         names.iter().filter_map(|name| std::env::var(name).ok().map(|value| format!("{name}={value}"))).collect();

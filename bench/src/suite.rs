@@ -245,7 +245,8 @@ impl Suite {
     /// servers and the client.
     pub(crate) fn print_header(&self, title: &str, command: &str) {
         let facts = Facts::read();
-        let command = setup::command_line(
+        setup::print_preamble(
+            title,
             &[
                 "CARGO_TARGET_DIR",
                 "KAPSEL_BENCH_SECONDS",
@@ -258,13 +259,7 @@ impl Suite {
                 "DATABASE_MAX_CONNECTIONS",
             ],
             command,
-        );
-        println!("{title}");
-        println!("  command:  {command}");
-        println!("  bench:    {}", std::env::args().collect::<Vec<_>>().join(" "));
-        println!(
-            "  machine:  {} cores ({}), Linux {}, load average {}",
-            facts.cores, facts.cpu_model, facts.kernel, facts.load_average
+            &facts,
         );
         println!(
             "  servers:  {} shards/threads each, monoio driver {} (io_uring {}), SO_REUSEPORT on 127.0.0.1:0",
