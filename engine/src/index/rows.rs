@@ -308,16 +308,14 @@ fn int(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
+/// One column of an `UNNEST` statement.
+fn column<'a, T, U>(rows: &'a [T], pick: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(pick).collect()
+}
+
 async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_postgres::Error> {
     if !batch.endpoints.is_empty() {
-        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (id, (url, enabled, created, updated)) in batch.endpoints {
-            columns.0.push(id);
-            columns.1.push(url);
-            columns.2.push(enabled);
-            columns.3.push(time(created));
-            columns.4.push(time(updated));
-        }
+        let endpoints: Vec<_> = batch.endpoints.iter().collect();
         transaction
             .execute(
                 "INSERT INTO endpoints (id, url, enabled, deleted, created_at, updated_at)
@@ -326,44 +324,18 @@ async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_
                       AS u(id, url, enabled, created_at, updated_at)
                  ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, enabled = EXCLUDED.enabled, deleted = FALSE,
                      created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
-                &[&columns.0, &columns.1, &columns.2, &columns.3, &columns.4],
+                &[
+                    &column(&endpoints, |(id, _)| id.as_str()),
+                    &column(&endpoints, |(_, (url, ..))| url.as_str()),
+                    &column(&endpoints, |(_, (_, enabled, ..))| *enabled),
+                    &column(&endpoints, |(_, (_, _, created, _))| time(*created)),
+                    &column(&endpoints, |(_, (.., updated))| time(*updated)),
+                ],
             )
             .await?;
     }
     if !batch.events.is_empty() {
-        let count = batch.events.len();
-        let (mut ids, mut shards, mut lsns, mut endpoints, mut keys) = (
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-        );
-        let (mut received, mut statuses, mut attempts, mut next, mut delivered, mut updated, mut sizes, mut traces) = (
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-        );
-        for event in batch.events {
-            ids.push(event.id);
-            shards.push(event.shard);
-            lsns.push(event.lsn);
-            endpoints.push(event.endpoint_id);
-            keys.push(event.idempotency_key);
-            received.push(time(event.received_at_ms));
-            statuses.push(event.state.status);
-            attempts.push(int(event.state.attempt_count));
-            next.push(event.state.next_attempt_at_ms.map(time));
-            delivered.push(event.state.delivered_at_ms.map(time));
-            updated.push(time(event.state.updated_at_ms));
-            sizes.push(int(event.payload_bytes));
-            traces.push(event.trace_id);
-        }
+        let events = &batch.events;
         transaction
             .execute(
                 "INSERT INTO events (id, shard, lsn, endpoint_id, idempotency_key, received_at, status,
@@ -373,30 +345,26 @@ async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_
                      $11::timestamptz[], $12::int4[], $13::text[])
                  ON CONFLICT (id) DO NOTHING",
                 &[
-                    &ids, &shards, &lsns, &endpoints, &keys, &received, &statuses, &attempts, &next, &delivered,
-                    &updated, &sizes, &traces,
+                    &column(events, |event| event.id.as_str()),
+                    &column(events, |event| event.shard),
+                    &column(events, |event| event.lsn),
+                    &column(events, |event| event.endpoint_id.as_str()),
+                    &column(events, |event| event.idempotency_key.as_deref()),
+                    &column(events, |event| time(event.received_at_ms)),
+                    &column(events, |event| event.state.status),
+                    &column(events, |event| int(event.state.attempt_count)),
+                    &column(events, |event| event.state.next_attempt_at_ms.map(time)),
+                    &column(events, |event| event.state.delivered_at_ms.map(time)),
+                    &column(events, |event| time(event.state.updated_at_ms)),
+                    &column(events, |event| int(event.payload_bytes)),
+                    &column(events, |event| event.trace_id.as_deref()),
                 ],
             )
             .await?;
     }
     if !batch.updates.is_empty() {
-        let count = batch.updates.len();
-        let (mut ids, mut statuses, mut attempts, mut next, mut delivered, mut updated) = (
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-        );
-        for (event_id, state) in batch.updates {
-            ids.push(EventId(event_id).to_string());
-            statuses.push(state.status);
-            attempts.push(int(state.attempt_count));
-            next.push(state.next_attempt_at_ms.map(time));
-            delivered.push(state.delivered_at_ms.map(time));
-            updated.push(time(state.updated_at_ms));
-        }
+        let updates: Vec<(String, &EventState)> =
+            batch.updates.iter().map(|(event_id, state)| (EventId(*event_id).to_string(), state)).collect();
         transaction
             .execute(
                 "UPDATE events AS e SET status = u.status,
@@ -407,28 +375,19 @@ async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_
                  FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[],
                      $6::timestamptz[]) AS u(id, status, attempt_count, next_attempt_at, delivered_at, updated_at)
                  WHERE e.id = u.id",
-                &[&ids, &statuses, &attempts, &next, &delivered, &updated],
+                &[
+                    &column(&updates, |(id, _)| id.as_str()),
+                    &column(&updates, |(_, state)| state.status),
+                    &column(&updates, |(_, state)| int(state.attempt_count)),
+                    &column(&updates, |(_, state)| state.next_attempt_at_ms.map(time)),
+                    &column(&updates, |(_, state)| state.delivered_at_ms.map(time)),
+                    &column(&updates, |(_, state)| time(state.updated_at_ms)),
+                ],
             )
             .await?;
     }
     if !batch.attempts.is_empty() {
-        let count = batch.attempts.len();
-        let (mut ids, mut numbers, mut starts, mut codes, mut latencies, mut errors) = (
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-            Vec::with_capacity(count),
-        );
-        for attempt in batch.attempts {
-            ids.push(attempt.event_id);
-            numbers.push(int(attempt.n));
-            starts.push(time(attempt.at_ms));
-            codes.push(attempt.status_code.map(i32::from));
-            latencies.push(int(attempt.latency_ms));
-            errors.push(attempt.error_code);
-        }
+        let attempts = &batch.attempts;
         // An attempt whose event is gone (its endpoint was deleted) is not kept.
         transaction
             .execute(
@@ -437,7 +396,14 @@ async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_
                       AS u(event_id, n, at, status_code, latency_ms, error_code)
                  WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
                  ON CONFLICT (event_id, n) DO NOTHING",
-                &[&ids, &numbers, &starts, &codes, &latencies, &errors],
+                &[
+                    &column(attempts, |attempt| attempt.event_id.as_str()),
+                    &column(attempts, |attempt| int(attempt.n)),
+                    &column(attempts, |attempt| time(attempt.at_ms)),
+                    &column(attempts, |attempt| attempt.status_code.map(i32::from)),
+                    &column(attempts, |attempt| int(attempt.latency_ms)),
+                    &column(attempts, |attempt| attempt.error_code.as_deref()),
+                ],
             )
             .await?;
     }
