@@ -21,6 +21,17 @@ fn start(directory: &std::path::Path, url: &str) -> Server {
     Server::start(directory, "uring", &[("DATABASE_URL", url), ("DATABASE_MAX_CONNECTIONS", "4")])
 }
 
+/// A private PostgreSQL with database `name`, and Kapsel indexing into it with an endpoint
+/// `load` whose deliveries are paused.
+fn paused_load(name: &str) -> Option<(Postgres, String, tempfile::TempDir, Server)> {
+    let postgres = Postgres::start()?;
+    let url = postgres.database(name);
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(directory.path(), &url);
+    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    Some((postgres, url, directory, server))
+}
+
 fn create(server: &Server, id: &str, body: &str) {
     let response = server.admin("PUT", &format!("/admin/endpoints/{id}"), body);
     assert!(matches!(response.status, 200 | 201), "{response:?}");
@@ -208,11 +219,7 @@ fn indexed_ids(postgres: &Postgres, database: &str) -> Vec<String> {
 // need it answer 503 E3001, and the index then holds exactly the acknowledged events.
 #[test]
 fn index_catches_up_exactly_after_a_postgres_outage() {
-    let Some(postgres) = Postgres::start() else { return };
-    let url = postgres.database("outage");
-    let directory = tempfile::tempdir().unwrap();
-    let server = start(directory.path(), &url);
-    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    let Some((postgres, _url, _directory, server)) = paused_load("outage") else { return };
     let stop = Arc::new(AtomicBool::new(false));
     let load = ingest_load(&server, &stop, 4);
     wait_until("some events indexed", || readiness(&server)["index"]["rows_indexed"].as_u64() > Some(100));
@@ -246,11 +253,7 @@ fn index_catches_up_exactly_after_a_postgres_outage() {
 // checkpoint and ends with every acknowledged event exactly once.
 #[test]
 fn a_restart_mid_indexing_resumes_from_the_checkpoint_without_duplicates() {
-    let Some(postgres) = Postgres::start() else { return };
-    let url = postgres.database("restart");
-    let directory = tempfile::tempdir().unwrap();
-    let server = start(directory.path(), &url);
-    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    let Some((postgres, url, directory, server)) = paused_load("restart") else { return };
     let stop = Arc::new(AtomicBool::new(false));
     let load = ingest_load(&server, &stop, 8);
     wait_until("indexing under way", || readiness(&server)["index"]["rows_indexed"].as_u64() > Some(500));
@@ -398,11 +401,7 @@ fn without_an_index_queries_answer_from_memory_and_say_so() {
 // directory) is not written to: `/readyz` says so instead of mixing two histories.
 #[test]
 fn an_index_ahead_of_the_logs_is_reported_and_left_alone() {
-    let Some(postgres) = Postgres::start() else { return };
-    let url = postgres.database("diverged");
-    let first = tempfile::tempdir().unwrap();
-    let server = start(first.path(), &url);
-    create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
+    let Some((postgres, url, _first, server)) = paused_load("diverged") else { return };
     for n in 0..10 {
         ingest(&server, "load", None, format!("{n}").as_bytes());
     }
