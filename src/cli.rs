@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::{Layers, Setting, SETTINGS};
+use crate::config::{Setting, SETTINGS};
 
 /// The short usage, printed first by `--help` and after a usage error.
 pub const USAGE: &str = "\
@@ -63,12 +63,8 @@ pub fn help() -> String {
     let mut lines = vec![USAGE.to_owned(), OPTIONS.to_owned(), PRECEDENCE.to_owned()];
     lines.push("Settings (flag, environment variable, file key; default):".to_owned());
     for setting in SETTINGS {
-        let (head, names) = match setting.layers {
-            Layers::All => {
-                (format!("{} {}", setting.flag(), setting.value_name), format!("{}, {}", setting.variable, setting.key))
-            }
-            Layers::EnvironmentOnly => (setting.variable.to_owned(), "environment only".to_owned()),
-        };
+        let head = format!("{} {}", setting.flag(), setting.value_name);
+        let names = format!("{}, {}", setting.variable, setting.key);
         lines.push(format!("  {head:<HELP_FLAG_COLUMNS$} {names}; default: {}", setting.default_text()));
         lines.extend(wrapped(setting.description, "      ", HELP_COLUMNS));
     }
@@ -202,10 +198,7 @@ fn target(name: &str) -> Result<Target, UsageError> {
         return Ok(Target::ConfigFile);
     }
     match SETTINGS.iter().find(|setting| setting.flag() == name) {
-        Some(setting) if setting.layers == Layers::All => Ok(Target::Setting(setting)),
-        Some(setting) => {
-            Err(UsageError(format!("unknown option `{name}`: {} is read from the environment only", setting.variable)))
-        }
+        Some(setting) => Ok(Target::Setting(setting)),
         None => Err(UsageError(format!("unknown option `{name}`"))),
     }
 }
@@ -325,7 +318,7 @@ mod tests {
         assert_eq!(parsed(&["--shard", "4"]).unwrap_err().0, "unknown option `--shard`");
         assert_eq!(parsed(&["--shard=4"]).unwrap_err().0, "unknown option `--shard`");
         assert_eq!(parsed(&["-x"]).unwrap_err().0, "unknown option `-x`");
-        assert!(parsed(&["--log-format", "pretty"]).unwrap_err().0.contains("environment only"));
+        assert!(parsed(&["--log-format", "pretty", "--rust-log=debug"]).is_ok(), "logging is configured like the rest");
         assert!(parsed(&["audit", "verify", "--data-dir"]).is_err());
         assert!(parsed(&["audit", "verify", "--data-dir="]).is_err());
         assert_eq!(parsed(&["--shards"]).unwrap_err().0, "--shards needs a value");
@@ -353,16 +346,11 @@ mod tests {
     fn help_lists_every_setting_with_its_default() {
         let text = help();
         for setting in SETTINGS {
-            let head = match setting.layers {
-                Layers::All => format!("  {} ", setting.flag()),
-                Layers::EnvironmentOnly => format!("  {} ", setting.variable),
-            };
+            let head = format!("  {} ", setting.flag());
             let line = text.lines().find(|line| line.starts_with(&head)).unwrap();
             assert!(line.contains(setting.variable), "{line}");
             assert!(line.ends_with(&format!("default: {}", setting.default_text())), "{line}");
-            if setting.layers == Layers::All {
-                assert!(line.contains(&setting.flag()) && line.contains(setting.key), "{line}");
-            }
+            assert!(line.contains(&setting.flag()) && line.contains(setting.key), "{line}");
         }
         assert!(text.contains(crate::config::CONFIG_VARIABLE) && text.contains("kapsel config"));
         assert!(text.lines().all(|line| line.len() <= HELP_LINE_COLUMNS_MAX), "{text}");

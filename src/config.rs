@@ -43,15 +43,6 @@ pub enum Secrecy {
     Password,
 }
 
-/// Which layers may set a setting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layers {
-    /// The file, the environment and a flag.
-    All,
-    /// Only the environment: logging is set up from it before anything else is read.
-    EnvironmentOnly,
-}
-
 /// What a setting is when no layer sets it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DefaultValue {
@@ -76,8 +67,6 @@ pub struct Setting {
     pub description: &'static str,
     /// How `kapsel config` shows it.
     pub secrecy: Secrecy,
-    /// Which layers may set it.
-    pub layers: Layers,
 }
 
 impl Setting {
@@ -88,15 +77,11 @@ impl Setting {
         default: DefaultValue,
         description: &'static str,
     ) -> Self {
-        Self { variable, key, value_name, default, description, secrecy: Secrecy::Public, layers: Layers::All }
+        Self { variable, key, value_name, default, description, secrecy: Secrecy::Public }
     }
 
     const fn secret(self, secrecy: Secrecy) -> Self {
         Self { secrecy, ..self }
-    }
-
-    const fn environment_only(self) -> Self {
-        Self { layers: Layers::EnvironmentOnly, ..self }
     }
 
     /// The command-line flag: `--` and the key with `-` for `_`.
@@ -249,8 +234,8 @@ pub const SETTINGS: &[Setting] = &[
         Text("10"),
         "index connections: one writes, the others serve queries (2 to 1000)",
     ),
-    Setting::new("RUST_LOG", "rust_log", "FILTER", Text("info"), "tracing filter").environment_only(),
-    Setting::new("KAPSEL_LOG_FORMAT", "log_format", "FORMAT", Text("json"), "json or pretty").environment_only(),
+    Setting::new("RUST_LOG", "rust_log", "FILTER", Text("info"), "tracing filter"),
+    Setting::new("KAPSEL_LOG_FORMAT", "log_format", "FORMAT", Text("json"), "json or pretty"),
 ];
 
 /// The setting read from `variable`.
@@ -498,15 +483,6 @@ pub fn parse_file(text: &str, path: &Path) -> Result<BTreeMap<&'static str, Stri
         let setting = SETTINGS.iter().find(|setting| setting.key == name).ok_or_else(|| {
             file_error(path, format!("line {line}: unknown setting `{name}` (`kapsel --help` lists them)"))
         })?;
-        if setting.layers == Layers::EnvironmentOnly {
-            return Err(file_error(
-                path,
-                format!(
-                    "line {line}: `{name}` cannot be set here: {} is read from the environment only",
-                    setting.variable
-                ),
-            ));
-        }
         let text = toml_text(value.get_ref()).ok_or_else(|| {
             file_error(
                 path,
@@ -900,7 +876,7 @@ mod tests {
     #[test]
     fn documented_defaults_are_the_real_ones() {
         let unset = format!("{:?}", settings(&[]).unwrap());
-        for setting in SETTINGS.iter().filter(|setting| setting.layers == Layers::All) {
+        for setting in SETTINGS {
             if let DefaultValue::Text(default) = setting.default {
                 let explicit = format!("{:?}", settings(&[(setting.variable, default)]).unwrap());
                 assert_eq!(explicit, unset, "{} default {default}", setting.variable);
@@ -1017,8 +993,8 @@ mod tests {
         assert!(float.contains("line 1") && float.contains("`retention` must be"), "{float}");
         let table = parse_file("[server]\naddr = \"x\"", path).unwrap_err().to_string();
         assert!(table.contains("unknown setting `server`"), "{table}");
-        let logging = parse_file("log_format = \"pretty\"", path).unwrap_err().to_string();
-        assert!(logging.contains("KAPSEL_LOG_FORMAT is read from the environment only"), "{logging}");
+        let logging = parse_file("log_format = \"pretty\"", path).unwrap();
+        assert_eq!(logging.get("KAPSEL_LOG_FORMAT").map(String::as_str), Some("pretty"));
         let syntax = parse_file("shards = \"2", path).unwrap_err().to_string();
         assert!(syntax.starts_with("configuration file /etc/kapsel.toml: line 1"), "{syntax}");
     }

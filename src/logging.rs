@@ -48,14 +48,12 @@ impl fmt::Display for LoggingError {
 
 impl std::error::Error for LoggingError {}
 
-/// Installs the global subscriber from the environment. A malformed variable is an error
-/// rather than a silent default: an operator who asked for `debug` logs and got none would
-/// chase the wrong problem.
-pub fn init() -> Result<(), LoggingError> {
-    let format_value = std::env::var(FORMAT_VARIABLE).ok();
-    let format = Format::parse(format_value.as_deref())?;
-    let directives = std::env::var(FILTER_VARIABLE).ok().filter(|value| !value.is_empty());
-    let directives = directives.as_deref().unwrap_or(FILTER_DEFAULT);
+/// Installs the global subscriber with the merged configuration's `RUST_LOG` (`directives`) and
+/// `KAPSEL_LOG_FORMAT` (`format`). A malformed value is an error rather than a silent default:
+/// an operator who asked for `debug` logs and got none would chase the wrong problem.
+pub fn init(directives: Option<&str>, format: Option<&str>) -> Result<(), LoggingError> {
+    let format = Format::parse(format)?;
+    let directives = directives.filter(|value| !value.is_empty()).unwrap_or(FILTER_DEFAULT);
     let filter = EnvFilter::try_new(directives)
         .map_err(|error| LoggingError(format!("{FILTER_VARIABLE}=`{directives}` is not a valid filter: {error}")))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

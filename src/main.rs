@@ -41,10 +41,6 @@ fn run(stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
         Command::Version => return printed(writeln!(stdout, "kapsel {}", env!("CARGO_PKG_VERSION"))),
         _ => {}
     }
-    if let Err(error) = logging::init() {
-        let _ = writeln!(stderr, "kapsel: {error}");
-        return Exit::Error;
-    }
     let configuration = match Configuration::load(arguments.config_file, &arguments.flags) {
         Ok(configuration) => configuration,
         Err(error) => {
@@ -52,6 +48,13 @@ fn run(stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
             return Exit::Error;
         }
     };
+    // Logging is configured like every other setting: file, environment or flag.
+    let (filter, format) =
+        (configuration.lookup(logging::FILTER_VARIABLE), configuration.lookup(logging::FORMAT_VARIABLE));
+    if let Err(error) = logging::init(filter.as_deref(), format.as_deref()) {
+        let _ = writeln!(stderr, "kapsel: {error}");
+        return Exit::Error;
+    }
     match arguments.command {
         Command::Server => run_server(&configuration, stderr),
         Command::Config => print_configuration(&configuration, stdout, stderr),

@@ -283,14 +283,16 @@ fn the_server_runs_with_the_file_settings() {
     let file = write_file(
         directory.path(),
         &format!(
-            "server_addr = \"127.0.0.1:0\"\ndata_dir = {:?}\nshards = 1\nio_driver = \"legacy\"\n",
+            "server_addr = \"127.0.0.1:0\"\ndata_dir = {:?}\nshards = 1\nio_driver = \"legacy\"\n\
+             rust_log = \"info\"\nlog_format = \"pretty\"\n",
             data.to_str().unwrap()
         ),
     );
-    let mut child: Child = kapsel(&["--config", &file], &[("RUST_LOG", "warn")])
+    let log = directory.path().join("kapsel.log");
+    let mut child: Child = kapsel(&["--config", &file], &[])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -300,4 +302,22 @@ fn the_server_runs_with_the_file_settings() {
     assert!(line.starts_with("kapsel listening on http://127.0.0.1:") && !line.contains(":8080"), "{line}");
     assert!(stopped.success() && status.success(), "{status:?}");
     assert!(data.join("admin.token").exists() && data.join("wal").join("shard-0").exists());
+    // The file's logging settings took effect: info lines, in the pretty format.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("replayed write-ahead log"), "{logged}");
+    assert!(!logged.contains("{\"timestamp\""), "pretty, not JSON: {logged}");
+}
+
+// Logging is configured like every other setting (the server test below shows the file's
+// values taking effect), and a bad format is refused by name.
+#[test]
+fn logging_follows_the_file_and_flags_too() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = write_file(directory.path(), "log_format = \"pretty\"\nrust_log = \"warn\"\n");
+    let report = effective(&["--config", &file, "--rust-log=info"], &[]);
+    assert_eq!(row(&report, "KAPSEL_LOG_FORMAT"), ("file".into(), "pretty".into()));
+    assert_eq!(row(&report, "RUST_LOG"), ("flag".into(), "info".into()));
+    let (code, _, stderr) = run(&["config", "--log-format", "xml"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("KAPSEL_LOG_FORMAT"), "{stderr}");
 }
