@@ -195,35 +195,18 @@ struct NewAttempt {
 
 /// Rows gathered for one transaction.
 #[derive(Default)]
-pub struct Batch {
+struct Batch {
     endpoints: HashMap<String, (String, bool, u64, u64)>,
     events: Vec<NewEvent>,
     event_positions: HashMap<u128, usize>,
     updates: HashMap<u128, EventState>,
     attempts: Vec<NewAttempt>,
     checkpoints: HashMap<usize, u64>,
-    rows: usize,
 }
 
 impl Batch {
-    /// Rows added so far.
-    pub fn len(&self) -> usize {
-        self.rows
-    }
-
-    /// True when nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
-    /// The last LSN per shard this batch covers.
-    pub fn checkpoints(&self) -> &HashMap<usize, u64> {
-        &self.checkpoints
-    }
-
     /// Adds one change (a deletion only moves the checkpoint: [`write`] carries it out).
     fn add(&mut self, change: &Change) {
-        self.rows += 1;
         self.checkpoints.insert(change.shard, change.lsn);
         match &change.row {
             Row::EndpointPut { id, url, enabled, created_at_ms, updated_at_ms } => {
