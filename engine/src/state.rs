@@ -711,34 +711,95 @@ fn signing_secrets(endpoint: &Endpoint) -> Vec<(Secret, u64)> {
     current.into_iter().chain(previous).collect()
 }
 
-/// The admin JSON view of an event.
+/// The admin JSON view of an event in memory.
 pub fn event_json(event_id: EventId, summary: &EventSummary) -> Value {
-    let attempts: Vec<Value> = summary
-        .attempts
-        .iter()
-        .map(|attempt| {
-            json!({
-                "n": attempt.n,
-                "at": rfc3339(attempt.at_ms),
-                "status_code": attempt.status_code,
-                "latency_ms": attempt.latency_ms,
-                "error_code": attempt.error_code.as_deref(),
+    let excerpt = summary.last_excerpt.as_deref().map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+    EventView {
+        event_id: &event_id.to_string(),
+        endpoint_id: &summary.endpoint_id,
+        status: summary.status.as_str(),
+        attempts: summary
+            .attempts
+            .iter()
+            .map(|attempt| {
+                attempt_json(
+                    attempt.n,
+                    attempt.at_ms,
+                    attempt.status_code,
+                    attempt.latency_ms,
+                    attempt.error_code.as_deref(),
+                )
             })
+            .collect(),
+        attempt_count: summary.last_attempt,
+        next_attempt_at_ms: summary.next_attempt_at_ms,
+        waiting_reason: summary.waiting,
+        last_response_excerpt: excerpt.as_deref(),
+        received_at_ms: summary.received_at_ms,
+        updated_at_ms: summary.updated_at_ms,
+        payload_bytes: summary.payload_bytes,
+        idempotency_key: summary.idempotency_key.as_deref(),
+    }
+    .to_json()
+}
+
+/// What `GET /admin/events/{id}` shows of an event, from memory or from the index.
+#[derive(Debug)]
+pub struct EventView<'a> {
+    /// `evt_…`.
+    pub event_id: &'a str,
+    /// Its endpoint.
+    pub endpoint_id: &'a str,
+    /// `pending`, `delivering`, `retrying`, `delivered` or `failed`.
+    pub status: &'a str,
+    /// Each attempt's JSON ([`attempt_json`]).
+    pub attempts: Vec<Value>,
+    /// Number of the last attempt.
+    pub attempt_count: u32,
+    /// When the next attempt is due.
+    pub next_attempt_at_ms: Option<u64>,
+    /// Why it waits (E2005 while its breaker holds it).
+    pub waiting_reason: Option<&'a str>,
+    /// The start of the last response's body.
+    pub last_response_excerpt: Option<&'a str>,
+    /// When it was accepted.
+    pub received_at_ms: u64,
+    /// Last state change.
+    pub updated_at_ms: u64,
+    /// Payload size.
+    pub payload_bytes: u32,
+    /// The sender's idempotency key.
+    pub idempotency_key: Option<&'a str>,
+}
+
+impl EventView<'_> {
+    /// The JSON of the external contract.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "event_id": self.event_id,
+            "endpoint_id": self.endpoint_id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "attempt_count": self.attempt_count,
+            "next_attempt_at": self.next_attempt_at_ms.map(rfc3339),
+            "waiting_reason": self.waiting_reason,
+            "last_response_excerpt": self.last_response_excerpt,
+            "received_at": rfc3339(self.received_at_ms),
+            "created_at": rfc3339(self.received_at_ms),
+            "updated_at": rfc3339(self.updated_at_ms),
+            "payload_bytes": self.payload_bytes,
+            "idempotency_key": self.idempotency_key,
         })
-        .collect();
+    }
+}
+
+/// One attempt in an event's JSON.
+pub fn attempt_json(n: u32, at_ms: u64, status_code: Option<u16>, latency_ms: u32, error_code: Option<&str>) -> Value {
     json!({
-        "event_id": event_id.to_string(),
-        "endpoint_id": &*summary.endpoint_id,
-        "status": summary.status.as_str(),
-        "attempts": attempts,
-        "attempt_count": summary.last_attempt,
-        "next_attempt_at": summary.next_attempt_at_ms.map(rfc3339),
-        "waiting_reason": summary.waiting,
-        "last_response_excerpt": summary.last_excerpt.as_deref().map(String::from_utf8_lossy),
-        "received_at": rfc3339(summary.received_at_ms),
-        "created_at": rfc3339(summary.received_at_ms),
-        "updated_at": rfc3339(summary.updated_at_ms),
-        "payload_bytes": summary.payload_bytes,
-        "idempotency_key": summary.idempotency_key.as_deref(),
+        "n": n,
+        "at": rfc3339(at_ms),
+        "status_code": status_code,
+        "latency_ms": latency_ms,
+        "error_code": error_code,
     })
 }

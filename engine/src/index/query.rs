@@ -169,52 +169,48 @@ async fn attempts_of(
         )
         .await?;
     for row in rows {
-        let n: i32 = row.get(1);
-        let status_code: Option<i32> = row.get(3);
-        let latency_ms: i32 = row.get(4);
+        let (n, status_code, latency_ms): (i32, Option<i32>, i32) = (row.get(1), row.get(3), row.get(4));
         let error_code: Option<String> = row.get(5);
-        by_event.entry(row.get(0)).or_default().push(json!({
-            "n": n,
-            "at": rfc3339(unix_ms(row.get(2))),
-            "status_code": status_code,
-            "latency_ms": latency_ms,
-            "error_code": error_code,
-        }));
+        by_event.entry(row.get(0)).or_default().push(crate::state::attempt_json(
+            u32::try_from(n).unwrap_or(0),
+            unix_ms(row.get(2)),
+            status_code.and_then(|code| u16::try_from(code).ok()),
+            u32::try_from(latency_ms).unwrap_or(0),
+            error_code.as_deref(),
+        ));
     }
     Ok(by_event)
 }
 
-/// The same fields as the engine's own event view (`state::event_json`); what only the engine's
-/// memory knows (the waiting reason, the last response excerpt) is null.
+/// The engine's event view ([`crate::state::EventView`]), plus `delivered_at` and `trace_id`
+/// which the index keeps; what only the engine's memory knows (the waiting reason, the last
+/// response excerpt) is null.
 fn event_json(row: &Row, attempts: Option<Vec<Value>>) -> Value {
-    let id: String = row.get(0);
-    let endpoint_id: String = row.get(1);
-    let status: String = row.get(2);
+    let (id, endpoint_id, status): (String, String, String) = (row.get(0), row.get(1), row.get(2));
     let attempt_count: i32 = row.get(3);
     let next_attempt_at: Option<SystemTime> = row.get(4);
-    let received_at: SystemTime = row.get(5);
-    let updated_at: SystemTime = row.get(6);
     let delivered_at: Option<SystemTime> = row.get(7);
     let payload_bytes: i32 = row.get(8);
     let idempotency_key: Option<String> = row.get(9);
     let trace_id: Option<String> = row.get(10);
-    json!({
-        "event_id": id,
-        "endpoint_id": endpoint_id,
-        "status": status,
-        "attempts": attempts.unwrap_or_default(),
-        "attempt_count": attempt_count,
-        "next_attempt_at": next_attempt_at.map(|at| rfc3339(unix_ms(at))),
-        "waiting_reason": Value::Null,
-        "last_response_excerpt": Value::Null,
-        "received_at": rfc3339(unix_ms(received_at)),
-        "created_at": rfc3339(unix_ms(received_at)),
-        "updated_at": rfc3339(unix_ms(updated_at)),
-        "delivered_at": delivered_at.map(|at| rfc3339(unix_ms(at))),
-        "payload_bytes": payload_bytes,
-        "idempotency_key": idempotency_key,
-        "trace_id": trace_id,
-    })
+    let mut json = crate::state::EventView {
+        event_id: &id,
+        endpoint_id: &endpoint_id,
+        status: &status,
+        attempts: attempts.unwrap_or_default(),
+        attempt_count: u32::try_from(attempt_count).unwrap_or(0),
+        next_attempt_at_ms: next_attempt_at.map(unix_ms),
+        waiting_reason: None,
+        last_response_excerpt: None,
+        received_at_ms: unix_ms(row.get(5)),
+        updated_at_ms: unix_ms(row.get(6)),
+        payload_bytes: u32::try_from(payload_bytes).unwrap_or(0),
+        idempotency_key: idempotency_key.as_deref(),
+    }
+    .to_json();
+    json["delivered_at"] = json!(delivered_at.map(|at| rfc3339(unix_ms(at))));
+    json["trace_id"] = json!(trace_id);
+    json
 }
 
 fn time(unix_ms: u64) -> SystemTime {
