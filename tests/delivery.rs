@@ -297,7 +297,7 @@ fn failed_events_are_listed_and_redriven() {
 #[test]
 fn https_delivery_to_a_tls_listener_trusted_through_the_extra_ca() {
     let pki_directory = tempfile::tempdir().unwrap();
-    let (ca, certificate, key) = common::test_pki(pki_directory.path());
+    let (ca, certificate, key) = common::pki::test_pki(pki_directory.path());
     let receiver_directory = tempfile::tempdir().unwrap();
     let receiver = Server::spawn(
         receiver_directory.path(),

@@ -127,11 +127,7 @@ fn run() -> Result<(), String> {
 impl Bench {
     fn from_env() -> Result<Self, String> {
         let paths = Paths::from_env()?;
-        let measure_seconds = setup::number_from_env(
-            "KAPSEL_BENCH_SECONDS",
-            limits::MEASURE_SECONDS_DEFAULT,
-            limits::MEASURE_SECONDS_MAX,
-        )?;
+        let measure_seconds = setup::measure_seconds_from_env()?;
         Ok(Self {
             data_directory: paths.bench_directory("delivery-data"),
             paths,

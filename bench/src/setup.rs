@@ -120,6 +120,11 @@ pub fn words_from_env(name: &str) -> Vec<String> {
 }
 
 /// `NAME=value` for each of `names` that is set, then `command`: the exact command line.
+/// `KAPSEL_BENCH_SECONDS`: the measured period of each scenario.
+pub fn measure_seconds_from_env() -> Result<usize, String> {
+    number_from_env("KAPSEL_BENCH_SECONDS", limits::MEASURE_SECONDS_DEFAULT, limits::MEASURE_SECONDS_MAX)
+}
+
 /// Prints the lines every bench starts with: its title, the command that reproduces it (with
 /// the variables among `names` that are set), its arguments and the machine.
 pub fn print_preamble(title: &str, names: &[&str], command: &str, facts: &machine::Facts) {

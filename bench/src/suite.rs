@@ -213,11 +213,7 @@ fn medians<T>(results: &[(Server, T)], scenario: impl Fn(&T) -> usize, key: impl
 impl Suite {
     pub(crate) fn from_env() -> Result<Self, String> {
         let paths = Paths::from_env()?;
-        let measure_seconds = setup::number_from_env(
-            "KAPSEL_BENCH_SECONDS",
-            limits::MEASURE_SECONDS_DEFAULT,
-            limits::MEASURE_SECONDS_MAX,
-        )?;
+        let measure_seconds = setup::measure_seconds_from_env()?;
         let shards =
             setup::number_from_env("KAPSEL_BENCH_SHARDS", limits::SERVER_SHARDS_DEFAULT, limits::SERVER_SHARDS_MAX)?;
         let endpoint_count = setup::number_from_env("KAPSEL_BENCH_ENDPOINTS", 1, limits::ENDPOINTS_MAX)?;

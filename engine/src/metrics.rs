@@ -246,40 +246,35 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
         merged
     };
 
-    header(&mut out, "kapsel_ingest_requests_total", "counter", "Ingest requests answered, by status and E-code.");
-    let ingest = sum_maps(&|report| {
-        report.ingest.iter().map(|((status, code), n)| (format!("status=\"{status}\",code=\"{code}\""), *n)).collect()
-    });
-    for (labels, value) in &ingest {
-        let _ = writeln!(out, "kapsel_ingest_requests_total{{{labels}}} {value}");
-    }
-    header(
-        &mut out,
-        "kapsel_http_refused_total",
-        "counter",
-        "Requests the HTTP layer refused by itself (malformed, too large, too slow, too many connections).",
-    );
-    let refused = sum_maps(&|report| {
-        report.refused.iter().map(|((status, code), n)| (format!("status=\"{status}\",code=\"{code}\""), *n)).collect()
-    });
-    for (labels, value) in &refused {
-        let _ = writeln!(out, "kapsel_http_refused_total{{{labels}}} {value}");
-    }
-    header(
-        &mut out,
-        "kapsel_deliveries_total",
-        "counter",
-        "Delivery attempts by outcome (delivered, retrying, failed) and E-code.",
-    );
-    let deliveries = sum_maps(&|report| {
-        report
-            .deliveries
-            .iter()
-            .map(|((outcome, code), n)| (format!("outcome=\"{outcome}\",code=\"{code}\""), *n))
-            .collect()
-    });
-    for (labels, value) in &deliveries {
-        let _ = writeln!(out, "kapsel_deliveries_total{{{labels}}} {value}");
+    let status_code = |(status, code): &(u16, &str)| format!("status=\"{status}\",code=\"{code}\"");
+    let counters: [(&str, &str, BTreeMap<String, u64>); 3] = [
+        (
+            "kapsel_ingest_requests_total",
+            "Ingest requests answered, by status and E-code.",
+            sum_maps(&|report| report.ingest.iter().map(|(key, n)| (status_code(key), *n)).collect()),
+        ),
+        (
+            "kapsel_http_refused_total",
+            "Requests the HTTP layer refused by itself (malformed, too large, too slow, too many connections).",
+            sum_maps(&|report| report.refused.iter().map(|(key, n)| (status_code(key), *n)).collect()),
+        ),
+        (
+            "kapsel_deliveries_total",
+            "Delivery attempts by outcome (delivered, retrying, failed) and E-code.",
+            sum_maps(&|report| {
+                report
+                    .deliveries
+                    .iter()
+                    .map(|((outcome, code), n)| (format!("outcome=\"{outcome}\",code=\"{code}\""), *n))
+                    .collect()
+            }),
+        ),
+    ];
+    for (name, help, series) in &counters {
+        header(&mut out, name, "counter", help);
+        for (labels, value) in series {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
     }
     let merged = |pick: &dyn Fn(&ShardReport) -> &Latency| {
         let mut total = Latency::new();

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "../../tests/common/pki.rs"]
+mod pki;
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,6 +33,7 @@ type TlsConfig = Arc<kapsel_http::rustls::ClientConfig>;
 const ALLOW_LOOPBACK: &str = "127.0.0.0/8,::1/128";
 
 use common::{block_on, Driver, DRIVERS};
+use pki::test_pki;
 
 /// A client allowing `allow_list`, with the webpki roots plus `tls` roots if given. Build it
 /// inside the runtime: its pooled connections must be dropped there.
@@ -570,26 +573,6 @@ fn malformed_responses_fail_and_interim_responses_are_skipped() {
             assert_eq!(client.idle_connections(), 0, "{driver:?}: a misframed connection was pooled");
         });
     }
-}
-
-/// A CA, and a server certificate and key it signed for `localhost` and 127.0.0.1, as PEM
-/// files in `directory`: (CA certificate, server certificate, server key).
-fn test_pki(directory: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Kapsel test CA");
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
-    let ca_certificate = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let server_certificate = server_params.signed_by(&server_key, &issuer).unwrap();
-    let paths = (directory.join("ca.pem"), directory.join("server.pem"), directory.join("server.key"));
-    std::fs::write(&paths.0, ca_certificate.pem()).unwrap();
-    std::fs::write(&paths.1, server_certificate.pem()).unwrap();
-    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
-    paths
 }
 
 #[test]
