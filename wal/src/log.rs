@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::frame::{self, RECORD_HEADER_BYTES};
 use crate::io::{FileLayer, IoBackend, IoCounters, IoFaults};
 use crate::limits;
+use crate::read::Position;
 use crate::recover::{self, Recovered};
 use crate::seal::SealInfo;
 use crate::writer::Writer;
@@ -96,6 +97,24 @@ pub struct Record<'a> {
     pub kind: u8,
     /// The body given to [`Wal::append`].
     pub body: &'a [u8],
+    /// Where its frame lies (for reading it back later with [`crate::read::read_at`]).
+    pub position: Position,
+}
+
+impl<'a> Record<'a> {
+    /// The record of a frame found in segment `segment_id` (whose bytes are `segment`).
+    pub(crate) fn from_frame(segment_id: u64, frame: &crate::frame::FrameRef, segment: &'a [u8]) -> Self {
+        Self {
+            lsn: frame.lsn,
+            kind: frame.kind,
+            body: frame.body(segment),
+            position: Position {
+                segment_id,
+                offset: u32::try_from(frame.offset).unwrap_or(u32::MAX),
+                length: u32::try_from(frame.length).unwrap_or(u32::MAX),
+            },
+        }
+    }
 }
 
 /// What recovery found and did.
@@ -167,9 +186,16 @@ pub(crate) struct OpenBatch {
 pub(crate) struct Completion {
     result: RefCell<Option<Result<(), String>>>,
     wakers: RefCell<Vec<Waker>>,
+    /// Where a batch was written: its segment and the offset of its header.
+    placed: std::cell::Cell<Option<(u64, u64)>>,
 }
 
 impl Completion {
+    /// Records where the batch went; called by the flusher before [`Completion::complete`].
+    pub(crate) fn place(&self, segment_id: u64, offset: u64) {
+        self.placed.set(Some((segment_id, offset)));
+    }
+
     /// Resolves every waiter. The first result stands: a batch acknowledged after its fsync
     /// stays acknowledged even if sealing fails right after it.
     pub(crate) fn complete(&self, result: Result<(), String>) {
@@ -204,12 +230,22 @@ pub struct Commit {
     lsn: u64,
     done: Rc<Completion>,
     slot: Option<usize>,
+    /// Offset of the record's frame in its batch (batch header included) and its length.
+    offset_in_batch: u32,
+    length: u32,
 }
 
 impl Commit {
     /// The LSN the record was given (not yet durable).
     pub fn lsn(&self) -> u64 {
         self.lsn
+    }
+
+    /// Where the record lies, once it is durable (after this commit resolved `Ok`).
+    pub fn position(&self) -> Option<Position> {
+        let (segment_id, batch_offset) = self.done.placed.get()?;
+        let offset = u32::try_from(batch_offset + u64::from(self.offset_in_batch)).ok()?;
+        Some(Position { segment_id, offset, length: self.length })
     }
 }
 
@@ -289,11 +325,13 @@ impl Wal {
         state.next_lsn += 1;
         state.queued_bytes += frame_bytes;
         let batch = state.batch_for(frame_bytes, lsn);
+        let offset_in_batch = u32::try_from(batch.buffer.len()).unwrap_or(u32::MAX);
         frame::encode_record(&mut batch.buffer, kind, lsn, body);
         batch.records += 1;
         let done = Rc::clone(&batch.done);
         state.wake_flusher();
-        Ok(Commit { lsn, done, slot: None })
+        let length = u32::try_from(frame_bytes).unwrap_or(u32::MAX);
+        Ok(Commit { lsn, done, slot: None, offset_in_batch, length })
     }
 
     /// Waits until every record appended so far is durable and every seal it triggered is

@@ -216,7 +216,7 @@ impl<'a> Walk<'a> {
         }
         self.accept_damage(&scan, path, newest)?;
         for frame in &scan.frames {
-            replay(Record { lsn: frame.lsn, kind: frame.kind, body: frame.body(&bytes) });
+            replay(Record::from_frame(id, frame, &bytes));
         }
         self.records += scan.frames.len() as u64;
         self.expected_lsn = scan.last_lsn() + 1;

@@ -145,6 +145,7 @@ impl Writer {
             state.batches += 1;
         }
         shared.durable.store(last_lsn, std::sync::atomic::Ordering::Release);
+        done.place(active.header.segment_id, active.length - batch_bytes);
         done.complete(Ok(()));
         // Merkle leaves: hashed here for io_uring, on the I/O thread (after it answered) otherwise.
         if let Some(buffer) = returned {
