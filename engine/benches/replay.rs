@@ -71,7 +71,7 @@ fn main() {
         let mut state = ShardState::new(0, LIMITS);
         let now = kapsel_engine::clock::now_ms();
         let (wal, recovery) = Wal::open(directory.path(), Options::default(), |record| {
-            state.replay(record.lsn, Record::decode(record.kind, record.body).unwrap(), now);
+            state.apply(record.lsn, record.position, Record::decode(record.kind, record.body).unwrap(), now);
         })
         .await
         .unwrap();

@@ -15,7 +15,6 @@ use std::time::Duration;
 use kapsel_http::{Client, OutboundRequest, OutboundResponse, SendError, Target};
 
 use crate::clock::now_ms;
-use crate::ids::EventId;
 use tracing::Instrument as _;
 
 use crate::records::{Attempt, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
@@ -83,41 +82,22 @@ pub fn classify(result: &Result<OutboundResponse, SendError>, now: u64) -> Class
 /// The scheduler loop of one shard; returns when `stop` says so.
 pub async fn run_scheduler(shard: Rc<Shard>, client: Rc<Client>, stop: Rc<dyn Fn() -> bool>) {
     let mut random = Random::seeded();
-    let reloading = Rc::new(std::cell::Cell::new(false));
     loop {
         if stop() {
             return;
         }
         let now = now_ms();
-        let (starts, next_due, reload) = {
-            let mut state = shard.state().borrow_mut();
-            let next_due = state.release_due(now);
-            let starts = state.take_startable(now);
-            let reload = if reloading.get() {
-                Vec::new()
-            } else {
-                state.take_reload_wanted(crate::limits::PAYLOAD_RELOAD_BATCH_MAX)
-            };
-            (starts, next_due, reload)
-        };
-        if !reload.is_empty() {
-            // Payloads that did not fit the memory budget: read them back off the shard thread.
-            reloading.set(true);
-            let (shard, reloading) = (Rc::clone(&shard), Rc::clone(&reloading));
-            monoio::spawn(async move {
-                if let Err(error) = shard.reload_payloads(&reload).await {
-                    tracing::error!(%error, "could not read payloads back from the write-ahead log");
-                }
-                reloading.set(false);
-                shard.notify_scheduler();
-            });
+        let plan = shard.state().borrow_mut().schedule(now);
+        tracing::trace!(shard = shard.index, starts = plan.starts.len(), reads = plan.reads.len(), "scheduler pass");
+        for request in plan.reads {
+            let shard = Rc::clone(&shard);
+            monoio::spawn(async move { shard.read_back(request).await });
         }
-        tracing::trace!(shard = shard.index, starts = starts.len(), ?next_due, "scheduler pass");
-        for start in starts {
+        for start in plan.starts {
             let (shard, client, sample) = (Rc::clone(&shard), Rc::clone(&client), random.sample());
             monoio::spawn(async move { attempt(&shard, &client, start, sample).await });
         }
-        wait_for_work(&shard, next_due.map(|due| due.saturating_sub(now_ms()))).await;
+        wait_for_work(&shard, plan.next_wake_ms.map(|due| due.saturating_sub(now_ms()))).await;
     }
 }
 
@@ -211,31 +191,48 @@ async fn send_and_record(
         }
         None => Err(SendError::Connect("the endpoint's URL is not deliverable".into())),
     };
-    let finished = now_ms();
-    let classified = classify(&result, finished);
-    let record = decide(shard, &start, started, finished, &classified, &result, sample.0);
-    if let Err(error) = shard.append(&Record::Attempt(record.clone())).await {
-        // The outcome still applies in memory; after a restart the attempt is simply made again.
-        tracing::error!(event_id = %start.event_id, %error, "could not record a delivery attempt");
-    }
-    {
-        let mut state = shard.state().borrow_mut();
-        state.apply_attempt(&record);
-        state.finish_live(&start.endpoint_id, classified.success, start.probe, finished);
-    }
-    let outcome = match record.outcome {
+    complete_attempt(shard, &start, &result, started, now_ms(), sample.0).await;
+}
+
+/// Records an attempt's outcome: classifies it, applies the retry policy, appends the
+/// [`Attempt`] record and, once it is applied, frees the attempt's slot. The live delivery path
+/// and the simulation both end an attempt here. Returns the outcome recorded.
+pub async fn complete_attempt(
+    shard: &Shard,
+    start: &Start,
+    result: &Result<OutboundResponse, SendError>,
+    started: u64,
+    finished: u64,
+    jitter: f64,
+) -> u8 {
+    let classified = classify(result, finished);
+    let record = decide(shard, start, started, finished, &classified, result, jitter);
+    let outcome = record.outcome;
+    let latency_us = u64::from(record.latency_ms) * 1000;
+    let recorded = match shard.append(Record::Attempt(record), finished).await {
+        Ok(_) => true,
+        Err(error) => {
+            // Not recorded: the event goes back to its queue; after a restart the attempt is
+            // simply made again.
+            tracing::error!(event_id = %start.event_id, %error, "could not record a delivery attempt");
+            false
+        }
+    };
+    shard.state().borrow_mut().finish_live(start, recorded);
+    let outcome_name = match outcome {
         OUTCOME_DELIVERED => "delivered",
         OUTCOME_RETRYING => "retrying",
         _ => "failed",
     };
-    let since_received = (record.outcome == OUTCOME_DELIVERED)
-        .then(|| finished.saturating_sub(start.event_id.unix_ms()).saturating_mul(1000));
-    shard.metrics().attempt(outcome, classified.error_code, u64::from(record.latency_ms) * 1000, since_received);
-    if classified.gone {
-        disable_endpoint(shard, &start.endpoint_id).await;
+    let since_received =
+        (outcome == OUTCOME_DELIVERED).then(|| finished.saturating_sub(start.event_id.unix_ms()).saturating_mul(1000));
+    shard.metrics().attempt(outcome_name, classified.error_code, latency_us, since_received);
+    if classified.gone && recorded {
+        disable_endpoint(shard, &start.endpoint_id, finished).await;
     }
-    tracing::debug!(status = ?classified.status_code, error_code = ?classified.error_code, outcome, "delivery attempt");
+    tracing::debug!(status = ?classified.status_code, error_code = ?classified.error_code, outcome = outcome_name, "delivery attempt");
     shard.notify_scheduler();
+    outcome
 }
 
 /// Applies the retry policy to a classified outcome.
@@ -249,9 +246,8 @@ fn decide(
     sample: f64,
 ) -> Attempt {
     let state = shard.state().borrow();
-    let summary = state.events.get(&start.event_id);
-    let received_at = summary.map_or(started, |summary| summary.received_at_ms);
-    let budget_used = summary.map_or(0, |summary| summary.budget_used) + 1;
+    let received_at = start.event_id.unix_ms();
+    let budget_used = state.events.get(&start.event_id).map_or(0, |event| event.budget_used) + 1;
     let policy = state.endpoints.get(&start.endpoint_id).map(|entry| entry.endpoint.retry.clone()).unwrap_or_default();
     let (outcome, next_attempt_at_ms) = if classified.success {
         (OUTCOME_DELIVERED, None)
@@ -282,24 +278,14 @@ fn decide(
 
 /// 410 Gone: the destination asks never to be called again; the endpoint is disabled (and can
 /// be re-enabled by an operator).
-async fn disable_endpoint(shard: &Shard, endpoint_id: &str) {
-    let endpoint = {
-        let state = shard.state().borrow();
-        let Some(entry) = state.endpoints.get(endpoint_id) else {
-            return;
-        };
-        if !entry.endpoint.enabled {
-            return;
-        }
-        let mut endpoint = entry.endpoint.clone();
-        endpoint.enabled = false;
-        endpoint.updated_at_ms = now_ms();
-        endpoint
-    };
+async fn disable_endpoint(shard: &Shard, endpoint_id: &str, now: u64) {
+    let enabled = shard.state().borrow().endpoints.get(endpoint_id).is_some_and(|entry| entry.endpoint.enabled);
+    if !enabled {
+        return;
+    }
     tracing::warn!(endpoint_id, "destination answered 410 Gone; endpoint disabled");
-    match shard.append(&Record::EndpointPut(endpoint.clone())).await {
-        Ok(_) => shard.state().borrow_mut().put_endpoint(endpoint, now_ms()),
-        Err(error) => tracing::error!(endpoint_id, %error, "could not record the endpoint's disabling"),
+    if let Err(error) = shard.set_enabled(endpoint_id, false, now).await {
+        tracing::error!(endpoint_id, %error, "could not record the endpoint's disabling");
     }
 }
 
@@ -325,13 +311,4 @@ impl Random {
         let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
         (unit * 2.0 - 1.0, self.next())
     }
-}
-
-/// Retries of an event requested by an operator: put it back in its queue.
-pub fn requeue_now(shard: &Shard, event_id: EventId) -> bool {
-    let requeued = shard.state().borrow_mut().requeue(event_id, now_ms());
-    if requeued {
-        shard.notify_scheduler();
-    }
-    requeued
 }

@@ -62,7 +62,7 @@ pub struct CircuitPolicy {
 
 impl Default for CircuitPolicy {
     fn default() -> Self {
-        Self { consecutive_failures: 5, failure_rate: 0.5, window: 20, cooldown_ms: 30_000, cooldown_max_ms: 600_000 }
+        Self { consecutive_failures: 5, failure_rate: 0.5, window: 100, cooldown_ms: 30_000, cooldown_max_ms: 600_000 }
     }
 }
 

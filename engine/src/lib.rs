@@ -23,6 +23,7 @@ pub mod limits;
 pub mod metrics;
 pub mod query;
 pub mod rate;
+pub mod readback;
 pub mod records;
 pub mod retention;
 pub mod retry;

@@ -18,13 +18,14 @@ pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 /// ones are answered by the Postgres index when it runs. About 150 bytes each.
 pub const TERMINAL_EVENTS_IN_MEMORY_MAX: usize = 200_000;
 
-/// Default bound on payload bytes of waiting events a shard keeps in memory. Beyond it, new
-/// events keep only their metadata (about 150 bytes) and their payload is read back from the
-/// log when their turn comes, so a dead or disabled endpoint cannot fill memory.
+/// Default bound on payload bytes a shard holds in memory (cached for waiting events whose turn
+/// is near, being read back, in flight). Beyond it payloads wait in the log (each waiting event
+/// keeps about 100 bytes of metadata) and are read back ahead of their turn, so a dead or
+/// disabled endpoint cannot fill memory.
 pub const PAYLOAD_MEMORY_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 
-/// Payloads read back from the log in one go by the delivery scheduler.
-pub const PAYLOAD_RELOAD_BATCH_MAX: usize = 256;
+/// Failed events of an endpoint read back and redriven in one step by `retry-failed`.
+pub const REDRIVE_CHUNK_EVENTS_MAX: usize = 256;
 
 /// Threads resolving destination names for all shards (system resolver calls block).
 pub const RESOLVER_THREADS: usize = 2;
@@ -34,10 +35,6 @@ pub const SCHEDULER_IDLE_MS: u64 = 1000;
 
 /// Attempts of one event kept in memory (the log keeps all of them).
 pub const ATTEMPTS_IN_MEMORY_MAX: usize = 32;
-
-/// Queued events marked E2005 when an open breaker holds their endpoint (the rest show it
-/// through the endpoint's `circuit_state`).
-pub const WAITING_MARKED_MAX: usize = 1024;
 
 /// Default bound on idempotency keys a shard remembers (each about 100 bytes plus the key).
 /// Beyond it the oldest keys are forgotten before their window ends, and a warning is logged.

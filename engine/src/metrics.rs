@@ -80,6 +80,9 @@ pub struct ShardMetrics {
     delivery_latency: RefCell<Latency>,
     connections_open: Cell<u64>,
     connections_total: Cell<u64>,
+    read_backs: Cell<u64>,
+    read_back_events: Cell<u64>,
+    read_back_failures: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -93,6 +96,9 @@ impl Default for ShardMetrics {
             delivery_latency: RefCell::new(Latency::new()),
             connections_open: Cell::new(0),
             connections_total: Cell::new(0),
+            read_backs: Cell::new(0),
+            read_back_events: Cell::new(0),
+            read_back_failures: Cell::new(0),
         }
     }
 }
@@ -122,6 +128,13 @@ impl ShardMetrics {
         } else {
             self.connections_open.set(self.connections_open.get().saturating_sub(1));
         }
+    }
+
+    /// A read-back of `events` payloads from the log, `failures` of which could not be read.
+    pub fn read_back(&self, events: usize, failures: usize) {
+        self.read_backs.set(self.read_backs.get() + 1);
+        self.read_back_events.set(self.read_back_events.get() + events as u64);
+        self.read_back_failures.set(self.read_back_failures.get() + failures as u64);
     }
 
     /// A delivery attempt: its outcome (`delivered`, `retrying`, `failed`), E-code, duration,
@@ -175,6 +188,11 @@ pub struct ShardReport {
     ready: usize,
     in_flight: u64,
     idempotency_keys: usize,
+    payload_bytes: usize,
+    payloads_cached: usize,
+    read_backs: u64,
+    read_back_events: u64,
+    read_back_failures: u64,
     breakers: BTreeMap<&'static str, u64>,
     open_breakers: Vec<(String, &'static str)>,
     wal: WalReport,
@@ -193,7 +211,7 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         if name != "closed" && open_breakers.len() < OPEN_BREAKERS_REPORTED_MAX {
             open_breakers.push((entry.endpoint.id.clone(), name));
         }
-        ready += entry.ready.len();
+        ready += entry.queue_depth();
         in_flight += u64::from(entry.in_flight);
     }
     let wal = shard.wal();
@@ -214,6 +232,11 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         ready,
         in_flight,
         idempotency_keys: state.idempotency.len(),
+        payload_bytes: state.payload_bytes_held(),
+        payloads_cached: state.payloads_cached(),
+        read_backs: metrics.read_backs.get(),
+        read_back_events: metrics.read_back_events.get(),
+        read_back_failures: metrics.read_back_failures.get(),
         breakers,
         open_breakers,
         wal: WalReport {
@@ -339,6 +362,37 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
     per_shard(&mut out, "kapsel_idempotency_keys", "gauge", "Idempotency keys remembered.", &|r| {
         r.idempotency_keys as u64
     });
+    per_shard(
+        &mut out,
+        "kapsel_payload_memory_bytes",
+        "gauge",
+        "Payload bytes held in memory (cached for waiting events, being read back, in flight).",
+        &|r| r.payload_bytes as u64,
+    );
+    per_shard(&mut out, "kapsel_payloads_cached", "gauge", "Waiting events whose payload is in memory.", &|r| {
+        r.payloads_cached as u64
+    });
+    per_shard(
+        &mut out,
+        "kapsel_read_backs_total",
+        "counter",
+        "Read-backs of waiting payloads from the write-ahead log.",
+        &|r| r.read_backs,
+    );
+    per_shard(
+        &mut out,
+        "kapsel_read_back_events_total",
+        "counter",
+        "Payloads asked for in read-backs from the write-ahead log.",
+        &|r| r.read_back_events,
+    );
+    per_shard(
+        &mut out,
+        "kapsel_read_back_failures_total",
+        "counter",
+        "Payloads that could not be read back (retried with backoff).",
+        &|r| r.read_back_failures,
+    );
     per_shard(&mut out, "kapsel_wal_appends_total", "counter", "Records made durable in the write-ahead log.", &|r| {
         r.wal.records
     });

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::EngineError;
 use crate::ids::{valid_endpoint_id, EventId};
 use crate::shard::Shard;
-use crate::state::{event_json, EventStatus};
+use crate::state::EventStatus;
 
 /// Default page size.
 pub const LIMIT_DEFAULT: usize = 50;
@@ -133,21 +133,22 @@ impl EventQuery {
 /// This shard's matches: up to `limit + 1` newest events older than the cursor.
 pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
     let state = shard.state().borrow();
+    let now = crate::clock::now_ms();
     let upper = query.cursor.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
     state
         .events
         .range((std::ops::Bound::Unbounded, upper))
         .rev()
-        .filter(|(_, summary)| {
+        .filter(|(event_id, event)| {
             query.matches(
-                &summary.endpoint_id,
-                summary.status.as_str(),
-                summary.idempotency_key.as_deref(),
-                summary.received_at_ms,
+                state.endpoint_of(event),
+                event.shown_status().as_str(),
+                event.idempotency_key(),
+                event_id.unix_ms(),
             )
         })
         .take(query.limit + 1)
-        .map(|(event_id, summary)| (*event_id, event_json(*event_id, summary)))
+        .filter_map(|(event_id, _)| Some((*event_id, state.event_json(*event_id, now)?)))
         .collect()
 }
 

@@ -17,6 +17,8 @@ pub const KIND_ATTEMPT: u8 = 4;
 pub const KIND_REQUEUED: u8 = 5;
 /// Log kind of [`Record::EventCarried`].
 pub const KIND_EVENT_CARRIED: u8 = 6;
+/// Log kind of [`Record::Redriven`].
+pub const KIND_REDRIVEN: u8 = 7;
 
 /// The outcome of an attempt, as recorded.
 pub const OUTCOME_DELIVERED: u8 = 0;
@@ -48,7 +50,8 @@ pub struct Attempt {
     pub next_attempt_at_ms: Option<u64>,
 }
 
-/// An event put back in its queue by an operator (`POST /admin/events/{id}/retry`).
+/// A waiting event given a fresh retry budget by an operator (`POST /admin/events/{id}/retry`).
+/// A delivered or failed event is redriven with [`Redriven`] instead, which carries the event.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Requeued {
     /// The event.
@@ -90,6 +93,19 @@ pub struct EventCarried {
     pub next_attempt_at_ms: Option<u64>,
 }
 
+/// A delivered or failed event put back in its queue by an operator, written with the event
+/// itself: the redriven event then needs no older record, so retention may remove the segment
+/// that first held it at any moment without losing the redrive.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Redriven {
+    /// The event as it was received.
+    pub event: EventReceived,
+    /// Number of the last attempt made.
+    pub last_attempt: u32,
+    /// When it was redriven.
+    pub at_ms: u64,
+}
+
 /// An endpoint removed.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct EndpointDeleted {
@@ -114,6 +130,8 @@ pub enum Record {
     Requeued(Requeued),
     /// A waiting event moved forward by retention.
     EventCarried(EventCarried),
+    /// A terminal event redriven, with the event.
+    Redriven(Redriven),
 }
 
 impl Record {
@@ -126,6 +144,7 @@ impl Record {
             Self::Attempt(attempt) => Ok((KIND_ATTEMPT, codec::encode(attempt)?)),
             Self::Requeued(requeued) => Ok((KIND_REQUEUED, codec::encode(requeued)?)),
             Self::EventCarried(carried) => Ok((KIND_EVENT_CARRIED, codec::encode(carried)?)),
+            Self::Redriven(redriven) => Ok((KIND_REDRIVEN, codec::encode(redriven)?)),
         }
     }
 
@@ -134,11 +153,12 @@ impl Record {
         Ok((KIND_EVENT_RECEIVED, codec::encode(event)?))
     }
 
-    /// The event of a received or carried record (where a payload is read back from).
+    /// The event of a received, carried or redriven record (where a payload is read back from).
     pub fn into_event(self) -> Option<EventReceived> {
         match self {
             Self::EventReceived(event) => Some(event),
             Self::EventCarried(carried) => Some(carried.event),
+            Self::Redriven(redriven) => Some(redriven.event),
             _ => None,
         }
     }
@@ -152,6 +172,7 @@ impl Record {
             KIND_ATTEMPT => codec::decode(body).map(Self::Attempt),
             KIND_REQUEUED => codec::decode(body).map(Self::Requeued),
             KIND_EVENT_CARRIED => codec::decode(body).map(Self::EventCarried),
+            KIND_REDRIVEN => codec::decode(body).map(Self::Redriven),
             other => Err(WalError::Decode(format!("unknown engine record kind {other}"))),
         }
     }

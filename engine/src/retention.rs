@@ -37,7 +37,7 @@ impl RetentionPolicy {
     }
 }
 
-/// Waiting events carried forward per pass, at most (their payloads are read back first).
+/// Waiting events carried forward per pass, at most (their records are read back first).
 pub const CARRIED_PER_PASS_MAX: usize = 1024;
 
 /// The first LSN that age and the index let go of: sealed long enough ago, and indexed.
@@ -60,53 +60,65 @@ fn aged_bound(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
 /// The first LSN retention must keep: everything below it may be removed.
 pub fn keep_from(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
     let bound = aged_bound(shard, age_ms, now_ms);
-    shard.state().borrow().oldest_pending_lsn().map_or(bound, |pending| bound.min(pending))
+    shard.state().borrow().oldest_waiting_lsn().map_or(bound, |waiting| bound.min(waiting))
 }
 
-/// Writes waiting events that pin segments below `bound` again at the end of the log.
-async fn carry_forward(shard: &Shard, bound: u64) -> Result<(), crate::EngineError> {
+/// Writes waiting events whose records lie below `bound` again at the end of the log, at most
+/// [`CARRIED_PER_PASS_MAX`] per pass. Their records are read back by position; each carried
+/// record is built from the event's progress in the same step that appends it, and the state
+/// learns the new position when it applies the record. A full log queue ends the pass early
+/// (the next pass goes on); nothing is left half-done.
+async fn carry_forward(shard: &Shard, bound: u64, now_ms: u64) -> Result<usize, crate::EngineError> {
     let pinning = shard.state().borrow().pinning_below(bound, CARRIED_PER_PASS_MAX);
     if pinning.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    let missing: Vec<_> = {
-        let state = shard.state().borrow();
-        pinning
-            .iter()
-            .filter(|(event_id, _)| state.events.get(event_id).is_some_and(|summary| summary.payload.is_none()))
-            .copied()
-            .collect()
-    };
-    shard.reload_payloads(&missing).await?;
-    let mut commits = Vec::with_capacity(pinning.len());
-    for (event_id, _) in pinning {
-        // Read and appended without an await between: the record matches memory at its LSN.
-        let carried = shard.state().borrow().carry(event_id);
-        if let Some(carried) = carried {
-            commits.push((event_id, shard.append_record(&Record::EventCarried(carried))?));
+    let loaded = shard.read_events(pinning).await;
+    let mut last = None;
+    let mut carried = 0;
+    for (event_id, result) in loaded {
+        let event = match result {
+            Ok(event) => event,
+            Err(reason) => {
+                tracing::warn!(shard = shard.index, %event_id, %reason, "retention could not read a waiting event back; it stays where it is");
+                continue;
+            }
+        };
+        let Some(record) = shard.state().borrow().carry(event_id, event) else {
+            continue;
+        };
+        match shard.submit(Record::EventCarried(record), now_ms) {
+            Ok(lsn) => last = Some(lsn),
+            Err(crate::EngineError::QueueFull(_)) => break,
+            Err(error) => return Err(error),
         }
+        carried += 1;
     }
-    for (event_id, commit) in commits {
-        let lsn = commit.await?;
-        shard.state().borrow_mut().moved(event_id, lsn);
+    if let Some(lsn) = last {
+        shard.durable(lsn).await?;
     }
-    Ok(())
+    Ok(carried)
 }
 
 /// One pass: carries waiting events forward, snapshots the endpoints and removes what may go.
 /// Returns the removed segment ids.
 pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, crate::EngineError> {
-    carry_forward(shard, aged_bound(shard, age_ms, now_ms)).await?;
-    let bound = keep_from(shard, age_ms, now_ms);
-    let removable = shard.wal().sealed_segments().iter().any(|seal| seal.last_lsn < bound && shard.wal().holds(seal));
-    if !removable {
+    carry_forward(shard, aged_bound(shard, age_ms, now_ms), now_ms).await?;
+    let removable =
+        |bound: u64| shard.wal().sealed_segments().iter().any(|seal| seal.last_lsn < bound && shard.wal().holds(seal));
+    if !removable(keep_from(shard, age_ms, now_ms)) {
         return Ok(Vec::new());
     }
-    let endpoints: Vec<_> = shard.state().borrow().endpoints.values().map(|entry| entry.endpoint.clone()).collect();
+    let snapshot = crate::snapshot::Snapshot::of(&shard.state().borrow());
+    let snapshot_lsn = snapshot.applied_lsn;
     let directory = shard.wal().directory().to_path_buf();
-    crate::shard::off_shard("kapsel-snapshot", move || crate::snapshot::write(&directory, &endpoints))
+    crate::shard::off_shard("kapsel-snapshot", move || crate::snapshot::write(&directory, &snapshot))
         .await?
         .map_err(crate::EngineError::Storage)?;
+    // Decided and handed to the log in one step: nothing can start waiting on an old record in
+    // between (a redrive of a delivered or failed event carries the event itself). Nothing the
+    // snapshot does not reflect is removed.
+    let bound = keep_from(shard, age_ms, now_ms).min(snapshot_lsn + 1);
     Ok(shard.wal().remove_sealed_below(bound).await?)
 }
 

@@ -330,28 +330,6 @@ async fn shard_main(
     Ok(())
 }
 
-/// Requeued events whose payload had left memory during replay: read the payloads back (one pass
-/// over the segments holding them) and queue the events again.
-fn reload_requeued(directory: &std::path::Path, state: &mut ShardState) -> Result<(), String> {
-    let requeued = std::mem::take(&mut state.reload_after_replay);
-    if requeued.is_empty() {
-        return Ok(());
-    }
-    let lsns: Vec<u64> =
-        requeued.iter().filter_map(|(event_id, _)| state.events.get(event_id).map(|summary| summary.lsn)).collect();
-    let records =
-        kapsel_wal::audit::read_records(directory, &lsns).map_err(|error| format!("re-reading payloads: {error}"))?;
-    for (_, kind, body) in records {
-        if let Some(event) = Record::decode(kind, &body).ok().and_then(Record::into_event) {
-            state.restore_payload(crate::ids::EventId(event.event_id), event);
-        }
-    }
-    for (event_id, at_ms) in requeued {
-        state.requeue(event_id, at_ms);
-    }
-    Ok(())
-}
-
 /// Opens the shard's log and rebuilds its state by replaying it.
 async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String> {
     let directory = config.data_directory.join("wal").join(format!("shard-{index}"));
@@ -363,9 +341,9 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
     let now = now_ms();
     let started = std::time::Instant::now();
     // Endpoints whose records retention removed; the log then replays over them.
-    let snapshot_endpoints = crate::snapshot::load_into(&mut state, &directory, now)?;
+    let snapshot_endpoints = crate::snapshot::load_into(&mut state, &directory)?;
     let (wal, recovery) = Wal::open(&directory, options, |record| match Record::decode(record.kind, record.body) {
-        Ok(decoded) => state.replay(record.lsn, decoded, now),
+        Ok(decoded) => state.apply(record.lsn, record.position, decoded, now),
         Err(error) => {
             replay_error.get_or_insert_with(|| format!("record {} in {}: {error}", record.lsn, directory.display()));
         }
@@ -375,7 +353,6 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
     if let Some(error) = replay_error {
         return Err(error);
     }
-    reload_requeued(&directory, &mut state)?;
     tracing::info!(
         shard = index,
         records = recovery.records,
@@ -385,5 +362,5 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
         elapsed_ms = started.elapsed().as_millis() as u64,
         "replayed write-ahead log"
     );
-    Ok(Shard::new(index, wal, state))
+    Shard::new(index, wal, state).map_err(|error| error.to_string())
 }

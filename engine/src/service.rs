@@ -201,26 +201,27 @@ fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
 
 /// Runs a routed request on its owner shard (called on that shard's thread).
 pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Request) -> Response {
+    let now = crate::clock::now_ms();
     let ok = |json: serde_json::Value| Response::json(200, json.to_string().into_bytes());
     let outcome = match route {
         Route::ListEvents(query) => Ok(ok(crate::query::page(crate::query::list_local(shard, &query), query.limit))),
         Route::RetryEvent { event_id } => {
-            shard.retry_event(event_id).await.map(|json| Response::json(202, json.to_string().into_bytes()))
+            shard.retry_event(event_id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
         }
         Route::RetryFailed { id } => {
-            shard.retry_failed(&id).await.map(|json| Response::json(202, json.to_string().into_bytes()))
+            shard.retry_failed(&id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
         }
-        Route::SetEnabled { id, enabled } => shard.set_enabled(&id, enabled).await.map(ok),
+        Route::SetEnabled { id, enabled } => shard.set_enabled(&id, enabled, now).await.map(ok),
         Route::Ingest { endpoint_id } => ingest(shard, endpoint_id, request).await,
         Route::PutEndpoint { id } | Route::CreateEndpoint { id } => shard
-            .put_endpoint(&id, &request.body, &shared.destinations)
+            .put_endpoint(&id, &request.body, &shared.destinations, now)
             .await
             .map(|(json, created)| Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes())),
         Route::GetEndpoint { id } => {
-            shard.get_endpoint(&id).map(|json| Response::json(200, json.to_string().into_bytes()))
+            shard.get_endpoint(&id, now).map(|json| Response::json(200, json.to_string().into_bytes()))
         }
-        Route::DeleteEndpoint { id } => shard.delete_endpoint(&id).await.map(|()| Response::empty(204)),
-        Route::GetEvent { event_id } => get_event(shard, event_id).await.map(ok),
+        Route::DeleteEndpoint { id } => shard.delete_endpoint(&id, now).await.map(|()| Response::empty(204)),
+        Route::GetEvent { event_id } => get_event(shard, event_id, now).await.map(ok),
         Route::EventProof { event_id } => {
             shard.prove_event(event_id).await.map(|json| Response::json(200, json.to_string().into_bytes()))
         }
@@ -232,8 +233,8 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
 }
 
 /// From memory, or from the index for events that left it (terminal ones beyond the window).
-async fn get_event(shard: &Shard, event_id: EventId) -> Result<serde_json::Value, EngineError> {
-    match (shard.get_event(event_id), shard.index_handle()) {
+async fn get_event(shard: &Shard, event_id: EventId, now: u64) -> Result<serde_json::Value, EngineError> {
+    match (shard.get_event(event_id, now), shard.index_handle()) {
         (Err(EngineError::NotFound(message)), Some(index)) => {
             match index.query(crate::index::query::Query::Get(event_id)).await? {
                 serde_json::Value::Null => Err(EngineError::NotFound(message)),
@@ -271,7 +272,7 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
         signature,
         payload: request.body,
     };
-    let outcome = shard.ingest(ingest).instrument(span.clone()).await;
+    let outcome = shard.ingest(ingest, crate::clock::now_ms()).instrument(span.clone()).await;
     span.in_scope(|| match outcome {
         Ok(Accepted::Received(event_id)) => {
             tracing::debug!(%event_id, "accepted");

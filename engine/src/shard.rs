@@ -1,22 +1,30 @@
-//! A shard's operations on the endpoints and events it owns. Every change is appended to the
-//! shard's log and applied to memory only once the log has made it durable; nothing is answered
-//! as done before its fsync.
+//! A shard's operations on the endpoints and events it owns.
+//!
+//! Every change is a record: [`Shard::submit`] appends it to the shard's log and queues it; a
+//! small task (the applier) waits for each record's fsync in LSN order and then applies it with
+//! [`ShardState::apply`], the function replay uses. Operations wait for their record to be
+//! applied ([`Shard::durable`]) before they answer, so nothing is answered as done before its
+//! fsync, and what the state shows is always what a replay of the log would give.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
-use kapsel_wal::{Commit, Wal};
+use kapsel_wal::{Commit, Position, Wal, WalError};
 use serde_json::Value;
 
-use crate::clock::now_ms;
 use crate::endpoint::EndpointInput;
 use crate::error::EngineError;
 use crate::idempotency::Remembered;
 use crate::ids::EventId;
 use crate::index::{Change, IndexHandle, Row};
 use crate::limits;
-use crate::records::{EndpointDeleted, EventReceived, Record};
-use crate::state::{event_json, ShardState};
+use crate::readback::Reader;
+use crate::records::{EndpointDeleted, EventReceived, Record, Redriven, Requeued};
+use crate::state::{Payload, ReadRequest, ShardState};
 
 /// An inbound webhook, as the ingest route hands it to the owning shard.
 #[derive(Debug)]
@@ -44,28 +52,66 @@ pub enum Accepted {
     Duplicate(EventId),
 }
 
+/// A record appended and waiting for its fsync, to be applied in LSN order.
+struct Pending {
+    commit: Commit,
+    record: Record,
+    now_ms: u64,
+}
+
+/// The appended-but-not-applied records and who waits for them.
+struct Applying {
+    queue: VecDeque<Pending>,
+    applied_lsn: u64,
+    /// The first record whose fsync failed, and why: it and every later one are not durable.
+    failed: Option<(u64, String)>,
+    applier: Option<Waker>,
+    waiters: Vec<Waker>,
+}
+
+/// What the shard and its applier task share.
+struct Core {
+    state: RefCell<ShardState>,
+    applying: RefCell<Applying>,
+    scheduler: Cell<Option<Waker>>,
+}
+
+impl Core {
+    fn notify_scheduler(&self) {
+        if let Some(waker) = self.scheduler.take() {
+            waker.wake();
+        }
+    }
+}
+
 /// One shard: its log and its state.
 pub struct Shard {
     /// Shard number.
     pub index: usize,
     wal: Wal,
-    state: RefCell<ShardState>,
-    scheduler: std::cell::Cell<Option<std::task::Waker>>,
+    core: Rc<Core>,
     indexer: Option<IndexHandle>,
     metrics: crate::metrics::ShardMetrics,
+    reader: Reader,
 }
 
 impl Shard {
-    /// A shard over an opened log and the state replayed from it.
-    pub fn new(index: usize, wal: Wal, state: ShardState) -> Self {
-        Self {
-            index,
-            wal,
-            state: RefCell::new(state),
-            scheduler: std::cell::Cell::new(None),
-            indexer: None,
-            metrics: crate::metrics::ShardMetrics::default(),
-        }
+    /// A shard over an opened log and the state replayed from it. Starts the applier task on
+    /// the current monoio runtime and the shard's reader thread.
+    pub fn new(index: usize, wal: Wal, state: ShardState) -> Result<Self, EngineError> {
+        let reader = Reader::spawn(wal.directory(), &format!("kapsel-read-{index}"))
+            .map_err(|error| EngineError::Unavailable(format!("cannot start the reader thread: {error}")))?;
+        let applying = Applying {
+            queue: VecDeque::new(),
+            applied_lsn: wal.durable_lsn(),
+            failed: None,
+            applier: None,
+            waiters: Vec::new(),
+        };
+        let core =
+            Rc::new(Core { state: RefCell::new(state), applying: RefCell::new(applying), scheduler: Cell::new(None) });
+        monoio::spawn(run_applier(Rc::clone(&core)));
+        Ok(Self { index, wal, core, indexer: None, metrics: crate::metrics::ShardMetrics::default(), reader })
     }
 
     /// Feeds every record this shard appends to the Postgres index.
@@ -85,36 +131,24 @@ impl Shard {
         self.indexer.as_ref()
     }
 
-    /// Appends a record (not yet durable: await the commit) and offers it to the index.
-    pub fn append_record(&self, record: &Record) -> Result<Commit, EngineError> {
-        let (kind, body) = record.encode()?;
-        let commit = self.wal.append(kind, &body)?;
-        if let Some(index) = &self.indexer {
-            index.feed(Change { shard: self.index, lsn: commit.lsn(), row: Row::from_record(record) });
-        }
-        Ok(commit)
-    }
-
     /// The shard's log.
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
 
-    /// The shard's state (the delivery scheduler reads and updates it).
+    /// The shard's state.
     pub fn state(&self) -> &RefCell<ShardState> {
-        &self.state
+        &self.core.state
     }
 
     /// Wakes the delivery scheduler: there may be new work.
     pub fn notify_scheduler(&self) {
-        if let Some(waker) = self.scheduler.take() {
-            waker.wake();
-        }
+        self.core.notify_scheduler();
     }
 
     /// Registers the scheduler's waker.
-    pub fn park_scheduler(&self, waker: &std::task::Waker) {
-        self.scheduler.set(Some(waker.clone()));
+    pub fn park_scheduler(&self, waker: &Waker) {
+        self.core.scheduler.set(Some(waker.clone()));
     }
 
     /// Gives up the shard for its log (at shutdown, to close it).
@@ -122,58 +156,92 @@ impl Shard {
         self.wal
     }
 
-    /// Appends a record and waits for its fsync.
-    pub async fn append(&self, record: &Record) -> Result<u64, EngineError> {
-        Ok(self.append_record(record)?.await?)
+    /// Appends a record and queues it to be applied once durable; its LSN. Not durable yet:
+    /// await [`Shard::durable`].
+    pub fn submit(&self, record: Record, now_ms: u64) -> Result<u64, EngineError> {
+        let (kind, body) = record.encode()?;
+        let commit = self.wal.append(kind, &body)?;
+        let lsn = commit.lsn();
+        if let Some(index) = &self.indexer {
+            index.feed(Change { shard: self.index, lsn, row: Row::from_record(&record) });
+        }
+        let mut applying = self.core.applying.borrow_mut();
+        applying.queue.push_back(Pending { commit, record, now_ms });
+        if let Some(waker) = applying.applier.take() {
+            waker.wake();
+        }
+        Ok(lsn)
     }
 
-    /// Accepts a webhook: checks, appends, waits for durability.
-    pub async fn ingest(&self, ingest: Ingest) -> Result<Accepted, EngineError> {
-        let now = now_ms();
-        let (endpoint, duplicate) = self.admit(&ingest, now)?;
+    /// Waits until the record at `lsn` is durable and applied; an error if its fsync failed.
+    pub fn durable(&self, lsn: u64) -> impl Future<Output = Result<(), EngineError>> + '_ {
+        poll_fn(move |context| {
+            let mut applying = self.core.applying.borrow_mut();
+            if let Some((failed_from, reason)) = &applying.failed {
+                if lsn >= *failed_from {
+                    return Poll::Ready(Err(EngineError::from(WalError::Poisoned { reason: reason.clone() })));
+                }
+            }
+            if applying.applied_lsn >= lsn {
+                return Poll::Ready(Ok(()));
+            }
+            applying.waiters.push(context.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    /// Appends a record and waits until it is durable and applied; its LSN.
+    pub async fn append(&self, record: Record, now_ms: u64) -> Result<u64, EngineError> {
+        let lsn = self.submit(record, now_ms)?;
+        self.durable(lsn).await?;
+        Ok(lsn)
+    }
+
+    /// Accepts a webhook: checks, appends, waits until it is durable.
+    pub async fn ingest(&self, ingest: Ingest, now_ms: u64) -> Result<Accepted, EngineError> {
+        let (endpoint, duplicate) = self.admit(&ingest, now_ms)?;
         if let Some(remembered) = duplicate {
             // The first request may still be waiting for its fsync; answer only once it is durable.
-            if self.wal.durable_lsn() < remembered.lsn {
-                self.wal.flush().await?;
-            }
+            self.durable(remembered.lsn).await?;
             return Ok(Accepted::Duplicate(remembered.event_id));
         }
-        let event_id = self.state.borrow_mut().ids.next(now);
+        let event_id = self.core.state.borrow_mut().ids.next(now_ms);
+        let key = ingest.idempotency_key.clone();
         let event = EventReceived {
             event_id: event_id.0,
             endpoint_id: ingest.endpoint_id,
-            received_at_ms: now,
+            received_at_ms: now_ms,
             idempotency_key: ingest.idempotency_key,
             content_type: ingest.content_type,
             traceparent: ingest.traceparent,
             payload: ingest.payload,
         };
-        let (kind, body) = Record::encode_event(&event)?;
-        let commit = self.wal.append(kind, &body)?;
-        if let Some(index) = &self.indexer {
-            index.feed(Change { shard: self.index, lsn: commit.lsn(), row: Row::event(&event) });
-        }
-        if let Some(key) = &event.idempotency_key {
+        let lsn = self.submit(Record::EventReceived(event), now_ms)?;
+        if let Some(key) = key {
             // Remembered before the fsync so that a concurrent repeat finds it and waits.
-            let remembered = Remembered { event_id, lsn: commit.lsn() };
-            self.state.borrow_mut().idempotency.remember(&endpoint, key, remembered, now, now);
+            let remembered = Remembered { event_id, lsn };
+            self.core.state.borrow_mut().idempotency.remember(&endpoint, &key, remembered, now_ms, now_ms);
         }
-        let lsn = commit.await?;
-        self.state.borrow_mut().accept_event(event_id, &endpoint, event, lsn);
+        self.durable(lsn).await?;
+        if !self.core.state.borrow().events.contains_key(&event_id) {
+            // The endpoint was deleted before the event's record was applied.
+            return Err(endpoint_not_found(&endpoint));
+        }
         self.notify_scheduler();
         Ok(Accepted::Received(event_id))
     }
 
     /// The checks before an append: endpoint, signature, rate limit, idempotency, capacity.
-    fn admit(&self, ingest: &Ingest, now: u64) -> Result<(Rc<str>, Option<Remembered>), EngineError> {
-        let mut state = self.state.borrow_mut();
+    fn admit(&self, ingest: &Ingest, now_ms: u64) -> Result<(Rc<str>, Option<Remembered>), EngineError> {
+        let mut state = self.core.state.borrow_mut();
+        let full = state.events_full();
         let state = &mut *state;
         let Some(entry) = state.endpoints.get_mut(ingest.endpoint_id.as_str()) else {
-            return Err(EngineError::NotFound(format!("endpoint {} not found", ingest.endpoint_id)));
+            return Err(endpoint_not_found(&ingest.endpoint_id));
         };
         if let Some(secret) = &entry.ingest_secret {
             let valid = ingest.signature.as_ref().is_some_and(|(id, timestamp, signatures)| {
-                secret.verify(id, timestamp, signatures, &ingest.payload, now)
+                secret.verify(id, timestamp, signatures, &ingest.payload, now_ms)
             });
             if !valid {
                 return Err(EngineError::Unauthorized("missing or invalid webhook signature".into()));
@@ -181,14 +249,17 @@ impl Shard {
         }
         let endpoint = Rc::clone(&entry.id);
         if let Some(key) = &ingest.idempotency_key {
-            if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now) {
+            if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now_ms) {
                 return Ok((endpoint, Some(remembered)));
             }
         }
+        let Some(entry) = state.endpoints.get_mut(ingest.endpoint_id.as_str()) else {
+            return Err(endpoint_not_found(&ingest.endpoint_id));
+        };
         if let Some(bucket) = entry.bucket.as_mut() {
-            bucket.take(now).map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
+            bucket.take(now_ms).map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
         }
-        if state.events_full() {
+        if full {
             return Err(EngineError::QueueFull("the shard tracks as many events as it may".into()));
         }
         Ok((endpoint, None))
@@ -200,16 +271,17 @@ impl Shard {
         id: &str,
         body: &[u8],
         destinations: &kapsel_http::DestinationPolicy,
+        now_ms: u64,
     ) -> Result<(Value, bool), EngineError> {
-        let now = now_ms();
         let input = EndpointInput::parse(body).map_err(|error| EngineError::Invalid(error.0))?;
-        let endpoint = {
-            let state = self.state.borrow();
+        let (endpoint, created) = {
+            let state = self.core.state.borrow();
             let previous = state.endpoints.get(id).map(|entry| &entry.endpoint);
             if previous.is_none() && state.endpoints.len() >= limits::ENDPOINTS_PER_SHARD_MAX {
                 return Err(EngineError::QueueFull("the shard holds as many endpoints as it may".into()));
             }
-            input.into_endpoint(id, previous, now).map_err(|error| EngineError::Invalid(error.0))?
+            let endpoint = input.into_endpoint(id, previous, now_ms).map_err(|error| EngineError::Invalid(error.0))?;
+            (endpoint, previous.is_none())
         };
         let target = kapsel_http::Target::parse(&endpoint.url)
             .map_err(|error| EngineError::Invalid(format!("`url` cannot be delivered to: {error}")))?;
@@ -219,134 +291,144 @@ impl Shard {
                 target.host
             )));
         }
-        self.append(&Record::EndpointPut(endpoint.clone())).await?;
-        let mut state = self.state.borrow_mut();
-        let created = !state.endpoints.contains_key(id);
-        state.put_endpoint(endpoint.clone(), now);
-        let json = endpoint.to_json(&state.live(id, now));
-        drop(state);
+        self.append(Record::EndpointPut(endpoint), now_ms).await?;
+        let json = self.get_endpoint(id, now_ms)?;
         self.notify_scheduler();
         Ok((json, created))
     }
 
     /// The endpoint's configuration and live state.
-    pub fn get_endpoint(&self, id: &str) -> Result<Value, EngineError> {
-        let state = self.state.borrow();
+    pub fn get_endpoint(&self, id: &str, now_ms: u64) -> Result<Value, EngineError> {
+        let state = self.core.state.borrow();
         let entry = state.endpoints.get(id).ok_or_else(|| endpoint_not_found(id))?;
-        Ok(entry.endpoint.to_json(&state.live(id, now_ms())))
+        Ok(entry.endpoint.to_json(&state.live(id, now_ms)))
     }
 
     /// Deletes an endpoint.
-    pub async fn delete_endpoint(&self, id: &str) -> Result<(), EngineError> {
-        if !self.state.borrow().endpoints.contains_key(id) {
+    pub async fn delete_endpoint(&self, id: &str, now_ms: u64) -> Result<(), EngineError> {
+        if !self.core.state.borrow().endpoints.contains_key(id) {
             return Err(endpoint_not_found(id));
         }
-        self.append(&Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms() })).await?;
-        self.state.borrow_mut().delete_endpoint(id);
+        self.append(Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms }), now_ms).await?;
         Ok(())
     }
 
     /// Enables or disables deliveries to an endpoint.
-    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<Value, EngineError> {
-        let now = now_ms();
+    pub async fn set_enabled(&self, id: &str, enabled: bool, now_ms: u64) -> Result<Value, EngineError> {
         let endpoint = {
-            let state = self.state.borrow();
+            let state = self.core.state.borrow();
             let entry = state.endpoints.get(id).ok_or_else(|| endpoint_not_found(id))?;
             let mut endpoint = entry.endpoint.clone();
             endpoint.enabled = enabled;
-            endpoint.updated_at_ms = now;
+            endpoint.updated_at_ms = now_ms;
             endpoint
         };
-        self.append(&Record::EndpointPut(endpoint.clone())).await?;
-        let mut state = self.state.borrow_mut();
-        state.put_endpoint(endpoint.clone(), now);
-        let json = endpoint.to_json(&state.live(id, now));
-        drop(state);
+        self.append(Record::EndpointPut(endpoint), now_ms).await?;
+        let json = self.get_endpoint(id, now_ms)?;
         self.notify_scheduler();
         Ok(json)
     }
 
-    /// Redelivers an event, `failed` ones included, with a fresh retry budget.
-    pub async fn retry_event(&self, event_id: EventId) -> Result<Value, EngineError> {
-        let lsn = {
-            let state = self.state.borrow();
-            let summary = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
-            if summary.status == crate::state::EventStatus::Delivering {
+    /// Redelivers an event, `failed` ones included, with a fresh retry budget. A waiting event
+    /// gets a [`Requeued`] record; a delivered or failed one a [`Redriven`] record that carries
+    /// the event (read back from the log), so the redrive never depends on an older segment.
+    pub async fn retry_event(&self, event_id: EventId, now_ms: u64) -> Result<Value, EngineError> {
+        let (terminal, attempts, position) = {
+            let state = self.core.state.borrow();
+            let event = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
+            if event.in_flight {
                 return Ok(serde_json::json!({"event_id": event_id.to_string(), "status": "delivering"}));
             }
-            summary.payload.is_none().then_some(summary.lsn)
+            (event.status.is_terminal(), event.attempts, event.position)
         };
-        if let Some(lsn) = lsn {
-            self.reload_payloads(&[(event_id, lsn)]).await?;
-            if !self.has_payload(event_id) {
-                return Err(EngineError::NotFound(format!(
-                    "event {event_id}'s payload is no longer in the log (removed by retention, KAPSEL_RETENTION)"
-                )));
-            }
+        if !terminal {
+            self.append(Record::Requeued(Requeued { event_id: event_id.0, at_ms: now_ms }), now_ms).await?;
+        } else {
+            let mut loaded = self.reader.read(vec![(event_id, position)]).await;
+            let event = match loaded.pop() {
+                Some((_, Ok(event))) => event,
+                Some((_, Err(reason))) => return Err(payload_gone(event_id, &reason)),
+                None => return Err(payload_gone(event_id, "no answer")),
+            };
+            let redriven = Redriven { event, last_attempt: attempts, at_ms: now_ms };
+            self.append(Record::Redriven(redriven), now_ms).await?;
         }
-        self.append(&Record::Requeued(crate::records::Requeued { event_id: event_id.0, at_ms: now_ms() })).await?;
-        crate::delivery::requeue_now(self, event_id);
+        self.notify_scheduler();
         Ok(serde_json::json!({"event_id": event_id.to_string(), "status": "pending"}))
     }
 
     /// Redrives every failed event of an endpoint.
-    pub async fn retry_failed(&self, id: &str) -> Result<Value, EngineError> {
+    pub async fn retry_failed(&self, id: &str, now_ms: u64) -> Result<Value, EngineError> {
         let failed = {
-            let state = self.state.borrow();
+            let state = self.core.state.borrow();
             if !state.endpoints.contains_key(id) {
                 return Err(endpoint_not_found(id));
             }
             state.failed_events(id)
         };
-        let missing: Vec<(EventId, u64)> = {
-            let state = self.state.borrow();
-            failed
-                .iter()
-                .filter(|(event_id, _)| state.events.get(event_id).is_some_and(|summary| summary.payload.is_none()))
-                .copied()
-                .collect()
-        };
-        self.reload_payloads(&missing).await?;
-        let now = now_ms();
         let mut requeued = 0;
-        for (event_id, _) in &failed {
-            // A payload removed by retention cannot be delivered again.
-            if !self.has_payload(*event_id) {
-                continue;
+        for chunk in failed.chunks(limits::REDRIVE_CHUNK_EVENTS_MAX) {
+            let loaded = self.reader.read(chunk.to_vec()).await;
+            let mut last = None;
+            for (event_id, result) in loaded {
+                // A payload removed by retention cannot be delivered again.
+                let Ok(event) = result else {
+                    continue;
+                };
+                let attempts = {
+                    let state = self.core.state.borrow();
+                    match state.events.get(&event_id) {
+                        Some(event) if event.status.is_terminal() && !event.in_flight => event.attempts,
+                        _ => continue,
+                    }
+                };
+                let redriven = Redriven { event, last_attempt: attempts, at_ms: now_ms };
+                last = Some(self.submit(Record::Redriven(redriven), now_ms)?);
+                requeued += 1;
             }
-            self.append(&Record::Requeued(crate::records::Requeued { event_id: event_id.0, at_ms: now })).await?;
-            crate::delivery::requeue_now(self, *event_id);
-            requeued += 1;
+            if let Some(lsn) = last {
+                self.durable(lsn).await?;
+            }
         }
+        self.notify_scheduler();
         Ok(serde_json::json!({"endpoint_id": id, "requeued": requeued, "expired": failed.len() - requeued}))
     }
 
-    /// Reads payloads back from the log (on a helper thread): terminal events to be requeued, and
-    /// waiting events whose payload did not fit the memory budget.
-    pub async fn reload_payloads(&self, events: &[(EventId, u64)]) -> Result<(), EngineError> {
-        if events.is_empty() {
-            return Ok(());
+    /// Reads payloads back for the scheduler and hands them to the state; failures are counted
+    /// and logged, and the state retries them after a pause.
+    pub async fn read_back(&self, request: ReadRequest) {
+        let loaded = self.reader.read(request.events.clone()).await;
+        let events = loaded.len();
+        let mut first_error = None;
+        let results = loaded
+            .into_iter()
+            .map(|(event_id, result)| {
+                let payload = result.map(Payload::of);
+                if let Err(reason) = &payload {
+                    first_error.get_or_insert_with(|| reason.clone());
+                }
+                (event_id, payload)
+            })
+            .collect();
+        let failures = self.core.state.borrow_mut().complete_read(request, results, crate::clock::now_ms());
+        self.metrics.read_back(events, failures);
+        if let Some(reason) = first_error {
+            tracing::warn!(shard = self.index, failures, %reason, "could not read payloads back from the write-ahead log; retrying");
         }
-        let directory = self.wal.directory().to_path_buf();
-        let lsns: Vec<u64> = events.iter().map(|(_, lsn)| *lsn).collect();
-        let records = off_shard("kapsel-reload", move || kapsel_wal::audit::read_records(&directory, &lsns)).await?;
-        let records = records.map_err(|error| EngineError::Storage(error.to_string()))?;
-        let mut state = self.state.borrow_mut();
-        for (_, kind, body) in records {
-            if let Some(event) = Record::decode(kind, &body).ok().and_then(Record::into_event) {
-                state.restore_payload(EventId(event.event_id), event);
-            }
-        }
-        Ok(())
+        self.notify_scheduler();
+    }
+
+    /// Reads events' records back from the log (off the shard thread).
+    pub async fn read_events(&self, events: Vec<(EventId, Position)>) -> Vec<crate::readback::Loaded> {
+        self.reader.read(events).await
     }
 
     /// An RFC 6962 inclusion proof of an event's record in its sealed segment. Reading the
     /// segment happens on a helper thread so the shard keeps serving.
     pub async fn prove_event(&self, event_id: EventId) -> Result<Value, EngineError> {
         let lsn = {
-            let state = self.state.borrow();
-            let summary = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
-            summary.lsn
+            let state = self.core.state.borrow();
+            state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?.lsn
         };
         let directory = self.wal.directory().to_path_buf();
         let proof = off_shard("kapsel-proof", move || kapsel_wal::audit::prove(&directory, lsn)).await?;
@@ -359,16 +441,56 @@ impl Shard {
         }
     }
 
-    fn has_payload(&self, event_id: EventId) -> bool {
-        self.state.borrow().events.get(&event_id).is_some_and(|summary| summary.payload.is_some())
-    }
-
     /// An event's state.
-    pub fn get_event(&self, event_id: EventId) -> Result<Value, EngineError> {
-        let state = self.state.borrow();
-        let summary = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
-        Ok(event_json(event_id, summary))
+    pub fn get_event(&self, event_id: EventId, now_ms: u64) -> Result<Value, EngineError> {
+        self.core.state.borrow().event_json(event_id, now_ms).ok_or_else(|| event_not_found(event_id))
     }
+}
+
+/// Applies appended records in LSN order as their fsyncs complete, then wakes whoever waits for
+/// them and the scheduler. Runs for the life of the runtime.
+async fn run_applier(core: Rc<Core>) {
+    poll_fn(|context| {
+        let mut advanced = false;
+        loop {
+            let mut applying = core.applying.borrow_mut();
+            let Some(front) = applying.queue.front_mut() else {
+                applying.applier = Some(context.waker().clone());
+                break;
+            };
+            let outcome = match Pin::new(&mut front.commit).poll(context) {
+                Poll::Pending => break,
+                Poll::Ready(outcome) => outcome,
+            };
+            let Some(Pending { commit, record, now_ms }) = applying.queue.pop_front() else {
+                break;
+            };
+            advanced = true;
+            match (outcome, commit.position()) {
+                (Ok(lsn), Some(position)) => {
+                    applying.applied_lsn = lsn;
+                    drop(applying);
+                    core.state.borrow_mut().apply(lsn, position, record, now_ms);
+                }
+                (Ok(lsn), None) => {
+                    // A commit resolves only after its batch was placed; this cannot happen.
+                    debug_assert!(false, "durable record {lsn} without a position");
+                    applying.failed.get_or_insert((lsn, "a durable record without a position".into()));
+                }
+                (Err(error), _) => {
+                    applying.failed.get_or_insert((commit.lsn(), error.to_string()));
+                }
+            }
+        }
+        if advanced {
+            for waker in core.applying.borrow_mut().waiters.drain(..) {
+                waker.wake();
+            }
+            core.notify_scheduler();
+        }
+        Poll::<()>::Pending
+    })
+    .await;
 }
 
 fn endpoint_not_found(id: &str) -> EngineError {
@@ -377,6 +499,12 @@ fn endpoint_not_found(id: &str) -> EngineError {
 
 fn event_not_found(event_id: EventId) -> EngineError {
     EngineError::NotFound(format!("event {event_id} not found"))
+}
+
+fn payload_gone(event_id: EventId, reason: &str) -> EngineError {
+    EngineError::NotFound(format!(
+        "event {event_id}'s payload is no longer in the log (removed by retention, KAPSEL_RETENTION): {reason}"
+    ))
 }
 
 /// Runs blocking work (reading whole segments) on a short-lived helper thread and awaits its

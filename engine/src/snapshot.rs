@@ -1,31 +1,61 @@
-//! The endpoint snapshot: every endpoint of a shard, written next to its log
-//! (`<data>/wal/shard-<n>/endpoints.snapshot`) before retention removes segments.
+//! The endpoint snapshot: every endpoint of a shard with its circuit breaker, and the LSN of the
+//! last record the state had applied, written next to its log
+//! (`<data>/wal/shard-<n>/endpoints.snapshot`) before retention removes segments. Retention
+//! removes nothing above that LSN.
 //!
 //! Replay starts from the snapshot, then applies the log. That is sound for any log suffix
-//! because the snapshot is taken from memory, which never runs ahead of the log: each endpoint
-//! change that followed the snapshot is in the log after it and replays over it, and for replay
-//! an endpoint's events only need it to exist (a deletion later in the log removes them again).
+//! that starts at or before the snapshot's LSN: each endpoint change that followed the snapshot
+//! is in the log after it and replays over it; for replay an endpoint's events only need it to
+//! exist (a deletion later in the log removes them again); and attempt outcomes up to the
+//! snapshot's LSN are already in its breakers, so replay does not feed them again.
 //! The file is replaced atomically (write, fsync, rename, fsync the directory) and carries a
 //! CRC32C, so a torn or damaged snapshot is an error at start, never a silent loss.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::breaker::{Breaker, BreakerSnapshot};
 use crate::endpoint::Endpoint;
 use crate::state::ShardState;
 
 /// The file name inside the shard's log directory.
 pub const FILE_NAME: &str = "endpoints.snapshot";
-const MAGIC: &[u8; 8] = b"KPSNAP01";
+/// Endpoints only (before breakers were kept).
+const MAGIC_ENDPOINTS: &[u8; 8] = b"KPSNAP01";
+/// [`Snapshot`].
+const MAGIC: &[u8; 8] = b"KPSNAP02";
+
+/// What the snapshot holds.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Snapshot {
+    /// The last record the state had applied.
+    pub applied_lsn: u64,
+    /// Every endpoint with its breaker.
+    pub endpoints: Vec<(Endpoint, BreakerSnapshot)>,
+}
+
+impl Snapshot {
+    /// The snapshot of a shard's state now.
+    pub fn of(state: &ShardState) -> Self {
+        Self {
+            applied_lsn: state.applied_lsn(),
+            endpoints: state
+                .endpoints
+                .values()
+                .map(|entry| (entry.endpoint.clone(), entry.breaker.to_snapshot()))
+                .collect(),
+        }
+    }
+}
 
 /// The snapshot's path for the log in `directory`.
 pub fn path(directory: &Path) -> PathBuf {
     directory.join(FILE_NAME)
 }
 
-/// Writes `endpoints` durably, replacing any earlier snapshot.
-pub fn write(directory: &Path, endpoints: &[Endpoint]) -> Result<(), String> {
-    let body = kapsel_wal::codec::encode(&endpoints.to_vec()).map_err(|error| error.to_string())?;
+/// Writes the snapshot durably, replacing any earlier one.
+pub fn write(directory: &Path, snapshot: &Snapshot) -> Result<(), String> {
+    let body = kapsel_wal::codec::encode(snapshot).map_err(|error| error.to_string())?;
     let mut bytes = Vec::with_capacity(body.len() + 12);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
@@ -43,8 +73,9 @@ pub fn write(directory: &Path, endpoints: &[Endpoint]) -> Result<(), String> {
         .map_err(|error| format!("fsync {}: {error}", directory.display()))
 }
 
-/// Reads the snapshot; `None` when there is none (retention never ran).
-pub fn read(directory: &Path) -> Result<Option<Vec<Endpoint>>, String> {
+/// Reads the snapshot; `None` when there is none (retention never ran). A snapshot from before
+/// breakers were kept reads as endpoints with fresh breakers.
+pub fn read(directory: &Path) -> Result<Option<Snapshot>, String> {
     let snapshot = path(directory);
     let bytes = match std::fs::read(&snapshot) {
         Ok(bytes) => bytes,
@@ -52,23 +83,37 @@ pub fn read(directory: &Path) -> Result<Option<Vec<Endpoint>>, String> {
         Err(error) => return Err(format!("read {}: {error}", snapshot.display())),
     };
     let damaged = |reason: &str| format!("endpoint snapshot {} is damaged: {reason}", snapshot.display());
-    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+    if bytes.len() < 12 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_ENDPOINTS) {
         return Err(damaged("bad header"));
     }
     let (crc, body) = (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]), &bytes[12..]);
     if crc32c::crc32c(body) != crc {
         return Err(damaged("checksum mismatch"));
     }
-    kapsel_wal::codec::decode::<Vec<Endpoint>>(body).map(Some).map_err(|error| damaged(&error.to_string()))
+    if &bytes[..8] == MAGIC_ENDPOINTS {
+        let endpoints =
+            kapsel_wal::codec::decode::<Vec<Endpoint>>(body).map_err(|error| damaged(&error.to_string()))?;
+        let endpoints = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let breaker = Breaker::new(&endpoint.circuit).to_snapshot();
+                (endpoint, breaker)
+            })
+            .collect();
+        return Ok(Some(Snapshot { applied_lsn: 0, endpoints }));
+    }
+    kapsel_wal::codec::decode::<Snapshot>(body).map(Some).map_err(|error| damaged(&error.to_string()))
 }
 
 /// Loads the snapshot (if any) into `state` before the log is replayed; returns how many
 /// endpoints it held.
-pub fn load_into(state: &mut ShardState, directory: &Path, now_ms: u64) -> Result<usize, String> {
-    let endpoints = read(directory)?.unwrap_or_default();
-    let count = endpoints.len();
-    for endpoint in endpoints {
-        state.put_endpoint(endpoint, now_ms);
+pub fn load_into(state: &mut ShardState, directory: &Path) -> Result<usize, String> {
+    let Some(snapshot) = read(directory)? else {
+        return Ok(0);
+    };
+    let count = snapshot.endpoints.len();
+    for (endpoint, breaker) in snapshot.endpoints {
+        state.restore_endpoint(endpoint, Some(Breaker::from_snapshot(&breaker)), snapshot.applied_lsn);
     }
     Ok(count)
 }
@@ -91,12 +136,23 @@ mod tests {
     fn round_trips_and_reports_damage() {
         let directory = tempfile::tempdir().unwrap();
         assert_eq!(read(directory.path()).unwrap(), None);
-        let endpoints = vec![endpoint("a"), endpoint("b")];
-        write(directory.path(), &endpoints).unwrap();
-        assert_eq!(read(directory.path()).unwrap(), Some(endpoints));
-        write(directory.path(), &[]).unwrap();
-        assert_eq!(read(directory.path()).unwrap(), Some(Vec::new()), "replaced, not appended");
-        write(directory.path(), &[endpoint("c")]).unwrap();
+        let snapshot_of = |ids: &[&str], applied_lsn| Snapshot {
+            applied_lsn,
+            endpoints: ids
+                .iter()
+                .map(|id| {
+                    let endpoint = endpoint(id);
+                    let breaker = Breaker::new(&endpoint.circuit).to_snapshot();
+                    (endpoint, breaker)
+                })
+                .collect(),
+        };
+        let snapshot = snapshot_of(&["a", "b"], 7);
+        write(directory.path(), &snapshot).unwrap();
+        assert_eq!(read(directory.path()).unwrap(), Some(snapshot));
+        write(directory.path(), &snapshot_of(&[], 9)).unwrap();
+        assert_eq!(read(directory.path()).unwrap(), Some(snapshot_of(&[], 9)), "replaced, not appended");
+        write(directory.path(), &snapshot_of(&["c"], 10)).unwrap();
         let mut bytes = std::fs::read(path(directory.path())).unwrap();
         let last = bytes.len() - 3;
         bytes[last] ^= 0x40;

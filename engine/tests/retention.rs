@@ -31,7 +31,7 @@ async fn ingest(shard: &Shard, n: usize) -> EventId {
         signature: None,
         payload: format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(300)).into_bytes(),
     };
-    match shard.ingest(ingest).await.unwrap() {
+    match shard.ingest(ingest, kapsel_engine::clock::now_ms()).await.unwrap() {
         Accepted::Received(id) | Accepted::Duplicate(id) => id,
     }
 }
@@ -49,8 +49,10 @@ async fn attempt(shard: &Shard, event_id: EventId, retry_at: Option<u64>) {
         outcome: if retry_at.is_some() { OUTCOME_RETRYING } else { OUTCOME_DELIVERED },
         next_attempt_at_ms: retry_at,
     };
-    shard.append(&Record::Attempt(attempt.clone())).await.unwrap();
-    shard.state().borrow_mut().apply_attempt(&attempt);
+    // The attempt is in flight while its outcome is recorded, as in the delivery task.
+    shard.state().borrow_mut().events.get_mut(&event_id).unwrap().in_flight = true;
+    shard.append(Record::Attempt(attempt), kapsel_engine::clock::now_ms()).await.unwrap();
+    shard.state().borrow_mut().events.get_mut(&event_id).unwrap().in_flight = false;
 }
 
 fn segment_ids(directory: &std::path::Path) -> Vec<u64> {
@@ -64,9 +66,14 @@ fn retention_removes_only_what_it_may() {
     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap().block_on(async {
         let directory = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(directory.path(), options(), |_| {}).await.unwrap();
-        let shard = Shard::new(0, wal, ShardState::new(0, LIMITS));
+        let shard = Shard::new(0, wal, ShardState::new(0, LIMITS)).unwrap();
         shard
-            .put_endpoint("orders", br#"{"url":"https://example.com/h"}"#, &kapsel_http::DestinationPolicy::default())
+            .put_endpoint(
+                "orders",
+                br#"{"url":"https://example.com/h"}"#,
+                &kapsel_http::DestinationPolicy::default(),
+                kapsel_engine::clock::now_ms(),
+            )
             .await
             .unwrap();
         let mut ids = Vec::new();
@@ -96,11 +103,11 @@ fn retention_removes_only_what_it_may() {
             "waiting events were carried forward, so every sealed segment could go: {before:?} → {after:?}"
         );
         // The waiting events' records now live where they can still be read.
-        let lsns: Vec<u64> = ids[40..].iter().map(|id| shard.state().borrow().events[id].lsn).collect();
-        let kept = kapsel_wal::audit::read_records(directory.path(), &lsns).unwrap();
-        assert_eq!(kept.len(), 20, "every waiting event is readable at its new place");
+        let positions: Vec<_> = ids[40..].iter().map(|id| (*id, shard.state().borrow().events[id].position)).collect();
+        let kept = kapsel_engine::readback::load(directory.path(), &positions);
+        assert!(kept.iter().all(|(_, event)| event.is_ok()), "every waiting event is readable at its new place");
         // A delivered event whose segment went cannot be redelivered, and says why.
-        let expired = shard.retry_event(ids[0]).await.unwrap_err();
+        let expired = shard.retry_event(ids[0], kapsel_engine::clock::now_ms()).await.unwrap_err();
         assert_eq!(expired.code(), "E1004", "{expired}");
 
         kapsel_wal::audit::verify(directory.path(), &mut |_| {}).unwrap();
@@ -108,9 +115,9 @@ fn retention_removes_only_what_it_may() {
 
         let mut state = ShardState::new(0, LIMITS);
         let now = kapsel_engine::clock::now_ms();
-        assert_eq!(kapsel_engine::snapshot::load_into(&mut state, directory.path(), now).unwrap(), 1);
+        assert_eq!(kapsel_engine::snapshot::load_into(&mut state, directory.path()).unwrap(), 1);
         let (wal, _) = Wal::open(directory.path(), options(), |record| {
-            state.replay(record.lsn, Record::decode(record.kind, record.body).unwrap(), now)
+            state.apply(record.lsn, record.position, Record::decode(record.kind, record.body).unwrap(), now)
         })
         .await
         .unwrap();
@@ -120,7 +127,7 @@ fn retention_removes_only_what_it_may() {
         }
         let retrying = &state.events[&ids[45]];
         assert_eq!(retrying.status, EventStatus::Retrying, "its progress came along");
-        assert_eq!((retrying.next_attempt_at_ms, retrying.last_attempt, retrying.budget_used), (Some(retry_at), 1, 1));
+        assert_eq!((retrying.next_attempt_at_ms, retrying.attempts, retrying.budget_used), (retry_at, 1, 1));
         assert_eq!(state.pending_work(), 20);
         assert!(!state.events.contains_key(&ids[0]), "removed events are gone from memory");
         wal.close().await.unwrap();

@@ -29,6 +29,10 @@ fn ingest(key: Option<&str>) -> Ingest {
     }
 }
 
+fn now() -> u64 {
+    kapsel_engine::clock::now_ms()
+}
+
 fn on_runtime(test: impl std::future::Future<Output = ()>) {
     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap().block_on(test);
 }
@@ -36,9 +40,14 @@ fn on_runtime(test: impl std::future::Future<Output = ()>) {
 async fn shard_with(faults: Arc<IoFaults>, directory: &std::path::Path) -> Shard {
     let options = Options { backend: IoBackend::Thread, faults: Some(faults), ..Options::default() };
     let (wal, _) = Wal::open(directory, options, |_| {}).await.unwrap();
-    let shard = Shard::new(0, wal, ShardState::new(0, LIMITS));
+    let shard = Shard::new(0, wal, ShardState::new(0, LIMITS)).unwrap();
     shard
-        .put_endpoint("orders", br#"{"url":"https://example.com/h"}"#, &kapsel_http::DestinationPolicy::default())
+        .put_endpoint(
+            "orders",
+            br#"{"url":"https://example.com/h"}"#,
+            &kapsel_http::DestinationPolicy::default(),
+            now(),
+        )
         .await
         .unwrap();
     shard
@@ -52,11 +61,11 @@ fn a_failed_fsync_answers_e3003_and_keeps_refusing() {
         let directory = tempfile::tempdir().unwrap();
         let faults = Arc::new(IoFaults::default());
         let shard = shard_with(Arc::clone(&faults), directory.path()).await;
-        assert!(matches!(shard.ingest(ingest(None)).await, Ok(Accepted::Received(_))));
+        assert!(matches!(shard.ingest(ingest(None), now()).await, Ok(Accepted::Received(_))));
         faults.fail_sync_after(1);
-        let failed = shard.ingest(ingest(None)).await.unwrap_err();
+        let failed = shard.ingest(ingest(None), now()).await.unwrap_err();
         assert_eq!((failed.status(), failed.code()), (503, "E3003"));
-        let refused = shard.ingest(ingest(None)).await.unwrap_err();
+        let refused = shard.ingest(ingest(None), now()).await.unwrap_err();
         assert!(matches!(refused, EngineError::Storage(_)), "{refused:?}");
         assert_eq!(refused.code(), "E3003");
     });
@@ -71,7 +80,7 @@ fn concurrent_repeats_of_a_key_share_one_event() {
         let tasks: Vec<_> = (0..10)
             .map(|_| {
                 let shard = Rc::clone(&shard);
-                monoio::spawn(async move { shard.ingest(ingest(Some("same"))).await.unwrap() })
+                monoio::spawn(async move { shard.ingest(ingest(Some("same")), now()).await.unwrap() })
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -97,15 +106,20 @@ fn the_event_bound_answers_e3002() {
         let options = Options { backend: IoBackend::Thread, ..Options::default() };
         let (wal, _) = Wal::open(directory.path(), options, |_| {}).await.unwrap();
         let limits = StateLimits { events_max: 3, ..LIMITS };
-        let shard = Shard::new(0, wal, ShardState::new(0, limits));
+        let shard = Shard::new(0, wal, ShardState::new(0, limits)).unwrap();
         shard
-            .put_endpoint("orders", br#"{"url":"https://example.com/h"}"#, &kapsel_http::DestinationPolicy::default())
+            .put_endpoint(
+                "orders",
+                br#"{"url":"https://example.com/h"}"#,
+                &kapsel_http::DestinationPolicy::default(),
+                now(),
+            )
             .await
             .unwrap();
         for _ in 0..3 {
-            shard.ingest(ingest(None)).await.unwrap();
+            shard.ingest(ingest(None), now()).await.unwrap();
         }
-        let full = shard.ingest(ingest(None)).await.unwrap_err();
+        let full = shard.ingest(ingest(None), now()).await.unwrap_err();
         assert_eq!((full.status(), full.code()), (503, "E3002"));
         let response = full.into_response();
         assert!(response.headers.iter().any(|(name, _)| *name == "Retry-After"));

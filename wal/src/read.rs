@@ -152,7 +152,8 @@ pub fn for_each(directory: &Path, visit: &mut dyn FnMut(Record<'_>)) -> Result<u
     let mut records = 0;
     for (segment_id, path) in segments {
         let bytes = std::fs::read(&path).map_err(|error| WalError::io("read", &path, error))?;
-        let scanned = scan::scan_segment(&bytes).map_err(|(offset, reason)| WalError::corrupt(&path, offset, reason))?;
+        let scanned =
+            scan::scan_segment(&bytes).map_err(|(offset, reason)| WalError::corrupt(&path, offset, reason))?;
         for frame in &scanned.frames {
             visit(Record::from_frame(segment_id, frame, &bytes));
             records += 1;

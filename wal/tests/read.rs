@@ -21,8 +21,7 @@ fn commit_positions_match_replay_and_read_back_exactly() {
         let (wal, _) = Wal::open(directory.path(), options(backend, 16 * 1024), |_| {}).await.unwrap();
         let mut positions = Vec::new();
         for chunk in 0..20 {
-            let mut commits: Vec<_> =
-                (0..10).map(|index| wal.append(3, &body(chunk * 10 + index)).unwrap()).collect();
+            let mut commits: Vec<_> = (0..10).map(|index| wal.append(3, &body(chunk * 10 + index)).unwrap()).collect();
             for commit in &mut commits {
                 (&mut *commit).await.unwrap();
                 positions.push(commit.position().unwrap());

@@ -115,6 +115,7 @@ impl Row {
             Record::Requeued(requeued) => Self::Requeued { event_id: requeued.event_id, at_ms: requeued.at_ms },
             // The index has the event already (it is inserted only if it is not there).
             Record::EventCarried(carried) => Self::event(&carried.event),
+            Record::Redriven(redriven) => Self::Requeued { event_id: redriven.event.event_id, at_ms: redriven.at_ms },
         }
     }
 

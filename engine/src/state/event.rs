@@ -1,0 +1,164 @@
+//! What a shard keeps in memory about one event: a fixed, small record (about 70 bytes) for
+//! every event it tracks, and a box of details (idempotency key, attempts, last response
+//! excerpt) only for events that have any. The payload is not here: it lives in the log, and
+//! in the payload cache ([`super::payloads`]) while its turn is near.
+
+use kapsel_wal::Position;
+
+use crate::records::Attempt;
+
+/// Delivery status of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStatus {
+    /// Accepted, waiting for an attempt.
+    Pending,
+    /// An attempt is in flight (shown only; the state keeps this as [`Event::in_flight`]).
+    Delivering,
+    /// Waiting for its next attempt.
+    Retrying,
+    /// A 2xx was received.
+    Delivered,
+    /// Given up (the dead-letter state).
+    Failed,
+}
+
+impl EventStatus {
+    /// The contract's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivering => "delivering",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a status filter.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivering, Self::Retrying, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+
+    /// Delivered or failed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed)
+    }
+}
+
+/// An attempt as kept in memory (the log has the full record, excerpt included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptSummary {
+    /// Start time.
+    pub at_ms: u64,
+    /// Latency.
+    pub latency_ms: u32,
+    /// Attempt number.
+    pub n: u32,
+    /// The destination's status.
+    pub status_code: Option<u16>,
+    /// E-code of a failure.
+    pub error_code: Option<&'static str>,
+}
+
+impl AttemptSummary {
+    /// The summary of an attempt record.
+    pub fn of(attempt: &Attempt) -> Self {
+        Self {
+            at_ms: attempt.at_ms,
+            latency_ms: attempt.latency_ms,
+            n: attempt.n,
+            status_code: attempt.status_code,
+            error_code: attempt.error_code.as_deref().map(delivery_code),
+        }
+    }
+}
+
+/// The delivery E-codes an attempt record may carry, as static strings (no allocation per
+/// attempt kept in memory). An unknown code (a newer release's) shows as E2002.
+pub fn delivery_code(code: &str) -> &'static str {
+    match code {
+        "E2001" => "E2001",
+        "E2003" => "E2003",
+        "E2004" => "E2004",
+        "E2005" => "E2005",
+        _ => "E2002",
+    }
+}
+
+/// True for outcomes that say the destination is unwell (the breaker counts them).
+pub fn is_destination_failure(error_code: Option<&str>) -> bool {
+    matches!(error_code, Some("E2001" | "E2002" | "E2003"))
+}
+
+/// The parts of an event that many events lack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detail {
+    /// The sender's idempotency key.
+    pub idempotency_key: Option<Box<str>>,
+    /// Attempts made, oldest first (at most [`crate::limits::ATTEMPTS_IN_MEMORY_MAX`]).
+    pub attempts: Vec<AttemptSummary>,
+    /// The last response excerpt (kept for failed outcomes; a success's body is not kept).
+    pub last_excerpt: Option<Box<[u8]>>,
+    /// Last state change, when it differs from the time the event was received.
+    pub updated_at_ms: u64,
+}
+
+/// What a shard keeps in memory about one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// LSN of its current record (received, carried forward or redriven).
+    pub lsn: u64,
+    /// Where that record lies: the payload is read back from there.
+    pub position: Position,
+    /// When the next attempt is due (retrying only; 0 otherwise).
+    pub next_attempt_at_ms: u64,
+    /// Key, attempts, excerpt, when there are any.
+    pub detail: Option<Box<Detail>>,
+    /// The owning endpoint's slot in the shard's endpoint table.
+    pub endpoint: u32,
+    /// Number of the last attempt made.
+    pub attempts: u32,
+    /// Attempts counted against the retry budget (reset by an operator's redrive).
+    pub budget_used: u32,
+    /// Payload size.
+    pub payload_bytes: u32,
+    /// Pending, retrying, delivered or failed (never `Delivering`: see `in_flight`).
+    pub status: EventStatus,
+    /// An attempt is in flight (live only: replay never sets it).
+    pub in_flight: bool,
+}
+
+impl Event {
+    /// The status to show: `delivering` while an attempt is in flight.
+    pub fn shown_status(&self) -> EventStatus {
+        if self.in_flight {
+            EventStatus::Delivering
+        } else {
+            self.status
+        }
+    }
+
+    /// Not delivered or failed yet.
+    pub fn is_waiting(&self) -> bool {
+        !self.status.is_terminal()
+    }
+
+    /// The idempotency key, if any.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.detail.as_ref().and_then(|detail| detail.idempotency_key.as_deref())
+    }
+
+    /// Last state change (`received_at_ms` when nothing happened since).
+    pub fn updated_at_ms(&self, received_at_ms: u64) -> u64 {
+        self.detail.as_ref().map_or(received_at_ms, |detail| detail.updated_at_ms.max(received_at_ms))
+    }
+
+    /// The details, created on first use.
+    pub fn detail_mut(&mut self) -> &mut Detail {
+        self.detail.get_or_insert_with(Box::default)
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Event>() <= 72);

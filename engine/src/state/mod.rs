@@ -1,0 +1,540 @@
+//! A shard's state: endpoints with their delivery queues and breakers, the events it tracks,
+//! the idempotency table and the event id generator. Plain data and functions; time is passed
+//! in.
+//!
+//! **One way state changes.** Everything durable about the state is what [`ShardState::apply`]
+//! makes of the shard's log records, in LSN order: the live shard applies each record once the
+//! fsync covering it has returned (see `shard`), and start-up replays the log through the same
+//! function, so live and replayed state cannot diverge. The few live-only fields (attempts in
+//! flight, the half-open probe, the payload cache, timers) are marked as such; replay leaves them
+//! empty, and an attempt in flight at a crash simply finds its event pending again.
+//!
+//! **The log is the queue.** Each endpoint has a FIFO of pending events (in log order) and a
+//! set of retrying events ordered by due time; terminal events are in neither. Attempts start
+//! from due retries first, then from the front of the FIFO. An event's metadata remembers where
+//! its record lies in the log ([`Event::position`]); its payload is cached only while its turn
+//! is near (a prefix of its endpoint's FIFO, read ahead from the log in queue order) within the
+//! payload budget, with each endpoint held to a fair share of it.
+//!
+//! Memory: every tracked event costs its [`Event`] (72 bytes) plus its map entry and queue slot;
+//! terminal events are kept for lookups in a window of the most recent `terminal_events_max`.
+
+mod endpoints;
+mod event;
+mod payloads;
+mod schedule;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use kapsel_wal::Position;
+
+use crate::breaker::Transition;
+use crate::endpoint::Endpoint;
+use crate::idempotency::{IdempotencyTable, Remembered};
+use crate::ids::{EventId, EventIdGenerator};
+use crate::records::{Attempt, EventCarried, EventReceived, Record, Redriven, OUTCOME_DELIVERED, OUTCOME_RETRYING};
+
+pub use endpoints::{EndpointEntry, Endpoints};
+pub use event::{delivery_code, is_destination_failure, AttemptSummary, Detail, Event, EventStatus};
+pub use payloads::{Payload, PayloadCache};
+pub use schedule::{Plan, ReadRequest, Start};
+pub use view::{attempt_json, event_json, EventView};
+
+/// Bounds and windows the state keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct StateLimits {
+    /// Non-terminal events tracked (pending work); ingest answers 503 E3002 at the bound.
+    pub events_max: usize,
+    /// Idempotency keys remembered.
+    pub idempotency_keys_max: usize,
+    /// Idempotency window.
+    pub idempotency_window_ms: u64,
+    /// Payload bytes held in memory (cached, being read back, in flight); beyond it payloads
+    /// wait in the log and are read back when their turn approaches.
+    pub payload_memory_bytes_max: usize,
+    /// Terminal events kept for lookups, most recent first (older ones are in the index only).
+    pub terminal_events_max: usize,
+}
+
+/// Delivery progress an event is (re)created with.
+#[derive(Clone, Copy, Debug, Default)]
+struct Progress {
+    attempts: u32,
+    budget_used: u32,
+    next_attempt_at_ms: Option<u64>,
+}
+
+/// One shard's state.
+#[derive(Debug)]
+pub struct ShardState {
+    /// Endpoints owned by this shard.
+    pub endpoints: Endpoints,
+    /// Events tracked, by id (ids are time-ordered, so this is also oldest-first).
+    pub events: BTreeMap<EventId, Event>,
+    /// Idempotency keys.
+    pub idempotency: IdempotencyTable,
+    /// Event id source.
+    pub ids: EventIdGenerator,
+    /// Live only: payloads whose turn is near.
+    payloads: PayloadCache,
+    /// Live only: each endpoint's one timer, by time.
+    wakeups: BTreeSet<(u64, u32)>,
+    /// Live only: endpoints the scheduler looks at in its next pass.
+    active: BTreeSet<u32>,
+    /// Terminal events, oldest first (the lookup window).
+    terminal: VecDeque<EventId>,
+    /// Events not delivered or failed.
+    waiting: usize,
+    /// Endpoints with at least one waiting event (the payload budget is shared among them).
+    endpoints_waiting: usize,
+    limits: StateLimits,
+    applied_lsn: u64,
+    /// Attempts up to this LSN are already in the breakers (the endpoint snapshot holds them).
+    breakers_fed_through: u64,
+}
+
+impl ShardState {
+    /// Empty state for shard `index`.
+    pub fn new(index: u16, limits: StateLimits) -> Self {
+        Self {
+            endpoints: Endpoints::default(),
+            events: BTreeMap::new(),
+            idempotency: IdempotencyTable::new(limits.idempotency_window_ms, limits.idempotency_keys_max),
+            ids: EventIdGenerator::new(index, None),
+            payloads: PayloadCache::default(),
+            wakeups: BTreeSet::new(),
+            active: BTreeSet::new(),
+            terminal: VecDeque::new(),
+            waiting: 0,
+            endpoints_waiting: 0,
+            limits,
+            applied_lsn: 0,
+            breakers_fed_through: 0,
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> &StateLimits {
+        &self.limits
+    }
+
+    /// The LSN of the last record applied.
+    pub fn applied_lsn(&self) -> u64 {
+        self.applied_lsn
+    }
+
+    /// Applies one durable record, live or at replay: the only way the state's durable part
+    /// changes. `position` is where the record lies; `now_ms` only decides which idempotency
+    /// keys are already too old to remember.
+    pub fn apply(&mut self, lsn: u64, position: Position, record: Record, now_ms: u64) {
+        debug_assert!(lsn > self.applied_lsn, "records are applied in LSN order, once");
+        self.applied_lsn = self.applied_lsn.max(lsn);
+        match record {
+            Record::EndpointPut(endpoint) => self.put_endpoint(endpoint),
+            Record::EndpointDeleted(deleted) => self.delete_endpoint(&deleted.id),
+            Record::EventReceived(event) => self.receive(lsn, position, event, Progress::default(), now_ms),
+            Record::EventCarried(carried) => self.carry_in(lsn, position, carried, now_ms),
+            Record::Redriven(redriven) => self.redriven(lsn, position, redriven, now_ms),
+            Record::Attempt(attempt) => self.apply_attempt(lsn, &attempt),
+            Record::Requeued(requeued) => self.requeue(EventId(requeued.event_id), requeued.at_ms),
+        }
+    }
+
+    /// Loads endpoints (with their breakers) from the endpoint snapshot before replay; attempts
+    /// up to `fed_through` are already in those breakers.
+    pub fn restore_endpoint(&mut self, endpoint: Endpoint, breaker: Option<crate::breaker::Breaker>, fed_through: u64) {
+        self.put_endpoint(endpoint.clone());
+        if let (Some(breaker), Some(entry)) = (breaker, self.endpoints.get_mut(&endpoint.id)) {
+            entry.breaker = breaker;
+        }
+        self.breakers_fed_through = self.breakers_fed_through.max(fed_through);
+    }
+
+    /// Stores an endpoint (create or replace), keeping its queues and breaker.
+    fn put_endpoint(&mut self, endpoint: Endpoint) {
+        let Some(slot) = self.endpoints.slot(&endpoint.id) else {
+            self.endpoints.insert(EndpointEntry::new(endpoint));
+            return;
+        };
+        let Some(entry) = self.endpoints.at_mut(slot) else {
+            return;
+        };
+        let disabled = entry.endpoint.enabled && !endpoint.enabled;
+        entry.endpoint = endpoint;
+        entry.derive();
+        if disabled {
+            // Its events wait on disk; the cache is for endpoints that deliver.
+            self.evict_endpoint(slot);
+        }
+        self.activate(slot);
+    }
+
+    /// Removes an endpoint with its events and idempotency keys.
+    fn delete_endpoint(&mut self, id: &str) {
+        let Some((slot, entry)) = self.endpoints.remove(id) else {
+            return;
+        };
+        let mut removed_waiting = 0;
+        let payloads = &mut self.payloads;
+        self.events.retain(|event_id, event| {
+            if event.endpoint != slot {
+                return true;
+            }
+            removed_waiting += usize::from(event.is_waiting());
+            payloads.take(event_id);
+            false
+        });
+        // Everything it held (cached, being read, in flight) is released here; late read-backs
+        // and attempt outcomes find the endpoint gone and release nothing again.
+        self.payloads.release(entry.held_bytes);
+        self.waiting -= removed_waiting;
+        if entry.waiting > 0 {
+            self.endpoints_waiting -= 1;
+        }
+        let events = &self.events;
+        self.terminal.retain(|event_id| events.contains_key(event_id));
+        if let Some(at) = entry.wake_at {
+            self.wakeups.remove(&(at, slot));
+        }
+        self.active.remove(&slot);
+        self.idempotency.forget_endpoint(id);
+    }
+
+    /// A received event (or one recreated from a carried or redriven record).
+    fn receive(&mut self, lsn: u64, position: Position, event: EventReceived, progress: Progress, now_ms: u64) {
+        let event_id = EventId(event.event_id);
+        self.ids.observe(event_id);
+        let Some(slot) = self.endpoints.slot(&event.endpoint_id) else {
+            // Its endpoint was deleted before the record was applied: nothing to deliver to.
+            return;
+        };
+        if self.events.contains_key(&event_id) {
+            return;
+        }
+        if let (Some(key), Some(entry)) = (&event.idempotency_key, self.endpoints.at(slot)) {
+            let remembered = Remembered { event_id, lsn };
+            self.idempotency.remember(&entry.id, key, remembered, event.received_at_ms, now_ms);
+        }
+        let detail = event
+            .idempotency_key
+            .as_deref()
+            .map(|key| Box::new(Detail { idempotency_key: Some(Box::from(key)), ..Detail::default() }));
+        let status = if progress.next_attempt_at_ms.is_some() { EventStatus::Retrying } else { EventStatus::Pending };
+        let payload_bytes = u32::try_from(event.payload.len()).unwrap_or(u32::MAX);
+        self.events.insert(
+            event_id,
+            Event {
+                lsn,
+                position,
+                next_attempt_at_ms: progress.next_attempt_at_ms.unwrap_or(0),
+                detail,
+                endpoint: slot,
+                attempts: progress.attempts,
+                budget_used: progress.budget_used,
+                payload_bytes,
+                status,
+                in_flight: false,
+            },
+        );
+        self.count_waiting(slot, true);
+        let Some(entry) = self.endpoints.at_mut(slot) else {
+            return;
+        };
+        match progress.next_attempt_at_ms {
+            Some(due) => {
+                entry.retries.insert((due, event_id));
+            }
+            None => {
+                entry.ready.push_back(event_id);
+                // Cached only if every event ahead of it is (the cache holds a prefix).
+                if entry.resident + 1 == entry.ready.len() && self.admit(slot, event.payload.len(), false) {
+                    self.payloads.insert(event_id, std::rc::Rc::new(Payload::of(event)));
+                    if let Some(entry) = self.endpoints.at_mut(slot) {
+                        entry.resident += 1;
+                    }
+                }
+            }
+        }
+        self.activate(slot);
+    }
+
+    /// A waiting event written again by retention: known events only move; one whose original
+    /// record retention removed comes back with its progress.
+    fn carry_in(&mut self, lsn: u64, position: Position, carried: EventCarried, now_ms: u64) {
+        let event_id = EventId(carried.event.event_id);
+        if let Some(event) = self.events.get_mut(&event_id) {
+            event.lsn = lsn;
+            event.position = position;
+            return;
+        }
+        let progress = Progress {
+            attempts: carried.last_attempt,
+            budget_used: carried.budget_used,
+            next_attempt_at_ms: carried.next_attempt_at_ms,
+        };
+        self.receive(lsn, position, carried.event, progress, now_ms);
+    }
+
+    /// A redrive written with the event itself, so it needs no older record.
+    fn redriven(&mut self, lsn: u64, position: Position, redriven: Redriven, now_ms: u64) {
+        let event_id = EventId(redriven.event.event_id);
+        if let Some(event) = self.events.get_mut(&event_id) {
+            event.lsn = lsn;
+            event.position = position;
+            self.requeue(event_id, redriven.at_ms);
+            return;
+        }
+        let progress = Progress { attempts: redriven.last_attempt, ..Progress::default() };
+        self.receive(lsn, position, redriven.event, progress, now_ms);
+        if let Some(event) = self.events.get_mut(&event_id) {
+            event.detail_mut().updated_at_ms = redriven.at_ms;
+        }
+    }
+
+    /// Counts an event becoming waiting (`true`) or terminal (`false`) for its endpoint.
+    fn count_waiting(&mut self, slot: u32, waiting: bool) {
+        let Some(entry) = self.endpoints.at_mut(slot) else {
+            return;
+        };
+        if waiting {
+            self.waiting += 1;
+            entry.waiting += 1;
+            if entry.waiting == 1 {
+                self.endpoints_waiting += 1;
+            }
+        } else {
+            self.waiting -= 1;
+            entry.waiting -= 1;
+            if entry.waiting == 0 {
+                self.endpoints_waiting -= 1;
+            }
+        }
+    }
+
+    /// An attempt's outcome: the event's history, its next state, and the breaker.
+    fn apply_attempt(&mut self, lsn: u64, attempt: &Attempt) {
+        let event_id = EventId(attempt.event_id);
+        let Some(event) = self.events.get_mut(&event_id) else {
+            return;
+        };
+        if event.status.is_terminal() && !event.in_flight {
+            // Only an attempt in flight produces an outcome; a terminal event has none.
+            return;
+        }
+        let slot = event.endpoint;
+        let detail = event.detail_mut();
+        if detail.attempts.len() >= crate::limits::ATTEMPTS_IN_MEMORY_MAX {
+            detail.attempts.remove(0);
+        }
+        detail.attempts.push(AttemptSummary::of(attempt));
+        let finished_ms = attempt.at_ms.saturating_add(u64::from(attempt.latency_ms));
+        detail.updated_at_ms = finished_ms;
+        detail.last_excerpt =
+            (attempt.outcome != OUTCOME_DELIVERED).then(|| attempt.response_excerpt.clone().into_boxed_slice());
+        event.attempts = event.attempts.max(attempt.n);
+        event.budget_used = event.budget_used.saturating_add(1);
+        if !event.in_flight {
+            // At replay the event is still queued: the start of an attempt is not recorded.
+            let (status, due) = (event.status, event.next_attempt_at_ms);
+            self.unqueue(slot, event_id, status, due);
+        }
+        match (attempt.outcome, attempt.next_attempt_at_ms) {
+            (OUTCOME_RETRYING, due) => {
+                let due = due.unwrap_or(finished_ms);
+                if let Some(event) = self.events.get_mut(&event_id) {
+                    event.status = EventStatus::Retrying;
+                    event.next_attempt_at_ms = due;
+                }
+                if let Some(entry) = self.endpoints.at_mut(slot) {
+                    entry.retries.insert((due, event_id));
+                }
+            }
+            (OUTCOME_DELIVERED, _) => self.make_terminal(event_id, EventStatus::Delivered),
+            _ => self.make_terminal(event_id, EventStatus::Failed),
+        }
+        if lsn > self.breakers_fed_through {
+            self.feed_breaker(slot, is_destination_failure(attempt.error_code.as_deref()), finished_ms);
+        }
+        self.activate(slot);
+    }
+
+    fn feed_breaker(&mut self, slot: u32, failure: bool, at_ms: u64) {
+        let Some(entry) = self.endpoints.at_mut(slot) else {
+            return;
+        };
+        let policy = entry.endpoint.circuit.clone();
+        if let Transition::Opened { .. } = entry.breaker.record(&policy, failure, at_ms) {
+            // While it is open nothing is delivered: its payloads wait on disk.
+            self.evict_endpoint(slot);
+        }
+    }
+
+    /// Takes a waiting event out of its endpoint's queue (replay of an attempt's outcome, or a
+    /// retrying event redriven).
+    fn unqueue(&mut self, slot: u32, event_id: EventId, status: EventStatus, due: u64) {
+        let Some(entry) = self.endpoints.at_mut(slot) else {
+            return;
+        };
+        match status {
+            EventStatus::Pending => {
+                // The event whose outcome is replayed started from near the front.
+                if let Some(index) = entry.ready.iter().position(|queued| *queued == event_id) {
+                    entry.ready.remove(index);
+                    if index < entry.resident {
+                        entry.resident -= 1;
+                        let bytes = self.payloads.evict(&event_id);
+                        entry.held_bytes -= bytes;
+                    }
+                }
+            }
+            EventStatus::Retrying => {
+                entry.retries.remove(&(due, event_id));
+                if self.payloads.contains(&event_id) {
+                    let bytes = self.payloads.evict(&event_id);
+                    entry.held_bytes -= bytes;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn make_terminal(&mut self, event_id: EventId, status: EventStatus) {
+        let Some(event) = self.events.get_mut(&event_id) else {
+            return;
+        };
+        let slot = event.endpoint;
+        event.status = status;
+        event.next_attempt_at_ms = 0;
+        self.count_waiting(slot, false);
+        self.terminal.push_back(event_id);
+        while self.terminal.len() > self.limits.terminal_events_max {
+            if let Some(oldest) = self.terminal.pop_front() {
+                self.events.remove(&oldest);
+            }
+        }
+    }
+
+    /// An operator's redrive: a fresh retry budget, and a terminal or retrying event goes back to
+    /// the end of its endpoint's queue. An event in flight keeps going; its outcome then counts
+    /// against the fresh budget.
+    fn requeue(&mut self, event_id: EventId, at_ms: u64) {
+        let Some(event) = self.events.get_mut(&event_id) else {
+            return;
+        };
+        event.budget_used = 0;
+        event.detail_mut().updated_at_ms = at_ms;
+        if event.in_flight {
+            return;
+        }
+        let (slot, status, due) = (event.endpoint, event.status, event.next_attempt_at_ms);
+        match status {
+            EventStatus::Pending | EventStatus::Delivering => return,
+            EventStatus::Retrying => self.unqueue(slot, event_id, status, due),
+            EventStatus::Delivered | EventStatus::Failed => {
+                self.terminal.retain(|terminal| *terminal != event_id);
+                self.count_waiting(slot, true);
+            }
+        }
+        if let Some(event) = self.events.get_mut(&event_id) {
+            event.status = EventStatus::Pending;
+            event.next_attempt_at_ms = 0;
+        }
+        if let Some(entry) = self.endpoints.at_mut(slot) {
+            entry.ready.push_back(event_id);
+        }
+        self.activate(slot);
+    }
+
+    /// True when the shard holds as much pending work as it may (ingest answers 503 E3002).
+    pub fn events_full(&self) -> bool {
+        self.waiting >= self.limits.events_max
+    }
+
+    /// Non-terminal events.
+    pub fn pending_work(&self) -> usize {
+        self.waiting
+    }
+
+    /// Payload bytes held in memory (cached, being read back, in flight).
+    pub fn payload_bytes_held(&self) -> usize {
+        self.payloads.held_bytes()
+    }
+
+    /// Payloads cached.
+    pub fn payloads_cached(&self) -> usize {
+        self.payloads.len()
+    }
+
+    /// The endpoint id of an event.
+    pub fn endpoint_of(&self, event: &Event) -> &str {
+        self.endpoints.at(event.endpoint).map_or("", |entry| &entry.id)
+    }
+
+    /// LSN of the oldest waiting event's record: retention keeps every segment from it on.
+    pub fn oldest_waiting_lsn(&self) -> Option<u64> {
+        if self.waiting == 0 {
+            return None;
+        }
+        // Carried events hold old ids at new LSNs, so every waiting event is looked at.
+        self.events.values().filter(|event| event.is_waiting()).map(|event| event.lsn).min()
+    }
+
+    /// Up to `count_max` waiting events not in flight whose record lies below `lsn`, with their
+    /// positions: retention carries them forward so that their old segments can go.
+    pub fn pinning_below(&self, lsn: u64, count_max: usize) -> Vec<(EventId, Position)> {
+        self.events
+            .iter()
+            .filter(|(_, event)| event.lsn < lsn && event.is_waiting() && !event.in_flight)
+            .take(count_max)
+            .map(|(event_id, event)| (*event_id, event.position))
+            .collect()
+    }
+
+    /// The record that carries a waiting event forward, given the event as read back from its
+    /// record (`None` when the event is no longer waiting or is in flight).
+    pub fn carry(&self, event_id: EventId, received: EventReceived) -> Option<EventCarried> {
+        let event = self.events.get(&event_id)?;
+        if !event.is_waiting() || event.in_flight || received.event_id != event_id.0 {
+            return None;
+        }
+        Some(EventCarried {
+            event: received,
+            last_attempt: event.attempts,
+            budget_used: event.budget_used,
+            next_attempt_at_ms: (event.status == EventStatus::Retrying).then_some(event.next_attempt_at_ms),
+        })
+    }
+
+    /// Failed events of an endpoint, with their positions.
+    pub fn failed_events(&self, endpoint: &str) -> Vec<(EventId, Position)> {
+        let Some(slot) = self.endpoints.slot(endpoint) else {
+            return Vec::new();
+        };
+        self.events
+            .iter()
+            .filter(|(_, event)| event.endpoint == slot && event.status == EventStatus::Failed)
+            .map(|(event_id, event)| (*event_id, event.position))
+            .collect()
+    }
+
+    /// Live state of an endpoint for the admin API.
+    pub fn live(&self, endpoint: &str, now_ms: u64) -> crate::endpoint::LiveState {
+        self.endpoints.get(endpoint).map_or_else(crate::endpoint::LiveState::default, |entry| {
+            crate::endpoint::LiveState {
+                circuit_state: entry.breaker.state_name(now_ms),
+                queue_depth: entry.queue_depth(),
+                in_flight: entry.in_flight as usize,
+            }
+        })
+    }
+
+    /// The JSON of an event for the admin API (`waiting_reason` E2005 while its endpoint's
+    /// breaker holds it).
+    pub fn event_json(&self, event_id: EventId, now_ms: u64) -> Option<serde_json::Value> {
+        let event = self.events.get(&event_id)?;
+        let entry = self.endpoints.at(event.endpoint);
+        let held = event.is_waiting() && !event.in_flight && entry.is_some_and(|entry| entry.breaker.holds(now_ms));
+        Some(event_json(event_id, event, self.endpoint_of(event), held.then_some("E2005")))
+    }
+}
