@@ -92,6 +92,11 @@ impl IdempotencyTable {
         }
     }
 
+    /// Every key remembered: endpoint, key, what it maps to and when it was first used.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, Remembered, u64)> {
+        self.entries.iter().map(|((endpoint, key), (remembered, at_ms))| (&**endpoint, &**key, *remembered, *at_ms))
+    }
+
     /// Keys remembered now.
     pub fn len(&self) -> usize {
         self.entries.len()

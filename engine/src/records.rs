@@ -15,10 +15,13 @@ pub const KIND_EVENT_RECEIVED: u8 = 3;
 pub const KIND_ATTEMPT: u8 = 4;
 /// Log kind of [`Record::Requeued`].
 pub const KIND_REQUEUED: u8 = 5;
-/// Log kind of [`Record::EventCarried`].
-pub const KIND_EVENT_CARRIED: u8 = 6;
+/// Log kind of [`Record::EventCarried`] as written before carried events kept their queue place
+/// (read as queued at the carried record itself).
+pub const KIND_EVENT_CARRIED_V1: u8 = 6;
 /// Log kind of [`Record::Redriven`].
 pub const KIND_REDRIVEN: u8 = 7;
+/// Log kind of [`Record::EventCarried`].
+pub const KIND_EVENT_CARRIED: u8 = 8;
 
 /// The outcome of an attempt, as recorded.
 pub const OUTCOME_DELIVERED: u8 = 0;
@@ -91,6 +94,47 @@ pub struct EventCarried {
     pub budget_used: u32,
     /// When the next attempt is due, for a retrying event.
     pub next_attempt_at_ms: Option<u64>,
+    /// For a pending event, the LSN of the record that queued it (its place in its endpoint's
+    /// queue, which replay keeps even when that record is gone); 0 for none known.
+    pub queued_lsn: u64,
+    /// Its attempts so far, as memory keeps them (their own records may go with the old segment).
+    pub history: History,
+}
+
+/// An event's delivery history as memory keeps it, written with a carried or redriven event so
+/// that replay rebuilds it when the attempts' own records are gone.
+#[derive(Clone, Debug, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct History {
+    /// The attempts kept in memory, oldest first.
+    pub attempts: Vec<AttemptRecap>,
+    /// The last response excerpt kept.
+    pub last_excerpt: Option<Vec<u8>>,
+    /// Last state change.
+    pub updated_at_ms: u64,
+}
+
+/// One attempt in a [`History`].
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AttemptRecap {
+    /// Attempt number.
+    pub n: u32,
+    /// Start time.
+    pub at_ms: u64,
+    /// The destination's status.
+    pub status_code: Option<u16>,
+    /// Latency.
+    pub latency_ms: u32,
+    /// E-code of a failure.
+    pub error_code: Option<String>,
+}
+
+/// [`EventCarried`] as kind 6 stored it, without the queue place.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct EventCarriedV1 {
+    event: EventReceived,
+    last_attempt: u32,
+    budget_used: u32,
+    next_attempt_at_ms: Option<u64>,
 }
 
 /// A delivered or failed event put back in its queue by an operator, written with the event
@@ -104,6 +148,8 @@ pub struct Redriven {
     pub last_attempt: u32,
     /// When it was redriven.
     pub at_ms: u64,
+    /// Its attempts so far.
+    pub history: History,
 }
 
 /// An endpoint removed.
@@ -172,6 +218,16 @@ impl Record {
             KIND_ATTEMPT => codec::decode(body).map(Self::Attempt),
             KIND_REQUEUED => codec::decode(body).map(Self::Requeued),
             KIND_EVENT_CARRIED => codec::decode(body).map(Self::EventCarried),
+            KIND_EVENT_CARRIED_V1 => codec::decode::<EventCarriedV1>(body).map(|old| {
+                Self::EventCarried(EventCarried {
+                    event: old.event,
+                    last_attempt: old.last_attempt,
+                    budget_used: old.budget_used,
+                    next_attempt_at_ms: old.next_attempt_at_ms,
+                    queued_lsn: 0,
+                    history: History::default(),
+                })
+            }),
             KIND_REDRIVEN => codec::decode(body).map(Self::Redriven),
             other => Err(WalError::Decode(format!("unknown engine record kind {other}"))),
         }

@@ -106,10 +106,14 @@ pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, c
     carry_forward(shard, aged_bound(shard, age_ms, now_ms), now_ms).await?;
     let removable =
         |bound: u64| shard.wal().sealed_segments().iter().any(|seal| seal.last_lsn < bound && shard.wal().holds(seal));
-    if !removable(keep_from(shard, age_ms, now_ms)) {
+    // The snapshot and the first bound are taken together: an event waiting then keeps its
+    // records even if it is delivered while the snapshot is written, so every outcome the
+    // snapshot's breakers lack stays in the log with its event.
+    let (snapshot, bound_at_snapshot) =
+        (crate::snapshot::Snapshot::of(&shard.state().borrow()), keep_from(shard, age_ms, now_ms));
+    if !removable(bound_at_snapshot) {
         return Ok(Vec::new());
     }
-    let snapshot = crate::snapshot::Snapshot::of(&shard.state().borrow());
     let snapshot_lsn = snapshot.applied_lsn;
     let directory = shard.wal().directory().to_path_buf();
     crate::shard::off_shard("kapsel-snapshot", move || crate::snapshot::write(&directory, &snapshot))
@@ -118,7 +122,7 @@ pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, c
     // Decided and handed to the log in one step: nothing can start waiting on an old record in
     // between (a redrive of a delivered or failed event carries the event itself). Nothing the
     // snapshot does not reflect is removed.
-    let bound = keep_from(shard, age_ms, now_ms).min(snapshot_lsn + 1);
+    let bound = keep_from(shard, age_ms, now_ms).min(bound_at_snapshot).min(snapshot_lsn + 1);
     Ok(shard.wal().remove_sealed_below(bound).await?)
 }
 

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use kapsel_http::{ServerConfig, Shutdown};
-use kapsel_wal::{IoBackend, Options as WalOptions, Wal};
+use kapsel_wal::{IoBackend, Options as WalOptions};
 
 use crate::clock::now_ms;
 use crate::inbox::{inbox, InboxReceiver};
-use crate::records::Record;
 use crate::service::Service;
 use crate::shard::Shard;
-use crate::state::{ShardState, StateLimits};
+use crate::state::StateLimits;
 use crate::Shared;
 
 /// Which monoio driver the shards run (`KAPSEL_IO_DRIVER`).
@@ -335,32 +334,18 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
     let directory = config.data_directory.join("wal").join(format!("shard-{index}"));
     let options =
         WalOptions { segment_bytes: config.wal_segment_bytes, backend: IoBackend::default(), ..WalOptions::default() };
-    let shard_number = u16::try_from(index).map_err(|_| "too many shards".to_string())?;
-    let mut state = ShardState::new(shard_number, config.state_limits);
-    let mut replay_error = None;
-    let now = now_ms();
     let started = std::time::Instant::now();
-    // Endpoints whose records retention removed; the log then replays over them.
-    let snapshot_endpoints = crate::snapshot::load_into(&mut state, &directory)?;
-    let (wal, recovery) = Wal::open(&directory, options, |record| match Record::decode(record.kind, record.body) {
-        Ok(decoded) => state.apply(record.lsn, record.position, decoded, now),
-        Err(error) => {
-            replay_error.get_or_insert_with(|| format!("record {} in {}: {error}", record.lsn, directory.display()));
-        }
-    })
-    .await
-    .map_err(|error| format!("opening the write-ahead log: {error}"))?;
-    if let Some(error) = replay_error {
-        return Err(error);
-    }
+    let (shard, opened) = Shard::open(index, &directory, options, config.state_limits, now_ms()).await?;
+    let state = shard.state().borrow();
     tracing::info!(
         shard = index,
-        records = recovery.records,
+        records = opened.records,
         endpoints = state.endpoints.len(),
-        snapshot_endpoints,
+        snapshot_endpoints = opened.snapshot_endpoints,
         events = state.events.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "replayed write-ahead log"
     );
-    Shard::new(index, wal, state).map_err(|error| error.to_string())
+    drop(state);
+    Ok(shard)
 }

@@ -23,7 +23,7 @@ use crate::ids::EventId;
 use crate::index::{Change, IndexHandle, Row};
 use crate::limits;
 use crate::readback::Reader;
-use crate::records::{EndpointDeleted, EventReceived, Record, Redriven, Requeued};
+use crate::records::{EndpointDeleted, EventReceived, Record, Requeued};
 use crate::state::{Payload, ReadRequest, ShardState};
 
 /// An inbound webhook, as the ingest route hands it to the owning shard.
@@ -95,7 +95,45 @@ pub struct Shard {
     reader: Reader,
 }
 
+/// What opening a shard found.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// Records replayed.
+    pub records: u64,
+    /// Endpoints the endpoint snapshot held.
+    pub snapshot_endpoints: usize,
+}
+
 impl Shard {
+    /// Opens shard `index`'s log in `directory` and rebuilds its state: the endpoint snapshot
+    /// first, then every record through [`ShardState::apply`], as the live shard applied them.
+    pub async fn open(
+        index: usize,
+        directory: &std::path::Path,
+        options: kapsel_wal::Options,
+        limits: crate::state::StateLimits,
+        now_ms: u64,
+    ) -> Result<(Self, Opened), String> {
+        let shard_number = u16::try_from(index).map_err(|_| "too many shards".to_string())?;
+        let mut state = ShardState::new(shard_number, limits);
+        let snapshot_endpoints = crate::snapshot::load_into(&mut state, directory)?;
+        let mut replay_error = None;
+        let (wal, recovery) = Wal::open(directory, options, |record| match Record::decode(record.kind, record.body) {
+            Ok(decoded) => state.apply(record.lsn, record.position, decoded, now_ms),
+            Err(error) => {
+                replay_error
+                    .get_or_insert_with(|| format!("record {} in {}: {error}", record.lsn, directory.display()));
+            }
+        })
+        .await
+        .map_err(|error| format!("opening the write-ahead log: {error}"))?;
+        if let Some(error) = replay_error {
+            return Err(error);
+        }
+        let shard = Self::new(index, wal, state).map_err(|error| error.to_string())?;
+        Ok((shard, Opened { records: recovery.records, snapshot_endpoints }))
+    }
+
     /// A shard over an opened log and the state replayed from it. Starts the applier task on
     /// the current monoio runtime and the shard's reader thread.
     pub fn new(index: usize, wal: Wal, state: ShardState) -> Result<Self, EngineError> {
@@ -333,13 +371,13 @@ impl Shard {
     /// gets a [`Requeued`] record; a delivered or failed one a [`Redriven`] record that carries
     /// the event (read back from the log), so the redrive never depends on an older segment.
     pub async fn retry_event(&self, event_id: EventId, now_ms: u64) -> Result<Value, EngineError> {
-        let (terminal, attempts, position) = {
+        let (terminal, position) = {
             let state = self.core.state.borrow();
             let event = state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?;
             if event.in_flight {
                 return Ok(serde_json::json!({"event_id": event_id.to_string(), "status": "delivering"}));
             }
-            (event.status.is_terminal(), event.attempts, event.position)
+            (event.status.is_terminal(), event.position)
         };
         if !terminal {
             self.append(Record::Requeued(Requeued { event_id: event_id.0, at_ms: now_ms }), now_ms).await?;
@@ -350,7 +388,10 @@ impl Shard {
                 Some((_, Err(reason))) => return Err(payload_gone(event_id, &reason)),
                 None => return Err(payload_gone(event_id, "no answer")),
             };
-            let redriven = Redriven { event, last_attempt: attempts, at_ms: now_ms };
+            let Some(redriven) = self.core.state.borrow().redrive(event, now_ms) else {
+                // It changed while its record was read back (deleted, or redriven already).
+                return Err(event_not_found(event_id));
+            };
             self.append(Record::Redriven(redriven), now_ms).await?;
         }
         self.notify_scheduler();
@@ -370,19 +411,14 @@ impl Shard {
         for chunk in failed.chunks(limits::REDRIVE_CHUNK_EVENTS_MAX) {
             let loaded = self.reader.read(chunk.to_vec()).await;
             let mut last = None;
-            for (event_id, result) in loaded {
+            for (_, result) in loaded {
                 // A payload removed by retention cannot be delivered again.
                 let Ok(event) = result else {
                     continue;
                 };
-                let attempts = {
-                    let state = self.core.state.borrow();
-                    match state.events.get(&event_id) {
-                        Some(event) if event.status.is_terminal() && !event.in_flight => event.attempts,
-                        _ => continue,
-                    }
+                let Some(redriven) = self.core.state.borrow().redrive(event, now_ms) else {
+                    continue;
                 };
-                let redriven = Redriven { event, last_attempt: attempts, at_ms: now_ms };
                 last = Some(self.submit(Record::Redriven(redriven), now_ms)?);
                 requeued += 1;
             }
@@ -398,6 +434,12 @@ impl Shard {
     /// and logged, and the state retries them after a pause.
     pub async fn read_back(&self, request: ReadRequest) {
         let loaded = self.reader.read(request.events.clone()).await;
+        self.complete_read_back(request, loaded, crate::clock::now_ms());
+    }
+
+    /// Hands a read-back's results to the state (the second half of [`Shard::read_back`]; the
+    /// simulation reads with [`crate::readback::load`] and calls this itself).
+    pub fn complete_read_back(&self, request: ReadRequest, loaded: Vec<crate::readback::Loaded>, now_ms: u64) {
         let events = loaded.len();
         let mut first_error = None;
         let results = loaded
@@ -410,7 +452,7 @@ impl Shard {
                 (event_id, payload)
             })
             .collect();
-        let failures = self.core.state.borrow_mut().complete_read(request, results, crate::clock::now_ms());
+        let failures = self.core.state.borrow_mut().complete_read(request, results, now_ms);
         self.metrics.read_back(events, failures);
         if let Some(reason) = first_error {
             tracing::warn!(shard = self.index, failures, %reason, "could not read payloads back from the write-ahead log; retrying");

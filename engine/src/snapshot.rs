@@ -113,7 +113,7 @@ pub fn load_into(state: &mut ShardState, directory: &Path) -> Result<usize, Stri
     };
     let count = snapshot.endpoints.len();
     for (endpoint, breaker) in snapshot.endpoints {
-        state.restore_endpoint(endpoint, Some(Breaker::from_snapshot(&breaker)), snapshot.applied_lsn);
+        state.restore_endpoint(endpoint, Breaker::from_snapshot(&breaker), snapshot.applied_lsn);
     }
     Ok(count)
 }

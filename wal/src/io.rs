@@ -432,7 +432,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// One blocking I/O thread per log. Jobs run in order; each reports through a oneshot whose
 /// completion wakes the awaiting task on the shard.
 struct IoThread {
-    jobs: mpsc::SyncSender<Job>,
+    /// Taken on drop, which ends the thread once it has run what it was given.
+    jobs: Option<mpsc::SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     name: PathBuf,
     /// Digested batches travel back on an unbounded channel: at most one per batch written
     /// since the writer last drained it, which it does after every batch.
@@ -443,20 +445,21 @@ struct IoThread {
 impl IoThread {
     fn spawn(name: &str) -> io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(limits::IO_THREAD_QUEUE_MAX);
-        std::thread::Builder::new().name(format!("kapsel-wal-io-{name}")).spawn(move || {
+        let thread = std::thread::Builder::new().name(format!("kapsel-wal-io-{name}")).spawn(move || {
             // Ends when the log drops its sender.
             while let Ok(job) = queue.recv() {
                 job();
             }
         })?;
         let (returns, returned) = mpsc::channel();
-        Ok(Self { jobs, name: PathBuf::from(name), returns, returned })
+        Ok(Self { jobs: Some(jobs), thread: Some(thread), name: PathBuf::from(name), returns, returned })
     }
 
     fn submit(&self, job: Job) -> io::Result<()> {
+        let stopped = || io::Error::other(format!("I/O thread for {} has stopped", self.name.display()));
         // Blocking here is bounded: the queue holds IO_THREAD_QUEUE_MAX jobs and the flusher
         // has one in flight at a time, so a full queue means the thread is about to drain it.
-        self.jobs.send(job).map_err(|_| io::Error::other(format!("I/O thread for {} has stopped", self.name.display())))
+        self.jobs.as_ref().ok_or_else(stopped)?.send(job).map_err(|_| stopped())
     }
 
     async fn run<T, F>(&self, operation: F) -> io::Result<T>
@@ -473,6 +476,22 @@ impl IoThread {
         match receiver.await {
             Ok(result) => result,
             Err(_) => Err(io::Error::other(format!("I/O thread for {} dropped an operation", self.name.display()))),
+        }
+    }
+}
+
+impl Drop for IoThread {
+    /// Waits for the thread to finish what it was given (at most one write and fsync, plus the
+    /// few queued jobs), so that no write of a log outlives the log: a new `Wal::open` of the
+    /// same directory never races a write of the old one.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            // The last owner may be a task freed by a waker the thread itself dropped (its
+            // runtime already gone); the thread then ends on its own once this returns.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -35,6 +35,6 @@ mod writer;
 
 pub use error::WalError;
 pub use io::{Buckets, IoBackend, IoCounters, IoFaults, BATCH_RECORDS_BOUNDS, COMMIT_LATENCY_BOUNDS_US};
-pub use log::{Commit, Options, Record, Recovery, Wal};
+pub use log::{Clock, Commit, Options, Record, Recovery, Wal};
 pub use read::Position;
 pub use seal::SealInfo;

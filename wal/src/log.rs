@@ -43,6 +43,42 @@ pub struct Options {
     pub backend: IoBackend,
     /// Faults to inject into the file layer (tests of failure paths).
     pub faults: Option<Arc<IoFaults>>,
+    /// The time stamped on seals (retention ages segments by it).
+    pub clock: Clock,
+}
+
+/// Where the log reads the time (Unix milliseconds) it stamps on seals: the system clock, or a
+/// clock a simulation controls.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// A clock reading `now`.
+    pub fn new(now: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// The current time in Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    /// The system clock.
+    fn default() -> Self {
+        Self::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as u64)
+        })
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Clock")
+    }
 }
 
 impl Default for Options {
@@ -54,6 +90,7 @@ impl Default for Options {
             queue_bytes_max: limits::QUEUE_BYTES_DEFAULT,
             backend: IoBackend::default(),
             faults: None,
+            clock: Clock::default(),
         }
     }
 }
@@ -157,6 +194,8 @@ pub(crate) struct State {
     queue_bytes_max: usize,
     pub(crate) poisoned: Option<String>,
     closing: bool,
+    /// A simulated crash: the flusher stops without writing what is queued.
+    crashed: bool,
     flusher_waker: Option<Waker>,
     spare_buffers: Vec<Vec<u8>>,
     pub(crate) sealed: Vec<SealInfo>,
@@ -429,6 +468,21 @@ impl Wal {
         &self.shared.directory
     }
 
+    /// Stops the log as a crash would, for simulations and tests: nothing still queued is
+    /// written (appends not yet handed to the operating system are lost), a write already under
+    /// way finishes, and this returns once the flusher and its I/O thread have stopped, so the
+    /// directory can be reopened in the same process.
+    pub async fn crash(mut self) {
+        {
+            let mut state = self.shared.state.borrow_mut();
+            state.crashed = true;
+            state.wake_flusher();
+        }
+        if let Some(flusher) = self.flusher.take() {
+            flusher.await;
+        }
+    }
+
     /// Writes everything queued, stops the flusher and closes the files.
     pub async fn close(mut self) -> Result<(), WalError> {
         self.shared.state.borrow_mut().begin_close();
@@ -457,6 +511,7 @@ impl State {
             queue_bytes_max: options.queue_bytes_max,
             poisoned: None,
             closing: false,
+            crashed: false,
             flusher_waker: None,
             spare_buffers: Vec::new(),
             sealed: recovered.sealed.clone(),
@@ -514,8 +569,11 @@ impl State {
         self.queue.push_back(pending);
     }
 
-    /// Next piece of work for the flusher; `None` when closing and drained.
+    /// Next piece of work for the flusher; `None` when closing and drained, or crashed.
     pub(crate) fn poll_next(&mut self, context: &mut Context<'_>) -> Poll<Option<Pending>> {
+        if self.crashed {
+            return Poll::Ready(None);
+        }
         let next = self.queue.pop_front().or_else(|| self.open.take().map(Pending::Batch));
         match next {
             Some(pending) => {

@@ -42,6 +42,7 @@ pub(crate) struct Writer {
     next_segment_id: u64,
     next_lsn: u64,
     chain: Chain,
+    clock: crate::log::Clock,
 }
 
 impl Writer {
@@ -78,6 +79,7 @@ impl Writer {
             next_segment_id: recovered.next_segment_id,
             next_lsn: recovered.next_lsn,
             chain,
+            clock: options.clock.clone(),
         })
     }
 
@@ -193,7 +195,7 @@ impl Writer {
             active.records,
             active.frontier.root(),
             self.chain.last,
-            now_ms(),
+            self.clock.now_ms(),
         );
         let body = codec::encode(&seal)?;
         let mut buffer = Vec::with_capacity(BATCH_HEADER_BYTES + RECORD_HEADER_BYTES + body.len());
@@ -292,10 +294,6 @@ fn leaf_hashes(batch: &[u8]) -> Vec<Hash> {
     }
     debug_assert_eq!(offset, batch.len(), "a batch is a whole number of frames");
     leaves
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// A value an outsider cannot predict (see the nonce in [`crate::frame`]). Hashing the clock with

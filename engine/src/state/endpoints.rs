@@ -48,11 +48,14 @@ pub struct EndpointEntry {
     pub(crate) read_failures: u32,
     /// Live only: the endpoint's one timer (breaker cool-down, next retry, read retry).
     pub(crate) wake_at: Option<u64>,
+    /// Live only: which creation of this id this is (a slot and an id may be reused after a
+    /// deletion; attempts and read-backs of the old one must not touch the new one).
+    pub(crate) incarnation: u64,
 }
 
 impl EndpointEntry {
     /// A new entry with empty queues and a closed breaker.
-    pub fn new(endpoint: Endpoint) -> Self {
+    pub fn new(endpoint: Endpoint, incarnation: u64) -> Self {
         let id: Rc<str> = Rc::from(endpoint.id.as_str());
         let breaker = Breaker::new(&endpoint.circuit);
         let mut entry = Self {
@@ -73,6 +76,7 @@ impl EndpointEntry {
             reading: false,
             read_failures: 0,
             wake_at: None,
+            incarnation,
         };
         entry.derive();
         entry

@@ -1,11 +1,11 @@
-//! What a shard keeps in memory about one event: a fixed, small record (about 70 bytes) for
+//! What a shard keeps in memory about one event: a fixed, small record (72 bytes) for
 //! every event it tracks, and a box of details (idempotency key, attempts, last response
 //! excerpt) only for events that have any. The payload is not here: it lives in the log, and
 //! in the payload cache ([`super::payloads`]) while its turn is near.
 
 use kapsel_wal::Position;
 
-use crate::records::Attempt;
+use crate::records::{Attempt, AttemptRecap, History};
 
 /// Delivery status of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +75,48 @@ impl AttemptSummary {
     }
 }
 
+impl AttemptSummary {
+    /// The summary as a carried or redriven record writes it.
+    pub fn recap(&self) -> AttemptRecap {
+        AttemptRecap {
+            n: self.n,
+            at_ms: self.at_ms,
+            status_code: self.status_code,
+            latency_ms: self.latency_ms,
+            error_code: self.error_code.map(str::to_string),
+        }
+    }
+
+    /// The summary a carried or redriven record wrote.
+    pub fn of_recap(recap: &AttemptRecap) -> Self {
+        Self {
+            at_ms: recap.at_ms,
+            latency_ms: recap.latency_ms,
+            n: recap.n,
+            status_code: recap.status_code,
+            error_code: recap.error_code.as_deref().map(delivery_code),
+        }
+    }
+}
+
+impl Detail {
+    /// The history a carried or redriven record writes.
+    pub fn history(&self) -> History {
+        History {
+            attempts: self.attempts.iter().map(AttemptSummary::recap).collect(),
+            last_excerpt: self.last_excerpt.as_deref().map(<[u8]>::to_vec),
+            updated_at_ms: self.updated_at_ms,
+        }
+    }
+
+    /// Takes over the history a carried or redriven record wrote.
+    pub fn restore(&mut self, history: &History) {
+        self.attempts = history.attempts.iter().map(AttemptSummary::of_recap).collect();
+        self.last_excerpt = history.last_excerpt.clone().map(Vec::into_boxed_slice);
+        self.updated_at_ms = history.updated_at_ms;
+    }
+}
+
 /// The delivery E-codes an attempt record may carry, as static strings (no allocation per
 /// attempt kept in memory). An unknown code (a newer release's) shows as E2002.
 pub fn delivery_code(code: &str) -> &'static str {
@@ -112,6 +154,9 @@ pub struct Event {
     pub lsn: u64,
     /// Where that record lies: the payload is read back from there.
     pub position: Position,
+    /// While pending: the LSN of the record that queued it. Each endpoint's queue of pending
+    /// events is in this order, live and at replay, even after retention carried some forward.
+    pub queued_lsn: u64,
     /// When the next attempt is due (retrying only; 0 otherwise).
     pub next_attempt_at_ms: u64,
     /// Key, attempts, excerpt, when there are any.

@@ -19,6 +19,7 @@
 //! Memory: every tracked event costs its [`Event`] (72 bytes) plus its map entry and queue slot;
 //! terminal events are kept for lookups in a window of the most recent `terminal_events_max`.
 
+mod compare;
 mod endpoints;
 mod event;
 mod payloads;
@@ -35,6 +36,7 @@ use crate::idempotency::{IdempotencyTable, Remembered};
 use crate::ids::{EventId, EventIdGenerator};
 use crate::records::{Attempt, EventCarried, EventReceived, Record, Redriven, OUTCOME_DELIVERED, OUTCOME_RETRYING};
 
+pub use compare::{DurableView, EndpointView, EventRecordView};
 pub use endpoints::{EndpointEntry, Endpoints};
 pub use event::{delivery_code, is_destination_failure, AttemptSummary, Detail, Event, EventStatus};
 pub use payloads::{Payload, PayloadCache};
@@ -63,6 +65,8 @@ struct Progress {
     attempts: u32,
     budget_used: u32,
     next_attempt_at_ms: Option<u64>,
+    /// The queue place of a pending event (0: the record being applied).
+    queued_lsn: u64,
 }
 
 /// One shard's state.
@@ -82,6 +86,8 @@ pub struct ShardState {
     wakeups: BTreeSet<(u64, u32)>,
     /// Live only: endpoints the scheduler looks at in its next pass.
     active: BTreeSet<u32>,
+    /// Live only: endpoints that need a payload read back but found no room in the budget.
+    budget_waiters: BTreeSet<u32>,
     /// Terminal events, oldest first (the lookup window).
     terminal: VecDeque<EventId>,
     /// Events not delivered or failed.
@@ -89,9 +95,12 @@ pub struct ShardState {
     /// Endpoints with at least one waiting event (the payload budget is shared among them).
     endpoints_waiting: usize,
     limits: StateLimits,
+    /// Endpoints created so far (live only: tells one creation of an id from the next).
+    incarnations: u64,
     applied_lsn: u64,
-    /// Attempts up to this LSN are already in the breakers (the endpoint snapshot holds them).
-    breakers_fed_through: u64,
+    /// Endpoint state (configuration and breakers) up to this LSN came from the endpoint
+    /// snapshot: replayed records up to it change events only.
+    endpoints_as_of: u64,
 }
 
 impl ShardState {
@@ -105,12 +114,14 @@ impl ShardState {
             payloads: PayloadCache::default(),
             wakeups: BTreeSet::new(),
             active: BTreeSet::new(),
+            budget_waiters: BTreeSet::new(),
             terminal: VecDeque::new(),
             waiting: 0,
             endpoints_waiting: 0,
             limits,
+            incarnations: 0,
             applied_lsn: 0,
-            breakers_fed_through: 0,
+            endpoints_as_of: 0,
         }
     }
 
@@ -131,30 +142,37 @@ impl ShardState {
         debug_assert!(lsn > self.applied_lsn, "records are applied in LSN order, once");
         self.applied_lsn = self.applied_lsn.max(lsn);
         match record {
+            // The snapshot already holds the endpoint as it was after this record.
+            Record::EndpointPut(_) if lsn <= self.endpoints_as_of => {}
             Record::EndpointPut(endpoint) => self.put_endpoint(endpoint),
+            Record::EndpointDeleted(deleted) if lsn <= self.endpoints_as_of => self.drop_events_of(&deleted.id),
             Record::EndpointDeleted(deleted) => self.delete_endpoint(&deleted.id),
             Record::EventReceived(event) => self.receive(lsn, position, event, Progress::default(), now_ms),
             Record::EventCarried(carried) => self.carry_in(lsn, position, carried, now_ms),
             Record::Redriven(redriven) => self.redriven(lsn, position, redriven, now_ms),
             Record::Attempt(attempt) => self.apply_attempt(lsn, &attempt),
-            Record::Requeued(requeued) => self.requeue(EventId(requeued.event_id), requeued.at_ms),
+            Record::Requeued(requeued) => self.requeue(lsn, EventId(requeued.event_id), requeued.at_ms),
         }
     }
 
-    /// Loads endpoints (with their breakers) from the endpoint snapshot before replay; attempts
-    /// up to `fed_through` are already in those breakers.
-    pub fn restore_endpoint(&mut self, endpoint: Endpoint, breaker: Option<crate::breaker::Breaker>, fed_through: u64) {
-        self.put_endpoint(endpoint.clone());
-        if let (Some(breaker), Some(entry)) = (breaker, self.endpoints.get_mut(&endpoint.id)) {
+    /// Loads an endpoint with its breaker from the endpoint snapshot before replay, as it was
+    /// once record `as_of` was applied: replayed records up to that LSN then change only events
+    /// (an endpoint deleted and created again before it loses its earlier events, its
+    /// configuration and breaker stay the snapshot's).
+    pub fn restore_endpoint(&mut self, endpoint: Endpoint, breaker: crate::breaker::Breaker, as_of: u64) {
+        let id = endpoint.id.clone();
+        self.put_endpoint(endpoint);
+        if let Some(entry) = self.endpoints.get_mut(&id) {
             entry.breaker = breaker;
         }
-        self.breakers_fed_through = self.breakers_fed_through.max(fed_through);
+        self.endpoints_as_of = self.endpoints_as_of.max(as_of);
     }
 
     /// Stores an endpoint (create or replace), keeping its queues and breaker.
     fn put_endpoint(&mut self, endpoint: Endpoint) {
         let Some(slot) = self.endpoints.slot(&endpoint.id) else {
-            self.endpoints.insert(EndpointEntry::new(endpoint));
+            self.incarnations += 1;
+            self.endpoints.insert(EndpointEntry::new(endpoint, self.incarnations));
             return;
         };
         let Some(entry) = self.endpoints.at_mut(slot) else {
@@ -168,6 +186,36 @@ impl ShardState {
             self.evict_endpoint(slot);
         }
         self.activate(slot);
+    }
+
+    /// Removes the events and idempotency keys an endpoint had, keeping the endpoint (a deletion
+    /// replayed below the snapshot, which already holds the endpoint's later life).
+    fn drop_events_of(&mut self, id: &str) {
+        let Some(slot) = self.endpoints.slot(id) else {
+            return;
+        };
+        let doomed: Vec<EventId> =
+            self.events.iter().filter(|(_, event)| event.endpoint == slot).map(|(event_id, _)| *event_id).collect();
+        for event_id in doomed {
+            self.forget_event(event_id);
+        }
+        self.idempotency.forget_endpoint(id);
+    }
+
+    /// Forgets one event of a live endpoint entirely.
+    fn forget_event(&mut self, event_id: EventId) {
+        let Some(event) = self.events.get(&event_id) else {
+            return;
+        };
+        let (slot, status, due, in_flight) = (event.endpoint, event.status, event.next_attempt_at_ms, event.in_flight);
+        if event.is_waiting() {
+            if !in_flight {
+                self.unqueue(slot, event_id, status, due);
+            }
+            self.count_waiting(slot, false);
+        }
+        self.events.remove(&event_id);
+        self.terminal.retain(|terminal| *terminal != event_id);
     }
 
     /// Removes an endpoint with its events and idempotency keys.
@@ -198,7 +246,9 @@ impl ShardState {
             self.wakeups.remove(&(at, slot));
         }
         self.active.remove(&slot);
+        self.budget_waiters.remove(&slot);
         self.idempotency.forget_endpoint(id);
+        self.wake_budget_waiters();
     }
 
     /// A received event (or one recreated from a carried or redriven record).
@@ -222,11 +272,13 @@ impl ShardState {
             .map(|key| Box::new(Detail { idempotency_key: Some(Box::from(key)), ..Detail::default() }));
         let status = if progress.next_attempt_at_ms.is_some() { EventStatus::Retrying } else { EventStatus::Pending };
         let payload_bytes = u32::try_from(event.payload.len()).unwrap_or(u32::MAX);
+        let queued_lsn = if progress.queued_lsn == 0 { lsn } else { progress.queued_lsn };
         self.events.insert(
             event_id,
             Event {
                 lsn,
                 position,
+                queued_lsn,
                 next_attempt_at_ms: progress.next_attempt_at_ms.unwrap_or(0),
                 detail,
                 endpoint: slot,
@@ -246,9 +298,12 @@ impl ShardState {
                 entry.retries.insert((due, event_id));
             }
             None => {
-                entry.ready.push_back(event_id);
+                let at_end = self.enqueue(slot, event_id, queued_lsn);
+                let Some(entry) = self.endpoints.at(slot) else {
+                    return;
+                };
                 // Cached only if every event ahead of it is (the cache holds a prefix).
-                if entry.resident + 1 == entry.ready.len() && self.admit(slot, event.payload.len(), false) {
+                if at_end && entry.resident + 1 == entry.ready.len() && self.admit(slot, event.payload.len(), false) {
                     self.payloads.insert(event_id, std::rc::Rc::new(Payload::of(event)));
                     if let Some(entry) = self.endpoints.at_mut(slot) {
                         entry.resident += 1;
@@ -257,6 +312,31 @@ impl ShardState {
             }
         }
         self.activate(slot);
+    }
+
+    /// Puts a pending event in its endpoint's queue at its place (`queued_lsn` order: at the end,
+    /// unless it is a carried event coming back at replay). `true` when it went at the end.
+    fn enqueue(&mut self, slot: u32, event_id: EventId, queued_lsn: u64) -> bool {
+        let events = &self.events;
+        let Some(entry) = self.endpoints.at_mut(slot) else {
+            return false;
+        };
+        let place = |queued: &EventId| events.get(queued).map_or(0, |event| event.queued_lsn);
+        if entry.ready.back().is_none_or(|last| place(last) <= queued_lsn) {
+            entry.ready.push_back(event_id);
+            return true;
+        }
+        let index = entry.ready.partition_point(|queued| place(queued) <= queued_lsn);
+        entry.ready.insert(index, event_id);
+        if index < entry.resident {
+            // The cached prefix now ends before it.
+            let evicted: Vec<EventId> = entry.ready.range(index + 1..=entry.resident).copied().collect();
+            entry.resident = index;
+            for event_id in evicted {
+                entry.held_bytes -= self.payloads.evict(&event_id);
+            }
+        }
+        false
     }
 
     /// A waiting event written again by retention: known events only move; one whose original
@@ -272,8 +352,19 @@ impl ShardState {
             attempts: carried.last_attempt,
             budget_used: carried.budget_used,
             next_attempt_at_ms: carried.next_attempt_at_ms,
+            queued_lsn: carried.queued_lsn,
         };
         self.receive(lsn, position, carried.event, progress, now_ms);
+        self.restore_history(event_id, &carried.history);
+    }
+
+    fn restore_history(&mut self, event_id: EventId, history: &crate::records::History) {
+        if history == &crate::records::History::default() {
+            return;
+        }
+        if let Some(event) = self.events.get_mut(&event_id) {
+            event.detail_mut().restore(history);
+        }
     }
 
     /// A redrive written with the event itself, so it needs no older record.
@@ -282,11 +373,12 @@ impl ShardState {
         if let Some(event) = self.events.get_mut(&event_id) {
             event.lsn = lsn;
             event.position = position;
-            self.requeue(event_id, redriven.at_ms);
+            self.requeue(lsn, event_id, redriven.at_ms);
             return;
         }
         let progress = Progress { attempts: redriven.last_attempt, ..Progress::default() };
         self.receive(lsn, position, redriven.event, progress, now_ms);
+        self.restore_history(event_id, &redriven.history);
         if let Some(event) = self.events.get_mut(&event_id) {
             event.detail_mut().updated_at_ms = redriven.at_ms;
         }
@@ -353,7 +445,7 @@ impl ShardState {
             (OUTCOME_DELIVERED, _) => self.make_terminal(event_id, EventStatus::Delivered),
             _ => self.make_terminal(event_id, EventStatus::Failed),
         }
-        if lsn > self.breakers_fed_through {
+        if lsn > self.endpoints_as_of {
             self.feed_breaker(slot, is_destination_failure(attempt.error_code.as_deref()), finished_ms);
         }
         self.activate(slot);
@@ -418,7 +510,7 @@ impl ShardState {
     /// An operator's redrive: a fresh retry budget, and a terminal or retrying event goes back to
     /// the end of its endpoint's queue. An event in flight keeps going; its outcome then counts
     /// against the fresh budget.
-    fn requeue(&mut self, event_id: EventId, at_ms: u64) {
+    fn requeue(&mut self, lsn: u64, event_id: EventId, at_ms: u64) {
         let Some(event) = self.events.get_mut(&event_id) else {
             return;
         };
@@ -439,10 +531,9 @@ impl ShardState {
         if let Some(event) = self.events.get_mut(&event_id) {
             event.status = EventStatus::Pending;
             event.next_attempt_at_ms = 0;
+            event.queued_lsn = lsn;
         }
-        if let Some(entry) = self.endpoints.at_mut(slot) {
-            entry.ready.push_back(event_id);
-        }
+        self.enqueue(slot, event_id, lsn);
         self.activate(slot);
     }
 
@@ -503,6 +594,23 @@ impl ShardState {
             last_attempt: event.attempts,
             budget_used: event.budget_used,
             next_attempt_at_ms: (event.status == EventStatus::Retrying).then_some(event.next_attempt_at_ms),
+            queued_lsn: if event.status == EventStatus::Pending { event.queued_lsn } else { 0 },
+            history: event.detail.as_ref().map(|detail| detail.history()).unwrap_or_default(),
+        })
+    }
+
+    /// The record that redrives a delivered or failed event, given the event as read back from
+    /// its record (`None` when it is no longer delivered or failed).
+    pub fn redrive(&self, received: EventReceived, now_ms: u64) -> Option<Redriven> {
+        let event = self.events.get(&EventId(received.event_id))?;
+        if !event.status.is_terminal() || event.in_flight {
+            return None;
+        }
+        Some(Redriven {
+            last_attempt: event.attempts,
+            at_ms: now_ms,
+            history: event.detail.as_ref().map(|detail| detail.history()).unwrap_or_default(),
+            event: received,
         })
     }
 

@@ -34,6 +34,8 @@ pub struct Start {
     pub slot: u32,
     /// Its endpoint.
     pub endpoint_id: Rc<str>,
+    /// Which creation of the endpoint.
+    pub incarnation: u64,
     /// The attempt's number.
     pub n: u32,
     /// Whether it is the breaker's half-open probe.
@@ -47,8 +49,10 @@ pub struct Start {
 pub struct ReadRequest {
     /// The endpoint's slot.
     pub slot: u32,
-    /// The endpoint (a slot may be reused once it is deleted).
+    /// The endpoint.
     pub endpoint_id: Rc<str>,
+    /// Which creation of the endpoint (a slot and an id may be reused once it is deleted).
+    pub incarnation: u64,
     /// The events and where their records lie, in queue order.
     pub events: Vec<(EventId, Position)>,
     /// Bytes held for them meanwhile.
@@ -172,6 +176,7 @@ impl ShardState {
             event_id,
             slot,
             endpoint_id: Rc::clone(&entry.id),
+            incarnation: entry.incarnation,
             n: event.attempts + 1,
             probe,
             payload,
@@ -202,6 +207,11 @@ impl ShardState {
         if self.payloads.held_bytes() + bytes > budget {
             self.make_room(slot, self.payloads.held_bytes() + bytes - budget, share);
         }
+        if head && self.payloads.held_bytes() + bytes > budget {
+            // What this endpoint needs first (a due retry) comes before its cached queue: that
+            // queue gives way, or the two would wait for each other.
+            self.shrink_prefix(slot, self.payloads.held_bytes() + bytes - budget, 0);
+        }
         let alone = head && self.payloads.held_bytes() == 0;
         if self.payloads.held_bytes() + bytes > budget && !alone {
             return false;
@@ -226,19 +236,31 @@ impl ShardState {
             let Some(victim) = victim else {
                 return;
             };
-            let Some(entry) = self.endpoints.at_mut(victim) else {
+            let freed = self.shrink_prefix(victim, needed, share);
+            if freed == 0 {
                 return;
-            };
-            while needed > 0 && entry.resident > 0 && entry.held_bytes > share {
-                let Some(event_id) = entry.ready.get(entry.resident - 1).copied() else {
-                    break;
-                };
-                entry.resident -= 1;
-                let bytes = self.payloads.evict(&event_id);
-                entry.held_bytes -= bytes;
-                needed = needed.saturating_sub(bytes);
             }
+            needed = needed.saturating_sub(freed);
         }
+    }
+
+    /// Evicts cached payloads from the end of an endpoint's cached prefix until `needed` bytes
+    /// are free or it holds no more than `floor`; the bytes freed.
+    fn shrink_prefix(&mut self, slot: u32, needed: usize, floor: usize) -> usize {
+        let Some(entry) = self.endpoints.at_mut(slot) else {
+            return 0;
+        };
+        let mut freed = 0;
+        while freed < needed && entry.resident > 0 && entry.held_bytes > floor {
+            let Some(event_id) = entry.ready.get(entry.resident - 1).copied() else {
+                break;
+            };
+            entry.resident -= 1;
+            let bytes = self.payloads.evict(&event_id);
+            entry.held_bytes -= bytes;
+            freed += bytes;
+        }
+        freed
     }
 
     /// Drops every cached payload of an endpoint (disabled, or its breaker opened).
@@ -255,6 +277,7 @@ impl ShardState {
                 entry.held_bytes -= self.payloads.evict(event_id);
             }
         }
+        self.wake_budget_waiters();
     }
 
     /// Asks for the payload an endpoint needs next: a due retry's, or the next run of its
@@ -270,16 +293,29 @@ impl ShardState {
             // A failed read waits for its retry time.
             return;
         }
-        let Some(event_id) = retry else {
-            self.read_prefix(slot, true, plan);
-            return;
-        };
-        let Some(event) = self.events.get(&event_id) else {
-            return;
-        };
-        let (position, bytes) = (event.position, event.payload_bytes as usize);
-        if self.admit(slot, bytes, true) {
-            self.issue_read(slot, vec![(event_id, position)], bytes, plan);
+        match retry {
+            None => self.read_prefix(slot, true, plan),
+            Some(event_id) => {
+                let Some(event) = self.events.get(&event_id) else {
+                    return;
+                };
+                let (position, bytes) = (event.position, event.payload_bytes as usize);
+                if self.admit(slot, bytes, true) {
+                    self.issue_read(slot, vec![(event_id, position)], bytes, plan);
+                }
+            }
+        }
+        if !self.endpoints.at(slot).is_some_and(|entry| entry.reading) {
+            // No room in the budget now: looked at again when bytes are released.
+            self.budget_waiters.insert(slot);
+        }
+    }
+
+    /// Payload bytes were released: endpoints that waited for room look again.
+    pub(super) fn wake_budget_waiters(&mut self) {
+        if !self.budget_waiters.is_empty() {
+            let waiters = std::mem::take(&mut self.budget_waiters);
+            self.active.extend(waiters);
         }
     }
 
@@ -336,7 +372,13 @@ impl ShardState {
             return;
         };
         entry.reading = true;
-        plan.reads.push(ReadRequest { slot, endpoint_id: Rc::clone(&entry.id), events, reserved_bytes });
+        plan.reads.push(ReadRequest {
+            slot,
+            endpoint_id: Rc::clone(&entry.id),
+            incarnation: entry.incarnation,
+            events,
+            reserved_bytes,
+        });
     }
 
     /// A read-back finished: payloads that still fit their place join the cache; a failure is
@@ -349,7 +391,7 @@ impl ShardState {
         now_ms: u64,
     ) -> usize {
         let slot = request.slot;
-        let Some(entry) = self.endpoints.at_mut(slot).filter(|entry| entry.id == request.endpoint_id) else {
+        let Some(entry) = self.endpoints.at_mut(slot).filter(|entry| entry.incarnation == request.incarnation) else {
             // The endpoint was deleted meanwhile; what it held was released then.
             return 0;
         };
@@ -380,6 +422,7 @@ impl ShardState {
             }
         }
         self.activate(slot);
+        self.wake_budget_waiters();
         failures
     }
 
@@ -412,7 +455,8 @@ impl ShardState {
     /// frees its slot and payload bytes, and re-activates the endpoint. An unrecorded attempt
     /// puts its event back where it was, payload cached, as if it had not started.
     pub fn finish_live(&mut self, start: &Start, recorded: bool) {
-        let Some(entry) = self.endpoints.at_mut(start.slot).filter(|entry| entry.id == start.endpoint_id) else {
+        let Some(entry) = self.endpoints.at_mut(start.slot).filter(|entry| entry.incarnation == start.incarnation)
+        else {
             return;
         };
         entry.in_flight = entry.in_flight.saturating_sub(1);
@@ -437,6 +481,32 @@ impl ShardState {
         entry.held_bytes -= bytes;
         self.payloads.release(bytes);
         self.activate(start.slot);
+        self.wake_budget_waiters();
+    }
+
+    /// An endpoint's live scheduling state, described (for failure reports).
+    pub fn describe_endpoint(&self, id: &str) -> String {
+        let Some(entry) = self.endpoints.get(id) else {
+            return format!("{id}: none");
+        };
+        format!(
+            "{id}: enabled {} breaker {:?} ready {} retries {:?} resident {} held {} reading {} failures {} in flight {} probing {} wake {:?} active {} budget waiter {} budget held {}/{}",
+            entry.endpoint.enabled,
+            entry.breaker.state(),
+            entry.ready.len(),
+            entry.retries.iter().take(3).collect::<Vec<_>>(),
+            entry.resident,
+            entry.held_bytes,
+            entry.reading,
+            entry.read_failures,
+            entry.in_flight,
+            entry.probing,
+            entry.wake_at,
+            self.endpoints.slot(id).is_some_and(|slot| self.active.contains(&slot)),
+            self.endpoints.slot(id).is_some_and(|slot| self.budget_waiters.contains(&slot)),
+            self.payloads.held_bytes(),
+            self.limits.payload_memory_bytes_max,
+        )
     }
 
     /// Checks the state's invariants; the first broken one, described. The simulation calls it
@@ -455,6 +525,15 @@ impl ShardState {
                 if !seen.insert(*event_id) {
                     return Err(format!("{event_id} queued twice"));
                 }
+            }
+            let places: Vec<u64> = entry
+                .ready
+                .iter()
+                .filter_map(|event_id| self.events.get(event_id))
+                .map(|event| event.queued_lsn)
+                .collect();
+            if places.windows(2).any(|pair| pair[0] > pair[1]) {
+                return Err(format!("{}: pending events out of queue order: {places:?}", entry.id));
             }
             for (due, event_id) in &entry.retries {
                 let event = self.events.get(event_id).ok_or(format!("{event_id} retrying but unknown"))?;
@@ -488,6 +567,7 @@ impl ShardState {
             endpoints_waiting += usize::from(mine > 0);
             held += entry.held_bytes;
             let looked_after = self.active.contains(&slot)
+                || self.budget_waiters.contains(&slot)
                 || entry.wake_at.is_some()
                 || entry.reading
                 || entry.in_flight > 0
