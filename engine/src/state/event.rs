@@ -59,7 +59,35 @@ pub struct AttemptSummary {
     /// The destination's status.
     pub status_code: Option<u16>,
     /// E-code of a failure.
-    pub error_code: Option<&'static str>,
+    pub error_code: Option<DeliveryCode>,
+}
+
+/// The E-code of a failed delivery attempt, in one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryCode {
+    /// E2001: timed out.
+    Timeout,
+    /// E2002: connection failed.
+    Connection,
+    /// E2003: a retryable status.
+    Retryable,
+    /// E2004: a permanent status.
+    Permanent,
+    /// E2005: circuit open.
+    CircuitOpen,
+}
+
+impl DeliveryCode {
+    /// The contract's code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "E2001",
+            Self::Connection => "E2002",
+            Self::Retryable => "E2003",
+            Self::Permanent => "E2004",
+            Self::CircuitOpen => "E2005",
+        }
+    }
 }
 
 impl AttemptSummary {
@@ -83,7 +111,7 @@ impl AttemptSummary {
             at_ms: self.at_ms,
             status_code: self.status_code,
             latency_ms: self.latency_ms,
-            error_code: self.error_code.map(str::to_string),
+            error_code: self.error_code.map(|code| code.as_str().to_string()),
         }
     }
 
@@ -112,20 +140,21 @@ impl Detail {
     /// Takes over the history a carried or redriven record wrote.
     pub fn restore(&mut self, history: &History) {
         self.attempts = history.attempts.iter().map(AttemptSummary::of_recap).collect();
+        self.attempts.shrink_to_fit();
         self.last_excerpt = history.last_excerpt.clone().map(Vec::into_boxed_slice);
         self.updated_at_ms = history.updated_at_ms;
     }
 }
 
-/// The delivery E-codes an attempt record may carry, as static strings (no allocation per
-/// attempt kept in memory). An unknown code (a newer release's) shows as E2002.
-pub fn delivery_code(code: &str) -> &'static str {
+/// The delivery E-code an attempt record carries, in one byte. An unknown code (a newer
+/// release's) shows as E2002.
+pub fn delivery_code(code: &str) -> DeliveryCode {
     match code {
-        "E2001" => "E2001",
-        "E2003" => "E2003",
-        "E2004" => "E2004",
-        "E2005" => "E2005",
-        _ => "E2002",
+        "E2001" => DeliveryCode::Timeout,
+        "E2003" => DeliveryCode::Retryable,
+        "E2004" => DeliveryCode::Permanent,
+        "E2005" => DeliveryCode::CircuitOpen,
+        _ => DeliveryCode::Connection,
     }
 }
 
@@ -139,7 +168,8 @@ pub fn is_destination_failure(error_code: Option<&str>) -> bool {
 pub struct Detail {
     /// The sender's idempotency key.
     pub idempotency_key: Option<Box<str>>,
-    /// Attempts made, oldest first (at most [`crate::limits::ATTEMPTS_IN_MEMORY_MAX`]).
+    /// Attempts made, oldest first (at most [`crate::limits::ATTEMPTS_IN_MEMORY_MAX`]), with no
+    /// spare capacity: most events have one.
     pub attempts: Vec<AttemptSummary>,
     /// The last response excerpt (kept for failed outcomes; a success's body is not kept).
     pub last_excerpt: Option<Box<[u8]>>,
@@ -207,3 +237,4 @@ impl Event {
 }
 
 const _: () = assert!(std::mem::size_of::<Event>() <= 72);
+const _: () = assert!(std::mem::size_of::<AttemptSummary>() <= 24);

@@ -38,7 +38,7 @@ use crate::records::{Attempt, EventCarried, EventReceived, Record, Redriven, OUT
 
 pub use compare::{DurableView, EndpointView, EventRecordView};
 pub use endpoints::{EndpointEntry, Endpoints};
-pub use event::{delivery_code, is_destination_failure, AttemptSummary, Detail, Event, EventStatus};
+pub use event::{delivery_code, is_destination_failure, AttemptSummary, DeliveryCode, Detail, Event, EventStatus};
 pub use payloads::{Payload, PayloadCache};
 pub use schedule::{Plan, ReadRequest, Start};
 pub use view::{attempt_json, event_json, EventView};
@@ -419,6 +419,8 @@ impl ShardState {
         if detail.attempts.len() >= crate::limits::ATTEMPTS_IN_MEMORY_MAX {
             detail.attempts.remove(0);
         }
+        // Exact growth: most events are attempted once or twice.
+        detail.attempts.reserve_exact(1);
         detail.attempts.push(AttemptSummary::of(attempt));
         let finished_ms = attempt.at_ms.saturating_add(u64::from(attempt.latency_ms));
         detail.updated_at_ms = finished_ms;

@@ -22,7 +22,13 @@ pub fn event_json(event_id: EventId, event: &Event, endpoint_id: &str, waiting_r
         attempts: attempts
             .iter()
             .map(|attempt| {
-                attempt_json(attempt.n, attempt.at_ms, attempt.status_code, attempt.latency_ms, attempt.error_code)
+                attempt_json(
+                    attempt.n,
+                    attempt.at_ms,
+                    attempt.status_code,
+                    attempt.latency_ms,
+                    attempt.error_code.map(super::DeliveryCode::as_str),
+                )
             })
             .collect(),
         attempt_count: event.attempts,
