@@ -36,7 +36,8 @@ async fn ingest(shard: &Shard, n: usize) -> EventId {
     }
 }
 
-/// Records an attempt, as the delivery task does: delivered, or retrying at `retry_at`.
+/// Records an attempt's outcome: delivered, or retrying at `retry_at` (the event leaves its
+/// queue when the record is applied, as at replay).
 async fn attempt(shard: &Shard, event_id: EventId, retry_at: Option<u64>) {
     let attempt = Attempt {
         event_id: event_id.0,
@@ -49,10 +50,7 @@ async fn attempt(shard: &Shard, event_id: EventId, retry_at: Option<u64>) {
         outcome: if retry_at.is_some() { OUTCOME_RETRYING } else { OUTCOME_DELIVERED },
         next_attempt_at_ms: retry_at,
     };
-    // The attempt is in flight while its outcome is recorded, as in the delivery task.
-    shard.state().borrow_mut().events.get_mut(&event_id).unwrap().in_flight = true;
     shard.append(Record::Attempt(attempt), kapsel_engine::clock::now_ms()).await.unwrap();
-    shard.state().borrow_mut().events.get_mut(&event_id).unwrap().in_flight = false;
 }
 
 fn segment_ids(directory: &std::path::Path) -> Vec<u64> {
@@ -131,5 +129,86 @@ fn retention_removes_only_what_it_may() {
         assert_eq!(state.pending_work(), 20);
         assert!(!state.events.contains_key(&ids[0]), "removed events are gone from memory");
         wal.close().await.unwrap();
+    });
+}
+
+/// A shard over the log in `directory` with one endpoint, `orders`.
+async fn shard_with(directory: &std::path::Path, options: Options) -> Shard {
+    let now = kapsel_engine::clock::now_ms();
+    let (shard, _) = Shard::open(0, directory, options, LIMITS, now).await.unwrap();
+    if !shard.state().borrow().endpoints.contains_key("orders") {
+        shard
+            .put_endpoint(
+                "orders",
+                br#"{"url":"https://example.com/h"}"#,
+                &kapsel_http::DestinationPolicy::default(),
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    shard
+}
+
+// Regression (issue 10, audit 7): carrying waiting events forward appended up to 1,024 records
+// without waiting; past the log's queue bound the pass failed before it noted where they went,
+// so every later pass carried the same events again and the log grew without bound. A pass now
+// stops where the queue is full, the state learns each new place when the record is applied,
+// and later passes finish the job.
+#[test]
+fn carrying_forward_stops_at_a_full_queue_and_resumes() {
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap().block_on(async {
+        let directory = tempfile::tempdir().unwrap();
+        let small_queue = Options { queue_bytes_max: 8 * 1024, batch_bytes_max: 4 * 1024, ..options() };
+        let shard = shard_with(directory.path(), small_queue).await;
+        let mut ids = Vec::new();
+        for n in 0..60 {
+            ids.push(ingest(&shard, n).await);
+        }
+        shard.wal().seal().await.unwrap();
+        let before: Vec<u64> = ids.iter().map(|id| shard.state().borrow().events[id].lsn).collect();
+        let now = kapsel_engine::clock::now_ms();
+        let mut passes = 0;
+        while ids.iter().any(|id| shard.state().borrow().events[id].lsn <= *before.iter().max().unwrap()) {
+            retention::pass(&shard, 0, now + 1).await.unwrap();
+            passes += 1;
+            assert!(passes < 20, "carrying forward makes progress");
+        }
+        assert!(passes > 1, "the queue bound split the work over several passes");
+        let positions: Vec<_> = ids.iter().map(|id| (*id, shard.state().borrow().events[id].position)).collect();
+        let read = kapsel_engine::readback::load(directory.path(), &positions);
+        assert!(read.iter().all(|(_, event)| event.is_ok()), "every waiting event is where the state says");
+        let records = kapsel_wal::read::for_each(directory.path(), &mut |_| {}).unwrap();
+        assert!(records < 200, "each event was carried once, not again and again: {records} records");
+    });
+}
+
+// Regression (issue 10, audit 7): a redrive between retention's decision and the removal could
+// lose the redriven event at the next start (its only record was in the removed segment). A
+// redrive of a delivered or failed event now carries the event itself.
+#[test]
+fn a_redrive_survives_the_removal_of_its_original_segment() {
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap().block_on(async {
+        let directory = tempfile::tempdir().unwrap();
+        let event_id = {
+            let shard = shard_with(directory.path(), options()).await;
+            let event_id = ingest(&shard, 1).await;
+            attempt(&shard, event_id, None).await;
+            for n in 0..20 {
+                let other = ingest(&shard, n).await;
+                attempt(&shard, other, None).await;
+            }
+            shard.wal().seal().await.unwrap();
+            shard.retry_event(event_id, kapsel_engine::clock::now_ms()).await.unwrap();
+            let removed = retention::pass(&shard, 0, kapsel_engine::clock::now_ms() + 1).await.unwrap();
+            assert!(!removed.is_empty(), "the segment that first held the event went");
+            shard.into_wal().close().await.unwrap();
+            event_id
+        };
+        let shard = shard_with(directory.path(), options()).await;
+        let state = shard.state().borrow();
+        let event = state.events.get(&event_id).expect("the redriven event is still known");
+        assert_eq!(event.status, EventStatus::Pending, "and still to be delivered");
+        assert_eq!(event.attempts, 1, "with its history");
     });
 }

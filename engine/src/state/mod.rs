@@ -26,6 +26,9 @@ mod payloads;
 mod schedule;
 mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kapsel_wal::Position;

@@ -463,9 +463,10 @@ impl ShardState {
         if start.probe {
             entry.probing = false;
         }
+        let delivering = entry.endpoint.enabled && entry.breaker.state() == crate::breaker::State::Closed;
         if let Some(event) = self.events.get_mut(&start.event_id) {
             event.in_flight = false;
-            if !recorded && event.is_waiting() {
+            if !recorded && event.is_waiting() && delivering {
                 self.payloads.insert(start.event_id, Rc::clone(&start.payload));
                 if event.status == EventStatus::Retrying {
                     entry.retries.insert((event.next_attempt_at_ms, start.event_id));
@@ -476,7 +477,22 @@ impl ShardState {
                 self.activate(start.slot);
                 return;
             }
+            if !recorded && event.is_waiting() {
+                // Back in its place, its payload left to the log (nothing is delivered now).
+                let (status, due) = (event.status, event.next_attempt_at_ms);
+                self.evict_endpoint(start.slot);
+                if let Some(entry) = self.endpoints.at_mut(start.slot) {
+                    if status == EventStatus::Retrying {
+                        entry.retries.insert((due, start.event_id));
+                    } else {
+                        entry.ready.push_front(start.event_id);
+                    }
+                }
+            }
         }
+        let Some(entry) = self.endpoints.at_mut(start.slot) else {
+            return;
+        };
         let bytes = start.payload.body.len();
         entry.held_bytes -= bytes;
         self.payloads.release(bytes);

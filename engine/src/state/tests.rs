@@ -1,0 +1,253 @@
+//! The state machine's own tests: the bugs of issue 10's audit, each pinned by the behaviour
+//! that was wrong, with time passed in (no clock, no sleeping).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use kapsel_wal::Position;
+
+use super::*;
+use crate::records::{Requeued, OUTCOME_FAILED};
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn limits(payload_memory_bytes_max: usize) -> StateLimits {
+    StateLimits {
+        events_max: 1_000,
+        idempotency_keys_max: 1_000,
+        idempotency_window_ms: 60_000,
+        payload_memory_bytes_max,
+        terminal_events_max: 1_000,
+    }
+}
+
+/// A state and the next LSN, applying records as the shard would.
+struct Log {
+    state: ShardState,
+    lsn: u64,
+}
+
+impl Log {
+    fn new(budget: usize) -> Self {
+        let mut log = Self { state: ShardState::new(0, limits(budget)), lsn: 0 };
+        log.endpoint(r#"{"url":"https://example.com/hook","circuit":{"cooldown_ms":1000}}"#);
+        log
+    }
+
+    fn apply(&mut self, record: Record) -> u64 {
+        self.lsn += 1;
+        let position = Position { segment_id: 1, offset: 40 + self.lsn as u32 * 100, length: 100 };
+        self.state.apply(self.lsn, position, record, NOW);
+        self.lsn
+    }
+
+    fn endpoint(&mut self, body: &str) {
+        let endpoint =
+            crate::endpoint::EndpointInput::parse(body.as_bytes()).unwrap().into_endpoint("e", None, NOW).unwrap();
+        self.apply(Record::EndpointPut(endpoint));
+    }
+
+    fn receive(&mut self, sequence: u64) -> EventId {
+        let event_id = EventId::new(NOW, 0, sequence);
+        self.apply(Record::EventReceived(EventReceived {
+            event_id: event_id.0,
+            endpoint_id: "e".into(),
+            received_at_ms: NOW,
+            idempotency_key: None,
+            content_type: None,
+            traceparent: None,
+            payload: vec![b'x'; 100],
+        }));
+        event_id
+    }
+
+    fn attempt(&mut self, event_id: EventId, n: u32, outcome: u8, at_ms: u64) {
+        let failed = outcome != OUTCOME_DELIVERED;
+        self.apply(Record::Attempt(Attempt {
+            event_id: event_id.0,
+            n,
+            at_ms,
+            status_code: Some(if failed { 503 } else { 200 }),
+            latency_ms: 1,
+            error_code: failed.then(|| "E2003".to_string()),
+            response_excerpt: Vec::new(),
+            outcome,
+            next_attempt_at_ms: (outcome == OUTCOME_RETRYING).then_some(at_ms + 60_000),
+        }));
+    }
+
+    fn entry(&self) -> &EndpointEntry {
+        self.state.endpoints.get("e").unwrap()
+    }
+}
+
+fn loaded(request: &ReadRequest) -> Vec<(EventId, Result<Payload, String>)> {
+    request
+        .events
+        .iter()
+        .map(|(event_id, _)| {
+            let payload = Payload { body: std::rc::Rc::from(vec![b'x'; 100]), content_type: None, traceparent: None };
+            (*event_id, Ok(payload))
+        })
+        .collect()
+}
+
+// Audit 1: replay queued every received event, delivered ones too, and a restart sent them
+// again. An outcome replayed takes its event out of the queue.
+#[test]
+fn replayed_outcomes_leave_nothing_queued() {
+    let mut log = Log::new(1 << 20);
+    let delivered = log.receive(1);
+    let failed = log.receive(2);
+    let retrying = log.receive(3);
+    log.attempt(delivered, 1, OUTCOME_DELIVERED, NOW);
+    log.attempt(failed, 1, OUTCOME_FAILED, NOW);
+    log.attempt(retrying, 1, OUTCOME_RETRYING, NOW);
+    assert_eq!(log.entry().ready().count(), 0);
+    assert_eq!(log.entry().retries().count(), 1);
+    assert!(log.state.schedule(NOW + 1).starts.is_empty(), "nothing is due");
+    let plan = log.state.schedule(NOW + 61_001);
+    assert_eq!(plan.reads.len() + plan.starts.len(), 1, "only the retry comes back, when it is due");
+    log.state.check(NOW).unwrap();
+}
+
+// Audit 2: a redrive was re-applied after replay whatever followed it, so a redriven and then
+// delivered event was sent on every restart. A redrive is judged where it is in the log.
+#[test]
+fn a_redrive_followed_by_a_delivery_is_done() {
+    let mut log = Log::new(1 << 20);
+    let event_id = log.receive(1);
+    log.attempt(event_id, 1, OUTCOME_FAILED, NOW);
+    let event = EventReceived {
+        event_id: event_id.0,
+        endpoint_id: "e".into(),
+        received_at_ms: NOW,
+        idempotency_key: None,
+        content_type: None,
+        traceparent: None,
+        payload: vec![b'x'; 100],
+    };
+    let redriven = log.state.redrive(event, NOW + 5).unwrap();
+    log.apply(Record::Redriven(redriven));
+    assert_eq!(log.entry().ready().count(), 1);
+    log.attempt(event_id, 2, OUTCOME_DELIVERED, NOW + 10);
+    assert_eq!(log.state.events[&event_id].status, EventStatus::Delivered);
+    assert_eq!(log.entry().ready().count(), 0, "delivered after its redrive: nothing to do");
+    log.state.check(NOW).unwrap();
+}
+
+// Audit 3: the half-open probe was marked before an event was picked; when the head's payload
+// was on disk no probe ran and the breaker stayed half-open for ever. The probe now starts only
+// with its payload in hand, and the payload is read back for it.
+#[test]
+fn the_half_open_probe_reads_its_payload_back_and_resolves() {
+    let mut log = Log::new(1 << 20);
+    for sequence in 1..=8 {
+        log.receive(sequence);
+    }
+    // Five live attempts fail: the breaker opens and lets go of the cached payloads.
+    let starts = log.state.schedule(NOW).starts;
+    assert_eq!(starts.len(), 8);
+    for start in &starts[..5] {
+        log.attempt(start.event_id, start.n, OUTCOME_RETRYING, NOW);
+        log.state.finish_live(start, true);
+    }
+    // Attempts in flight when it opened end later; the breaker ignores them.
+    for start in &starts[5..] {
+        log.attempt(start.event_id, start.n, OUTCOME_RETRYING, NOW + 10);
+        log.state.finish_live(start, true);
+    }
+    assert_eq!(log.entry().breaker.state_name(NOW + 1), "open");
+    assert_eq!(log.entry().resident, 0, "an open breaker keeps no payloads cached");
+    let reopen = NOW + 61_000;
+    let plan = log.state.schedule(reopen);
+    assert!(plan.starts.is_empty(), "no payload yet: no probe is marked");
+    let request = plan.reads.into_iter().next().expect("the probe's payload is read back");
+    let results = loaded(&request);
+    log.state.complete_read(request, results, reopen);
+    let plan = log.state.schedule(reopen);
+    assert_eq!(plan.starts.len(), 1);
+    assert!(plan.starts[0].probe);
+    let probe = plan.starts[0].clone();
+    log.attempt(probe.event_id, probe.n, OUTCOME_DELIVERED, reopen + 1);
+    log.state.finish_live(&probe, true);
+    assert_eq!(log.entry().breaker.state_name(reopen + 2), "closed", "the probe resolved it");
+    log.state.check(reopen).unwrap();
+}
+
+// Audit 5: one failed read-back left its event marked for ever and blocked its endpoint's queue,
+// and payloads read back ignored the budget. A failed read is retried after a pause, and what
+// is read back stays within the budget.
+#[test]
+fn a_failed_read_back_is_retried_and_the_budget_holds() {
+    let mut log = Log::new(250);
+    log.endpoint(r#"{"url":"https://example.com/hook","enabled":false}"#);
+    for sequence in 1..=20 {
+        log.receive(sequence);
+    }
+    log.endpoint(r#"{"url":"https://example.com/hook","enabled":true}"#);
+    let plan = log.state.schedule(NOW);
+    let request = plan.reads.into_iter().next().unwrap();
+    assert!(request.reserved_bytes <= 250, "a read-back holds no more than the budget");
+    let failed = request.events.iter().map(|(event_id, _)| (*event_id, Err("EIO".to_string()))).collect();
+    assert_eq!(log.state.complete_read(request, failed, NOW), 2);
+    assert!(log.state.schedule(NOW + 50).reads.is_empty(), "it waits before trying again");
+    log.state.check(NOW + 50).unwrap();
+    let plan = log.state.schedule(NOW + 100);
+    let request = plan.reads.into_iter().next().expect("tried again after the pause");
+    let results = loaded(&request);
+    log.state.complete_read(request, results, NOW + 100);
+    let plan = log.state.schedule(NOW + 100);
+    assert!(!plan.starts.is_empty(), "the queue moves again");
+    assert!(log.state.payload_bytes_held() <= 250);
+    log.state.check(NOW + 100).unwrap();
+}
+
+// Audit 6: an open breaker added a timer on every scheduler pass (hundreds of thousands during a
+// cool-down, each scanning every endpoint). Each endpoint has one timer.
+#[test]
+fn an_open_breaker_keeps_one_timer() {
+    let mut log = Log::new(1 << 20);
+    for sequence in 1..=10 {
+        let event_id = log.receive(sequence);
+        log.attempt(event_id, 1, OUTCOME_RETRYING, NOW);
+    }
+    log.receive(11);
+    assert_eq!(log.entry().breaker.state_name(NOW + 1), "open");
+    for pass in 0..10_000 {
+        log.state.schedule(NOW + 1 + pass / 100);
+    }
+    assert_eq!(log.state.wakeups.len(), 1, "one timer for the endpoint, however many passes");
+    log.state.check(NOW).unwrap();
+}
+
+// Audit 8: retrying a pending event queued it twice (and could underflow the waiting count).
+// A redrive of a pending event only resets its budget.
+#[test]
+fn redriving_a_pending_event_does_not_queue_it_twice() {
+    let mut log = Log::new(1 << 20);
+    let event_id = log.receive(1);
+    log.apply(Record::Requeued(Requeued { event_id: event_id.0, at_ms: NOW + 1 }));
+    log.apply(Record::Requeued(Requeued { event_id: event_id.0, at_ms: NOW + 2 }));
+    assert_eq!(log.entry().ready().count(), 1);
+    assert_eq!(log.state.pending_work(), 1);
+    log.state.check(NOW).unwrap();
+}
+
+// Audit 8: deleting an endpoint while an ingest to it was in flight left an orphan event. In log
+// order the event comes first and the deletion removes it; the other way round the event finds
+// no endpoint and is not kept.
+#[test]
+fn an_event_and_its_endpoints_deletion_leave_no_orphan() {
+    for event_first in [true, false] {
+        let mut log = Log::new(1 << 20);
+        if event_first {
+            log.receive(1);
+        }
+        log.apply(Record::EndpointDeleted(crate::records::EndpointDeleted { id: "e".into(), at_ms: NOW }));
+        if !event_first {
+            log.receive(1);
+        }
+        assert!(log.state.events.is_empty(), "event first: {event_first}");
+        assert_eq!(log.state.pending_work(), 0);
+        log.state.check(NOW).unwrap();
+    }
+}
