@@ -15,11 +15,11 @@ use cli::Command;
 use config::Configuration;
 use tools::Exit;
 
-/// mimalloc instead of glibc's malloc. Measured under steady load (600 events/s over six
-/// endpoints, release build): with glibc, RSS grew about 1.8 KB per event kept for lookups
-/// against about 410 bytes of state, because each event's long-lived metadata landed between
-/// short-lived request and response buffers and kept the heap from shrinking; mimalloc's size
-/// classes keep them apart, and RSS follows the state.
+/// jemalloc instead of glibc's malloc (docs/adr/0003-jemalloc.md). Measured under steady load
+/// (600 events/s over six endpoints, release build): with glibc, RSS grew about 1.8 KB per event
+/// kept for lookups against about 280 bytes of state, because each event's long-lived metadata
+/// landed between short-lived request and response buffers and kept the heap from shrinking;
+/// with jemalloc RSS follows the state.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
