@@ -280,7 +280,8 @@ impl Sim {
             84..=86 => self.retry_event(shard).await?,
             87 => self.retry_failed(shard).await?,
             88..=90 => self.change_endpoint(shard).await?,
-            91 => self.delete_endpoint(shard).await?,
+            91 if self.random.chance(0.5) => self.delete_endpoint(shard).await?,
+            91 => self.ingest_racing_a_deletion(shard).await?,
             92..=94 => self.retention(shard).await?,
             _ => {
                 self.crash(shard).await;
@@ -603,6 +604,10 @@ impl Sim {
         let Some(id) = self.existing_endpoint() else {
             return Ok(());
         };
+        self.delete(shard, id).await
+    }
+
+    async fn delete(&mut self, shard: &Shard, id: String) -> Result<(), Failure> {
         shard.delete_endpoint(&id, self.now).await.map_err(|error| format!("delete {id}: {error}"))?;
         self.model.events.retain(|_, event| event.endpoint != id);
         self.model.keys.retain(|(endpoint, _), _| *endpoint != id);
@@ -612,6 +617,38 @@ impl Sim {
         }
         self.note(format!("delete {id}"));
         Ok(())
+    }
+
+    /// An ingest whose record is appended, then its endpoint's deletion, before the ingest's
+    /// fsync returned: the event must not survive its endpoint, and the sender must not be told
+    /// it was accepted.
+    async fn ingest_racing_a_deletion(&mut self, shard: &Rc<Shard>) -> Result<(), Failure> {
+        let Some(id) = self.existing_endpoint() else {
+            return Ok(());
+        };
+        let ingest = Ingest {
+            endpoint_id: id.clone(),
+            idempotency_key: None,
+            content_type: None,
+            traceparent: None,
+            signature: None,
+            payload: b"racing".to_vec(),
+        };
+        let racing = Rc::clone(shard);
+        let now = self.now;
+        let ingest = monoio::spawn(async move { racing.ingest(ingest, now).await });
+        // Let the ingest append its record before the deletion appends its own.
+        monoio::time::sleep(Duration::ZERO).await;
+        self.delete(shard, id.clone()).await?;
+        let outcome = ingest.await;
+        self.note(format!("ingest racing the deletion of {id}: {outcome:?}"));
+        // Either the deletion came first in the log (404), or the event did and the deletion
+        // removed it with the rest of its endpoint's events; never an event left behind.
+        match outcome {
+            Err(EngineError::NotFound(_)) => Ok(()),
+            Ok(Accepted::Received(event_id)) if !shard.state().borrow().events.contains_key(&event_id) => Ok(()),
+            other => Err(format!("an ingest racing its endpoint's deletion gave {other:?}")),
+        }
     }
 
     async fn retention(&mut self, shard: &Shard) -> Result<(), Failure> {

@@ -614,6 +614,9 @@ impl ShardState {
         if held > self.limits.payload_memory_bytes_max && largest.is_none_or(|largest| held > largest) {
             return Err(format!("payload bytes held {held} over the budget {}", self.limits.payload_memory_bytes_max));
         }
+        if let Some((event_id, _)) = self.events.iter().find(|(_, event)| self.endpoints.at(event.endpoint).is_none()) {
+            return Err(format!("{event_id} belongs to no endpoint"));
+        }
         for event_id in &self.terminal {
             if !self.events.get(event_id).is_some_and(|event| event.status.is_terminal()) {
                 return Err(format!("{event_id} in the terminal window but not terminal"));
