@@ -9,9 +9,16 @@
 //! reset; at the end of the measured period they are read (deliveries in the window and their
 //! ingest-to-delivery latency); then ingest stops and the bench waits, bounded, until the sink
 //! has received every event Kapsel accepted (the drain).
+//!
+//! After the loops come three scenarios on one endpoint that each build a backlog and wait
+//! until all of it has arrived: a paused endpoint's backlog far beyond the payload budget,
+//! drained once it is enabled; a burst of 256 connections; and a graceful restart after a
+//! million deliveries, which must send nothing again ([`backlog`]).
+
+mod backlog;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -47,6 +54,12 @@ struct Bench {
     skip_build: bool,
     only: Vec<String>,
     admin_token: String,
+    /// `KAPSEL_BENCH_BACKLOG_EVENTS`: the backlog scenario's events.
+    backlog_events: u64,
+    /// `KAPSEL_BENCH_BURST_SECONDS`: the burst scenario's closed loop.
+    burst: Duration,
+    /// `KAPSEL_BENCH_RESTART_EVENTS`: events delivered before the restart.
+    restart_events: u64,
 }
 
 /// What one scenario measured.
@@ -103,7 +116,7 @@ fn run() -> Result<(), String> {
     );
     let mut results = Vec::new();
     for plan in bench.plans() {
-        if !bench.only.is_empty() && !bench.only.iter().any(|word| plan.label().contains(word.as_str())) {
+        if !bench.selected(&plan.label()) {
             continue;
         }
         let delivered = bench.scenario(plan)?;
@@ -120,7 +133,15 @@ fn run() -> Result<(), String> {
         );
         results.push(delivered);
     }
-    print_results(&bench, &results);
+    let mut backlogs = Vec::new();
+    for scenario in backlog::Scenario::ALL {
+        if bench.selected(scenario.label()) {
+            let measured = backlog::run(&bench, scenario)?;
+            println!("  {:<11} {}", scenario.label(), measured.line());
+            backlogs.push(measured);
+        }
+    }
+    print_results(&bench, &results, &backlogs);
     Ok(())
 }
 
@@ -128,6 +149,12 @@ impl Bench {
     fn from_env() -> Result<Self, String> {
         let paths = Paths::from_env()?;
         let measure_seconds = setup::measure_seconds_from_env()?;
+        let events = |name, default| setup::number_from_env(name, default, limits::DELIVERY_EVENTS_MAX);
+        let burst_seconds = setup::number_from_env(
+            "KAPSEL_BENCH_BURST_SECONDS",
+            limits::DELIVERY_BURST_SECONDS_DEFAULT,
+            limits::DELIVERY_BURST_SECONDS_MAX,
+        )?;
         Ok(Self {
             data_directory: paths.bench_directory("delivery-data"),
             paths,
@@ -143,7 +170,15 @@ impl Bench {
             skip_build: setup::flag_from_env("KAPSEL_BENCH_SKIP_BUILD"),
             only: setup::words_from_env("KAPSEL_BENCH_ONLY"),
             admin_token: format!("kapsel-bench-{}", std::process::id()),
+            backlog_events: events("KAPSEL_BENCH_BACKLOG_EVENTS", limits::DELIVERY_BACKLOG_EVENTS_DEFAULT)? as u64,
+            burst: Duration::from_secs(burst_seconds as u64),
+            restart_events: events("KAPSEL_BENCH_RESTART_EVENTS", limits::DELIVERY_RESTART_EVENTS_DEFAULT)? as u64,
         })
+    }
+
+    /// Whether `KAPSEL_BENCH_ONLY` selects the scenario `label` (unset: every one).
+    fn selected(&self, label: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|word| label.contains(word.as_str()))
     }
 
     fn print_header(&self) {
@@ -155,6 +190,9 @@ impl Bench {
                 "KAPSEL_BENCH_SECONDS",
                 "KAPSEL_BENCH_SHARDS",
                 "KAPSEL_BENCH_ONLY",
+                "KAPSEL_BENCH_BACKLOG_EVENTS",
+                "KAPSEL_BENCH_BURST_SECONDS",
+                "KAPSEL_BENCH_RESTART_EVENTS",
                 "KAPSEL_BENCH_SKIP_BUILD",
                 "KAPSEL_IO_DRIVER",
             ],
@@ -176,6 +214,7 @@ impl Bench {
             self.endpoints.len(),
             limits::PAYLOAD_BYTES
         );
+        backlog::print_header(self);
     }
 
     /// The closed loop, then the open loops by rate.
@@ -202,21 +241,8 @@ impl Bench {
 
     /// Spawns a sink and Kapsel, readies them, runs `plan`, drains, kills both.
     fn scenario(&self, plan: Plan) -> Result<Delivered, String> {
-        let data = tempfile::Builder::new()
-            .prefix("kapsel-")
-            .tempdir_in(&self.data_directory)
-            .map_err(|error| format!("creating a data directory in {}: {error}", self.data_directory.display()))?;
-        let label = plan.label();
-        let log = |name: &str| self.paths.log_directory.join(format!("delivery-{name}-{label}.log"));
-        let mut sink = ServerProcess::spawn(
-            "sink",
-            &self.paths.binaries.join("sink"),
-            &setup::server_variables(1, self.driver, data.path()),
-            &log("sink"),
-        )?;
-        let variables = setup::kapsel_variables(self.shards, self.driver, data.path(), &self.admin_token);
-        let mut kapsel =
-            ServerProcess::spawn("kapsel", &self.paths.binaries.join("kapsel"), &variables, &log("kapsel"))?;
+        let data = self.scenario_directory()?;
+        let (mut sink, mut kapsel) = self.spawn_servers(data.path(), &plan.label())?;
         let (body, digits_at) = stamped_json_body(limits::PAYLOAD_BYTES)?;
         let stamp = SendTimeStamp::of_body(&body, digits_at);
         let address = kapsel.address();
@@ -235,6 +261,34 @@ impl Bench {
         drop(sink);
         drop(data);
         Ok(delivered)
+    }
+
+    /// A fresh data directory for one scenario, deleted when dropped.
+    fn scenario_directory(&self) -> Result<tempfile::TempDir, String> {
+        tempfile::Builder::new()
+            .prefix("kapsel-")
+            .tempdir_in(&self.data_directory)
+            .map_err(|error| format!("creating a data directory in {}: {error}", self.data_directory.display()))
+    }
+
+    /// Spawns a sink, then Kapsel on `data`: their logs are
+    /// `delivery-{sink,kapsel}-<label>.log`.
+    fn spawn_servers(&self, data: &Path, label: &str) -> Result<(ServerProcess, ServerProcess), String> {
+        let sink = ServerProcess::spawn(
+            "sink",
+            &self.paths.binaries.join("sink"),
+            &setup::server_variables(1, self.driver, data),
+            &self.paths.log_directory.join(format!("delivery-sink-{label}.log")),
+        )?;
+        let kapsel = self.spawn_kapsel(data, label)?;
+        Ok((sink, kapsel))
+    }
+
+    /// Spawns Kapsel on `data`, its log `delivery-kapsel-<label>.log`.
+    fn spawn_kapsel(&self, data: &Path, label: &str) -> Result<ServerProcess, String> {
+        let variables = setup::kapsel_variables(self.shards, self.driver, data, &self.admin_token);
+        let log = self.paths.log_directory.join(format!("delivery-kapsel-{label}.log"));
+        ServerProcess::spawn("kapsel", &self.paths.binaries.join("kapsel"), &variables, &log)
     }
 
     /// Everything a scenario does over HTTP: endpoints, the first deliveries, the loop with
@@ -305,14 +359,19 @@ async fn observe(sink: SocketAddr, meter: CpuMeter, start: Instant, end: Instant
     monoio::time::sleep_until(start).await;
     let reset_at = Instant::now();
     let before = meter.sample();
-    match setup::one_request(sink, &request("POST", "/reset", sink, &[], None)).await? {
-        (200, _) => {}
-        (status, body) => return Err(format!("the sink answered POST /reset with {status}: {body}")),
-    }
+    reset_sink(sink).await?;
     monoio::time::sleep_until(end).await;
     let read_at = Instant::now();
     let stats = sink_stats(sink).await?;
     Ok(Observed { reset_at, elapsed: read_at - reset_at, stats, cpu: meter.sample().since(&before) })
+}
+
+/// `POST /reset` to the sink: everything but `deliveries_total` starts again from zero.
+async fn reset_sink(sink: SocketAddr) -> Result<(), String> {
+    match setup::one_request(sink, &request("POST", "/reset", sink, &[], None)).await? {
+        (200, _) => Ok(()),
+        (status, body) => Err(format!("the sink answered POST /reset with {status}: {body}")),
+    }
 }
 
 /// `GET /stats` of the sink.
@@ -349,10 +408,38 @@ fn milliseconds(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-fn print_results(bench: &Bench, results: &[Delivered]) {
-    if results.is_empty() {
+fn print_results(bench: &Bench, results: &[Delivered], backlogs: &[backlog::Measured]) {
+    if results.is_empty() && backlogs.is_empty() {
         return;
     }
+    if !results.is_empty() {
+        print_loops(bench, results);
+    }
+    if !backlogs.is_empty() {
+        println!();
+        backlog::print_results(backlogs);
+    }
+    println!();
+    println!("Summary (target from the issue: ≥ {DELIVERIES_PER_S_TARGET_MIN:.0} deliveries/s):");
+    print_summary(results);
+    backlog::print_summary(backlogs);
+    let noise = results
+        .iter()
+        .map(|delivered| {
+            let (_, _, _, cpu) = delivered.ingest.summary();
+            let others = cpu.machine_busy.saturating_sub(cpu.server + cpu.client + delivered.sink_cpu.server);
+            others.as_secs_f64() / delivered.window_elapsed.as_secs_f64().max(f64::EPSILON)
+        })
+        .chain(backlogs.iter().map(backlog::Measured::others_cores))
+        .fold(0.0, f64::max);
+    if noise > report::NOISE_CORES_MAX {
+        println!("  NOISY: other processes used up to {noise:.2} cores during a measured period; compare with care");
+    }
+    println!("  load average at the end: {}", machine::load_average());
+}
+
+/// The loops' tables and legend.
+fn print_loops(bench: &Bench, results: &[Delivered]) {
     println!();
     println!(
         "Delivery end to end: {} B JSON, {} endpoints over {} shards, {} s measured, then drained (≤ {} s)",
@@ -393,9 +480,6 @@ fn print_results(bench: &Bench, results: &[Delivered]) {
     }
     println!();
     println!("{LEGEND}");
-    println!();
-    println!("Summary (target from the issue: ≥ {DELIVERIES_PER_S_TARGET_MIN:.0} deliveries/s):");
-    print_summary(results);
 }
 
 /// The table's header.
@@ -488,16 +572,4 @@ fn print_summary(results: &[Delivered]) {
             ),
         }
     }
-    let noise = results
-        .iter()
-        .map(|delivered| {
-            let (_, _, _, cpu) = delivered.ingest.summary();
-            let others = cpu.machine_busy.saturating_sub(cpu.server + cpu.client + delivered.sink_cpu.server);
-            others.as_secs_f64() / delivered.window_elapsed.as_secs_f64().max(f64::EPSILON)
-        })
-        .fold(0.0, f64::max);
-    if noise > report::NOISE_CORES_MAX {
-        println!("  NOISY: other processes used up to {noise:.2} cores during a measured period; compare with care");
-    }
-    println!("  load average at the end: {}", machine::load_average());
 }

@@ -262,7 +262,7 @@ impl Settings {
 /// # Errors
 ///
 /// The process exited, or was not ready within [`limits::SERVER_START_TIMEOUT_MS`].
-fn time_to_ready(process: &mut ServerProcess, spawned: Instant) -> Result<Duration, String> {
+pub(crate) fn time_to_ready(process: &mut ServerProcess, spawned: Instant) -> Result<Duration, String> {
     let deadline = spawned + Duration::from_millis(limits::SERVER_START_TIMEOUT_MS);
     let probe_timeout = Duration::from_millis(limits::FOOTPRINT_READY_PROBE_TIMEOUT_MS);
     loop {
@@ -281,7 +281,7 @@ fn time_to_ready(process: &mut ServerProcess, spawned: Instant) -> Result<Durati
 }
 
 /// The memory of the server now.
-fn memory(process: &ServerProcess) -> Result<Memory, String> {
+pub(crate) fn memory(process: &ServerProcess) -> Result<Memory, String> {
     machine::memory_of(process.pid()).ok_or_else(|| process.failure("has no readable /proc/<pid>/status"))
 }
 
@@ -437,7 +437,7 @@ impl Replay {
 }
 
 /// Bytes in MB (10^6 bytes), one decimal.
-fn megabytes(bytes: u64) -> String {
+pub(crate) fn megabytes(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1e6)
 }
 

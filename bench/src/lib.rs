@@ -18,7 +18,9 @@
 //!
 //! `benches/delivery.rs` calls [`delivery::main`]: Kapsel delivering to the [`sink`] (a
 //! receiver on the same stack that answers 200 at once and records ingest-to-delivery latency
-//! from the send time stamped into each body), under a closed loop and fixed-rate open loops.
+//! from the send time stamped into each body), under a closed loop and fixed-rate open loops;
+//! then a paused endpoint's backlog far beyond the payload budget drained, a burst into one
+//! endpoint, and a graceful restart after a million deliveries that must send nothing again.
 //!
 //! `benches/index.rs` calls [`index::main`]: Kapsel indexing into a private, durable
 //! PostgreSQL ([`postgres`]) under the ingest bench's loops, its progress sampled from

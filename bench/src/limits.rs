@@ -58,6 +58,64 @@ pub const DELIVERY_FIRST_MS_MAX: u64 = 10_000;
 /// Delivery bench: pause between two polls of the sink's `GET /stats` while draining.
 pub const SINK_POLL_MS: u64 = 50;
 
+/// Kapsel's own default of `KAPSEL_PAYLOAD_MEMORY_BYTES` (64 MiB), which the delivery bench
+/// leaves unset: the payload bytes one shard keeps in memory; events beyond it wait in the log
+/// and are read back when their turn comes. Only used to say how far beyond it a backlog goes.
+pub const KAPSEL_PAYLOAD_MEMORY_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Delivery bench, backlog scenario: events ingested into the paused endpoint before it is
+/// enabled (`KAPSEL_BENCH_BACKLOG_EVENTS`); 1 KiB each, a million is 15× the default payload
+/// budget, so most of the backlog must come back from the log.
+pub const DELIVERY_BACKLOG_EVENTS_DEFAULT: usize = 1_000_000;
+
+/// Delivery bench, restart scenario: events delivered before the graceful restart
+/// (`KAPSEL_BENCH_RESTART_EVENTS`).
+pub const DELIVERY_RESTART_EVENTS_DEFAULT: usize = 1_000_000;
+
+/// Delivery bench: most events accepted from `KAPSEL_BENCH_BACKLOG_EVENTS` and
+/// `KAPSEL_BENCH_RESTART_EVENTS`. Each costs about 1.1 KiB of log on disk (about 22 GiB here).
+pub const DELIVERY_EVENTS_MAX: usize = 20_000_000;
+
+/// Delivery bench, burst scenario: seconds of the closed loop (`KAPSEL_BENCH_BURST_SECONDS`).
+pub const DELIVERY_BURST_SECONDS_DEFAULT: usize = 10;
+
+/// Delivery bench: longest burst accepted from `KAPSEL_BENCH_BURST_SECONDS`.
+pub const DELIVERY_BURST_SECONDS_MAX: usize = 600;
+
+/// Delivery bench, burst scenario: connections of the closed loop, all into one endpoint, each
+/// with one ingest outstanding: far more than one endpoint's delivery slots, so a backlog forms.
+pub const DELIVERY_BURST_CONNECTIONS: usize = 256;
+
+/// Delivery bench, backlog and restart scenarios: connections of the count-bounded fill
+/// ([`crate::fill`]), as many as the footprint bench's (enough to keep both group commits full).
+pub const DELIVERY_FILL_CONNECTIONS: usize = FOOTPRINT_FILL_CONNECTIONS;
+
+/// Delivery bench, backlog, burst and restart scenarios: how long the sink may take to receive
+/// every accepted event once delivery can start (the endpoint enabled, the burst begun, the fill
+/// begun). Generous: a million events at a tenth of the 20 000/s target still fit. Past it the
+/// scenario reports what is missing as undelivered.
+pub const DELIVERY_BACKLOG_DRAIN_MS_MAX: u64 = 600_000;
+
+/// Delivery bench, restart scenario: after the sink has received every event, how long Kapsel
+/// may take to record the last outcomes (`kapsel_events_waiting` 0 on every shard) before it is
+/// stopped anyway; the report says if it did not.
+pub const DELIVERY_SETTLED_MS_MAX: u64 = 10_000;
+
+/// Delivery bench, restart scenario: how long after the restarted Kapsel is ready the sink is
+/// watched for deliveries that should not come (the target is none).
+pub const DELIVERY_RESTART_QUIET_MS: u64 = 5_000;
+
+/// Delivery bench, backlog scenario: how long after the last delivery Kapsel's resident memory
+/// is read again, so that the allocator has had a moment to return what the drain freed.
+pub const DELIVERY_SETTLE_MS: u64 = 2_000;
+
+/// Delivery bench: how often a long drain prints its progress.
+pub const DELIVERY_PROGRESS_MS: u64 = 10_000;
+
+/// Delivery bench: pause between two polls of Kapsel's `GET /metrics` while waiting for it to
+/// record its last outcomes.
+pub const METRICS_POLL_MS: u64 = 100;
+
 /// Index bench: connections of its closed loops (with and without the index): the ingest
 /// bench's first closed loop, so the baseline is comparable with it.
 pub const INDEX_CLOSED_LOOP_CONNECTIONS: usize = 64;
@@ -175,3 +233,10 @@ const _: () = assert!(FOOTPRINT_FILL_POLL_MS < FOOTPRINT_FILL_PROGRESS_MS);
 const _: () = assert!(FOOTPRINT_READY_POLL_MS < FOOTPRINT_READY_PROBE_TIMEOUT_MS);
 const _: () = assert!(FOOTPRINT_READY_PROBE_TIMEOUT_MS < SERVER_START_TIMEOUT_MS);
 const _: () = assert!(SERVER_STOP_POLL_MS < SERVER_STOP_TIMEOUT_MS);
+const _: () = assert!(DELIVERY_BACKLOG_EVENTS_DEFAULT <= DELIVERY_EVENTS_MAX);
+const _: () = assert!(DELIVERY_RESTART_EVENTS_DEFAULT <= DELIVERY_EVENTS_MAX);
+const _: () = assert!(DELIVERY_BURST_SECONDS_DEFAULT <= DELIVERY_BURST_SECONDS_MAX);
+const _: () = assert!(SINK_POLL_MS < DELIVERY_PROGRESS_MS && DELIVERY_FIRST_MS_MAX <= DELIVERY_BACKLOG_DRAIN_MS_MAX);
+const _: () = assert!(METRICS_POLL_MS < DELIVERY_SETTLED_MS_MAX);
+// The burst's closed loop keeps its latencies in the histograms: its length must fit them.
+const _: () = assert!(DELIVERY_BURST_SECONDS_MAX <= MEASURE_SECONDS_MAX);

@@ -328,6 +328,21 @@ pub async fn create_endpoint(address: SocketAddr, token: &str, endpoint: &str, b
     }
 }
 
+/// `POST /admin/endpoints/{endpoint}/enable`: deliveries of a paused endpoint start.
+///
+/// # Errors
+///
+/// Anything but 200.
+pub async fn enable_endpoint(address: SocketAddr, token: &str, endpoint: &str) -> Result<(), String> {
+    let authorization = format!("Bearer {token}");
+    let path = format!("/admin/endpoints/{endpoint}/enable");
+    let post = request("POST", &path, address, &[("Authorization", &authorization)], None);
+    match one_request(address, &post).await? {
+        (200, _) => Ok(()),
+        (status, body) => Err(format!("POST {path} answered {status}: {body}")),
+    }
+}
+
 /// One ingest before the loop: it must be a 202, or the loop would measure errors.
 ///
 /// # Errors
