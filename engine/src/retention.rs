@@ -57,6 +57,12 @@ fn aged_bound(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
     bound
 }
 
+/// Waiting events, not in flight, whose record lies in segments old enough to go: what the
+/// next pass will carry forward (at most [`CARRIED_PER_PASS_MAX`] of them).
+pub fn to_carry(shard: &Shard, age_ms: u64, now_ms: u64) -> usize {
+    shard.state().borrow().pinning_below(aged_bound(shard, age_ms, now_ms), usize::MAX).len()
+}
+
 /// The first LSN retention must keep: everything below it may be removed.
 pub fn keep_from(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
     let bound = aged_bound(shard, age_ms, now_ms);

@@ -655,10 +655,18 @@ impl Sim {
         if self.random.chance(0.3) {
             shard.wal().seal().await.map_err(|error| format!("seal: {error}"))?;
         }
-        let removed = kapsel_engine::retention::pass(shard, self.params.retention_ms, self.now)
+        let age = self.params.retention_ms;
+        let to_carry = kapsel_engine::retention::to_carry(shard, age, self.now);
+        let removed = kapsel_engine::retention::pass(shard, age, self.now)
             .await
             .map_err(|error| format!("retention pass: {error}"))?;
-        self.note(format!("retention removed {removed:?}"));
+        self.note(format!("retention carried {to_carry} and removed {removed:?}"));
+        // Everything a pass could carry (well within its bound and the log's queue) was carried:
+        // no waiting event is left on a segment old enough to go.
+        let left = kapsel_engine::retention::to_carry(shard, age, self.now);
+        if to_carry <= 64 && left > 0 {
+            return Err(format!("{left} of {to_carry} waiting events were not carried forward"));
+        }
         Ok(())
     }
 
