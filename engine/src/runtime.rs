@@ -296,9 +296,12 @@ async fn shard_main(
     let http_shutdown = Shutdown::new();
     let inbox_task = {
         let (shared_for_stop, http_shutdown) = (Arc::clone(&shared), http_shutdown.clone());
+        let shard_for_stop = Rc::clone(&shard);
         monoio::spawn(receiver.run(Rc::clone(&shard), Arc::clone(&shared), move || {
             if shared_for_stop.is_shutting_down() {
                 http_shutdown.trigger();
+                // The scheduler notices at once instead of at its next idle wake-up.
+                shard_for_stop.notify_scheduler();
             }
             // Hops keep arriving while any shard still serves; stop only after all are done.
             shared_for_stop.serving_shards.load(Ordering::Acquire) == 0
