@@ -205,6 +205,8 @@ pub async fn complete_attempt(
     finished: u64,
     jitter: f64,
 ) -> u8 {
+    shard.state().borrow_mut().answered(start);
+    shard.notify_scheduler();
     let classified = classify(result, finished);
     let record = decide(shard, start, started, finished, &classified, result, jitter);
     let outcome = record.outcome;

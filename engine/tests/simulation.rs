@@ -909,6 +909,7 @@ fn simulation() {
     }
     // Written to the process's standard output directly, so it shows even though the test
     // harness captures what tests print.
-    let line = format!("{} seeds, {steps} steps each, passed in {:.1} s\n", seeds.len(), started.elapsed().as_secs_f64());
+    let line =
+        format!("{} seeds, {steps} steps each, passed in {:.1} s\n", seeds.len(), started.elapsed().as_secs_f64());
     let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
 }

@@ -34,8 +34,10 @@ pub struct EndpointEntry {
     pub(crate) retries: BTreeSet<(u64, EventId)>,
     /// Events not yet delivered or failed (ready, retrying and in flight).
     pub(crate) waiting: usize,
-    /// Live only: attempts in flight.
+    /// Live only: attempts in flight: sent, not yet answered (bounded by `max_in_flight`).
     pub in_flight: u32,
+    /// Live only: attempts answered whose outcome is being recorded.
+    pub(crate) recording: u32,
     /// Live only: the half-open probe is in flight.
     pub(crate) probing: bool,
     /// Live only: how many events at the front of `ready` have their payload in the cache.
@@ -70,6 +72,7 @@ impl EndpointEntry {
             retries: BTreeSet::new(),
             waiting: 0,
             in_flight: 0,
+            recording: 0,
             probing: false,
             resident: 0,
             held_bytes: 0,

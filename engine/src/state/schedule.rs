@@ -331,7 +331,7 @@ impl ShardState {
             && !entry.breaker.holds(now_ms)
             && !(entry.read_failures > 0 && entry.wake_at.is_some_and(|at| at > now_ms));
         if wanted {
-            self.read_prefix(slot, entry.resident == 0 && entry.in_flight == 0, plan);
+            self.read_prefix(slot, entry.resident == 0 && entry.in_flight + entry.recording == 0, plan);
         }
     }
 
@@ -451,15 +451,30 @@ impl ShardState {
         }
     }
 
-    /// After a live attempt whose outcome was applied (`recorded`) or could not be recorded:
-    /// frees its slot and payload bytes, and re-activates the endpoint. An unrecorded attempt
-    /// puts its event back where it was, payload cached, as if it had not started.
-    pub fn finish_live(&mut self, start: &Start, recorded: bool) {
+    /// The destination answered (or the attempt failed): its slot of `max_in_flight` is free for
+    /// the next attempt while the outcome is recorded. The event stays in flight until then, so
+    /// it is not attempted twice, and the endpoint's throughput is not bound by the fsync of
+    /// each outcome.
+    pub fn answered(&mut self, start: &Start) {
         let Some(entry) = self.endpoints.at_mut(start.slot).filter(|entry| entry.incarnation == start.incarnation)
         else {
             return;
         };
         entry.in_flight = entry.in_flight.saturating_sub(1);
+        entry.recording += 1;
+        self.activate(start.slot);
+    }
+
+    /// After a live attempt, once [`ShardState::answered`], whose outcome was applied
+    /// (`recorded`) or could not be recorded: frees its payload bytes and re-activates the
+    /// endpoint. An unrecorded attempt puts its event back where it was, payload cached, as if it
+    /// had not started.
+    pub fn finish_live(&mut self, start: &Start, recorded: bool) {
+        let Some(entry) = self.endpoints.at_mut(start.slot).filter(|entry| entry.incarnation == start.incarnation)
+        else {
+            return;
+        };
+        entry.recording = entry.recording.saturating_sub(1);
         if start.probe {
             entry.probing = false;
         }
@@ -576,8 +591,11 @@ impl ShardState {
                     entry.waiting
                 ));
             }
-            if in_flight != entry.in_flight as usize {
-                return Err(format!("{}: {in_flight} events in flight, counted {}", entry.id, entry.in_flight));
+            if in_flight != (entry.in_flight + entry.recording) as usize {
+                return Err(format!(
+                    "{}: {in_flight} events in flight, counted {} sending and {} recording",
+                    entry.id, entry.in_flight, entry.recording
+                ));
             }
             waiting += mine;
             endpoints_waiting += usize::from(mine > 0);
@@ -587,6 +605,7 @@ impl ShardState {
                 || entry.wake_at.is_some()
                 || entry.reading
                 || entry.in_flight > 0
+                || entry.recording > 0
                 || !entry.endpoint.enabled;
             if entry.queue_depth() > 0 && !looked_after {
                 return Err(format!("{} has {} queued events but no wake-up", entry.id, entry.queue_depth()));

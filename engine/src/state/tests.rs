@@ -147,11 +147,13 @@ fn the_half_open_probe_reads_its_payload_back_and_resolves() {
     let starts = log.state.schedule(NOW).starts;
     assert_eq!(starts.len(), 8);
     for start in &starts[..5] {
+        log.state.answered(start);
         log.attempt(start.event_id, start.n, OUTCOME_RETRYING, NOW);
         log.state.finish_live(start, true);
     }
     // Attempts in flight when it opened end later; the breaker ignores them.
     for start in &starts[5..] {
+        log.state.answered(start);
         log.attempt(start.event_id, start.n, OUTCOME_RETRYING, NOW + 10);
         log.state.finish_live(start, true);
     }
@@ -167,6 +169,7 @@ fn the_half_open_probe_reads_its_payload_back_and_resolves() {
     assert_eq!(plan.starts.len(), 1);
     assert!(plan.starts[0].probe);
     let probe = plan.starts[0].clone();
+    log.state.answered(&probe);
     log.attempt(probe.event_id, probe.n, OUTCOME_DELIVERED, reopen + 1);
     log.state.finish_live(&probe, true);
     assert_eq!(log.entry().breaker.state_name(reopen + 2), "closed", "the probe resolved it");
