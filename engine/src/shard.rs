@@ -117,6 +117,7 @@ impl Shard {
         let shard_number = u16::try_from(index).map_err(|_| "too many shards".to_string())?;
         let mut state = ShardState::new(shard_number, limits);
         let snapshot_endpoints = crate::snapshot::load_into(&mut state, directory)?;
+        state.set_replaying(true);
         let mut replay_error = None;
         let (wal, recovery) = Wal::open(directory, options, |record| match Record::decode(record.kind, record.body) {
             Ok(decoded) => state.apply(record.lsn, record.position, decoded, now_ms),
@@ -130,6 +131,7 @@ impl Shard {
         if let Some(error) = replay_error {
             return Err(error);
         }
+        state.set_replaying(false);
         let shard = Self::new(index, wal, state).map_err(|error| error.to_string())?;
         Ok((shard, Opened { records: recovery.records, snapshot_endpoints }))
     }

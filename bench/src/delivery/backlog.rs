@@ -119,6 +119,8 @@ pub(super) struct Restart {
     delivered: Watched,
     /// How long Kapsel took after that to report no events waiting, and how many still were.
     settled: (Duration, Option<u64>),
+    /// The first Kapsel's memory once everything was delivered, before the stop.
+    delivered_memory: Memory,
     /// SIGTERM to exit.
     stopped_in: Duration,
     /// Spawn of the second Kapsel to its first `GET /readyz` 200.
@@ -282,6 +284,7 @@ fn run_restart(bench: &Bench) -> Result<Restart, String> {
     let (filled, delivered, settled) =
         block_on(bench.driver, deliver_all(bench, &kapsel, &sink))?.map_err(|error| failure(&kapsel, &sink, &error))?;
     kapsel.check_running()?;
+    let delivered_memory = footprint::memory(&kapsel)?;
     let stopped_in = kapsel.terminate()?;
     drop(kapsel);
     block_on(bench.driver, reset_sink(sink.address()))?.map_err(|error| sink.failure(&error))?;
@@ -294,7 +297,7 @@ fn run_restart(bench: &Bench) -> Result<Restart, String> {
     let memory = footprint::memory(&kapsel)?;
     kapsel.check_running()?;
     sink.check_running()?;
-    Ok(Restart { filled, delivered, settled, stopped_in, ready, after, waiting_after, memory })
+    Ok(Restart { filled, delivered, settled, delivered_memory, stopped_in, ready, after, waiting_after, memory })
 }
 
 /// The first Kapsel's part of the restart scenario: the endpoint, the check ingest, the fill,
@@ -655,6 +658,11 @@ fn print_restart(restart: &Restart) {
         delivered.undelivered(),
         settled_in.as_secs_f64(),
         if waiting == Some(0) { "yes".to_string() } else { format!("no, {} waiting", count(waiting)) },
+    );
+    println!(
+        "              Kapsel RSS {} MB with every event delivered (peak {} MB), before the stop",
+        megabytes(restart.delivered_memory.resident_bytes),
+        megabytes(restart.delivered_memory.peak_bytes),
     );
     println!(
         "              SIGTERM to exit {:.2} s; spawn to ready {:.2} s; in the {} s after ready: {} deliveries, \

@@ -100,6 +100,8 @@ pub struct ShardState {
     limits: StateLimits,
     /// Endpoints created so far (live only: tells one creation of an id from the next).
     incarnations: u64,
+    /// True while the log is replayed at start: payloads are not cached then.
+    replaying: bool,
     applied_lsn: u64,
     /// Endpoint state (configuration and breakers) up to this LSN came from the endpoint
     /// snapshot: replayed records up to it change events only.
@@ -123,9 +125,15 @@ impl ShardState {
             endpoints_waiting: 0,
             limits,
             incarnations: 0,
+            replaying: false,
             applied_lsn: 0,
             endpoints_as_of: 0,
         }
+    }
+
+    /// Marks the start (`true`) and the end of the replay at start-up.
+    pub fn set_replaying(&mut self, replaying: bool) {
+        self.replaying = replaying;
     }
 
     /// The bounds in force.
@@ -305,8 +313,14 @@ impl ShardState {
                 let Some(entry) = self.endpoints.at(slot) else {
                     return;
                 };
-                // Cached only if every event ahead of it is (the cache holds a prefix).
-                if at_end && entry.resident + 1 == entry.ready.len() && self.admit(slot, event.payload.len(), false) {
+                // Cached only if every event ahead of it is (the cache holds a prefix), and not
+                // while replaying: most replayed events are delivered a few records later, and
+                // read-ahead fetches the rest once the shard serves.
+                if !self.replaying
+                    && at_end
+                    && entry.resident + 1 == entry.ready.len()
+                    && self.admit(slot, event.payload.len(), false)
+                {
                     self.payloads.insert(event_id, std::rc::Rc::new(Payload::of(event)));
                     if let Some(entry) = self.endpoints.at_mut(slot) {
                         entry.resident += 1;
