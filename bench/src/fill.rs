@@ -33,6 +33,17 @@ impl Filled {
     pub fn accepted_per_s(&self) -> f64 {
         self.accepted as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+
+    /// The line a bench prints once a fill is done.
+    pub fn summary(&self) -> String {
+        format!(
+            "filled: {} accepted (202) in {:.1} s, {:.0}/s; failed and sent again: {}",
+            self.accepted,
+            self.elapsed.as_secs_f64(),
+            self.accepted_per_s(),
+            self.failures
+        )
+    }
 }
 
 /// What the connections share (one thread: cells suffice).

@@ -312,13 +312,7 @@ fn fill_log(settings: &Settings, process: &ServerProcess) -> Result<Filled, Stri
         fill::run(process.address(), &requests, settings.records, limits::FOOTPRINT_FILL_CONNECTIONS),
     )?
     .map_err(|error| process.failure(&error))?;
-    println!(
-        "  filled: {} accepted (202) in {:.1} s, {:.0}/s; failed and sent again: {}",
-        filled.accepted,
-        filled.elapsed.as_secs_f64(),
-        filled.accepted_per_s(),
-        filled.failures
-    );
+    println!("  {}", filled.summary());
     Ok(filled)
 }
 

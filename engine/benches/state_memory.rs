@@ -55,6 +55,21 @@ fn received(index: u64) -> Record {
     })
 }
 
+/// A state with four endpoints, `endpoint-0` to `endpoint-3`, enabled or paused.
+fn with_endpoints(limits: StateLimits, enabled: bool, lsn: &mut u64) -> ShardState {
+    let mut state = ShardState::new(0, limits);
+    for index in 0..4 {
+        let body = format!(r#"{{"url":"https://example.com/hook","enabled":{enabled}}}"#);
+        let endpoint = EndpointInput::parse(body.as_bytes())
+            .unwrap()
+            .into_endpoint(&format!("endpoint-{index}"), None, 1)
+            .unwrap();
+        *lsn += 1;
+        state.apply(*lsn, Position::default(), Record::EndpointPut(endpoint), 1);
+    }
+    state
+}
+
 fn main() {
     let events: u64 = std::env::var("KAPSEL_BENCH_EVENTS").ok().and_then(|text| text.parse().ok()).unwrap_or(200_000);
     let limits = StateLimits {
@@ -65,16 +80,8 @@ fn main() {
         payload_memory_bytes_max: 0,
         terminal_events_max: usize::MAX,
     };
-    let mut state = ShardState::new(0, limits);
     let mut lsn = 0;
-    for index in 0..4 {
-        let endpoint = EndpointInput::parse(br#"{"url":"https://example.com/hook","enabled":false}"#)
-            .unwrap()
-            .into_endpoint(&format!("endpoint-{index}"), None, 1)
-            .unwrap();
-        lsn += 1;
-        state.apply(lsn, Position::default(), Record::EndpointPut(endpoint), 1);
-    }
+    let mut state = with_endpoints(limits, false, &mut lsn);
     let before = held();
     for index in 0..events {
         lsn += 1;
@@ -83,15 +90,7 @@ fn main() {
     let waiting = (held() - before) as f64 / events as f64;
     println!("waiting event (never attempted, payload on disk): {waiting:.0} bytes of heap each ({events} events)");
 
-    let mut state = ShardState::new(0, limits);
-    for index in 0..4 {
-        let endpoint = EndpointInput::parse(br#"{"url":"https://example.com/hook"}"#)
-            .unwrap()
-            .into_endpoint(&format!("endpoint-{index}"), None, 1)
-            .unwrap();
-        lsn += 1;
-        state.apply(lsn, Position::default(), Record::EndpointPut(endpoint), 1);
-    }
+    let mut state = with_endpoints(limits, true, &mut lsn);
     let before = held();
     for index in 0..events {
         lsn += 1;

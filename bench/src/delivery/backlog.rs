@@ -350,13 +350,7 @@ async fn first_delivery(
 async fn fill_endpoint(kapsel: SocketAddr, events: u64) -> Result<Filled, String> {
     let request = ingest_request(kapsel, ENDPOINT, &json_body(limits::PAYLOAD_BYTES)?);
     let filled = fill::run(kapsel, &[request], events, limits::DELIVERY_FILL_CONNECTIONS).await?;
-    println!(
-        "    filled: {} accepted (202) in {:.1} s, {:.0}/s; failed and sent again: {}",
-        filled.accepted,
-        filled.elapsed.as_secs_f64(),
-        filled.accepted_per_s(),
-        filled.failures
-    );
+    println!("    {}", filled.summary());
     Ok(filled)
 }
 

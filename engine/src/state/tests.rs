@@ -47,15 +47,7 @@ impl Log {
 
     fn receive(&mut self, sequence: u64) -> EventId {
         let event_id = EventId::new(NOW, 0, sequence);
-        self.apply(Record::EventReceived(EventReceived {
-            event_id: event_id.0,
-            endpoint_id: "e".into(),
-            received_at_ms: NOW,
-            idempotency_key: None,
-            content_type: None,
-            traceparent: None,
-            payload: vec![b'x'; 100],
-        }));
+        self.apply(Record::EventReceived(received(event_id)));
         event_id
     }
 
@@ -76,6 +68,19 @@ impl Log {
 
     fn entry(&self) -> &EndpointEntry {
         self.state.endpoints.get("e").unwrap()
+    }
+}
+
+/// The record of event `event_id` to endpoint `e`, with 100 bytes of payload.
+fn received(event_id: EventId) -> EventReceived {
+    EventReceived {
+        event_id: event_id.0,
+        endpoint_id: "e".into(),
+        received_at_ms: NOW,
+        idempotency_key: None,
+        content_type: None,
+        traceparent: None,
+        payload: vec![b'x'; 100],
     }
 }
 
@@ -116,16 +121,7 @@ fn a_redrive_followed_by_a_delivery_is_done() {
     let mut log = Log::new(1 << 20);
     let event_id = log.receive(1);
     log.attempt(event_id, 1, OUTCOME_FAILED, NOW);
-    let event = EventReceived {
-        event_id: event_id.0,
-        endpoint_id: "e".into(),
-        received_at_ms: NOW,
-        idempotency_key: None,
-        content_type: None,
-        traceparent: None,
-        payload: vec![b'x'; 100],
-    };
-    let redriven = log.state.redrive(event, NOW + 5).unwrap();
+    let redriven = log.state.redrive(received(event_id), NOW + 5).unwrap();
     log.apply(Record::Redriven(redriven));
     assert_eq!(log.entry().ready().count(), 1);
     log.attempt(event_id, 2, OUTCOME_DELIVERED, NOW + 10);
