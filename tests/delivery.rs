@@ -450,8 +450,9 @@ fn graceful_restarts_send_nothing_again() {
     }
 }
 
-// After kill -9 only attempts that were in flight may be made again: with at most four attempts
-// in flight, at most four events arrive twice, and every accepted event arrives.
+// After kill -9 only attempts that were in flight may be made again: sent, or answered but their
+// outcome not yet durable. Those are the last few deliveries before the crash; every accepted
+// event arrives, none more than twice, and no event delivered well before the crash comes again.
 #[test]
 fn after_kill_9_only_attempts_in_flight_are_repeated() {
     let sink = Sink::start(|_, _| Reply::status(200).after(Duration::from_millis(20)));
@@ -462,15 +463,22 @@ fn after_kill_9_only_attempts_in_flight_are_repeated() {
     let ids: Vec<String> = (0..200).map(|index| ingest(&server, "orders", format!("{index}").as_bytes())).collect();
     sink.wait_for("some deliveries", WAIT, |received| received.len() >= 40);
     server.kill();
+    let before_crash: Vec<String> =
+        sink.received().iter().filter_map(|request| request.header("webhook-id").map(String::from)).collect();
     let server = Server::start(directory.path(), "legacy", &[("KAPSEL_SHARDS", "1")]);
     for id in &ids {
         wait_event(&server, id, |event| event["status"] == "delivered");
     }
     let counts = deliveries_by_id(&sink);
     assert!(ids.iter().all(|id| counts.contains_key(id)), "every accepted event arrived");
-    let repeated = counts.values().filter(|count| **count > 1).count();
-    assert!(repeated <= 4, "{repeated} events arrived twice; at most the 4 in flight may");
-    assert!(counts.values().all(|count| *count <= 2));
+    assert!(counts.values().all(|count| *count <= 2), "{counts:?}");
+    // Four may be sending and a few more answered but not yet recorded: far fewer than 32.
+    let recent = &before_crash[before_crash.len().saturating_sub(32)..];
+    for (id, count) in &counts {
+        if *count > 1 {
+            assert!(recent.contains(id), "{id} was delivered long before the crash and came again");
+        }
+    }
 }
 
 // Regression (issue 10): a backlog larger than the payload budget drained at a crawl (whole

@@ -421,7 +421,16 @@ impl Shard {
                 let Some(redriven) = self.core.state.borrow().redrive(event, now_ms) else {
                     continue;
                 };
-                last = Some(self.submit(Record::Redriven(redriven), now_ms)?);
+                let record = Record::Redriven(redriven);
+                let lsn = match self.submit(record.clone(), now_ms) {
+                    // The log's queue is full of this chunk's payloads: let it drain, then go on.
+                    Err(EngineError::QueueFull(_)) if last.is_some() => {
+                        self.durable(last.unwrap_or(0)).await?;
+                        self.submit(record, now_ms)?
+                    }
+                    outcome => outcome?,
+                };
+                last = Some(lsn);
                 requeued += 1;
             }
             if let Some(lsn) = last {
