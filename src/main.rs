@@ -17,7 +17,7 @@ use tools::Exit;
 
 /// jemalloc instead of glibc's malloc (docs/adr/0003-jemalloc.md). Measured under steady load
 /// (600 events/s over six endpoints, release build): with glibc, RSS grew about 1.8 KB per event
-/// kept for lookups against about 280 bytes of state, because each event's long-lived metadata
+/// kept for lookups against a few hundred bytes of state, because each event's long-lived metadata
 /// landed between short-lived request and response buffers and kept the heap from shrinking;
 /// with jemalloc RSS follows the state.
 #[global_allocator]

@@ -6,7 +6,7 @@
 /// with its body, so the bound times the payload limit is the worst-case memory.
 pub const INBOX_COMMANDS_MAX: usize = 4096;
 
-/// Default bound on waiting events a shard tracks in memory (each about 190 bytes plus its
+/// Default bound on waiting events a shard tracks in memory (each about 100 bytes plus its
 /// idempotency key, its payload waiting in the log; `cargo bench -p kapsel-engine --bench
 /// state_memory`). This is the bound on pending work: at it, ingest answers 503 E3002.
 pub const EVENTS_IN_MEMORY_DEFAULT: usize = 2_000_000;
@@ -15,7 +15,7 @@ pub const EVENTS_IN_MEMORY_DEFAULT: usize = 2_000_000;
 pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// Terminal (delivered or failed) events kept in memory for lookups, most recent first; older
-/// ones are answered by the Postgres index when it runs. About 280 bytes each with one attempt.
+/// ones are answered by the Postgres index when it runs. About 200 bytes each with one attempt.
 pub const TERMINAL_EVENTS_IN_MEMORY_MAX: usize = 200_000;
 
 /// Default bound on payload bytes a shard holds in memory (cached for waiting events whose turn

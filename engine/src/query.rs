@@ -134,11 +134,9 @@ impl EventQuery {
 pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
     let state = shard.state().borrow();
     let now = crate::clock::now_ms();
-    let upper = query.cursor.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
     state
         .events
-        .range((std::ops::Bound::Unbounded, upper))
-        .rev()
+        .newest_before(query.cursor)
         .filter(|(event_id, event)| {
             query.matches(
                 state.endpoint_of(event),

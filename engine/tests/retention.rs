@@ -125,7 +125,7 @@ fn retention_removes_only_what_it_may() {
         }
         let retrying = &state.events[&ids[45]];
         assert_eq!(retrying.status, EventStatus::Retrying, "its progress came along");
-        assert_eq!((retrying.next_attempt_at_ms, retrying.attempts, retrying.budget_used), (retry_at, 1, 1));
+        assert_eq!((retrying.next_attempt_at_ms(), retrying.attempts, retrying.budget_used), (retry_at, 1, 1));
         assert_eq!(state.pending_work(), 20);
         assert!(!state.events.contains_key(&ids[0]), "removed events are gone from memory");
         wal.close().await.unwrap();

@@ -794,7 +794,7 @@ impl Sim {
                 Some(_) => {}
             }
         }
-        for (event_id, event) in &state.events {
+        for (event_id, event) in state.events.iter() {
             if event.is_waiting() && !self.model.events.contains_key(event_id) {
                 return Err(format!("{event_id} waits in the shard but was never acknowledged"));
             }

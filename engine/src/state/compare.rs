@@ -94,7 +94,7 @@ impl ShardState {
             .collect();
         let mut waiting = BTreeMap::new();
         let mut terminal = BTreeMap::new();
-        for (event_id, event) in &self.events {
+        for (event_id, event) in self.events.iter() {
             let view = EventRecordView {
                 endpoint: self.endpoint_of(event).to_string(),
                 lsn: event.lsn,
@@ -103,7 +103,7 @@ impl ShardState {
                 status: event.status,
                 attempts: event.attempts,
                 budget_used: event.budget_used,
-                next_attempt_at_ms: event.next_attempt_at_ms,
+                next_attempt_at_ms: event.next_attempt_at_ms(),
                 payload_bytes: event.payload_bytes,
                 detail: event.detail.as_deref().cloned(),
             };

@@ -1,4 +1,4 @@
-//! What a shard keeps in memory about one event: a fixed, small record (72 bytes) for
+//! What a shard keeps in memory about one event: a fixed, small record (64 bytes) for
 //! every event it tracks, and a box of details (idempotency key, attempts, last response
 //! excerpt) only for events that have any. The payload is not here: it lives in the log, and
 //! in the payload cache ([`super::payloads`]) while its turn is near.
@@ -175,6 +175,9 @@ pub struct Detail {
     pub last_excerpt: Option<Box<[u8]>>,
     /// Last state change, when it differs from the time the event was received.
     pub updated_at_ms: u64,
+    /// When the next attempt is due (retrying only; 0 otherwise). A retrying event has been
+    /// attempted, so it has details anyway.
+    pub next_attempt_at_ms: u64,
 }
 
 /// What a shard keeps in memory about one event.
@@ -187,8 +190,6 @@ pub struct Event {
     /// While pending: the LSN of the record that queued it. Each endpoint's queue of pending
     /// events is in this order, live and at replay, even after retention carried some forward.
     pub queued_lsn: u64,
-    /// When the next attempt is due (retrying only; 0 otherwise).
-    pub next_attempt_at_ms: u64,
     /// Key, attempts, excerpt, when there are any.
     pub detail: Option<Box<Detail>>,
     /// The owning endpoint's slot in the shard's endpoint table.
@@ -230,11 +231,23 @@ impl Event {
         self.detail.as_ref().map_or(received_at_ms, |detail| detail.updated_at_ms.max(received_at_ms))
     }
 
+    /// When the next attempt is due (retrying only; 0 otherwise).
+    pub fn next_attempt_at_ms(&self) -> u64 {
+        self.detail.as_ref().map_or(0, |detail| detail.next_attempt_at_ms)
+    }
+
+    /// Sets when the next attempt is due (0: none).
+    pub fn set_next_attempt_at_ms(&mut self, due_ms: u64) {
+        if due_ms != 0 || self.detail.is_some() {
+            self.detail_mut().next_attempt_at_ms = due_ms;
+        }
+    }
+
     /// The details, created on first use.
     pub fn detail_mut(&mut self) -> &mut Detail {
         self.detail.get_or_insert_with(Box::default)
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Event>() <= 72);
+const _: () = assert!(std::mem::size_of::<Event>() <= 64);
 const _: () = assert!(std::mem::size_of::<AttemptSummary>() <= 24);

@@ -16,7 +16,7 @@
 //! is near (a prefix of its endpoint's FIFO, read ahead from the log in queue order) within the
 //! payload budget, with each endpoint held to a fair share of it.
 //!
-//! Memory: every tracked event costs its [`Event`] (72 bytes) plus its map entry and queue slot;
+//! Memory: every tracked event costs its [`Event`] (64 bytes), its id in the table and its queue slot;
 //! terminal events are kept for lookups in a window of the most recent `terminal_events_max`.
 
 mod compare;
@@ -24,12 +24,13 @@ mod endpoints;
 mod event;
 mod payloads;
 mod schedule;
+mod table;
 mod view;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use kapsel_wal::Position;
 
@@ -44,6 +45,7 @@ pub use endpoints::{EndpointEntry, Endpoints};
 pub use event::{delivery_code, is_destination_failure, AttemptSummary, DeliveryCode, Detail, Event, EventStatus};
 pub use payloads::{Payload, PayloadCache};
 pub use schedule::{Plan, ReadRequest, Start};
+pub use table::EventTable;
 pub use view::{attempt_json, event_json, EventView};
 
 /// Bounds and windows the state keeps.
@@ -78,7 +80,7 @@ pub struct ShardState {
     /// Endpoints owned by this shard.
     pub endpoints: Endpoints,
     /// Events tracked, by id (ids are time-ordered, so this is also oldest-first).
-    pub events: BTreeMap<EventId, Event>,
+    pub events: EventTable,
     /// Idempotency keys.
     pub idempotency: IdempotencyTable,
     /// Event id source.
@@ -113,7 +115,7 @@ impl ShardState {
     pub fn new(index: u16, limits: StateLimits) -> Self {
         Self {
             endpoints: Endpoints::default(),
-            events: BTreeMap::new(),
+            events: EventTable::default(),
             idempotency: IdempotencyTable::new(limits.idempotency_window_ms, limits.idempotency_keys_max),
             ids: EventIdGenerator::new(index, None),
             payloads: PayloadCache::default(),
@@ -218,7 +220,8 @@ impl ShardState {
         let Some(event) = self.events.get(&event_id) else {
             return;
         };
-        let (slot, status, due, in_flight) = (event.endpoint, event.status, event.next_attempt_at_ms, event.in_flight);
+        let (slot, status, due, in_flight) =
+            (event.endpoint, event.status, event.next_attempt_at_ms(), event.in_flight);
         if event.is_waiting() {
             if !in_flight {
                 self.unqueue(slot, event_id, status, due);
@@ -290,7 +293,6 @@ impl ShardState {
                 lsn,
                 position,
                 queued_lsn,
-                next_attempt_at_ms: progress.next_attempt_at_ms.unwrap_or(0),
                 detail,
                 endpoint: slot,
                 attempts: progress.attempts,
@@ -300,6 +302,9 @@ impl ShardState {
                 in_flight: false,
             },
         );
+        if let (Some(due), Some(event)) = (progress.next_attempt_at_ms, self.events.get_mut(&event_id)) {
+            event.set_next_attempt_at_ms(due);
+        }
         self.count_waiting(slot, true);
         let Some(entry) = self.endpoints.at_mut(slot) else {
             return;
@@ -447,7 +452,7 @@ impl ShardState {
         event.budget_used = event.budget_used.saturating_add(1);
         if !event.in_flight {
             // At replay the event is still queued: the start of an attempt is not recorded.
-            let (status, due) = (event.status, event.next_attempt_at_ms);
+            let (status, due) = (event.status, event.next_attempt_at_ms());
             self.unqueue(slot, event_id, status, due);
         }
         match (attempt.outcome, attempt.next_attempt_at_ms) {
@@ -455,7 +460,7 @@ impl ShardState {
                 let due = due.unwrap_or(finished_ms);
                 if let Some(event) = self.events.get_mut(&event_id) {
                     event.status = EventStatus::Retrying;
-                    event.next_attempt_at_ms = due;
+                    event.set_next_attempt_at_ms(due);
                 }
                 if let Some(entry) = self.endpoints.at_mut(slot) {
                     entry.retries.insert((due, event_id));
@@ -516,7 +521,7 @@ impl ShardState {
         };
         let slot = event.endpoint;
         event.status = status;
-        event.next_attempt_at_ms = 0;
+        event.set_next_attempt_at_ms(0);
         self.count_waiting(slot, false);
         self.terminal.push_back(event_id);
         while self.terminal.len() > self.limits.terminal_events_max {
@@ -538,7 +543,7 @@ impl ShardState {
         if event.in_flight {
             return;
         }
-        let (slot, status, due) = (event.endpoint, event.status, event.next_attempt_at_ms);
+        let (slot, status, due) = (event.endpoint, event.status, event.next_attempt_at_ms());
         match status {
             EventStatus::Pending | EventStatus::Delivering => return,
             EventStatus::Retrying => self.unqueue(slot, event_id, status, due),
@@ -549,7 +554,7 @@ impl ShardState {
         }
         if let Some(event) = self.events.get_mut(&event_id) {
             event.status = EventStatus::Pending;
-            event.next_attempt_at_ms = 0;
+            event.set_next_attempt_at_ms(0);
             event.queued_lsn = lsn;
         }
         self.enqueue(slot, event_id, lsn);
@@ -612,7 +617,7 @@ impl ShardState {
             event: received,
             last_attempt: event.attempts,
             budget_used: event.budget_used,
-            next_attempt_at_ms: (event.status == EventStatus::Retrying).then_some(event.next_attempt_at_ms),
+            next_attempt_at_ms: (event.status == EventStatus::Retrying).then_some(event.next_attempt_at_ms()),
             queued_lsn: if event.status == EventStatus::Pending { event.queued_lsn } else { 0 },
             history: event.detail.as_ref().map(|detail| detail.history()).unwrap_or_default(),
         })

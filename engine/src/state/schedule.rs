@@ -484,7 +484,7 @@ impl ShardState {
             if !recorded && event.is_waiting() && delivering {
                 self.payloads.insert(start.event_id, Rc::clone(&start.payload));
                 if event.status == EventStatus::Retrying {
-                    entry.retries.insert((event.next_attempt_at_ms, start.event_id));
+                    entry.retries.insert((event.next_attempt_at_ms(), start.event_id));
                 } else {
                     entry.ready.push_front(start.event_id);
                     entry.resident += 1;
@@ -494,7 +494,7 @@ impl ShardState {
             }
             if !recorded && event.is_waiting() {
                 // Back in its place, its payload left to the log (nothing is delivered now).
-                let (status, due) = (event.status, event.next_attempt_at_ms);
+                let (status, due) = (event.status, event.next_attempt_at_ms());
                 self.evict_endpoint(start.slot);
                 if let Some(entry) = self.endpoints.at_mut(start.slot) {
                     if status == EventStatus::Retrying {
@@ -568,7 +568,7 @@ impl ShardState {
             }
             for (due, event_id) in &entry.retries {
                 let event = self.events.get(event_id).ok_or(format!("{event_id} retrying but unknown"))?;
-                if event.status != EventStatus::Retrying || event.next_attempt_at_ms != *due || event.in_flight {
+                if event.status != EventStatus::Retrying || event.next_attempt_at_ms() != *due || event.in_flight {
                     return Err(format!("{event_id} in the retry set at {due} as {event:?}"));
                 }
                 if !seen.insert(*event_id) {

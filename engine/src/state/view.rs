@@ -33,7 +33,7 @@ pub fn event_json(event_id: EventId, event: &Event, endpoint_id: &str, waiting_r
             .collect(),
         attempt_count: event.attempts,
         next_attempt_at_ms: (event.status == EventStatus::Retrying && !event.in_flight)
-            .then_some(event.next_attempt_at_ms),
+            .then_some(event.next_attempt_at_ms()),
         waiting_reason,
         last_response_excerpt: excerpt.as_deref(),
         received_at_ms,
