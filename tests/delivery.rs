@@ -550,7 +550,7 @@ fn mixed_endpoints_keep_up_under_steady_load() {
         bits ^= bits >> 29;
         bits = bits.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         bits ^= bits >> 32;
-        Reply::status(if bits % 5 == 0 { 503 } else { 200 })
+        Reply::status(if bits.is_multiple_of(5) { 503 } else { 200 })
     });
     let directory = tempfile::tempdir().unwrap();
     // A small lookup window, so that what memory keeps is full within the first minute: after
