@@ -66,6 +66,12 @@ fn wait_indexed(server: &Server) {
     }
 }
 
+/// `kapsel_index_passes_total` of `GET /metrics`.
+fn index_passes(server: &Server) -> u64 {
+    let text = String::from_utf8(server.request("GET", "/metrics", &[], b"").body).unwrap();
+    text.lines().find_map(|line| line.strip_prefix("kapsel_index_passes_total ")?.parse().ok()).unwrap_or(0)
+}
+
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
@@ -232,7 +238,8 @@ fn index_catches_up_exactly_after_a_postgres_outage() {
         readiness(&server)["index"]["lag_records"].as_u64().unwrap() > lag_before + 200
     });
     postgres.start_server();
-    std::thread::sleep(Duration::from_millis(300));
+    // The load goes on while the index reconnects and catches up.
+    wait_until("the index reconnected", || readiness(&server)["index"]["state"] == "connected");
     stop.store(true, Ordering::Release);
     let mut acknowledged: Vec<String> = load.into_iter().flat_map(|thread| thread.join().unwrap()).collect();
     wait_indexed(&server);
@@ -412,7 +419,10 @@ fn an_index_ahead_of_the_logs_is_reported_and_left_alone() {
     wait_until("the divergence reported", || readiness(&server)["index"]["state"] == "diverged");
     create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
     ingest(&server, "load", None, b"{}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The new record is durable (202); once the index writer has looked for work twice since,
+    // it has passed it by: it writes nothing while diverged.
+    let passes = index_passes(&server);
+    wait_until("two passes of the index writer", || index_passes(&server) >= passes + 2);
     assert_eq!(count(&postgres, "diverged", "SELECT count(*) FROM events"), 10, "nothing written");
     assert_eq!(server.stop(), 0);
 }

@@ -83,6 +83,8 @@ pub struct ShardMetrics {
     read_backs: Cell<u64>,
     read_back_events: Cell<u64>,
     read_back_failures: Cell<u64>,
+    retention_passes: Cell<u64>,
+    segments_removed: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -99,6 +101,8 @@ impl Default for ShardMetrics {
             read_backs: Cell::new(0),
             read_back_events: Cell::new(0),
             read_back_failures: Cell::new(0),
+            retention_passes: Cell::new(0),
+            segments_removed: Cell::new(0),
         }
     }
 }
@@ -135,6 +139,12 @@ impl ShardMetrics {
         self.read_backs.set(self.read_backs.get() + 1);
         self.read_back_events.set(self.read_back_events.get() + events as u64);
         self.read_back_failures.set(self.read_back_failures.get() + failures as u64);
+    }
+
+    /// A retention pass ended, having removed `segments` sealed segments.
+    pub fn retention_pass(&self, segments: usize) {
+        self.retention_passes.set(self.retention_passes.get() + 1);
+        self.segments_removed.set(self.segments_removed.get() + segments as u64);
     }
 
     /// A delivery attempt: its outcome (`delivered`, `retrying`, `failed`), E-code, duration,
@@ -193,6 +203,8 @@ pub struct ShardReport {
     read_backs: u64,
     read_back_events: u64,
     read_back_failures: u64,
+    retention_passes: u64,
+    segments_removed: u64,
     breakers: BTreeMap<&'static str, u64>,
     open_breakers: Vec<(String, &'static str)>,
     wal: WalReport,
@@ -237,6 +249,8 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         read_backs: metrics.read_backs.get(),
         read_back_events: metrics.read_back_events.get(),
         read_back_failures: metrics.read_back_failures.get(),
+        retention_passes: metrics.retention_passes.get(),
+        segments_removed: metrics.segments_removed.get(),
         breakers,
         open_breakers,
         wal: WalReport {
@@ -393,6 +407,14 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
         "Payloads that could not be read back (retried with backoff).",
         &|r| r.read_back_failures,
     );
+    per_shard(&mut out, "kapsel_retention_passes_total", "counter", "Retention passes run.", &|r| r.retention_passes);
+    per_shard(
+        &mut out,
+        "kapsel_retention_segments_removed_total",
+        "counter",
+        "Sealed segments retention removed.",
+        &|r| r.segments_removed,
+    );
     per_shard(&mut out, "kapsel_wal_appends_total", "counter", "Records made durable in the write-ahead log.", &|r| {
         r.wal.records
     });
@@ -467,6 +489,8 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
         let _ = writeln!(out, "kapsel_index_lag_seconds {}", index.lag_seconds(now_ms));
         header(&mut out, "kapsel_index_rows_total", "counter", "Records written to the index since start.");
         let _ = writeln!(out, "kapsel_index_rows_total {}", index.rows_indexed());
+        header(&mut out, "kapsel_index_passes_total", "counter", "Times the index writer looked for work.");
+        let _ = writeln!(out, "kapsel_index_passes_total {}", index.passes());
         header(
             &mut out,
             "kapsel_index_dropped_total",

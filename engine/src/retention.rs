@@ -141,7 +141,9 @@ pub async fn run(shard: Rc<Shard>, policy: RetentionPolicy, stop: Rc<dyn Fn() ->
         if stop() {
             return;
         }
-        match pass(&shard, policy.age_ms, now_ms()).await {
+        let outcome = pass(&shard, policy.age_ms, now_ms()).await;
+        shard.metrics().retention_pass(outcome.as_ref().map_or(0, Vec::len));
+        match outcome {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(shard = shard.index, segments = ?removed, "retention removed sealed segments");
                 last_error = None;

@@ -77,6 +77,9 @@ pub struct IndexStatus {
     diverged: AtomicBool,
     stop: AtomicBool,
     rows_indexed: AtomicU64,
+    /// Times the writer looked for work (it writes nothing when diverged, and tests wait for it
+    /// to have looked).
+    passes: AtomicU64,
 }
 
 impl IndexStatus {
@@ -87,6 +90,7 @@ impl IndexStatus {
             diverged: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             rows_indexed: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
         }
     }
 
@@ -120,6 +124,11 @@ impl IndexStatus {
             .filter(|since| *since > 0)
             .min();
         since.map_or(0.0, |since| now_ms.saturating_sub(since) as f64 / 1000.0)
+    }
+
+    /// Times the writer looked for work since start.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
     }
 
     /// Rows committed since start.

@@ -93,6 +93,7 @@ impl Writer {
                 }
             }
             let batch = self.gather();
+            self.status.passes.fetch_add(1, Ordering::Relaxed);
             self.track_lag();
             if batch.is_empty() {
                 let quiet = self.status.lag_records() == 0;
