@@ -1,5 +1,5 @@
-//! Kapsel's HTTP/1.1 layer: a request parser that distrusts its input, and the server that
-//! drives it on monoio TCP streams.
+//! Kapsel's HTTP/1.1 layer: a request parser that distrusts its input, the server that drives
+//! it on monoio TCP streams, and the client each shard delivers webhooks with.
 //!
 //! The parser is pure: no I/O, no clock, no allocation beyond what a request owns. A connection
 //! keeps a read buffer and drives it:
@@ -28,48 +28,57 @@
 //! every connection goes only to an address the [`DestinationPolicy`] (the SSRF guard)
 //! permits. Responses are read by [`parse_response_head`] and a [`ResponseBodyReader`], as
 //! distrustful of a destination as the server is of a client.
+//!
+//! # Layout
+//!
+//! Four folders whose imports run one way, and two leaf modules beside them:
+//!
+//! ```text
+//! server/ ──► proto/ ◄── client/ ──► outbound/
+//! ```
+//!
+//! An arrow points from the importer to what it imports; every folder also imports `limits`.
+//!
+//! - `proto/`: the pure HTTP/1.1 codec, both directions (request heads, header fields, bodies,
+//!   [`ParseError`], response encoding, response heads and bodies). No I/O, no clock; it
+//!   imports no other folder.
+//! - `server/`: [`serve`] and what it runs on: the connection loop, listener TLS, the
+//!   [`Shutdown`] signal and task plumbing. Uses `proto/`.
+//! - `client/`: [`Client`] and what it runs on: the connection and its exchange, the keep-alive
+//!   pool, client TLS and destination URLs ([`Target`]). Uses `proto/` and `outbound/`, never
+//!   `server/`.
+//! - `outbound/`: the [`Resolver`] and the [`DestinationPolicy`]. Imports no other folder.
+//! - [`limits`], which every folder uses, and `tls_error` ([`TlsError`], shared by the server's
+//!   and the client's TLS setup so that neither half imports the other): leaves that import
+//!   nothing of the crate.
+//!
+//! Each folder's `mod.rs` names what the rest of the crate may use of it; its files are private,
+//! and what they share among themselves is `pub(super)`, visible in that folder only. Within a
+//! folder, files import each other with `super::`; across folders, with `crate::` and only in
+//! the directions above.
 
 #![warn(missing_docs)]
 
-mod body;
-mod chunked;
 mod client;
-mod client_connection;
-mod client_tls;
-mod connection;
-mod destination;
-mod error;
-mod headers;
 pub mod limits;
-mod pool;
-mod request;
-mod resolve;
-mod response;
-mod response_parse;
+mod outbound;
+mod proto;
 mod server;
-mod shutdown;
-mod target;
-mod tasks;
-mod tls;
+mod tls_error;
 
-pub use body::BodyDecoder;
-pub use chunked::{ChunkedDecoder, Progress};
-pub use client::{Client, ClientConfig, OutboundRequest, OutboundResponse, SendError};
-pub use client_tls::tls_client_config;
-pub use destination::{Cidr, DestinationPolicy};
-pub use error::ParseError;
-pub use headers::{ApplicationHeaders, HeaderName};
-pub use limits::Limits;
-pub use request::{parse_head, BodyFraming, Method, Parsed, RequestHead, Version};
-pub use resolve::Resolver;
-pub use response::{error_body, reason_phrase, write_error_response, write_response, CONTINUE_100};
-pub use response_parse::{
-    parse_response_head, BodyProgress, ParsedResponse, ResponseBodyReader, ResponseError, ResponseFraming, ResponseHead,
+pub use client::{
+    tls_client_config, Client, ClientConfig, OutboundRequest, OutboundResponse, Scheme, SendError, Target, TargetError,
 };
-pub use server::{bind_reuse_port, serve, Handler, Request, Response, ServerConfig};
-pub use shutdown::{Shutdown, Wait};
-pub use target::{Scheme, Target, TargetError};
-pub use tls::{load_tls_config, TlsError};
+pub use limits::Limits;
+pub use outbound::{Cidr, DestinationPolicy, Resolver};
+pub use proto::{
+    error_body, parse_head, parse_response_head, reason_phrase, write_error_response, write_response,
+    ApplicationHeaders, BodyDecoder, BodyFraming, BodyProgress, ChunkedDecoder, HeaderName, Method, ParseError, Parsed,
+    ParsedResponse, Progress, RequestHead, ResponseBodyReader, ResponseError, ResponseFraming, ResponseHead, Version,
+    CONTINUE_100,
+};
+pub use server::{bind_reuse_port, load_tls_config, serve, Handler, Request, Response, ServerConfig, Shutdown, Wait};
+pub use tls_error::TlsError;
 
 /// The rustls version this crate is built with, for building a [`ServerConfig::tls`] or a
 /// [`ClientConfig::tls`] by hand.

@@ -18,17 +18,16 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::body::BodyDecoder;
-use crate::error::ParseError;
+use super::shutdown::Shutdown;
+use super::tasks::{race, Either};
+use super::{Handler, Request, Response, ServerConfig};
 use crate::limits;
-use crate::request::{parse_head, BodyFraming, Method, Parsed, RequestHead};
-use crate::response::{write_error_response, CONTINUE_100};
-use crate::server::{Handler, Request, Response, ServerConfig};
-use crate::shutdown::Shutdown;
-use crate::tasks::{race, Either};
+use crate::proto::{
+    parse_head, write_error_response, BodyDecoder, BodyFraming, Method, ParseError, Parsed, RequestHead, CONTINUE_100,
+};
 
 /// A byte stream the server speaks HTTP over.
-pub(crate) trait Transport: AsyncReadRent + AsyncWriteRent + 'static {
+pub(super) trait Transport: AsyncReadRent + AsyncWriteRent + 'static {
     /// The TCP stream under any encryption. Lingering reads it directly: the bytes are thrown
     /// away, and monoio-rustls cannot read again after a cancelled read (its read buffer went
     /// with the cancelled operation).
@@ -62,7 +61,7 @@ enum ReadEnd {
 }
 
 /// One connection and its reusable buffers.
-pub(crate) struct Connection<S, H> {
+pub(super) struct Connection<S, H> {
     stream: S,
     peer: SocketAddr,
     config: Rc<ServerConfig>,
@@ -78,7 +77,7 @@ pub(crate) struct Connection<S, H> {
 }
 
 impl<S: Transport, H: Handler> Connection<S, H> {
-    pub(crate) fn new(
+    pub(super) fn new(
         stream: S,
         peer: SocketAddr,
         config: Rc<ServerConfig>,
@@ -98,7 +97,7 @@ impl<S: Transport, H: Handler> Connection<S, H> {
     }
 
     /// Serves requests until the connection ends, then closes it.
-    pub(crate) async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let Err(ending) = self.serve_requests().await;
         if let Ending::Linger = ending {
             let Self { stream, write_buffer, .. } = self;
@@ -298,7 +297,7 @@ impl<S: Transport, H: Handler> Connection<S, H> {
 /// for at most [`limits::LINGER_TIMEOUT_MS`] or [`limits::LINGER_BYTES_MAX`], until it closes.
 /// Closing with unread bytes would make the kernel answer with a reset, which can discard the
 /// response before the client reads it. `buffer` is any spare buffer, reused for the reads.
-pub(crate) async fn linger<S: Transport>(mut stream: S, mut buffer: Vec<u8>) {
+pub(super) async fn linger<S: Transport>(mut stream: S, mut buffer: Vec<u8>) {
     let linger_timeout = Duration::from_millis(limits::LINGER_TIMEOUT_MS);
     let deadline = deadline_after(linger_timeout);
     match monoio::time::timeout_at(deadline, stream.shutdown()).await {

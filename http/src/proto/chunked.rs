@@ -12,7 +12,7 @@
 //! leniency towards a bare LF covers the start line and fields, and differing readings of
 //! chunk framing are a known request smuggling vector.
 
-use crate::error::ParseError;
+use super::error::ParseError;
 use crate::limits::Limits;
 
 /// What one call to a body decoder did.

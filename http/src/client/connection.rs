@@ -10,18 +10,18 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio_rustls::ClientTlsStream;
 
-use crate::client::SendError;
+use super::SendError;
 use crate::limits;
-use crate::response_parse::{parse_response_head, ParsedResponse, ResponseBodyReader, ResponseError, ResponseHead};
+use crate::proto::{parse_response_head, ParsedResponse, ResponseBodyReader, ResponseError, ResponseHead};
 
 /// The byte stream under a connection.
-pub(crate) enum Stream {
+pub(super) enum Stream {
     Plain(TcpStream),
     Tls(Box<ClientTlsStream<TcpStream>>),
 }
 
 /// An open connection to one destination address.
-pub(crate) struct Connection {
+pub(super) struct Connection {
     stream: Stream,
     peer: SocketAddr,
     /// Bytes received and not yet consumed. Empty between exchanges: a connection with
@@ -32,30 +32,30 @@ pub(crate) struct Connection {
 }
 
 /// A response read off a connection.
-pub(crate) struct Exchanged {
-    pub(crate) head: ResponseHead,
-    pub(crate) body_excerpt: Vec<u8>,
+pub(super) struct Exchanged {
+    pub(super) head: ResponseHead,
+    pub(super) body_excerpt: Vec<u8>,
     /// Whether the connection may go back to the pool: the response allowed keep-alive, its
     /// body was read to the end, and nothing followed it.
-    pub(crate) reusable: bool,
+    pub(super) reusable: bool,
 }
 
 /// Why an exchange failed, and whether the destination had sent anything by then. A pooled
 /// connection that fails before any response byte was most likely closed by the server while
 /// idle, and the request is worth one more try on a fresh connection.
-pub(crate) struct ExchangeFailure {
-    pub(crate) error: SendError,
-    pub(crate) nothing_received: bool,
+pub(super) struct ExchangeFailure {
+    pub(super) error: SendError,
+    pub(super) nothing_received: bool,
 }
 
 impl Connection {
-    pub(crate) fn new(stream: Stream, peer: SocketAddr) -> Self {
+    pub(super) fn new(stream: Stream, peer: SocketAddr) -> Self {
         Self { stream, peer, read_buffer: Vec::with_capacity(limits::READ_BUFFER_BYTES_INITIAL), received: false }
     }
 
     /// Writes the request (taken from `request_bytes` and put back, so that it can be sent
     /// again on another connection) and reads the response.
-    pub(crate) async fn exchange(&mut self, request_bytes: &mut Vec<u8>) -> Result<Exchanged, ExchangeFailure> {
+    pub(super) async fn exchange(&mut self, request_bytes: &mut Vec<u8>) -> Result<Exchanged, ExchangeFailure> {
         debug_assert!(self.read_buffer.is_empty(), "a connection with leftover bytes was reused");
         self.received = false;
         let (written, bytes) = self.write_all(std::mem::take(request_bytes)).await;

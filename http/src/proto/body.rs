@@ -1,10 +1,10 @@
 //! One decoder for every body framing, so the connection loop has a single path: feed it what
 //! follows the head, append the payload, stop when it says the body is complete.
 
-use crate::chunked::{ChunkedDecoder, Progress};
-use crate::error::ParseError;
+use super::chunked::{ChunkedDecoder, Progress};
+use super::error::ParseError;
+use super::request::BodyFraming;
 use crate::limits::Limits;
-use crate::request::BodyFraming;
 
 /// Decodes the body of one request, whatever its [`BodyFraming`].
 #[derive(Debug, Clone)]

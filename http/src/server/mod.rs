@@ -6,6 +6,14 @@
 //! `connections_max` with 503 E3002; a shutdown stops accepting, lets in-flight requests finish
 //! within [`limits::SHUTDOWN_DRAIN_TIMEOUT_MS`], then drops whatever is left.
 
+mod connection;
+mod shutdown;
+mod tasks;
+mod tls;
+
+pub use shutdown::{Shutdown, Wait};
+pub use tls::load_tls_config;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -17,13 +25,12 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio_rustls::TlsAcceptor;
 
-use crate::connection::{linger, Connection, Transport};
+use connection::{linger, Connection, Transport};
+use tasks::{race, Either, TaskCount};
+use tls::handshake;
+
 use crate::limits::{self, Limits};
-use crate::request::RequestHead;
-use crate::response::{error_body, write_response};
-use crate::shutdown::Shutdown;
-use crate::tasks::{race, Either, TaskCount};
-use crate::tls::handshake;
+use crate::proto::{error_body, write_response, RequestHead};
 
 /// A complete request handed to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +87,7 @@ impl Response {
 
     /// Appends the response to `out`. For a `HEAD` request (`head_only`) the body is left out
     /// but its `Content-Length` is kept, as RFC 9110 §9.3.2 asks.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>, head_only: bool, keep_alive: bool) {
+    fn encode(&self, out: &mut Vec<u8>, head_only: bool, keep_alive: bool) {
         let headers: Vec<(&str, &str)> = self.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
         write_response(out, self.status, &headers, self.content_type, &self.body, keep_alive);
         // `write_response` puts the body last, and none at all for a bodyless status.

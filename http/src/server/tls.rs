@@ -3,7 +3,7 @@
 //! with monoio-rustls, whose stream is then served like a plain one.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,53 +12,8 @@ use monoio_rustls::{ServerTlsStream, TlsAcceptor};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::connection::Transport;
-
-/// Why the TLS configuration could not be loaded. Each variant names the file at fault, so an
-/// operator can act on the message alone.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// The certificate file cannot be read or is not valid PEM.
-    #[error("cannot load the TLS certificate file {path}: {source}")]
-    Certificate {
-        /// The certificate file.
-        path: PathBuf,
-        /// What went wrong reading or decoding it.
-        source: pem::Error,
-    },
-    /// The certificate file holds no `CERTIFICATE` section.
-    #[error("the TLS certificate file {path} holds no PEM certificate")]
-    NoCertificate {
-        /// The certificate file.
-        path: PathBuf,
-    },
-    /// The key file cannot be read or is not valid PEM.
-    #[error("cannot load the TLS private key file {path}: {source}")]
-    PrivateKey {
-        /// The key file.
-        path: PathBuf,
-        /// What went wrong reading or decoding it.
-        source: pem::Error,
-    },
-    /// The key file holds no PKCS #8, PKCS #1 or SEC1 private key.
-    #[error("the TLS private key file {path} holds no PEM private key")]
-    NoPrivateKey {
-        /// The key file.
-        path: PathBuf,
-    },
-    /// rustls refuses the pair: a key that does not match the certificate, or an unsupported
-    /// key type.
-    #[error("the TLS certificate {certificate_path} and private key {key_path} cannot be used: {source}")]
-    Unusable {
-        /// The certificate file.
-        certificate_path: PathBuf,
-        /// The key file.
-        key_path: PathBuf,
-        /// rustls's reason.
-        source: rustls::Error,
-    },
-}
+use super::connection::Transport;
+use crate::tls_error::TlsError;
 
 /// Loads a server configuration from PEM files: the certificate chain (leaf first) and its
 /// private key. TLS 1.2 and 1.3 with rustls's safe defaults and the ring provider; ALPN
@@ -108,7 +63,7 @@ impl Transport for ServerTlsStream<TcpStream> {
 /// Runs the server side of the TLS handshake within `timeout`, which bounds what a client that
 /// opens connections and never finishes a handshake can hold. A failure is the client's
 /// (a plain-HTTP client, an unknown CA, a protocol mismatch) and is only logged.
-pub(crate) async fn handshake(
+pub(super) async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,

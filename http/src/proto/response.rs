@@ -1,8 +1,8 @@
 //! Response serialisation: HTTP/1.1 status line, headers and body into a caller-owned buffer,
 //! so a connection reuses one write buffer and allocates nothing per response.
 
-use crate::error::ParseError;
-use crate::request::Method;
+use super::error::ParseError;
+use super::request::Method;
 
 /// The interim response that tells a client sending `Expect: 100-continue` to go on with the
 /// body (RFC 9110 §15.2.1).

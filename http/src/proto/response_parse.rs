@@ -8,10 +8,10 @@
 //! since reading the wrong number of bytes would hand the rest of one response to the next
 //! request on the connection.
 
-use crate::chunked::ChunkedDecoder;
-use crate::error::ParseError;
+use super::chunked::ChunkedDecoder;
+use super::error::ParseError;
+use super::request::Version;
 use crate::limits::{self, Limits};
-use crate::request::Version;
 
 /// How a response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use crate::error::ParseError;
+use super::error::ParseError;
+use super::request::{BodyFraming, Version};
 use crate::limits::Limits;
-use crate::request::{BodyFraming, Version};
 
 /// A header field the application reads, kept as raw bytes in [`ApplicationHeaders`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,18 +137,18 @@ fn classify(name: &str) -> Option<Field> {
 
 /// What the header fields of a head mean, once all of them are read.
 #[derive(Debug)]
-pub(crate) struct Semantics {
-    pub(crate) framing: BodyFraming,
-    pub(crate) keep_alive: bool,
-    pub(crate) expect_continue: bool,
-    pub(crate) headers: ApplicationHeaders,
+pub(super) struct Semantics {
+    pub(super) framing: BodyFraming,
+    pub(super) keep_alive: bool,
+    pub(super) expect_continue: bool,
+    pub(super) headers: ApplicationHeaders,
 }
 
 /// Accumulates the header fields of one head, one field line at a time. Fields that may be
 /// repeated as several lines (Connection, Transfer-Encoding, Expect) are combined as the list
 /// they would form on one line (RFC 9110 §5.3).
 #[derive(Default)]
-pub(crate) struct FieldScan {
+pub(super) struct FieldScan {
     host_count: u32,
     content_length: Option<u64>,
     transfer_encoding_seen: bool,
@@ -163,7 +163,7 @@ pub(crate) struct FieldScan {
 
 impl FieldScan {
     /// Takes one field line into account.
-    pub(crate) fn record(&mut self, name: &str, value: &[u8]) -> Result<(), ParseError> {
+    pub(super) fn record(&mut self, name: &str, value: &[u8]) -> Result<(), ParseError> {
         let Some(field) = classify(name) else {
             return Ok(());
         };
@@ -214,7 +214,7 @@ impl FieldScan {
     }
 
     /// Resolves framing, persistence and expectations once every field line is recorded.
-    pub(crate) fn finish(self, version: Version, limits: &Limits) -> Result<Semantics, ParseError> {
+    pub(super) fn finish(self, version: Version, limits: &Limits) -> Result<Semantics, ParseError> {
         // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
         // HTTP/1.1 request message that lacks a Host header field and to any request message
         // that contains more than one Host header field line".

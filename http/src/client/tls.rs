@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::CertificateDer;
 
-use crate::tls::TlsError;
+use crate::tls_error::TlsError;
 
 /// The client configuration for https destinations: TLS 1.2 and 1.3 with rustls's safe
 /// defaults and the ring provider, the webpki (Mozilla) roots plus every certificate in

@@ -18,6 +18,14 @@
 //! The attempt's timeout covers all of it; the connect timeout bounds each TCP connect and the
 //! TLS handshake within it. Redirects are never followed: a 3xx is a response like any other.
 
+mod connection;
+mod pool;
+mod target;
+mod tls;
+
+pub use target::{Scheme, Target, TargetError};
+pub use tls::tls_client_config;
+
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -28,12 +36,11 @@ use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
 use rustls::pki_types::ServerName;
 
-use crate::client_connection::{Connection, ExchangeFailure, Stream};
-use crate::destination::DestinationPolicy;
+use connection::{Connection, ExchangeFailure, Stream};
+use pool::{Pool, PoolKey};
+
 use crate::limits;
-use crate::pool::{Pool, PoolKey};
-use crate::resolve::Resolver;
-use crate::target::{Scheme, Target};
+use crate::outbound::{DestinationPolicy, Resolver};
 
 /// The `User-Agent` of every delivery.
 const USER_AGENT: &str = concat!("Kapsel/", env!("CARGO_PKG_VERSION"));

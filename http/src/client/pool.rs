@@ -5,20 +5,20 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::target::{Scheme, Target};
+use super::target::{Scheme, Target};
 
 /// A destination connections are kept for: connections to the same scheme, host and port are
 /// interchangeable. The host is the name, not the address it resolved to, so a pooled
 /// connection follows the name's address at the time it was opened.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct PoolKey {
+pub(super) struct PoolKey {
     scheme: Scheme,
     host: String,
     port: u16,
 }
 
 impl PoolKey {
-    pub(crate) fn of(target: &Target) -> Self {
+    pub(super) fn of(target: &Target) -> Self {
         Self { scheme: target.scheme, host: target.host.clone(), port: target.port }
     }
 }
@@ -29,7 +29,7 @@ struct Idle<T> {
 }
 
 /// Idle connections by destination.
-pub(crate) struct Pool<T> {
+pub(super) struct Pool<T> {
     idle: HashMap<PoolKey, Vec<Idle<T>>>,
     per_destination_max: usize,
     total_max: usize,
@@ -38,19 +38,19 @@ pub(crate) struct Pool<T> {
 }
 
 impl<T> Pool<T> {
-    pub(crate) fn new(per_destination_max: usize, total_max: usize, idle_timeout: Duration) -> Self {
+    pub(super) fn new(per_destination_max: usize, total_max: usize, idle_timeout: Duration) -> Self {
         Self { idle: HashMap::new(), per_destination_max, total_max, idle_timeout, total: 0 }
     }
 
     /// Idle connections held, over all destinations.
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.total
     }
 
     /// The most recently returned connection to `key` that is not too old at `now`. The most
     /// recent is the most likely to be still open on the server's side; older ones of the
     /// same destination that have expired are dropped on the way.
-    pub(crate) fn take(&mut self, key: &PoolKey, now: Instant) -> Option<T> {
+    pub(super) fn take(&mut self, key: &PoolKey, now: Instant) -> Option<T> {
         let idle = self.idle.get_mut(key)?;
         let before = idle.len();
         idle.retain(|entry| !expired(entry.since, now, self.idle_timeout));
@@ -65,7 +65,7 @@ impl<T> Pool<T> {
 
     /// Keeps `connection` for reuse, unless the destination's or the pool's bound is reached;
     /// then it is handed back, for the caller to close.
-    pub(crate) fn put(&mut self, key: PoolKey, connection: T, now: Instant) -> Result<(), T> {
+    pub(super) fn put(&mut self, key: PoolKey, connection: T, now: Instant) -> Result<(), T> {
         if self.total >= self.total_max {
             return Err(connection);
         }
@@ -84,7 +84,7 @@ impl<T> Pool<T> {
     }
 
     /// Drops every connection idle for longer than the idle timeout at `now`.
-    pub(crate) fn sweep(&mut self, now: Instant) {
+    pub(super) fn sweep(&mut self, now: Instant) {
         let timeout = self.idle_timeout;
         let mut dropped = 0;
         self.idle.retain(|_, idle| {

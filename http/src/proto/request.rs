@@ -3,8 +3,8 @@
 //! [`Parsed::Partial`], handle the request and advance by `head_length` on
 //! [`Parsed::Complete`], answer the error and close on `Err`.
 
-use crate::error::ParseError;
-use crate::headers::{ApplicationHeaders, FieldScan};
+use super::error::ParseError;
+use super::headers::{ApplicationHeaders, FieldScan};
 use crate::limits::{self, Limits};
 
 /// A request method this server implements. Methods are case-sensitive (RFC 9110 §9.1), so
@@ -249,7 +249,7 @@ fn target_is_invalid_utf8(window: &[u8]) -> bool {
 #[allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::headers::HeaderName;
+    use crate::proto::headers::HeaderName;
     use proptest::prelude::*;
 
     fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {

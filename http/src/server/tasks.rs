@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 /// Which of two raced futures finished first.
-pub(crate) enum Either<A, B> {
+pub(super) enum Either<A, B> {
     /// The first future finished (or both did in the same poll).
     First(A),
     /// The second future finished.
@@ -17,7 +17,7 @@ pub(crate) enum Either<A, B> {
 
 /// Runs both futures until one finishes and drops the other. The first is polled first, so it
 /// wins a tie: the caller puts the work first and the signal that interrupts it second.
-pub(crate) async fn race<A: Future, B: Future>(first: A, second: B) -> Either<A::Output, B::Output> {
+pub(super) async fn race<A: Future, B: Future>(first: A, second: B) -> Either<A::Output, B::Output> {
     let mut first = pin!(first);
     let mut second = pin!(second);
     poll_fn(|context| {
@@ -34,7 +34,7 @@ pub(crate) async fn race<A: Future, B: Future>(first: A, second: B) -> Either<A:
 
 /// Counts live tasks of one kind; one waiter (the server) can wait until there are none.
 #[derive(Clone, Default)]
-pub(crate) struct TaskCount {
+pub(super) struct TaskCount {
     inner: Rc<CountInner>,
 }
 
@@ -45,24 +45,24 @@ struct CountInner {
 }
 
 /// Held by a task for as long as it lives; dropping it uncounts the task.
-pub(crate) struct TaskGuard {
+pub(super) struct TaskGuard {
     inner: Rc<CountInner>,
 }
 
 impl TaskCount {
     /// Tasks counted now.
-    pub(crate) fn live(&self) -> usize {
+    pub(super) fn live(&self) -> usize {
         self.inner.live.get()
     }
 
     /// Counts one more task until the guard is dropped.
-    pub(crate) fn enter(&self) -> TaskGuard {
+    pub(super) fn enter(&self) -> TaskGuard {
         self.inner.live.set(self.inner.live.get() + 1);
         TaskGuard { inner: self.inner.clone() }
     }
 
     /// Completes once no task is counted. Only one caller may wait at a time.
-    pub(crate) async fn idle(&self) {
+    pub(super) async fn idle(&self) {
         poll_fn(|context| {
             if self.inner.live.get() == 0 {
                 return Poll::Ready(());
