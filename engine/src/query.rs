@@ -101,22 +101,11 @@ fn invalid(message: &str) -> EngineError {
     EngineError::Invalid(message.to_string())
 }
 
-/// Decodes `%XX` escapes (`+` stays `+`: an RFC 3339 offset or a key may contain it).
+/// Decodes `%XX` escapes (`percent-encoding`; `+` stays `+`: an RFC 3339 offset or a key may
+/// contain it). An escape that is not two hex digits stays as written; bytes that are not
+/// UTF-8 once decoded are refused.
 fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            at += 3;
-        } else {
-            decoded.push(bytes[at]);
-            at += 1;
-        }
-    }
-    String::from_utf8(decoded).ok()
+    percent_encoding::percent_decode_str(value).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 impl EventQuery {
@@ -182,6 +171,9 @@ mod tests {
         assert_eq!(query.status, Some(EventStatusFilter("failed")));
         assert_eq!(query.limit, 10);
         assert_eq!(EventQuery::parse(None).unwrap().limit, LIMIT_DEFAULT);
+        // Regression: `%+1` was decoded to the byte 0x01; an escape that is not two hex digits
+        // stays as written.
+        assert_eq!(EventQuery::parse(Some("idempotency_key=a%+1")).unwrap().idempotency_key.as_deref(), Some("a%+1"));
         for bad in [
             "status=lost",
             "limit=0",

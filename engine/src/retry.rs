@@ -60,44 +60,17 @@ pub fn next_attempt(
     Next::RetryAt(due)
 }
 
-/// Parses a `Retry-After` value: delay seconds, or an HTTP date (IMF-fixdate, RFC 9110 §5.6.7)
-/// relative to `now_ms`. `None` when it is neither.
+/// Parses a `Retry-After` value: delay seconds, or an HTTP date relative to `now_ms` (any of
+/// the three formats RFC 9110 §5.6.7 requires a recipient to accept, parsed by `httpdate`).
+/// `None` when it is neither.
 pub fn parse_retry_after_ms(value: &str, now_ms: u64) -> Option<u64> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(seconds.saturating_mul(1000));
     }
-    let at_ms = parse_imf_fixdate_ms(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
+    let at_ms = u64::try_from(at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?;
     Some(at_ms.saturating_sub(now_ms))
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT` → Unix ms.
-fn parse_imf_fixdate_ms(value: &str) -> Option<u64> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_weekday, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month = MONTHS.iter().position(|name| name == month)? as i64 + 1;
-    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let clock: Vec<i64> = time.split(':').map(|part| part.parse().ok()).collect::<Option<_>>()?;
-    let [hours, minutes, seconds] = clock.as_slice() else {
-        return None;
-    };
-    let days = days_from_civil(year, month, day);
-    let total = days * 86_400 + hours * 3600 + minutes * 60 + seconds;
-    u64::try_from(total).ok().map(|seconds| seconds * 1000)
-}
-
-/// Howard Hinnant's days_from_civil.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
@@ -138,6 +111,10 @@ mod tests {
         let date_ms = 784_111_777_000; // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(parse_retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", date_ms - 5_000), Some(5_000));
         assert_eq!(parse_retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", date_ms + 5_000), Some(0));
+        // RFC 850 and asctime forms too (RFC 9110 §5.6.7), and no overflow on a far-future year.
+        assert_eq!(parse_retry_after_ms("Sunday, 06-Nov-94 08:49:37 GMT", date_ms - 5_000), Some(5_000));
+        assert_eq!(parse_retry_after_ms("Sun Nov  6 08:49:37 1994", date_ms - 5_000), Some(5_000));
+        assert_eq!(parse_retry_after_ms("Fri, 31 Dec 99999 23:59:59 GMT", 0), None);
         assert_eq!(parse_retry_after_ms("soon", 0), None);
         assert_eq!(parse_retry_after_ms("-5", 0), None);
     }
