@@ -202,7 +202,7 @@ pub const SETTINGS: &[Setting] = &[
         "events_in_memory_max",
         "N",
         Text("2000000"),
-        "waiting (non-terminal) events a shard tracks (about 150 bytes each); at the bound ingest answers 503 E3002",
+        "waiting (non-terminal) events a shard tracks (about 100 bytes each, payloads in the log); at the bound ingest answers 503 E3002",
     ),
     Setting::new(
         "KAPSEL_TERMINAL_EVENTS_IN_MEMORY",

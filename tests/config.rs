@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// fail at once; a server that starts by mistake must not hang the suite).
 const COMMAND_SECONDS_MAX: u64 = 60;
 
-/// Every variable of the external contract (../shared/DESIGN.md) and the ones this project
+/// Every variable of the external contract (docs/SPECIFICATION.md) and the ones this project
 /// adds; `--help` must document each.
 const VARIABLES: &[&str] = &[
     "SERVER_ADDR",

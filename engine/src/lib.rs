@@ -9,114 +9,28 @@
 //!   only [`clock`] reads the clock.
 //! - Every table and queue is bounded ([`limits`]); a full one answers 503 E3002.
 
-pub mod audit;
-pub mod breaker;
+// Folders are layers; imports run one way, from the top of this list to the bottom:
+// `runtime` (threads, start, stop) → `admin` (HTTP face, inboxes, shared) → `delivery`
+// (scheduler, attempts) → `shard` (append → fsync → apply, read-back, retention, snapshot,
+// counters) → `state` (the state machine: apply, queues, breaker, retry, idempotency) →
+// `model` (endpoints, records, ids, signatures, statuses, views). `index` (the Postgres index)
+// sits beside `shard`, which feeds it; it imports only `model`. `limits`, `error` and `clock`
+// are leaves everyone may use.
+mod admin;
 pub mod clock;
 pub mod delivery;
-pub mod endpoint;
 pub mod error;
-pub mod idempotency;
-pub mod ids;
-pub mod inbox;
 pub mod index;
 pub mod limits;
-pub mod metrics;
-pub mod query;
-pub mod rate;
-pub mod readback;
-pub mod records;
-pub mod retention;
-pub mod retry;
-pub mod route;
+mod model;
 mod runtime;
-pub mod service;
 pub mod shard;
-pub mod signature;
-pub mod snapshot;
 pub mod state;
-pub mod trace;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
+pub use admin::shared::Shared;
+pub use admin::{audit, inbox, metrics, route, service};
 pub use error::EngineError;
+pub use model::{endpoint, ids, query, records, signature, trace};
 pub use runtime::{Engine, EngineConfig, IoDriver, StartError};
-
-/// What all shards share: read-mostly, lock-free.
-pub struct Shared {
-    /// Number of shards.
-    pub shards: usize,
-    /// Bearer token for `/admin/*`.
-    pub admin_token: String,
-    /// Every shard's inbox, by shard index.
-    pub inboxes: Vec<inbox::Inbox>,
-    /// The data directory (the audit endpoints read the chain files).
-    pub data_directory: std::path::PathBuf,
-    /// Which destinations deliveries may reach (endpoint URLs with a refused literal IP are
-    /// rejected when created).
-    pub destinations: kapsel_http::DestinationPolicy,
-    /// DNS resolution off the shards, shared by every shard's client.
-    pub resolver: kapsel_http::Resolver,
-    /// The Postgres index, when `DATABASE_URL` is set.
-    pub index: Option<index::IndexHandle>,
-    ready_shards: AtomicUsize,
-    serving_shards: AtomicUsize,
-    shutting_down: AtomicBool,
-}
-
-impl Shared {
-    fn new(
-        shards: usize,
-        admin_token: String,
-        inboxes: Vec<inbox::Inbox>,
-        data_directory: std::path::PathBuf,
-        destinations: kapsel_http::DestinationPolicy,
-        index: Option<index::IndexHandle>,
-    ) -> Self {
-        Self {
-            shards,
-            admin_token,
-            inboxes,
-            data_directory,
-            destinations,
-            resolver: kapsel_http::Resolver::new(limits::RESOLVER_THREADS),
-            index,
-            ready_shards: AtomicUsize::new(0),
-            serving_shards: AtomicUsize::new(shards),
-            shutting_down: AtomicBool::new(false),
-        }
-    }
-
-    /// `Ok` while every shard has recovered and none is shutting down; otherwise E3004.
-    pub fn check_serving(&self) -> Result<(), EngineError> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(EngineError::Unavailable("shutting down".into()));
-        }
-        if self.ready_shards.load(Ordering::Acquire) < self.shards {
-            return Err(EngineError::Unavailable("recovering the write-ahead log".into()));
-        }
-        Ok(())
-    }
-
-    /// True once every shard has replayed its log.
-    pub fn is_ready(&self) -> bool {
-        self.ready_shards.load(Ordering::Acquire) >= self.shards
-    }
-
-    /// Starts a graceful shutdown: every shard stops accepting, finishes in-flight requests,
-    /// flushes its log and exits.
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        self.wake_all();
-    }
-
-    /// True once shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-
-    fn wake_all(&self) {
-        for inbox in &self.inboxes {
-            inbox.wake();
-        }
-    }
-}
+pub use shard::{readback, retention, snapshot};
+pub use state::{breaker, idempotency, rate, retry};

@@ -11,12 +11,12 @@ use std::thread::JoinHandle;
 use kapsel_http::{ServerConfig, Shutdown};
 use kapsel_wal::{IoBackend, Options as WalOptions};
 
+use crate::admin::inbox::{inbox, InboxReceiver};
+use crate::admin::service::Service;
+use crate::admin::shared::Shared;
 use crate::clock::now_ms;
-use crate::inbox::{inbox, InboxReceiver};
-use crate::service::Service;
 use crate::shard::Shard;
 use crate::state::StateLimits;
-use crate::Shared;
 
 /// Which monoio driver the shards run (`KAPSEL_IO_DRIVER`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,7 +318,11 @@ async fn shard_main(
         let shared = Arc::clone(&shared);
         let stop: Rc<dyn Fn() -> bool> = Rc::new(move || shared.is_shutting_down());
         let age_ms = config.retention_ms.max(config.state_limits.idempotency_window_ms);
-        monoio::spawn(crate::retention::run(Rc::clone(&shard), crate::retention::RetentionPolicy::new(age_ms), stop))
+        monoio::spawn(crate::shard::retention::run(
+            Rc::clone(&shard),
+            crate::shard::retention::RetentionPolicy::new(age_ms),
+            stop,
+        ))
     };
     kapsel_http::serve(listener, Rc::new(config.server.clone()), service, http_shutdown).await;
     scheduler.await;

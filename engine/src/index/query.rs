@@ -12,8 +12,8 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::clock::rfc3339;
 use crate::error::EngineError;
-use crate::ids::EventId;
-use crate::query::EventQuery;
+use crate::model::ids::EventId;
+use crate::model::query::EventQuery;
 
 /// Longest a query (connecting included) may take before it answers E3001.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,7 +171,7 @@ async fn attempts_of(
     for row in rows {
         let (n, status_code, latency_ms): (i32, Option<i32>, i32) = (row.get(1), row.get(3), row.get(4));
         let error_code: Option<String> = row.get(5);
-        by_event.entry(row.get(0)).or_default().push(crate::state::attempt_json(
+        by_event.entry(row.get(0)).or_default().push(crate::model::view::attempt_json(
             u32::try_from(n).unwrap_or(0),
             unix_ms(row.get(2)),
             status_code.and_then(|code| u16::try_from(code).ok()),
@@ -182,7 +182,7 @@ async fn attempts_of(
     Ok(by_event)
 }
 
-/// The engine's event view ([`crate::state::EventView`]), plus `delivered_at` and `trace_id`
+/// The engine's event view ([`crate::model::view::EventView`]), plus `delivered_at` and `trace_id`
 /// which the index keeps; what only the engine's memory knows (the waiting reason, the last
 /// response excerpt) is null.
 fn event_json(row: &Row, attempts: Option<Vec<Value>>) -> Value {
@@ -193,7 +193,7 @@ fn event_json(row: &Row, attempts: Option<Vec<Value>>) -> Value {
     let payload_bytes: i32 = row.get(8);
     let idempotency_key: Option<String> = row.get(9);
     let trace_id: Option<String> = row.get(10);
-    let mut json = crate::state::EventView {
+    let mut json = crate::model::view::EventView {
         event_id: &id,
         endpoint_id: &endpoint_id,
         status: &status,

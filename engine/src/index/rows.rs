@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Transaction;
 
-use crate::ids::EventId;
-use crate::records::{Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
+use crate::model::ids::EventId;
+use crate::model::records::{Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
 
 /// One log record as the index sees it (payloads are reduced to their size).
 #[derive(Clone, Debug, PartialEq)]
@@ -120,14 +120,14 @@ impl Row {
     }
 
     /// The index's view of an accepted webhook (without copying its payload).
-    pub fn event(event: &crate::records::EventReceived) -> Self {
+    pub fn event(event: &crate::model::records::EventReceived) -> Self {
         Self::Event {
             event_id: event.event_id,
             endpoint_id: event.endpoint_id.clone(),
             received_at_ms: event.received_at_ms,
             idempotency_key: event.idempotency_key.clone(),
             payload_bytes: u32::try_from(event.payload.len()).unwrap_or(u32::MAX),
-            trace_id: event.traceparent.as_deref().and_then(crate::trace::trace_id).map(str::to_string),
+            trace_id: event.traceparent.as_deref().and_then(crate::model::trace::trace_id).map(str::to_string),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use super::rows::{self, Change, Row};
 use super::{schema, IndexStatus};
 use crate::clock::now_ms;
-use crate::records::Record;
+use crate::model::records::Record;
 
 /// Rows per transaction.
 const BATCH_ROWS_MAX: usize = 4096;

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use kapsel_wal::Position;
 
 use super::{Detail, EventStatus, ShardState};
-use crate::breaker::BreakerSnapshot;
-use crate::endpoint::Endpoint;
-use crate::idempotency::Remembered;
-use crate::ids::EventId;
+use crate::model::endpoint::Endpoint;
+use crate::model::ids::EventId;
+use crate::state::breaker::BreakerSnapshot;
+use crate::state::idempotency::Remembered;
 
 /// An endpoint's durable state.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,11 +4,11 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::breaker::Breaker;
-use crate::endpoint::Endpoint;
-use crate::ids::EventId;
-use crate::rate::TokenBucket;
-use crate::signature::Secret;
+use crate::model::endpoint::Endpoint;
+use crate::model::ids::EventId;
+use crate::model::signature::Secret;
+use crate::state::breaker::Breaker;
+use crate::state::rate::TokenBucket;
 
 /// An endpoint with what the shard derives from it and its delivery queues.
 #[derive(Debug)]

@@ -19,10 +19,14 @@
 //! Memory: every tracked event costs its [`Event`] (64 bytes), its id in the table and its queue slot;
 //! terminal events are kept for lookups in a window of the most recent `terminal_events_max`.
 
+pub mod breaker;
 mod compare;
 mod endpoints;
 mod event;
+pub mod idempotency;
 mod payloads;
+pub mod rate;
+pub mod retry;
 mod schedule;
 mod table;
 mod view;
@@ -34,19 +38,22 @@ use std::collections::{BTreeSet, VecDeque};
 
 use kapsel_wal::Position;
 
-use crate::breaker::Transition;
-use crate::endpoint::Endpoint;
-use crate::idempotency::{IdempotencyTable, Remembered};
-use crate::ids::{EventId, EventIdGenerator};
-use crate::records::{Attempt, EventCarried, EventReceived, Record, Redriven, OUTCOME_DELIVERED, OUTCOME_RETRYING};
+use crate::model::endpoint::Endpoint;
+use crate::model::ids::{EventId, EventIdGenerator};
+use crate::model::records::{
+    Attempt, EventCarried, EventReceived, Record, Redriven, OUTCOME_DELIVERED, OUTCOME_RETRYING,
+};
+use crate::state::breaker::Transition;
+use crate::state::idempotency::{IdempotencyTable, Remembered};
 
+pub use crate::model::status::EventStatus;
 pub use compare::{DurableView, EndpointView, EventRecordView};
 pub use endpoints::{EndpointEntry, Endpoints};
-pub use event::{delivery_code, is_destination_failure, AttemptSummary, DeliveryCode, Detail, Event, EventStatus};
+pub use event::{delivery_code, is_destination_failure, AttemptSummary, DeliveryCode, Detail, Event};
 pub use payloads::{Payload, PayloadCache};
 pub use schedule::{Plan, ReadRequest, Start};
 pub use table::EventTable;
-pub use view::{attempt_json, event_json, EventView};
+pub use view::event_json;
 
 /// Bounds and windows the state keeps.
 #[derive(Clone, Copy, Debug)]
@@ -172,7 +179,7 @@ impl ShardState {
     /// once record `as_of` was applied: replayed records up to that LSN then change only events
     /// (an endpoint deleted and created again before it loses its earlier events, its
     /// configuration and breaker stay the snapshot's).
-    pub fn restore_endpoint(&mut self, endpoint: Endpoint, breaker: crate::breaker::Breaker, as_of: u64) {
+    pub fn restore_endpoint(&mut self, endpoint: Endpoint, breaker: crate::state::breaker::Breaker, as_of: u64) {
         let id = endpoint.id.clone();
         self.put_endpoint(endpoint);
         if let Some(entry) = self.endpoints.get_mut(&id) {
@@ -380,8 +387,8 @@ impl ShardState {
         self.restore_history(event_id, &carried.history);
     }
 
-    fn restore_history(&mut self, event_id: EventId, history: &crate::records::History) {
-        if history == &crate::records::History::default() {
+    fn restore_history(&mut self, event_id: EventId, history: &crate::model::records::History) {
+        if history == &crate::model::records::History::default() {
             return;
         }
         if let Some(event) = self.events.get_mut(&event_id) {
@@ -651,9 +658,9 @@ impl ShardState {
     }
 
     /// Live state of an endpoint for the admin API.
-    pub fn live(&self, endpoint: &str, now_ms: u64) -> crate::endpoint::LiveState {
-        self.endpoints.get(endpoint).map_or_else(crate::endpoint::LiveState::default, |entry| {
-            crate::endpoint::LiveState {
+    pub fn live(&self, endpoint: &str, now_ms: u64) -> crate::model::endpoint::LiveState {
+        self.endpoints.get(endpoint).map_or_else(crate::model::endpoint::LiveState::default, |entry| {
+            crate::model::endpoint::LiveState {
                 circuit_state: entry.breaker.state_name(now_ms),
                 queue_depth: entry.queue_depth(),
                 in_flight: entry.in_flight as usize,

@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::ids::EventId;
-use crate::records::EventReceived;
+use crate::model::ids::EventId;
+use crate::model::records::EventReceived;
 
 /// What a delivery needs besides the endpoint.
 #[derive(Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use kapsel_wal::Position;
 
 use super::{EventStatus, Payload, ShardState};
-use crate::ids::EventId;
+use crate::model::ids::EventId;
 
 /// Events read back from the log in one request, at most.
 pub const READ_AHEAD_EVENTS_MAX: usize = 512;
@@ -115,7 +115,7 @@ impl ShardState {
         if !entry.endpoint.enabled || entry.queue_depth() == 0 {
             return;
         }
-        if let crate::breaker::State::Open { until_ms } = entry.breaker.state() {
+        if let crate::state::breaker::State::Open { until_ms } = entry.breaker.state() {
             if now_ms < until_ms {
                 self.set_wake(slot, until_ms);
                 return;
@@ -198,7 +198,7 @@ impl ShardState {
         let Some(entry) = self.endpoints.at(slot) else {
             return false;
         };
-        if !entry.endpoint.enabled || (!head && entry.breaker.state() != crate::breaker::State::Closed) {
+        if !entry.endpoint.enabled || (!head && entry.breaker.state() != crate::state::breaker::State::Closed) {
             return false;
         }
         if !head && entry.held_bytes + bytes > share {
@@ -478,7 +478,7 @@ impl ShardState {
         if start.probe {
             entry.probing = false;
         }
-        let delivering = entry.endpoint.enabled && entry.breaker.state() == crate::breaker::State::Closed;
+        let delivering = entry.endpoint.enabled && entry.breaker.state() == crate::state::breaker::State::Closed;
         if let Some(event) = self.events.get_mut(&start.event_id) {
             event.in_flight = false;
             if !recorded && event.is_waiting() && delivering {

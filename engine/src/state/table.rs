@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 
 use super::Event;
-use crate::ids::EventId;
+use crate::model::ids::EventId;
 
 /// Events per chunk at most: a removal moves at most this many entries.
 pub const CHUNK_EVENTS_MAX: usize = 128;

@@ -5,7 +5,7 @@
 use kapsel_wal::Position;
 
 use super::*;
-use crate::records::{Requeued, OUTCOME_FAILED};
+use crate::model::records::{Requeued, OUTCOME_FAILED};
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -40,8 +40,10 @@ impl Log {
     }
 
     fn endpoint(&mut self, body: &str) {
-        let endpoint =
-            crate::endpoint::EndpointInput::parse(body.as_bytes()).unwrap().into_endpoint("e", None, NOW).unwrap();
+        let endpoint = crate::model::endpoint::EndpointInput::parse(body.as_bytes())
+            .unwrap()
+            .into_endpoint("e", None, NOW)
+            .unwrap();
         self.apply(Record::EndpointPut(endpoint));
     }
 
@@ -241,7 +243,7 @@ fn an_event_and_its_endpoints_deletion_leave_no_orphan() {
         if event_first {
             log.receive(1);
         }
-        log.apply(Record::EndpointDeleted(crate::records::EndpointDeleted { id: "e".into(), at_ms: NOW }));
+        log.apply(Record::EndpointDeleted(crate::model::records::EndpointDeleted { id: "e".into(), at_ms: NOW }));
         if !event_first {
             log.receive(1);
         }

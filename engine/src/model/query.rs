@@ -1,16 +1,13 @@
 //! `GET /admin/events?endpoint_id=&status=&idempotency_key=&received_after=&received_before=&limit=&cursor=`:
 //! newest first. With an index (`DATABASE_URL`) the answer comes from Postgres and covers the
-//! whole history (`crate::index::query`); without one it comes from the engine's memory (every
+//! whole history (the index's queries); without one it comes from the engine's memory (every
 //! non-terminal event and the most recent terminal ones; see `state`) and says so with
 //! `"source": "memory"`. In memory each shard answers for its own events and the asking shard
 //! merges by event id (ids are time-ordered).
 
-use serde_json::Value;
-
 use crate::error::EngineError;
-use crate::ids::{valid_endpoint_id, EventId};
-use crate::shard::Shard;
-use crate::state::EventStatus;
+use crate::model::ids::{valid_endpoint_id, EventId};
+use crate::model::status::EventStatus;
 
 /// Default page size.
 pub const LIMIT_DEFAULT: usize = 50;
@@ -76,7 +73,7 @@ impl EventQuery {
                 "cursor" => {
                     parsed.cursor = Some(EventId::parse(value).ok_or_else(|| invalid("cursor is not an event id"))?)
                 }
-                "idempotency_key" if crate::idempotency::valid_key(value.as_bytes()) => {
+                "idempotency_key" if crate::model::ids::valid_idempotency_key(value.as_bytes()) => {
                     parsed.idempotency_key = Some(value.to_string())
                 }
                 "idempotency_key" => return Err(invalid("idempotency_key must be 1 to 255 visible ASCII characters")),
@@ -119,39 +116,6 @@ impl EventQuery {
     }
 }
 
-/// This shard's matches: up to `limit + 1` newest events older than the cursor.
-pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
-    let state = shard.state().borrow();
-    let now = crate::clock::now_ms();
-    state
-        .events
-        .newest_before(query.cursor)
-        .filter(|(event_id, event)| {
-            query.matches(
-                state.endpoint_of(event),
-                event.shown_status().as_str(),
-                event.idempotency_key(),
-                event_id.unix_ms(),
-            )
-        })
-        .take(query.limit + 1)
-        .filter_map(|(event_id, _)| Some((*event_id, state.event_json(*event_id, now)?)))
-        .collect()
-}
-
-/// Merges the shards' answers into one page: `{"events":[…],"next_cursor":…}`.
-pub fn page(mut matches: Vec<(EventId, Value)>, limit: usize) -> Value {
-    matches.sort_unstable_by_key(|(event_id, _)| std::cmp::Reverse(*event_id));
-    let more = matches.len() > limit;
-    matches.truncate(limit);
-    let next_cursor = if more { matches.last().map(|(event_id, _)| Value::String(event_id.to_string())) } else { None };
-    serde_json::json!({
-        "events": matches.into_iter().map(|(_, json)| json).collect::<Vec<_>>(),
-        "next_cursor": next_cursor.unwrap_or(Value::Null),
-        "source": "memory",
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -191,17 +155,5 @@ mod tests {
         ] {
             assert!(EventQuery::parse(Some(bad)).is_err(), "{bad}");
         }
-    }
-
-    // Pages are newest first and the cursor continues exactly where the page ended.
-    #[test]
-    fn pages_merge_newest_first() {
-        let matches: Vec<(EventId, Value)> =
-            [3u64, 9, 1, 7, 5].iter().map(|n| (EventId::new(*n, 0, 0), Value::from(*n))).collect();
-        let first = page(matches, 3);
-        assert_eq!(first["events"], serde_json::json!([9, 7, 5]));
-        assert_eq!(first["next_cursor"], EventId::new(5, 0, 0).to_string());
-        let last = page(vec![(EventId::new(1, 0, 0), Value::from(1))], 3);
-        assert!(last["next_cursor"].is_null());
     }
 }

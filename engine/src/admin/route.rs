@@ -3,7 +3,7 @@
 use kapsel_http::Method;
 
 use crate::error::EngineError;
-use crate::ids::{owner_shard, valid_endpoint_id, EventId};
+use crate::model::ids::{owner_shard, valid_endpoint_id, EventId};
 
 /// An operation of the external contract.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub enum Route {
     /// `GET /metrics`.
     Metrics,
     /// `GET /admin/events?…`.
-    ListEvents(crate::query::EventQuery),
+    ListEvents(crate::model::query::EventQuery),
     /// `POST /admin/events/{event_id}/retry`.
     RetryEvent {
         /// Event id.
@@ -101,7 +101,7 @@ impl Route {
                 Self::SetEnabled { id: known_endpoint(id)?, enabled: *action == "enable" },
             ),
             ["admin", "events"] => {
-                only(method, Method::Get, "GET", Self::ListEvents(crate::query::EventQuery::parse(query)?))
+                only(method, Method::Get, "GET", Self::ListEvents(crate::model::query::EventQuery::parse(query)?))
             }
             ["admin", "events", event_id, "retry"] => {
                 only(method, Method::Post, "POST", Self::RetryEvent { event_id: known_event(event_id)? })

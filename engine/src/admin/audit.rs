@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::clock::rfc3339;
 use crate::error::EngineError;
-use crate::ids::EventId;
+use crate::model::ids::EventId;
 
 fn seal_json(seal: &SealInfo) -> Value {
     json!({

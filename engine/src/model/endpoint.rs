@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::clock::rfc3339;
 use crate::limits;
-use crate::signature::Secret;
+use crate::model::signature::Secret;
 
 /// Default per-attempt request timeout.
 pub const TIMEOUT_MS_DEFAULT: u32 = 15_000;

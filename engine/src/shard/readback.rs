@@ -12,8 +12,8 @@ use std::path::Path;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use kapsel_wal::Position;
 
-use crate::ids::EventId;
-use crate::records::{EventReceived, Record};
+use crate::model::ids::EventId;
+use crate::model::records::{EventReceived, Record};
 
 /// Read requests queued for a shard's reader thread, at most (one per endpoint at a time).
 pub const READ_JOBS_MAX: usize = 1024;

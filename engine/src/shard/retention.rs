@@ -8,7 +8,7 @@
 //! their segment, and every later one, for as long as they wait. Retention therefore carries
 //! them forward: it writes each again at the end of the log with its delivery progress
 //! (`Record::EventCarried`), after which the old segment holds nothing needed. Before removing,
-//! it writes the shard's endpoint snapshot ([`crate::snapshot`]), so a restart still knows the
+//! it writes the shard's endpoint snapshot ([`crate::shard::snapshot`]), so a restart still knows the
 //! endpoints whose records went. Seals stay in the audit chain, so `kapsel audit verify` still
 //! passes.
 
@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::clock::now_ms;
-use crate::records::Record;
+use crate::model::records::Record;
 use crate::shard::Shard;
 
 /// When and what retention may remove.
@@ -116,13 +116,13 @@ pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, c
     // records even if it is delivered while the snapshot is written, so every outcome the
     // snapshot's breakers lack stays in the log with its event.
     let (snapshot, bound_at_snapshot) =
-        (crate::snapshot::Snapshot::of(&shard.state().borrow()), keep_from(shard, age_ms, now_ms));
+        (crate::shard::snapshot::Snapshot::of(&shard.state().borrow()), keep_from(shard, age_ms, now_ms));
     if !removable(bound_at_snapshot) {
         return Ok(Vec::new());
     }
     let snapshot_lsn = snapshot.applied_lsn;
     let directory = shard.wal().directory().to_path_buf();
-    crate::shard::off_shard("kapsel-snapshot", move || crate::snapshot::write(&directory, &snapshot))
+    crate::shard::off_shard("kapsel-snapshot", move || crate::shard::snapshot::write(&directory, &snapshot))
         .await?
         .map_err(crate::EngineError::Storage)?;
     // Decided and handed to the log in one step: nothing can start waiting on an old record in

@@ -5,7 +5,7 @@
 //! number of attempts made so far. A `Retry-After` from a 429 or 503 replaces the computed delay,
 //! capped by max_delay.
 
-use crate::endpoint::RetryPolicy;
+use crate::model::endpoint::RetryPolicy;
 
 /// What to do after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use kapsel_wal::{codec, WalError};
 
-use crate::endpoint::Endpoint;
+use crate::model::endpoint::Endpoint;
 
 /// Log kind of [`Record::EndpointPut`].
 pub const KIND_ENDPOINT_PUT: u8 = 1;

@@ -8,15 +8,15 @@ use kapsel_http::{HeaderName, Request, RequestHead, Response};
 use serde_json::json;
 use tracing::Instrument as _;
 
+use crate::admin::inbox::Command;
+use crate::admin::route::Route;
+use crate::admin::shared::Shared;
 use crate::error::EngineError;
-use crate::idempotency;
-use crate::ids::EventId;
-use crate::inbox::Command;
 use crate::limits;
-use crate::route::Route;
+use crate::model::ids::EventId;
+use crate::model::signature::constant_time_equal;
 use crate::shard::{Accepted, Ingest, Shard};
-use crate::signature::constant_time_equal;
-use crate::Shared;
+use crate::state::idempotency;
 
 /// One shard's request handler.
 pub struct Service {
@@ -68,8 +68,8 @@ impl Service {
     }
 
     /// Asks every shard for its newest matching events and merges them into one page.
-    async fn list_everywhere(&self, query: crate::query::EventQuery) -> Response {
-        let mut matches = crate::query::list_local(&self.shard, &query);
+    async fn list_everywhere(&self, query: crate::model::query::EventQuery) -> Response {
+        let mut matches = crate::admin::events::list_local(&self.shard, &query);
         let mut answers = Vec::with_capacity(self.shared.shards);
         for (index, inbox) in self.shared.inboxes.iter().enumerate() {
             if index == self.shard.index {
@@ -87,13 +87,13 @@ impl Service {
                 Err(_) => return EngineError::Unavailable("a shard stopped".into()).into_response(),
             }
         }
-        Response::json(200, crate::query::page(matches, query.limit).to_string().into_bytes())
+        Response::json(200, crate::admin::events::page(matches, query.limit).to_string().into_bytes())
     }
 
     /// Gathers every shard's metrics and renders them.
     async fn metrics_everywhere(&self) -> Response {
         let now = crate::clock::now_ms();
-        let mut reports = vec![crate::metrics::report(&self.shard, now)];
+        let mut reports = vec![crate::admin::metrics::report(&self.shard, now)];
         let mut answers = Vec::with_capacity(self.shared.shards);
         for (index, inbox) in self.shared.inboxes.iter().enumerate() {
             if index == self.shard.index {
@@ -114,7 +114,7 @@ impl Service {
         let index = self.shared.index.as_ref().map(|index| index.status().as_ref());
         let mut response = Response::empty(200);
         response.content_type = Some("text/plain; version=0.0.4; charset=utf-8");
-        response.body = crate::metrics::render(reports, index, now).into_bytes();
+        response.body = crate::admin::metrics::render(reports, index, now).into_bytes();
         response
     }
 
@@ -180,7 +180,7 @@ fn body_announced(head: &RequestHead) -> u64 {
 
 fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
     match route {
-        Route::AuditSegments => match crate::audit::segments_json(&shared.data_directory, shared.shards) {
+        Route::AuditSegments => match crate::admin::audit::segments_json(&shared.data_directory, shared.shards) {
             Ok(json) => Response::json(200, json.to_string().into_bytes()),
             Err(error) => error.into_response(),
         },
@@ -204,7 +204,9 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
     let now = crate::clock::now_ms();
     let ok = |json: serde_json::Value| Response::json(200, json.to_string().into_bytes());
     let outcome = match route {
-        Route::ListEvents(query) => Ok(ok(crate::query::page(crate::query::list_local(shard, &query), query.limit))),
+        Route::ListEvents(query) => {
+            Ok(ok(crate::admin::events::page(crate::admin::events::list_local(shard, &query), query.limit)))
+        }
         Route::RetryEvent { event_id } => {
             shard.retry_event(event_id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
         }
@@ -222,9 +224,10 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         }
         Route::DeleteEndpoint { id } => shard.delete_endpoint(&id, now).await.map(|()| Response::empty(204)),
         Route::GetEvent { event_id } => get_event(shard, event_id, now).await.map(ok),
-        Route::EventProof { event_id } => {
-            shard.prove_event(event_id).await.map(|json| Response::json(200, json.to_string().into_bytes()))
-        }
+        Route::EventProof { event_id } => shard.prove_event(event_id).await.map(|proof| {
+            let json = crate::admin::audit::proof_json(event_id, shard.index, &proof);
+            Response::json(200, json.to_string().into_bytes())
+        }),
         Route::Health | Route::Ready | Route::Metrics | Route::AuditSegments => {
             Err(EngineError::NotFound("not a shard operation".into()))
         }
@@ -292,7 +295,7 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
 /// The trace id of the sender's `traceparent`, for the ingest span.
 fn ingest_trace_id(headers: &kapsel_http::ApplicationHeaders) -> Option<String> {
     let value = std::str::from_utf8(headers.get(HeaderName::Traceparent)?).ok()?;
-    crate::trace::trace_id(value).map(str::to_string)
+    crate::model::trace::trace_id(value).map(str::to_string)
 }
 
 fn accepted(status: u16, event_id: EventId, word: &str) -> Response {

@@ -1,6 +1,6 @@
 //! `GET /metrics` in the Prometheus text format (version 0.0.4).
 //!
-//! Each shard records into its own [`ShardMetrics`] — plain cells on its own thread, no atomics
+//! Each shard records into its own `ShardMetrics` (`shard::stats`) — plain cells on its own thread, no atomics
 //! on the hot path — with latencies in HdrHistograms. A scrape asks every shard for a
 //! [`ShardReport`] over its inbox (as event listings do), merges the reports and renders them
 //! with the logs' counters ([`kapsel_wal::IoCounters`]), the index's status and the process's
@@ -10,12 +10,10 @@
 //! only per-endpoint series is `kapsel_circuit_open`, for endpoints whose breaker is open or
 //! half-open, at most [`OPEN_BREAKERS_REPORTED_MAX`] per shard.
 
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use hdrhistogram::Histogram;
-
+use crate::shard::stats::Latency;
 use crate::shard::Shard;
 
 /// Per-endpoint `kapsel_circuit_open` series per shard, at most.
@@ -27,142 +25,6 @@ const INGEST_BOUNDS_S: [f64; 14] =
 /// Bucket bounds of the delivery histograms, in seconds.
 const DELIVERY_BOUNDS_S: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0];
-
-/// A latency histogram in microseconds with its exact sum (HdrHistogram keeps counts only).
-#[derive(Clone, Debug)]
-pub struct Latency {
-    histogram: Option<Histogram<u64>>,
-    sum_us: u64,
-}
-
-impl Latency {
-    fn new() -> Self {
-        // 1 µs to 1 day at 2 significant digits: a few KiB. Creation cannot fail for these
-        // bounds; were it to, the histogram would simply stay empty.
-        Self { histogram: Histogram::new_with_bounds(1, 86_400_000_000, 2).ok(), sum_us: 0 }
-    }
-
-    fn record(&mut self, micros: u64) {
-        if let Some(histogram) = self.histogram.as_mut() {
-            histogram.saturating_record(micros.max(1));
-        }
-        self.sum_us = self.sum_us.saturating_add(micros);
-    }
-
-    fn merge(&mut self, other: &Self) {
-        match (self.histogram.as_mut(), other.histogram.as_ref()) {
-            (Some(mine), Some(theirs)) => {
-                let _ = mine.add(theirs);
-            }
-            (None, Some(theirs)) => self.histogram = Some(theirs.clone()),
-            _ => {}
-        }
-        self.sum_us = self.sum_us.saturating_add(other.sum_us);
-    }
-
-    fn count(&self) -> u64 {
-        self.histogram.as_ref().map_or(0, Histogram::len)
-    }
-
-    fn count_at_most(&self, micros: u64) -> u64 {
-        self.histogram.as_ref().map_or(0, |histogram| histogram.count_between(0, micros))
-    }
-}
-
-/// What one shard counts. Only its own thread touches it.
-#[derive(Debug)]
-pub struct ShardMetrics {
-    ingest: RefCell<BTreeMap<(u16, &'static str), u64>>,
-    refused: RefCell<BTreeMap<(u16, &'static str), u64>>,
-    deliveries: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
-    ingest_latency: RefCell<Latency>,
-    attempt_latency: RefCell<Latency>,
-    delivery_latency: RefCell<Latency>,
-    connections_open: Cell<u64>,
-    connections_total: Cell<u64>,
-    read_backs: Cell<u64>,
-    read_back_events: Cell<u64>,
-    read_back_failures: Cell<u64>,
-    retention_passes: Cell<u64>,
-    segments_removed: Cell<u64>,
-}
-
-impl Default for ShardMetrics {
-    fn default() -> Self {
-        Self {
-            ingest: RefCell::default(),
-            refused: RefCell::default(),
-            deliveries: RefCell::default(),
-            ingest_latency: RefCell::new(Latency::new()),
-            attempt_latency: RefCell::new(Latency::new()),
-            delivery_latency: RefCell::new(Latency::new()),
-            connections_open: Cell::new(0),
-            connections_total: Cell::new(0),
-            read_backs: Cell::new(0),
-            read_back_events: Cell::new(0),
-            read_back_failures: Cell::new(0),
-            retention_passes: Cell::new(0),
-            segments_removed: Cell::new(0),
-        }
-    }
-}
-
-fn bump<K: Ord>(map: &RefCell<BTreeMap<K, u64>>, key: K) {
-    *map.borrow_mut().entry(key).or_insert(0) += 1;
-}
-
-impl ShardMetrics {
-    /// An ingest request answered with `status` (and `code` when it is an error), after
-    /// `micros` in the handler.
-    pub fn ingest(&self, status: u16, code: Option<&'static str>, micros: u64) {
-        bump(&self.ingest, (status, code.unwrap_or("")));
-        self.ingest_latency.borrow_mut().record(micros);
-    }
-
-    /// A request the HTTP layer refused by itself.
-    pub fn refused(&self, status: u16, code: &'static str) {
-        bump(&self.refused, (status, code));
-    }
-
-    /// A connection opened or closed.
-    pub fn connection(&self, open: bool) {
-        if open {
-            self.connections_open.set(self.connections_open.get() + 1);
-            self.connections_total.set(self.connections_total.get() + 1);
-        } else {
-            self.connections_open.set(self.connections_open.get().saturating_sub(1));
-        }
-    }
-
-    /// A read-back of `events` payloads from the log, `failures` of which could not be read.
-    pub fn read_back(&self, events: usize, failures: usize) {
-        self.read_backs.set(self.read_backs.get() + 1);
-        self.read_back_events.set(self.read_back_events.get() + events as u64);
-        self.read_back_failures.set(self.read_back_failures.get() + failures as u64);
-    }
-
-    /// A retention pass ended, having removed `segments` sealed segments.
-    pub fn retention_pass(&self, segments: usize) {
-        self.retention_passes.set(self.retention_passes.get() + 1);
-        self.segments_removed.set(self.segments_removed.get() + segments as u64);
-    }
-
-    /// A delivery attempt: its outcome (`delivered`, `retrying`, `failed`), E-code, duration,
-    /// and for a delivery the time since the event was received.
-    pub fn attempt(
-        &self,
-        outcome: &'static str,
-        code: Option<&'static str>,
-        micros: u64,
-        since_received_us: Option<u64>,
-    ) {
-        bump(&self.deliveries, (outcome, code.unwrap_or("")));
-        self.attempt_latency.borrow_mut().record(micros);
-        if let Some(end_to_end) = since_received_us {
-            self.delivery_latency.borrow_mut().record(end_to_end);
-        }
-    }
-}
 
 /// The log's counters as a scrape reads them.
 #[derive(Clone, Debug, Default)]

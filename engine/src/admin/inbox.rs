@@ -11,9 +11,9 @@ use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use kapsel_http::{Request, Response};
 
+use crate::admin::route::Route;
+use crate::admin::service::execute;
 use crate::limits;
-use crate::route::Route;
-use crate::service::execute;
 use crate::shard::Shard;
 
 /// Work sent to a shard by another shard.
@@ -30,14 +30,14 @@ pub enum Command {
     /// List this shard's events matching a query (the asking shard merges the answers).
     ListEvents {
         /// The filters and page.
-        query: crate::query::EventQuery,
+        query: crate::model::query::EventQuery,
         /// Where the matches go.
-        reply: futures_channel::oneshot::Sender<Vec<(crate::ids::EventId, serde_json::Value)>>,
+        reply: futures_channel::oneshot::Sender<Vec<(crate::model::ids::EventId, serde_json::Value)>>,
     },
     /// Report this shard's metrics.
     Metrics {
         /// Where the report goes.
-        reply: futures_channel::oneshot::Sender<crate::metrics::ShardReport>,
+        reply: futures_channel::oneshot::Sender<crate::admin::metrics::ShardReport>,
     },
 }
 
@@ -97,14 +97,14 @@ impl InboxReceiver {
 
     /// Runs every command sent to this shard, each as its own task, until `stop` returns true
     /// and the inbox is drained.
-    pub async fn run(self, shard: Rc<Shard>, shared: Arc<crate::Shared>, stop: impl Fn() -> bool) {
+    pub async fn run(self, shard: Rc<Shard>, shared: Arc<crate::admin::shared::Shared>, stop: impl Fn() -> bool) {
         while let Some(command) = self.next(&stop).await {
             match command {
                 Command::ListEvents { query, reply } => {
-                    let _ = reply.send(crate::query::list_local(&shard, &query));
+                    let _ = reply.send(crate::admin::events::list_local(&shard, &query));
                 }
                 Command::Metrics { reply } => {
-                    let _ = reply.send(crate::metrics::report(&shard, crate::clock::now_ms()));
+                    let _ = reply.send(crate::admin::metrics::report(&shard, crate::clock::now_ms()));
                 }
                 Command::Request { route, request, reply } => {
                     let (shard, shared) = (Rc::clone(&shard), Arc::clone(&shared));

@@ -1,8 +1,8 @@
 //! Delivery: the per-shard scheduler task and one task per attempt.
 //!
-//! The scheduler releases due retries, asks [`ShardState::take_startable`] for the attempts
-//! endpoints may start now (in-flight limits, breakers, fairness), spawns them, and sleeps until
-//! new work arrives or the next timer is due. An attempt signs the event (Standard Webhooks),
+//! The scheduler asks [`crate::state::ShardState::schedule`] for the attempts endpoints may start
+//! now (due retries first, in-flight limits, breakers, fairness) and the payloads to read back,
+//! spawns them, and sleeps until new work arrives or the next timer is due. An attempt signs the event (Standard Webhooks),
 //! sends it with the shard's outbound client, classifies the outcome, appends an
 //! [`Attempt`] record to the log, then applies it to memory. A crash before that record is
 //! durable means the attempt is made again after restart: at least once, never zero.
@@ -17,9 +17,9 @@ use kapsel_http::{Client, OutboundRequest, OutboundResponse, SendError, Target};
 use crate::clock::now_ms;
 use tracing::Instrument as _;
 
-use crate::records::{Attempt, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
-use crate::retry::{self, Next};
+use crate::model::records::{Attempt, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
 use crate::shard::Shard;
+use crate::state::retry::{self, Next};
 use crate::state::Start;
 
 /// Bytes of the response body kept with an attempt.
@@ -147,7 +147,7 @@ fn headers(shard: &Shard, start: &Start, timestamp_s: u64, random: u64) -> Optio
         ("webhook-id", event_id),
         ("webhook-timestamp", timestamp_s.to_string()),
         ("webhook-signature", signatures.join(" ")),
-        ("traceparent", crate::trace::child_traceparent(start.payload.traceparent.as_deref(), random)),
+        ("traceparent", crate::model::trace::child_traceparent(start.payload.traceparent.as_deref(), random)),
     ];
     Some(Prepared { target, headers, timeout: Duration::from_millis(u64::from(entry.endpoint.timeout_ms)) })
 }
@@ -159,7 +159,7 @@ async fn attempt(shard: &Shard, client: &Client, start: Start, sample: (f64, u64
     let trace_id = prepared
         .as_ref()
         .and_then(|prepared| prepared.headers.iter().find(|(name, _)| *name == "traceparent"))
-        .and_then(|(_, value)| crate::trace::trace_id(value));
+        .and_then(|(_, value)| crate::model::trace::trace_id(value));
     let span = tracing::info_span!(
         "delivery",
         event_id = %start.event_id,

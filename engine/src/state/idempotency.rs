@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::ids::EventId;
+use crate::model::ids::EventId;
 
 /// What the table remembers of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,12 +113,7 @@ impl IdempotencyTable {
     }
 }
 
-/// Checks an `X-Idempotency-Key`: 1 to 255 visible ASCII bytes.
-pub fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty()
-        && key.len() <= crate::limits::IDEMPOTENCY_KEY_BYTES_MAX
-        && key.iter().all(|byte| (0x21..=0x7E).contains(byte))
-}
+pub use crate::model::ids::valid_idempotency_key as valid_key;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

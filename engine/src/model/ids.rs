@@ -106,6 +106,13 @@ pub fn valid_endpoint_id(id: &str) -> bool {
         && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'))
 }
 
+/// Checks an `X-Idempotency-Key`: 1 to 255 visible ASCII bytes.
+pub fn valid_idempotency_key(key: &[u8]) -> bool {
+    !key.is_empty()
+        && key.len() <= limits::IDEMPOTENCY_KEY_BYTES_MAX
+        && key.iter().all(|byte| (0x21..=0x7E).contains(byte))
+}
+
 /// The shard owning an endpoint: FNV-1a of the id, modulo the shard count. Stable across
 /// releases and restarts (endpoints live in their owner's log).
 pub fn owner_shard(endpoint_id: &str, shards: usize) -> usize {

@@ -14,8 +14,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::breaker::{Breaker, BreakerSnapshot};
-use crate::endpoint::Endpoint;
+use crate::model::endpoint::Endpoint;
+use crate::state::breaker::{Breaker, BreakerSnapshot};
 use crate::state::ShardState;
 
 /// The file name inside the shard's log directory.
@@ -124,7 +124,7 @@ mod tests {
     use super::*;
 
     fn endpoint(id: &str) -> Endpoint {
-        crate::endpoint::EndpointInput::parse(br#"{"url":"https://example.com/h"}"#)
+        crate::model::endpoint::EndpointInput::parse(br#"{"url":"https://example.com/h"}"#)
             .unwrap()
             .into_endpoint(id, None, 1)
             .unwrap()

@@ -25,7 +25,7 @@
 
 use std::collections::VecDeque;
 
-use crate::endpoint::CircuitPolicy;
+use crate::model::endpoint::CircuitPolicy;
 
 /// A run of failures opens the breaker only when chance would produce it less often than this
 /// under the destination's recent failure rate: about once in 10¹⁰ attempts.

@@ -6,6 +6,11 @@
 //! applied ([`Shard::durable`]) before they answer, so nothing is answered as done before its
 //! fsync, and what the state shows is always what a replay of the log would give.
 
+pub mod readback;
+pub mod retention;
+pub mod snapshot;
+pub mod stats;
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -16,14 +21,14 @@ use std::task::{Poll, Waker};
 use kapsel_wal::{Commit, Position, Wal, WalError};
 use serde_json::Value;
 
-use crate::endpoint::EndpointInput;
 use crate::error::EngineError;
-use crate::idempotency::Remembered;
-use crate::ids::EventId;
 use crate::index::{Change, IndexHandle, Row};
 use crate::limits;
-use crate::readback::Reader;
-use crate::records::{EndpointDeleted, EventReceived, Record, Requeued};
+use crate::model::endpoint::EndpointInput;
+use crate::model::ids::EventId;
+use crate::model::records::{EndpointDeleted, EventReceived, Record, Requeued};
+use crate::shard::readback::Reader;
+use crate::state::idempotency::Remembered;
 use crate::state::{Payload, ReadRequest, ShardState};
 
 /// An inbound webhook, as the ingest route hands it to the owning shard.
@@ -91,7 +96,7 @@ pub struct Shard {
     wal: Wal,
     core: Rc<Core>,
     indexer: Option<IndexHandle>,
-    metrics: crate::metrics::ShardMetrics,
+    metrics: crate::shard::stats::ShardMetrics,
     reader: Reader,
 }
 
@@ -116,7 +121,7 @@ impl Shard {
     ) -> Result<(Self, Opened), String> {
         let shard_number = u16::try_from(index).map_err(|_| "too many shards".to_string())?;
         let mut state = ShardState::new(shard_number, limits);
-        let snapshot_endpoints = crate::snapshot::load_into(&mut state, directory)?;
+        let snapshot_endpoints = crate::shard::snapshot::load_into(&mut state, directory)?;
         state.set_replaying(true);
         let mut replay_error = None;
         let (wal, recovery) = Wal::open(directory, options, |record| match Record::decode(record.kind, record.body) {
@@ -151,7 +156,7 @@ impl Shard {
         let core =
             Rc::new(Core { state: RefCell::new(state), applying: RefCell::new(applying), scheduler: Cell::new(None) });
         monoio::spawn(run_applier(Rc::clone(&core)));
-        Ok(Self { index, wal, core, indexer: None, metrics: crate::metrics::ShardMetrics::default(), reader })
+        Ok(Self { index, wal, core, indexer: None, metrics: crate::shard::stats::ShardMetrics::default(), reader })
     }
 
     /// Feeds every record this shard appends to the Postgres index.
@@ -162,7 +167,7 @@ impl Shard {
     }
 
     /// What this shard counts for `GET /metrics`.
-    pub fn metrics(&self) -> &crate::metrics::ShardMetrics {
+    pub fn metrics(&self) -> &crate::shard::stats::ShardMetrics {
         &self.metrics
     }
 
@@ -370,7 +375,7 @@ impl Shard {
     }
 
     /// Redelivers an event, `failed` ones included, with a fresh retry budget. A waiting event
-    /// gets a [`Requeued`] record; a delivered or failed one a [`Redriven`] record that carries
+    /// gets a [`Requeued`] record; a delivered or failed one a [`crate::model::records::Redriven`] record that carries
     /// the event (read back from the log), so the redrive never depends on an older segment.
     pub async fn retry_event(&self, event_id: EventId, now_ms: u64) -> Result<Value, EngineError> {
         let (terminal, position) = {
@@ -449,8 +454,8 @@ impl Shard {
     }
 
     /// Hands a read-back's results to the state (the second half of [`Shard::read_back`]; the
-    /// simulation reads with [`crate::readback::load`] and calls this itself).
-    pub fn complete_read_back(&self, request: ReadRequest, loaded: Vec<crate::readback::Loaded>, now_ms: u64) {
+    /// simulation reads with [`crate::shard::readback::load`] and calls this itself).
+    pub fn complete_read_back(&self, request: ReadRequest, loaded: Vec<crate::shard::readback::Loaded>, now_ms: u64) {
         let events = loaded.len();
         let mut first_error = None;
         let results = loaded
@@ -472,13 +477,13 @@ impl Shard {
     }
 
     /// Reads events' records back from the log (off the shard thread).
-    pub async fn read_events(&self, events: Vec<(EventId, Position)>) -> Vec<crate::readback::Loaded> {
+    pub async fn read_events(&self, events: Vec<(EventId, Position)>) -> Vec<crate::shard::readback::Loaded> {
         self.reader.read(events).await
     }
 
     /// An RFC 6962 inclusion proof of an event's record in its sealed segment. Reading the
     /// segment happens on a helper thread so the shard keeps serving.
-    pub async fn prove_event(&self, event_id: EventId) -> Result<Value, EngineError> {
+    pub async fn prove_event(&self, event_id: EventId) -> Result<kapsel_wal::audit::InclusionProof, EngineError> {
         let lsn = {
             let state = self.core.state.borrow();
             state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?.lsn
@@ -486,7 +491,7 @@ impl Shard {
         let directory = self.wal.directory().to_path_buf();
         let proof = off_shard("kapsel-proof", move || kapsel_wal::audit::prove(&directory, lsn)).await?;
         match proof {
-            Ok(proof) => Ok(crate::audit::proof_json(event_id, self.index, &proof)),
+            Ok(proof) => Ok(proof),
             Err(kapsel_wal::WalError::NotSealed { .. }) => Err(EngineError::NotFound(format!(
                 "event {event_id} is not in a sealed segment yet; its segment is sealed when it reaches KAPSEL_WAL_SEGMENT_BYTES"
             ))),

@@ -1,0 +1,11 @@
+//! The HTTP face of the shards: routes, the request handler, the hops between shards, the
+//! event listing from memory, the audit JSON and the metrics text; and what all shards share.
+//! Above `shard` and `delivery`: it runs their operations, they know nothing of it.
+
+pub mod audit;
+pub mod events;
+pub mod inbox;
+pub mod metrics;
+pub mod route;
+pub mod service;
+pub mod shared;

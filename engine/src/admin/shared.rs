@@ -1,0 +1,87 @@
+//! What all shards share: the token, every shard's inbox, the destination policy, the resolver,
+//! the index handle, and the readiness and shutdown flags. Read-mostly, lock-free.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::error::EngineError;
+use crate::limits;
+
+/// What all shards share: read-mostly, lock-free.
+pub struct Shared {
+    /// Number of shards.
+    pub shards: usize,
+    /// Bearer token for `/admin/*`.
+    pub admin_token: String,
+    /// Every shard's inbox, by shard index.
+    pub inboxes: Vec<crate::admin::inbox::Inbox>,
+    /// The data directory (the audit endpoints read the chain files).
+    pub data_directory: std::path::PathBuf,
+    /// Which destinations deliveries may reach (endpoint URLs with a refused literal IP are
+    /// rejected when created).
+    pub destinations: kapsel_http::DestinationPolicy,
+    /// DNS resolution off the shards, shared by every shard's client.
+    pub resolver: kapsel_http::Resolver,
+    /// The Postgres index, when `DATABASE_URL` is set.
+    pub index: Option<crate::index::IndexHandle>,
+    pub(crate) ready_shards: AtomicUsize,
+    pub(crate) serving_shards: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        shards: usize,
+        admin_token: String,
+        inboxes: Vec<crate::admin::inbox::Inbox>,
+        data_directory: std::path::PathBuf,
+        destinations: kapsel_http::DestinationPolicy,
+        index: Option<crate::index::IndexHandle>,
+    ) -> Self {
+        Self {
+            shards,
+            admin_token,
+            inboxes,
+            data_directory,
+            destinations,
+            resolver: kapsel_http::Resolver::new(limits::RESOLVER_THREADS),
+            index,
+            ready_shards: AtomicUsize::new(0),
+            serving_shards: AtomicUsize::new(shards),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// `Ok` while every shard has recovered and none is shutting down; otherwise E3004.
+    pub fn check_serving(&self) -> Result<(), EngineError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(EngineError::Unavailable("shutting down".into()));
+        }
+        if self.ready_shards.load(Ordering::Acquire) < self.shards {
+            return Err(EngineError::Unavailable("recovering the write-ahead log".into()));
+        }
+        Ok(())
+    }
+
+    /// True once every shard has replayed its log.
+    pub fn is_ready(&self) -> bool {
+        self.ready_shards.load(Ordering::Acquire) >= self.shards
+    }
+
+    /// Starts a graceful shutdown: every shard stops accepting, finishes in-flight requests,
+    /// flushes its log and exits.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn wake_all(&self) {
+        for inbox in &self.inboxes {
+            inbox.wake();
+        }
+    }
+}

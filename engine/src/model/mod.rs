@@ -1,0 +1,12 @@
+//! The model: what an endpoint, an event id, a record of the log, a signature, a trace context,
+//! a status and an event's admin view are. Plain data and pure functions; imports nothing of the
+//! engine but `limits`, `error` and `clock`.
+
+pub mod endpoint;
+pub mod ids;
+pub mod query;
+pub mod records;
+pub mod signature;
+pub mod status;
+pub mod trace;
+pub mod view;
