@@ -2,7 +2,7 @@
 //! directory on the bench's disk and `pg_ctl start` on a free loopback port, run as the
 //! `postgres` user (the bench runs as root, and PostgreSQL refuses to), stopped when dropped.
 //!
-//! Like the test harness (`tests/common/postgres.rs`), but durable: the tests turn `fsync` off
+//! Like the test harness (`tests/it/common/postgres.rs`), but durable: the tests turn `fsync` off
 //! for speed, while a benchmark of the index must pay for every commit's flush as production
 //! does. That one difference, and errors as values instead of assertions, is why the bench
 //! does not include the harness's module.

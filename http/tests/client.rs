@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "../../tests/common/pki.rs"]
+#[path = "../../tests/it/common/pki.rs"]
 mod pki;
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};

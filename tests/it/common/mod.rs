@@ -1,7 +1,6 @@
 //! Test harness for the real `kapsel` binary: start it on a free loopback port with a private
 //! data directory, talk HTTP/1.1 to it over real TCP with a small client written here, stop it
 //! gracefully or with SIGKILL.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod pki;
 pub mod postgres;
@@ -9,7 +8,7 @@ pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,6 @@ pub const TOKEN: &str = "test-admin-token";
 pub struct Server {
     child: Option<Child>,
     pub address: SocketAddr,
-    pub data_directory: PathBuf,
 }
 
 /// The io drivers every scenario runs under.
@@ -73,7 +71,7 @@ impl Server {
             .next()
             .and_then(|text| text.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child: Some(child), address, data_directory: data_directory.to_path_buf() }
+        Server { child: Some(child), address }
     }
 
     fn wait_ready(&self) {
@@ -251,4 +249,52 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
     }
     body.truncate(length);
     Ok(Response { status, headers, body })
+}
+
+/// How long a test waits for something that should happen: generous, to catch a stall, never to
+/// judge speed.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it holds (or fails the test after [`WAIT`]), for state that has no
+/// push notification.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Creates or replaces an endpoint; its JSON.
+pub fn create(server: &Server, id: &str, body: &str) -> serde_json::Value {
+    let response = server.admin("PUT", &format!("/admin/endpoints/{id}"), body);
+    assert!(matches!(response.status, 200 | 201), "{response:?}");
+    response.json()
+}
+
+/// Ingests a JSON body, optionally with an idempotency key; the event id (202 expected, or 200
+/// for a repeated key).
+pub fn ingest_keyed(server: &Server, endpoint: &str, key: Option<&str>, body: &[u8]) -> String {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(key) = key {
+        headers.push(("X-Idempotency-Key", key));
+    }
+    let response = server.request("POST", &format!("/ingest/{endpoint}"), &headers, body);
+    let accepted = response.status == 202 || (key.is_some() && response.status == 200);
+    assert!(accepted, "{response:?}");
+    response.json()["event_id"].as_str().unwrap().to_string()
+}
+
+/// Ingests a JSON body; the event id (202 expected).
+pub fn ingest(server: &Server, endpoint: &str, body: &[u8]) -> String {
+    ingest_keyed(server, endpoint, None, body)
+}
+
+/// The sum of a metric's samples in `GET /metrics` (all shards).
+pub fn metric(server: &Server, name: &str) -> f64 {
+    let text = String::from_utf8(server.request("GET", "/metrics", &[], b"").body).unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

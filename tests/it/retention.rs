@@ -3,10 +3,10 @@
 //! has not taken is removed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common::{self, wait_until};
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::postgres::Postgres;
 use common::sink::{Reply, Sink};
@@ -59,14 +59,6 @@ fn ingest(server: &Server, endpoint: &str) -> String {
     let response = server.request("POST", &format!("/ingest/{endpoint}"), &[], body.as_bytes());
     assert_eq!(response.status, 202, "{response:?}");
     response.json()["event_id"].as_str().unwrap().to_string()
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn audit_verify(data: &Path) {

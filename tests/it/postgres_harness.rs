@@ -2,7 +2,7 @@
 //! the `postgres` user, answer on its loopback port, and stop cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 // The Postgres index (issue 5) is tested against a real PostgreSQL started by the suite itself;
 // this checks that harness on its own.

@@ -2,7 +2,7 @@
 //! safety under kill -9, graceful shutdown — under both io drivers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

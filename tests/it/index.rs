@@ -3,7 +3,7 @@
 //! crash, and the admin queries served from it (every filter, cursor pages).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common::{self, create, ingest_keyed, wait_until};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,21 +32,6 @@ fn paused_load(name: &str) -> Option<(Postgres, String, tempfile::TempDir, Serve
     Some((postgres, url, directory, server))
 }
 
-fn create(server: &Server, id: &str, body: &str) {
-    let response = server.admin("PUT", &format!("/admin/endpoints/{id}"), body);
-    assert!(matches!(response.status, 200 | 201), "{response:?}");
-}
-
-fn ingest(server: &Server, endpoint: &str, key: Option<&str>, body: &[u8]) -> String {
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(key) = key {
-        headers.push(("X-Idempotency-Key", key));
-    }
-    let response = server.request("POST", &format!("/ingest/{endpoint}"), &headers, body);
-    assert!(matches!(response.status, 200 | 202), "{response:?}");
-    response.json()["event_id"].as_str().unwrap().to_string()
-}
-
 fn readiness(server: &Server) -> Value {
     let response = server.request("GET", "/readyz", &[], b"");
     assert_eq!(response.status, 200, "{response:?}");
@@ -70,14 +55,6 @@ fn wait_indexed(server: &Server) {
 fn index_passes(server: &Server) -> u64 {
     let text = String::from_utf8(server.request("GET", "/metrics", &[], b"").body).unwrap();
     text.lines().find_map(|line| line.strip_prefix("kapsel_index_passes_total ")?.parse().ok()).unwrap_or(0)
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Every indexed event: id → (endpoint, status, attempt count, key, payload bytes, attempt rows).
@@ -144,7 +121,7 @@ fn index_rows_equal_engine_state_after_a_mixed_load() {
     for n in 0..60 {
         let endpoint = ["good", "flaky", "broken"][n % 3];
         let key = format!("key-{n}");
-        ids.insert(ingest(
+        ids.insert(ingest_keyed(
             &server,
             endpoint,
             (n % 2 == 0).then_some(key.as_str()),
@@ -152,9 +129,9 @@ fn index_rows_equal_engine_state_after_a_mixed_load() {
         ));
     }
     // A repeated key is not a new event.
-    assert!(ids.contains(&ingest(&server, "good", Some("key-0"), b"{}")));
+    assert!(ids.contains(&ingest_keyed(&server, "good", Some("key-0"), b"{}")));
     for _ in 0..5 {
-        ingest(&server, "doomed", None, b"{}");
+        ingest_keyed(&server, "doomed", None, b"{}");
     }
     let terminal = |event: &Value| matches!(event["status"].as_str(), Some("delivered" | "failed"));
     wait_until("every event delivered or failed", || {
@@ -269,7 +246,7 @@ fn a_restart_mid_indexing_resumes_from_the_checkpoint_without_duplicates() {
     let indexed_at_kill = count(&postgres, "restart", "SELECT count(*) FROM events");
     let server = start(directory.path(), &url);
     for n in 0..50 {
-        acknowledged.push(ingest(&server, "load", None, format!("{n}").as_bytes()));
+        acknowledged.push(ingest_keyed(&server, "load", None, format!("{n}").as_bytes()));
     }
     wait_indexed(&server);
     acknowledged.sort();
@@ -301,8 +278,8 @@ fn queries_filter_and_page_from_the_index() {
     let mut delivered = Vec::new();
     let mut waiting = Vec::new();
     for n in 0..20 {
-        delivered.push(ingest(&server, "delivered", Some(&format!("d&{n}")), b"{}"));
-        waiting.push(ingest(&server, "waiting", None, b"{}"));
+        delivered.push(ingest_keyed(&server, "delivered", Some(&format!("d&{n}")), b"{}"));
+        waiting.push(ingest_keyed(&server, "waiting", None, b"{}"));
     }
     let middle = server.admin("GET", &format!("/admin/events/{}", waiting[10]), "").json()["received_at"]
         .as_str()
@@ -310,7 +287,7 @@ fn queries_filter_and_page_from_the_index() {
         .to_string();
     std::thread::sleep(Duration::from_millis(5));
     for n in 20..25 {
-        waiting.push(ingest(&server, "waiting", None, format!("{n}").as_bytes()));
+        waiting.push(ingest_keyed(&server, "waiting", None, format!("{n}").as_bytes()));
     }
     sink.wait_for("every delivery", WAIT, |received| received.len() >= 20);
     wait_until("deliveries recorded", || {
@@ -353,7 +330,7 @@ fn queries_filter_and_page_from_the_index() {
         let events = page["events"].as_array().unwrap();
         assert!(events.len() <= 7);
         paged.extend(events.iter().map(|event| event["event_id"].as_str().unwrap().to_string()));
-        ingest(&server, "waiting", None, b"{\"late\":true}");
+        ingest_keyed(&server, "waiting", None, b"{\"late\":true}");
         wait_indexed(&server);
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
@@ -390,8 +367,8 @@ fn without_an_index_queries_answer_from_memory_and_say_so() {
     let directory = tempfile::tempdir().unwrap();
     let server = Server::start(directory.path(), "legacy", &[]);
     create(&server, "waiting", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
-    let first = ingest(&server, "waiting", Some("k+1"), b"{}");
-    let second = ingest(&server, "waiting", None, b"{}");
+    let first = ingest_keyed(&server, "waiting", Some("k+1"), b"{}");
+    let second = ingest_keyed(&server, "waiting", None, b"{}");
     let page = server.admin("GET", "/admin/events?idempotency_key=k%2B1", "").json();
     assert_eq!(page["source"], "memory");
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
@@ -410,7 +387,7 @@ fn without_an_index_queries_answer_from_memory_and_say_so() {
 fn an_index_ahead_of_the_logs_is_reported_and_left_alone() {
     let Some((postgres, url, _first, server)) = paused_load("diverged") else { return };
     for n in 0..10 {
-        ingest(&server, "load", None, format!("{n}").as_bytes());
+        ingest_keyed(&server, "load", None, format!("{n}").as_bytes());
     }
     wait_indexed(&server);
     assert_eq!(server.stop(), 0);
@@ -418,7 +395,7 @@ fn an_index_ahead_of_the_logs_is_reported_and_left_alone() {
     let server = start(other.path(), &url);
     wait_until("the divergence reported", || readiness(&server)["index"]["state"] == "diverged");
     create(&server, "load", r#"{"url":"http://127.0.0.1:9/paused","enabled":false}"#);
-    ingest(&server, "load", None, b"{}");
+    ingest_keyed(&server, "load", None, b"{}");
     // The new record is durable (202); once the index writer has looked for work twice since,
     // it has passed it by: it writes nothing while diverged.
     let passes = index_passes(&server);

@@ -37,6 +37,9 @@ fn as_postgres(bin: &Path, program: &str, arguments: &[&str]) -> std::process::O
     Command::new("su").args(["postgres", "-s", "/bin/sh", "-c", &command]).output().expect("su postgres")
 }
 
+/// Tests skipped for want of PostgreSQL in this run.
+pub static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 impl Postgres {
     /// Starts one, or returns `None` (after saying why) when PostgreSQL is not installed.
     pub fn start() -> Option<Postgres> {
@@ -45,7 +48,15 @@ impl Postgres {
                 std::env::var("CI").ok().as_deref() != Some("true"),
                 "PostgreSQL binaries (initdb, pg_ctl) are missing under CI=true; .ci/run installs them"
             );
-            eprintln!("SKIPPED: PostgreSQL binaries (initdb, pg_ctl) not found under /usr/lib/postgresql; install postgresql to run this test");
+            let skipped = SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            // Straight to the process's standard error: the test harness would swallow eprintln.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!(
+                    "SKIPPED ({skipped} so far): PostgreSQL binaries (initdb, pg_ctl) not found under /usr/lib/postgresql; install postgresql to run this test\n"
+                )
+                .as_bytes(),
+            );
             return None;
         };
         let data = tempfile::Builder::new().prefix("kapsel-pg").tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! SSRF refusal and the admin redrive API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common::{self, create, ingest, metric};
 
 use std::time::{Duration, Instant};
 
@@ -13,19 +13,6 @@ use common::Server;
 use hmac::Mac as _;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn create(server: &Server, id: &str, body: &str) -> serde_json::Value {
-    let response = server.admin("PUT", &format!("/admin/endpoints/{id}"), body);
-    assert!(matches!(response.status, 200 | 201), "{response:?}");
-    response.json()
-}
-
-fn ingest(server: &Server, endpoint: &str, body: &[u8]) -> String {
-    let response =
-        server.request("POST", &format!("/ingest/{endpoint}"), &[("Content-Type", "application/json")], body);
-    assert_eq!(response.status, 202, "{response:?}");
-    response.json()["event_id"].as_str().unwrap().to_string()
-}
 
 /// Polls the admin API until the event satisfies `condition` (state changes have no push API).
 fn wait_event(server: &Server, event_id: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
@@ -361,15 +348,6 @@ fn a_replaced_secret_keeps_signing_alongside_the_new_one() {
     assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
     assert!(verify(new, &event_id, timestamp, &delivery.body, signatures));
     assert!(verify(old, &event_id, timestamp, &delivery.body, signatures));
-}
-
-/// The sum of a metric's samples in `/metrics` (all shards).
-fn metric(server: &Server, name: &str) -> f64 {
-    let text = String::from_utf8(server.request("GET", "/metrics", &[], b"").body).unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Deliveries the sink received per event id.

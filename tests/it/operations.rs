@@ -2,10 +2,10 @@
 //! event id, endpoint id and trace id but never a payload or a secret.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common::{self, wait_until};
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sink::{Reply, Sink};
 use common::Server;
@@ -26,14 +26,6 @@ fn scrape(server: &Server) -> BTreeMap<String, f64> {
 
 fn sum(samples: &BTreeMap<String, f64>, prefix: &str) -> f64 {
     samples.iter().filter(|(series, _)| series.starts_with(prefix)).map(|(_, value)| value).sum()
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn ingest(server: &Server, endpoint: &str, headers: &[(&str, &str)], body: &[u8]) -> u16 {

@@ -2,7 +2,7 @@
 //! no-op on the next start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 // A start must bring an empty database to the current schema, and a second start must change
 // nothing (operators restart Kapsel freely).

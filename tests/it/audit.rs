@@ -2,7 +2,7 @@
 //! proofs that a verifier written here from RFC 9162 accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::Server;

@@ -3,7 +3,7 @@
 //! cut short, slowloris trickles and pipelined requests are served or refused without harm.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

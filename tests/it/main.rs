@@ -1,0 +1,20 @@
+//! Kapsel's integration tests, one binary: the real `kapsel` binary over real TCP on loopback,
+//! real files and fsyncs, a private PostgreSQL, real sinks. `common` holds the one set of
+//! helpers (server process, HTTP client, sinks, Postgres, test PKI). Tests that need PostgreSQL
+//! print `SKIPPED` when it is missing (a failure under `CI=true`) and are counted in
+//! `common::postgres::SKIPPED`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod audit;
+mod cli;
+mod config;
+mod delivery;
+mod hostile;
+mod index;
+mod index_schema;
+mod ingest;
+mod operations;
+mod postgres_harness;
+mod retention;
