@@ -9,6 +9,7 @@
 //!   only [`clock`] reads the clock.
 //! - Every table and queue is bounded ([`limits`]); a full one answers 503 E3002.
 
+#![warn(missing_docs)]
 // Folders are layers; imports run one way, from the top of this list to the bottom:
 // `runtime` (threads, start, stop) → `admin` (HTTP face, inboxes, shared) → `delivery`
 // (scheduler, attempts) → `shard` (append → fsync → apply, read-back, retention, snapshot,

@@ -90,7 +90,9 @@ fn signed_delivery_verifies_with_the_endpoint_secret() {
     }
 }
 
-// 500, 500, 200: delivered on the third attempt, each wait longer than the one before.
+// 500, 500, 200: delivered on the third attempt, each failure recorded. (When each retry is due
+// is checked with injected time: state::tests::a_retry_starts_when_due_and_not_before, and the
+// schedule itself in state::retry.)
 #[test]
 fn retries_back_off_until_delivered() {
     let sink = Sink::start(|index, _| Reply::status(if index < 2 { 500 } else { 200 }));
@@ -98,12 +100,7 @@ fn retries_back_off_until_delivered() {
     let server = Server::start(directory.path(), "uring", &[]);
     create(&server, "flaky", &format!(r#"{{"url":"{}",{FAST_RETRY}}}"#, sink.url("/")));
     let event_id = ingest(&server, "flaky", b"{}");
-    let received = sink.wait_for("three attempts", WAIT, |received| received.len() >= 3);
-    let (first_gap, second_gap) = (received[1].at - received[0].at, received[2].at - received[1].at);
-    assert!(first_gap >= Duration::from_millis(180), "{first_gap:?}");
-    // The policy's delays are 200 ms then 400 ms: lower bounds prove the growth; upper bounds
-    // would only measure the machine's load.
-    assert!(second_gap >= Duration::from_millis(380), "{second_gap:?}");
+    sink.wait_for("three attempts", WAIT, |received| received.len() >= 3);
     let event = wait_event(&server, &event_id, |event| event["status"] == "delivered");
     let codes: Vec<_> =
         event["attempts"].as_array().unwrap().iter().map(|attempt| attempt["error_code"].clone()).collect();
@@ -178,18 +175,14 @@ fn breaker_isolates_a_dead_endpoint() {
     create(&server, "healthy", &format!(r#"{{"url":"{}"}}"#, healthy.url("/")));
     let dead_events: Vec<String> = (0..5).map(|_| ingest(&server, "dead", b"{}")).collect();
     wait_endpoint(&server, "dead", |endpoint| endpoint["circuit_state"] == "open");
-    let (attempts_while_open, opened) = (dead.received().len(), Instant::now());
     let healthy_events: Vec<String> =
         (0..50).map(|index| ingest(&server, "healthy", format!("{index}").as_bytes())).collect();
     healthy.wait_for("the healthy endpoint's deliveries", WAIT, |received| received.len() >= 50);
     for event_id in &healthy_events {
         wait_event(&server, event_id, |event| event["status"] == "delivered");
     }
-    // While open, only the half-open probes reach the dead endpoint: at most one per cool-down
-    // (400 ms, doubling to 800 ms), plus attempts that were already in flight when it opened.
-    let probes_allowed = opened.elapsed().as_millis() as usize / 400 + 1;
-    let spent = dead.received().len() - attempts_while_open;
-    assert!(spent <= probes_allowed + 3, "an open breaker spends no attempts: {spent} in {:?}", opened.elapsed());
+    // That an open breaker spends no attempt until its cool-down ends, then one probe, is checked
+    // with injected time (state::tests::the_half_open_probe_reads_its_payload_back_and_resolves).
     dead.set_script(|_, _| Reply::status(200));
     wait_endpoint(&server, "dead", |endpoint| endpoint["circuit_state"] == "closed");
     for event_id in &dead_events {

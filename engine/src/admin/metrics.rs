@@ -412,3 +412,78 @@ pub fn resident_bytes() -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::shard::stats::ShardMetrics;
+
+    /// A shard's report with what `metrics` counted and nothing else going on.
+    fn report_of(shard: usize, metrics: &ShardMetrics) -> ShardReport {
+        ShardReport {
+            shard,
+            ingest: metrics.ingest.borrow().clone(),
+            refused: metrics.refused.borrow().clone(),
+            deliveries: metrics.deliveries.borrow().clone(),
+            ingest_latency: metrics.ingest_latency.borrow().clone(),
+            attempt_latency: metrics.attempt_latency.borrow().clone(),
+            delivery_latency: metrics.delivery_latency.borrow().clone(),
+            connections_open: metrics.connections_open.get(),
+            connections_total: metrics.connections_total.get(),
+            endpoints: 3,
+            events_tracked: 10,
+            events_waiting: 4,
+            ready: 2,
+            in_flight: 1,
+            idempotency_keys: 0,
+            payload_bytes: 2048,
+            payloads_cached: 2,
+            read_backs: metrics.read_backs.get(),
+            read_back_events: metrics.read_back_events.get(),
+            read_back_failures: metrics.read_back_failures.get(),
+            retention_passes: metrics.retention_passes.get(),
+            segments_removed: metrics.segments_removed.get(),
+            breakers: BTreeMap::from([("closed", 2), ("open", 1)]),
+            open_breakers: vec![("ep\"1".to_string(), "open")],
+            wal: WalReport::default(),
+        }
+    }
+
+    fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+    }
+
+    // A scrape must add the shards up where a series is global, keep them apart where it is
+    // per shard, make histogram buckets cumulative, and escape label values.
+    #[test]
+    fn renders_merged_shards_as_prometheus_text() {
+        let (first, second) = (ShardMetrics::default(), ShardMetrics::default());
+        first.ingest(202, None, 150);
+        first.ingest(202, None, 3_000);
+        second.ingest(503, Some("E3002"), 40);
+        first.attempt("delivered", None, 2_000, Some(5_000));
+        second.attempt("retrying", Some("E2003"), 30_000, None);
+        first.read_back(10, 1);
+        second.retention_pass(2);
+        let text = render(vec![report_of(1, &second), report_of(0, &first)], None, 0);
+        assert_eq!(sample(&text, r#"kapsel_ingest_requests_total{status="202",code=""}"#), 2.0);
+        assert_eq!(sample(&text, r#"kapsel_ingest_requests_total{status="503",code="E3002"}"#), 1.0);
+        assert_eq!(sample(&text, r#"kapsel_ingest_duration_seconds_bucket{le="0.00025"}"#), 2.0, "40 µs and 150 µs");
+        assert_eq!(sample(&text, r#"kapsel_ingest_duration_seconds_bucket{le="+Inf"}"#), 3.0);
+        assert_eq!(sample(&text, "kapsel_ingest_duration_seconds_count"), 3.0);
+        assert_eq!(sample(&text, r#"kapsel_deliveries_total{outcome="retrying",code="E2003"}"#), 1.0);
+        assert_eq!(sample(&text, r#"kapsel_read_back_failures_total{shard="0"}"#), 1.0);
+        assert_eq!(sample(&text, r#"kapsel_retention_segments_removed_total{shard="1"}"#), 2.0);
+        assert_eq!(sample(&text, r#"kapsel_payload_memory_bytes{shard="0"}"#), 2048.0);
+        assert_eq!(sample(&text, r#"kapsel_circuit_breakers{state="open"}"#), 2.0);
+        assert_eq!(sample(&text, r#"kapsel_circuit_breakers{state="half_open"}"#), 0.0);
+        assert!(text.contains(r#"kapsel_circuit_open{endpoint_id="ep\"1",state="open"} 1"#), "escaped label");
+        let shard_zero = text.find(r#"kapsel_endpoints{shard="0"}"#).unwrap();
+        let shard_one = text.find(r#"kapsel_endpoints{shard="1"}"#).unwrap();
+        assert!(shard_zero < shard_one, "shards in order");
+        assert!(!text.contains("kapsel_index_up"), "no index series without an index");
+    }
+}

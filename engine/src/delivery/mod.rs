@@ -314,3 +314,52 @@ impl Random {
         (unit * 2.0 - 1.0, self.next())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn answer(status: u16, retry_after: Option<&str>) -> Result<OutboundResponse, SendError> {
+        Ok(OutboundResponse {
+            status,
+            retry_after: retry_after.map(String::from),
+            body_excerpt: Vec::new(),
+            latency: Duration::from_millis(1),
+        })
+    }
+
+    // The error taxonomy decides retries and the breaker: every class of answer must land in
+    // its E-code, and only 429 and 503 may set the retry time.
+    #[test]
+    fn answers_and_failures_are_classified_per_the_taxonomy() {
+        // (what happened, success, retryable, E-code)
+        type Case = (Result<OutboundResponse, SendError>, bool, bool, Option<&'static str>);
+        let cases: [Case; 10] = [
+            (answer(200, None), true, false, None),
+            (answer(204, None), true, false, None),
+            (answer(500, None), false, true, Some("E2003")),
+            (answer(408, None), false, true, Some("E2003")),
+            (answer(429, None), false, true, Some("E2003")),
+            (answer(404, None), false, false, Some("E2004")),
+            (answer(301, None), false, false, Some("E2004")),
+            (answer(410, None), false, false, Some("E2004")),
+            (Err(SendError::Timeout), false, true, Some("E2001")),
+            (Err(SendError::Connect("refused".into())), false, true, Some("E2002")),
+        ];
+        for (result, success, retryable, code) in cases {
+            let classified = classify(&result, 0);
+            assert_eq!(
+                (classified.success, classified.retryable, classified.error_code),
+                (success, retryable, code),
+                "{result:?}"
+            );
+        }
+        assert!(classify(&answer(410, None), 0).gone);
+        assert_eq!(classify(&answer(429, Some("7")), 0).retry_after_ms, Some(7_000));
+        assert_eq!(classify(&answer(503, Some("2")), 0).retry_after_ms, Some(2_000));
+        assert_eq!(classify(&answer(500, Some("2")), 0).retry_after_ms, None, "only 429 and 503");
+    }
+}

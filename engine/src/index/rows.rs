@@ -408,3 +408,71 @@ async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::model::records::{Attempt, EventReceived, Requeued};
+
+    fn change(lsn: u64, record: &Record) -> Change {
+        Change { shard: 1, lsn, row: Row::from_record(record) }
+    }
+
+    fn received(id: u128) -> Record {
+        Record::EventReceived(EventReceived {
+            event_id: id,
+            endpoint_id: "orders".into(),
+            received_at_ms: 1_000,
+            idempotency_key: Some("k".into()),
+            content_type: None,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            payload: vec![0; 42],
+        })
+    }
+
+    fn attempt(id: u128, n: u32, at_ms: u64, outcome: u8) -> Record {
+        Record::Attempt(Attempt {
+            event_id: id,
+            n,
+            at_ms,
+            status_code: Some(if outcome == OUTCOME_DELIVERED { 200 } else { 503 }),
+            latency_ms: 5,
+            error_code: (outcome != OUTCOME_DELIVERED).then(|| "E2003".into()),
+            response_excerpt: b"excerpt".to_vec(),
+            outcome,
+            next_attempt_at_ms: (outcome == OUTCOME_RETRYING).then_some(at_ms + 1_000),
+        })
+    }
+
+    // A batch folds what happened to an event within it into the row it inserts, and what
+    // happened to an event inserted earlier into one update: the index must end as the engine.
+    #[test]
+    fn a_batch_folds_each_events_changes_into_one_row() {
+        let mut batch = Batch::default();
+        batch.add(&change(1, &received(7)));
+        batch.add(&change(2, &attempt(7, 1, 2_000, OUTCOME_RETRYING)));
+        batch.add(&change(3, &attempt(7, 2, 3_000, OUTCOME_DELIVERED)));
+        batch.add(&change(4, &attempt(9, 4, 4_000, OUTCOME_FAILED)));
+        batch.add(&change(5, &Record::Requeued(Requeued { event_id: 9, at_ms: 5_000 })));
+        assert_eq!(batch.events.len(), 1, "one insert for the new event");
+        let event = &batch.events[0];
+        assert_eq!((event.payload_bytes, event.trace_id.as_deref()), (42, Some("4bf92f3577b34da6a3ce929d0e0e4736")));
+        let state = &event.state;
+        assert_eq!((state.status, state.attempt_count, state.delivered_at_ms), ("delivered", 2, Some(3_005)));
+        assert_eq!(state.next_attempt_at_ms, None, "a delivery clears the retry time");
+        assert_eq!(batch.attempts.len(), 3, "every attempt is its own row");
+        let earlier = &batch.updates[&9];
+        assert_eq!((earlier.status, earlier.attempt_count, earlier.updated_at_ms), ("pending", 4, 5_000));
+        assert_eq!(batch.checkpoints[&1], 5, "the checkpoint is the last LSN of the shard");
+    }
+
+    // The index sees what a record means, never its payload.
+    #[test]
+    fn rows_carry_sizes_not_payloads() {
+        let Row::Event { payload_bytes, idempotency_key, .. } = Row::from_record(&received(1)) else {
+            panic!("an event row");
+        };
+        assert_eq!((payload_bytes, idempotency_key.as_deref()), (42, Some("k")));
+    }
+}

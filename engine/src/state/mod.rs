@@ -19,6 +19,17 @@
 //! Memory: every tracked event costs its [`Event`] (64 bytes), its id in the table and its queue slot;
 //! terminal events are kept for lookups in a window of the most recent `terminal_events_max`.
 
+/// Takes an amount off one of the state's counters. Going below zero is a bookkeeping bug: an
+/// assertion in debug builds (the tests and the simulation run them), a floor at zero in
+/// release, never a wrap-around that would block admission or scheduling for good.
+macro_rules! decrease {
+    ($counter:expr, $amount:expr) => {{
+        let amount = $amount;
+        debug_assert!($counter >= amount, "{} would go below zero", stringify!($counter));
+        $counter = $counter.saturating_sub(amount);
+    }};
+}
+
 pub mod breaker;
 mod compare;
 mod endpoints;
@@ -257,9 +268,9 @@ impl ShardState {
         // Everything it held (cached, being read, in flight) is released here; late read-backs
         // and attempt outcomes find the endpoint gone and release nothing again.
         self.payloads.release(entry.held_bytes);
-        self.waiting -= removed_waiting;
+        decrease!(self.waiting, removed_waiting);
         if entry.waiting > 0 {
-            self.endpoints_waiting -= 1;
+            decrease!(self.endpoints_waiting, 1);
         }
         let events = &self.events;
         self.terminal.retain(|event_id| events.contains_key(event_id));
@@ -362,7 +373,7 @@ impl ShardState {
             let evicted: Vec<EventId> = entry.ready.range(index + 1..=entry.resident).copied().collect();
             entry.resident = index;
             for event_id in evicted {
-                entry.held_bytes -= self.payloads.evict(&event_id);
+                decrease!(entry.held_bytes, self.payloads.evict(&event_id));
             }
         }
         false
@@ -425,10 +436,10 @@ impl ShardState {
                 self.endpoints_waiting += 1;
             }
         } else {
-            self.waiting -= 1;
-            entry.waiting -= 1;
+            decrease!(self.waiting, 1);
+            decrease!(entry.waiting, 1);
             if entry.waiting == 0 {
-                self.endpoints_waiting -= 1;
+                decrease!(self.endpoints_waiting, 1);
             }
         }
     }
@@ -501,21 +512,25 @@ impl ShardState {
         };
         match status {
             EventStatus::Pending => {
-                // The event whose outcome is replayed started from near the front.
-                if let Some(index) = entry.ready.iter().position(|queued| *queued == event_id) {
+                // The event whose outcome is replayed started from near the front. A pending
+                // event not in flight is always in its queue.
+                let index = entry.ready.iter().position(|queued| *queued == event_id);
+                debug_assert!(index.is_some(), "pending event {event_id} missing from its queue");
+                if let Some(index) = index {
                     entry.ready.remove(index);
                     if index < entry.resident {
-                        entry.resident -= 1;
+                        decrease!(entry.resident, 1);
                         let bytes = self.payloads.evict(&event_id);
-                        entry.held_bytes -= bytes;
+                        decrease!(entry.held_bytes, bytes);
                     }
                 }
             }
             EventStatus::Retrying => {
-                entry.retries.remove(&(due, event_id));
+                let removed = entry.retries.remove(&(due, event_id));
+                debug_assert!(removed, "retrying event {event_id} missing from its retry set");
                 if self.payloads.contains(&event_id) {
                     let bytes = self.payloads.evict(&event_id);
-                    entry.held_bytes -= bytes;
+                    decrease!(entry.held_bytes, bytes);
                 }
             }
             _ => {}

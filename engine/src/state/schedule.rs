@@ -166,7 +166,7 @@ impl ShardState {
             entry.retries.pop_first();
         } else {
             entry.ready.pop_front();
-            entry.resident -= 1;
+            decrease!(entry.resident, 1);
         }
         debug_assert!(!event.in_flight && event.is_waiting(), "only a queued waiting event starts");
         event.in_flight = true;
@@ -255,9 +255,9 @@ impl ShardState {
             let Some(event_id) = entry.ready.get(entry.resident - 1).copied() else {
                 break;
             };
-            entry.resident -= 1;
+            decrease!(entry.resident, 1);
             let bytes = self.payloads.evict(&event_id);
-            entry.held_bytes -= bytes;
+            decrease!(entry.held_bytes, bytes);
             freed += bytes;
         }
         freed
@@ -269,12 +269,12 @@ impl ShardState {
             return;
         };
         for event_id in entry.ready.iter().take(entry.resident) {
-            entry.held_bytes -= self.payloads.evict(event_id);
+            decrease!(entry.held_bytes, self.payloads.evict(event_id));
         }
         entry.resident = 0;
         for (_, event_id) in &entry.retries {
             if self.payloads.contains(event_id) {
-                entry.held_bytes -= self.payloads.evict(event_id);
+                decrease!(entry.held_bytes, self.payloads.evict(event_id));
             }
         }
         self.wake_budget_waiters();
@@ -396,7 +396,7 @@ impl ShardState {
             return 0;
         };
         entry.reading = false;
-        entry.held_bytes -= request.reserved_bytes;
+        decrease!(entry.held_bytes, request.reserved_bytes);
         self.payloads.release(request.reserved_bytes);
         let mut failures = 0;
         for (event_id, result) in results {
@@ -460,7 +460,7 @@ impl ShardState {
         else {
             return;
         };
-        entry.in_flight = entry.in_flight.saturating_sub(1);
+        decrease!(entry.in_flight, 1);
         entry.recording += 1;
         self.activate(start.slot);
     }
@@ -474,7 +474,7 @@ impl ShardState {
         else {
             return;
         };
-        entry.recording = entry.recording.saturating_sub(1);
+        decrease!(entry.recording, 1);
         if start.probe {
             entry.probing = false;
         }
@@ -509,7 +509,7 @@ impl ShardState {
             return;
         };
         let bytes = start.payload.body.len();
-        entry.held_bytes -= bytes;
+        decrease!(entry.held_bytes, bytes);
         self.payloads.release(bytes);
         self.activate(start.slot);
         self.wake_budget_waiters();

@@ -158,6 +158,8 @@ fn the_half_open_probe_reads_its_payload_back_and_resolves() {
     assert_eq!(log.entry().breaker.state_name(NOW + 1), "open");
     assert_eq!(log.entry().resident, 0, "an open breaker keeps no payloads cached");
     let reopen = NOW + 61_000;
+    let cooling = log.state.schedule(NOW + 1_000);
+    assert!(cooling.starts.is_empty() && cooling.reads.is_empty(), "nothing is spent while open");
     let plan = log.state.schedule(reopen);
     assert!(plan.starts.is_empty(), "no payload yet: no probe is marked");
     let request = plan.reads.into_iter().next().expect("the probe's payload is read back");
@@ -251,4 +253,27 @@ fn an_event_and_its_endpoints_deletion_leave_no_orphan() {
         assert_eq!(log.state.pending_work(), 0);
         log.state.check(NOW).unwrap();
     }
+}
+
+// A failed attempt's event waits for its due time: nothing starts a millisecond before it, and
+// it starts (its payload read back first) once due.
+#[test]
+fn a_retry_starts_when_due_and_not_before() {
+    let mut log = Log::new(1 << 20);
+    let event_id = log.receive(1);
+    let start = log.state.schedule(NOW).starts.into_iter().next().unwrap();
+    log.state.answered(&start);
+    log.attempt(event_id, 1, OUTCOME_RETRYING, NOW);
+    log.state.finish_live(&start, true);
+    let due = NOW + 60_000;
+    assert_eq!(log.state.events[&event_id].next_attempt_at_ms(), due);
+    let early = log.state.schedule(due - 1);
+    assert!(early.starts.is_empty() && early.reads.is_empty(), "not before it is due");
+    assert_eq!(early.next_wake_ms, Some(due), "the endpoint's timer is the due time");
+    let request = log.state.schedule(due).reads.into_iter().next().expect("its payload is read back when due");
+    let results = loaded(&request);
+    log.state.complete_read(request, results, due);
+    let starts = log.state.schedule(due).starts;
+    assert_eq!((starts.len(), starts[0].event_id, starts[0].n), (1, event_id, 2));
+    log.state.check(due).unwrap();
 }
