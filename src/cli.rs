@@ -3,7 +3,7 @@
 //! Hand-written rather than clap: the binary has a few small commands and a server, and every
 //! dependency costs build time on small machines. Parsing is a pure function of the arguments,
 //! so it is tested without spawning a process. The setting flags and the help's list of
-//! settings both come from [`config::SETTINGS`], so a new setting needs no change here.
+//! settings both come from [`crate::config::SETTINGS`], so a new setting needs no change here.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};

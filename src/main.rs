@@ -2,6 +2,8 @@
 //! and runs the server or one of the commands. It only wires things together; the commands
 //! live in [`tools`], the parsing in [`cli`], the settings in [`config`].
 
+#![warn(missing_docs)]
+
 mod cli;
 mod config;
 mod logging;

@@ -297,7 +297,7 @@ fn verified_line(label: &str, report: &VerifyReport) -> String {
     )
 }
 
-/// "N seals, head <hex>", noting seals whose segments retention removed (their
+/// "N seals, head `<hex>`", noting seals whose segments retention removed (their
 /// roots stay in the chain, so the history stays verifiable).
 fn chain_summary(chain: &[SealInfo], segments: &[SegmentReport]) -> String {
     let Some(head) = chain.last() else {

@@ -13,7 +13,7 @@
 //! After the loops come three scenarios on one endpoint that each build a backlog and wait
 //! until all of it has arrived: a paused endpoint's backlog far beyond the payload budget,
 //! drained once it is enabled; a burst of 256 connections; and a graceful restart after a
-//! million deliveries, which must send nothing again ([`backlog`]).
+//! million deliveries, which must send nothing again (the private `backlog` module).
 
 mod backlog;
 

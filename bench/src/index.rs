@@ -2,12 +2,12 @@
 //! Postgres index costs the ingest path, and how far behind the ingest it runs.
 //!
 //! It starts a private, durable PostgreSQL ([`crate::postgres`]), then runs the ingest bench's
-//! loops ([`Suite`]) against fresh Kapsel processes (endpoints created with deliveries paused):
-//! the closed loop of 64 connections without the index (the baseline) and with it
-//! (`DATABASE_URL` set, on a freshly created database), and the open loop with it. While an
-//! indexed loop runs, a thread samples `GET /readyz` ([`crate::progress`]); after the load the
-//! bench waits (bounded) until the index has caught up, then checks with `psql` that the
-//! `events` table holds exactly as many rows as Kapsel answered 202 for.
+//! loops (the `Suite` of [`crate::suite`]) against fresh Kapsel processes (endpoints created
+//! with deliveries paused): the closed loop of 64 connections without the index (the baseline)
+//! and with it (`DATABASE_URL` set, on a freshly created database), and the open loop with it.
+//! While an indexed loop runs, a thread samples `GET /readyz` ([`crate::progress`]); after the
+//! load the bench waits (bounded) until the index has caught up, then checks with `psql` that
+//! the `events` table holds exactly as many rows as Kapsel answered 202 for.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -12,9 +12,10 @@
 //!   politely slower client (no coordinated omission).
 //!
 //! The servers: Kapsel itself, and two references on the same HTTP stack (kapsel-http's
-//! `serve`, one monoio runtime and `SO_REUSEPORT` listener per thread) in [`reference`]:
-//! `reference-noop` (parse, answer 202) and `reference-durable` (parse, append to a per-thread
-//! file, answer 202 once a group-commit fdatasync covers the body).
+//! `serve`, one monoio runtime and `SO_REUSEPORT` listener per thread) in
+//! [`reference`](mod@reference): `reference-noop` (parse, answer 202) and `reference-durable`
+//! (parse, append to a per-thread file, answer 202 once a group-commit fdatasync covers the
+//! body).
 //!
 //! `benches/delivery.rs` calls [`delivery::main`]: Kapsel delivering to the [`sink`] (a
 //! receiver on the same stack that answers 200 at once and records ingest-to-delivery latency
@@ -34,6 +35,8 @@
 //! The benches share their set-up ([`setup`]), client, loops and CPU meters.
 //!
 //! The write-ahead log's own micro-benchmark lives in `wal/benches/`.
+
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod closed;

@@ -104,6 +104,8 @@ struct Sink {
     address: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<AtomicUsize>,
+    /// Connections the sink has closed (its end of the socket dropped).
+    closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -115,17 +117,24 @@ impl Sink {
         let address = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let script: Arc<Script> = Arc::new(script);
         let thread = {
-            let (received, connections, stop) = (received.clone(), connections.clone(), stop.clone());
+            let (received, connections, closed, stop) =
+                (received.clone(), connections.clone(), closed.clone(), stop.clone());
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let connection = connections.fetch_add(1, Ordering::SeqCst);
-                            let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
-                            thread::spawn(move || serve_scripted(stream, connection, &*script, &received, &stop));
+                            let (script, received, closed, stop) =
+                                (script.clone(), received.clone(), closed.clone(), stop.clone());
+                            thread::spawn(move || {
+                                // `serve_scripted` owns the stream: it is closed once this returns.
+                                serve_scripted(stream, connection, &*script, &received, &stop);
+                                closed.fetch_add(1, Ordering::SeqCst);
+                            });
                         }
                         Err(error) if error.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
                         Err(error) => panic!("accept: {error}"),
@@ -133,7 +142,7 @@ impl Sink {
                 }
             })
         };
-        Self { address, received, connections, stop, thread: Some(thread) }
+        Self { address, received, connections, closed, stop, thread: Some(thread) }
     }
 
     fn url(&self, path: &str) -> String {
@@ -146,6 +155,20 @@ impl Sink {
 
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits, without blocking the client's runtime, until `condition` holds; fails the test after
+/// [`WAIT_MAX`].
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT_MAX;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        monoio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -529,7 +552,8 @@ fn a_pooled_connection_closed_by_the_server_is_retried_once_on_a_fresh_one() {
             let client = client(ALLOW_LOOPBACK, None);
             assert_eq!(send(&client, &sink.url("/")).await.unwrap().body_excerpt, b"first");
             assert_eq!(client.idle_connections(), 1);
-            monoio::time::sleep(Duration::from_millis(50)).await;
+            // The close must have happened while the connection sat idle in the pool.
+            wait_until("the sink to close the first connection", || sink.closed() == 1).await;
             assert_eq!(send(&client, &sink.url("/")).await.unwrap().body_excerpt, b"ok", "{driver:?}");
             assert_eq!(sink.connections(), 2, "{driver:?}");
             // The pooled connection now gets a request the sink closes on, and the retry on a

@@ -24,19 +24,24 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 use common::{block_on, Driver, DRIVERS};
 
 /// Answers `METHOD path body-length` as text. `/refuse` is refused from its head (404), and
-/// `/shutdown-while-busy` triggers the server's shutdown, then takes 300 ms to answer.
+/// `/shutdown-while-busy` triggers the server's shutdown, then takes 300 ms to answer. The path
+/// of every parsed head goes to `heads`, for tests that must know the server has read a head.
 struct Echo {
     shutdown: Shutdown,
+    heads: mpsc::Sender<String>,
 }
 
 impl Handler for Echo {
     fn check_head(&self, head: &RequestHead) -> Option<Response> {
+        // The test may no longer listen; the head is served all the same.
+        let _ = self.heads.send(head.path.clone());
         (head.path == "/refuse").then(|| Response::error(404, "E1004", "no such endpoint"))
     }
 
     async fn handle(&self, request: Request) -> Response {
         if request.head.path == "/shutdown-while-busy" {
             self.shutdown.trigger();
+            // Slow on purpose: the request stays in flight while the shutdown proceeds.
             monoio::time::sleep(Duration::from_millis(300)).await;
         }
         let text = format!("{} {} {}", request.head.method.as_str(), request.head.path, request.body.len());
@@ -56,6 +61,8 @@ struct TestServer {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
     finished: mpsc::Receiver<()>,
+    /// The path of every request head the server parsed, in order.
+    heads: mpsc::Receiver<String>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -63,6 +70,7 @@ impl TestServer {
     fn start(driver: Driver, config: ServerConfig) -> Self {
         let (address_sender, address_receiver) = mpsc::channel();
         let (finished_sender, finished) = mpsc::channel();
+        let (heads_sender, heads) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_requested = stop.clone();
         let thread = thread::spawn(move || {
@@ -79,13 +87,26 @@ impl TestServer {
                     }
                     trigger.trigger();
                 });
-                let handler = Rc::new(Echo { shutdown: shutdown.clone() });
+                let handler = Rc::new(Echo { shutdown: shutdown.clone(), heads: heads_sender });
                 serve(listener, Rc::new(config), handler, shutdown).await;
             });
             let _ = finished_sender.send(());
         });
         let address = address_receiver.recv_timeout(CLIENT_TIMEOUT).expect("server address");
-        Self { address, stop, finished, thread: Some(thread) }
+        Self { address, stop, finished, heads, thread: Some(thread) }
+    }
+
+    /// Waits until the server has parsed the head of a request for `path` (before it reads
+    /// the body), so that bytes sent after this arrive in a later read than the head.
+    fn await_head(&self, path: &str) {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            match self.heads.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(parsed) if parsed == path => return,
+                Ok(_) => {}
+                Err(error) => panic!("the server never parsed the head of {path}: {error}"),
+            }
+        }
     }
 
     /// Whether `serve` returned within `timeout`.
@@ -245,8 +266,9 @@ fn chunked_request_body_is_decoded() {
         let server = TestServer::start(driver, ServerConfig::default());
         let mut client = Client::connect(server.address);
         client.send(b"POST /chunked HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
-        // The rest arrives later, in a separate segment.
-        thread::sleep(Duration::from_millis(50));
+        // The rest is sent only once the server has parsed the head (written with the first
+        // chunk), so the body reaches the decoder in two reads and it must carry its state over.
+        server.await_head("/chunked");
         client.send(b"6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n");
         let reply = client.reply();
         assert_eq!((reply.status, reply.text()), (200, "POST /chunked 11".to_owned()), "{driver:?}");

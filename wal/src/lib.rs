@@ -18,6 +18,8 @@
 //! The log knows nothing of HTTP, endpoints or events: record bodies are opaque bytes (the
 //! engine encodes them with rkyv through [`codec`]).
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod codec;
 mod error;

@@ -2,6 +2,8 @@
 //! per-thread file and answering 202 once a group-commit fdatasync covers it. The bar Kapsel's
 //! durable ingest is measured against. See `kapsel_bench::reference`.
 
+#![warn(missing_docs)]
+
 use std::process::ExitCode;
 
 use kapsel_bench::reference::{self, DurableHandler, Settings};

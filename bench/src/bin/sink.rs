@@ -2,6 +2,8 @@
 //! delivery, counting them and recording ingest-to-delivery latency from the send time in the
 //! body. See `kapsel_bench::sink`.
 
+#![warn(missing_docs)]
+
 use std::process::ExitCode;
 
 use kapsel_bench::reference::{self, Settings};
