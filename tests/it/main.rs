@@ -11,6 +11,7 @@ mod audit;
 mod cli;
 mod config;
 mod delivery;
+mod docs;
 mod hostile;
 mod index;
 mod index_schema;
