@@ -285,7 +285,9 @@ fn queries_filter_and_page_from_the_index() {
         .as_str()
         .unwrap()
         .to_string();
-    std::thread::sleep(Duration::from_millis(5));
+    // The next events must be received in a later millisecond than `middle`.
+    let middle_ms = kapsel_engine::clock::parse_rfc3339(&middle).unwrap();
+    wait_until("the clock past the middle event", || kapsel_engine::clock::now_ms() > middle_ms);
     for n in 20..25 {
         waiting.push(ingest_keyed(&server, "waiting", None, format!("{n}").as_bytes()));
     }
