@@ -265,6 +265,29 @@ fn cases() -> Vec<Case> {
             "E1001",
             KeepsServing,
         ),
+        // Without the token an admin path answers 401 whatever it is: nobody learns which paths
+        // or ids exist without it.
+        Case::new(
+            "unknown admin path without a token",
+            request("GET /admin/secrets HTTP/1.1", "", ""),
+            401,
+            "E1001",
+            KeepsServing,
+        ),
+        Case::new(
+            "bad event id on an admin path without a token",
+            request("GET /admin/events/not-an-id HTTP/1.1", "", ""),
+            401,
+            "E1001",
+            KeepsServing,
+        ),
+        Case::new(
+            "wrong method on an admin path without a token",
+            request("PATCH /admin/endpoints/ok HTTP/1.1", "", ""),
+            401,
+            "E1001",
+            KeepsServing,
+        ),
         Case::new("unknown route", request("GET /wp-login.php HTTP/1.1", "", ""), 404, "E1004", KeepsServing),
         Case::new(
             "ingest to an unknown endpoint",

@@ -31,6 +31,11 @@ impl Service {
     }
 
     fn route(&self, head: &RequestHead) -> Result<Route, EngineError> {
+        // Everything under /admin/ needs the token first: without it the answer is 401 whatever
+        // the path, so an unauthenticated caller learns nothing about which paths or ids exist.
+        if head.path == "/admin" || head.path.starts_with("/admin/") {
+            self.authorize(head)?;
+        }
         let route = Route::parse(head.method, &head.path, head.query.as_deref(), generate_endpoint_id)?;
         if route.is_admin() {
             self.authorize(head)?;
