@@ -1,16 +1,19 @@
-//! Command-line arguments, parsed by hand over [`std::env::args_os`], and the help text.
+//! Command-line arguments, parsed by clap, and the help text.
 //!
-//! Hand-written rather than clap: the binary has a few small commands and a server, and every
-//! dependency costs build time on small machines. Parsing is a pure function of the arguments,
-//! so it is tested without spawning a process. The setting flags and the help's list of
-//! settings both come from [`crate::config::SETTINGS`], so a new setting needs no change here.
+//! clap tokenises (`--name value`, `--name=value`, `--`, a lone `-`, the last of a repeated
+//! option wins); the commands are matched here from the words clap leaves, so a wrong one is
+//! named whole (`unknown command `audit verfy``), and the help is written here from the
+//! settings table, so it lists every setting with all its names and its default. Parsing is a
+//! pure function of the arguments, tested without spawning a process. The setting flags and
+//! the help's list of settings both come from [`crate::config::SETTINGS`], so a new setting
+//! needs no change here.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::{Setting, SETTINGS};
+use crate::config::SETTINGS;
 
 /// The short usage, printed first by `--help` and after a usage error.
 pub const USAGE: &str = "\
@@ -133,10 +136,50 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// What a `--name` option sets.
-enum Target {
-    ConfigFile,
-    Setting(&'static Setting),
+/// Argument id of `--config`.
+const CONFIG: &str = "config";
+/// Argument id of the subcommand words.
+const WORDS: &str = "words";
+/// Argument id of `--help`.
+const HELP: &str = "help";
+/// Argument id of `--version`.
+const VERSION: &str = "version";
+
+/// The command line as clap sees it: `--help`, `--version`, `--config`, one `--<key>` per
+/// setting (ids are the settings' keys) and the subcommand words as one positional list, so
+/// options may come before, between or after them. clap's own help and version are off: the
+/// help is [`help`], written from the settings table, and help must win over a wrong command.
+fn command() -> clap::Command {
+    let option = |id: &'static str, long: String, value_name: &'static str| {
+        clap::Arg::new(id)
+            .long(long)
+            .value_name(value_name)
+            .num_args(1)
+            // The next argument is the value even when it starts with `-` (`--retention -5`
+            // is then refused by the setting's own check, naming it).
+            .allow_hyphen_values(true)
+            .action(clap::ArgAction::Set)
+            .value_parser(clap::value_parser!(OsString))
+    };
+    let switch =
+        |id: &'static str, short: char| clap::Arg::new(id).short(short).long(id).action(clap::ArgAction::SetTrue);
+    let command = clap::Command::new("kapsel")
+        .no_binary_name(true)
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .args_override_self(true)
+        .arg(switch(HELP, 'h'))
+        .arg(switch(VERSION, 'V'))
+        .arg(option(CONFIG, CONFIG.to_owned(), "FILE"))
+        .arg(
+            clap::Arg::new(WORDS)
+                .num_args(0..)
+                .action(clap::ArgAction::Append)
+                .value_parser(clap::value_parser!(OsString)),
+        );
+    SETTINGS.iter().fold(command, |command, setting| {
+        command.arg(option(setting.key, setting.key.replace('_', "-"), setting.value_name))
+    })
 }
 
 /// Parses the arguments after the program name. Options may come before or after the
@@ -148,44 +191,30 @@ pub fn parse<I>(arguments: I) -> Result<Arguments, UsageError>
 where
     I: IntoIterator<Item = OsString>,
 {
-    let mut words: Vec<OsString> = Vec::new();
+    let matches = command().try_get_matches_from(arguments).map_err(usage_error)?;
     let mut parsed = Arguments { command: Command::Server, config_file: None, flags: BTreeMap::new() };
-    let mut help = false;
-    let mut version = false;
-    let mut arguments = arguments.into_iter();
-    while let Some(argument) = arguments.next() {
-        let Some(text) = argument.to_str() else {
-            if argument.as_encoded_bytes().starts_with(b"-") {
-                return Err(UsageError(format!("option `{}` is not valid UTF-8", argument.to_string_lossy())));
-            }
-            words.push(argument);
+    if let Some(file) = matches.get_one::<OsString>(CONFIG) {
+        if file.is_empty() {
+            return Err(UsageError("--config needs a file".into()));
+        }
+        parsed.config_file = Some(PathBuf::from(file));
+    }
+    for setting in SETTINGS {
+        let Some(value) = matches.get_one::<OsString>(setting.key) else {
             continue;
         };
-        match text {
-            "-h" | "--help" => help = true,
-            "-V" | "--version" => version = true,
-            "--" => words.extend(arguments.by_ref()),
-            option if option.starts_with("--") => {
-                let (name, inline) = match option.split_once('=') {
-                    Some((name, value)) => (name, Some(OsString::from(value))),
-                    None => (option, None),
-                };
-                let target = target(name)?;
-                let value = match inline {
-                    Some(value) => value,
-                    None => arguments.next().ok_or_else(|| UsageError(format!("{name} needs a value")))?,
-                };
-                set(&mut parsed, name, target, value)?;
-            }
-            option if option.starts_with('-') && option.len() > 1 => {
-                return Err(UsageError(format!("unknown option `{option}`")));
-            }
-            _ => words.push(argument),
+        let flag = setting.flag();
+        let value =
+            value.clone().into_string().map_err(|_| UsageError(format!("{flag}: the value is not valid UTF-8")))?;
+        if value.is_empty() {
+            return Err(UsageError(format!("{flag} needs a value ({})", setting.value_name)));
         }
+        parsed.flags.insert(setting.variable, value);
     }
-    parsed.command = if help {
+    let words: Vec<OsString> = matches.get_many::<OsString>(WORDS).into_iter().flatten().cloned().collect();
+    parsed.command = if matches.get_flag(HELP) {
         Command::Help
-    } else if version {
+    } else if matches.get_flag(VERSION) {
         Command::Version
     } else {
         command_of(&words)?
@@ -193,32 +222,28 @@ where
     Ok(parsed)
 }
 
-fn target(name: &str) -> Result<Target, UsageError> {
-    if name == "--config" {
-        return Ok(Target::ConfigFile);
-    }
-    match SETTINGS.iter().find(|setting| setting.flag() == name) {
-        Some(setting) => Ok(Target::Setting(setting)),
-        None => Err(UsageError(format!("unknown option `{name}`"))),
-    }
-}
-
-fn set(parsed: &mut Arguments, name: &str, target: Target, value: OsString) -> Result<(), UsageError> {
-    match target {
-        Target::ConfigFile if value.is_empty() => Err(UsageError("--config needs a file".into())),
-        Target::ConfigFile => {
-            parsed.config_file = Some(PathBuf::from(value));
-            Ok(())
+/// clap's error in this binary's words: the option it is about, without clap's styling.
+fn usage_error(error: clap::Error) -> UsageError {
+    use clap::error::{ContextKind, ErrorKind};
+    let argument = match error.get(ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(argument)) => argument.clone(),
+        _ => String::new(),
+    };
+    // clap names an option with its value name (`--shards <N>`) or its inline value
+    // (`--shard=4`); the message names the option alone.
+    let option = argument.split([' ', '=']).next().unwrap_or_default().to_owned();
+    UsageError(match error.kind() {
+        ErrorKind::UnknownArgument => format!("unknown option `{option}`"),
+        ErrorKind::InvalidValue | ErrorKind::WrongNumberOfValues | ErrorKind::TooFewValues => {
+            format!("{option} needs a value")
         }
-        Target::Setting(setting) => {
-            let value = value.into_string().map_err(|_| UsageError(format!("{name}: the value is not valid UTF-8")))?;
-            if value.is_empty() {
-                return Err(UsageError(format!("{name} needs a value ({})", setting.value_name)));
-            }
-            parsed.flags.insert(setting.variable, value);
-            Ok(())
+        ErrorKind::TooManyValues => format!("{option} takes no value"),
+        ErrorKind::InvalidUtf8 => format!("option `{option}` is not valid UTF-8"),
+        _ => {
+            let rendered = error.to_string();
+            rendered.trim().trim_start_matches("error: ").to_owned()
         }
-    }
+    })
 }
 
 fn command_of(words: &[OsString]) -> Result<Command, UsageError> {
@@ -329,6 +354,21 @@ mod tests {
     #[test]
     fn double_dash_ends_options() {
         assert_eq!(parsed(&["--", "--help"]).unwrap_err().0, "unknown command `--help`");
+    }
+
+    // A value is the next argument whatever it looks like; bytes that are not UTF-8 are
+    // refused with the option's name, and a word that is not UTF-8 is shown as best it can be.
+    #[test]
+    fn values_are_taken_whole_and_must_be_utf8() {
+        use std::os::unix::ffi::OsStringExt as _;
+        assert_eq!(flags(&["--retention", "-5"])["KAPSEL_RETENTION"], "-5");
+        assert_eq!(flags(&["--rust-log", "--help"])["RUST_LOG"], "--help");
+        let invalid = OsString::from_vec(vec![b'a', 0xff]);
+        let value = parse([OsString::from("--data-dir"), invalid.clone()]).unwrap_err();
+        assert_eq!(value.0, "--data-dir: the value is not valid UTF-8");
+        let word = parse([invalid]).unwrap_err();
+        assert_eq!(word.0, "unknown command `a\u{fffd}`");
+        assert_eq!(parsed(&["--help=yes"]).unwrap_err().0, "--help takes no value");
     }
 
     // A lone `-` is conventionally a word (standard input), not an option.

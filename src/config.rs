@@ -2,17 +2,27 @@
 //!
 //! Every setting has an environment variable (the names of the external contract), a
 //! `kapsel.toml` key (the variable in lower case without `KAPSEL_`) and a flag (that key with
-//! `-` for `_`). The table alone drives the merge, `kapsel --help` and `kapsel config`.
+//! `-` for `_`). One macro invocation, `settings!`, declares them all: it writes the table,
+//! the typed struct the layers merge into ([`Values`], one field per setting, named by its key)
+//! and the variable names ([`VARIABLES`]), so code reads a setting through a field and a
+//! misspelt name does not compile. The table alone drives the merge, `kapsel --help` and
+//! `kapsel config`.
+//!
 //! Layers, lowest first: defaults, the configuration file (named by `--config` or
-//! `KAPSEL_CONFIG`), the environment, flags. Every layer is reduced to the text the
-//! environment would hold, so one pure function of a variable lookup,
-//! [`Settings::from_lookup`], validates values wherever they came from.
+//! `KAPSEL_CONFIG`), the environment, flags. Each layer is a [`figment`] provider of the text
+//! the environment would hold; figment merges them into [`Values`] and remembers which layer
+//! gave each value. One pure function, [`Settings::from_values`], then validates values wherever
+//! they came from. The file is parsed here rather than by figment's TOML provider: its errors
+//! name the line without echoing it (the line may hold the database password), and an unknown
+//! key is refused with its line.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use kapsel_engine::state::StateLimits;
 use kapsel_engine::{limits, IoDriver};
 use DefaultValue::{Described, Text};
@@ -57,7 +67,7 @@ pub enum DefaultValue {
 pub struct Setting {
     /// The environment variable, also the name used in messages.
     pub variable: &'static str,
-    /// The `kapsel.toml` key.
+    /// The `kapsel.toml` key, also the name of its field in [`Values`].
     pub key: &'static str,
     /// What the value is, in `--help` (`ADDR`, `N`, `PATH`, …).
     pub value_name: &'static str,
@@ -67,23 +77,11 @@ pub struct Setting {
     pub description: &'static str,
     /// How `kapsel config` shows it.
     pub secrecy: Secrecy,
+    /// Its field in [`Values`].
+    value: fn(&Values) -> Option<&str>,
 }
 
 impl Setting {
-    const fn new(
-        variable: &'static str,
-        key: &'static str,
-        value_name: &'static str,
-        default: DefaultValue,
-        description: &'static str,
-    ) -> Self {
-        Self { variable, key, value_name, default, description, secrecy: Secrecy::Public }
-    }
-
-    const fn secret(self, secrecy: Secrecy) -> Self {
-        Self { secrecy, ..self }
-    }
-
     /// The command-line flag: `--` and the key with `-` for `_`.
     pub fn flag(&self) -> String {
         format!("--{}", self.key.replace('_', "-"))
@@ -104,139 +102,104 @@ impl Setting {
             Secrecy::Password => redact_password(value),
         }
     }
+
+    /// This setting's value in `values`, if set.
+    pub fn value<'a>(&self, values: &'a Values) -> Option<&'a str> {
+        (self.value)(values)
+    }
 }
 
-/// Every setting, in the order `--help` and `kapsel config` list them.
-pub const SETTINGS: &[Setting] = &[
-    Setting::new(
-        "SERVER_ADDR",
-        "server_addr",
-        "ADDR",
-        Text(SERVER_ADDR_DEFAULT),
-        "listen address for ingest and admin (port 0 picks a free port, printed at start)",
-    ),
-    Setting::new(
-        "KAPSEL_DATA_DIR",
-        "data_dir",
-        "DIR",
-        Text(DATA_DIR_DEFAULT),
+/// Declares every setting once: `key: "VARIABLE", "VALUE NAME", default, "description",
+/// secrecy;`. It writes [`SETTINGS`] (in this order), [`Values`] and [`VARIABLES`].
+macro_rules! settings {
+    ($($key:ident: $variable:literal, $value_name:literal, $default:expr, $description:expr, $secrecy:ident;)*) => {
+        /// The text of every setting a layer sets, by key: what figment merges the layers into
+        /// and [`Settings::from_values`] validates. Unset and empty are `None`.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Values {
+            $(
+                #[doc = concat!("`", $variable, "`.")]
+                pub $key: Option<String>,
+            )*
+        }
+
+        /// The environment variable of each setting, by key, for messages.
+        #[derive(Clone, Copy, Debug)]
+        #[allow(dead_code, reason = "not every setting has a message of its own")]
+        pub struct Variables {
+            $(
+                #[doc = concat!("`", $variable, "`.")]
+                pub $key: &'static str,
+            )*
+        }
+
+        /// The environment variable of each setting: `VARIABLES.shards` is `"KAPSEL_SHARDS"`.
+        pub const VARIABLES: Variables = Variables { $($key: $variable,)* };
+
+        /// Every setting, in the order `--help` and `kapsel config` list them.
+        pub const SETTINGS: &[Setting] = &[
+            $(
+                Setting {
+                    variable: $variable,
+                    key: stringify!($key),
+                    value_name: $value_name,
+                    default: $default,
+                    description: $description,
+                    secrecy: Secrecy::$secrecy,
+                    value: |values| values.$key.as_deref(),
+                },
+            )*
+        ];
+    };
+}
+
+settings! {
+    server_addr: "SERVER_ADDR", "ADDR", Text(SERVER_ADDR_DEFAULT),
+        "listen address for ingest and admin (port 0 picks a free port, printed at start)", Public;
+    data_dir: "KAPSEL_DATA_DIR", "DIR", Text(DATA_DIR_DEFAULT),
         "data directory: wal/shard-<n>/ logs and admin.token; `audit verify` and `wal inspect` read every \
-         <DIR>/wal/shard-<n>/ log, or DIR itself when it is a log directory",
-    ),
-    Setting::new(
-        "KAPSEL_SHARDS",
-        "shards",
-        "N",
-        Described("available cores"),
-        "shard threads (1 to 256); fixed once the data directory has logs (a different value is refused)",
-    ),
-    Setting::new("KAPSEL_IO_DRIVER", "io_driver", "DRIVER", Text("auto"), "auto, uring or legacy (epoll)"),
-    Setting::new(
-        "KAPSEL_ADMIN_TOKEN",
-        "admin_token",
-        "TOKEN",
-        Described("generated"),
-        "bearer token for /admin/*; when unset, generated once into <data dir>/admin.token (mode 0600)",
-    )
-    .secret(Secrecy::Secret),
-    Setting::new(
-        "KAPSEL_MAX_PAYLOAD_BYTES",
-        "max_payload_bytes",
-        "BYTES",
-        Text("10485760"),
-        "larger ingest bodies get 413 E1002",
-    ),
-    Setting::new(
-        "KAPSEL_WAL_SEGMENT_BYTES",
-        "wal_segment_bytes",
-        "BYTES",
-        Text("67108864"),
-        "a segment is sealed (Merkle root, chain) when it reaches this size (4096 to 1073741824)",
-    ),
-    Setting::new(
-        "KAPSEL_RETENTION",
-        "retention",
-        "DURATION",
-        Text("7d"),
-        "sealed segments older than this, fully terminal and indexed, may be deleted (ms, s, m, h or d)",
-    ),
-    Setting::new(
-        "KAPSEL_TLS_CERT",
-        "tls_cert",
-        "PATH",
-        Described("unset"),
-        "PEM certificate chain; when it and KAPSEL_TLS_KEY are set, the listener speaks TLS",
-    ),
-    Setting::new("KAPSEL_TLS_KEY", "tls_key", "PATH", Described("unset"), "PEM private key for KAPSEL_TLS_CERT"),
-    Setting::new(
-        "KAPSEL_EXTRA_CA_FILE",
-        "extra_ca_file",
-        "PATH",
-        Described("unset"),
-        "PEM roots trusted for https destinations besides the webpki roots",
-    ),
-    Setting::new(
-        "KAPSEL_ALLOW_DESTINATIONS",
-        "allow_destinations",
-        "CIDRS",
-        Described("empty"),
-        "comma-separated CIDRs deliveries may reach despite the private-range block (e.g. 127.0.0.0/8)",
-    ),
-    Setting::new(
-        "KAPSEL_IDEMPOTENCY_WINDOW",
-        "idempotency_window",
-        "DURATION",
-        Text("24h"),
-        "how long a repeated X-Idempotency-Key is a duplicate (ms, s, m, h or d)",
-    ),
-    Setting::new(
-        "KAPSEL_IDEMPOTENCY_KEYS_MAX",
-        "idempotency_keys_max",
-        "N",
-        Text("1000000"),
+         <DIR>/wal/shard-<n>/ log, or DIR itself when it is a log directory", Public;
+    shards: "KAPSEL_SHARDS", "N", Described("available cores"),
+        "shard threads (1 to 256); fixed once the data directory has logs (a different value is refused)", Public;
+    io_driver: "KAPSEL_IO_DRIVER", "DRIVER", Text("auto"), "auto, uring or legacy (epoll)", Public;
+    admin_token: "KAPSEL_ADMIN_TOKEN", "TOKEN", Described("generated"),
+        "bearer token for /admin/*; when unset, generated once into <data dir>/admin.token (mode 0600)", Secret;
+    max_payload_bytes: "KAPSEL_MAX_PAYLOAD_BYTES", "BYTES", Text("10485760"), "larger ingest bodies get 413 E1002",
+        Public;
+    wal_segment_bytes: "KAPSEL_WAL_SEGMENT_BYTES", "BYTES", Text("67108864"),
+        "a segment is sealed (Merkle root, chain) when it reaches this size (4096 to 1073741824)", Public;
+    retention: "KAPSEL_RETENTION", "DURATION", Text("7d"),
+        "sealed segments older than this, fully terminal and indexed, may be deleted (ms, s, m, h or d)", Public;
+    tls_cert: "KAPSEL_TLS_CERT", "PATH", Described("unset"),
+        "PEM certificate chain; when it and KAPSEL_TLS_KEY are set, the listener speaks TLS", Public;
+    tls_key: "KAPSEL_TLS_KEY", "PATH", Described("unset"), "PEM private key for KAPSEL_TLS_CERT", Public;
+    extra_ca_file: "KAPSEL_EXTRA_CA_FILE", "PATH", Described("unset"),
+        "PEM roots trusted for https destinations besides the webpki roots", Public;
+    allow_destinations: "KAPSEL_ALLOW_DESTINATIONS", "CIDRS", Described("empty"),
+        "comma-separated CIDRs deliveries may reach despite the private-range block (e.g. 127.0.0.0/8)", Public;
+    idempotency_window: "KAPSEL_IDEMPOTENCY_WINDOW", "DURATION", Text("24h"),
+        "how long a repeated X-Idempotency-Key is a duplicate (ms, s, m, h or d)", Public;
+    idempotency_keys_max: "KAPSEL_IDEMPOTENCY_KEYS_MAX", "N", Text("1000000"),
         "idempotency keys remembered per shard (about 100 bytes each plus the key); beyond it the oldest are \
-         forgotten early",
-    ),
-    Setting::new(
-        "KAPSEL_EVENTS_IN_MEMORY_MAX",
-        "events_in_memory_max",
-        "N",
-        Text("2000000"),
-        "waiting (non-terminal) events a shard tracks (about 100 bytes each, payloads in the log); at the bound ingest answers 503 E3002",
-    ),
-    Setting::new(
-        "KAPSEL_TERMINAL_EVENTS_IN_MEMORY",
-        "terminal_events_in_memory",
-        "N",
-        Text("200000"),
+         forgotten early", Public;
+    events_in_memory_max: "KAPSEL_EVENTS_IN_MEMORY_MAX", "N", Text("2000000"),
+        "waiting (non-terminal) events a shard tracks (about 100 bytes each, payloads in the log); at the bound \
+         ingest answers 503 E3002", Public;
+    terminal_events_in_memory: "KAPSEL_TERMINAL_EVENTS_IN_MEMORY", "N", Text("200000"),
         "delivered or failed events a shard keeps in memory for lookups; older ones are answered by the index",
-    ),
-    Setting::new(
-        "KAPSEL_PAYLOAD_MEMORY_BYTES",
-        "payload_memory_bytes",
-        "BYTES",
-        Text("67108864"),
+        Public;
+    payload_memory_bytes: "KAPSEL_PAYLOAD_MEMORY_BYTES", "BYTES", Text("67108864"),
         "payload bytes of waiting events a shard keeps in memory; beyond it payloads stay on disk and are read \
-         back from the log when their turn comes",
-    ),
-    Setting::new(
-        "DATABASE_URL",
-        "database_url",
-        "URL",
-        Described("unset"),
+         back from the log when their turn comes", Public;
+    database_url: "DATABASE_URL", "URL", Described("unset"),
         "Postgres index (postgres://user:password@host:port/db or key=value form); unset means no index",
-    )
-    .secret(Secrecy::Password),
-    Setting::new(
-        "DATABASE_MAX_CONNECTIONS",
-        "database_max_connections",
-        "N",
-        Text("10"),
-        "index connections: one writes, the others serve queries (2 to 1000)",
-    ),
-    Setting::new("RUST_LOG", "rust_log", "FILTER", Text("info"), "tracing filter"),
-    Setting::new("KAPSEL_LOG_FORMAT", "log_format", "FORMAT", Text("json"), "json or pretty"),
-];
+        Password;
+    database_max_connections: "DATABASE_MAX_CONNECTIONS", "N", Text("10"),
+        "index connections: one writes, the others serve queries (2 to 1000)", Public;
+    rust_log: "RUST_LOG", "FILTER", Text("info"), "tracing filter", Public;
+    log_format: "KAPSEL_LOG_FORMAT", "FORMAT", Text("json"), "json or pretty", Public;
+}
 
 /// The setting read from `variable`.
 pub fn setting(variable: &str) -> Option<&'static Setting> {
@@ -307,6 +270,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The layers could not be merged into [`Values`]: a setting table and layer disagree,
+    /// which no input can cause.
+    Merge(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -317,6 +283,7 @@ impl fmt::Display for ConfigError {
             }
             Self::Invalid { variable, origin: None, message } => write!(formatter, "{variable}: {message}"),
             Self::File { path, message } => write!(formatter, "configuration file {}: {message}", path.display()),
+            Self::Merge(message) => write!(formatter, "configuration: {message}"),
         }
     }
 }
@@ -331,12 +298,46 @@ fn file_error(path: &Path, message: impl Into<String>) -> ConfigError {
     ConfigError::File { path: path.to_path_buf(), message: message.into() }
 }
 
-/// The effective configuration: for each setting that some layer sets, the winning text and
-/// its layer. Empty values count as unset in every layer, so they never hide a lower one.
+/// One layer as a figment provider: the text of each setting it sets, by key, empty values
+/// left out so they never hide a lower layer.
+struct Layer {
+    source: Source,
+    values: Dict,
+}
+
+impl Layer {
+    /// A layer from values keyed by environment variable (the file's, the environment's and
+    /// the flags' are all read that way).
+    fn new(source: Source, by_variable: &dyn Fn(&str) -> Option<String>) -> Self {
+        let values = SETTINGS
+            .iter()
+            .filter_map(|setting| {
+                let value = by_variable(setting.variable).filter(|value| !value.is_empty())?;
+                Some((setting.key.to_owned(), Value::from(value)))
+            })
+            .collect();
+        Self { source, values }
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.source.to_string())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// The effective configuration: the merged [`Values`] and, for each setting some layer sets,
+/// the layer that won. Empty values count as unset in every layer, so they never hide a lower
+/// one.
 #[derive(Clone, Debug)]
 pub struct Configuration {
     file: Option<ConfigFile>,
-    values: BTreeMap<&'static str, (String, Source)>,
+    values: Values,
+    sources: BTreeMap<&'static str, Source>,
 }
 
 impl Configuration {
@@ -366,49 +367,48 @@ impl Configuration {
             }
             None => BTreeMap::new(),
         };
-        Ok(Self::merge(file, file_values, &|variable| environment.get(variable).cloned(), flags))
+        Self::merge(file, &file_values, &|variable| environment.get(variable).cloned(), flags)
     }
 
-    /// Merges the layers: `file_values` (from [`parse_file`]), then `environment`, then `flags`,
-    /// each keyed by variable name.
+    /// Merges the layers with figment: `file_values` (from [`parse_file`]), then `environment`,
+    /// then `flags`, each keyed by variable name; a higher layer's value replaces a lower one's.
     pub fn merge(
         file: Option<ConfigFile>,
-        file_values: BTreeMap<&'static str, String>,
+        file_values: &BTreeMap<&'static str, String>,
         environment: &dyn Fn(&str) -> Option<String>,
         flags: &BTreeMap<&'static str, String>,
-    ) -> Self {
-        let mut values = BTreeMap::new();
-        for setting in SETTINGS {
-            let layers = [
-                (file_values.get(setting.variable).cloned(), Source::File),
-                (environment(setting.variable), Source::Environment),
-                (flags.get(setting.variable).cloned(), Source::Flag),
-            ];
-            let winner = layers
-                .into_iter()
-                .filter_map(|(value, source)| Some((value?, source)))
-                .rfind(|(value, _)| !value.is_empty());
-            if let Some(winner) = winner {
-                values.insert(setting.variable, winner);
-            }
-        }
-        Self { file, values }
+    ) -> Result<Self, ConfigError> {
+        let figment = Figment::new()
+            .merge(Layer::new(Source::File, &|variable| file_values.get(variable).cloned()))
+            .merge(Layer::new(Source::Environment, environment))
+            .merge(Layer::new(Source::Flag, &|variable| flags.get(variable).cloned()));
+        let values: Values = figment.extract().map_err(|error| ConfigError::Merge(error.to_string()))?;
+        let layers = [Source::File, Source::Environment, Source::Flag];
+        let sources = SETTINGS
+            .iter()
+            .filter_map(|setting| {
+                let metadata = figment.find_metadata(setting.key)?;
+                let source = layers.into_iter().find(|layer| metadata.name == layer.to_string())?;
+                Some((setting.variable, source))
+            })
+            .collect();
+        Ok(Self { file, values, sources })
     }
 
-    /// The value of `variable`, if any layer sets it.
-    pub fn lookup(&self, variable: &str) -> Option<String> {
-        self.values.get(variable).map(|(value, _)| value.clone())
+    /// The merged values.
+    pub fn values(&self) -> &Values {
+        &self.values
     }
 
     /// The layer `variable`'s value comes from.
     pub fn source(&self, variable: &str) -> Source {
-        self.values.get(variable).map_or(Source::Default, |(_, source)| *source)
+        self.sources.get(variable).copied().unwrap_or(Source::Default)
     }
 
     /// The validated settings. An error names the setting and, when the value came from the
     /// file or a flag, how it was spelt there.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        Settings::from_lookup(&|variable| self.lookup(variable)).map_err(|error| self.with_origin(error))
+        Settings::from_values(&self.values).map_err(|error| self.with_origin(error))
     }
 
     /// The shard count to run (see [`resolve_shards`]), checked against the data directory.
@@ -419,7 +419,7 @@ impl Configuration {
 
     /// The data directory, for the commands that need nothing else.
     pub fn data_directory(&self) -> PathBuf {
-        data_directory(&|variable| self.lookup(variable))
+        data_directory(&self.values)
     }
 
     fn with_origin(&self, error: ConfigError) -> ConfigError {
@@ -449,8 +449,8 @@ impl Configuration {
             format!("{:<width$}  {:<7}  VALUE", "SETTING", "SOURCE"),
         ];
         for setting in SETTINGS {
-            let (value, source) = match self.values.get(setting.variable) {
-                Some((value, source)) => (setting.shown(value), *source),
+            let (value, source) = match setting.value(&self.values) {
+                Some(value) => (setting.shown(value), self.source(setting.variable)),
                 None => match setting.default {
                     Text(text) => (text.to_owned(), Source::Default),
                     Described(text) => (format!("({text})"), Source::Default),
@@ -630,22 +630,20 @@ pub struct Settings {
     pub index: Option<kapsel_engine::index::IndexConfig>,
 }
 
-type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-/// The value of `variable`, when set and not empty.
-fn text(lookup: Lookup<'_>, variable: &str) -> Option<String> {
-    lookup(variable).filter(|value| !value.is_empty())
+/// A setting's text, when set and not empty.
+fn text(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|value| !value.is_empty())
 }
 
-fn number<T: std::str::FromStr>(lookup: Lookup<'_>, variable: &'static str, default: T) -> Result<T, ConfigError> {
-    match text(lookup, variable) {
+fn number<T: std::str::FromStr>(value: &Option<String>, variable: &'static str, default: T) -> Result<T, ConfigError> {
+    match text(value) {
         Some(value) => value.trim().parse().map_err(|_| error(variable, format!("`{value}` is not a valid number"))),
         None => Ok(default),
     }
 }
 
-fn duration(lookup: Lookup<'_>, variable: &'static str, default_ms: u64) -> Result<u64, ConfigError> {
-    match text(lookup, variable) {
+fn duration(value: &Option<String>, variable: &'static str, default_ms: u64) -> Result<u64, ConfigError> {
+    match text(value) {
         Some(value) => parse_duration_ms(&value)
             .filter(|milliseconds| *milliseconds > 0)
             .ok_or_else(|| error(variable, format!("`{value}` is not a duration such as 500ms, 30s, 15m, 24h or 7d"))),
@@ -671,99 +669,127 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
 }
 
 /// The data directory: `KAPSEL_DATA_DIR`, else [`DATA_DIR_DEFAULT`].
-pub fn data_directory(lookup: Lookup<'_>) -> PathBuf {
-    PathBuf::from(text(lookup, "KAPSEL_DATA_DIR").unwrap_or_else(|| DATA_DIR_DEFAULT.into()))
+pub fn data_directory(values: &Values) -> PathBuf {
+    PathBuf::from(text(&values.data_dir).unwrap_or_else(|| DATA_DIR_DEFAULT.into()))
 }
 
 impl Settings {
-    /// Reads the settings through `lookup`, by variable name (a merged [`Configuration`] in
-    /// production). Unset and empty values take their defaults; a wrong one is an error naming
-    /// its variable, never a silent default.
-    pub fn from_lookup(lookup: Lookup<'_>) -> Result<Self, ConfigError> {
-        let listen_text = text(lookup, "SERVER_ADDR").unwrap_or_else(|| SERVER_ADDR_DEFAULT.into());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| error("SERVER_ADDR", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
-        let driver_text = text(lookup, "KAPSEL_IO_DRIVER").unwrap_or_else(|| "auto".into());
+    /// Validates `values` (a merged [`Configuration`]'s in production). Unset and empty values
+    /// take their defaults; a wrong one is an error naming its variable, never a silent default.
+    pub fn from_values(values: &Values) -> Result<Self, ConfigError> {
+        let listen_text = text(&values.server_addr).unwrap_or_else(|| SERVER_ADDR_DEFAULT.into());
+        let listen = listen_text.parse().map_err(|_| {
+            error(VARIABLES.server_addr, format!("`{listen_text}` is not an address like 127.0.0.1:8080"))
+        })?;
+        let driver_text = text(&values.io_driver).unwrap_or_else(|| "auto".into());
         let io_driver = IoDriver::parse(&driver_text)
-            .ok_or_else(|| error("KAPSEL_IO_DRIVER", format!("`{driver_text}` is not auto, uring or legacy")))?;
-        let max_payload_bytes = number(lookup, "KAPSEL_MAX_PAYLOAD_BYTES", kapsel_http::limits::PAYLOAD_BYTES_DEFAULT)?;
+            .ok_or_else(|| error(VARIABLES.io_driver, format!("`{driver_text}` is not auto, uring or legacy")))?;
+        let max_payload_bytes =
+            number(&values.max_payload_bytes, VARIABLES.max_payload_bytes, kapsel_http::limits::PAYLOAD_BYTES_DEFAULT)?;
         let payload_bytes_max = (kapsel_wal::limits::RECORD_BODY_BYTES_MAX / 2) as u64;
         if !(1..=payload_bytes_max).contains(&max_payload_bytes) {
-            return Err(error("KAPSEL_MAX_PAYLOAD_BYTES", format!("must be 1 to {payload_bytes_max}")));
+            return Err(error(VARIABLES.max_payload_bytes, format!("must be 1 to {payload_bytes_max}")));
         }
-        let wal_segment_bytes = number(lookup, "KAPSEL_WAL_SEGMENT_BYTES", kapsel_wal::limits::SEGMENT_BYTES_DEFAULT)?;
+        let wal_segment_bytes =
+            number(&values.wal_segment_bytes, VARIABLES.wal_segment_bytes, kapsel_wal::limits::SEGMENT_BYTES_DEFAULT)?;
         let segment_range = kapsel_wal::limits::SEGMENT_BYTES_MIN..=kapsel_wal::limits::SEGMENT_BYTES_MAX;
         if !segment_range.contains(&wal_segment_bytes) {
             return Err(error(
-                "KAPSEL_WAL_SEGMENT_BYTES",
+                VARIABLES.wal_segment_bytes,
                 format!("must be {} to {}", segment_range.start(), segment_range.end()),
             ));
         }
-        let destinations = kapsel_http::DestinationPolicy::parse_allow_list(
-            &text(lookup, "KAPSEL_ALLOW_DESTINATIONS").unwrap_or_default(),
-        )
-        .map_err(|message| error("KAPSEL_ALLOW_DESTINATIONS", message))?;
+        let destinations =
+            kapsel_http::DestinationPolicy::parse_allow_list(&text(&values.allow_destinations).unwrap_or_default())
+                .map_err(|message| error(VARIABLES.allow_destinations, message))?;
         Ok(Self {
             listen,
-            data_directory: data_directory(lookup),
-            shards: shards(lookup)?,
+            data_directory: data_directory(values),
+            shards: shards(values)?,
             io_driver,
-            admin_token: text(lookup, "KAPSEL_ADMIN_TOKEN"),
+            admin_token: text(&values.admin_token),
             max_payload_bytes,
             wal_segment_bytes,
-            retention_ms: duration(lookup, "KAPSEL_RETENTION", limits::RETENTION_MS_DEFAULT)?,
-            tls: tls(lookup)?,
-            state_limits: state_limits(lookup)?,
+            retention_ms: duration(&values.retention, VARIABLES.retention, limits::RETENTION_MS_DEFAULT)?,
+            tls: tls(values)?,
+            state_limits: state_limits(values)?,
             destinations,
-            extra_ca_file: text(lookup, "KAPSEL_EXTRA_CA_FILE").map(PathBuf::from),
-            index: index(lookup)?,
+            extra_ca_file: text(&values.extra_ca_file).map(PathBuf::from),
+            index: index(values)?,
         })
     }
 }
 
-fn shards(lookup: Lookup<'_>) -> Result<Option<usize>, ConfigError> {
-    let Some(value) = text(lookup, "KAPSEL_SHARDS") else {
+fn shards(values: &Values) -> Result<Option<usize>, ConfigError> {
+    let Some(value) = text(&values.shards) else {
         return Ok(None);
     };
     let count: usize =
-        value.trim().parse().map_err(|_| error("KAPSEL_SHARDS", format!("`{value}` is not a number")))?;
+        value.trim().parse().map_err(|_| error(VARIABLES.shards, format!("`{value}` is not a number")))?;
     if !(1..=limits::SHARDS_MAX).contains(&count) {
-        return Err(error("KAPSEL_SHARDS", format!("must be 1 to {}", limits::SHARDS_MAX)));
+        return Err(error(VARIABLES.shards, format!("must be 1 to {}", limits::SHARDS_MAX)));
     }
     Ok(Some(count))
 }
 
-fn tls(lookup: Lookup<'_>) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
-    match (text(lookup, "KAPSEL_TLS_CERT"), text(lookup, "KAPSEL_TLS_KEY")) {
+fn tls(values: &Values) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    let together = format!("{} and {} must be set together", VARIABLES.tls_cert, VARIABLES.tls_key);
+    match (text(&values.tls_cert), text(&values.tls_key)) {
         (Some(certificate), Some(key)) => Ok(Some((PathBuf::from(certificate), PathBuf::from(key)))),
         (None, None) => Ok(None),
-        (Some(_), None) => Err(error("KAPSEL_TLS_CERT", "KAPSEL_TLS_CERT and KAPSEL_TLS_KEY must be set together")),
-        (None, Some(_)) => Err(error("KAPSEL_TLS_KEY", "KAPSEL_TLS_CERT and KAPSEL_TLS_KEY must be set together")),
+        (Some(_), None) => Err(error(VARIABLES.tls_cert, together)),
+        (None, Some(_)) => Err(error(VARIABLES.tls_key, together)),
     }
 }
 
-fn state_limits(lookup: Lookup<'_>) -> Result<StateLimits, ConfigError> {
+fn state_limits(values: &Values) -> Result<StateLimits, ConfigError> {
+    let variables = VARIABLES;
     Ok(StateLimits {
-        events_max: number(lookup, "KAPSEL_EVENTS_IN_MEMORY_MAX", limits::EVENTS_IN_MEMORY_DEFAULT)?.max(1),
-        idempotency_keys_max: number(lookup, "KAPSEL_IDEMPOTENCY_KEYS_MAX", limits::IDEMPOTENCY_KEYS_DEFAULT)?.max(1),
-        idempotency_window_ms: duration(lookup, "KAPSEL_IDEMPOTENCY_WINDOW", limits::IDEMPOTENCY_WINDOW_MS_DEFAULT)?,
-        payload_memory_bytes_max: number(lookup, "KAPSEL_PAYLOAD_MEMORY_BYTES", limits::PAYLOAD_MEMORY_BYTES_DEFAULT)?,
-        terminal_events_max: number(lookup, "KAPSEL_TERMINAL_EVENTS_IN_MEMORY", limits::TERMINAL_EVENTS_IN_MEMORY_MAX)?
-            .max(1),
+        events_max: number(
+            &values.events_in_memory_max,
+            variables.events_in_memory_max,
+            limits::EVENTS_IN_MEMORY_DEFAULT,
+        )?
+        .max(1),
+        idempotency_keys_max: number(
+            &values.idempotency_keys_max,
+            variables.idempotency_keys_max,
+            limits::IDEMPOTENCY_KEYS_DEFAULT,
+        )?
+        .max(1),
+        idempotency_window_ms: duration(
+            &values.idempotency_window,
+            variables.idempotency_window,
+            limits::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+        )?,
+        payload_memory_bytes_max: number(
+            &values.payload_memory_bytes,
+            variables.payload_memory_bytes,
+            limits::PAYLOAD_MEMORY_BYTES_DEFAULT,
+        )?,
+        terminal_events_max: number(
+            &values.terminal_events_in_memory,
+            variables.terminal_events_in_memory,
+            limits::TERMINAL_EVENTS_IN_MEMORY_MAX,
+        )?
+        .max(1),
     })
 }
 
-fn index(lookup: Lookup<'_>) -> Result<Option<kapsel_engine::index::IndexConfig>, ConfigError> {
-    let max_connections = number(lookup, "DATABASE_MAX_CONNECTIONS", DATABASE_MAX_CONNECTIONS_DEFAULT)?;
+fn index(values: &Values) -> Result<Option<kapsel_engine::index::IndexConfig>, ConfigError> {
+    let max_connections =
+        number(&values.database_max_connections, VARIABLES.database_max_connections, DATABASE_MAX_CONNECTIONS_DEFAULT)?;
     if !(2..=1000).contains(&max_connections) {
-        return Err(error("DATABASE_MAX_CONNECTIONS", "must be 2 to 1000 (one writes, the others serve queries)"));
+        return Err(error(
+            VARIABLES.database_max_connections,
+            "must be 2 to 1000 (one writes, the others serve queries)",
+        ));
     }
-    let Some(url) = text(lookup, "DATABASE_URL") else {
+    let Some(url) = text(&values.database_url) else {
         return Ok(None);
     };
     if !kapsel_engine::index::valid_url(&url) {
-        return Err(error("DATABASE_URL", "is not a postgres:// URL or key=value connection string"));
+        return Err(error(VARIABLES.database_url, "is not a postgres:// URL or key=value connection string"));
     }
     Ok(Some(kapsel_engine::index::IndexConfig { url, max_connections }))
 }
@@ -789,7 +815,7 @@ pub fn existing_shards(data_directory: &Path) -> Option<usize> {
 pub fn resolve_shards(requested: Option<usize>, existing: Option<usize>) -> Result<usize, ConfigError> {
     match (requested, existing) {
         (Some(requested), Some(existing)) if requested != existing => Err(error(
-            "KAPSEL_SHARDS",
+            VARIABLES.shards,
             format!("the data directory holds {existing} shards: set it to {existing} or leave it unset"),
         )),
         (_, Some(existing)) => Ok(existing),
@@ -836,9 +862,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Settings from environment variables alone.
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::from_lookup(&|name| map.get(name).cloned())
+        merged("", pairs, &[]).settings()
     }
 
     fn flags(pairs: &[(&'static str, &str)]) -> BTreeMap<&'static str, String> {
@@ -854,7 +880,7 @@ mod tests {
         let file_values = parse_file(toml, Path::new("/etc/kapsel.toml")).unwrap();
         let environment: HashMap<String, String> =
             environment.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Configuration::merge(file(), file_values, &|name| environment.get(name).cloned(), &flags(flag_values))
+        Configuration::merge(file(), &file_values, &|name| environment.get(name).cloned(), &flags(flag_values)).unwrap()
     }
 
     // No configuration must give a working server: the documented defaults.
@@ -917,6 +943,7 @@ mod tests {
             ("DATABASE_URL", "mysql://nope"),
             ("DATABASE_MAX_CONNECTIONS", "1"),
         ] {
+            assert!(setting(variable).is_some(), "{variable} is not in the table");
             let failure = settings(&[(variable, value)]).unwrap_err();
             assert!(
                 matches!(failure, ConfigError::Invalid { variable: named, .. } if named == variable),
@@ -945,6 +972,34 @@ mod tests {
         assert_eq!(configuration.source("KAPSEL_IO_DRIVER"), Source::Environment);
         assert_eq!(configuration.source("KAPSEL_SHARDS"), Source::File);
         assert_eq!(configuration.source("KAPSEL_RETENTION"), Source::Default);
+    }
+
+    // Each setting reads its own field of the merged values, and nothing else does: the table,
+    // the struct figment fills and the variable names come from one declaration.
+    #[test]
+    fn every_setting_reads_its_own_field() {
+        for setting in SETTINGS {
+            let configuration = merged("", &[(setting.variable, "x")], &[]);
+            assert_eq!(setting.value(configuration.values()), Some("x"), "{}", setting.variable);
+            let others = SETTINGS.iter().filter(|other| other.value(configuration.values()).is_some()).count();
+            assert_eq!(others, 1, "{}", setting.variable);
+            assert_eq!(configuration.source(setting.variable), Source::Environment);
+        }
+        let variables = format!("{VARIABLES:?}");
+        assert!(SETTINGS
+            .iter()
+            .all(|setting| variables.contains(&format!("{}: \"{}\"", setting.key, setting.variable))));
+    }
+
+    // Values pass through the merge as the text given: a token with leading zeros or a number
+    // that looks like a boolean is not reinterpreted on the way.
+    #[test]
+    fn values_are_merged_verbatim() {
+        let configuration =
+            merged("admin_token = \"0012\"\n", &[("RUST_LOG", "007")], &[("KAPSEL_IO_DRIVER", " true ")]);
+        assert_eq!(configuration.values().admin_token.as_deref(), Some("0012"));
+        assert_eq!(configuration.values().rust_log.as_deref(), Some("007"));
+        assert_eq!(configuration.values().io_driver.as_deref(), Some(" true "));
     }
 
     // `VAR=` in a shell or unit file usually means "no value"; it must not hide the file's.

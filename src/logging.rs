@@ -8,13 +8,13 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Environment variable holding the tracing filter.
-pub const FILTER_VARIABLE: &str = "RUST_LOG";
+pub const FILTER_VARIABLE: &str = crate::config::VARIABLES.rust_log;
 
 /// Filter used when [`FILTER_VARIABLE`] is unset or empty.
 pub const FILTER_DEFAULT: &str = "info";
 
 /// Environment variable choosing the log format.
-pub const FORMAT_VARIABLE: &str = "KAPSEL_LOG_FORMAT";
+pub const FORMAT_VARIABLE: &str = crate::config::VARIABLES.log_format;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

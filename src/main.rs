@@ -59,8 +59,7 @@ fn run(stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
         }
     };
     // Logging is configured like every other setting: file, environment or flag.
-    let (filter, format) =
-        (configuration.lookup(logging::FILTER_VARIABLE), configuration.lookup(logging::FORMAT_VARIABLE));
+    let (filter, format) = (&configuration.values().rust_log, &configuration.values().log_format);
     if let Err(error) = logging::init(filter.as_deref(), format.as_deref()) {
         let _ = writeln!(stderr, "kapsel: {error}");
         return Exit::Error;

@@ -30,7 +30,7 @@ pub fn run(configuration: &Configuration) -> Result<(), String> {
         ..ServerConfig::default()
     };
     let client_tls = kapsel_http::tls_client_config(settings.extra_ca_file.as_deref())
-        .map_err(|error| format!("KAPSEL_EXTRA_CA_FILE: {error}"))?;
+        .map_err(|error| format!("{}: {error}", config::VARIABLES.extra_ca_file))?;
     let mut client = kapsel_http::ClientConfig::new(std::sync::Arc::new(client_tls));
     client.destinations = settings.destinations.clone();
     // Registered before the engine starts, so a signal sent as soon as the listening line is
