@@ -4,9 +4,9 @@
 //! Invariants:
 //! - No request is answered as done before the fsync covering its record (see [`shard`]).
 //! - A shard's state changes only on its own thread; other shards reach it through its
-//!   [`inbox`], never through a lock.
-//! - The state machines ([`state`], [`idempotency`], [`rate`], [`route`]) take time as an argument;
-//!   only [`clock`] reads the clock.
+//!   inbox (`admin::inbox`), never through a lock.
+//! - The state machines ([`state`], its idempotency table, rate limiter and breaker, and the
+//!   admin router) take time as an argument; only [`clock`] reads the clock.
 //! - Every table and queue is bounded ([`limits`]); a full one answers 503 E3002.
 
 #![warn(missing_docs)]
@@ -28,10 +28,12 @@ mod runtime;
 pub mod shard;
 pub mod state;
 
-pub use admin::shared::Shared;
-pub use admin::{audit, inbox, metrics, route, service};
+// The public surface. The binary needs `Engine`, its configuration and errors, `clock`,
+// `limits` and the index's configuration; the rest is here for the deterministic simulation,
+// the benchmarks and the engine's own integration tests, which drive a shard's state machine
+// and log directly.
 pub use error::EngineError;
-pub use model::{endpoint, ids, query, records, signature, trace};
+pub use model::{endpoint, ids, records};
 pub use runtime::{Engine, EngineConfig, IoDriver, StartError};
 pub use shard::{readback, retention, snapshot};
-pub use state::{breaker, idempotency, rate, retry};
+pub use state::breaker;

@@ -16,6 +16,7 @@ mod hostile;
 mod index;
 mod index_schema;
 mod ingest;
+mod layers;
 mod operations;
 mod postgres_harness;
 mod retention;

@@ -150,9 +150,24 @@ impl Breaker {
         self.window_failures += usize::from(failure);
         while self.window.len() > policy.window.max(1) as usize {
             if self.window.pop_front() == Some(true) {
-                self.window_failures -= 1;
+                self.window_failures = self.window_failures.saturating_sub(1);
             }
         }
+        self.assert_consistent();
+    }
+
+    /// The failure count is the window's, and the run is failures at the window's end.
+    fn assert_consistent(&self) {
+        debug_assert_eq!(
+            self.window_failures,
+            self.window.iter().filter(|failure| **failure).count(),
+            "failures counted apart from the window"
+        );
+        debug_assert!(
+            self.window.iter().rev().take(self.run as usize).all(|failure| *failure),
+            "a run of {} failures the window does not end with",
+            self.run
+        );
     }
 
     fn should_open(&self, policy: &CircuitPolicy) -> bool {
@@ -165,7 +180,9 @@ impl Breaker {
     pub fn run_needed(&self, policy: &CircuitPolicy) -> u32 {
         let run = (self.run as usize).min(self.window.len());
         let calls = self.window.len() - run;
-        let failures = self.window_failures - run;
+        // The run's failures are in the window (`assert_consistent`); a snapshot that says
+        // otherwise gives a shorter run needed, not a wrap-around.
+        let failures = self.window_failures.saturating_sub(run);
         noise_run(policy.consecutive_failures, calls, failures)
     }
 }

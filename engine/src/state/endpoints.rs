@@ -170,6 +170,22 @@ impl Endpoints {
         self.slots.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
+    /// The endpoint of a tracked event. Every tracked event's endpoint exists (deleting an
+    /// endpoint forgets its events in the same step), so a missing one is a bookkeeping bug:
+    /// an assertion in debug builds, `None` (the step does nothing) in release.
+    pub fn owner(&self, slot: u32) -> Option<&EndpointEntry> {
+        let entry = self.at(slot);
+        debug_assert!(entry.is_some(), "a tracked event's endpoint (slot {slot}) is gone");
+        entry
+    }
+
+    /// [`Endpoints::owner`], to change it.
+    pub fn owner_mut(&mut self, slot: u32) -> Option<&mut EndpointEntry> {
+        let entry = self.at_mut(slot);
+        debug_assert!(entry.is_some(), "a tracked event's endpoint (slot {slot}) is gone");
+        entry
+    }
+
     /// Adds an endpoint; its slot.
     pub fn insert(&mut self, entry: EndpointEntry) -> u32 {
         let id = Rc::clone(&entry.id);

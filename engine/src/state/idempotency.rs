@@ -62,12 +62,25 @@ impl IdempotencyTable {
         }
         self.order.push_back((at_ms, entry_key.clone()));
         self.entries.insert(entry_key, (remembered, at_ms));
+        self.assert_consistent();
+    }
+
+    /// Each remembered key has exactly one place in the expiry order, and the bound holds.
+    fn assert_consistent(&self) {
+        debug_assert_eq!(self.order.len(), self.entries.len(), "expiry order and keys disagree");
+        debug_assert!(
+            self.entries.len() <= self.capacity,
+            "{} keys over the bound {}",
+            self.entries.len(),
+            self.capacity
+        );
     }
 
     /// Forgets every key of an endpoint (when it is deleted).
     pub fn forget_endpoint(&mut self, endpoint: &str) {
         self.entries.retain(|(owner, _), _| &**owner != endpoint);
         self.order.retain(|(_, (owner, _))| &**owner != endpoint);
+        self.assert_consistent();
     }
 
     fn expire(&mut self, now_ms: u64) {
@@ -82,10 +95,13 @@ impl IdempotencyTable {
     fn pop_oldest(&mut self) -> bool {
         match self.order.pop_front() {
             Some((at_ms, key)) => {
-                // Only remove the map entry if it is the one this queue slot was made for.
-                if self.entries.get(&key).is_some_and(|(_, stored_at)| *stored_at == at_ms) {
-                    self.entries.remove(&key);
-                }
+                // Every place in the order has its key: a key is added once, with its place,
+                // and both go together.
+                let removed = self.entries.remove(&key);
+                debug_assert!(
+                    removed.is_some_and(|(_, stored_at)| stored_at == at_ms),
+                    "an expiry place without its key"
+                );
                 true
             }
             None => false,

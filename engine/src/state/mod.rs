@@ -184,6 +184,17 @@ impl ShardState {
             Record::Attempt(attempt) => self.apply_attempt(lsn, &attempt),
             Record::Requeued(requeued) => self.requeue(lsn, EventId(requeued.event_id), requeued.at_ms),
         }
+        self.assert_bounds();
+    }
+
+    /// What must hold after every step and costs nothing to check; [`ShardState::check`] is the
+    /// full, linear-time version the simulation runs.
+    fn assert_bounds(&self) {
+        debug_assert!(self.waiting <= self.events.len(), "{} waiting of {} events", self.waiting, self.events.len());
+        debug_assert!(self.endpoints_waiting <= self.endpoints.len(), "more endpoints waiting than endpoints");
+        debug_assert!((self.endpoints_waiting == 0) == (self.waiting == 0), "waiting events without endpoints");
+        debug_assert!(self.terminal.len() <= self.limits.terminal_events_max, "terminal window over its bound");
+        debug_assert!(self.terminal.len() + self.waiting <= self.events.len(), "an event both terminal and waiting");
     }
 
     /// Loads an endpoint with its breaker from the endpoint snapshot before replay, as it was
@@ -207,6 +218,7 @@ impl ShardState {
             return;
         };
         let Some(entry) = self.endpoints.at_mut(slot) else {
+            debug_assert!(false, "endpoint {} has a slot but no entry", endpoint.id);
             return;
         };
         let disabled = entry.endpoint.enabled && !endpoint.enabled;
@@ -305,6 +317,8 @@ impl ShardState {
         let status = if progress.next_attempt_at_ms.is_some() { EventStatus::Retrying } else { EventStatus::Pending };
         let payload_bytes = u32::try_from(event.payload.len()).unwrap_or(u32::MAX);
         let queued_lsn = if progress.queued_lsn == 0 { lsn } else { progress.queued_lsn };
+        // A carried event keeps the place of a record written before the one carrying it.
+        debug_assert!(queued_lsn <= lsn, "{event_id} queued at {queued_lsn}, after its record {lsn}");
         self.events.insert(
             event_id,
             Event {
@@ -324,7 +338,7 @@ impl ShardState {
             event.set_next_attempt_at_ms(due);
         }
         self.count_waiting(slot, true);
-        let Some(entry) = self.endpoints.at_mut(slot) else {
+        let Some(entry) = self.endpoints.owner_mut(slot) else {
             return;
         };
         match progress.next_attempt_at_ms {
@@ -333,7 +347,7 @@ impl ShardState {
             }
             None => {
                 let at_end = self.enqueue(slot, event_id, queued_lsn);
-                let Some(entry) = self.endpoints.at(slot) else {
+                let Some(entry) = self.endpoints.owner(slot) else {
                     return;
                 };
                 // Cached only if every event ahead of it is (the cache holds a prefix), and not
@@ -358,9 +372,10 @@ impl ShardState {
     /// unless it is a carried event coming back at replay). `true` when it went at the end.
     fn enqueue(&mut self, slot: u32, event_id: EventId, queued_lsn: u64) -> bool {
         let events = &self.events;
-        let Some(entry) = self.endpoints.at_mut(slot) else {
+        let Some(entry) = self.endpoints.owner_mut(slot) else {
             return false;
         };
+        debug_assert!(!entry.ready.contains(&event_id), "{event_id} queued twice");
         let place = |queued: &EventId| events.get(queued).map_or(0, |event| event.queued_lsn);
         if entry.ready.back().is_none_or(|last| place(last) <= queued_lsn) {
             entry.ready.push_back(event_id);
@@ -426,7 +441,7 @@ impl ShardState {
 
     /// Counts an event becoming waiting (`true`) or terminal (`false`) for its endpoint.
     fn count_waiting(&mut self, slot: u32, waiting: bool) {
-        let Some(entry) = self.endpoints.at_mut(slot) else {
+        let Some(entry) = self.endpoints.owner_mut(slot) else {
             return;
         };
         if waiting {
@@ -494,7 +509,7 @@ impl ShardState {
     }
 
     fn feed_breaker(&mut self, slot: u32, failure: bool, at_ms: u64) {
-        let Some(entry) = self.endpoints.at_mut(slot) else {
+        let Some(entry) = self.endpoints.owner_mut(slot) else {
             return;
         };
         let policy = entry.endpoint.circuit.clone();
@@ -507,7 +522,7 @@ impl ShardState {
     /// Takes a waiting event out of its endpoint's queue (replay of an attempt's outcome, or a
     /// retrying event redriven).
     fn unqueue(&mut self, slot: u32, event_id: EventId, status: EventStatus, due: u64) {
-        let Some(entry) = self.endpoints.at_mut(slot) else {
+        let Some(entry) = self.endpoints.owner_mut(slot) else {
             return;
         };
         match status {
@@ -541,6 +556,8 @@ impl ShardState {
         let Some(event) = self.events.get_mut(&event_id) else {
             return;
         };
+        debug_assert!(status.is_terminal(), "{event_id} made terminal as {status:?}");
+        debug_assert!(event.is_waiting(), "{event_id} made terminal twice");
         let slot = event.endpoint;
         event.status = status;
         event.set_next_attempt_at_ms(0);

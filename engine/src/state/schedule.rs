@@ -79,6 +79,7 @@ impl ShardState {
     /// Sets an endpoint's one timer.
     fn set_wake(&mut self, slot: u32, at_ms: u64) {
         let Some(entry) = self.endpoints.at_mut(slot) else {
+            debug_assert!(false, "a timer set for slot {slot}, which holds no endpoint");
             return;
         };
         if let Some(previous) = entry.wake_at.replace(at_ms) {
@@ -157,18 +158,24 @@ impl ShardState {
     /// Takes an event out of its queue and into flight.
     fn start(&mut self, slot: u32, event_id: EventId, from_retries: bool, probe: bool, plan: &mut Plan) {
         let (Some(entry), Some(event)) = (self.endpoints.at_mut(slot), self.events.get_mut(&event_id)) else {
+            debug_assert!(false, "{event_id} was chosen from a queue of slot {slot} that does not hold it");
             return;
         };
         let Some(payload) = self.payloads.take(&event_id) else {
+            debug_assert!(false, "{event_id} starts without its payload cached");
             return;
         };
+        // The event comes off the front of the queue it was chosen from.
         if from_retries {
-            entry.retries.pop_first();
+            let taken = entry.retries.pop_first();
+            debug_assert_eq!(taken.map(|(_, taken)| taken), Some(event_id), "a retry starts out of due order");
         } else {
-            entry.ready.pop_front();
+            let taken = entry.ready.pop_front();
+            debug_assert_eq!(taken, Some(event_id), "a pending event starts out of queue order");
             decrease!(entry.resident, 1);
         }
         debug_assert!(!event.in_flight && event.is_waiting(), "only a queued waiting event starts");
+        debug_assert!(!probe || !entry.probing, "a second probe while one is out");
         event.in_flight = true;
         entry.in_flight += 1;
         entry.probing |= probe;
@@ -460,6 +467,11 @@ impl ShardState {
         else {
             return;
         };
+        debug_assert!(
+            self.events.get(&start.event_id).is_some_and(|event| event.in_flight),
+            "{} answered but not in flight",
+            start.event_id
+        );
         decrease!(entry.in_flight, 1);
         entry.recording += 1;
         self.activate(start.slot);
@@ -480,6 +492,7 @@ impl ShardState {
         }
         let delivering = entry.endpoint.enabled && entry.breaker.state() == crate::state::breaker::State::Closed;
         if let Some(event) = self.events.get_mut(&start.event_id) {
+            debug_assert!(event.in_flight, "{} finished but not in flight", start.event_id);
             event.in_flight = false;
             if !recorded && event.is_waiting() && delivering {
                 self.payloads.insert(start.event_id, Rc::clone(&start.payload));

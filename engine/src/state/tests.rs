@@ -277,3 +277,45 @@ fn a_retry_starts_when_due_and_not_before() {
     assert_eq!((starts.len(), starts[0].event_id, starts[0].n), (1, event_id, 2));
     log.state.check(due).unwrap();
 }
+
+// The assertions guard bookkeeping, so a bookkeeping bug stops a debug build at the step that
+// made it. Two are driven here through the state's own functions, as a bug would reach them.
+#[cfg(debug_assertions)]
+mod assertions {
+    use super::*;
+
+    // An attempt's outcome reported for an event that is not in flight (a second report of one
+    // attempt, or a report for an event never started).
+    #[test]
+    #[should_panic(expected = "answered but not in flight")]
+    fn answering_an_event_not_in_flight_is_caught() {
+        let mut log = Log::new(1 << 20);
+        let event_id = log.receive(1);
+        let start = log.state.schedule(NOW).starts.pop().unwrap();
+        assert_eq!(start.event_id, event_id);
+        log.state.answered(&start);
+        log.apply(Record::Attempt(Attempt {
+            event_id: event_id.0,
+            n: 1,
+            at_ms: NOW,
+            status_code: Some(200),
+            latency_ms: 1,
+            error_code: None,
+            response_excerpt: Vec::new(),
+            outcome: OUTCOME_DELIVERED,
+            next_attempt_at_ms: None,
+        }));
+        log.state.finish_live(&start, true);
+        log.state.answered(&start);
+    }
+
+    // An event made terminal twice would count its endpoint's waiting events down twice.
+    #[test]
+    #[should_panic(expected = "made terminal twice")]
+    fn a_second_terminal_transition_is_caught() {
+        let mut log = Log::new(1 << 20);
+        let event_id = log.receive(1);
+        log.state.make_terminal(event_id, EventStatus::Delivered);
+        log.state.make_terminal(event_id, EventStatus::Failed);
+    }
+}
