@@ -89,3 +89,22 @@ impl WalError {
 pub(crate) fn poison_reason(error: &WalError) -> String {
     error.to_string()
 }
+
+/// A short, stable name for why storage failed, for metrics labels and `/readyz`: `no_space`
+/// (ENOSPC, EDQUOT), `io_error` (EIO), `read_only` (EROFS) or `other`.
+pub(crate) fn failure_kind(error: &WalError) -> &'static str {
+    const EIO: i32 = 5;
+    const EROFS: i32 = 30;
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    let WalError::Io { source, .. } = error else {
+        return "other";
+    };
+    match source.raw_os_error() {
+        Some(ENOSPC | EDQUOT) => "no_space",
+        Some(EIO) => "io_error",
+        Some(EROFS) => "read_only",
+        _ if source.kind() == io::ErrorKind::StorageFull => "no_space",
+        _ => "other",
+    }
+}

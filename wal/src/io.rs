@@ -235,12 +235,18 @@ enum Backend {
 }
 
 impl FileLayer {
-    pub(crate) fn new(backend: IoBackend, faults: Option<Arc<IoFaults>>, name: &str) -> io::Result<Self> {
+    /// A layer over `backend`, counting into `counters` (kept across a reopen).
+    pub(crate) fn new(
+        backend: IoBackend,
+        faults: Option<Arc<IoFaults>>,
+        name: &str,
+        counters: Arc<IoCounters>,
+    ) -> io::Result<Self> {
         let backend = match backend {
             IoBackend::Uring => Backend::Uring,
             IoBackend::Thread => Backend::Thread(IoThread::spawn(name)?),
         };
-        Ok(Self { backend, counters: Arc::new(IoCounters::default()), faults })
+        Ok(Self { backend, counters, faults })
     }
 
     pub(crate) fn counters(&self) -> Arc<IoCounters> {

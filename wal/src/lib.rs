@@ -8,7 +8,9 @@
 //! Invariants:
 //! - No [`Commit`] resolves `Ok` before the fdatasync covering its record has returned `Ok`.
 //! - After a failed write or fsync the log is poisoned: every later append fails until it is
-//!   reopened. An fsync is never retried as if it had worked.
+//!   reopened. An fsync is never retried as if it had worked: [`Wal::reopen`] cuts every file back
+//!   to its durable length (the failed batch may sit in the page cache without being on disk),
+//!   recovers the directory as a start does, and only then takes appends again.
 //! - Recovery truncates only a torn tail of the newest segment (its last batch, cut short or
 //!   garbled, with no valid batch after it); any other damage is [`WalError::Corrupt`] naming
 //!   the segment and offset.

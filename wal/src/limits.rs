@@ -37,6 +37,11 @@ pub const SPARE_BUFFERS_MAX: usize = 4;
 /// batch in flight, so a handful is plenty; a full queue makes the flusher wait, never grow.
 pub const IO_THREAD_QUEUE_MAX: usize = 16;
 
+/// Bytes written (and fsynced, then removed) to a probe file before a log reopens after a
+/// storage failure: a disk with less room than this stays failed rather than refusing the next
+/// batch again at once.
+pub const SPACE_PROBE_BYTES: usize = 256 * 1024;
+
 /// Largest user record kind; kinds above it are reserved for the log itself (seals).
 pub const USER_KIND_MAX: u8 = 0xEF;
 

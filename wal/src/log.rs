@@ -23,7 +23,7 @@ use crate::limits;
 use crate::read::Position;
 use crate::recover::{self, Recovered};
 use crate::seal::SealInfo;
-use crate::writer::Writer;
+use crate::writer::{Discard, Writer};
 use crate::WalError;
 
 /// How a log is run. [`Options::default`] gives the documented defaults.
@@ -170,7 +170,10 @@ pub struct Recovery {
 /// A per-shard write-ahead log. Not `Send`: it lives on its shard's thread.
 pub struct Wal {
     shared: Rc<Shared>,
-    flusher: Option<monoio::task::JoinHandle<()>>,
+    flusher: RefCell<Option<monoio::task::JoinHandle<()>>>,
+    options: Options,
+    /// True while [`Wal::reopen`] runs (one at a time).
+    reopening: std::cell::Cell<bool>,
 }
 
 /// State shared between appenders and the flusher task. Borrowed only briefly, never across
@@ -193,6 +196,12 @@ pub(crate) struct State {
     batch_bytes_max: usize,
     queue_bytes_max: usize,
     pub(crate) poisoned: Option<String>,
+    /// What kind of failure poisoned the log (see [`crate::error::failure_kind`]).
+    failure_kind: &'static str,
+    /// What the failed writer left to cut back before a reopen.
+    pub(crate) discard: Option<Discard>,
+    /// The task waiting in [`Wal::failed`].
+    failure_waker: Option<Waker>,
     closing: bool,
     /// A simulated crash: the flusher stops without writing what is queued.
     crashed: bool,
@@ -326,7 +335,8 @@ impl Wal {
         let directory = directory.as_ref().to_path_buf();
         let recovered = recover::recover(&directory, &mut replay)?;
         let name = directory.file_name().map_or_else(|| "log".into(), |name| name.to_string_lossy().into_owned());
-        let layer = FileLayer::new(options.backend, options.faults.clone(), &name)
+        let counters = Arc::new(IoCounters::default());
+        let layer = FileLayer::new(options.backend, options.faults.clone(), &name, counters)
             .map_err(|error| WalError::io("start I/O thread", &directory, error))?;
         let recovery = Recovery {
             records: recovered.records,
@@ -342,7 +352,117 @@ impl Wal {
         });
         let writer = Writer::new(layer, directory, &options, recovered)?;
         let flusher = monoio::spawn(writer.run(Rc::clone(&shared), options.batch_wait));
-        Ok((Wal { shared, flusher: Some(flusher) }, recovery))
+        let wal = Wal { shared, flusher: RefCell::new(Some(flusher)), options, reopening: std::cell::Cell::new(false) };
+        Ok((wal, recovery))
+    }
+
+    /// Brings a log that a storage failure poisoned back into service, through the recovery
+    /// path a start uses, without a restart:
+    ///
+    /// 1. waits for the failed flusher and its I/O thread to stop (no write of the failed log
+    ///    outlives this);
+    /// 2. cuts every file back to its durable length and removes a segment whose creation
+    ///    failed: the batch that was never acknowledged is discarded, never written again (after
+    ///    a failed fsync its bytes may be in the page cache but not on disk);
+    /// 3. recovers the directory as [`Wal::open`] does (every frame verified) and checks that it
+    ///    ends exactly at the last durable record;
+    /// 4. writes, fsyncs and removes a probe file, so that a disk still full fails here rather
+    ///    than on the next acknowledgement;
+    /// 5. starts a new flusher; appends are taken again.
+    ///
+    /// Steps 2–4 block, so they run on a helper thread. On an error the log stays poisoned and
+    /// the call may be repeated (the caller backs off). A log that is not poisoned is left as
+    /// it is.
+    pub async fn reopen(&self) -> Result<Recovery, WalError> {
+        if self.reopening.replace(true) {
+            return Err(WalError::Poisoned { reason: "a reopen is already under way".into() });
+        }
+        let outcome = self.reopen_now().await;
+        self.reopening.set(false);
+        outcome
+    }
+
+    async fn reopen_now(&self) -> Result<Recovery, WalError> {
+        let (discard, durable_lsn) = {
+            let state = self.shared.state.borrow();
+            if state.poisoned.is_none() {
+                return Ok(Recovery {
+                    next_lsn: state.next_lsn,
+                    sealed_segments: state.sealed.len(),
+                    ..Recovery::default()
+                });
+            }
+            (state.discard.clone(), state.durable_lsn)
+        };
+        let flusher = self.flusher.borrow_mut().take();
+        if let Some(flusher) = flusher {
+            flusher.await;
+        }
+        let directory = self.shared.directory.clone();
+        let probe_bytes = self.options.effective_batch_bytes_max().min(limits::SPACE_PROBE_BYTES);
+        let recovered = blocking("kapsel-wal-reopen", move || {
+            if let Some(discard) = &discard {
+                discard.apply(&directory)?;
+            }
+            let recovered = recover::recover(&directory, &mut |_| {})?;
+            probe_space(&directory, probe_bytes)?;
+            Ok(recovered)
+        })
+        .await?;
+        if recovered.next_lsn != durable_lsn + 1 {
+            return Err(WalError::corrupt(
+                &self.shared.directory,
+                0,
+                format!(
+                    "after the failure the log ends at record {} but record {durable_lsn} was acknowledged last",
+                    recovered.next_lsn.saturating_sub(1)
+                ),
+            ));
+        }
+        let recovery = Recovery {
+            records: recovered.records,
+            next_lsn: recovered.next_lsn,
+            sealed_segments: recovered.sealed.len(),
+            truncated: recovered.truncated.clone(),
+        };
+        let name =
+            self.shared.directory.file_name().map_or_else(|| "log".into(), |name| name.to_string_lossy().into_owned());
+        let layer =
+            FileLayer::new(self.options.backend, self.options.faults.clone(), &name, Arc::clone(&self.shared.counters))
+                .map_err(|error| WalError::io("start I/O thread", &self.shared.directory, error))?;
+        {
+            let mut state = self.shared.state.borrow_mut();
+            let batches = state.batches;
+            *state = State::new(&recovered, &self.options);
+            state.batches = batches;
+        }
+        let writer = Writer::new(layer, self.shared.directory.clone(), &self.options, recovered)?;
+        let flusher = monoio::spawn(writer.run(Rc::clone(&self.shared), self.options.batch_wait));
+        *self.flusher.borrow_mut() = Some(flusher);
+        tracing::info!(directory = %self.shared.directory.display(), next_lsn = recovery.next_lsn, "write-ahead log reopened after a storage failure");
+        Ok(recovery)
+    }
+
+    /// Resolves with the reason once a storage failure has poisoned the log (at once when it
+    /// is poisoned already). One task may wait at a time: the shard's recovery task.
+    pub fn failed(&self) -> impl Future<Output = String> + '_ {
+        std::future::poll_fn(move |context| {
+            let mut state = self.shared.state.borrow_mut();
+            match &state.poisoned {
+                Some(reason) => Poll::Ready(reason.clone()),
+                None => {
+                    state.failure_waker = Some(context.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+    }
+
+    /// Why the log is poisoned, if it is: the reason and its kind (`no_space`, `io_error`,
+    /// `read_only`, `other`).
+    pub fn failure(&self) -> Option<(String, &'static str)> {
+        let state = self.shared.state.borrow();
+        state.poisoned.clone().map(|reason| (reason, state.failure_kind))
     }
 
     /// Appends a record. The record is not durable until the returned [`Commit`] resolves; it
@@ -472,21 +592,23 @@ impl Wal {
     /// written (appends not yet handed to the operating system are lost), a write already under
     /// way finishes, and this returns once the flusher and its I/O thread have stopped, so the
     /// directory can be reopened in the same process.
-    pub async fn crash(mut self) {
+    pub async fn crash(self) {
         {
             let mut state = self.shared.state.borrow_mut();
             state.crashed = true;
             state.wake_flusher();
         }
-        if let Some(flusher) = self.flusher.take() {
+        let flusher = self.flusher.borrow_mut().take();
+        if let Some(flusher) = flusher {
             flusher.await;
         }
     }
 
     /// Writes everything queued, stops the flusher and closes the files.
-    pub async fn close(mut self) -> Result<(), WalError> {
+    pub async fn close(self) -> Result<(), WalError> {
         self.shared.state.borrow_mut().begin_close();
-        if let Some(flusher) = self.flusher.take() {
+        let flusher = self.flusher.borrow_mut().take();
+        if let Some(flusher) = flusher {
             flusher.await;
         }
         self.shared.state.borrow().check_poisoned()
@@ -510,6 +632,9 @@ impl State {
             batch_bytes_max: options.effective_batch_bytes_max(),
             queue_bytes_max: options.queue_bytes_max,
             poisoned: None,
+            failure_kind: "",
+            discard: None,
+            failure_waker: None,
             closing: false,
             crashed: false,
             flusher_waker: None,
@@ -615,7 +740,7 @@ impl State {
     }
 
     /// Poisons the log: records the reason and fails everything still queued.
-    pub(crate) fn poison(&mut self, reason: String) {
+    pub(crate) fn poison(&mut self, reason: String, kind: &'static str) {
         tracing::error!(%reason, "write-ahead log poisoned; refusing appends until reopened");
         let open = self.open.take().map(Pending::Batch);
         for pending in self.queue.drain(..).chain(open) {
@@ -627,5 +752,37 @@ impl State {
         }
         self.queued_bytes = 0;
         self.poisoned = Some(reason);
+        self.failure_kind = kind;
+        if let Some(waker) = self.failure_waker.take() {
+            waker.wake();
+        }
     }
+}
+
+/// Runs blocking file work on a short-lived helper thread and awaits it, so the shard keeps
+/// serving (a failing disk may make each call slow).
+async fn blocking<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> Result<T, WalError> + Send + 'static,
+) -> Result<T, WalError> {
+    let (sender, receiver) = futures_channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = sender.send(work());
+        })
+        .map_err(|error| WalError::io("start a helper thread", name, error))?;
+    receiver.await.unwrap_or_else(|_| Err(WalError::Poisoned { reason: "the reopen thread stopped".into() }))
+}
+
+/// Writes `bytes` zeros to a probe file, fsyncs it and removes it: fails while the disk is
+/// still full or failing.
+fn probe_space(directory: &Path, bytes: usize) -> Result<(), WalError> {
+    use std::io::Write as _;
+    let path = directory.join(".space-probe");
+    let written = std::fs::File::create(&path)
+        .and_then(|mut file| file.write_all(&vec![0u8; bytes]).and_then(|()| file.sync_all()));
+    let removed = std::fs::remove_file(&path);
+    written.map_err(|error| WalError::io("write a probe file", &path, error))?;
+    removed.map_err(|error| WalError::io("remove a probe file", &path, error))
 }

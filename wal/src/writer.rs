@@ -4,16 +4,16 @@
 
 use std::future::poll_fn;
 use std::hash::BuildHasher;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::frame::{self, SegmentHeader, BATCH_HEADER_BYTES, KIND_SEAL, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use crate::io::{FileHandle, FileLayer, Returned};
+use crate::io::{sync_directory_blocking, FileHandle, FileLayer, Returned};
 use crate::log::{OpenBatch, Options, Pending, Shared};
 use crate::merkle::{self, Frontier, Hash};
 use crate::recover::Recovered;
-use crate::scan::segment_file_name;
+use crate::scan::{self, segment_file_name};
 use crate::seal::{self, SealInfo, CHAIN_ENTRY_BYTES, CHAIN_FILE_NAME};
 use crate::{codec, error, WalError};
 
@@ -25,6 +25,47 @@ struct Active {
     records: u64,
     last_lsn: u64,
     frontier: Frontier,
+}
+
+/// What a failed writer leaves behind to undo before the log is reopened: the durable length of
+/// the active segment and of the chain file, and the id of the first segment whose creation was
+/// not finished. Bytes past those lengths were never acknowledged; after a failed fsync they
+/// may sit in the page cache without being on disk (the kernel may have marked the pages clean),
+/// so they are cut off rather than trusted or written again.
+#[derive(Clone, Debug)]
+pub(crate) struct Discard {
+    active: Option<(PathBuf, u64)>,
+    chain: (PathBuf, u64),
+    next_segment_id: u64,
+}
+
+impl Discard {
+    /// Truncates the files to their durable lengths and removes unfinished segments, each made
+    /// durable. Blocking: runs off the shard thread.
+    pub(crate) fn apply(&self, directory: &Path) -> Result<(), WalError> {
+        let cut = |path: &Path, length: u64| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|file| file.set_len(length).and_then(|()| file.sync_all()))
+                .map_err(|error| WalError::io("truncate to the durable length", path, error))
+        };
+        if let Some((path, length)) = &self.active {
+            cut(path, *length)?;
+        }
+        cut(&self.chain.0, self.chain.1)?;
+        let segments = scan::list_segments(directory).map_err(|error| WalError::io("list", directory, error))?;
+        let mut removed = false;
+        for (id, path) in segments.iter().filter(|(id, _)| *id >= self.next_segment_id) {
+            tracing::warn!(segment = %path.display(), id, "removing a segment whose creation failed");
+            std::fs::remove_file(path).map_err(|error| WalError::io("remove", path, error))?;
+            removed = true;
+        }
+        if removed {
+            sync_directory_blocking(directory).map_err(|error| WalError::io("fsync directory", directory, error))?;
+        }
+        Ok(())
+    }
 }
 
 struct Chain {
@@ -106,10 +147,21 @@ impl Writer {
                 Err(failure) => {
                     let reason = error::poison_reason(&failure);
                     done.complete(Err(reason.clone()));
-                    shared.state.borrow_mut().poison(reason);
+                    let mut state = shared.state.borrow_mut();
+                    state.discard = Some(self.discard());
+                    state.poison(reason, error::failure_kind(&failure));
                     break;
                 }
             }
+        }
+    }
+
+    /// What to cut back after a failure: everything past the lengths known durable.
+    fn discard(&self) -> Discard {
+        Discard {
+            active: self.active.as_ref().map(|active| (active.path.clone(), active.length)),
+            chain: (self.chain.path.clone(), self.chain.length),
+            next_segment_id: self.next_segment_id,
         }
     }
 
@@ -178,7 +230,9 @@ impl Writer {
         }
     }
 
-    /// Seals the active segment (when it holds records) and opens the next one.
+    /// Seals the active segment (when it holds records) and opens the next one. The segment
+    /// stays the active one until its seal and chain entry are durable, so that a failure in
+    /// between leaves [`Discard`] its durable length to cut back to.
     async fn seal_and_roll(&mut self, shared: &Shared) -> Result<Option<SealInfo>, WalError> {
         if self.active.as_ref().is_none_or(|active| active.records == 0) {
             return Ok(None);
@@ -186,7 +240,7 @@ impl Writer {
         // Every leaf of the segment must be in the frontier before its root is taken.
         self.layer.barrier().await.map_err(|error| WalError::io("wait for the I/O thread", &self.directory, error))?;
         self.absorb_returned(shared);
-        let Some(active) = self.active.take() else {
+        let Some(active) = self.active.as_ref() else {
             return Ok(None);
         };
         let seal = SealInfo::new(
@@ -206,6 +260,9 @@ impl Writer {
         written.map_err(|error| WalError::io("write seal", &active.path, error))?;
         self.layer.sync_data(&active.file).await.map_err(|error| WalError::io("fdatasync", &active.path, error))?;
         self.append_chain(&seal).await?;
+        let Some(active) = self.active.take() else {
+            return Ok(None);
+        };
         shared.state.borrow_mut().sealed.push(seal.clone());
         tracing::info!(segment = %active.path.display(), records = seal.records, root = %merkle::to_hex(&seal.root), "sealed segment");
         self.create_segment(active.last_lsn + 1).await?;
