@@ -190,10 +190,19 @@ pub const INTERIM_RESPONSES_MAX: usize = 8;
 /// refused a delivery. The rest of the body is read and discarded.
 pub const RESPONSE_BODY_EXCERPT_BYTES_MAX: usize = 1024;
 
-/// Most response body bytes (as they arrive on the wire, chunk framing included) read to keep
-/// a connection reusable. Past it the connection is closed instead: draining a destination that
-/// streams forever would hold the attempt until its timeout for nothing.
+/// Most response body bytes (as they arrive on the wire, chunk framing included) read at full
+/// speed, and the most after which a connection is still reused. Past it the rest of the body
+/// is still read, since only a complete response is an answer, but slowly (see
+/// [`RESPONSE_BODY_DRAIN_PAUSE_MS`]), and the connection is closed at its end: a destination
+/// that streams forever ends at the attempt's timeout (E2001) having cost a few reads a second.
 pub const RESPONSE_BODY_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Pause before each read of a response body past [`RESPONSE_BODY_BYTES_MAX`]. One read takes
+/// at most the read buffer (about [`READ_CHUNK_BYTES`]), so such a body is read at about 2 MB/s
+/// per attempt: a 2 MiB answer still completes in half a second, while an endless one costs
+/// the shard about a hundred small reads a second instead of a core (a read that is always
+/// ready never yields on the epoll driver), and its sender waits on TCP flow control.
+pub const RESPONSE_BODY_DRAIN_PAUSE_MS: u64 = 10;
 
 /// Default idle connections kept per destination (`ClientConfig::idle_connections_per_destination_max`):
 /// enough for the concurrent deliveries of several endpoints (16 in flight each by default)
@@ -258,6 +267,8 @@ pub const RESOLVED_ADDRESSES_MAX: usize = 16;
 
 // The excerpt is a prefix of what is read.
 const _: () = assert!(RESPONSE_BODY_EXCERPT_BYTES_MAX as u64 <= RESPONSE_BODY_BYTES_MAX);
+// A slow drain must still make progress well within the shortest delivery timeout worth having.
+const _: () = assert!(RESPONSE_BODY_DRAIN_PAUSE_MS * 10 <= 1_000);
 // Connecting is part of the attempt and must leave it time to send and read.
 const _: () = assert!(CONNECT_TIMEOUT_MS_DEFAULT < DELIVERY_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(DELIVERY_TIMEOUT_MS_DEFAULT <= DELIVERY_TIMEOUT_MS_MAX);

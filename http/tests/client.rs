@@ -94,6 +94,11 @@ enum Reply {
     Silence,
     /// Closes the connection without a word.
     Close,
+    /// Writes these bytes, then an endless body (64 KiB at a time, counted in the counter)
+    /// until the client goes away or the sink stops.
+    Endless(Vec<u8>, Arc<AtomicUsize>),
+    /// Writes these bytes one at a time, pausing this long before each.
+    Trickle(Vec<u8>, Duration),
 }
 
 type Script = dyn Fn(usize, &Received) -> Reply + Send + Sync;
@@ -186,6 +191,7 @@ fn serve_scripted(
     stop: &AtomicBool,
 ) {
     stream.set_read_timeout(Some(WAIT_MAX)).unwrap();
+    stream.set_write_timeout(Some(WAIT_MAX)).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     while let Some((head, body)) = read_request(&mut reader) {
@@ -213,6 +219,24 @@ fn serve_scripted(
                 return;
             }
             Reply::Close => return,
+            Reply::Endless(head, written) => {
+                if writer.write_all(&head).is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                while !stop.load(Ordering::Relaxed) && writer.write_all(&chunk).is_ok() {
+                    written.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+                return;
+            }
+            Reply::Trickle(bytes, pause) => {
+                for byte in bytes {
+                    thread::sleep(pause);
+                    if stop.load(Ordering::Relaxed) || writer.write_all(&[byte]).is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -634,5 +658,245 @@ fn https_is_trusted_through_the_extra_ca_file_and_refused_without_it() {
         let mut peers: Vec<SocketAddr> = seen.iter().map(|(peer, _, _)| *peer).collect();
         peers.dedup();
         assert_eq!(peers.len(), 2, "{driver:?}: {peers:?}");
+    }
+}
+
+#[test]
+fn hostile_heads_fail_at_once_with_a_bounded_buffer() {
+    // A destination's head is buffered whole before it is parsed: ten thousand header fields
+    // or a megabyte-long line must fail the attempt (E2002) as soon as the limits are passed,
+    // not wait for the rest or grow the buffer; neither may garbage or HTTP/0.9 bytes (a body
+    // without a status line) pass for an answer.
+    let many_fields: Vec<u8> = {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for index in 0..10_000 {
+            head.extend_from_slice(format!("X-Field-{index}: value\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        head
+    };
+    let long_line: Vec<u8> =
+        [&b"HTTP/1.1 200 OK\r\nX-Long: "[..], &vec![b'a'; 1024 * 1024], b"\r\nContent-Length: 0\r\n\r\n"].concat();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("/many-fields", many_fields, "more than 100 header fields"),
+        ("/long-line", long_line, "larger than 16384 bytes"),
+        ("/bad-status", b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n".to_vec(), "malformed status line"),
+        ("/http-0.9", b"<html>an HTTP/0.9 answer: no status line</html>\n".to_vec(), "unsupported HTTP version"),
+    ];
+    for driver in DRIVERS {
+        let answers: Arc<Vec<(String, Vec<u8>)>> =
+            Arc::new(cases.iter().map(|(path, bytes, _)| ((*path).to_owned(), bytes.clone())).collect());
+        let sink = Sink::start(move |_, request| {
+            let path = request.head.split(' ').nth(1).unwrap_or_default();
+            let bytes = answers.iter().find(|(known, _)| known == path).map(|(_, bytes)| bytes.clone()).unwrap();
+            Reply::SendAndClose(bytes)
+        });
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            for (path, _, reason) in &cases {
+                let started = Instant::now();
+                let error = send(&client, &sink.url(path)).await.unwrap_err();
+                assert!(
+                    matches!(&error, SendError::Protocol(message) if message.contains(reason)),
+                    "{driver:?} {path}: {error:?}"
+                );
+                assert_eq!(error.code(), "E2002");
+                assert!(started.elapsed() < WAIT_MAX / 2, "{driver:?} {path}: took {:?}", started.elapsed());
+            }
+            assert_eq!(client.idle_connections(), 0);
+        });
+    }
+}
+
+#[test]
+fn an_endless_body_ends_at_the_timeout_and_is_read_slowly() {
+    // Only a complete response is an answer, so a body that never ends is a timeout (E2001);
+    // meanwhile it must cost little: past the first MiB the client reads it slowly and the
+    // destination waits on TCP flow control, instead of both spinning a core for the whole
+    // timeout (measured here by what the destination managed to write).
+    for driver in DRIVERS {
+        let written = Arc::new(AtomicUsize::new(0));
+        let counter = written.clone();
+        let sink = Sink::start(move |_, _| {
+            Reply::Endless(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n".to_vec(), counter.clone())
+        });
+        let timeout = Duration::from_millis(1500);
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            let started = Instant::now();
+            let error = client.send(request(&sink.url("/endless"), b"{}", timeout)).await.unwrap_err();
+            assert_eq!(error, SendError::Timeout, "{driver:?}");
+            assert!(started.elapsed() >= timeout);
+            assert!(started.elapsed() < WAIT_MAX, "{driver:?}: the timeout did not fire");
+            assert_eq!(client.idle_connections(), 0);
+        });
+        // 1 MiB at full speed, then about 2 MB/s, plus what the socket buffers hold (a few MiB
+        // on loopback); unthrottled, loopback moves gigabytes in that time.
+        let written = written.load(Ordering::SeqCst);
+        assert!(written < 32 * 1024 * 1024, "{driver:?}: the destination wrote {written} bytes");
+    }
+}
+
+#[test]
+fn a_stalled_or_trickling_response_ends_at_the_timeout() {
+    // A head followed by nothing, or an answer at a byte per interval, is no answer within
+    // the timeout: E2001, and the connection is dropped, never pooled half-read.
+    for driver in DRIVERS {
+        let sink = Sink::start(|_, request| {
+            if request.head.starts_with("POST /stall ") {
+                Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec())
+            } else {
+                Reply::Trickle(response("200 OK", &[], b"ok"), Duration::from_millis(100))
+            }
+        });
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            for path in ["/stall", "/trickle"] {
+                let timeout = Duration::from_millis(600);
+                let started = Instant::now();
+                let error = client.send(request(&sink.url(path), b"{}", timeout)).await.unwrap_err();
+                assert_eq!(error, SendError::Timeout, "{driver:?} {path}");
+                assert!(started.elapsed() >= timeout && started.elapsed() < WAIT_MAX, "{driver:?} {path}");
+            }
+            assert_eq!(client.idle_connections(), 0);
+        });
+    }
+}
+
+#[test]
+fn a_name_under_invalid_is_a_connection_failure_at_once() {
+    // RFC 6761 names never resolve; the attempt fails with E2002 without waiting on a name
+    // server.
+    for driver in DRIVERS {
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            let started = Instant::now();
+            let error = send(&client, "http://no-such-destination.invalid:8080/hook").await.unwrap_err();
+            assert!(
+                matches!(&error, SendError::Connect(message) if message.contains("no-such-destination.invalid")),
+                "{driver:?}: {error:?}"
+            );
+            assert_eq!(error.code(), "E2002");
+            assert!(started.elapsed() < Duration::from_secs(1), "{driver:?}: {:?}", started.elapsed());
+        });
+    }
+}
+
+/// A keep-alive destination whose used connections go stale on demand: each connection
+/// answers 200 until [`StaleSink::go_stale`]; after that, a connection opened before closes
+/// the moment its next request arrives, without reading it (so the kernel resets it: the
+/// request never reached the application). Connections opened later keep answering.
+struct StaleSink {
+    address: SocketAddr,
+    stale: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
+    /// Requests read and answered.
+    answered: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StaleSink {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stale, connections, answered, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = {
+            let (stale, connections, answered, stop) =
+                (stale.clone(), connections.clone(), answered.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            connections.fetch_add(1, Ordering::SeqCst);
+                            let (stale, answered, stop) = (stale.clone(), answered.clone(), stop.clone());
+                            thread::spawn(move || serve_until_stale(stream, &stale, &answered, &stop));
+                        }
+                        Err(error) if error.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+                        Err(error) => panic!("accept: {error}"),
+                    }
+                }
+            })
+        };
+        Self { address, stale, connections, answered, stop, thread: Some(thread) }
+    }
+
+    fn go_stale(&self) {
+        self.stale.store(true, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.address)
+    }
+}
+
+impl Drop for StaleSink {
+    fn drop(&mut self) {
+        common::stop_and_join(&self.stop, self.thread.take(), "stale sink accept thread");
+    }
+}
+
+fn serve_until_stale(stream: TcpStream, stale: &AtomicBool, answered: &AtomicUsize, stop: &AtomicBool) {
+    stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let opened_stale = stale.load(Ordering::SeqCst);
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < WAIT_MAX {
+        // Wait for the next request without taking any of it.
+        match reader.get_ref().peek(&mut [0; 1]) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+        if !opened_stale && stale.load(Ordering::SeqCst) {
+            // Dropping a socket with unread data sends a reset.
+            return;
+        }
+        reader.get_ref().set_read_timeout(Some(WAIT_MAX)).unwrap();
+        if read_request(&mut reader).is_none() {
+            return;
+        }
+        reader.get_ref().set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        answered.fetch_add(1, Ordering::SeqCst);
+        if writer.write_all(&response("200 OK", &[], b"ok")).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_pooled_connection_reset_as_it_is_reused_is_retried_at_once_and_its_siblings_dropped() {
+    // The stale keep-alive connection: the destination drops a pooled connection just
+    // as a request is written to it. No byte of an answer came, so the request never reached
+    // the destination: it is sent again at once on a fresh connection, within the same
+    // attempt, and the other idle connections to that destination (older, as likely dead) are
+    // dropped rather than each costing a stale exchange.
+    for driver in DRIVERS {
+        let sink = StaleSink::start();
+        let url = sink.url();
+        block_on(driver, async {
+            let client = client(ALLOW_LOOPBACK, None);
+            // Two deliveries at once open two connections; both go back to the pool.
+            let (first, second) = monoio::join!(send(&client, &url), send(&client, &url));
+            assert_eq!((first.unwrap().status, second.unwrap().status), (200, 200), "{driver:?}");
+            assert_eq!((sink.connections.load(Ordering::SeqCst), client.idle_connections()), (2, 2), "{driver:?}");
+            sink.go_stale();
+            let response = send(&client, &url).await.unwrap();
+            assert_eq!(response.status, 200, "{driver:?}: a stale pooled connection failed the attempt");
+            assert_eq!(sink.connections.load(Ordering::SeqCst), 3, "{driver:?}: one fresh connection");
+            assert_eq!(client.idle_connections(), 1, "{driver:?}: the older idle connection was dropped");
+            // The next delivery reuses the fresh connection: no second stale exchange.
+            assert_eq!(send(&client, &url).await.unwrap().status, 200, "{driver:?}");
+            assert_eq!(sink.connections.load(Ordering::SeqCst), 3, "{driver:?}");
+        });
+        assert_eq!(sink.answered.load(Ordering::SeqCst), 4, "{driver:?}: each request answered once");
     }
 }

@@ -11,6 +11,7 @@ mod audit;
 mod cli;
 mod config;
 mod delivery;
+mod destinations;
 mod docs;
 mod hostile;
 mod index;

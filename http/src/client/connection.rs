@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -36,7 +37,7 @@ pub(super) struct Exchanged {
     pub(super) head: ResponseHead,
     pub(super) body_excerpt: Vec<u8>,
     /// Whether the connection may go back to the pool: the response allowed keep-alive, its
-    /// body was read to the end, and nothing followed it.
+    /// body was read to the end within the read cap, and nothing followed it.
     pub(super) reusable: bool,
 }
 
@@ -113,19 +114,32 @@ impl Connection {
         }
     }
 
-    /// Reads the body: its excerpt, and whether it was read to its end (false when the reader
-    /// hit its cap or the body ran until the close).
+    /// Reads the body: its excerpt, and whether the connection may carry another request (the
+    /// body was read to its end, within [`limits::RESPONSE_BODY_BYTES_MAX`], and the stream is
+    /// still open).
+    ///
+    /// A body is read to its end however long it is, because only a complete response is an
+    /// answer: a destination that streams forever, or trickles, ends at the attempt's timeout
+    /// (E2001). Past [`limits::RESPONSE_BODY_BYTES_MAX`] the rest is read one buffer at a time
+    /// with [`limits::RESPONSE_BODY_DRAIN_PAUSE_MS`] between reads: an endless body then costs
+    /// the shard a few reads a second instead of a core, and TCP flow control makes the
+    /// destination wait rather than us.
     async fn read_body(&mut self, head: &ResponseHead) -> Result<(Vec<u8>, bool), ExchangeFailure> {
-        let mut reader = ResponseBodyReader::new(head.framing);
+        // The reader keeps the excerpt and decodes the framing; the pace is decided here, so
+        // its own cap is not used.
+        let mut reader =
+            ResponseBodyReader::with_limits(head.framing, limits::RESPONSE_BODY_EXCERPT_BYTES_MAX, u64::MAX);
+        let mut wire_bytes: u64 = 0;
         loop {
             let progress = reader.read(&self.read_buffer).map_err(|error| self.protocol(error))?;
             self.read_buffer.drain(..progress.consumed_bytes.min(self.read_buffer.len()));
+            wire_bytes = wire_bytes.saturating_add(progress.consumed_bytes as u64);
+            let past_cap = wire_bytes > limits::RESPONSE_BODY_BYTES_MAX;
             if reader.is_complete() {
-                return Ok((reader.take_excerpt(), true));
+                return Ok((reader.take_excerpt(), !past_cap));
             }
-            if reader.is_capped() {
-                tracing::debug!(peer = %self.peer, "response body past the read cap; closing the connection");
-                return Ok((reader.take_excerpt(), false));
+            if past_cap {
+                monoio::time::sleep(Duration::from_millis(limits::RESPONSE_BODY_DRAIN_PAUSE_MS)).await;
             }
             let end_of_stream = match self.fill().await {
                 Ok(0) => true,

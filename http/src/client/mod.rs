@@ -6,14 +6,19 @@
 //!
 //! 1. Encode the request (refusing header fields that would change its framing).
 //! 2. Take an idle connection to the destination from the pool, if there is one, and exchange
-//!    on it. If it fails before any response byte arrives (the server closed it while idle),
-//!    go on to a fresh connection; this is the only retry, and it can only duplicate a
-//!    delivery the destination received without answering, which webhook ids make harmless.
+//!    on it. If it fails before any response byte arrives (the write fails, or the stream is
+//!    reset or ends first: the server closed it while idle, or as it was reused), the request
+//!    never got an answer and the attempt is not spent: drop the destination's other idle
+//!    connections (older, so most likely closed too) and go on at once to a fresh connection.
+//!    This is the only retry, and it can only duplicate a delivery the destination received
+//!    without answering, which webhook ids make harmless.
 //! 3. Otherwise resolve the host, keep the addresses the [`DestinationPolicy`] permits, and
 //!    connect to the first that answers (the policy is checked on the very address connected
 //!    to, so DNS rebinding cannot slip past it), with a TLS handshake for https.
-//! 4. Read the response head and body; keep the first KiB of the body; put the connection
-//!    back in the pool when the response allows it and was read to its end.
+//! 4. Read the response head (interim 1xx responses skipped) and the whole body, keeping its
+//!    first KiB; past the first MiB the body is read slowly, so one that never ends costs
+//!    little until the timeout ends it. Put the connection back in the pool when the response
+//!    allows it and was read to its end within that MiB.
 //!
 //! The attempt's timeout covers all of it; the connect timeout bounds each TCP connect and the
 //! TLS handshake within it. Redirects are never followed: a 3xx is a response like any other.
@@ -227,7 +232,11 @@ impl Client {
             match self.exchange(connection, &key, &mut request_bytes, started).await {
                 Ok(response) => return Ok(response),
                 Err(failure) if failure.nothing_received => {
-                    tracing::debug!(destination = %target, error = %failure.error, "pooled connection failed; reconnecting");
+                    // The server closed the connection while it sat idle (or as it was reused):
+                    // not an answer, and no attempt of the destination's. The other idle
+                    // connections to it are older, so most likely closed as well.
+                    let discarded = self.pool.borrow_mut().discard(&key);
+                    tracing::debug!(destination = %target, error = %failure.error, discarded, "pooled connection was closed by the server; reconnecting");
                 }
                 Err(failure) => return Err(failure.error),
             }
@@ -333,7 +342,12 @@ impl Client {
             .map_err(|error| SendError::Connect(format!("{} is not a valid TLS server name: {error}", target.host)))?;
         match monoio::time::timeout(self.config.connect_timeout, self.connector.connect(server_name, tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => Err(SendError::Connect(format!("TLS handshake with {peer} failed: {error}"))),
+            Ok(Err(error)) => {
+                // monoio-rustls's own Display is only "io error" or "rustls error"; the cause (a
+                // certificate expired, for another name, of an unknown issuer) is inside.
+                let cause = std::io::Error::from(error);
+                Err(SendError::Connect(format!("TLS handshake with {peer} failed: {cause}")))
+            }
             Err(_) => {
                 let timeout_ms = self.config.connect_timeout.as_millis();
                 Err(SendError::Connect(format!("TLS handshake with {peer} timed out after {timeout_ms} ms")))

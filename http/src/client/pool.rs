@@ -83,6 +83,15 @@ impl<T> Pool<T> {
         Ok(())
     }
 
+    /// Drops every idle connection to `key`; returns how many. For when one of them turned out
+    /// to be closed by the server: [`Pool::take`] hands out the newest first, so the others
+    /// have been idle longer and were most likely closed too (an idle timeout, a restart).
+    pub(super) fn discard(&mut self, key: &PoolKey) -> usize {
+        let dropped = self.idle.remove(key).map_or(0, |idle| idle.len());
+        self.total -= dropped;
+        dropped
+    }
+
     /// Drops every connection idle for longer than the idle timeout at `now`.
     pub(super) fn sweep(&mut self, now: Instant) {
         let timeout = self.idle_timeout;
@@ -141,6 +150,23 @@ mod tests {
         let mut disabled = Pool::new(0, 3, Duration::from_secs(10));
         assert_eq!(disabled.put(key("a"), 1, now), Err(1));
         assert!(disabled.idle.is_empty());
+    }
+
+    #[test]
+    fn a_destination_can_be_emptied_at_once() {
+        // When the newest idle connection to a destination was closed by it, the older ones
+        // were too (a restart, an idle timeout): trying each in turn would cost a stale
+        // exchange per delivery.
+        let now = Instant::now();
+        let mut pool = Pool::new(4, 16, Duration::from_secs(10));
+        pool.put(key("a"), 1, now).unwrap();
+        pool.put(key("a"), 2, now).unwrap();
+        pool.put(key("b"), 3, now).unwrap();
+        assert_eq!(pool.discard(&key("a")), 2);
+        assert_eq!(pool.discard(&key("a")), 0);
+        assert_eq!(pool.len(), 1);
+        assert_eq!(pool.take(&key("a"), now), None);
+        assert_eq!(pool.take(&key("b"), now), Some(3));
     }
 
     #[test]

@@ -96,13 +96,21 @@ impl Resolver {
     ///
     /// # Errors
     ///
-    /// The resolver's failure (an unknown name is `NotFound` or the system's own error),
+    /// The resolver's failure (an unknown name is `NotFound` or the system's own error; a name
+    /// under `.invalid` is `NotFound` at once, without a lookup),
     /// `WouldBlock` when the queue or the name's waiter list is full, and `Other` when no
     /// resolver thread is running.
     pub async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         let literal = host.strip_prefix('[').and_then(|inner| inner.strip_suffix(']')).unwrap_or(host);
         if let Ok(address) = literal.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(address, port)]);
+        }
+        if is_under_invalid(host) {
+            // RFC 6761 §6.4: name resolution APIs "SHOULD always return immediate negative
+            // responses" for .invalid; the system resolver may instead ask a name server, and a
+            // slow one would hold a resolver thread for seconds.
+            let message = format!("{host} is under .invalid, which never resolves (RFC 6761)");
+            return Err(io::Error::new(io::ErrorKind::NotFound, message));
         }
         let key = (host.to_ascii_lowercase(), port);
         let receiver = match self.enqueue(key)? {
@@ -148,6 +156,14 @@ impl Resolver {
 enum Enqueued {
     Cached(Answer),
     Waiting(oneshot::Receiver<Answer>),
+}
+
+/// Whether `host` is `invalid` or a name under it, in any case, with or without the root's
+/// trailing dot.
+fn is_under_invalid(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let last_label = name.rsplit('.').next().unwrap_or(name);
+    last_label.eq_ignore_ascii_case("invalid")
 }
 
 /// A resolver thread: looks up queued names until every handle is gone.
@@ -309,6 +325,24 @@ mod tests {
         assert!(lock(&resolver.shared.state).cache.get(&("localhost".to_owned(), 9), Instant::now()).is_some());
         let error = block_on(resolver.resolve("does-not-exist.invalid", 80)).unwrap_err();
         assert!(error.to_string().contains("does-not-exist.invalid"), "{error}");
+    }
+
+    #[test]
+    fn names_under_invalid_fail_at_once_without_a_lookup() {
+        // RFC 6761: .invalid never resolves, so asking a name server for it can only cost a
+        // resolver thread the server's timeout. Only the last label counts.
+        let (requests, queue) = crossbeam_channel::bounded(4);
+        let state = Arc::new(Mutex::new(State { cache: Cache::new(8), pending: HashMap::new() }));
+        let resolver = Resolver { shared: Arc::new(Shared { requests, state }) };
+        for name in ["hook.invalid", "a.b.INVALID", "invalid", "hook.invalid."] {
+            let error = block_on(resolver.resolve(name, 443)).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::NotFound, "{name}");
+            assert!(error.to_string().contains("RFC 6761"), "{name}: {error}");
+        }
+        assert!(queue.is_empty(), "nothing was queued for a lookup");
+        for name in ["invalid.example", "notinvalid", "invalid-name.test"] {
+            assert!(!is_under_invalid(name), "{name}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! data directory, talk HTTP/1.1 to it over real TCP with a small client written here, stop it
 //! gracefully or with SIGKILL.
 
+pub mod hostile;
 pub mod pki;
 pub mod postgres;
 pub mod sink;
