@@ -13,9 +13,12 @@
 //! After the loops come three scenarios on one endpoint that each build a backlog and wait
 //! until all of it has arrived: a paused endpoint's backlog far beyond the payload budget,
 //! drained once it is enabled; a burst of 256 connections; and a graceful restart after a
-//! million deliveries, which must send nothing again (the private `backlog` module).
+//! million deliveries, which must send nothing again (the private `backlog` module). Last,
+//! one endpoint's delivery rate alone and beside misbehaving destinations on its shard (the
+//! private `hostile` module).
 
 mod backlog;
+mod hostile;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -141,7 +144,14 @@ fn run() -> Result<(), String> {
             backlogs.push(measured);
         }
     }
-    print_results(&bench, &results, &backlogs);
+    let hostile = if bench.selected(hostile::LABEL) {
+        let measured = hostile::run(&bench)?;
+        println!("  {:<11} {}", hostile::LABEL, measured.line());
+        Some(measured)
+    } else {
+        None
+    };
+    print_results(&bench, &results, &backlogs, hostile.as_ref());
     Ok(())
 }
 
@@ -215,6 +225,7 @@ impl Bench {
             limits::PAYLOAD_BYTES
         );
         backlog::print_header(self);
+        hostile::print_header(self);
     }
 
     /// The closed loop, then the open loops by rate.
@@ -408,8 +419,13 @@ fn milliseconds(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-fn print_results(bench: &Bench, results: &[Delivered], backlogs: &[backlog::Measured]) {
-    if results.is_empty() && backlogs.is_empty() {
+fn print_results(
+    bench: &Bench,
+    results: &[Delivered],
+    backlogs: &[backlog::Measured],
+    hostile: Option<&hostile::Measured>,
+) {
+    if results.is_empty() && backlogs.is_empty() && hostile.is_none() {
         return;
     }
     if !results.is_empty() {
@@ -419,10 +435,17 @@ fn print_results(bench: &Bench, results: &[Delivered], backlogs: &[backlog::Meas
         println!();
         backlog::print_results(backlogs);
     }
+    if let Some(hostile) = hostile {
+        println!();
+        hostile::print_results(hostile);
+    }
     println!();
     println!("Summary (target from the issue: ≥ {DELIVERIES_PER_S_TARGET_MIN:.0} deliveries/s):");
     print_summary(results);
     backlog::print_summary(backlogs);
+    if let Some(hostile) = hostile {
+        hostile::print_summary(hostile);
+    }
     let noise = results
         .iter()
         .map(|delivered| {

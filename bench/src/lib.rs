@@ -21,7 +21,8 @@
 //! receiver on the same stack that answers 200 at once and records ingest-to-delivery latency
 //! from the send time stamped into each body), under a closed loop and fixed-rate open loops;
 //! then a paused endpoint's backlog far beyond the payload budget drained, a burst into one
-//! endpoint, and a graceful restart after a million deliveries that must send nothing again.
+//! endpoint, a graceful restart after a million deliveries that must send nothing again, and
+//! one endpoint's rate beside misbehaving destinations ([`hostile`]) on its shard.
 //!
 //! `benches/index.rs` calls [`index::main`]: Kapsel indexing into a private, durable
 //! PostgreSQL ([`postgres`]) under the ingest bench's loops, its progress sampled from
@@ -43,6 +44,7 @@ pub mod closed;
 pub mod delivery;
 pub mod fill;
 pub mod footprint;
+pub mod hostile;
 pub mod index;
 pub mod limits;
 pub mod machine;

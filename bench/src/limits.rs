@@ -109,6 +109,51 @@ pub const DELIVERY_RESTART_QUIET_MS: u64 = 5_000;
 /// is read again, so that the allocator has had a moment to return what the drain freed.
 pub const DELIVERY_SETTLE_MS: u64 = 2_000;
 
+/// Delivery bench, hostile scenario: rounds of (alone, beside), alternated so that drift on a
+/// shared machine touches both phases.
+pub const HOSTILE_ROUNDS: usize = 2;
+
+/// Delivery bench, hostile scenario: the bar, the healthy endpoint's rate beside the
+/// hostile ones over its rate alone ("within 20 %").
+pub const HOSTILE_RATE_RATIO_MIN: f64 = 0.8;
+
+/// Delivery bench, hostile scenario: events a second ingested into each hostile endpoint, from
+/// before the loop to its end. With [`HOSTILE_ATTEMPTS_MAX`] attempts each, a destination that
+/// fails at once sees about 30 attempts a second, so its breaker's failure-rate window (1000
+/// outcomes, every one failed) stays short of full for the phase's length and never opens.
+pub const HOSTILE_EVENTS_PER_S: u64 = 10;
+
+/// Delivery bench, hostile scenario: body size of the hostile endpoints' events.
+pub const HOSTILE_PAYLOAD_BYTES: usize = 256;
+
+/// Delivery bench, hostile scenario: time the hostile endpoints are fed before the loop
+/// starts, so that their attempts (timeouts included) are in their steady state.
+pub const HOSTILE_SETTLE_MS: u64 = 3_000;
+
+/// Delivery bench, hostile scenario: the hostile endpoints' `timeout_ms`: what a silent,
+/// stalled, trickling or endless destination holds each attempt for.
+pub const HOSTILE_TIMEOUT_MS: u64 = 2_000;
+
+/// Delivery bench, hostile scenario: the hostile endpoints' retry delay (fixed, no jitter).
+pub const HOSTILE_RETRY_DELAY_MS: u64 = 500;
+
+/// Delivery bench, hostile scenario: the hostile endpoints' `retry.max_attempts`.
+pub const HOSTILE_ATTEMPTS_MAX: u32 = 3;
+
+/// Hostile destinations: how often a held connection checks whether its client has gone (and
+/// the accept loop's pause when idle).
+pub const HOSTILE_POLL_MS: u64 = 20;
+
+/// Hostile destinations: longest a connection is held open (silence, stalls), well past
+/// [`HOSTILE_TIMEOUT_MS`]; a client normally closes it first.
+pub const HOSTILE_HOLD_MS_MAX: u64 = 30_000;
+
+/// Hostile destinations: largest request head read (Kapsel's are a few hundred bytes).
+pub const HOSTILE_REQUEST_HEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// Hostile destinations: largest request body read; a larger one ends the connection.
+pub const HOSTILE_REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+
 /// Delivery bench: how often a long drain prints its progress.
 pub const DELIVERY_PROGRESS_MS: u64 = 10_000;
 
@@ -240,3 +285,8 @@ const _: () = assert!(SINK_POLL_MS < DELIVERY_PROGRESS_MS && DELIVERY_FIRST_MS_M
 const _: () = assert!(METRICS_POLL_MS < DELIVERY_SETTLED_MS_MAX);
 // The burst's closed loop keeps its latencies in the histograms: its length must fit them.
 const _: () = assert!(DELIVERY_BURST_SECONDS_MAX <= MEASURE_SECONDS_MAX);
+// A held hostile connection outlives every attempt against it, and notices the client's close
+// many times within one.
+const _: () = assert!(HOSTILE_TIMEOUT_MS < HOSTILE_HOLD_MS_MAX && HOSTILE_POLL_MS * 10 <= HOSTILE_TIMEOUT_MS);
+// The feeder's schedule is whole microseconds.
+const _: () = assert!(HOSTILE_EVENTS_PER_S > 0 && HOSTILE_EVENTS_PER_S <= 1_000_000);

@@ -165,11 +165,18 @@ fn skip_body(stream: &mut TcpStream, length: usize) -> Option<()> {
     stream.read_exact(&mut body).ok()
 }
 
-/// Keeps a connection open, saying nothing, until the sink stops or [`HOLD_MAX`] passes.
-fn hold(state: &State) {
+/// Keeps a connection open, saying nothing, until the client goes away, the sink stops or
+/// [`HOLD_MAX`] passes.
+fn hold(stream: &TcpStream, state: &State) {
     let started = Instant::now();
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
     while !state.stop.load(Ordering::Relaxed) && started.elapsed() < HOLD_MAX {
-        std::thread::sleep(Duration::from_millis(10));
+        match stream.peek(&mut [0u8; 1]) {
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // Closed by the client (or more bytes from it: nothing this sink waits for).
+            Ok(0) | Err(_) => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
 
@@ -203,10 +210,10 @@ fn serve(mut stream: TcpStream, behaviour: &Behaviour, state: &State) {
 /// Misbehaves once; whether the connection stays open for another request.
 fn answer(stream: &mut TcpStream, behaviour: &Behaviour, state: &State) -> bool {
     match behaviour {
-        Behaviour::NeverAnswers => hold(state),
+        Behaviour::NeverAnswers => hold(stream, state),
         Behaviour::StallsTheBody => {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
-            hold(state);
+            hold(stream, state);
         }
         Behaviour::EndlessBody => {
             if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n").is_err() {
