@@ -838,7 +838,7 @@ pub fn admin_token(configured: Option<String>, data_directory: &Path) -> std::io
             return Ok(token);
         }
     }
-    std::fs::create_dir_all(data_directory)?;
+    kapsel_wal::create_dir_all_durable(data_directory)?;
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|error| std::io::Error::other(error.to_string()))?;
     let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -847,13 +847,23 @@ pub fn admin_token(configured: Option<String>, data_directory: &Path) -> std::io
     Ok(token)
 }
 
+/// Writes a private (0600) file atomically: a temporary file beside it, written and fsynced,
+/// renamed over the name, then the directory fsynced. A crash leaves the old file or the new
+/// one, never an empty or partial token.
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
     file.write_all(contents.as_bytes())?;
     file.write_all(b"\n")?;
-    file.sync_all()
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(directory)?.sync_all()
 }
 
 #[cfg(test)]
@@ -1128,5 +1138,20 @@ mod tests {
         let mode = std::fs::metadata(directory.path().join("admin.token")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(admin_token(Some("set".into()), directory.path()).unwrap(), "set");
+    }
+
+    // The token is written through a temporary file renamed into place (nothing left beside
+    // it), and a data directory several levels deep is created on the way.
+    #[test]
+    fn admin_token_is_written_atomically_into_a_new_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("a").join("b").join("data");
+        let token = admin_token(None, &data).unwrap();
+        let names: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into())
+            .collect();
+        assert_eq!(names, vec!["admin.token".to_string()]);
+        assert_eq!(std::fs::read_to_string(data.join("admin.token")).unwrap(), format!("{token}\n"));
     }
 }

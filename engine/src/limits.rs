@@ -70,3 +70,11 @@ pub const SHARDS_MAX: usize = 256;
 
 const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX < 1024);
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+
+/// First pause before a shard whose log failed tries to reopen it; doubled after each failed
+/// try up to [`LOG_REOPEN_BACKOFF_MAX_MS`].
+pub const LOG_REOPEN_BACKOFF_MIN_MS: u64 = 200;
+
+/// Longest pause between tries to reopen a failed log: space that came back is used within
+/// this long.
+pub const LOG_REOPEN_BACKOFF_MAX_MS: u64 = 5_000;

@@ -206,7 +206,7 @@ impl Engine {
 fn lock_data_directory(directory: &std::path::Path) -> Result<std::fs::File, StartError> {
     let path = directory.join("kapsel.lock");
     let failed = |source| StartError::Lock { path: path.clone(), source };
-    std::fs::create_dir_all(directory).map_err(failed)?;
+    kapsel_wal::create_dir_all_durable(directory).map_err(failed)?;
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -251,13 +251,41 @@ fn run_shard(
     listener: std::net::TcpListener,
     receiver: InboxReceiver,
 ) -> Result<(), String> {
-    let outcome = block_on(driver, shard_main(index, config, Arc::clone(&shared), listener, receiver));
+    let serving = Serving { shared: Arc::clone(&shared), done: std::cell::Cell::new(false) };
+    let outcome = block_on(driver, shard_main(index, config, Arc::clone(&shared), listener, receiver, &serving));
     if outcome.is_err() {
         // One shard down means the service cannot keep its promises: stop the others too.
         shared.begin_shutdown();
-        shared.serving_shards.fetch_sub(1, Ordering::AcqRel);
     }
     outcome
+}
+
+/// Counts a shard out of `serving_shards` exactly once: when it stops serving, or when its
+/// thread ends any other way (an error, a panic). The other shards' inbox loops wait until no
+/// shard serves, so a count that is never taken back, or taken back twice, would hang a
+/// shutdown. A panicking shard also stops the others: its endpoints are unreachable.
+struct Serving {
+    shared: Arc<Shared>,
+    done: std::cell::Cell<bool>,
+}
+
+impl Serving {
+    fn finish(&self) {
+        if !self.done.replace(true) {
+            self.shared.serving_shards.fetch_sub(1, Ordering::AcqRel);
+            self.shared.wake_all();
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("a shard thread panicked; stopping every shard");
+            self.shared.begin_shutdown();
+        }
+        self.finish();
+    }
 }
 
 fn block_on<F: Future<Output = Result<(), String>>>(driver: IoDriver, future: F) -> Result<(), String> {
@@ -285,12 +313,15 @@ async fn shard_main(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     receiver: InboxReceiver,
+    serving: &Serving,
 ) -> Result<(), String> {
     let mut shard = open_shard(index, &config).await?;
     if let Some(handle) = &shared.index {
         shard = shard.with_index(handle.clone());
     }
     let shard = Rc::new(shard);
+    shared.register_storage(index, Arc::clone(shard.storage()));
+    let _recovery = monoio::spawn(crate::shard::recovery::run(Rc::clone(&shard)));
     shared.ready_shards.fetch_add(1, Ordering::AcqRel);
     let listener = monoio::net::TcpListener::from_std(listener).map_err(|error| format!("listener: {error}"))?;
     let http_shutdown = Shutdown::new();
@@ -326,8 +357,7 @@ async fn shard_main(
     };
     kapsel_http::serve(listener, Rc::new(config.server.clone()), service, http_shutdown).await;
     scheduler.await;
-    shared.serving_shards.fetch_sub(1, Ordering::AcqRel);
-    shared.wake_all();
+    serving.finish();
     inbox_task.await;
     // Attempts still in flight finish or are dropped with the runtime; either way what was
     // appended is made durable here, and an attempt without its record is made again later.

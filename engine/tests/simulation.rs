@@ -1,8 +1,10 @@
 //! The deterministic simulation of a shard, in the manner of TigerBeetle's VOPR: one seed drives
 //! the real state machine and its real log (a temporary directory, real files and fsyncs) through
 //! random ingests, attempt outcomes, clock jumps, operator redrives, endpoint changes, retention
-//! passes, tiny payload budgets and crashes at random points (between append and fsync
-//! included, with torn tails), and after every step checks it against a plain model:
+//! passes, tiny payload budgets, crashes at random points (between append and fsync included,
+//! with torn tails) and storage failures (a write or fsync failing at a random point, after
+//! which the shard reopens its log in place), and after every step checks it against a plain
+//! model:
 //!
 //! - no acknowledged event vanishes: each is delivered, failed, or waiting in a queue;
 //! - no event has two attempts in flight, and attempts are numbered without gaps;
@@ -11,6 +13,8 @@
 //!   attempts that were in flight are made again (an attempt number is never repeated once its
 //!   outcome was recorded);
 //! - a repeated idempotency key within its window answers the first event, across crashes;
+//! - an ingest or outcome a storage failure refused is not kept: after the reopen the event is
+//!   unknown (the ingest) or waits for the same attempt again (the outcome);
 //! - replaying the log gives exactly the live state (the durable view of both compared);
 //! - the state's own invariants hold: every queued event waits in exactly one place, every
 //!   endpoint with queued events has a wake-up, payload bytes stay within the budget.
@@ -36,7 +40,7 @@ use kapsel_engine::shard::{Accepted, Ingest, Shard};
 use kapsel_engine::state::{ReadRequest, ShardState, Start, StateLimits};
 use kapsel_engine::EngineError;
 use kapsel_http::{OutboundResponse, SendError};
-use kapsel_wal::{Clock, IoBackend, Options};
+use kapsel_wal::{Clock, IoBackend, IoFaults, Options};
 
 /// A small, fast, seedable generator (splitmix64).
 struct Random(u64);
@@ -149,6 +153,10 @@ struct Sim {
     unacknowledged: Option<Unacknowledged>,
     /// The last phase: every destination answers 200.
     finishing: bool,
+    /// Faults injected into the log's file layer.
+    faults: Arc<IoFaults>,
+    /// True while a storage fault is armed: appends may be refused with E3003.
+    faulting: bool,
     log: Vec<String>,
 }
 
@@ -216,6 +224,8 @@ impl Sim {
             durable_lsn: 0,
             unacknowledged: None,
             finishing: false,
+            faults: Arc::new(IoFaults::default()),
+            faulting: false,
             log: Vec::new(),
         }
     }
@@ -233,6 +243,7 @@ impl Sim {
             backend: IoBackend::Thread,
             segment_bytes: self.params.segment_bytes,
             clock: Clock::new(move || clock.load(Ordering::SeqCst)),
+            faults: Some(Arc::clone(&self.faults)),
             ..Options::default()
         }
     }
@@ -283,6 +294,7 @@ impl Sim {
             91 if self.random.chance(0.5) => self.delete_endpoint(shard).await?,
             91 => self.ingest_racing_a_deletion(shard).await?,
             92..=94 => self.retention(shard).await?,
+            95 => self.storage_fault(shard).await?,
             _ => {
                 self.crash(shard).await;
                 return Ok(true);
@@ -303,10 +315,14 @@ impl Sim {
     async fn create_endpoint(&mut self, shard: &Shard, id: &str) -> Result<(), Failure> {
         let max_in_flight = [1, 1, 2, 4][self.random.below(4) as usize];
         let body = endpoint_body(&mut self.random, id, max_in_flight);
-        shard
-            .put_endpoint(id, body.as_bytes(), &kapsel_http::DestinationPolicy::default(), self.now)
-            .await
-            .map_err(|error| format!("creating {id}: {error}"))?;
+        match shard.put_endpoint(id, body.as_bytes(), &kapsel_http::DestinationPolicy::default(), self.now).await {
+            Ok(_) => {}
+            Err(EngineError::Storage(error)) if self.faulting => {
+                self.note(format!("create {id} refused by the storage fault: {error}"));
+                return Ok(());
+            }
+            Err(error) => return Err(format!("creating {id}: {error}")),
+        }
         let endpoint = self.model.endpoints.get_mut(id).ok_or("unknown endpoint")?;
         endpoint.exists = true;
         endpoint.fifo = max_in_flight == 1;
@@ -344,6 +360,8 @@ impl Sim {
         self.note(format!("ingest {id} key {key:?} {size} bytes: {outcome:?}"));
         match (outcome, exists, remembered) {
             (Err(EngineError::NotFound(_)), false, _) => Ok(()),
+            // Refused: it must not turn up later (checked after the reopen and by every check).
+            (Err(EngineError::Storage(_)), _, _) if self.faulting => Ok(()),
             (Ok(Accepted::Duplicate(event_id)), true, Some(first)) if event_id == first => Ok(()),
             (Ok(Accepted::Received(event_id)), true, None) => {
                 self.adopt(&id, key, event_id);
@@ -460,6 +478,15 @@ impl Sim {
         let jitter = self.random.unit_signed();
         let closed_before = self.breaker_closed(shard, &start.endpoint_id);
         let outcome = complete_attempt(shard, &start, &result, started, self.now, jitter).await;
+        let recorded = shard.state().borrow().events.get(&start.event_id).is_none_or(|event| event.attempts >= start.n);
+        if !recorded {
+            // A storage failure refused the outcome: the event waits for the same attempt again.
+            if !self.faulting {
+                return Err(format!("{} attempt {}'s outcome was not recorded", start.event_id, start.n));
+            }
+            self.note(format!("{} attempt {}'s outcome refused by the storage fault", start.event_id, start.n));
+            return Ok(());
+        }
         self.check_breaker(shard, &start.endpoint_id, closed_before)?;
         self.note(format!(
             "{} attempt {} → {:?} → outcome {outcome}",
@@ -655,6 +682,10 @@ impl Sim {
         if self.random.chance(0.3) {
             shard.wal().seal().await.map_err(|error| format!("seal: {error}"))?;
         }
+        // A seal a full segment triggered may still be under way (it is written after the batch
+        // that filled the segment was acknowledged); let it finish, so the bound below is the
+        // one the pass sees.
+        shard.wal().flush().await.map_err(|error| format!("flush: {error}"))?;
         let age = self.params.retention_ms;
         let to_carry = kapsel_engine::retention::to_carry(shard, age, self.now);
         let removed = kapsel_engine::retention::pass(shard, age, self.now)
@@ -667,6 +698,41 @@ impl Sim {
         if to_carry <= 64 && left > 0 {
             return Err(format!("{left} of {to_carry} waiting events were not carried forward"));
         }
+        Ok(())
+    }
+
+    /// A storage failure at a random point (a batch's write or fsync, a seal, the chain, a
+    /// directory fsync) while ingests and outcomes go on; then the shard reopens its log in
+    /// place, as its recovery task does, and the run goes on with the same shard. The checks
+    /// after the step compare the live state with a replay of what is on disk.
+    async fn storage_fault(&mut self, shard: &Shard) -> Result<(), Failure> {
+        let countdown = 1 + self.random.below(4);
+        let fsync = self.random.chance(0.5);
+        if fsync {
+            self.faults.fail_sync_after(countdown);
+        } else {
+            self.faults.fail_write_after(countdown);
+        }
+        self.note(format!("storage fault armed: {} number {countdown}", if fsync { "fsync" } else { "write" }));
+        self.faulting = true;
+        for _ in 0..1 + self.random.below(6) {
+            if self.random.chance(0.5) {
+                self.ingest(shard).await?;
+            } else {
+                self.schedule(shard)?;
+                self.complete_attempt(shard).await?;
+            }
+        }
+        self.faults.fail_sync_after(0);
+        self.faults.fail_write_after(0);
+        if shard.wal().is_poisoned() {
+            if shard.wal().append(1, b"refused").is_ok() {
+                return Err("a poisoned log accepted an append".into());
+            }
+            shard.recover_log().await.map_err(|error| format!("reopening the log: {error}"))?;
+            self.note("log reopened in place".into());
+        }
+        self.faulting = false;
         Ok(())
     }
 

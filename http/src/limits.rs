@@ -121,8 +121,9 @@ pub const LINGER_BYTES_MAX: usize = 256 * 1024;
 pub const REJECTIONS_IN_FLIGHT_MAX: usize = 64;
 
 /// Time a shutting-down server waits for its connections to finish their in-flight requests
-/// before it drops them. Shorter than the usual 30 s an orchestrator grants before killing.
-pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 20_000;
+/// before it drops them. The contract stops the whole process within 10 s of SIGTERM (a
+/// watchdog in the binary exits at 8 s), so the drain leaves room for the final flush.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 6_000;
 
 /// Pause after a failed accept (typically EMFILE, out of file descriptors) before the next one,
 /// so that the accept loop does not spin while nothing can be accepted.
@@ -142,8 +143,10 @@ const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= READ_CHUNK_BYTES);
 const _: () = assert!(READ_BUFFER_BYTES_INITIAL <= WRITE_BUFFER_BYTES_KEPT_MAX);
 // One read during lingering must be allowed to complete.
 const _: () = assert!(READ_CHUNK_BYTES <= LINGER_BYTES_MAX);
-// A response whose write began before shutdown is written and lingered within the drain.
-const _: () = assert!(RESPONSE_WRITE_TIMEOUT_MS + LINGER_TIMEOUT_MS < SHUTDOWN_DRAIN_TIMEOUT_MS);
+// A response written to a client that reads at a sane pace is lingered within the drain (a
+// client too slow for RESPONSE_WRITE_TIMEOUT_MS is cut at shutdown: SIGTERM must end the process
+// within 10 s).
+const _: () = assert!(LINGER_TIMEOUT_MS < SHUTDOWN_DRAIN_TIMEOUT_MS);
 // Refusing connections must stay cheaper than serving them.
 const _: () = assert!(REJECTIONS_IN_FLIGHT_MAX <= CONNECTIONS_MAX_DEFAULT);
 // The default timeouts must be armable as configured.

@@ -21,3 +21,4 @@ mod layers;
 mod operations;
 mod postgres_harness;
 mod retention;
+mod storage;

@@ -428,6 +428,28 @@ pub(crate) fn sync_directory_blocking(directory: &Path) -> io::Result<()> {
     StdFile::open(directory)?.sync_all()
 }
 
+/// Creates `directory` and its missing parents like `create_dir_all`, then fsyncs the parent of
+/// each one it created, so that every new name survives a crash (a directory entry lives in its
+/// parent, and `create_dir_all` alone leaves it in the page cache). Blocking: for start-up.
+pub fn create_dir_all_durable(directory: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(directory);
+    while let Some(path) = current.filter(|path| !path.as_os_str().is_empty() && !path.exists()) {
+        missing.push(path);
+        current = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(directory)?;
+    // Deepest first is fine: every parent exists by now, and each is fsynced once.
+    for path in missing {
+        let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_directory_blocking(parent)?;
+    }
+    Ok(())
+}
+
 /// Linux's "I/O error", what a failing disk returns from fsync.
 const EIO: i32 = 5;
 /// Linux's "no space left on device".

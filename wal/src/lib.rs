@@ -38,7 +38,9 @@ pub mod tail;
 mod writer;
 
 pub use error::WalError;
-pub use io::{Buckets, IoBackend, IoCounters, IoFaults, BATCH_RECORDS_BOUNDS, COMMIT_LATENCY_BOUNDS_US};
+pub use io::{
+    create_dir_all_durable, Buckets, IoBackend, IoCounters, IoFaults, BATCH_RECORDS_BOUNDS, COMMIT_LATENCY_BOUNDS_US,
+};
 pub use log::{Clock, Commit, Options, Record, Recovery, Wal};
 pub use read::Position;
 pub use seal::SealInfo;

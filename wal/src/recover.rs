@@ -54,12 +54,7 @@ fn read_whole(path: &Path) -> Result<Vec<u8>, WalError> {
 
 /// Recovers the log in `directory`, calling `replay` for every user record in LSN order.
 pub(crate) fn recover(directory: &Path, replay: &mut dyn FnMut(Record<'_>)) -> Result<Recovered, WalError> {
-    if !directory.exists() {
-        std::fs::create_dir_all(directory).map_err(|error| WalError::io("create directory", directory, error))?;
-        if let Some(parent) = directory.parent() {
-            sync_directory_blocking(parent).map_err(|error| WalError::io("fsync directory", parent, error))?;
-        }
-    }
+    crate::io::create_dir_all_durable(directory).map_err(|error| WalError::io("create directory", directory, error))?;
     let mut chain = load_chain(directory)?;
     let segments = scan::list_segments(directory).map_err(|error| WalError::io("list", directory, error))?;
     let mut walk = Walk::start(directory, &chain.entries, segments.first().map(|(id, _)| *id))?;

@@ -40,6 +40,10 @@ pub struct WalReport {
     durable_lsn: u64,
     sealed_segments: usize,
     poisoned: bool,
+    /// Why the log cannot write now (`no_space`, `io_error`, …), when it cannot.
+    failure_kind: Option<&'static str>,
+    failures: u64,
+    reopens: u64,
 }
 
 /// One shard's numbers, sent to the shard that renders the scrape.
@@ -127,6 +131,9 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
             durable_lsn: wal.durable_lsn(),
             sealed_segments: wal.sealed_segments().iter().filter(|seal| wal.holds(seal)).count(),
             poisoned: wal.is_poisoned(),
+            failure_kind: shard.storage().failure().map(|failure| failure.kind),
+            failures: shard.storage().failures(),
+            reopens: shard.storage().recoveries(),
         },
     }
 }
@@ -297,9 +304,34 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
     per_shard(&mut out, "kapsel_wal_sealed_segments", "gauge", "Sealed segments on disk.", &|r| {
         r.wal.sealed_segments as u64
     });
-    per_shard(&mut out, "kapsel_wal_poisoned", "gauge", "1 once a storage failure stopped the log (E3003).", &|r| {
-        u64::from(r.wal.poisoned)
+    per_shard(
+        &mut out,
+        "kapsel_wal_poisoned",
+        "gauge",
+        "1 while a storage failure stops the log (E3003), until it is reopened.",
+        &|r| u64::from(r.wal.poisoned),
+    );
+    header(
+        &mut out,
+        "kapsel_wal_failure",
+        "gauge",
+        "1 for each shard whose log cannot write now, labelled with why (no_space, io_error, read_only, other).",
+    );
+    for report in &reports {
+        if let Some(kind) = report.wal.failure_kind {
+            let _ = writeln!(out, "kapsel_wal_failure{{shard=\"{}\",kind=\"{kind}\"}} 1", report.shard);
+        }
+    }
+    per_shard(&mut out, "kapsel_wal_failures_total", "counter", "Storage failures that stopped the log.", &|r| {
+        r.wal.failures
     });
+    per_shard(
+        &mut out,
+        "kapsel_wal_reopens_total",
+        "counter",
+        "Logs reopened in place after a storage failure.",
+        &|r| r.wal.reopens,
+    );
     header(&mut out, "kapsel_wal_commit_duration_seconds", "histogram", "Write plus fdatasync of one group commit.");
     for report in &reports {
         let labels = format!("shard=\"{}\"", report.shard);

@@ -189,7 +189,7 @@ fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
             Ok(json) => Response::json(200, json.to_string().into_bytes()),
             Err(error) => error.into_response(),
         },
-        Route::Ready => match shared.check_serving() {
+        Route::Ready => match shared.check_serving().and_then(|()| shared.check_storage()) {
             Ok(()) => {
                 let mut body = json!({"status": "ready"});
                 if let Some(index) = &shared.index {

@@ -2,9 +2,11 @@
 //! the index handle, and the readiness and shutdown flags. Read-mostly, lock-free.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::EngineError;
 use crate::limits;
+use crate::shard::recovery::StorageHealth;
 
 /// What all shards share: read-mostly, lock-free.
 pub struct Shared {
@@ -26,6 +28,8 @@ pub struct Shared {
     pub(crate) ready_shards: AtomicUsize,
     pub(crate) serving_shards: AtomicUsize,
     shutting_down: AtomicBool,
+    /// Each shard's storage health, set once its log is open.
+    storage: Vec<OnceLock<Arc<StorageHealth>>>,
 }
 
 impl Shared {
@@ -48,6 +52,7 @@ impl Shared {
             ready_shards: AtomicUsize::new(0),
             serving_shards: AtomicUsize::new(shards),
             shutting_down: AtomicBool::new(false),
+            storage: (0..shards).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -60,6 +65,33 @@ impl Shared {
             return Err(EngineError::Unavailable("recovering the write-ahead log".into()));
         }
         Ok(())
+    }
+
+    /// Registers shard `index`'s storage health once its log is open.
+    pub(crate) fn register_storage(&self, index: usize, health: Arc<StorageHealth>) {
+        if let Some(slot) = self.storage.get(index) {
+            let _ = slot.set(health);
+        }
+    }
+
+    /// `Err` (503 E3003) naming every shard whose log cannot write now, and why.
+    pub fn check_storage(&self) -> Result<(), EngineError> {
+        let failed: Vec<String> = self
+            .storage
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let failure = slot.get()?.failure()?;
+                Some(format!("shard {index} ({}: {})", failure.kind, failure.reason))
+            })
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::Storage(format!(
+            "the write-ahead log cannot write on {}; new events for those shards' endpoints get 503 E3003 until it is reopened (retried automatically)",
+            failed.join(", ")
+        )))
     }
 
     /// True once every shard has replayed its log.

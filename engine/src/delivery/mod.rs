@@ -86,6 +86,12 @@ pub async fn run_scheduler(shard: Rc<Shard>, client: Rc<Client>, stop: Rc<dyn Fn
         if stop() {
             return;
         }
+        if shard.wal().is_poisoned() {
+            // No outcome could be recorded: an attempt now would reach the destination again
+            // after the log is back. The recovery task wakes the scheduler once it is.
+            wait_for_work(&shard, None).await;
+            continue;
+        }
         let now = now_ms();
         let plan = shard.state().borrow_mut().schedule(now);
         tracing::trace!(shard = shard.index, starts = plan.starts.len(), reads = plan.reads.len(), "scheduler pass");

@@ -7,6 +7,7 @@
 //! fsync, and what the state shows is always what a replay of the log would give.
 
 pub mod readback;
+pub mod recovery;
 pub mod retention;
 pub mod snapshot;
 pub mod stats;
@@ -70,6 +71,9 @@ struct Applying {
     applied_lsn: u64,
     /// The first record whose fsync failed, and why: it and every later one are not durable.
     failed: Option<(u64, String)>,
+    /// Counts reopens of the log after a failure: LSNs past `applied_lsn` are given again after
+    /// one, so a wait begun before it must not be answered by a record appended after it.
+    generation: u64,
     applier: Option<Waker>,
     waiters: Vec<Waker>,
 }
@@ -98,6 +102,7 @@ pub struct Shard {
     indexer: Option<IndexHandle>,
     metrics: crate::shard::stats::ShardMetrics,
     reader: Reader,
+    storage: std::sync::Arc<recovery::StorageHealth>,
 }
 
 /// What opening a shard found.
@@ -150,13 +155,22 @@ impl Shard {
             queue: VecDeque::new(),
             applied_lsn: wal.durable_lsn(),
             failed: None,
+            generation: 0,
             applier: None,
             waiters: Vec::new(),
         };
         let core =
             Rc::new(Core { state: RefCell::new(state), applying: RefCell::new(applying), scheduler: Cell::new(None) });
         monoio::spawn(run_applier(Rc::clone(&core)));
-        Ok(Self { index, wal, core, indexer: None, metrics: crate::shard::stats::ShardMetrics::default(), reader })
+        Ok(Self {
+            index,
+            wal,
+            core,
+            indexer: None,
+            metrics: crate::shard::stats::ShardMetrics::default(),
+            reader,
+            storage: std::sync::Arc::default(),
+        })
     }
 
     /// Feeds every record this shard appends to the Postgres index.
@@ -169,6 +183,11 @@ impl Shard {
     /// What this shard counts for `GET /metrics`.
     pub fn metrics(&self) -> &crate::shard::stats::ShardMetrics {
         &self.metrics
+    }
+
+    /// Whether the shard's log can write now, for `/readyz` and `/metrics` on any thread.
+    pub fn storage(&self) -> &std::sync::Arc<recovery::StorageHealth> {
+        &self.storage
     }
 
     /// The index, when `DATABASE_URL` is set.
@@ -219,9 +238,17 @@ impl Shard {
     }
 
     /// Waits until the record at `lsn` is durable and applied; an error if its fsync failed.
+    /// Call it right after [`Shard::submit`] gave `lsn`, with no await in between: a log
+    /// reopened after a failure gives the LSNs of the failed records again.
     pub fn durable(&self, lsn: u64) -> impl Future<Output = Result<(), EngineError>> + '_ {
+        let generation = self.core.applying.borrow().generation;
         poll_fn(move |context| {
             let mut applying = self.core.applying.borrow_mut();
+            if applying.generation != generation {
+                return Poll::Ready(Err(EngineError::Storage(
+                    "the write-ahead log failed and was reopened while this record waited for its fsync".into(),
+                )));
+            }
             if let Some((failed_from, reason)) = &applying.failed {
                 if lsn >= *failed_from {
                     return Poll::Ready(Err(EngineError::from(WalError::Poisoned { reason: reason.clone() })));
@@ -240,6 +267,43 @@ impl Shard {
         let lsn = self.submit(record, now_ms)?;
         self.durable(lsn).await?;
         Ok(lsn)
+    }
+
+    /// Brings the shard's log back after a storage failure ([`Wal::reopen`]: the failed batch is
+    /// cut off, the directory recovered as at start-up) and resumes: nothing acknowledged is
+    /// lost, and nothing the failure refused is kept. The state needs no replay: it holds
+    /// exactly the records applied, which are exactly the durable ones. Keys remembered for
+    /// ingests whose records failed are forgotten, so a retry of such a request is a new event.
+    pub async fn recover_log(&self) -> Result<(), EngineError> {
+        // Every commit of the failed log resolves at once; wait until the applier took them all.
+        poll_fn(|context| {
+            let mut applying = self.core.applying.borrow_mut();
+            if applying.queue.is_empty() {
+                return Poll::Ready(());
+            }
+            applying.waiters.push(context.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        self.wal.reopen().await?;
+        let applied_lsn = {
+            let mut applying = self.core.applying.borrow_mut();
+            debug_assert!(applying.queue.is_empty(), "records appended to a poisoned log");
+            debug_assert_eq!(
+                applying.applied_lsn,
+                self.wal.durable_lsn(),
+                "applied and durable disagree after a reopen"
+            );
+            applying.failed = None;
+            applying.generation += 1;
+            for waker in applying.waiters.drain(..) {
+                waker.wake();
+            }
+            applying.applied_lsn
+        };
+        self.core.state.borrow_mut().idempotency.forget_after(applied_lsn);
+        self.notify_scheduler();
+        Ok(())
     }
 
     /// Accepts a webhook: checks, appends, waits until it is durable.

@@ -83,6 +83,15 @@ impl IdempotencyTable {
         self.assert_consistent();
     }
 
+    /// Forgets every key whose event's record is after `lsn` (records a storage failure refused
+    /// before they were durable).
+    pub fn forget_after(&mut self, lsn: u64) {
+        self.entries.retain(|_, (remembered, _)| remembered.lsn <= lsn);
+        let entries = &self.entries;
+        self.order.retain(|(_, key)| entries.contains_key(key));
+        self.assert_consistent();
+    }
+
     fn expire(&mut self, now_ms: u64) {
         while let Some((at_ms, _)) = self.order.front() {
             if at_ms.saturating_add(self.window_ms) > now_ms {
@@ -174,6 +183,22 @@ mod tests {
         let mut table = IdempotencyTable::new(100, 10);
         table.remember(&endpoint, "old", remembered(1), 0, 500);
         assert!(table.is_empty());
+    }
+
+    // Keys of records a storage failure refused are forgotten; the others stay, in order.
+    #[test]
+    fn forget_after_drops_keys_of_records_past_the_lsn() {
+        let endpoint: Rc<str> = Rc::from("ep");
+        let mut table = IdempotencyTable::new(1_000_000, 10);
+        for index in 1..=5u64 {
+            table.remember(&endpoint, &format!("k{index}"), remembered(index), index, index);
+        }
+        table.forget_after(3);
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.lookup(&endpoint, "k3", 10), Some(remembered(3)));
+        assert_eq!(table.lookup(&endpoint, "k4", 10), None);
+        table.remember(&endpoint, "k4", remembered(6), 6, 6);
+        assert_eq!(table.lookup(&endpoint, "k4", 10), Some(remembered(6)), "a retry is a new event");
     }
 
     // Only visible ASCII up to 255 bytes is a key.
