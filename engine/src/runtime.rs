@@ -386,3 +386,51 @@ async fn open_shard(index: usize, config: &EngineConfig) -> Result<Shard, String
     drop(state);
     Ok(shard)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn shared(shards: usize) -> Arc<Shared> {
+        let (inboxes, _receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| inbox()).unzip();
+        Arc::new(Shared::new(
+            shards,
+            "token".into(),
+            inboxes,
+            PathBuf::from("/nonexistent"),
+            kapsel_http::DestinationPolicy::default(),
+            None,
+        ))
+    }
+
+    // A shard thread that panics takes itself out of the serving count (the others' inbox
+    // loops wait for it to reach zero at shutdown) and stops the other shards.
+    #[test]
+    fn a_panicking_shard_is_counted_out_and_stops_the_others() {
+        let shared = shared(2);
+        let for_thread = Arc::clone(&shared);
+        let outcome = std::thread::spawn(move || {
+            let _serving = Serving { shared: for_thread, done: std::cell::Cell::new(false) };
+            panic!("a bug in a shard");
+        })
+        .join();
+        assert!(outcome.is_err());
+        assert_eq!(shared.serving_shards.load(Ordering::Acquire), 1);
+        assert!(shared.is_shutting_down());
+    }
+
+    // A shard that stops serving and then fails (its final flush) is counted out once, not
+    // twice: a double decrement wrapped the count and hung every other shard's shutdown.
+    #[test]
+    fn a_shard_is_counted_out_exactly_once() {
+        let shared = shared(2);
+        {
+            let serving = Serving { shared: Arc::clone(&shared), done: std::cell::Cell::new(false) };
+            serving.finish();
+            serving.finish();
+        }
+        assert_eq!(shared.serving_shards.load(Ordering::Acquire), 1);
+        assert!(!shared.is_shutting_down());
+    }
+}
