@@ -37,3 +37,13 @@ pub use model::{endpoint, ids, records};
 pub use runtime::{Engine, EngineConfig, IoDriver, StartError};
 pub use shard::{readback, retention, snapshot};
 pub use state::breaker;
+
+/// Entry points for the fuzz targets in `fuzz/` and the corpus replay in `tests/fuzz_corpus.rs`;
+/// not part of the engine's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The parser of `GET /admin/events` query strings.
+    pub use crate::model::query::EventQuery;
+    /// The largest page size that parser accepts.
+    pub use crate::model::query::LIMIT_MAX as QUERY_LIMIT_MAX;
+}

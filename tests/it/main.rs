@@ -13,6 +13,7 @@ mod config;
 mod delivery;
 mod destinations;
 mod docs;
+mod fuzz_corpus;
 mod hostile;
 mod index;
 mod index_schema;

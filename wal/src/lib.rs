@@ -44,3 +44,19 @@ pub use io::{
 pub use log::{Clock, Commit, Options, Record, Recovery, Wal};
 pub use read::Position;
 pub use seal::SealInfo;
+
+/// Entry points for the fuzz targets in `fuzz/` and the corpus replay in `tests/fuzz_corpus.rs`;
+/// not part of the log's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use crate::{Record, WalError};
+
+    /// Open-time recovery of the log in `directory`, as [`crate::Wal::open`] runs it (verify,
+    /// truncate a torn tail, reconcile the chain, replay in LSN order), without starting the
+    /// flusher. Returns the LSN the next append would get.
+    pub fn recover(directory: &Path, replay: &mut dyn FnMut(Record<'_>)) -> Result<u64, WalError> {
+        crate::recover::recover(directory, replay).map(|recovered| recovered.next_lsn)
+    }
+}
