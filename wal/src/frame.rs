@@ -234,7 +234,7 @@ fn decode_frames(
             if frame.lsn != expected_lsn {
                 return Err(BatchDamage::Invalid("record LSN out of sequence"));
             }
-            expected_lsn += 1;
+            expected_lsn = expected_lsn.wrapping_add(1);
         }
         offset += frame.length;
         frames.push(frame);

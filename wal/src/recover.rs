@@ -120,7 +120,7 @@ fn load_chain(directory: &Path) -> Result<LoadedChain, WalError> {
         match seal::decode_chain_entry(chunk) {
             Ok(entry) => {
                 let previous = entries.last().map_or(CHAIN_GENESIS, |before| before.chain);
-                let expected_id = entries.last().map_or(1, |before| before.segment_id + 1);
+                let expected_id = entries.last().map_or(1, |before| before.segment_id.saturating_add(1));
                 if entry.previous_chain != previous || entry.segment_id != expected_id {
                     return Err(WalError::corrupt(&path, offset, "chain entry does not link to the one before"));
                 }
@@ -165,7 +165,7 @@ impl<'a> Walk<'a> {
             active: None,
             truncated: None,
         };
-        let first_id = first_id.unwrap_or_else(|| chain.last().map_or(1, |entry| entry.segment_id + 1));
+        let first_id = first_id.unwrap_or_else(|| chain.last().map_or(1, |entry| entry.segment_id.saturating_add(1)));
         if first_id > 1 {
             let Some(before) = chain.iter().find(|entry| entry.segment_id == first_id - 1) else {
                 return Err(WalError::corrupt(
@@ -175,7 +175,7 @@ impl<'a> Walk<'a> {
                 ));
             };
             walk.previous_chain = before.chain;
-            walk.expected_lsn = before.last_lsn + 1;
+            walk.expected_lsn = before.last_lsn.saturating_add(1);
         }
         walk.next_segment_id = first_id;
         Ok(walk)
@@ -214,8 +214,8 @@ impl<'a> Walk<'a> {
             replay(Record::from_frame(id, frame, &bytes));
         }
         self.records += scan.frames.len() as u64;
-        self.expected_lsn = scan.last_lsn() + 1;
-        self.next_segment_id = id + 1;
+        self.expected_lsn = scan.last_lsn().saturating_add(1);
+        self.next_segment_id = id.saturating_add(1);
         if scan.seal.is_some() {
             let seal = scan::check_seal(&scan, &bytes, &self.previous_chain)
                 .map_err(|reason| WalError::corrupt(path, scan.valid_end, reason))?;
