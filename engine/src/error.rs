@@ -88,10 +88,14 @@ impl EngineError {
         }
     }
 
-    /// The error response, with `Retry-After` or `Allow` where the contract asks for them.
+    /// The error response, with `Retry-After`, `Allow` or `WWW-Authenticate` where the contract
+    /// asks for them.
     pub fn into_response(self) -> Response {
         let response = Response::error(self.status(), self.code(), &self.to_string());
         match self {
+            // RFC 9110 §11.6.1: a 401 MUST carry a challenge. Admin paths and keyed ingest take a
+            // bearer token (RFC 6750), and a bad inbound signature answers the same way.
+            Self::Unauthorized(_) => response.with_header("WWW-Authenticate", "Bearer".to_string()),
             Self::RateLimited { retry_after_s } => response.with_header("Retry-After", retry_after_s.to_string()),
             Self::QueueFull(_) | Self::IndexUnavailable(_) | Self::Unavailable(_) => {
                 response.with_header("Retry-After", "1".to_string())
@@ -99,5 +103,26 @@ impl EngineError {
             Self::MethodNotAllowed { allow } => response.with_header("Allow", allow.to_string()),
             _ => response,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 9110 §11.6.1: "A server generating a 401 (Unauthorized) response MUST send a
+    // WWW-Authenticate header field containing at least one challenge"; clients and proxies
+    // look for it to know how to authenticate.
+    #[test]
+    fn unauthorized_answers_carry_a_bearer_challenge() {
+        for message in ["missing or wrong admin bearer token", "missing or invalid webhook signature"] {
+            let response = EngineError::Unauthorized(message.into()).into_response();
+            assert_eq!((response.status, response.code), (401, Some("E1001")));
+            let challenges: Vec<&(&str, String)> =
+                response.headers.iter().filter(|(name, _)| *name == "WWW-Authenticate").collect();
+            assert_eq!(challenges, [&("WWW-Authenticate", "Bearer".to_string())], "{message}");
+        }
+        let not_found = EngineError::NotFound("no".into()).into_response();
+        assert!(not_found.headers.iter().all(|(name, _)| *name != "WWW-Authenticate"));
     }
 }

@@ -12,7 +12,9 @@
 //!    [`CONTINUE_100`].
 //! 3. A [`BodyDecoder`] for the head's [`BodyFraming`] takes the bytes that follow until its
 //!    [`Progress`] says the body is complete; what it did not consume is the next request.
-//! 4. [`write_response`] the answer; keep the connection only if `keep_alive`.
+//! 4. [`write_response`] the answer with the current [`ImfFixdate`] as its `Date` (for a `HEAD`
+//!    request, [`write_response_head`] with the length the body would have); keep the connection
+//!    only if `keep_alive`.
 //!
 //! Every input size is bounded by [`Limits`] (see [`limits`]), and every error maps to its
 //! status and E-code in one place, [`ParseError`].
@@ -73,9 +75,9 @@ pub use limits::Limits;
 pub use outbound::{Cidr, DestinationPolicy, Resolver};
 pub use proto::{
     error_body, parse_head, parse_response_head, reason_phrase, write_error_response, write_response,
-    ApplicationHeaders, BodyDecoder, BodyFraming, BodyProgress, ChunkedDecoder, HeaderName, Method, ParseError, Parsed,
-    ParsedResponse, Progress, RequestHead, ResponseBodyReader, ResponseError, ResponseFraming, ResponseHead, Version,
-    CONTINUE_100,
+    write_response_head, ApplicationHeaders, BodyDecoder, BodyFraming, BodyProgress, ChunkedDecoder, HeaderName,
+    ImfFixdate, Method, ParseError, Parsed, ParsedResponse, Progress, RequestHead, ResponseBodyReader, ResponseError,
+    ResponseFraming, ResponseHead, Version, CONTINUE_100, IMF_FIXDATE_BYTES,
 };
 pub use server::{bind_reuse_port, load_tls_config, serve, Handler, Request, Response, ServerConfig, Shutdown, Wait};
 pub use tls_error::TlsError;

@@ -335,6 +335,51 @@ fn http_1_0_closes_after_the_response_unless_kept_alive() {
     }
 }
 
+/// Whether `value` is an IMF-fixdate (RFC 9110 §5.6.7) within a few seconds of now.
+fn is_current_imf_fixdate(value: &str) -> bool {
+    let Ok(date) = httpdate::parse_http_date(value) else { return false };
+    let now = std::time::SystemTime::now();
+    let apart = now.duration_since(date).or_else(|_| date.duration_since(now)).unwrap_or(Duration::MAX);
+    // httpdate also reads the obsolete forms; only the fixed one is 29 bytes ending in GMT.
+    value.len() == 29 && value.ends_with(" GMT") && apart <= Duration::from_secs(5)
+}
+
+#[test]
+fn every_response_is_dated_and_head_writes_no_body_before_the_next_response() {
+    // RFC 9110 §6.6.1 asks for Date on every answer of a server with a clock, and §9.3.2 for
+    // HEAD to be GET without content: one stray body byte and a keep-alive client reads the
+    // next response from the middle of this one.
+    for driver in DRIVERS {
+        let server = TestServer::start(driver, ServerConfig::default());
+        let mut client = Client::connect(server.address);
+        let mut pipeline = b"HEAD /probe HTTP/1.1\r\nHost: test\r\n\r\n".to_vec();
+        pipeline.extend(b"HEAD /refuse HTTP/1.1\r\nHost: test\r\n\r\n");
+        pipeline.extend(b"GET /last HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        client.send(&pipeline);
+        let mut received = Vec::new();
+        client.reader.read_to_end(&mut received).expect("every response, then the close");
+        let text = String::from_utf8(received).expect("ASCII responses");
+        let responses: Vec<&str> = text.split_inclusive("\r\n\r\n").collect();
+        // Two HEAD answers that end at their empty line, then the GET's head and its body.
+        assert_eq!(responses.len(), 4, "{driver:?}: {text:?}");
+        assert!(responses[0].starts_with("HTTP/1.1 200 OK\r\n"), "{driver:?}: {text:?}");
+        assert!(responses[0].contains("\r\nContent-Length: 13\r\n"), "{driver:?}: HEAD /probe 0 is 13 bytes");
+        assert!(responses[1].starts_with("HTTP/1.1 404 Not Found\r\n"), "{driver:?}: {text:?}");
+        assert!(responses[2].starts_with("HTTP/1.1 200 OK\r\n"), "{driver:?}: {text:?}");
+        assert_eq!(responses[3], "GET /last 0", "{driver:?}");
+        for head in &responses[..3] {
+            let date = head.lines().find_map(|line| line.strip_prefix("Date: "));
+            assert!(date.is_some_and(is_current_imf_fixdate), "{driver:?}: no current Date in {head:?}");
+        }
+
+        // The parser's own refusals are dated too.
+        let mut malformed = Client::connect(server.address);
+        let reply = malformed.exchange(b"GET / HTTP/1.1\r\nHost: test\r\nContent-Length: 1,1\r\n\r\n");
+        assert_eq!(reply.status, 400, "{driver:?}");
+        assert!(reply.header("Date").is_some_and(is_current_imf_fixdate), "{driver:?}: {reply:?}");
+    }
+}
+
 #[test]
 fn malformed_request_gets_400_then_close_while_fresh_connections_work() {
     // Bad input of any kind must get a clean 4xx with a code and cost nothing beyond its own

@@ -15,6 +15,7 @@ mod destinations;
 mod docs;
 mod fuzz_corpus;
 mod hostile;
+mod http_details;
 mod index;
 mod index_schema;
 mod ingest;

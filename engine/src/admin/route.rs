@@ -82,9 +82,9 @@ impl Route {
     ) -> Result<Self, EngineError> {
         let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
         match segments.as_slice() {
-            ["healthz"] => only(method, Method::Get, "GET", Self::Health),
-            ["readyz"] => only(method, Method::Get, "GET", Self::Ready),
-            ["metrics"] => only(method, Method::Get, "GET", Self::Metrics),
+            ["healthz"] => only_get(method, Self::Health),
+            ["readyz"] => only_get(method, Self::Ready),
+            ["metrics"] => only_get(method, Self::Metrics),
             ["ingest", endpoint_id] => {
                 let endpoint_id = known_endpoint(endpoint_id)?;
                 only(method, Method::Post, "POST", Self::Ingest { endpoint_id })
@@ -100,25 +100,21 @@ impl Route {
                 "POST",
                 Self::SetEnabled { id: known_endpoint(id)?, enabled: *action == "enable" },
             ),
-            ["admin", "events"] => {
-                only(method, Method::Get, "GET", Self::ListEvents(crate::model::query::EventQuery::parse(query)?))
-            }
+            ["admin", "events"] => only_get(method, Self::ListEvents(crate::model::query::EventQuery::parse(query)?)),
             ["admin", "events", event_id, "retry"] => {
                 only(method, Method::Post, "POST", Self::RetryEvent { event_id: known_event(event_id)? })
             }
-            ["admin", "events", event_id] => {
-                only(method, Method::Get, "GET", Self::GetEvent { event_id: known_event(event_id)? })
-            }
+            ["admin", "events", event_id] => only_get(method, Self::GetEvent { event_id: known_event(event_id)? }),
             ["admin", "events", event_id, "proof"] => {
-                only(method, Method::Get, "GET", Self::EventProof { event_id: known_event(event_id)? })
+                only_get(method, Self::EventProof { event_id: known_event(event_id)? })
             }
-            ["admin", "audit", "segments"] => only(method, Method::Get, "GET", Self::AuditSegments),
+            ["admin", "audit", "segments"] => only_get(method, Self::AuditSegments),
             _ => Err(EngineError::NotFound(format!("no route for {path}"))),
         }
     }
 
     fn endpoint(method: Method, id: &str) -> Result<Self, EngineError> {
-        const ALLOW: &str = "GET, PUT, DELETE";
+        const ALLOW: &str = "GET, HEAD, PUT, DELETE";
         match method {
             Method::Put => {
                 if !valid_endpoint_id(id) {
@@ -126,7 +122,7 @@ impl Route {
                 }
                 Ok(Self::PutEndpoint { id: id.to_string() })
             }
-            Method::Get => Ok(Self::GetEndpoint { id: known_endpoint(id)? }),
+            Method::Get | Method::Head => Ok(Self::GetEndpoint { id: known_endpoint(id)? }),
             Method::Delete => Ok(Self::DeleteEndpoint { id: known_endpoint(id)? }),
             _ => Err(EngineError::MethodNotAllowed { allow: ALLOW }),
         }
@@ -160,6 +156,15 @@ fn only(method: Method, expected: Method, allow: &'static str, route: Route) -> 
         Ok(route)
     } else {
         Err(EngineError::MethodNotAllowed { allow })
+    }
+}
+
+/// A path that only reads: `GET`, and `HEAD`, which RFC 9110 §9.3.2 makes the same request
+/// answered without content (the server leaves the body out and keeps its `Content-Length`).
+fn only_get(method: Method, route: Route) -> Result<Route, EngineError> {
+    match method {
+        Method::Get | Method::Head => Ok(route),
+        _ => Err(EngineError::MethodNotAllowed { allow: "GET, HEAD" }),
     }
 }
 
@@ -205,5 +210,31 @@ mod tests {
         let route = parse(Method::Get, &format!("/admin/events/{event}")).unwrap();
         assert_eq!(route.owner(4), Some(1));
         assert!(route.is_admin());
+    }
+
+    // RFC 9110 §9.3.2: every path that answers GET answers HEAD the same way (the server drops
+    // the body), and a 405 names both in `Allow`; HEAD is no way around a path's method.
+    #[test]
+    fn every_get_path_answers_head() {
+        let event = EventId::new(5, 1, 2);
+        let paths = [
+            "/healthz".to_string(),
+            "/readyz".to_string(),
+            "/metrics".to_string(),
+            "/admin/endpoints/a".to_string(),
+            "/admin/events".to_string(),
+            format!("/admin/events/{event}"),
+            format!("/admin/events/{event}/proof"),
+            "/admin/audit/segments".to_string(),
+        ];
+        for path in paths {
+            let get = parse(Method::Get, &path).unwrap();
+            assert_eq!(parse(Method::Head, &path).unwrap(), get, "{path}");
+            match parse(Method::Post, &path) {
+                Err(EngineError::MethodNotAllowed { allow }) => assert!(allow.starts_with("GET, HEAD"), "{path}"),
+                other => panic!("{path}: POST should be 405, got {other:?}"),
+            }
+        }
+        assert!(matches!(parse(Method::Head, "/ingest/orders"), Err(EngineError::MethodNotAllowed { allow: "POST" })));
     }
 }

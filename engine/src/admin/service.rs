@@ -150,16 +150,18 @@ impl kapsel_http::Handler for Service {
                 self.shard.metrics().ingest(response.status, response.code, 0);
             }
         }
-        refused
+        refused.map(|response| never_stored(&head.path, response))
     }
 
     async fn handle(&self, request: Request) -> Response {
         let started = std::time::Instant::now();
         let is_ingest = request.head.path.starts_with("/ingest/");
+        let path_is_live_status = is_live_status(&request.head.path);
         let response = match self.route(&request.head) {
             Ok(route) => self.dispatch(route, request).await,
             Err(error) => error.into_response(),
         };
+        let response = if path_is_live_status { no_store(response) } else { response };
         if is_ingest {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             self.shard.metrics().ingest(response.status, response.code, micros);
@@ -174,6 +176,27 @@ impl kapsel_http::Handler for Service {
     fn on_refused(&self, status: u16, code: &'static str) {
         self.shard.metrics().refused(status, code);
     }
+}
+
+/// Whether `path` reports the state of this moment: liveness, readiness, metrics.
+fn is_live_status(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// `response` marked `Cache-Control: no-store` when `path` reports the state of this moment.
+fn never_stored(path: &str, response: Response) -> Response {
+    if is_live_status(path) {
+        no_store(response)
+    } else {
+        response
+    }
+}
+
+/// `response` with `Cache-Control: no-store` (RFC 9111 §5.2.2.5): a cache between a probe or a
+/// scraper and Kapsel that kept a health answer or a scrape would report a stopped or
+/// recovering shard as fine, and a counter as still.
+fn no_store(response: Response) -> Response {
+    response.with_header("Cache-Control", "no-store".to_string())
 }
 
 fn body_announced(head: &RequestHead) -> u64 {

@@ -58,9 +58,10 @@ pub enum ParseError {
     /// A Content-Length value that is not a list of decimal digits, or does not fit in 64 bits.
     #[error("invalid Content-Length")]
     InvalidContentLength,
-    /// Several Content-Length values that differ.
-    #[error("conflicting Content-Length values")]
-    ConflictingContentLength,
+    /// More than one Content-Length value: a list in one field line (even of identical values,
+    /// `1000,1000`) or the field repeated on several lines.
+    #[error("Content-Length must be a single value on a single field line")]
+    MultipleContentLengths,
     /// Both Content-Length and Transfer-Encoding: ambiguous framing, a smuggling vector.
     #[error("request has both Content-Length and Transfer-Encoding")]
     ContentLengthWithTransferEncoding,
@@ -135,7 +136,7 @@ impl ParseError {
             | Self::MissingHost
             | Self::DuplicateHeader { .. }
             | Self::InvalidContentLength
-            | Self::ConflictingContentLength
+            | Self::MultipleContentLengths
             | Self::ContentLengthWithTransferEncoding
             | Self::InvalidTransferEncoding { .. }
             | Self::InvalidChunkSize
@@ -184,7 +185,7 @@ impl ParseError {
             | Self::MissingHost
             | Self::DuplicateHeader { .. }
             | Self::InvalidContentLength
-            | Self::ConflictingContentLength
+            | Self::MultipleContentLengths
             | Self::ContentLengthWithTransferEncoding
             | Self::InvalidTransferEncoding { .. }
             | Self::ExpectationFailed

@@ -1,6 +1,24 @@
 //! Header fields: which ones the parser interprets, the small owned set it keeps for the
 //! application, and the rules (RFC 9110, RFC 9112) that turn them into framing, persistence and
 //! expectations. Field names compare case-insensitively (RFC 9110 §5.1).
+//!
+//! # Framing: one Content-Length, one value
+//!
+//! RFC 9112 §6.3 item 5: "If a message is received without Transfer-Encoding and with an
+//! invalid Content-Length header field, then the message framing is invalid and the recipient
+//! MUST treat it as an unrecoverable error, unless the field value can be successfully parsed as
+//! a comma-separated list (Section 5.6.1 of [HTTP]), all values in the list are valid, and all
+//! values in the list are the same (in which case, the message is processed with that single
+//! value used as the Content-Length field value). If the unrecoverable error is in a request
+//! message, the server MUST respond with a 400 (Bad Request) status code and then close the
+//! connection."
+//!
+//! We take no part of that "unless": a Content-Length is exactly `1*DIGIT` on exactly one field
+//! line. A list (`1000,1000`, even of identical values) and a repeated field line are 400 E1005
+//! and the connection is closed ([`ParseError::MultipleContentLengths`]). RFC 9110 §8.6 lets a
+//! recipient "either reject the message as invalid or replace that invalid field value with a
+//! single instance"; the accepting reading is how a front proxy and this server come to
+//! disagree about where a request ends (request smuggling), and no honest client sends a list.
 
 use std::fmt;
 
@@ -201,16 +219,13 @@ impl FieldScan {
     }
 
     fn record_content_length(&mut self, value: &[u8]) -> Result<(), ParseError> {
-        let length = parse_content_length(value)?;
-        match self.content_length {
-            // RFC 9110 §8.6: a list of identical values (from a proxy merging fields) MAY be
-            // taken as one; values that differ are an unrecoverable framing error (RFC 9112 §6.3).
-            Some(previous) if previous != length => Err(ParseError::ConflictingContentLength),
-            _ => {
-                self.content_length = Some(length);
-                Ok(())
-            }
+        // A second field line is refused whatever the values, like a list in one line (see the
+        // module documentation): the framing must have exactly one reading.
+        if self.content_length.is_some() {
+            return Err(ParseError::MultipleContentLengths);
         }
+        self.content_length = Some(parse_content_length(value)?);
+        Ok(())
     }
 
     /// Resolves framing, persistence and expectations once every field line is recorded.
@@ -283,25 +298,22 @@ impl FieldScan {
     }
 }
 
-/// Parses a Content-Length field value: `1*DIGIT`, or a comma-separated list of identical ones
-/// (RFC 9110 §8.6). Empty list elements, signs, spaces inside numbers and values over `u64::MAX`
-/// are invalid; RFC 9112 §6.3 item 5 makes an invalid Content-Length an unrecoverable error.
+/// Parses a Content-Length field value: `1*DIGIT` (RFC 9110 §8.6) with optional whitespace
+/// around it. A comma-separated list, even of identical values, is
+/// [`ParseError::MultipleContentLengths`] (see the module documentation); signs, spaces inside
+/// the number, any other byte and values over `u64::MAX` are
+/// [`ParseError::InvalidContentLength`]. RFC 9112 §6.3 item 5 makes both unrecoverable.
 fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
-    let mut agreed = None;
-    for element in value.split(|byte| *byte == b',') {
-        let digits = trim_whitespace(element);
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(ParseError::InvalidContentLength);
-        }
-        let length =
-            digits.iter().try_fold(0_u64, |length, digit| length.checked_mul(10)?.checked_add(u64::from(digit - b'0')));
-        let length = length.ok_or(ParseError::InvalidContentLength)?;
-        match agreed {
-            Some(previous) if previous != length => return Err(ParseError::ConflictingContentLength),
-            _ => agreed = Some(length),
-        }
+    if value.contains(&b',') {
+        return Err(ParseError::MultipleContentLengths);
     }
-    agreed.ok_or(ParseError::InvalidContentLength)
+    let digits = trim_whitespace(value);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::InvalidContentLength);
+    }
+    let length =
+        digits.iter().try_fold(0_u64, |length, digit| length.checked_mul(10)?.checked_add(u64::from(digit - b'0')));
+    length.ok_or(ParseError::InvalidContentLength)
 }
 
 /// The non-empty elements of a comma-separated field value, without optional whitespace.
@@ -323,23 +335,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_length_accepts_digits_and_identical_lists() {
-        // A proxy may merge repeated identical fields into a list; refusing them breaks honest
-        // clients, accepting differing ones enables smuggling.
+    fn content_length_accepts_one_decimal_value() {
+        // The one form every honest client sends; leading zeros and surrounding whitespace are
+        // still that form.
         assert_eq!(parse_content_length(b"42"), Ok(42));
         assert_eq!(parse_content_length(b"0042"), Ok(42));
-        assert_eq!(parse_content_length(b"42, 42 ,42"), Ok(42));
+        assert_eq!(parse_content_length(b" 42\t"), Ok(42));
         assert_eq!(parse_content_length(b"18446744073709551615"), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn content_length_lists_are_refused_even_when_identical() {
+        // RFC 9112 §6.3 would let `1000,1000` pass as 1000; a front proxy that reads it
+        // otherwise is a request-smuggling desync, so every list is refused.
+        for value in [&b"1000,1000"[..], b"42, 42 ,42", b"1, 2", b"0,0", b"1,", b",1", b","] {
+            assert_eq!(parse_content_length(value), Err(ParseError::MultipleContentLengths), "{value:?}");
+        }
     }
 
     #[test]
     fn content_length_rejects_everything_else() {
         // Every lenient reading of a length is a way for two parsers to disagree on framing.
-        for value in [&b""[..], b" ", b"+1", b"-1", b"1 2", b"0x10", b"1,", b",1", b"1e3", b"4 2"] {
+        for value in [&b""[..], b" ", b"+1", b"-1", b"1 2", b"0x10", b"1e3", b"4 2", b"1_0", b"\xd9\xa1"] {
             assert_eq!(parse_content_length(value), Err(ParseError::InvalidContentLength), "{value:?}");
         }
         assert_eq!(parse_content_length(b"18446744073709551616"), Err(ParseError::InvalidContentLength));
-        assert_eq!(parse_content_length(b"1, 2"), Err(ParseError::ConflictingContentLength));
+    }
+
+    #[test]
+    fn a_repeated_content_length_line_is_refused_even_when_identical() {
+        // Two field lines are a list spelt differently; a proxy may keep either one.
+        let mut scan = FieldScan::default();
+        assert_eq!(scan.record("Content-Length", b"5"), Ok(()));
+        assert_eq!(scan.record("content-length", b"5"), Err(ParseError::MultipleContentLengths));
+        let mut scan = FieldScan::default();
+        assert_eq!(scan.record("Content-Length", b"5"), Ok(()));
+        assert_eq!(scan.record("CONTENT-LENGTH", b"6"), Err(ParseError::MultipleContentLengths));
     }
 
     #[test]

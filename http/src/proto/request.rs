@@ -502,16 +502,33 @@ Authorization: Bearer token\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n{}";
     }
 
     #[test]
-    fn framing_accepts_chunked_and_identical_lengths() {
-        // Honest clients and merging proxies produce these; refusing them would be a false 400.
+    fn framing_accepts_chunked_and_single_lengths() {
+        // Honest clients send these; refusing them would be a false 400.
         let chunked = complete(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n").0;
         assert_eq!(chunked.framing, BodyFraming::Chunked);
-        let repeated = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\ncontent-length: 7, 7\r\n\r\n").0;
-        assert_eq!(repeated.framing, BodyFraming::Length(7));
+        let single = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n").0;
+        assert_eq!(single.framing, BodyFraming::Length(7));
         let zero = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").0;
         assert_eq!(zero.framing, BodyFraming::Empty);
         let at_limit = complete(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n").0;
         assert_eq!(at_limit.framing, BodyFraming::Length(10_485_760));
+    }
+
+    #[test]
+    fn identical_content_lengths_are_refused_as_a_list_or_as_lines() {
+        // RFC 9112 §6.3 allows `1000,1000` to pass as 1000, but a proxy in front may frame the
+        // request otherwise (request smuggling); both spellings answer 400 E1005 and close.
+        for request in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000,1000\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\ncontent-length: 7\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\ncontent-length: 7, 7\r\n\r\n",
+            b"POST / HTTP/1.0\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let error = parse(request);
+            assert_eq!(error, Err(ParseError::MultipleContentLengths), "{:?}", String::from_utf8_lossy(request));
+            let Err(error) = error else { continue };
+            assert_eq!((error.status(), error.code(), error.closes_connection()), (400, "E1005", true));
+        }
     }
 
     #[test]

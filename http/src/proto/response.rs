@@ -1,6 +1,7 @@
 //! Response serialisation: HTTP/1.1 status line, headers and body into a caller-owned buffer,
 //! so a connection reuses one write buffer and allocates nothing per response.
 
+use super::date::ImfFixdate;
 use super::error::ParseError;
 use super::request::Method;
 
@@ -34,54 +35,84 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Appends a complete HTTP/1.1 response to `out`.
-///
-/// Writes the status line, `Content-Type` when given, `extra_headers` in order,
-/// `Content-Length`, an explicit `Connection: keep-alive` or `Connection: close`, and the body.
-/// The Connection header is always sent because the head does not know the request's version
-/// and an HTTP/1.0 client keeps a connection only when told to (RFC 9112 §9.3). A 1xx or 204
-/// response carries neither Content-Length nor a body (RFC 9110 §8.6, §15.3.5). Header names
-/// and values are the server's own; one holding CR or LF is dropped rather than let it split
-/// the response. A `Date` header, if wanted, comes through `extra_headers`: this module does not
-/// read the clock.
+/// Appends a complete HTTP/1.1 response to `out`: [`write_response_head`], then the body unless
+/// the status carries none.
 pub fn write_response(
     out: &mut Vec<u8>,
     status: u16,
+    date: Option<&ImfFixdate>,
     extra_headers: &[(&str, &str)],
     content_type: Option<&str>,
     body: &[u8],
     keep_alive: bool,
 ) {
-    debug_assert!((100..=999).contains(&status), "status {status} is not three digits");
-    let bodyless = status < 200 || status == 204;
+    let bodyless = is_bodyless(status);
     debug_assert!(!bodyless || body.is_empty(), "status {status} cannot carry a body");
+    write_response_head(out, status, date, extra_headers, content_type, body.len(), keep_alive);
+    if !bodyless {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends the status line and header section of a response whose content is
+/// `content_length` bytes, and nothing after the empty line that ends them. That is the whole
+/// answer to a `HEAD` request: RFC 9110 §9.3.2 asks for the header fields a `GET` would get,
+/// `Content-Length` included, and no content (RFC 9112 §6.3 item 1: the client knows none
+/// follows).
+///
+/// Writes the status line, `Date` when given, `Content-Type` when given, `extra_headers` in
+/// order, `Content-Length`, an explicit `Connection: keep-alive` or `Connection: close`, and
+/// the empty line. The Connection header is always sent because the head does not know the
+/// request's version and an HTTP/1.0 client keeps a connection only when told to (RFC 9112
+/// §9.3). A 1xx or 204 response carries no Content-Length (RFC 9110 §8.6, §15.3.5). Header
+/// names and values are the server's own; one holding CR or LF is dropped rather than let it
+/// split the response. This module does not read the clock: the caller passes the `Date`
+/// (RFC 9110 §6.6.1: an origin server with a clock MUST send it on 2xx, 3xx and 4xx answers).
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    date: Option<&ImfFixdate>,
+    extra_headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    content_length: usize,
+    keep_alive: bool,
+) {
+    debug_assert!((100..=999).contains(&status), "status {status} is not three digits");
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(date) = date {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(content_type) = content_type {
         push_header(out, "Content-Type", content_type);
     }
     for (name, value) in extra_headers {
         push_header(out, name, value);
     }
-    if !bodyless {
+    if !is_bodyless(status) {
         out.extend_from_slice(b"Content-Length: ");
-        push_decimal(out, u64::try_from(body.len()).unwrap_or(u64::MAX));
+        push_decimal(out, u64::try_from(content_length).unwrap_or(u64::MAX));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
     out.extend_from_slice(b"\r\n");
-    if !bodyless {
-        out.extend_from_slice(body);
-    }
+}
+
+/// Whether a response with `status` has no content by definition (RFC 9110 §15.2, §15.3.5).
+fn is_bodyless(status: u16) -> bool {
+    status < 200 || status == 204
 }
 
 /// Appends the error response for `error`: its status, the JSON error body with its code and
 /// message, and `Connection: close` when the error loses the framing. A 405 lists the methods
-/// the parser accepts in `Allow`, which RFC 9110 §15.5.6 requires.
-pub fn write_error_response(out: &mut Vec<u8>, error: &ParseError) {
+/// the parser accepts in `Allow`, which RFC 9110 §15.5.6 requires. `date` as for
+/// [`write_response_head`].
+pub fn write_error_response(out: &mut Vec<u8>, error: &ParseError, date: Option<&ImfFixdate>) {
     let body = error_body(error.code(), &error.message());
     let allow;
     let extra_headers: &[(&str, &str)] = if error.status() == 405 {
@@ -90,7 +121,8 @@ pub fn write_error_response(out: &mut Vec<u8>, error: &ParseError) {
     } else {
         &[]
     };
-    write_response(out, error.status(), extra_headers, Some("application/json"), &body, !error.closes_connection());
+    let keep_alive = !error.closes_connection();
+    write_response(out, error.status(), date, extra_headers, Some("application/json"), &body, keep_alive);
 }
 
 /// The JSON error body of the external contract: `{"error":{"code":"E1002","message":"…"}}`,
@@ -170,8 +202,44 @@ mod tests {
         keep_alive: bool,
     ) -> String {
         let mut out = Vec::new();
-        write_response(&mut out, status, extra_headers, content_type, body, keep_alive);
+        write_response(&mut out, status, None, extra_headers, content_type, body, keep_alive);
         String::from_utf8(out).unwrap()
+    }
+
+    const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    fn date() -> ImfFixdate {
+        ImfFixdate::from_unix_seconds(784_111_777)
+    }
+
+    #[test]
+    fn date_follows_the_status_line() {
+        // RFC 9110 §6.6.1: an origin server with a clock sends Date; caches and clients compute
+        // ages from it, so it must be there and be exactly the IMF-fixdate given.
+        let mut out = Vec::new();
+        write_response(&mut out, 200, Some(&date()), &[("X-A", "1")], Some("text/plain"), b"hi", true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "HTTP/1.1 200 OK\r\nDate: {DATE}\r\nContent-Type: text/plain\r\nX-A: 1\r\nContent-Length: 2\r\n\
+Connection: keep-alive\r\n\r\nhi"
+            )
+        );
+    }
+
+    #[test]
+    fn head_of_a_response_announces_the_length_and_stops_at_the_empty_line() {
+        // The answer to HEAD: a client reads the header section, knows no content follows, and
+        // reads the next response right after it; one stray byte would desynchronise it.
+        let mut whole = Vec::new();
+        write_response(&mut whole, 200, Some(&date()), &[], Some("application/json"), b"{\"a\":1}", true);
+        let mut head = Vec::new();
+        write_response_head(&mut head, 200, Some(&date()), &[], Some("application/json"), 7, true);
+        assert!(head.ends_with(b"Content-Length: 7\r\nConnection: keep-alive\r\n\r\n"));
+        assert_eq!([head.as_slice(), b"{\"a\":1}"].concat(), whole);
+        let mut no_content = Vec::new();
+        write_response_head(&mut no_content, 204, None, &[], None, 0, false);
+        assert_eq!(no_content, b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
     }
 
     #[test]
@@ -247,13 +315,18 @@ Connection: keep-alive\r\n\r\n{\"event_id\":\"evt_1\",\"status\":\"received\"}"
     fn parse_errors_become_closing_json_responses() {
         // The connection loop answers every parse error through this one path.
         let mut out = Vec::new();
-        write_error_response(&mut out, &ParseError::PayloadTooLarge { limit_bytes: 10 });
+        write_error_response(&mut out, &ParseError::PayloadTooLarge { limit_bytes: 10 }, Some(&date()));
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"));
+        assert!(
+            text.starts_with(&format!(
+                "HTTP/1.1 413 Content Too Large\r\nDate: {DATE}\r\nContent-Type: application/json\r\n"
+            )),
+            "{text}"
+        );
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.ends_with(r#"{"error":{"code":"E1002","message":"payload is larger than 10 bytes"}}"#));
         let mut out = Vec::new();
-        write_error_response(&mut out, &ParseError::UnsupportedMethod);
+        write_error_response(&mut out, &ParseError::UnsupportedMethod, None);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"), "{text}");
     }

@@ -18,6 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::date;
 use super::shutdown::Shutdown;
 use super::tasks::{race, Either};
 use super::{Handler, Request, Response, ServerConfig};
@@ -222,7 +223,7 @@ impl<S: Transport, H: Handler> Connection<S, H> {
     async fn answer_parse_error(&mut self, error: &ParseError) -> Ending {
         tracing::debug!(peer = %self.peer, %error, "refusing a request");
         self.handler.on_refused(error.status(), error.code());
-        write_error_response(&mut self.write_buffer, error);
+        write_error_response(&mut self.write_buffer, error, date::now().as_ref());
         if let Err(ending) = self.flush().await {
             return ending;
         }

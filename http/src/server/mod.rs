@@ -7,6 +7,7 @@
 //! within [`limits::SHUTDOWN_DRAIN_TIMEOUT_MS`], then drops whatever is left.
 
 mod connection;
+mod date;
 mod shutdown;
 mod tasks;
 mod tls;
@@ -30,7 +31,7 @@ use tasks::{race, Either, TaskCount};
 use tls::handshake;
 
 use crate::limits::{self, Limits};
-use crate::proto::{error_body, write_response, RequestHead};
+use crate::proto::{error_body, write_response, write_response_head, RequestHead};
 
 /// A complete request handed to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,8 @@ pub struct Request {
     pub peer: SocketAddr,
 }
 
-/// What the application answers. The server adds `Content-Length` and `Connection`.
+/// What the application answers. The server adds `Date`, `Content-Length` and `Connection`, and
+/// leaves the body out when the request was `HEAD`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code, 200 to 599.
@@ -85,14 +87,18 @@ impl Response {
         self
     }
 
-    /// Appends the response to `out`. For a `HEAD` request (`head_only`) the body is left out
-    /// but its `Content-Length` is kept, as RFC 9110 §9.3.2 asks.
+    /// Appends the response to `out`, with the current `Date`. For a `HEAD` request
+    /// (`head_only`) the body is left out but its `Content-Length` is kept, as RFC 9110 §9.3.2
+    /// asks: the same header fields a `GET` gets, and no content.
     fn encode(&self, out: &mut Vec<u8>, head_only: bool, keep_alive: bool) {
+        let date = date::now();
+        // Allocates only when there are extra headers (errors, metrics), never for a plain 202.
         let headers: Vec<(&str, &str)> = self.headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
-        write_response(out, self.status, &headers, self.content_type, &self.body, keep_alive);
-        // `write_response` puts the body last, and none at all for a bodyless status.
-        if head_only && !self.body.is_empty() && out.ends_with(&self.body) {
-            out.truncate(out.len() - self.body.len());
+        if head_only {
+            let length = self.body.len();
+            write_response_head(out, self.status, date.as_ref(), &headers, self.content_type, length, keep_alive);
+        } else {
+            write_response(out, self.status, date.as_ref(), &headers, self.content_type, &self.body, keep_alive);
         }
     }
 }
