@@ -307,14 +307,17 @@ fn unauthorized_answers_carry_a_bearer_challenge() {
 }
 
 // A cache between a prober or a scraper and Kapsel that kept one answer would report a stopped
-// or recovering shard as ready and counters as frozen: the live status paths say no-store, for
-// GET and HEAD alike.
+// or recovering shard as ready and counters as frozen, and an admin answer holds signing
+// secrets: these paths say no-store, for GET and HEAD alike.
 #[test]
-fn live_status_paths_are_never_stored() {
+fn live_status_and_admin_paths_are_never_stored() {
     for driver in DRIVERS {
         let (_directory, server) = start(driver);
-        for path in ["/healthz", "/readyz", "/metrics"] {
-            let (head, get) = head_then_get(server.address, path, "");
+        let token = format!("Authorization: Bearer {}\r\n", crate::common::TOKEN);
+        for (path, authorization) in
+            [("/healthz", ""), ("/readyz", ""), ("/metrics", ""), ("/admin/events", token.as_str())]
+        {
+            let (head, get) = head_then_get(server.address, path, authorization);
             assert_eq!(get.status, 200, "{driver}: GET {path}");
             for (method, response) in [("GET", &get), ("HEAD", &head)] {
                 assert_eq!(

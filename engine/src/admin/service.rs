@@ -156,12 +156,12 @@ impl kapsel_http::Handler for Service {
     async fn handle(&self, request: Request) -> Response {
         let started = std::time::Instant::now();
         let is_ingest = request.head.path.starts_with("/ingest/");
-        let path_is_live_status = is_live_status(&request.head.path);
+        let never_cache = never_cached(&request.head.path);
         let response = match self.route(&request.head) {
             Ok(route) => self.dispatch(route, request).await,
             Err(error) => error.into_response(),
         };
-        let response = if path_is_live_status { no_store(response) } else { response };
+        let response = if never_cache { no_store(response) } else { response };
         if is_ingest {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             self.shard.metrics().ingest(response.status, response.code, micros);
@@ -178,14 +178,15 @@ impl kapsel_http::Handler for Service {
     }
 }
 
-/// Whether `path` reports the state of this moment: liveness, readiness, metrics.
-fn is_live_status(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+/// Whether `path`'s answers must never be kept by a cache: liveness, readiness and metrics
+/// report the state of this moment, and admin answers carry live state and signing secrets.
+fn never_cached(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/admin/")
 }
 
-/// `response` marked `Cache-Control: no-store` when `path` reports the state of this moment.
+/// `response` marked `Cache-Control: no-store` when `path`'s answers must never be cached.
 fn never_stored(path: &str, response: Response) -> Response {
-    if is_live_status(path) {
+    if never_cached(path) {
         no_store(response)
     } else {
         response
