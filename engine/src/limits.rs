@@ -78,3 +78,91 @@ pub const LOG_REOPEN_BACKOFF_MIN_MS: u64 = 200;
 /// Longest pause between tries to reopen a failed log: space that came back is used within
 /// this long.
 pub const LOG_REOPEN_BACKOFF_MAX_MS: u64 = 5_000;
+
+// The Postgres index's timeouts. Every wait on Postgres is bounded by one of these, so a database
+// that is down, locked, or behind a network that silently drops packets costs the index time and
+// never hangs it: the writer gives up, drops the connection, reconnects with backoff and reads
+// what it missed back from the logs; a query that needs the index answers 503 E3001. Ingest and
+// delivery never wait on any of them.
+
+/// Longest opening an index connection may take: TCP connect, start-up, authentication and the
+/// session settings. tokio-postgres bounds only the TCP connect; a server (or a proxy, or a
+/// network) that accepts and then stays silent would hold the rest forever. Cost of a lower
+/// value: a Postgres slower than this to let a client in counts as down.
+pub const INDEX_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Longest the writer's transaction of one batch (at most 4096 rows; a few milliseconds when
+/// Postgres is healthy) may take from `BEGIN` to the answer to `COMMIT`. Past it the writer drops
+/// the connection (its state is unknown), reconnects, and reads the batch back from the logs.
+/// Cost of a lower value: a database this slow is treated as unavailable and the index lags;
+/// of a higher one: a silent network holds the writer (not ingest) this long before it notices.
+pub const INDEX_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
+
+/// The writer session's `statement_timeout`, enforced by the server: a statement waiting on a
+/// lock (an operator's `LOCK TABLE`) ends as an error on the server before the writer's own
+/// bound, so the server rolls the batch back and queues nothing behind it.
+pub const INDEX_WRITER_STATEMENT_TIMEOUT_MS: u64 = 9_000;
+
+/// The writer session's `idle_in_transaction_session_timeout`: a batch whose client went silent
+/// (the network lost in the middle of it) is ended by the server after this long, releasing its
+/// locks on the checkpoint rows the writer's next transaction takes first.
+pub const INDEX_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = INDEX_TRANSACTION_TIMEOUT_MS;
+
+/// Longest an admin query that needs the index may take, counted from when the shard hands it to
+/// the index thread: the wait for a free connection, connecting and the statements. It then
+/// answers 503 E3001. Cost of a lower value: a legitimately slow listing over a large index fails.
+pub const INDEX_QUERY_TIMEOUT_MS: u64 = 10_000;
+
+/// The query sessions' `statement_timeout`, enforced by the server, so a listing stuck on a lock
+/// is cancelled by the server itself rather than left queued behind it.
+pub const INDEX_QUERY_STATEMENT_TIMEOUT_MS: u64 = 9_000;
+
+/// Longest applying the schema migrations may take when the writer connects (they run before the
+/// session's `statement_timeout` is set: a future migration may rebuild an index).
+pub const INDEX_MIGRATION_TIMEOUT_MS: u64 = 30_000;
+
+/// TCP keepalive on every index connection, client side and (through the session settings) server
+/// side: the first probe after this much silence, then one every
+/// [`INDEX_KEEPALIVE_INTERVAL_MS`], and [`INDEX_KEEPALIVE_RETRIES`] unanswered probes close the
+/// connection (25 s in all). It finds a peer that vanished (host down, network cut) while a
+/// connection sits idle — a pooled query connection, the writer between batches — so the next use
+/// opens a fresh one instead of waiting out its timeout, and the server ends a Kapsel session that
+/// vanished. Cost: three small packets per idle connection every ten seconds.
+pub const INDEX_KEEPALIVE_IDLE_MS: u64 = 10_000;
+
+/// Interval between unanswered keepalive probes.
+pub const INDEX_KEEPALIVE_INTERVAL_MS: u64 = 5_000;
+
+/// Unanswered keepalive probes before the connection is closed.
+pub const INDEX_KEEPALIVE_RETRIES: u32 = 3;
+
+/// `TCP_USER_TIMEOUT` (Linux): data sent to Postgres and not acknowledged for this long closes the
+/// connection, which keepalive alone does not cover while data is in flight.
+pub const INDEX_TCP_USER_TIMEOUT_MS: u64 = INDEX_TRANSACTION_TIMEOUT_MS;
+
+/// `client_connection_check_interval` (server side, PostgreSQL 14 and later; skipped on older
+/// servers): how often a backend running a statement checks that its client is still there, so a
+/// statement Kapsel gave up on stops instead of holding a backend until the lock it waits on is
+/// released.
+pub const INDEX_CLIENT_CHECK_INTERVAL_MS: u64 = 1_000;
+
+/// First pause before the index writer reconnects; doubled after each failure up to
+/// [`INDEX_BACKOFF_MAX_MS`].
+pub const INDEX_BACKOFF_MIN_MS: u64 = 100;
+
+/// Longest pause between reconnections: a Postgres that came back is used within this long.
+pub const INDEX_BACKOFF_MAX_MS: u64 = 5_000;
+
+/// How long a graceful shutdown may spend indexing what is left, every wait on Postgres included.
+/// A courtesy only: the checkpoint makes the next start catch up exactly. Bounded so that the
+/// shards' drain and this end well within the binary's 8 s shutdown watchdog (SIGTERM stops
+/// Kapsel within 10 s, Postgres reachable or not).
+pub const INDEX_DRAIN_AT_STOP_MS: u64 = 1_500;
+
+// The server ends a stuck statement before the client gives up on the whole transaction or query.
+const _: () = assert!(INDEX_WRITER_STATEMENT_TIMEOUT_MS < INDEX_TRANSACTION_TIMEOUT_MS);
+const _: () = assert!(INDEX_QUERY_STATEMENT_TIMEOUT_MS < INDEX_QUERY_TIMEOUT_MS);
+// A query that has to connect first still has time for its statements.
+const _: () = assert!(INDEX_CONNECT_TIMEOUT_MS < INDEX_QUERY_TIMEOUT_MS);
+// The shutdown watchdog in the binary exits at 8 s.
+const _: () = assert!(kapsel_http::limits::SHUTDOWN_DRAIN_TIMEOUT_MS + INDEX_DRAIN_AT_STOP_MS < 8_000);

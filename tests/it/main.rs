@@ -17,6 +17,7 @@ mod fuzz_corpus;
 mod hostile;
 mod http_details;
 mod index;
+mod index_chaos;
 mod index_schema;
 mod ingest;
 mod layers;

@@ -11,20 +11,30 @@
 //! transaction together with the shards' new checkpoints, so the index holds exactly the log's
 //! records: none missing, none twice.
 //!
+//! Every wait on Postgres is bounded (`crate::limits`, `INDEX_*`): opening a connection, each
+//! batch's transaction, each query, and TCP keepalive under them, so a database that is down,
+//! locked or behind a network that silently drops packets costs the index time, never a hang. A
+//! connection an operation gave up on is dropped, never reused: its state is unknown.
+//!
 //! Invariants:
 //! - A shard never blocks on the index; the index never holds a lock a shard takes.
 //! - The checkpoint of a shard is the LSN of the last record whose rows are committed.
-//! - Queries that need Postgres while it is unreachable answer 503 E3001; nothing else does.
+//! - Queries that need Postgres while it is unreachable answer 503 E3001 within
+//!   `INDEX_QUERY_TIMEOUT_MS` of being asked; nothing else does.
+//! - [`Index::stop`] returns within `INDEX_DRAIN_AT_STOP_MS` (and a little), Postgres reachable or
+//!   not.
 
 pub mod query;
 pub mod rows;
 pub mod schema;
+mod session;
 mod writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 pub use rows::{Change, Row};
@@ -75,7 +85,10 @@ pub struct IndexStatus {
     shards: Vec<ShardProgress>,
     connected: AtomicBool,
     diverged: AtomicBool,
-    stop: AtomicBool,
+    /// Set once by [`Index::stop`]: when the writer must be done.
+    stop_deadline: OnceLock<Instant>,
+    /// Wakes the index thread's waits when [`Index::stop`] is called.
+    stop_signal: tokio::sync::Notify,
     rows_indexed: AtomicU64,
     /// Times the writer looked for work (it writes nothing when diverged, and tests wait for it
     /// to have looked).
@@ -88,9 +101,38 @@ impl IndexStatus {
             shards: (0..shards).map(|_| ShardProgress::default()).collect(),
             connected: AtomicBool::new(false),
             diverged: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
+            stop_deadline: OnceLock::new(),
+            stop_signal: tokio::sync::Notify::new(),
             rows_indexed: AtomicU64::new(0),
             passes: AtomicU64::new(0),
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_deadline.get().is_some()
+    }
+
+    fn stop_deadline_passed(&self) -> bool {
+        self.stop_deadline.get().is_some_and(|deadline| Instant::now() >= *deadline)
+    }
+
+    /// Returns once [`Index::stop`] was called.
+    async fn stopping(&self) {
+        let notified = self.stop_signal.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check, so a stop between the check and the wait still wakes it.
+        notified.as_mut().enable();
+        if self.stop_requested() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Returns once the shutdown's deadline has passed.
+    async fn past_stop_deadline(&self) {
+        self.stopping().await;
+        if let Some(deadline) = self.stop_deadline.get() {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(*deadline)).await;
         }
     }
 
@@ -187,10 +229,12 @@ impl IndexHandle {
         &self.status
     }
 
-    /// Runs a query on the index thread.
+    /// Runs a query on the index thread; it answers within `INDEX_QUERY_TIMEOUT_MS` (503 E3001
+    /// when Postgres could not answer in time).
     pub async fn query(&self, query: query::Query) -> Result<serde_json::Value, crate::EngineError> {
         let (reply, answer) = futures_channel::oneshot::channel();
-        self.queries.try_send(query::QueryRequest { query, reply }).map_err(|error| match error {
+        let deadline = Instant::now() + Duration::from_millis(crate::limits::INDEX_QUERY_TIMEOUT_MS);
+        self.queries.try_send(query::QueryRequest { query, reply, deadline }).map_err(|error| match error {
             tokio::sync::mpsc::error::TrySendError::Full(_) => {
                 crate::EngineError::QueueFull("too many index queries waiting".into())
             }
@@ -227,10 +271,12 @@ impl Index {
         self.handle.clone()
     }
 
-    /// Indexes what the logs hold (for a bounded time) and stops the thread. Call after the
-    /// shards have stopped.
+    /// Indexes what the logs hold for at most `INDEX_DRAIN_AT_STOP_MS` (every wait on Postgres
+    /// included) and stops the thread. Call after the shards have stopped.
     pub fn stop(mut self) {
-        self.handle.status.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_millis(crate::limits::INDEX_DRAIN_AT_STOP_MS);
+        let _ = self.handle.status.stop_deadline.set(deadline);
+        self.handle.status.stop_signal.notify_waiters();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 tracing::error!("the index thread panicked");
@@ -266,4 +312,10 @@ fn run(
         writer::Writer::new(pg_config, status, changes, data_directory).run().await;
         serving.abort();
     });
+    // Tasks still running (a connection saying goodbye, a name lookup on a blocking thread) are
+    // not waited for: dropping a runtime would wait for its blocking threads without bound.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
 }
+
+/// How long the index thread's last tasks get when it stops.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(100);

@@ -1,22 +1,27 @@
 //! Admin queries served from the index: `GET /admin/events` with its filters and cursor pages,
 //! and `GET /admin/events/{id}` for events no longer in the engine's memory. Queries run on the
 //! index thread over a small pool of connections, never on the writer's.
+//!
+//! Each query has a deadline, `INDEX_QUERY_TIMEOUT_MS` after the shard asked: the wait for a
+//! free connection, connecting and the statements all count against it, and at the deadline the
+//! query answers 503 E3001. A connection a query gave up on is dropped, never reused: an answer
+//! may still be on its way, or never come.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, Row};
 
+use super::session::{describe, Role, Session};
 use crate::clock::rfc3339;
 use crate::error::EngineError;
+use crate::limits::INDEX_QUERY_TIMEOUT_MS;
 use crate::model::ids::EventId;
 use crate::model::query::EventQuery;
-
-/// Longest a query (connecting included) may take before it answers E3001.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a shard asks the index.
 #[derive(Clone, Debug)]
@@ -33,12 +38,14 @@ pub struct QueryRequest {
     pub query: Query,
     /// The answer: JSON, or the error to answer with.
     pub reply: futures_channel::oneshot::Sender<Result<Value, EngineError>>,
+    /// When the query must have answered (503 E3001 if Postgres has not by then).
+    pub deadline: std::time::Instant,
 }
 
 /// Connections for queries, opened on first use and again after a failure.
 pub struct Pool {
     config: Config,
-    slots: Vec<Mutex<Option<Client>>>,
+    slots: Vec<Mutex<Option<Session>>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -48,51 +55,88 @@ impl Pool {
         Self { config, slots: (0..size).map(|_| Mutex::new(None)).collect(), next: Default::default() }
     }
 
-    async fn run(&self, query: Query) -> Result<Value, EngineError> {
-        let index = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.slots.len().max(1);
-        let Some(slot) = self.slots.get(index) else {
-            return Err(EngineError::IndexUnavailable("no connections configured".into()));
+    async fn run(&self, query: Query, deadline: Instant) -> Result<Value, EngineError> {
+        // A free slot first (the caller holds one of as many permits as there are slots).
+        let free = self.slots.iter().find_map(|slot| slot.try_lock().ok());
+        let mut slot = match free {
+            Some(slot) => slot,
+            None => {
+                let index = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.slots.len().max(1);
+                let Some(slot) = self.slots.get(index) else {
+                    return Err(EngineError::IndexUnavailable("no connections configured".into()));
+                };
+                tokio::time::timeout_at(deadline, slot.lock()).await.map_err(|_| timed_out())?
+            }
         };
-        let mut slot = slot.lock().await;
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            let mut config = self.config.clone();
-            config.connect_timeout(QUERY_TIMEOUT);
-            let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            *slot = Some(client);
+        match tokio::time::timeout_at(deadline, run_on(&self.config, &mut slot, query, deadline)).await {
+            Ok(outcome) => {
+                if outcome.is_err() && slot.as_ref().is_some_and(Session::is_closed) {
+                    *slot = None;
+                }
+                outcome
+            }
+            Err(_) => {
+                // Its state is unknown: an answer may still come, or never.
+                *slot = None;
+                Err(timed_out())
+            }
         }
-        let Some(client) = slot.as_ref() else {
-            return Err(EngineError::IndexUnavailable("no connection".into()));
-        };
-        let outcome = match query {
-            Query::List(query) => list(client, &query).await,
-            Query::Get(event_id) => get(client, event_id).await,
-        };
-        if outcome.is_err() && client.is_closed() {
-            *slot = None;
-        }
-        outcome.map_err(unavailable)
     }
 }
 
+/// Opens the slot's connection if it has none, then runs the query on it.
+async fn run_on(
+    config: &Config,
+    slot: &mut Option<Session>,
+    query: Query,
+    deadline: Instant,
+) -> Result<Value, EngineError> {
+    if slot.as_ref().is_none_or(Session::is_closed) {
+        *slot = None;
+        let session = Session::open(config, Role::Query, deadline.saturating_duration_since(Instant::now()))
+            .await
+            .map_err(EngineError::IndexUnavailable)?;
+        session.apply_settings(Role::Query).await.map_err(unavailable)?;
+        *slot = Some(session);
+    }
+    let Some(session) = slot.as_ref() else {
+        return Err(EngineError::IndexUnavailable("no connection".into()));
+    };
+    match query {
+        Query::List(query) => list(&session.client, &query).await,
+        Query::Get(event_id) => get(&session.client, event_id).await,
+    }
+    .map_err(unavailable)
+}
+
 fn unavailable(error: tokio_postgres::Error) -> EngineError {
-    EngineError::IndexUnavailable(super::writer::describe(&error))
+    EngineError::IndexUnavailable(describe(&error))
+}
+
+fn timed_out() -> EngineError {
+    EngineError::IndexUnavailable(format!(
+        "the index did not answer within {INDEX_QUERY_TIMEOUT_MS} ms (Postgres unreachable, or a lock held)"
+    ))
 }
 
 /// Answers queries until the shards' side is dropped; each query is its own task, as many at
-/// once as the pool has connections.
+/// once as the pool has connections, each answered by its deadline.
 pub async fn serve(mut requests: tokio::sync::mpsc::Receiver<QueryRequest>, pool: Arc<Pool>) {
     let running = Arc::new(tokio::sync::Semaphore::new(pool.slots.len().max(1)));
     while let Some(request) = requests.recv().await {
-        let Ok(permit) = Arc::clone(&running).acquire_owned().await else { return };
+        let deadline = Instant::from_std(request.deadline);
+        // Waiting for a free connection counts against the query's time.
+        let permit = match tokio::time::timeout_at(deadline, Arc::clone(&running).acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let _ = request.reply.send(Err(timed_out()));
+                continue;
+            }
+        };
         let pool = Arc::clone(&pool);
         tokio::spawn(async move {
-            let answer = match tokio::time::timeout(QUERY_TIMEOUT, pool.run(request.query)).await {
-                Ok(answer) => answer,
-                Err(_) => Err(EngineError::IndexUnavailable("the index query timed out".into())),
-            };
+            let answer = pool.run(request.query, deadline).await;
             let _ = request.reply.send(answer);
             drop(permit);
         });

@@ -1,7 +1,13 @@
 //! The index thread's writing side: gathers changes per shard in LSN order, fills gaps from the
 //! logs, and commits batches together with the shards' checkpoints.
+//!
+//! Every wait on Postgres is bounded (`crate::limits`): opening the connection, the migrations,
+//! each batch's transaction. A batch that fails or times out drops the connection — after a
+//! timeout its state is unknown, and a silent network never answers — and the writer reconnects
+//! with backoff, re-reads the checkpoints and reads what the batch held back from the logs.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,11 +15,16 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use kapsel_wal::tail::Reader;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Config;
 
 use super::rows::{self, Change, Row};
+use super::session::{describe, Role, Session};
 use super::{schema, IndexStatus};
 use crate::clock::now_ms;
+use crate::limits::{
+    INDEX_BACKOFF_MAX_MS, INDEX_BACKOFF_MIN_MS, INDEX_CONNECT_TIMEOUT_MS, INDEX_MIGRATION_TIMEOUT_MS,
+    INDEX_TRANSACTION_TIMEOUT_MS,
+};
 use crate::model::records::Record;
 
 /// Rows per transaction.
@@ -23,13 +34,11 @@ const PENDING_PER_SHARD_MAX: usize = 32_768;
 /// Pause between rounds while changes flow, and while idle.
 const TICK_BUSY: Duration = Duration::from_millis(10);
 const TICK_IDLE: Duration = Duration::from_millis(100);
-/// Reconnection backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Longest a connection attempt or a batch's transaction may take.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a shutdown may spend indexing what is left.
-const DRAIN_AT_STOP: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(INDEX_BACKOFF_MIN_MS);
+const BACKOFF_MAX: Duration = Duration::from_millis(INDEX_BACKOFF_MAX_MS);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(INDEX_CONNECT_TIMEOUT_MS);
+const MIGRATION_TIMEOUT: Duration = Duration::from_millis(INDEX_MIGRATION_TIMEOUT_MS);
+const TRANSACTION_TIMEOUT: Duration = Duration::from_millis(INDEX_TRANSACTION_TIMEOUT_MS);
 
 struct ShardCursor {
     /// The next LSN to put in a batch.
@@ -46,7 +55,7 @@ pub(super) struct Writer {
     status: Arc<IndexStatus>,
     changes: Receiver<Change>,
     shards: Vec<ShardCursor>,
-    client: Option<Client>,
+    session: Option<Session>,
     /// The last problem logged, so each state change is logged once.
     last_problem: Option<String>,
 }
@@ -61,32 +70,31 @@ impl Writer {
                 directory: data.join("wal").join(format!("shard-{index}")),
             })
             .collect();
-        Self { config, status, changes, shards, client: None, last_problem: None }
+        Self { config, status, changes, shards, session: None, last_problem: None }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.session.as_ref().is_some_and(|session| !session.is_closed())
     }
 
     pub(super) async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
-        let mut stop_deadline = None;
         loop {
-            if self.status.stop.load(Ordering::Acquire) {
-                if self.client.as_ref().is_none_or(Client::is_closed) {
-                    break;
-                }
-                let deadline = *stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_AT_STOP);
-                if self.status.lag_records() == 0 || tokio::time::Instant::now() >= deadline {
-                    break;
-                }
+            // At a shutdown: index what is left while connected, until the deadline.
+            if self.status.stop_requested()
+                && (!self.is_connected() || self.status.lag_records() == 0 || self.status.stop_deadline_passed())
+            {
+                break;
             }
-            if self.client.as_ref().is_none_or(Client::is_closed) {
-                self.status.connected.store(false, Ordering::Release);
-                self.client = None;
+            if !self.is_connected() {
+                self.disconnect();
                 match self.connect().await {
                     Ok(()) => backoff = BACKOFF_MIN,
                     Err(problem) => {
                         self.problem(problem);
                         self.drain_channel();
                         self.track_lag();
-                        tokio::time::sleep(backoff).await;
+                        self.pause(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue;
                     }
@@ -97,7 +105,7 @@ impl Writer {
             self.track_lag();
             if batch.is_empty() {
                 let quiet = self.status.lag_records() == 0;
-                tokio::time::sleep(if quiet { TICK_IDLE } else { TICK_BUSY }).await;
+                self.pause(if quiet { TICK_IDLE } else { TICK_BUSY }).await;
                 continue;
             }
             match self.commit(&batch).await {
@@ -113,18 +121,33 @@ impl Writer {
                 }
                 Err(problem) => {
                     self.problem(problem);
-                    // What the batch held comes back from the logs.
+                    // The connection's state is unknown; what the batch held comes back from the
+                    // logs, from the checkpoints read again on connecting.
+                    self.disconnect();
                     for (index, cursor) in self.shards.iter_mut().enumerate() {
                         cursor.next = self.status.shards[index].indexed() + 1;
                         cursor.reader = None;
                     }
-                    self.client = None;
-                    tokio::time::sleep(backoff).await;
+                    self.pause(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
         tracing::info!(lag_records = self.status.lag_records(), "index stopped");
+    }
+
+    /// Drops the connection (its task is aborted if it does not close promptly).
+    fn disconnect(&mut self) {
+        self.session = None;
+        self.status.connected.store(false, Ordering::Release);
+    }
+
+    /// Sleeps for `pause`, or until a shutdown begins.
+    async fn pause(&self, pause: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = self.status.stopping() => {}
+        }
     }
 
     /// Logs a problem once, until things change.
@@ -135,29 +158,33 @@ impl Writer {
         }
     }
 
+    /// Opens the connection, applies migrations and the session's settings, and reads the
+    /// checkpoints; each step bounded, and given up when a shutdown begins.
     async fn connect(&mut self) -> Result<(), String> {
-        let mut config = self.config.clone();
-        config.connect_timeout(STATEMENT_TIMEOUT);
-        let (mut client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|error| format!("connecting to the index database: {}", describe(&error)))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "index connection closed");
+        let status = Arc::clone(&self.status);
+        let connecting = async {
+            let mut session = Session::open(&self.config, Role::Writer, CONNECT_TIMEOUT).await?;
+            let applied = tokio::time::timeout(MIGRATION_TIMEOUT, schema::migrate(&mut session.client))
+                .await
+                .map_err(|_| format!("applying index migrations timed out after {} ms", MIGRATION_TIMEOUT.as_millis()))?
+                .map_err(|error| format!("applying index migrations: {}", describe(&error)))?;
+            if !applied.is_empty() {
+                tracing::info!(versions = ?applied, "index schema migrated");
             }
-        });
-        let applied = tokio::time::timeout(STATEMENT_TIMEOUT, schema::migrate(&mut client))
-            .await
-            .map_err(|_| "applying index migrations timed out".to_string())?
-            .map_err(|error| format!("applying index migrations: {}", describe(&error)))?;
-        if !applied.is_empty() {
-            tracing::info!(versions = ?applied, "index schema migrated");
-        }
-        let rows = client
-            .query("SELECT shard, lsn FROM checkpoints", &[])
-            .await
-            .map_err(|error| format!("reading index checkpoints: {}", describe(&error)))?;
+            let ready = async {
+                session.apply_settings(Role::Writer).await?;
+                session.client.query("SELECT shard, lsn FROM checkpoints", &[]).await
+            };
+            let rows = tokio::time::timeout(CONNECT_TIMEOUT, ready)
+                .await
+                .map_err(|_| format!("reading index checkpoints timed out after {} ms", CONNECT_TIMEOUT.as_millis()))?
+                .map_err(|error| format!("reading index checkpoints: {}", describe(&error)))?;
+            Ok::<_, String>((session, rows))
+        };
+        let (session, rows) = tokio::select! {
+            outcome = connecting => outcome?,
+            () = status.stopping() => return Err("shutting down".into()),
+        };
         let mut checkpoints = vec![0u64; self.shards.len()];
         for row in rows {
             let (shard, lsn): (i32, i64) = (row.get(0), row.get(1));
@@ -171,7 +198,7 @@ impl Writer {
             cursor.next = checkpoints[index] + 1;
             cursor.reader = None;
         }
-        self.client = Some(client);
+        self.session = Some(session);
         self.status.connected.store(true, Ordering::Release);
         if self.last_problem.take().is_some() {
             tracing::info!(lag_records = self.status.lag_records(), "index connected again; catching up");
@@ -272,19 +299,33 @@ impl Writer {
         false
     }
 
+    /// Writes `batch` and the checkpoints in one transaction, within
+    /// `INDEX_TRANSACTION_TIMEOUT_MS` and not past a shutdown's deadline.
     async fn commit(&mut self, batch: &[Change]) -> Result<(), String> {
-        let Some(client) = self.client.as_mut() else {
+        let status = Arc::clone(&self.status);
+        let Some(session) = self.session.as_mut() else {
             return Err("not connected".into());
         };
+        let mut expected: Vec<(usize, u64)> = Vec::new();
+        for change in batch {
+            if !expected.iter().any(|(shard, _)| *shard == change.shard) {
+                expected.push((change.shard, status.shards[change.shard].indexed()));
+            }
+        }
         let work = async {
-            let transaction = client.transaction().await?;
-            rows::write(&transaction, batch).await?;
-            transaction.commit().await
+            let transaction = session.client.transaction().await.map_err(|error| failed(&error))?;
+            verify_checkpoints(&transaction, &expected).await?;
+            rows::write(&transaction, batch).await.map_err(|error| failed(&error))?;
+            transaction.commit().await.map_err(|error| failed(&error))
         };
-        tokio::time::timeout(STATEMENT_TIMEOUT, work)
-            .await
-            .map_err(|_| "an index transaction timed out".to_string())?
-            .map_err(|error| format!("writing to the index database: {}", describe(&error)))
+        match bounded(&status, TRANSACTION_TIMEOUT, work).await {
+            Some(outcome) => outcome,
+            None if status.stop_requested() => Err("an index transaction was cut short by the shutdown".into()),
+            None => Err(format!(
+                "an index transaction timed out after {} ms (Postgres unreachable, or a lock held)",
+                TRANSACTION_TIMEOUT.as_millis()
+            )),
+        }
     }
 
     fn track_lag(&self) {
@@ -301,16 +342,46 @@ impl Writer {
     }
 }
 
-/// tokio-postgres says only "db error" or "error connecting to server"; the cause is in the
-/// database's message or the source error.
-pub(super) fn describe(error: &tokio_postgres::Error) -> String {
-    if let Some(database) = error.as_db_error() {
-        return format!("{}: {}", database.severity(), database.message());
+fn failed(error: &tokio_postgres::Error) -> String {
+    format!("writing to the index database: {}", describe(error))
+}
+
+/// Runs `work` for at most `limit` and not past a shutdown's deadline; `None` when either passed
+/// (`work` is then dropped mid-way).
+async fn bounded<T>(status: &IndexStatus, limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        outcome = tokio::time::timeout(limit, work) => outcome.ok(),
+        () = status.past_stop_deadline() => None,
     }
-    match std::error::Error::source(error) {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
+}
+
+/// Locks the checkpoint rows of the batch's shards and checks that they are where the writer
+/// left them. A transaction the writer gave up on may still have committed (its `COMMIT` was on
+/// the wire when the timeout fired), or another process may write the same index: then the
+/// batch would re-apply records under a checkpoint that moved, so it is refused, and the writer
+/// reconnects and starts again from the checkpoints as they are.
+async fn verify_checkpoints(
+    transaction: &tokio_postgres::Transaction<'_>,
+    expected: &[(usize, u64)],
+) -> Result<(), String> {
+    let shards: Vec<i32> = expected.iter().map(|(shard, _)| i32::try_from(*shard).unwrap_or(i32::MAX)).collect();
+    let rows = transaction
+        .query("SELECT shard, lsn FROM checkpoints WHERE shard = ANY($1) FOR UPDATE", &[&shards])
+        .await
+        .map_err(|error| failed(&error))?;
+    for (shard, lsn) in expected {
+        let found = rows
+            .iter()
+            .find(|row| usize::try_from(row.get::<_, i32>(0)).ok() == Some(*shard))
+            .map_or(0, |row| u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
+        if found != *lsn {
+            return Err(format!(
+                "shard {shard}'s index checkpoint is {found}, not {lsn}: another transaction moved it; reading the \
+                 checkpoints again"
+            ));
+        }
     }
+    Ok(())
 }
 
 /// When the records the index needs next were removed by retention before it ever saw them
