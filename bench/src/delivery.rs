@@ -454,6 +454,7 @@ fn print_results(
             others.as_secs_f64() / delivered.window_elapsed.as_secs_f64().max(f64::EPSILON)
         })
         .chain(backlogs.iter().map(backlog::Measured::others_cores))
+        .chain(hostile.map(hostile::Measured::others_cores))
         .fold(0.0, f64::max);
     if noise > report::NOISE_CORES_MAX {
         println!("  NOISY: other processes used up to {noise:.2} cores during a measured period; compare with care");

@@ -122,6 +122,20 @@ impl Measured {
         self.beside_per_s() / self.alone_per_s().max(f64::EPSILON)
     }
 
+    /// The most cores' worth of CPU other processes used in a phase's window (the noise).
+    pub(super) fn others_cores(&self) -> f64 {
+        self.rounds.iter().flat_map(|(alone, beside)| [alone.cores().3, beside.cores().3]).fold(0.0, f64::max)
+    }
+
+    /// Kapsel's mean CPU per healthy delivery alone and beside, in microseconds: the figure
+    /// least moved by what else the machine runs.
+    fn kapsel_us_per_delivery(&self) -> (f64, f64) {
+        (
+            self.mean(|(alone, _)| alone.kapsel_us_per_delivery()),
+            self.mean(|(_, beside)| beside.kapsel_us_per_delivery()),
+        )
+    }
+
     /// The line printed when the scenario ends.
     pub(super) fn line(&self) -> String {
         format!(
@@ -444,6 +458,12 @@ pub(super) fn print_summary(measured: &Measured) {
         measured.alone_per_s(),
         limits::HOSTILE_RATE_RATIO_MIN,
         if ratio >= limits::HOSTILE_RATE_RATIO_MIN { "PASS" } else { "FAIL" },
+    );
+    let (alone_us, beside_us) = measured.kapsel_us_per_delivery();
+    println!(
+        "    Kapsel's CPU per healthy delivery {alone_us:.1} µs alone, {beside_us:.1} µs beside (+{:.0} %): \
+         what the hostile endpoints cost it, whatever else the machine runs",
+        (beside_us / alone_us.max(f64::EPSILON) - 1.0) * 100.0,
     );
 }
 
