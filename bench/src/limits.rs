@@ -176,6 +176,12 @@ pub const INDEX_SAMPLE_TIMEOUT_MS: u64 = 1_000;
 /// it the scenario is reported as not caught up and its count check fails.
 pub const INDEX_CATCH_UP_MS_MAX: u64 = 60_000;
 
+/// Index bench: rounds of the open-loop comparison of ingest with the index healthy, with
+/// PostgreSQL down for the measured period, and with it back halfway through (interleaved, so
+/// that noise spreads over all three). The healthy rounds' spread is the noise the outage's p99
+/// is judged against.
+pub const INDEX_OUTAGE_ROUNDS: usize = 3;
+
 /// Index bench: time one `psql` or `pg_ctl` command may take (connect, statement, shutdown).
 pub const POSTGRES_COMMAND_TIMEOUT_MS: u64 = 60_000;
 

@@ -19,6 +19,8 @@ pub struct Postgres {
     port: u16,
     binaries: PathBuf,
     data: tempfile::TempDir,
+    /// The server's options (`pg_ctl -o`), kept to start it again the same way.
+    options: String,
 }
 
 /// Where the server binaries are: `/usr/lib/postgresql/<version>/bin`, newest first.
@@ -78,22 +80,44 @@ impl Postgres {
             .and_then(|listener| listener.local_addr())
             .map_err(|error| format!("finding a free port: {error}"))?
             .port();
-        let postgres = Self { port, binaries, data };
-        let cluster = postgres.cluster();
+        let cluster = data.path().join("cluster").display().to_string();
         // `--no-sync` only skips initdb's own final flush of the empty cluster; the server then
         // runs with its defaults, `fsync` and `synchronous_commit` on.
-        as_postgres(&postgres.binaries, "initdb", &["-D", &cluster, "-U", "postgres", "-A", "trust", "--no-sync"])?;
+        as_postgres(&binaries, "initdb", &["-D", &cluster, "-U", "postgres", "-A", "trust", "--no-sync"])?;
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={cluster} -c synchronous_commit=on"
         );
-        let log = postgres.data.path().join("postgres.log").display().to_string();
+        let postgres = Self { port, binaries, data, options };
+        postgres.start_again()?;
+        Ok(postgres)
+    }
+
+    /// Starts the server (again, after [`Postgres::stop_immediately`]: crash recovery first).
+    ///
+    /// # Errors
+    ///
+    /// `pg_ctl start` failed or timed out.
+    pub fn start_again(&self) -> Result<(), String> {
+        let log = self.data.path().join("postgres.log").display().to_string();
         let timeout = (limits::POSTGRES_COMMAND_TIMEOUT_MS / 1000).to_string();
         as_postgres(
-            &postgres.binaries,
+            &self.binaries,
             "pg_ctl",
-            &["-D", &cluster, "-o", &options, "-l", &log, "-w", "-t", &timeout, "start"],
-        )?;
-        Ok(postgres)
+            &["-D", &self.cluster(), "-o", &self.options, "-l", &log, "-w", "-t", &timeout, "start"],
+        )
+        .map(drop)
+    }
+
+    /// Stops the server the way a crash would look to its clients: `pg_ctl stop -m immediate`
+    /// (connections cut, no checkpoint; the next start runs crash recovery). The data stays.
+    ///
+    /// # Errors
+    ///
+    /// `pg_ctl stop` failed or timed out.
+    pub fn stop_immediately(&self) -> Result<(), String> {
+        let timeout = (limits::POSTGRES_COMMAND_TIMEOUT_MS / 1000).to_string();
+        as_postgres(&self.binaries, "pg_ctl", &["-D", &self.cluster(), "-m", "immediate", "-w", "-t", &timeout, "stop"])
+            .map(drop)
     }
 
     fn cluster(&self) -> String {

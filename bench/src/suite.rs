@@ -122,7 +122,7 @@ pub(crate) struct Suite {
     pub(crate) measure: Duration,
     pub(crate) endpoints: Vec<String>,
     /// `KAPSEL_BENCH_ROUNDS`: every scenario runs this many times; the tables show the median.
-    rounds: usize,
+    pub(crate) rounds: usize,
     /// `KAPSEL_BENCH_SKIP_BUILD`: use the binaries already built (for profiling, or while
     /// the tree does not build).
     pub(crate) skip_build: bool,

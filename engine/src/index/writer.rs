@@ -142,8 +142,12 @@ impl Writer {
         self.status.connected.store(false, Ordering::Release);
     }
 
-    /// Sleeps for `pause`, or until a shutdown begins.
+    /// Sleeps for `pause`, or until a shutdown begins (during one, at most a busy tick).
     async fn pause(&self, pause: Duration) {
+        if self.status.stop_requested() {
+            tokio::time::sleep(pause.min(TICK_BUSY)).await;
+            return;
+        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = self.status.stopping() => {}
