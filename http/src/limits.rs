@@ -201,11 +201,13 @@ pub const RESPONSE_BODY_EXCERPT_BYTES_MAX: usize = 1024;
 pub const RESPONSE_BODY_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Pause before each read of a response body past [`RESPONSE_BODY_BYTES_MAX`]. One read takes
-/// at most the read buffer (about [`READ_CHUNK_BYTES`]), so such a body is read at about 2 MB/s
-/// per attempt: a 2 MiB answer still completes in half a second, while an endless one costs
-/// the shard about a hundred small reads a second instead of a core (a read that is always
-/// ready never yields on the epoll driver), and its sender waits on TCP flow control.
-pub const RESPONSE_BODY_DRAIN_PAUSE_MS: u64 = 10;
+/// at most the read buffer (about [`READ_CHUNK_BYTES`]), so such a body is read at about
+/// 400 KB/s per attempt: a 2 MiB answer (rare from a webhook receiver) still completes in about
+/// three seconds, while an endless one costs the shard twenty small reads a second, a few MB
+/// over a default timeout, instead of a core (a read that is always ready never yields on the
+/// epoll driver), and its sender waits on TCP flow control. (At 10 ms, about 2 MB/s, an
+/// endless destination with its 16 attempts in flight would take up to 32 MB/s off its shard.)
+pub const RESPONSE_BODY_DRAIN_PAUSE_MS: u64 = 50;
 
 /// Default idle connections kept per destination (`ClientConfig::idle_connections_per_destination_max`):
 /// enough for the concurrent deliveries of several endpoints (16 in flight each by default)
