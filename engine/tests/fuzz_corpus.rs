@@ -8,44 +8,15 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::path::{Path, PathBuf};
+#[path = "../../fuzz/harness/replay.rs"]
+#[allow(dead_code)]
+mod replay;
+
+use replay::{fuzz_directory, replay};
 
 use kapsel_engine::breaker::BreakerSnapshot;
 use kapsel_engine::endpoint::EndpointInput;
 use kapsel_engine::snapshot::{self, Snapshot};
-
-fn fuzz_directory() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// Every committed input of `target`: its corpus and its crash inputs, in name order.
-fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    for folder in ["corpus", "artifacts"] {
-        let Ok(entries) = std::fs::read_dir(fuzz_directory().join(folder).join(target)) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                found.push((path.clone(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// Runs `check` on every input of `target`, naming the input that fails.
-fn replay(target: &str, check: fn(&[u8])) {
-    let inputs = inputs(target);
-    assert!(!inputs.is_empty(), "no committed inputs for {target}");
-    for (path, bytes) in inputs {
-        if std::panic::catch_unwind(|| check(&bytes)).is_err() {
-            panic!("{} fails (replay it with cargo fuzz run -s none -a {target} {})", path.display(), path.display());
-        }
-    }
-}
 
 // A damaged or hand-edited snapshot file must be refused or read back exactly, never crash the
 // shard at start.

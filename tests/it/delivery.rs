@@ -3,7 +3,7 @@
 //! SSRF refusal and the admin redrive API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common::{self, create, ingest, metric};
+use crate::common::{self, create, ingest, metric, wait_event};
 
 use std::time::{Duration, Instant};
 
@@ -13,19 +13,6 @@ use common::Server;
 use hmac::Mac as _;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Polls the admin API until the event satisfies `condition` (state changes have no push API).
-fn wait_event(server: &Server, event_id: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let event = server.admin("GET", &format!("/admin/events/{event_id}"), "").json();
-        if condition(&event) {
-            return event;
-        }
-        assert!(Instant::now() < deadline, "event never reached the expected state: {event}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn wait_endpoint(server: &Server, id: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + WAIT;

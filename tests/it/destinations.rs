@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::hostile::{kapsel_pid, rss_bytes, BadPki, Behaviour, Hostile};
 use crate::common::sink::{Reply, Sink};
-use crate::common::{self, create, ingest, Server, WAIT};
+use crate::common::{self, create, ingest, wait_event, Server, WAIT};
 
 /// Every endpoint here shares the one shard with the healthy endpoint.
 const ONE_SHARD: (&str, &str) = ("KAPSEL_SHARDS", "1");
@@ -36,23 +36,6 @@ fn hostile_endpoint(url: &str, timeout_ms: u64, max_attempts: u32) -> String {
     format!(
         r#"{{"url":"{url}","timeout_ms":{timeout_ms},"retry":{{"initial_delay_ms":100,"multiplier":1,"jitter":0,"max_attempts":{max_attempts}}},"circuit":{{"consecutive_failures":1000,"failure_rate":1.0,"window":1000}}}}"#
     )
-}
-
-/// Polls the admin API until the event satisfies `condition`.
-fn wait_event(
-    server: &Server,
-    event_id: &str,
-    mut condition: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let event = server.admin("GET", &format!("/admin/events/{event_id}"), "").json();
-        if condition(&event) {
-            return event;
-        }
-        assert!(Instant::now() < deadline, "event never reached the expected state: {event}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until the event is `failed` and checks that it got `attempts` attempts, each failed

@@ -110,9 +110,7 @@ fn logs_carry_ids_and_trace_but_never_payloads_or_secrets() {
     let delivered = sink.wait_for("the delivery", Duration::from_secs(20), |received| !received.is_empty());
     assert_eq!(&delivered[0].header("traceparent").unwrap()[..35], &traceparent[..35]);
     // The attempt's line is logged once its outcome is recorded, a moment after the sink answered.
-    wait_until("the delivery recorded", || {
-        server.admin("GET", &format!("/admin/events/{event_id}"), "").json()["status"] == "delivered"
-    });
+    common::wait_event(&server, &event_id, |event| event["status"] == "delivered");
     assert_eq!(server.stop(), 0);
     let text = std::fs::read_to_string(&log).unwrap();
     let trace_id = &traceparent[3..35];

@@ -9,42 +9,15 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::path::{Path, PathBuf};
+#[path = "../../fuzz/harness/replay.rs"]
+#[allow(dead_code)]
+mod replay;
+
+use std::path::Path;
+
+use replay::{fuzz_directory, replay};
 
 use kapsel_wal::{IoBackend, Options, Wal};
-
-fn fuzz_directory() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// Every committed input of `target`: its corpus and its crash inputs, in name order.
-fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    for folder in ["corpus", "artifacts"] {
-        let Ok(entries) = std::fs::read_dir(fuzz_directory().join(folder).join(target)) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                found.push((path.clone(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// Runs `check` on every input of `target`, naming the input that fails.
-fn replay(target: &str, check: fn(&[u8])) {
-    let inputs = inputs(target);
-    assert!(!inputs.is_empty(), "no committed inputs for {target}");
-    for (path, bytes) in inputs {
-        if std::panic::catch_unwind(|| check(&bytes)).is_err() {
-            panic!("{} fails (replay it with cargo fuzz run -s none -a {target} {})", path.display(), path.display());
-        }
-    }
-}
 
 // Segment, batch and frame decoding must hold their properties on every input the fuzzer kept;
 // a decoder change that breaks one on a known input fails here, not in production.

@@ -266,6 +266,24 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Polls the admin API until the event satisfies `condition` (state changes have no push
+/// API), or fails the test after [`WAIT`]; the event's JSON.
+pub fn wait_event(
+    server: &Server,
+    event_id: &str,
+    mut condition: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let event = server.admin("GET", &format!("/admin/events/{event_id}"), "").json();
+        if condition(&event) {
+            return event;
+        }
+        assert!(Instant::now() < deadline, "event never reached the expected state: {event}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Creates or replaces an endpoint; its JSON.
 pub fn create(server: &Server, id: &str, body: &str) -> serde_json::Value {
     let response = server.admin("PUT", &format!("/admin/endpoints/{id}"), body);
