@@ -381,7 +381,7 @@ impl ShardState {
             entry.ready.push_back(event_id);
             return true;
         }
-        let index = entry.ready.partition_point(|queued| place(queued) <= queued_lsn);
+        let index = queue_place(events, &entry.ready, queued_lsn);
         entry.ready.insert(index, event_id);
         if index < entry.resident {
             // The cached prefix now ends before it.
@@ -708,4 +708,10 @@ impl ShardState {
         let held = event.is_waiting() && !event.in_flight && entry.is_some_and(|entry| entry.breaker.holds(now_ms));
         Some(event_json(event_id, event, self.endpoint_of(event), held.then_some("E2005")))
     }
+}
+
+/// Where a pending event goes into its endpoint's queue: after every event queued before it
+/// (the queue is in log order of the records that queued them).
+fn queue_place(events: &EventTable, ready: &VecDeque<EventId>, queued_lsn: u64) -> usize {
+    ready.partition_point(|queued| events.get(queued).map_or(0, |event| event.queued_lsn) <= queued_lsn)
 }

@@ -494,26 +494,33 @@ impl ShardState {
         if let Some(event) = self.events.get_mut(&start.event_id) {
             debug_assert!(event.in_flight, "{} finished but not in flight", start.event_id);
             event.in_flight = false;
-            if !recorded && event.is_waiting() && delivering {
+            let (waiting, status, due, queued_lsn) =
+                (event.is_waiting(), event.status, event.next_attempt_at_ms(), event.queued_lsn);
+            // Not recorded: the event goes back to its place. Several attempts of one endpoint
+            // may come back, in any order, so its place is found by its queue position, not
+            // assumed to be the front.
+            if !recorded && waiting && delivering {
                 self.payloads.insert(start.event_id, Rc::clone(&start.payload));
-                if event.status == EventStatus::Retrying {
-                    entry.retries.insert((event.next_attempt_at_ms(), start.event_id));
+                if status == EventStatus::Retrying {
+                    entry.retries.insert((due, start.event_id));
                 } else {
-                    entry.ready.push_front(start.event_id);
+                    let index = super::queue_place(&self.events, &entry.ready, queued_lsn);
+                    debug_assert!(index <= entry.resident, "an event started from the cached prefix goes back into it");
+                    entry.ready.insert(index, start.event_id);
                     entry.resident += 1;
                 }
                 self.activate(start.slot);
                 return;
             }
-            if !recorded && event.is_waiting() {
+            if !recorded && waiting {
                 // Back in its place, its payload left to the log (nothing is delivered now).
-                let (status, due) = (event.status, event.next_attempt_at_ms());
                 self.evict_endpoint(start.slot);
                 if let Some(entry) = self.endpoints.at_mut(start.slot) {
                     if status == EventStatus::Retrying {
                         entry.retries.insert((due, start.event_id));
                     } else {
-                        entry.ready.push_front(start.event_id);
+                        let index = super::queue_place(&self.events, &entry.ready, queued_lsn);
+                        entry.ready.insert(index, start.event_id);
                     }
                 }
             }
