@@ -42,13 +42,19 @@ pub enum HeaderName {
     WebhookTimestamp,
     /// `webhook-signature`: Standard Webhooks signatures (signed ingest).
     WebhookSignature,
-    /// `traceparent`: W3C trace context, propagated to deliveries.
+    /// `traceparent`: W3C trace context, propagated to deliveries. May be sent on several field
+    /// lines; every one is kept (see [`ApplicationHeaders::get_all`]).
     Traceparent,
+    /// `tracestate`: W3C trace context vendor entries, a list that may be split over several
+    /// field lines; every one is kept (see [`ApplicationHeaders::get_all`]).
+    Tracestate,
+    /// `x-event-type`: the event's type, which subscriptions route on.
+    EventType,
 }
 
 impl HeaderName {
     /// Every variant, in a fixed order.
-    pub const ALL: [HeaderName; 7] = [
+    pub const ALL: [HeaderName; 9] = [
         Self::ContentType,
         Self::Authorization,
         Self::IdempotencyKey,
@@ -56,6 +62,8 @@ impl HeaderName {
         Self::WebhookTimestamp,
         Self::WebhookSignature,
         Self::Traceparent,
+        Self::Tracestate,
+        Self::EventType,
     ];
 
     /// The field name in lowercase.
@@ -69,27 +77,53 @@ impl HeaderName {
             Self::WebhookTimestamp => "webhook-timestamp",
             Self::WebhookSignature => "webhook-signature",
             Self::Traceparent => "traceparent",
+            Self::Tracestate => "tracestate",
+            Self::EventType => "x-event-type",
         }
+    }
+
+    /// Whether the field may be sent on several field lines, each of which is kept. Only the
+    /// trace context fields are: RFC 9110 §5.3 lets a list such as `tracestate` be split over
+    /// lines, and a repeated `traceparent` is for the application to judge (the W3C processing
+    /// model starts a new trace), not a reason to refuse the request. Every other kept field
+    /// is a singleton.
+    #[must_use]
+    pub fn repeatable(self) -> bool {
+        matches!(self, Self::Traceparent | Self::Tracestate)
     }
 }
 
-/// The header fields of a request that the application needs, owned, each at most once. Values
-/// are the field values as sent, without surrounding whitespace. Other fields are not kept.
+/// The header fields of a request that the application needs, owned. Values are the field
+/// values as sent, without surrounding whitespace. Other fields are not kept.
+///
+/// Each field is kept at most once, except the repeatable ones ([`HeaderName::repeatable`]),
+/// which keep every field line in order. Their number is bounded by the parser's header count
+/// limit ([`crate::limits::HEADER_COUNT_MAX`]), so repetition adds no unbounded growth.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ApplicationHeaders {
-    // At most seven entries: a linear scan beats any map, and there is one allocation per
-    // field present plus this vector's.
+    // A handful of entries in practice and never more than the head's field lines: a linear
+    // scan beats any map, and there is one allocation per field line kept plus this vector's.
     entries: Vec<(HeaderName, Vec<u8>)>,
 }
 
 impl ApplicationHeaders {
-    /// The value of `name`, if the request carried it.
+    /// The value of `name`, if the request carried it; for a field sent on several lines, the
+    /// first one's.
     #[must_use]
     pub fn get(&self, name: HeaderName) -> Option<&[u8]> {
-        self.entries.iter().find(|(entry_name, _)| *entry_name == name).map(|(_, value)| value.as_slice())
+        self.get_all(name).next()
     }
 
-    /// Every kept field, in the order the request sent them.
+    /// Every value of `name`, one per field line, in the order the request sent them. Empty
+    /// when the request did not carry it; at most one value unless the field is
+    /// [`HeaderName::repeatable`]. This is how the trace context reads a `tracestate` split
+    /// over lines, or notices a `traceparent` sent twice.
+    pub fn get_all(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().filter(move |(entry_name, _)| *entry_name == name).map(|(_, value)| value.as_slice())
+    }
+
+    /// Every kept field line, in the order the request sent them; a repeatable field appears
+    /// once per line.
     pub fn iter(&self) -> impl Iterator<Item = (HeaderName, &[u8])> {
         self.entries.iter().map(|(name, value)| (*name, value.as_slice()))
     }
@@ -101,9 +135,10 @@ impl ApplicationHeaders {
     }
 
     fn insert(&mut self, name: HeaderName, value: &[u8]) -> Result<(), ParseError> {
-        // Each of these is a singleton: two idempotency keys or two Authorization fields are
-        // ambiguous, and picking one is how a proxy and a server come to disagree.
-        if self.get(name).is_some() {
+        // Every other kept field is a singleton: two idempotency keys, event types or
+        // Authorization fields are ambiguous, and picking one is how a proxy and a server come
+        // to disagree.
+        if !name.repeatable() && self.get(name).is_some() {
             return Err(ParseError::DuplicateHeader { name: name.as_str() });
         }
         self.entries.push((name, value.to_vec()));
@@ -332,6 +367,7 @@ fn trim_whitespace(value: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::request::{parse_head, Parsed};
     use super::*;
 
     #[test]
@@ -389,6 +425,81 @@ mod tests {
         assert_eq!(trim_whitespace(b" \t "), b"");
         assert_eq!(trim_whitespace(b"\t a b \t"), b"a b");
         assert_eq!(trim_whitespace(b""), b"");
+    }
+
+    /// The kept fields of a complete head, or its parse error.
+    fn head_headers(fields: &str) -> Result<ApplicationHeaders, ParseError> {
+        let request = format!("POST /ingest/ep_1 HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+        match parse_head(request.as_bytes(), &Limits::default())? {
+            Parsed::Complete { head, .. } => Ok(head.headers),
+            Parsed::Partial => Err(ParseError::InvalidHeader),
+        }
+    }
+
+    #[test]
+    fn a_repeated_traceparent_is_kept_line_by_line() {
+        // The W3C processing model answers a traceparent sent twice with a new trace, so the
+        // parser must hand both lines to the application instead of refusing the request.
+        let first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let second = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let headers = head_headers(&format!("traceparent: {first}\r\nTraceParent: {second}\r\n"));
+        let headers = headers.unwrap_or_default();
+        let values: Vec<&[u8]> = headers.get_all(HeaderName::Traceparent).collect();
+        assert_eq!(values, [first.as_bytes(), second.as_bytes()]);
+        assert_eq!(headers.get(HeaderName::Traceparent), Some(first.as_bytes()));
+        assert_eq!(headers.iter().count(), 2);
+    }
+
+    #[test]
+    fn a_tracestate_split_over_lines_is_kept_in_order() {
+        // tracestate is a list that RFC 9110 §5.3 lets a sender split over field lines; the
+        // combined value is the lines joined in order, so their order must survive.
+        let fields = "tracestate: rojo=00f067aa0ba902b7\r\nTRACESTATE: congo=t61rcWkgMzE, \r\ntracestate: ,x=1\r\n";
+        let headers = head_headers(fields).unwrap_or_default();
+        let values: Vec<&[u8]> = headers.get_all(HeaderName::Tracestate).collect();
+        assert_eq!(values, [&b"rojo=00f067aa0ba902b7"[..], b"congo=t61rcWkgMzE,", b",x=1"]);
+        assert_eq!(headers.get(HeaderName::Tracestate), Some(&b"rojo=00f067aa0ba902b7"[..]));
+    }
+
+    #[test]
+    fn get_all_is_empty_for_an_absent_field() {
+        // Absence and a single line must read the same through both accessors.
+        let headers = head_headers("traceparent: a\r\n").unwrap_or_default();
+        assert_eq!(headers.get_all(HeaderName::Tracestate).count(), 0);
+        assert_eq!(headers.get_all(HeaderName::Traceparent).collect::<Vec<_>>(), [&b"a"[..]]);
+    }
+
+    #[test]
+    fn a_repeated_singleton_field_is_still_refused() {
+        // Two idempotency keys or event types are ambiguous: a proxy may act on one and this
+        // server on the other, so the request is refused (400 E1005) rather than guessed at.
+        let cases = [
+            ("X-Idempotency-Key: a\r\nx-idempotency-key: a\r\n", "x-idempotency-key"),
+            ("X-Event-Type: order.created\r\nx-event-type: order.paid\r\n", "x-event-type"),
+            ("Authorization: Bearer a\r\nAuthorization: Bearer b\r\n", "authorization"),
+        ];
+        for (fields, name) in cases {
+            let error = head_headers(fields).err();
+            assert_eq!(error, Some(ParseError::DuplicateHeader { name }), "{fields:?}");
+            assert_eq!(error.as_ref().map(ParseError::status), Some(400));
+            assert_eq!(error.as_ref().map(ParseError::code), Some("E1005"));
+        }
+    }
+
+    #[test]
+    fn the_event_type_is_kept() {
+        // Subscriptions route on the event type, so the parser must keep it whatever its case.
+        let headers = head_headers("X-EVENT-TYPE: order.created\r\n").unwrap_or_default();
+        assert_eq!(headers.get(HeaderName::EventType), Some(&b"order.created"[..]));
+        assert!(matches!(classify("x-event-type"), Some(Field::Application(HeaderName::EventType))));
+        assert!(matches!(classify("TraceState"), Some(Field::Application(HeaderName::Tracestate))));
+    }
+
+    #[test]
+    fn only_the_trace_context_fields_are_repeatable() {
+        // Widening the repeatable set silently would turn an ambiguous request into a guess.
+        let repeatable: Vec<HeaderName> = HeaderName::ALL.into_iter().filter(|name| name.repeatable()).collect();
+        assert_eq!(repeatable, [HeaderName::Traceparent, HeaderName::Tracestate]);
     }
 
     #[test]
