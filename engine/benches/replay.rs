@@ -41,6 +41,9 @@ async fn write(directory: &std::path::Path, records: u64) {
             idempotency_key: (index % 4 == 0).then(|| format!("key-{index}")),
             content_type: Some("application/json".into()),
             traceparent: None,
+            tracestate: None,
+            event_type: "event".into(),
+            publish: None,
             payload: vec![b'x'; 512],
         };
         let (kind, body) = Record::encode_event(&event).unwrap();

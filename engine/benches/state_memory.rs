@@ -51,6 +51,9 @@ fn received(index: u64) -> Record {
         idempotency_key: None,
         content_type: Some("application/json".into()),
         traceparent: None,
+        tracestate: None,
+        event_type: "event".into(),
+        publish: None,
         payload: vec![b'x'; 1024],
     })
 }

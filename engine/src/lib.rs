@@ -33,7 +33,7 @@ pub mod state;
 // the benchmarks and the engine's own integration tests, which drive a shard's state machine
 // and log directly.
 pub use error::EngineError;
-pub use model::{endpoint, ids, records};
+pub use model::{endpoint, event_type, ids, records, subscriptions};
 pub use runtime::{Engine, EngineConfig, IoDriver, StartError};
 pub use shard::{readback, retention, snapshot};
 pub use state::breaker;
@@ -42,8 +42,8 @@ pub use state::breaker;
 /// not part of the engine's interface.
 #[doc(hidden)]
 pub mod fuzzing {
-    /// The parser of `GET /admin/events` query strings.
-    pub use crate::model::query::EventQuery;
     /// The largest page size that parser accepts.
     pub use crate::model::query::LIMIT_MAX as QUERY_LIMIT_MAX;
+    /// The parser of `GET /admin/events` query strings.
+    pub use crate::model::query::{Candidate, EventQuery};
 }

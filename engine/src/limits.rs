@@ -65,6 +65,27 @@ pub const SIGNATURE_TOLERANCE_MS: u64 = 5 * 60 * 1000;
 /// an unauthenticated sender can cause.
 pub const SIGNATURES_PER_HEADER_MAX: usize = 8;
 
+/// Longest event type (`X-Event-Type`, a JSON body's `type` or `event`): 1 to this many of
+/// `A-Z a-z 0-9 . _ : -`.
+pub const EVENT_TYPE_BYTES_MAX: usize = 128;
+
+/// Longest channel name: 1 to this many of `a-z 0-9 _ -`.
+pub const CHANNEL_NAME_BYTES_MAX: usize = 64;
+
+/// Channels one endpoint subscribes to, at most (each costs an index entry per channel).
+pub const ENDPOINT_CHANNELS_MAX: usize = 64;
+
+/// Event type patterns one endpoint lists, at most (each costs an index entry per channel).
+pub const ENDPOINT_EVENT_TYPES_MAX: usize = 64;
+
+/// Bytes of a JSON body examined for its top-level `type` or `event` field: beyond them the body
+/// is not searched (the type falls back to `event`), so finding the type of a large body costs
+/// no more than of a small one.
+pub const EVENT_TYPE_SCAN_BYTES_MAX: usize = 64 * 1024;
+
+/// Endpoints one published event is delivered to, at most (the publish record lists them).
+pub const PUBLISH_ENDPOINTS_MAX: usize = 10_000;
+
 /// Most shards supported (event ids carry the shard in 16 bits; this keeps it far smaller).
 pub const SHARDS_MAX: usize = 256;
 

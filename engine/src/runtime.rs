@@ -322,6 +322,10 @@ async fn shard_main(
     let shard = Rc::new(shard);
     shared.register_storage(index, Arc::clone(shard.storage()));
     let _recovery = monoio::spawn(crate::shard::recovery::run(Rc::clone(&shard)));
+    // Every shard's subscriptions are known before any shard serves a publish.
+    for entry in shard.state().borrow().endpoints.values() {
+        shared.subscribe(&entry.endpoint);
+    }
     shared.ready_shards.fetch_add(1, Ordering::AcqRel);
     let listener = monoio::net::TcpListener::from_std(listener).map_err(|error| format!("listener: {error}"))?;
     let http_shutdown = Shutdown::new();
@@ -344,6 +348,11 @@ async fn shard_main(
         let shared = Arc::clone(&shared);
         let stop: Rc<dyn Fn() -> bool> = Rc::new(move || shared.is_shutting_down());
         monoio::spawn(crate::delivery::run_scheduler(Rc::clone(&shard), client, stop))
+    };
+    let _handoffs = {
+        let shared_for_stop = Arc::clone(&shared);
+        let stop: Rc<dyn Fn() -> bool> = Rc::new(move || shared_for_stop.is_shutting_down());
+        monoio::spawn(crate::admin::publish::run_handoffs(Rc::clone(&shard), Arc::clone(&shared), stop))
     };
     let _retention = {
         let shared = Arc::clone(&shared);

@@ -28,6 +28,8 @@ async fn ingest(shard: &Shard, n: usize) -> EventId {
         idempotency_key: None,
         content_type: None,
         traceparent: None,
+        tracestate: None,
+        event_type: "event".into(),
         signature: None,
         payload: format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(300)).into_bytes(),
     };

@@ -24,6 +24,8 @@ fn ingest(key: Option<&str>) -> Ingest {
         idempotency_key: key.map(String::from),
         content_type: Some("application/json".into()),
         traceparent: None,
+        tracestate: None,
+        event_type: "event".into(),
         signature: None,
         payload: b"{}".to_vec(),
     }

@@ -345,6 +345,8 @@ impl Sim {
             idempotency_key: key.clone(),
             content_type: Some("application/json".into()),
             traceparent: None,
+            tracestate: None,
+            event_type: "event".into(),
             signature: None,
             payload,
         };
@@ -658,6 +660,8 @@ impl Sim {
             idempotency_key: None,
             content_type: None,
             traceparent: None,
+            tracestate: None,
+            event_type: "event".into(),
             signature: None,
             payload: b"racing".to_vec(),
         };
@@ -751,6 +755,8 @@ impl Sim {
                         idempotency_key: key.clone(),
                         content_type: None,
                         traceparent: None,
+                        tracestate: None,
+                        event_type: "event".into(),
                         signature: None,
                         payload: b"unacknowledged".to_vec(),
                     };

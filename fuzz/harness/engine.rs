@@ -121,7 +121,14 @@ pub fn admin_query(input: &[u8]) {
     let written = write_query(&query);
     let reparsed = EventQuery::parse(Some(&written)).unwrap_or_else(|error| panic!("{written:?} fails: {error}"));
     assert_eq!(reparsed, query, "{written:?} parses to another query");
-    let _ = query.matches("ep_fuzz", "pending", Some("key"), NOW_MS);
+    let _ = query.matches(&kapsel_engine::fuzzing::Candidate {
+        endpoint_id: "ep_fuzz",
+        status: "pending",
+        idempotency_key: Some("key"),
+        received_at_ms: NOW_MS,
+        event_type: Some("order.created"),
+        channel: Some("orders"),
+    });
 }
 
 /// The query written out as a client would, every value percent-encoded.
@@ -135,6 +142,12 @@ fn write_query(query: &EventQuery) -> String {
     }
     if let Some(key) = &query.idempotency_key {
         pairs.push(format!("idempotency_key={}", percent_encode(key)));
+    }
+    if let Some(event_type) = &query.event_type {
+        pairs.push(format!("event_type={}", percent_encode(event_type)));
+    }
+    if let Some(channel) = &query.channel {
+        pairs.push(format!("channel={}", percent_encode(channel)));
     }
     if let Some(after) = query.received_after_ms {
         pairs.push(format!("received_after={}", percent_encode(&kapsel_engine::clock::rfc3339(after))));

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::model::ids::EventId;
-use crate::model::query::EventQuery;
+use crate::model::query::{Candidate, EventQuery};
 use crate::shard::Shard;
 
 /// This shard's matches: up to `limit + 1` newest events older than the cursor.
@@ -15,12 +15,14 @@ pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
         .events
         .newest_before(query.cursor)
         .filter(|(event_id, event)| {
-            query.matches(
-                state.endpoint_of(event),
-                event.shown_status().as_str(),
-                event.idempotency_key(),
-                event_id.unix_ms(),
-            )
+            query.matches(&Candidate {
+                endpoint_id: state.endpoint_of(event),
+                status: event.shown_status().as_str(),
+                idempotency_key: event.idempotency_key(),
+                received_at_ms: event_id.unix_ms(),
+                event_type: state.names.get(event.event_type),
+                channel: state.names.get(event.channel),
+            })
         })
         .take(query.limit + 1)
         .filter_map(|(event_id, _)| Some((*event_id, state.event_json(*event_id, now)?)))

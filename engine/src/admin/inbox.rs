@@ -34,6 +34,22 @@ pub enum Command {
         /// Where the matches go.
         reply: futures_channel::oneshot::Sender<Vec<(crate::model::ids::EventId, serde_json::Value)>>,
     },
+    /// Adopt deliveries of events published on another shard's channel.
+    Adopt {
+        /// The publish records, each with only this shard's deliveries.
+        records: Vec<crate::model::records::Published>,
+        /// `Ok` once they are durable here.
+        reply: futures_channel::oneshot::Sender<Result<(), crate::error::EngineError>>,
+    },
+    /// This shard's deliveries of a published event: their views, or (`retry`) their redrive.
+    Deliveries {
+        /// The published event.
+        event_id: crate::model::ids::EventId,
+        /// Redrive them instead (the answer is then their count).
+        retry: bool,
+        /// Where the answer goes.
+        reply: futures_channel::oneshot::Sender<Result<Vec<serde_json::Value>, crate::error::EngineError>>,
+    },
     /// Report this shard's metrics.
     Metrics {
         /// Where the report goes.
@@ -105,6 +121,18 @@ impl InboxReceiver {
                 }
                 Command::Metrics { reply } => {
                     let _ = reply.send(crate::admin::metrics::report(&shard, crate::clock::now_ms()));
+                }
+                Command::Adopt { records, reply } => {
+                    let shard = Rc::clone(&shard);
+                    monoio::spawn(async move {
+                        let _ = reply.send(shard.adopt(records, crate::clock::now_ms()).await);
+                    });
+                }
+                Command::Deliveries { event_id, retry, reply } => {
+                    let shard = Rc::clone(&shard);
+                    monoio::spawn(async move {
+                        let _ = reply.send(crate::admin::publish::deliveries_here(&shard, event_id, retry).await);
+                    });
                 }
                 Command::Request { route, request, reply } => {
                     let (shard, shared) = (Rc::clone(&shard), Arc::clone(&shared));

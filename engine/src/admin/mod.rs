@@ -1,11 +1,12 @@
 //! The HTTP face of the shards: routes, the request handler, the hops between shards, the
-//! event listing from memory, the audit JSON and the metrics text; and what all shards share.
+//! event listing from memory, the audit JSON and the metrics text, publishing and fan-out; and what all shards share.
 //! Above `shard` and `delivery`: it runs their operations, they know nothing of it.
 
 pub mod audit;
 pub mod events;
 pub mod inbox;
 pub mod metrics;
+pub mod publish;
 pub mod route;
 pub mod service;
 pub mod shared;

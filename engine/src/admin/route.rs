@@ -17,6 +17,11 @@ pub enum Route {
         /// Target endpoint.
         endpoint_id: String,
     },
+    /// `POST /publish/{channel}`.
+    Publish {
+        /// The channel.
+        channel: String,
+    },
     /// `PUT /admin/endpoints/{id}`.
     PutEndpoint {
         /// Endpoint id.
@@ -53,10 +58,12 @@ pub enum Route {
     Metrics,
     /// `GET /admin/events?…`.
     ListEvents(crate::model::query::EventQuery),
-    /// `POST /admin/events/{event_id}/retry`.
+    /// `POST /admin/events/{event_id}/retry[?endpoint_id=]`.
     RetryEvent {
         /// Event id.
         event_id: EventId,
+        /// For a published event, the one delivery to redrive (all of them when absent).
+        endpoint_id: Option<String>,
     },
     /// `POST /admin/endpoints/{id}/retry-failed`.
     RetryFailed {
@@ -89,6 +96,12 @@ impl Route {
                 let endpoint_id = known_endpoint(endpoint_id)?;
                 only(method, Method::Post, "POST", Self::Ingest { endpoint_id })
             }
+            ["publish", channel] => {
+                if !crate::model::event_type::valid_channel(channel) {
+                    return Err(EngineError::Invalid("channel names are 1 to 64 of a-z 0-9 _ -".into()));
+                }
+                only(method, Method::Post, "POST", Self::Publish { channel: (*channel).to_string() })
+            }
             ["admin", "endpoints"] => only(method, Method::Post, "POST", Self::CreateEndpoint { id: generate_id() }),
             ["admin", "endpoints", id] => Self::endpoint(method, id),
             ["admin", "endpoints", id, "retry-failed"] => {
@@ -102,7 +115,8 @@ impl Route {
             ),
             ["admin", "events"] => only_get(method, Self::ListEvents(crate::model::query::EventQuery::parse(query)?)),
             ["admin", "events", event_id, "retry"] => {
-                only(method, Method::Post, "POST", Self::RetryEvent { event_id: known_event(event_id)? })
+                let event_id = known_event(event_id)?;
+                only(method, Method::Post, "POST", Self::RetryEvent { event_id, endpoint_id: retry_endpoint(query)? })
             }
             ["admin", "events", event_id] => only_get(method, Self::GetEvent { event_id: known_event(event_id)? }),
             ["admin", "events", event_id, "proof"] => {
@@ -130,7 +144,7 @@ impl Route {
 
     /// True for `/admin/…` routes (bearer token required).
     pub fn is_admin(&self) -> bool {
-        !matches!(self, Self::Health | Self::Ready | Self::Metrics | Self::Ingest { .. })
+        !matches!(self, Self::Health | Self::Ready | Self::Metrics | Self::Ingest { .. } | Self::Publish { .. })
     }
 
     /// The shard that must run this route, or `None` when any shard can.
@@ -139,12 +153,16 @@ impl Route {
             Self::Health | Self::Ready | Self::Metrics | Self::AuditSegments => None,
             Self::ListEvents(query) => query.endpoint_id.as_deref().map(|id| owner_shard(id, shards)),
             Self::RetryFailed { id } | Self::SetEnabled { id, .. } => Some(owner_shard(id, shards)),
+            // A channel's publishes, keys and handoffs live on the shard its name hashes to.
+            Self::Publish { channel } => Some(owner_shard(channel, shards)),
+            // One delivery of a published event is redriven where its endpoint lives.
+            Self::RetryEvent { endpoint_id: Some(id), .. } => Some(owner_shard(id, shards)),
             Self::Ingest { endpoint_id: id }
             | Self::PutEndpoint { id }
             | Self::CreateEndpoint { id }
             | Self::GetEndpoint { id }
             | Self::DeleteEndpoint { id } => Some(owner_shard(id, shards)),
-            Self::GetEvent { event_id } | Self::EventProof { event_id } | Self::RetryEvent { event_id } => {
+            Self::GetEvent { event_id } | Self::EventProof { event_id } | Self::RetryEvent { event_id, .. } => {
                 Some(usize::from(event_id.shard()) % shards.max(1))
             }
         }
@@ -166,6 +184,19 @@ fn only_get(method: Method, route: Route) -> Result<Route, EngineError> {
         Method::Get | Method::Head => Ok(route),
         _ => Err(EngineError::MethodNotAllowed { allow: "GET, HEAD" }),
     }
+}
+
+/// The query of `POST /admin/events/{id}/retry`: nothing, or `endpoint_id=` naming one delivery.
+fn retry_endpoint(query: Option<&str>) -> Result<Option<String>, EngineError> {
+    let mut endpoint_id = None;
+    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("endpoint_id", id)) if valid_endpoint_id(id) => endpoint_id = Some(id.to_string()),
+            Some(("endpoint_id", _)) => return Err(EngineError::Invalid("endpoint_id is not an endpoint id".into())),
+            _ => return Err(EngineError::Invalid(format!("unknown query parameter {pair}"))),
+        }
+    }
+    Ok(endpoint_id)
 }
 
 fn known_event(text: &str) -> Result<EventId, EngineError> {
@@ -205,6 +236,14 @@ mod tests {
         assert!(matches!(parse(Method::Get, "/nope"), Err(EngineError::NotFound(_))));
         assert!(matches!(parse(Method::Post, "/ingest/a/b"), Err(EngineError::NotFound(_))));
         assert!(matches!(parse(Method::Put, "/admin/endpoints/bad%20id"), Err(EngineError::Invalid(_))));
+        assert_eq!(parse(Method::Post, "/publish/orders").unwrap(), Route::Publish { channel: "orders".into() });
+        assert_eq!(
+            parse(Method::Post, "/publish/orders").unwrap().owner(4),
+            Some(crate::model::ids::owner_shard("orders", 4))
+        );
+        assert!(!parse(Method::Post, "/publish/orders").unwrap().is_admin());
+        assert!(matches!(parse(Method::Post, "/publish/Orders"), Err(EngineError::Invalid(_))));
+        assert!(matches!(parse(Method::Get, "/publish/orders"), Err(EngineError::MethodNotAllowed { .. })));
         assert!(matches!(parse(Method::Get, "/admin/events/evt_nope"), Err(EngineError::NotFound(_))));
         let event = EventId::new(5, 1, 2);
         let route = parse(Method::Get, &format!("/admin/events/{event}")).unwrap();

@@ -13,6 +13,7 @@ use crate::admin::route::Route;
 use crate::admin::shared::Shared;
 use crate::error::EngineError;
 use crate::limits;
+use crate::model::event_type;
 use crate::model::ids::EventId;
 use crate::model::signature::constant_time_equal;
 use crate::shard::{Accepted, Ingest, Shard};
@@ -236,23 +237,28 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         Route::ListEvents(query) => {
             Ok(ok(crate::admin::events::page(crate::admin::events::list_local(shard, &query), query.limit)))
         }
-        Route::RetryEvent { event_id } => {
-            shard.retry_event(event_id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
-        }
+        Route::RetryEvent { event_id, endpoint_id } => retry_event(shard, shared, event_id, endpoint_id, now).await,
+        Route::Publish { channel } => crate::admin::publish::publish(shard, shared, channel, request).await,
         Route::RetryFailed { id } => {
             shard.retry_failed(&id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
         }
         Route::SetEnabled { id, enabled } => shard.set_enabled(&id, enabled, now).await.map(ok),
         Route::Ingest { endpoint_id } => ingest(shard, endpoint_id, request).await,
-        Route::PutEndpoint { id } | Route::CreateEndpoint { id } => shard
-            .put_endpoint(&id, &request.body, &shared.destinations, now)
-            .await
-            .map(|(json, created)| Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes())),
+        Route::PutEndpoint { id } | Route::CreateEndpoint { id } => {
+            let outcome = shard.put_endpoint(&id, &request.body, &shared.destinations, now).await;
+            subscribe(shard, shared, &id);
+            outcome
+                .map(|(json, created)| Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes()))
+        }
         Route::GetEndpoint { id } => {
             shard.get_endpoint(&id, now).map(|json| Response::json(200, json.to_string().into_bytes()))
         }
-        Route::DeleteEndpoint { id } => shard.delete_endpoint(&id, now).await.map(|()| Response::empty(204)),
-        Route::GetEvent { event_id } => get_event(shard, event_id, now).await.map(ok),
+        Route::DeleteEndpoint { id } => {
+            let outcome = shard.delete_endpoint(&id, now).await;
+            subscribe(shard, shared, &id);
+            outcome.map(|()| Response::empty(204))
+        }
+        Route::GetEvent { event_id } => get_event(shard, shared, event_id, now).await.map(ok),
         Route::EventProof { event_id } => shard.prove_event(event_id).await.map(|proof| {
             let json = crate::admin::audit::proof_json(event_id, shard.index, &proof);
             Response::json(200, json.to_string().into_bytes())
@@ -264,43 +270,123 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
     outcome.unwrap_or_else(EngineError::into_response)
 }
 
-/// From memory, or from the index for events that left it (terminal ones beyond the window).
-async fn get_event(shard: &Shard, event_id: EventId, now: u64) -> Result<serde_json::Value, EngineError> {
-    match (shard.get_event(event_id, now), shard.index_handle()) {
-        (Err(EngineError::NotFound(message)), Some(index)) => {
-            match index.query(crate::index::query::Query::Get(event_id)).await? {
-                serde_json::Value::Null => Err(EngineError::NotFound(message)),
-                found => Ok(found),
+/// Brings the shared subscriptions in line with endpoint `id` as this shard's state has it
+/// (after any change, whatever its outcome: a change whose answer failed may still be durable).
+fn subscribe(shard: &Shard, shared: &Shared, id: &str) {
+    match shard.state().borrow().endpoints.get(id) {
+        Some(entry) => shared.subscribe(&entry.endpoint),
+        None => shared.unsubscribe(id),
+    }
+}
+
+/// An event ingested for one endpoint (here), or a published one (its deliveries gathered from
+/// every shard).
+async fn get_event(
+    shard: &Shard,
+    shared: &Shared,
+    event_id: EventId,
+    now: u64,
+) -> Result<serde_json::Value, EngineError> {
+    match shard.get_event(event_id, now) {
+        Err(EngineError::NotFound(message)) if event_id.published() == event_id => {
+            match crate::admin::publish::published_json(shard, shared, event_id).await? {
+                Some(json) => Ok(json),
+                None => from_index(shard, event_id, EngineError::NotFound(message)).await,
             }
         }
-        (outcome, _) => outcome,
+        Err(EngineError::NotFound(message)) => from_index(shard, event_id, EngineError::NotFound(message)).await,
+        outcome => outcome,
+    }
+}
+
+/// `POST /admin/events/{id}/retry`: an event of this shard, or a published event's deliveries.
+async fn retry_event(
+    shard: &Shard,
+    shared: &Shared,
+    event_id: EventId,
+    endpoint_id: Option<String>,
+    now: u64,
+) -> Result<Response, EngineError> {
+    let direct = endpoint_id.is_none() && shard.state().borrow().events.contains_key(&event_id);
+    if direct {
+        let json = shard.retry_event(event_id, now).await?;
+        return Ok(Response::json(202, json.to_string().into_bytes()));
+    }
+    crate::admin::publish::retry_published(shard, shared, event_id, endpoint_id.as_deref()).await
+}
+
+/// From the index for events that left memory (terminal ones beyond the window).
+async fn from_index(shard: &Shard, event_id: EventId, missing: EngineError) -> Result<serde_json::Value, EngineError> {
+    let Some(index) = shard.index_handle() else {
+        return Err(missing);
+    };
+    match index.query(crate::index::query::Query::Get(event_id)).await? {
+        serde_json::Value::Null => Err(missing),
+        found => Ok(found),
+    }
+}
+
+/// What ingest and publish take from a request's headers besides the signature.
+pub(crate) struct Inbound {
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) trace: crate::model::trace::Inbound,
+    pub(crate) event_type: String,
+}
+
+impl Inbound {
+    /// Reads and checks the headers: a bad `X-Idempotency-Key` or `X-Event-Type` is 400 E1005;
+    /// a bad or repeated `traceparent` only starts a new trace (W3C Trace Context).
+    pub(crate) fn read(request: &Request) -> Result<Self, EngineError> {
+        let headers = &request.head.headers;
+        let idempotency_key = match headers.get(HeaderName::IdempotencyKey) {
+            Some(key) if idempotency::valid_key(key) => Some(String::from_utf8_lossy(key).into_owned()),
+            Some(_) => {
+                return Err(EngineError::Invalid("X-Idempotency-Key must be 1 to 255 visible ASCII characters".into()))
+            }
+            None => None,
+        };
+        let event_type = match headers.get(HeaderName::EventType) {
+            Some(value) if event_type::valid_event_type(value) => String::from_utf8_lossy(value).into_owned(),
+            Some(_) => return Err(EngineError::Invalid("X-Event-Type must be 1 to 128 of A-Z a-z 0-9 . _ : -".into())),
+            None => crate::model::json_scan::event_type_field(&request.body)
+                .unwrap_or(event_type::EVENT_TYPE_DEFAULT)
+                .to_string(),
+        };
+        let trace = crate::model::trace::inbound(
+            headers.get_all(HeaderName::Traceparent),
+            headers.get_all(HeaderName::Tracestate),
+        );
+        let content_type =
+            headers.get(HeaderName::ContentType).map(|value| String::from_utf8_lossy(value).into_owned());
+        Ok(Self { idempotency_key, content_type, trace, event_type })
+    }
+
+    /// The trace id of the sender's valid `traceparent`, for the request's span.
+    fn trace_id(&self) -> Option<&str> {
+        self.trace.traceparent.as_deref().and_then(crate::model::trace::trace_id)
     }
 }
 
 async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<Response, EngineError> {
+    let inbound = Inbound::read(&request)?;
     let headers = &request.head.headers;
     let text = |name: HeaderName| headers.get(name).map(|value| String::from_utf8_lossy(value).into_owned());
-    let idempotency_key = match headers.get(HeaderName::IdempotencyKey) {
-        Some(key) if idempotency::valid_key(key) => Some(String::from_utf8_lossy(key).into_owned()),
-        Some(_) => {
-            return Err(EngineError::Invalid("X-Idempotency-Key must be 1 to 255 visible ASCII characters".into()))
-        }
-        None => None,
-    };
     let signature =
         match (text(HeaderName::WebhookId), text(HeaderName::WebhookTimestamp), text(HeaderName::WebhookSignature)) {
             (Some(id), Some(timestamp), Some(signatures)) => Some((id, timestamp, signatures)),
             _ => None,
         };
-    let trace_id = ingest_trace_id(headers);
     // The event id is known only at the end, so it goes on the outcome's log line rather than
     // on the span (recording it would format the span's fields a second time per request).
-    let span = tracing::info_span!("ingest", endpoint_id = %endpoint_id, trace_id);
+    let span = tracing::info_span!("ingest", endpoint_id = %endpoint_id, trace_id = inbound.trace_id());
     let ingest = Ingest {
         endpoint_id,
-        idempotency_key,
-        content_type: text(HeaderName::ContentType),
-        traceparent: text(HeaderName::Traceparent),
+        idempotency_key: inbound.idempotency_key,
+        content_type: inbound.content_type,
+        traceparent: inbound.trace.traceparent,
+        tracestate: inbound.trace.tracestate,
+        event_type: inbound.event_type,
         signature,
         payload: request.body,
     };
@@ -319,12 +405,6 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
             Err(error)
         }
     })
-}
-
-/// The trace id of the sender's `traceparent`, for the ingest span.
-fn ingest_trace_id(headers: &kapsel_http::ApplicationHeaders) -> Option<String> {
-    let value = std::str::from_utf8(headers.get(HeaderName::Traceparent)?).ok()?;
-    crate::model::trace::trace_id(value).map(str::to_string)
 }
 
 fn accepted(status: u16, event_id: EventId, word: &str) -> Response {

@@ -1,11 +1,13 @@
 //! What all shards share: the token, every shard's inbox, the destination policy, the resolver,
-//! the index handle, and the readiness and shutdown flags. Read-mostly, lock-free.
+//! the index handle, the readiness and shutdown flags, and the channel subscriptions. Read-mostly;
+//! lock-free but for the subscriptions, read by publishes and written only when endpoints change.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use crate::error::EngineError;
 use crate::limits;
+use crate::model::subscriptions::Subscriptions;
 use crate::shard::recovery::StorageHealth;
 
 /// What all shards share: read-mostly, lock-free.
@@ -30,6 +32,10 @@ pub struct Shared {
     shutting_down: AtomicBool,
     /// Each shard's storage health, set once its log is open.
     storage: Vec<OnceLock<Arc<StorageHealth>>>,
+    /// Which endpoints each channel's publishes reach, for every shard's endpoints. Written only
+    /// when an endpoint changes (by its shard, after the change is durable, and at start before
+    /// any shard serves); read by each publish.
+    subscriptions: RwLock<Subscriptions>,
 }
 
 impl Shared {
@@ -53,7 +59,27 @@ impl Shared {
             serving_shards: AtomicUsize::new(shards),
             shutting_down: AtomicBool::new(false),
             storage: (0..shards).map(|_| OnceLock::new()).collect(),
+            subscriptions: RwLock::new(Subscriptions::default()),
         }
+    }
+
+    /// Notes an endpoint's subscriptions (after its change is durable, or at start).
+    pub fn subscribe(&self, endpoint: &crate::model::endpoint::Endpoint) {
+        // A panic while the lock was held leaves an index that is still whole (each change is one
+        // call), so a poisoned lock is used as it is.
+        let mut subscriptions = self.subscriptions.write().unwrap_or_else(PoisonError::into_inner);
+        subscriptions.set(&endpoint.id, &endpoint.channels, &endpoint.event_types);
+    }
+
+    /// Forgets a deleted endpoint's subscriptions.
+    pub fn unsubscribe(&self, endpoint_id: &str) {
+        self.subscriptions.write().unwrap_or_else(PoisonError::into_inner).remove(endpoint_id);
+    }
+
+    /// The endpoints a publish of `event_type` to `channel` reaches (at most `limit`; `true` when
+    /// more match).
+    pub fn subscribers(&self, channel: &str, event_type: &str, limit: usize) -> (Vec<Arc<str>>, bool) {
+        self.subscriptions.read().unwrap_or_else(PoisonError::into_inner).matching(channel, event_type, limit)
     }
 
     /// `Ok` while every shard has recovered and none is shutting down; otherwise E3004.

@@ -128,8 +128,6 @@ async fn wait_for_work(shard: &Shard, delay_ms: Option<u64>) {
     }
 }
 
-/// The delivery headers of an event: Standard Webhooks signature (old and new secret during a
-/// rotation), the original Content-Type and a child traceparent.
 /// What an attempt sends besides the body: destination, headers, timeout.
 struct Prepared {
     target: Rc<Target>,
@@ -137,11 +135,14 @@ struct Prepared {
     timeout: Duration,
 }
 
+/// The delivery headers of an event: Standard Webhooks signature (old and new secret during a
+/// rotation) over the `webhook-id` (a published event's id for each of its deliveries), a child
+/// traceparent and the sender's tracestate; the original Content-Type goes with the body.
 fn headers(shard: &Shard, start: &Start, timestamp_s: u64, random: u64) -> Option<Prepared> {
     let state = shard.state().borrow();
     let entry = state.endpoints.get(&start.endpoint_id)?;
     let target = entry.target.clone()?;
-    let event_id = start.event_id.to_string();
+    let event_id = start.payload.webhook_id.to_string();
     let now = now_ms();
     let signatures: Vec<String> = entry
         .signing
@@ -149,7 +150,7 @@ fn headers(shard: &Shard, start: &Start, timestamp_s: u64, random: u64) -> Optio
         .filter(|(_, until_ms)| *until_ms > now)
         .map(|(secret, _)| secret.sign(&event_id, timestamp_s, &start.payload.body))
         .collect();
-    let headers = vec![
+    let mut headers = vec![
         ("webhook-id", event_id),
         ("webhook-timestamp", timestamp_s.to_string()),
         ("webhook-signature", signatures.join(" ")),
@@ -164,6 +165,11 @@ fn headers(shard: &Shard, start: &Start, timestamp_s: u64, random: u64) -> Optio
             ),
         ),
     ];
+    // Kept only with the sender's valid traceparent (W3C Trace Context: a tracestate never goes
+    // with a trace it does not belong to).
+    if let (Some(_), Some(tracestate)) = (&start.payload.traceparent, &start.payload.tracestate) {
+        headers.push(("tracestate", tracestate.clone()));
+    }
     Some(Prepared { target, headers, timeout: Duration::from_millis(u64::from(entry.endpoint.timeout_ms)) })
 }
 

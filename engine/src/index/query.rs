@@ -250,6 +250,9 @@ fn event_json(row: &Row, attempts: Option<Vec<Value>>) -> Value {
         updated_at_ms: unix_ms(row.get(6)),
         payload_bytes: u32::try_from(payload_bytes).unwrap_or(0),
         idempotency_key: idempotency_key.as_deref(),
+        // The index gains types and channels with its deliveries table (issue 13, in progress).
+        event_type: None,
+        channel: None,
     }
     .to_json();
     json["delivered_at"] = json!(delivered_at.map(|at| rfc3339(unix_ms(at))));

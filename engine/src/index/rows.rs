@@ -76,6 +76,8 @@ pub enum Row {
         /// When.
         at_ms: u64,
     },
+    /// A record the index has no row for.
+    Nothing,
 }
 
 /// A row with the position of its record: the index applies them in LSN order per shard.
@@ -116,6 +118,9 @@ impl Row {
             // The index has the event already (it is inserted only if it is not there).
             Record::EventCarried(carried) => Self::event(&carried.event),
             Record::Redriven(redriven) => Self::Requeued { event_id: redriven.event.event_id, at_ms: redriven.at_ms },
+            // Published events and their deliveries are indexed with the deliveries table
+            // (issue 13, in progress).
+            Record::Published(_) | Record::Adopted(_) | Record::HandedOff(_) => Self::Nothing,
         }
     }
 
@@ -213,7 +218,7 @@ impl Batch {
             Row::EndpointPut { id, url, enabled, created_at_ms, updated_at_ms } => {
                 self.endpoints.insert(id.clone(), (url.clone(), *enabled, *created_at_ms, *updated_at_ms));
             }
-            Row::EndpointDeleted { .. } => {}
+            Row::EndpointDeleted { .. } | Row::Nothing => {}
             Row::Event { event_id, endpoint_id, received_at_ms, idempotency_key, payload_bytes, trace_id } => {
                 self.event_positions.insert(*event_id, self.events.len());
                 self.events.push(NewEvent {
@@ -427,6 +432,9 @@ mod tests {
             idempotency_key: Some("k".into()),
             content_type: None,
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: None,
+            event_type: "event".into(),
+            publish: None,
             payload: vec![0; 42],
         })
     }

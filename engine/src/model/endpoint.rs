@@ -95,6 +95,52 @@ pub struct Endpoint {
     pub created_at_ms: u64,
     /// Last change.
     pub updated_at_ms: u64,
+    /// Channels it subscribes to (`POST /publish/{channel}`).
+    pub channels: Vec<String>,
+    /// Patterns of the event types it wants from its channels; empty means every type. Direct
+    /// ingest ignores them.
+    pub event_types: Vec<String>,
+}
+
+/// [`Endpoint`] as kind-1 records and snapshots before subscriptions stored it.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct EndpointV1 {
+    id: String,
+    url: String,
+    secret: String,
+    previous_secret: Option<(String, u64)>,
+    ingest_secret: Option<String>,
+    enabled: bool,
+    timeout_ms: u32,
+    max_in_flight: u32,
+    rate_limit_per_s: Option<u32>,
+    retry: RetryPolicy,
+    circuit: CircuitPolicy,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+impl From<EndpointV1> for Endpoint {
+    /// An endpoint from before subscriptions subscribes to nothing.
+    fn from(old: EndpointV1) -> Self {
+        Self {
+            id: old.id,
+            url: old.url,
+            secret: old.secret,
+            previous_secret: old.previous_secret,
+            ingest_secret: old.ingest_secret,
+            enabled: old.enabled,
+            timeout_ms: old.timeout_ms,
+            max_in_flight: old.max_in_flight,
+            rate_limit_per_s: old.rate_limit_per_s,
+            retry: old.retry,
+            circuit: old.circuit,
+            created_at_ms: old.created_at_ms,
+            updated_at_ms: old.updated_at_ms,
+            channels: Vec::new(),
+            event_types: Vec::new(),
+        }
+    }
 }
 
 /// The admin JSON body of `PUT /admin/endpoints/{id}` and `POST /admin/endpoints`. Unknown
@@ -110,6 +156,8 @@ pub struct EndpointInput {
     rate_limit_per_s: Option<u32>,
     retry: Option<RetryInput>,
     circuit: Option<CircuitInput>,
+    channels: Option<Vec<String>>,
+    event_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +241,8 @@ impl EndpointInput {
             circuit: self.circuit.unwrap_or_default().into_policy(),
             created_at_ms: previous.map_or(now_ms, |previous| previous.created_at_ms),
             updated_at_ms: now_ms,
+            channels: sorted_unique(self.channels.unwrap_or_default()),
+            event_types: sorted_unique(self.event_types.unwrap_or_default()),
         };
         endpoint.validate()?;
         Ok(endpoint)
@@ -224,6 +274,14 @@ impl CircuitInput {
             cooldown_max_ms: self.cooldown_max_ms.unwrap_or(defaults.cooldown_max_ms),
         }
     }
+}
+
+/// The names in order, each once: the stored form (a repeated name would cost twice and mean
+/// nothing more).
+fn sorted_unique(mut names: Vec<String>) -> Vec<String> {
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// Checks a destination URL's shape: `http` or `https`, a host, no whitespace, bounded length.
@@ -265,6 +323,16 @@ impl Endpoint {
             circuit.cooldown_ms >= 1 && circuit.cooldown_ms <= circuit.cooldown_max_ms,
             "`circuit.cooldown_ms` must be at least 1 and at most `circuit.cooldown_max_ms`",
         )?;
+        check(self.channels.len() <= limits::ENDPOINT_CHANNELS_MAX, "`channels` lists more than 64 channels")?;
+        check(
+            self.channels.iter().all(|channel| crate::model::event_type::valid_channel(channel)),
+            "`channels` entries must be 1 to 64 of a-z 0-9 _ -",
+        )?;
+        check(self.event_types.len() <= limits::ENDPOINT_EVENT_TYPES_MAX, "`event_types` lists more than 64 patterns")?;
+        check(
+            self.event_types.iter().all(|pattern| crate::model::event_type::valid_pattern(pattern)),
+            "`event_types` entries must be event types (1 to 128 of A-Z a-z 0-9 . _ : -), optionally ending in *",
+        )?;
         Ok(())
     }
 
@@ -294,6 +362,8 @@ impl Endpoint {
                 "cooldown_ms": self.circuit.cooldown_ms,
                 "cooldown_max_ms": self.circuit.cooldown_max_ms,
             },
+            "channels": self.channels,
+            "event_types": self.event_types,
             "circuit_state": live.circuit_state,
             "queue_depth": live.queue_depth,
             "in_flight": live.in_flight,
@@ -339,6 +409,20 @@ mod tests {
         assert_eq!(json["retry"]["max_attempts"], 10);
     }
 
+    // Subscriptions are stored in one order without repeats, and shown as given.
+    #[test]
+    fn subscriptions_are_kept() {
+        let input = EndpointInput::parse(
+            br#"{"url":"https://example.com/hook","channels":["orders","billing","orders"],"event_types":["order.*","invoice.paid"]}"#,
+        )
+        .unwrap();
+        let endpoint = input.into_endpoint("ep1", None, 1000).unwrap();
+        assert_eq!(endpoint.channels, ["billing", "orders"]);
+        assert_eq!(endpoint.event_types, ["invoice.paid", "order.*"]);
+        let json = endpoint.to_json(&LiveState::default());
+        assert_eq!(json["channels"], serde_json::json!(["billing", "orders"]));
+    }
+
     // Replacing an endpoint without a secret keeps the old one and the creation time.
     #[test]
     fn replacement_keeps_secret_and_creation_time() {
@@ -365,6 +449,10 @@ mod tests {
             br#"{"url":"http://x","max_in_flight":"many"}"#,
             br#"not json"#,
             br#"{"url":"http://x y"}"#,
+            br#"{"url":"http://x","channels":["Orders"]}"#,
+            br#"{"url":"http://x","channels":"orders"}"#,
+            br#"{"url":"http://x","event_types":["order.*.x*"]}"#,
+            br#"{"url":"http://x","event_types":["order created"]}"#,
         ] {
             let outcome = EndpointInput::parse(body).and_then(|input| input.into_endpoint("e", None, 0));
             assert!(outcome.is_err(), "accepted {}", String::from_utf8_lossy(body));

@@ -33,6 +33,22 @@ impl EventId {
         self.0 as u64
     }
 
+    /// The id of delivery `number` (from 1) of the published event with this id.
+    pub fn delivery(self, number: u32) -> Self {
+        debug_assert!(number >= 1 && u128::from(number) <= DELIVERY_NUMBER_MASK, "delivery number {number}");
+        Self(self.0 | (u128::from(number) & DELIVERY_NUMBER_MASK))
+    }
+
+    /// The published event a delivery's id belongs to.
+    pub fn published(self) -> Self {
+        Self(self.0 & !DELIVERY_NUMBER_MASK)
+    }
+
+    /// The last id a published event's deliveries may have: they lie in `(self, last]`.
+    pub fn last_delivery(self) -> Self {
+        Self(self.0 | DELIVERY_NUMBER_MASK)
+    }
+
     /// Parses `evt_…`; `None` for anything else.
     pub fn parse(text: &str) -> Option<Self> {
         let digits = text.strip_prefix("evt_")?;
@@ -65,6 +81,13 @@ impl fmt::Display for EventId {
     }
 }
 
+/// Low bits of a published event's id that number its deliveries: a published event's id has
+/// them all zero, and its deliveries' ids are the ids that follow it (`id + n`, n from 1). The
+/// generator reserves the whole block, so no other id falls inside it.
+pub const DELIVERY_NUMBER_BITS: u32 = 14;
+const DELIVERY_NUMBER_MASK: u128 = (1 << DELIVERY_NUMBER_BITS) - 1;
+const _: () = assert!(limits::PUBLISH_ENDPOINTS_MAX as u128 <= DELIVERY_NUMBER_MASK);
+
 /// Issues event ids for one shard: strictly increasing, even when the clock steps back.
 #[derive(Debug)]
 pub struct EventIdGenerator {
@@ -78,11 +101,26 @@ impl EventIdGenerator {
         Self { shard, last: last_issued.unwrap_or(EventId::new(0, shard, 0)) }
     }
 
-    /// Notes an id seen during replay so that new ids come after it.
+    /// Notes an id seen during replay so that new ids come after it. Ids another shard issued
+    /// (deliveries adopted from a channel's shard) say nothing about this shard's sequence.
     pub fn observe(&mut self, id: EventId) {
-        if id > self.last {
+        if id.shard() == self.shard && id > self.last {
             self.last = id;
         }
+    }
+
+    /// The id of a published event at time `now_ms`: one whose delivery bits are zero, with the
+    /// whole block of delivery ids after it reserved.
+    pub fn next_published(&mut self, now_ms: u64) -> EventId {
+        let first = self.next(now_ms);
+        let block = 1u64 << DELIVERY_NUMBER_BITS;
+        let published = match first.sequence().checked_next_multiple_of(block) {
+            Some(sequence) => EventId::new(first.unix_ms(), self.shard, sequence),
+            // The sequence space of this millisecond is spent (it never is in practice).
+            None => EventId::new(first.unix_ms().saturating_add(1), self.shard, 0),
+        };
+        self.last = published.last_delivery();
+        published
     }
 
     /// The next id at time `now_ms`.
@@ -158,6 +196,30 @@ mod tests {
         let mut resumed = EventIdGenerator::new(1, None);
         resumed.observe(*ids.last().unwrap());
         assert!(resumed.next(5) > *ids.last().unwrap());
+    }
+
+    // A published event's deliveries are found by their ids alone: they follow the event's id
+    // in a block no other id (of a later event, published or not) falls into.
+    #[test]
+    fn published_ids_reserve_their_delivery_block() {
+        let mut generator = EventIdGenerator::new(2, None);
+        let before = generator.next(100);
+        let published = generator.next_published(100);
+        let after = generator.next(100);
+        let next_published = generator.next_published(100);
+        assert!(before < published && published < after && after < next_published);
+        assert_eq!(published.published(), published);
+        for number in [1, 2, 10_000] {
+            let delivery = published.delivery(number);
+            assert!(published < delivery && delivery <= published.last_delivery());
+            assert_eq!(delivery.published(), published);
+            assert_eq!(delivery.shard(), 2);
+        }
+        assert!(after > published.last_delivery(), "a later id falls inside the block");
+        assert!(next_published > published.last_delivery());
+        let mut other = EventIdGenerator::new(3, None);
+        other.observe(published.delivery(5));
+        assert_eq!(other.next(100).shard(), 3, "another shard's ids do not move this one's sequence");
     }
 
     proptest! {

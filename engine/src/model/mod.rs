@@ -3,10 +3,13 @@
 //! engine but `limits`, `error` and `clock`.
 
 pub mod endpoint;
+pub mod event_type;
 pub mod ids;
+pub mod json_scan;
 pub mod query;
 pub mod records;
 pub mod signature;
 pub mod status;
+pub mod subscriptions;
 pub mod trace;
 pub mod view;

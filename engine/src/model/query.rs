@@ -23,6 +23,10 @@ pub struct EventQuery {
     pub status: Option<EventStatusFilter>,
     /// Only events ingested with this `X-Idempotency-Key`.
     pub idempotency_key: Option<String>,
+    /// Only events of this type.
+    pub event_type: Option<String>,
+    /// Only events published to this channel.
+    pub channel: Option<String>,
     /// Only events received at or after this instant (Unix ms; RFC 3339 in the query string).
     pub received_after_ms: Option<u64>,
     /// Only events received before this instant (Unix ms; RFC 3339 in the query string).
@@ -31,6 +35,23 @@ pub struct EventQuery {
     pub limit: usize,
     /// Only events older than this one (the previous page's `next_cursor`).
     pub cursor: Option<EventId>,
+}
+
+/// What a filter looks at of one event (or one delivery of a published event).
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// Its endpoint.
+    pub endpoint_id: &'a str,
+    /// Its status's name.
+    pub status: &'a str,
+    /// The sender's idempotency key.
+    pub idempotency_key: Option<&'a str>,
+    /// When it was received.
+    pub received_at_ms: u64,
+    /// Its type, when known.
+    pub event_type: Option<&'a str>,
+    /// The channel it was published to.
+    pub channel: Option<&'a str>,
 }
 
 /// A status filter (a copy of [`EventStatus`] that is `Send`).
@@ -45,6 +66,8 @@ impl EventQuery {
             endpoint_id: None,
             status: None,
             idempotency_key: None,
+            event_type: None,
+            channel: None,
             received_after_ms: None,
             received_before_ms: None,
             limit: LIMIT_DEFAULT,
@@ -77,6 +100,12 @@ impl EventQuery {
                     parsed.idempotency_key = Some(value.to_string())
                 }
                 "idempotency_key" => return Err(invalid("idempotency_key must be 1 to 255 visible ASCII characters")),
+                "event_type" if crate::model::event_type::valid_event_type(value.as_bytes()) => {
+                    parsed.event_type = Some(value.to_string())
+                }
+                "event_type" => return Err(invalid("event_type must be 1 to 128 of A-Z a-z 0-9 . _ : -")),
+                "channel" if crate::model::event_type::valid_channel(value) => parsed.channel = Some(value.to_string()),
+                "channel" => return Err(invalid("channel must be 1 to 64 of a-z 0-9 _ -")),
                 "received_after" | "received_before" => {
                     let at = crate::clock::parse_rfc3339(value)
                         .ok_or_else(|| invalid(&format!("{name} must be an RFC 3339 timestamp")))?;
@@ -107,8 +136,11 @@ fn percent_decode(value: &str) -> Option<String> {
 
 impl EventQuery {
     /// True when an event with these fields passes every filter (the cursor aside).
-    pub fn matches(&self, endpoint_id: &str, status: &str, idempotency_key: Option<&str>, received_at_ms: u64) -> bool {
+    pub fn matches(&self, event: &Candidate<'_>) -> bool {
+        let Candidate { endpoint_id, status, idempotency_key, received_at_ms, event_type, channel } = *event;
         self.endpoint_id.as_deref().is_none_or(|wanted| wanted == endpoint_id)
+            && self.event_type.as_deref().is_none_or(|wanted| Some(wanted) == event_type)
+            && self.channel.as_deref().is_none_or(|wanted| Some(wanted) == channel)
             && self.status.is_none_or(|wanted| wanted.0 == status)
             && self.idempotency_key.as_deref().is_none_or(|wanted| Some(wanted) == idempotency_key)
             && self.received_after_ms.is_none_or(|after| received_at_ms >= after)

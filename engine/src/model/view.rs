@@ -31,6 +31,10 @@ pub struct EventView<'a> {
     pub payload_bytes: u32,
     /// The sender's idempotency key.
     pub idempotency_key: Option<&'a str>,
+    /// Its type, when known.
+    pub event_type: Option<&'a str>,
+    /// The channel it was published to.
+    pub channel: Option<&'a str>,
 }
 
 impl EventView<'_> {
@@ -50,6 +54,8 @@ impl EventView<'_> {
             "updated_at": rfc3339(self.updated_at_ms),
             "payload_bytes": self.payload_bytes,
             "idempotency_key": self.idempotency_key,
+            "type": self.event_type,
+            "channel": self.channel,
         })
     }
 }
@@ -63,4 +69,15 @@ pub fn attempt_json(n: u32, at_ms: u64, status_code: Option<u16>, latency_ms: u3
         "latency_ms": latency_ms,
         "error_code": error_code,
     })
+}
+
+/// How bad a status is, for the status of a published event: the worst of its deliveries'.
+pub fn status_severity(status: &str) -> u8 {
+    match status {
+        "failed" => 4,
+        "retrying" => 3,
+        "pending" => 2,
+        "delivering" => 1,
+        _ => 0,
+    }
 }

@@ -6,6 +6,7 @@
 //! applied ([`Shard::durable`]) before they answer, so nothing is answered as done before its
 //! fsync, and what the state shows is always what a replay of the log would give.
 
+pub mod publish;
 pub mod readback;
 pub mod recovery;
 pub mod retention;
@@ -41,8 +42,12 @@ pub struct Ingest {
     pub idempotency_key: Option<String>,
     /// `Content-Type`.
     pub content_type: Option<String>,
-    /// `traceparent`.
+    /// The sender's `traceparent`, when valid (W3C Trace Context processing done).
     pub traceparent: Option<String>,
+    /// The sender's `tracestate`, combined and valid.
+    pub tracestate: Option<String>,
+    /// The event type.
+    pub event_type: String,
     /// Standard Webhooks headers: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
     pub signature: Option<(String, String, String)>,
     /// The body.
@@ -83,6 +88,7 @@ struct Core {
     state: RefCell<ShardState>,
     applying: RefCell<Applying>,
     scheduler: Cell<Option<Waker>>,
+    handoff: Cell<Option<Waker>>,
 }
 
 impl Core {
@@ -159,8 +165,12 @@ impl Shard {
             applier: None,
             waiters: Vec::new(),
         };
-        let core =
-            Rc::new(Core { state: RefCell::new(state), applying: RefCell::new(applying), scheduler: Cell::new(None) });
+        let core = Rc::new(Core {
+            state: RefCell::new(state),
+            applying: RefCell::new(applying),
+            scheduler: Cell::new(None),
+            handoff: Cell::new(None),
+        });
         monoio::spawn(run_applier(Rc::clone(&core)));
         Ok(Self {
             index,
@@ -213,6 +223,18 @@ impl Shard {
     /// Registers the scheduler's waker.
     pub fn park_scheduler(&self, waker: &Waker) {
         self.core.scheduler.set(Some(waker.clone()));
+    }
+
+    /// Wakes the handoff task: a publish has deliveries for other shards.
+    pub fn notify_handoff(&self) {
+        if let Some(waker) = self.core.handoff.take() {
+            waker.wake();
+        }
+    }
+
+    /// Registers the handoff task's waker.
+    pub fn park_handoff(&self, waker: &Waker) {
+        self.core.handoff.set(Some(waker.clone()));
     }
 
     /// Gives up the shard for its log (at shutdown, to close it).
@@ -323,6 +345,9 @@ impl Shard {
             idempotency_key: ingest.idempotency_key,
             content_type: ingest.content_type,
             traceparent: ingest.traceparent,
+            tracestate: ingest.tracestate,
+            event_type: ingest.event_type,
+            publish: None,
             payload: ingest.payload,
         };
         let lsn = self.submit(Record::EventReceived(event), now_ms)?;

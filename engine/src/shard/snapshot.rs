@@ -14,7 +14,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::model::endpoint::Endpoint;
+use crate::model::endpoint::{Endpoint, EndpointV1};
 use crate::state::breaker::{Breaker, BreakerSnapshot};
 use crate::state::ShardState;
 
@@ -22,8 +22,17 @@ use crate::state::ShardState;
 pub const FILE_NAME: &str = "endpoints.snapshot";
 /// Endpoints only (before breakers were kept).
 const MAGIC_ENDPOINTS: &[u8; 8] = b"KPSNAP01";
+/// [`Snapshot`] with endpoints from before subscriptions ([`EndpointV1`]).
+const MAGIC_V2: &[u8; 8] = b"KPSNAP02";
 /// [`Snapshot`].
-const MAGIC: &[u8; 8] = b"KPSNAP02";
+const MAGIC: &[u8; 8] = b"KPSNAP03";
+
+/// [`Snapshot`] as `KPSNAP02` stored it.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SnapshotV2 {
+    applied_lsn: u64,
+    endpoints: Vec<(EndpointV1, BreakerSnapshot)>,
+}
 
 /// What the snapshot holds.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -83,24 +92,31 @@ pub fn read(directory: &Path) -> Result<Option<Snapshot>, String> {
         Err(error) => return Err(format!("read {}: {error}", snapshot.display())),
     };
     let damaged = |reason: &str| format!("endpoint snapshot {} is damaged: {reason}", snapshot.display());
-    if bytes.len() < 12 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_ENDPOINTS) {
+    let magic = &bytes[..bytes.len().min(8)];
+    if bytes.len() < 12 || (magic != MAGIC && magic != MAGIC_V2 && magic != MAGIC_ENDPOINTS) {
         return Err(damaged("bad header"));
     }
     let (crc, body) = (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]), &bytes[12..]);
     if crc32c::crc32c(body) != crc {
         return Err(damaged("checksum mismatch"));
     }
-    if &bytes[..8] == MAGIC_ENDPOINTS {
+    if magic == MAGIC_ENDPOINTS {
         let endpoints =
-            kapsel_wal::codec::decode::<Vec<Endpoint>>(body).map_err(|error| damaged(&error.to_string()))?;
+            kapsel_wal::codec::decode::<Vec<EndpointV1>>(body).map_err(|error| damaged(&error.to_string()))?;
         let endpoints = endpoints
             .into_iter()
             .map(|endpoint| {
+                let endpoint = Endpoint::from(endpoint);
                 let breaker = Breaker::new(&endpoint.circuit).to_snapshot();
                 (endpoint, breaker)
             })
             .collect();
         return Ok(Some(Snapshot { applied_lsn: 0, endpoints }));
+    }
+    if magic == MAGIC_V2 {
+        let old = kapsel_wal::codec::decode::<SnapshotV2>(body).map_err(|error| damaged(&error.to_string()))?;
+        let endpoints = old.endpoints.into_iter().map(|(endpoint, breaker)| (endpoint.into(), breaker)).collect();
+        return Ok(Some(Snapshot { applied_lsn: old.applied_lsn, endpoints }));
     }
     kapsel_wal::codec::decode::<Snapshot>(body).map(Some).map_err(|error| damaged(&error.to_string()))
 }

@@ -50,6 +50,12 @@ pub struct EventRecordView {
     pub payload_bytes: u32,
     /// Key, attempts, excerpt.
     pub detail: Option<Detail>,
+    /// A delivery of a published event.
+    pub delivery: bool,
+    /// Its type, when kept.
+    pub event_type: Option<String>,
+    /// Its channel, for a delivery.
+    pub channel: Option<String>,
 }
 
 /// The durable part of a shard's state.
@@ -66,6 +72,8 @@ pub struct DurableView {
     pub keys: BTreeMap<(String, String), Remembered>,
     /// Events not yet delivered or failed.
     pub waiting_count: usize,
+    /// Published events whose deliveries other shards have not all adopted, with those shards.
+    pub handoffs: BTreeMap<EventId, Vec<u16>>,
 }
 
 impl ShardState {
@@ -106,6 +114,9 @@ impl ShardState {
                 next_attempt_at_ms: event.next_attempt_at_ms(),
                 payload_bytes: event.payload_bytes,
                 detail: event.detail.as_deref().cloned(),
+                delivery: event.delivery,
+                event_type: self.names.get(event.event_type).map(str::to_string),
+                channel: self.names.get(event.channel).map(str::to_string),
             };
             if event.is_waiting() {
                 waiting.insert(*event_id, view);
@@ -120,7 +131,12 @@ impl ShardState {
             .filter(|(_, _, remembered, at_ms)| remembered.lsn >= first_lsn && at_ms.saturating_add(window_ms) > now_ms)
             .map(|(endpoint, key, remembered, _)| ((endpoint.to_string(), key.to_string()), remembered))
             .collect();
-        DurableView { endpoints, waiting, terminal, keys, waiting_count: self.waiting }
+        let handoffs = self
+            .publications
+            .pending()
+            .map(|(event_id, publication)| (event_id, publication.handoffs.iter().map(|(shard, _)| *shard).collect()))
+            .collect();
+        DurableView { endpoints, waiting, terminal, keys, waiting_count: self.waiting, handoffs }
     }
 }
 
@@ -155,6 +171,9 @@ impl DurableView {
         }
         if self.keys != other.keys {
             return Some(format!("idempotency keys: {:?}\n  against {:?}", self.keys, other.keys));
+        }
+        if self.handoffs != other.handoffs {
+            return Some(format!("pending handoffs: {:?}\n  against {:?}", self.handoffs, other.handoffs));
         }
         if self.waiting_count != other.waiting_count {
             return Some(format!("waiting count {} against {}", self.waiting_count, other.waiting_count));

@@ -5,6 +5,7 @@
 
 use kapsel_wal::Position;
 
+use crate::model::ids::EventId;
 use crate::model::records::{Attempt, AttemptRecap, History};
 use crate::model::status::EventStatus;
 
@@ -165,6 +166,12 @@ pub struct Event {
     pub status: EventStatus,
     /// An attempt is in flight (live only: replay never sets it).
     pub in_flight: bool,
+    /// A delivery of a published event (its id is the published event's plus its number).
+    pub delivery: bool,
+    /// Its type's number in the shard's `Names` (0: not kept).
+    pub event_type: u16,
+    /// For a delivery, its channel's number in the shard's `Names` (0: none).
+    pub channel: u16,
 }
 
 impl Event {
@@ -174,6 +181,15 @@ impl Event {
             EventStatus::Delivering
         } else {
             self.status
+        }
+    }
+
+    /// The id the outside knows it by: the published event's for a delivery.
+    pub fn public_id(&self, event_id: EventId) -> EventId {
+        if self.delivery {
+            event_id.published()
+        } else {
+            event_id
         }
     }
 

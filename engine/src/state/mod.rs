@@ -35,7 +35,9 @@ mod compare;
 mod endpoints;
 mod event;
 pub mod idempotency;
+mod names;
 mod payloads;
+mod publications;
 pub mod rate;
 pub mod retry;
 mod schedule;
@@ -46,13 +48,14 @@ mod view;
 mod tests;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::rc::Rc;
 
 use kapsel_wal::Position;
 
 use crate::model::endpoint::Endpoint;
 use crate::model::ids::{EventId, EventIdGenerator};
 use crate::model::records::{
-    Attempt, EventCarried, EventReceived, Record, Redriven, OUTCOME_DELIVERED, OUTCOME_RETRYING,
+    Attempt, EventCarried, EventReceived, Published, Record, Redriven, OUTCOME_DELIVERED, OUTCOME_RETRYING,
 };
 use crate::state::breaker::Transition;
 use crate::state::idempotency::{IdempotencyTable, Remembered};
@@ -61,7 +64,9 @@ pub use crate::model::status::EventStatus;
 pub use compare::{DurableView, EndpointView, EventRecordView};
 pub use endpoints::{EndpointEntry, Endpoints};
 pub use event::{delivery_code, is_destination_failure, AttemptSummary, DeliveryCode, Detail, Event};
+pub use names::{Names, NAMES_MAX};
 pub use payloads::{Payload, PayloadCache};
+pub use publications::{Publication, Publications};
 pub use schedule::{Plan, ReadRequest, Start};
 pub use table::EventTable;
 pub use view::event_json;
@@ -103,6 +108,10 @@ pub struct ShardState {
     pub idempotency: IdempotencyTable,
     /// Event id source.
     pub ids: EventIdGenerator,
+    /// Event types and channel names the events name by number.
+    pub names: Names,
+    /// Events published to channels this shard owns.
+    pub publications: Publications,
     /// Live only: payloads whose turn is near.
     payloads: PayloadCache,
     /// Live only: each endpoint's one timer, by time.
@@ -136,6 +145,8 @@ impl ShardState {
             events: EventTable::default(),
             idempotency: IdempotencyTable::new(limits.idempotency_window_ms, limits.idempotency_keys_max),
             ids: EventIdGenerator::new(index, None),
+            names: Names::default(),
+            publications: Publications::default(),
             payloads: PayloadCache::default(),
             wakeups: BTreeSet::new(),
             active: BTreeSet::new(),
@@ -183,6 +194,11 @@ impl ShardState {
             Record::Redriven(redriven) => self.redriven(lsn, position, redriven, now_ms),
             Record::Attempt(attempt) => self.apply_attempt(lsn, &attempt),
             Record::Requeued(requeued) => self.requeue(lsn, EventId(requeued.event_id), requeued.at_ms),
+            Record::Published(published) => self.publish(lsn, position, published, now_ms),
+            Record::Adopted(adopted) => self.receive_deliveries(lsn, position, &adopted, now_ms),
+            Record::HandedOff(handed_off) => {
+                self.publications.handed_off(EventId(handed_off.event_id), handed_off.shard);
+            }
         }
         self.assert_bounds();
     }
@@ -295,10 +311,51 @@ impl ShardState {
         self.wake_budget_waiters();
     }
 
+    /// An event published to one of this shard's channels: its idempotency key (scoped to the
+    /// channel), what a lookup shows, the handoffs to other shards, and this shard's deliveries.
+    fn publish(&mut self, lsn: u64, position: Position, published: Published, now_ms: u64) {
+        let event_id = EventId(published.event_id);
+        self.ids.observe(event_id.last_delivery());
+        if let Some(key) = &published.idempotency_key {
+            let scope = publish_scope(&published.channel);
+            let remembered = Remembered { event_id, lsn };
+            self.idempotency.remember(&scope, key, remembered, published.received_at_ms, now_ms);
+        }
+        let handed: usize = published.handoffs.iter().map(|handoff| handoff.deliveries.len()).sum();
+        let publication = Publication {
+            lsn,
+            position,
+            channel: self.names.intern(&published.channel),
+            event_type: self.names.intern(&published.event_type),
+            endpoints: u32::try_from(published.deliveries.len() + handed).unwrap_or(u32::MAX),
+            payload_bytes: u32::try_from(published.payload.len()).unwrap_or(u32::MAX),
+            idempotency_key: published.idempotency_key.as_deref().map(Box::from),
+            handoffs: published
+                .handoffs
+                .iter()
+                .map(|handoff| {
+                    let endpoints = handoff.deliveries.iter().map(|delivery| Box::from(delivery.endpoint_id.as_str()));
+                    (handoff.shard, endpoints.collect())
+                })
+                .collect(),
+        };
+        self.publications.insert(event_id, publication, self.limits.terminal_events_max);
+        self.receive_deliveries(lsn, position, &published, now_ms);
+    }
+
+    /// The deliveries a published or adopted record gives this shard: each an event of its
+    /// endpoint, queued at the record.
+    fn receive_deliveries(&mut self, lsn: u64, position: Position, published: &Published, now_ms: u64) {
+        for delivery in &published.deliveries {
+            self.receive(lsn, position, published.delivery_event(delivery), Progress::default(), now_ms);
+        }
+    }
+
     /// A received event (or one recreated from a carried or redriven record).
     fn receive(&mut self, lsn: u64, position: Position, event: EventReceived, progress: Progress, now_ms: u64) {
         let event_id = EventId(event.event_id);
-        self.ids.observe(event_id);
+        // A delivery's id lies in its published event's block, which new ids must skip whole.
+        self.ids.observe(if event.publish.is_some() { event_id.last_delivery() } else { event_id });
         let Some(slot) = self.endpoints.slot(&event.endpoint_id) else {
             // Its endpoint was deleted before the record was applied: nothing to deliver to.
             return;
@@ -316,6 +373,8 @@ impl ShardState {
             .map(|key| Box::new(Detail { idempotency_key: Some(Box::from(key)), ..Detail::default() }));
         let status = if progress.next_attempt_at_ms.is_some() { EventStatus::Retrying } else { EventStatus::Pending };
         let payload_bytes = u32::try_from(event.payload.len()).unwrap_or(u32::MAX);
+        let event_type = self.names.intern(&event.event_type);
+        let channel = event.publish.as_ref().map_or(0, |publish| self.names.intern(&publish.channel));
         let queued_lsn = if progress.queued_lsn == 0 { lsn } else { progress.queued_lsn };
         // A carried event keeps the place of a record written before the one carrying it.
         debug_assert!(queued_lsn <= lsn, "{event_id} queued at {queued_lsn}, after its record {lsn}");
@@ -332,6 +391,9 @@ impl ShardState {
                 payload_bytes,
                 status,
                 in_flight: false,
+                delivery: event.publish.is_some(),
+                event_type,
+                channel,
             },
         );
         if let (Some(due), Some(event)) = (progress.next_attempt_at_ms, self.events.get_mut(&event_id)) {
@@ -628,10 +690,14 @@ impl ShardState {
     /// LSN of the oldest waiting event's record: retention keeps every segment from it on.
     pub fn oldest_waiting_lsn(&self) -> Option<u64> {
         if self.waiting == 0 {
-            return None;
+            return self.publications.oldest_pending_lsn();
         }
         // Carried events hold old ids at new LSNs, so every waiting event is looked at.
-        self.events.values().filter(|event| event.is_waiting()).map(|event| event.lsn).min()
+        let waiting = self.events.values().filter(|event| event.is_waiting()).map(|event| event.lsn).min();
+        match (waiting, self.publications.oldest_pending_lsn()) {
+            (Some(waiting), Some(pending)) => Some(waiting.min(pending)),
+            (waiting, pending) => waiting.or(pending),
+        }
     }
 
     /// Up to `count_max` waiting events not in flight whose record lies below `lsn`, with their
@@ -677,6 +743,20 @@ impl ShardState {
         })
     }
 
+    /// The deliveries of published event `event_id` this shard tracks, by id.
+    pub fn deliveries_of(&self, event_id: EventId) -> Vec<EventId> {
+        let after_block = EventId(event_id.last_delivery().0.saturating_add(1));
+        let mut deliveries: Vec<EventId> = self
+            .events
+            .newest_before(Some(after_block))
+            .take_while(|(delivery, _)| **delivery > event_id)
+            .filter(|(_, event)| event.delivery)
+            .map(|(delivery, _)| *delivery)
+            .collect();
+        deliveries.reverse();
+        deliveries
+    }
+
     /// Failed events of an endpoint, with their positions.
     pub fn failed_events(&self, endpoint: &str) -> Vec<(EventId, Position)> {
         let Some(slot) = self.endpoints.slot(endpoint) else {
@@ -706,8 +786,15 @@ impl ShardState {
         let event = self.events.get(&event_id)?;
         let entry = self.endpoints.at(event.endpoint);
         let held = event.is_waiting() && !event.in_flight && entry.is_some_and(|entry| entry.breaker.holds(now_ms));
-        Some(event_json(event_id, event, self.endpoint_of(event), held.then_some("E2005")))
+        let names = (self.names.get(event.event_type), self.names.get(event.channel));
+        Some(event_json(event_id, event, self.endpoint_of(event), names, held.then_some("E2005")))
     }
+}
+
+/// The idempotency scope of publishes to a channel: not an endpoint id (those have no `/`), so
+/// a channel's keys and an endpoint's never meet.
+pub fn publish_scope(channel: &str) -> Rc<str> {
+    Rc::from(format!("/publish/{channel}"))
 }
 
 /// Where a pending event goes into its endpoint's queue: after every event queued before it

@@ -20,14 +20,25 @@ pub struct Payload {
     pub body: Rc<[u8]>,
     /// The sender's `Content-Type`.
     pub content_type: Option<String>,
-    /// The sender's `traceparent`.
+    /// The sender's valid `traceparent`.
     pub traceparent: Option<String>,
+    /// The sender's valid `tracestate`, forwarded with the child `traceparent`.
+    pub tracestate: Option<String>,
+    /// What the destination sees as `webhook-id`: the event's id, or the published event's for a
+    /// delivery of one.
+    pub webhook_id: EventId,
 }
 
 impl Payload {
     /// The payload of an event record (its body moved, not copied, where possible).
     pub fn of(event: EventReceived) -> Self {
-        Self { body: Rc::from(event.payload), content_type: event.content_type, traceparent: event.traceparent }
+        Self {
+            webhook_id: EventId(event.webhook_id()),
+            body: Rc::from(event.payload),
+            content_type: event.content_type,
+            traceparent: event.traceparent,
+            tracestate: event.tracestate,
+        }
     }
 }
 

@@ -246,6 +246,9 @@ mod tests {
             payload_bytes: 0,
             status: EventStatus::Pending,
             in_flight: false,
+            delivery: false,
+            event_type: 0,
+            channel: 0,
         }
     }
 

@@ -82,6 +82,9 @@ fn received(event_id: EventId) -> EventReceived {
         idempotency_key: None,
         content_type: None,
         traceparent: None,
+        tracestate: None,
+        event_type: "event".into(),
+        publish: None,
         payload: vec![b'x'; 100],
     }
 }
@@ -91,7 +94,13 @@ fn loaded(request: &ReadRequest) -> Vec<(EventId, Result<Payload, String>)> {
         .events
         .iter()
         .map(|(event_id, _)| {
-            let payload = Payload { body: std::rc::Rc::from(vec![b'x'; 100]), content_type: None, traceparent: None };
+            let payload = Payload {
+                body: std::rc::Rc::from(vec![b'x'; 100]),
+                content_type: None,
+                traceparent: None,
+                tracestate: None,
+                webhook_id: EventId(0),
+            };
             (*event_id, Ok(payload))
         })
         .collect()

@@ -8,15 +8,22 @@ use crate::model::view::{attempt_json, EventView};
 
 /// The admin JSON view of an event in memory; `waiting_reason` is E2005 while its endpoint's
 /// breaker holds it.
-pub fn event_json(event_id: EventId, event: &Event, endpoint_id: &str, waiting_reason: Option<&str>) -> Value {
+pub fn event_json(
+    event_id: EventId,
+    event: &Event,
+    endpoint_id: &str,
+    names: (Option<&str>, Option<&str>),
+    waiting_reason: Option<&str>,
+) -> Value {
     let detail = event.detail.as_deref();
     let excerpt = detail
         .and_then(|detail| detail.last_excerpt.as_deref())
         .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
     let received_at_ms = event_id.unix_ms();
     let attempts = detail.map_or(&[][..], |detail| &detail.attempts[..]);
+    let (event_type, channel) = names;
     EventView {
-        event_id: &event_id.to_string(),
+        event_id: &event.public_id(event_id).to_string(),
         endpoint_id,
         status: event.shown_status().as_str(),
         attempts: attempts
@@ -40,6 +47,8 @@ pub fn event_json(event_id: EventId, event: &Event, endpoint_id: &str, waiting_r
         updated_at_ms: event.updated_at_ms(received_at_ms),
         payload_bytes: event.payload_bytes,
         idempotency_key: event.idempotency_key(),
+        event_type,
+        channel,
     }
     .to_json()
 }
