@@ -13,6 +13,7 @@ mod config;
 mod delivery;
 mod destinations;
 mod docs;
+mod fanout;
 mod fuzz_corpus;
 mod hostile;
 mod http_details;
