@@ -26,3 +26,4 @@ mod operations;
 mod postgres_harness;
 mod retention;
 mod storage;
+mod trace_context;
