@@ -281,10 +281,9 @@ fn kill_9_during_publishes_leaves_all_or_none() {
             }
             acknowledged.iter().all(|marker| reached.get(marker).is_some_and(|paths| paths.len() == endpoints.len()))
         });
-        // Let handoffs of unacknowledged publishes that made it finish too, then check all-or-none.
-        let settled = server.admin("GET", "/metrics", "");
-        assert_eq!(settled.status, 200);
-        std::thread::sleep(Duration::from_millis(500));
+        // Handoffs of unacknowledged publishes that made it to the log finish too; then all or none.
+        wait_until("every handoff done", || common::metric(&server, "kapsel_publish_handoffs_pending") == 0.0);
+        wait_until("nothing waiting", || common::metric(&server, "kapsel_events_waiting") == 0.0);
         let mut reached: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for received in sink.received() {
             reached.entry(marker(&String::from_utf8_lossy(&received.body))).or_default().insert(received.path);

@@ -64,6 +64,7 @@ pub struct ShardReport {
     ready: usize,
     in_flight: u64,
     idempotency_keys: usize,
+    handoffs_pending: usize,
     payload_bytes: usize,
     payloads_cached: usize,
     read_backs: u64,
@@ -110,6 +111,7 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         ready,
         in_flight,
         idempotency_keys: state.idempotency.len(),
+        handoffs_pending: state.publications.pending_count(),
         payload_bytes: state.payload_bytes_held(),
         payloads_cached: state.payloads_cached(),
         read_backs: metrics.read_backs.get(),
@@ -245,6 +247,13 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
     per_shard(&mut out, "kapsel_idempotency_keys", "gauge", "Idempotency keys remembered.", &|r| {
         r.idempotency_keys as u64
     });
+    per_shard(
+        &mut out,
+        "kapsel_publish_handoffs_pending",
+        "gauge",
+        "Published events whose deliveries other shards have not adopted yet.",
+        &|r| r.handoffs_pending as u64,
+    );
     per_shard(
         &mut out,
         "kapsel_payload_memory_bytes",
@@ -469,6 +478,7 @@ mod tests {
             ready: 2,
             in_flight: 1,
             idempotency_keys: 0,
+            handoffs_pending: 0,
             payload_bytes: 2048,
             payloads_cached: 2,
             read_backs: metrics.read_backs.get(),
