@@ -307,7 +307,12 @@ async fn retry_event(
     endpoint_id: Option<String>,
     now: u64,
 ) -> Result<Response, EngineError> {
-    let direct = endpoint_id.is_none() && shard.state().borrow().events.contains_key(&event_id);
+    let direct = {
+        let state = shard.state().borrow();
+        state.events.get(&event_id).is_some_and(|event| {
+            !event.delivery && endpoint_id.as_deref().is_none_or(|wanted| state.endpoint_of(event) == wanted)
+        })
+    };
     if direct {
         let json = shard.retry_event(event_id, now).await?;
         return Ok(Response::json(202, json.to_string().into_bytes()));

@@ -575,7 +575,10 @@ impl Shard {
     pub async fn prove_event(&self, event_id: EventId) -> Result<kapsel_wal::audit::InclusionProof, EngineError> {
         let lsn = {
             let state = self.core.state.borrow();
-            state.events.get(&event_id).ok_or_else(|| event_not_found(event_id))?.lsn
+            // A published event's proof is of its publish record.
+            let publication = state.publications.get(&event_id).map(|publication| publication.lsn);
+            let event = state.events.get(&event_id).map(|event| event.lsn);
+            event.or(publication).ok_or_else(|| event_not_found(event_id))?
         };
         let directory = self.wal.directory().to_path_buf();
         let proof = off_shard("kapsel-proof", move || kapsel_wal::audit::prove(&directory, lsn)).await?;
