@@ -3,7 +3,7 @@
 //! to other shards. A publication with a handoff pending keeps its record in the log
 //! (retention) until every shard it names adopted its deliveries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kapsel_wal::Position;
 
@@ -36,23 +36,22 @@ pub struct Publication {
 #[derive(Debug, Default)]
 pub struct Publications {
     map: BTreeMap<EventId, Publication>,
-    pending: usize,
+    /// The published events with a handoff pending (so finding them costs no scan of `map`).
+    pending: BTreeSet<EventId>,
 }
 
 impl Publications {
     /// Keeps a published event; then forgets the oldest fully handed-over ones beyond
     /// `publications_max`.
     pub fn insert(&mut self, event_id: EventId, publication: Publication, publications_max: usize) {
-        if !publication.handoffs.is_empty() {
-            self.pending += 1;
+        if publication.handoffs.is_empty() {
+            self.pending.remove(&event_id);
+        } else {
+            self.pending.insert(event_id);
         }
-        if let Some(replaced) = self.map.insert(event_id, publication) {
-            debug_assert!(false, "publication {event_id} applied twice");
-            if !replaced.handoffs.is_empty() {
-                self.pending = self.pending.saturating_sub(1);
-            }
-        }
-        while self.map.len() > publications_max.saturating_add(self.pending) {
+        let replaced = self.map.insert(event_id, publication);
+        debug_assert!(replaced.is_none(), "publication {event_id} applied twice");
+        while self.map.len() > publications_max.saturating_add(self.pending.len()) {
             let oldest = self.map.iter().find(|(_, publication)| publication.handoffs.is_empty()).map(|(id, _)| *id);
             match oldest {
                 Some(oldest) => self.map.remove(&oldest),
@@ -71,21 +70,20 @@ impl Publications {
         let Some(publication) = self.map.get_mut(&event_id) else {
             return;
         };
-        let before = publication.handoffs.len();
         publication.handoffs.retain(|(pending, _)| *pending != shard);
-        if before > 0 && publication.handoffs.is_empty() {
-            self.pending = self.pending.saturating_sub(1);
+        if publication.handoffs.is_empty() {
+            self.pending.remove(&event_id);
         }
     }
 
     /// Published events with a handoff pending, oldest first, with their records' places.
     pub fn pending(&self) -> impl Iterator<Item = (EventId, &Publication)> {
-        self.map.iter().filter(|(_, publication)| !publication.handoffs.is_empty()).map(|(id, p)| (*id, p))
+        self.pending.iter().filter_map(|event_id| Some((*event_id, self.map.get(event_id)?)))
     }
 
     /// Number of published events with a handoff pending.
     pub fn pending_count(&self) -> usize {
-        self.pending
+        self.pending.len()
     }
 
     /// The LSN of the oldest record a pending handoff still needs.
