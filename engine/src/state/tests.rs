@@ -328,3 +328,77 @@ mod assertions {
         log.state.make_terminal(event_id, EventStatus::Failed);
     }
 }
+
+/// A publish of a 100-byte event to channel `c` with deliveries to `e` here and to `remote` on
+/// shard 1.
+fn published(event_id: EventId, remote: &[&str]) -> Published {
+    use crate::model::records::{Delivery, Handoff};
+    let deliveries = vec![Delivery { delivery_id: event_id.delivery(1).0, endpoint_id: "e".into() }];
+    let handed: Vec<Delivery> = remote
+        .iter()
+        .zip(2..)
+        .map(|(id, number)| Delivery { delivery_id: event_id.delivery(number).0, endpoint_id: (*id).into() })
+        .collect();
+    Published {
+        event_id: event_id.0,
+        channel: "c".into(),
+        event_type: "order.created".into(),
+        received_at_ms: NOW,
+        idempotency_key: Some("k".into()),
+        content_type: None,
+        traceparent: None,
+        tracestate: None,
+        payload: vec![b'x'; 100],
+        deliveries,
+        handoffs: if handed.is_empty() { Vec::new() } else { vec![Handoff { shard: 1, deliveries: handed }] },
+    }
+}
+
+// A publish record queues this shard's deliveries at once, remembers the channel-scoped key,
+// and keeps its record (retention) until the other shard's handoff is recorded.
+#[test]
+fn a_publish_queues_its_deliveries_and_pins_its_record_until_handed_off() {
+    let mut log = Log::new(1 << 20);
+    let event_id = log.state.ids.next_published(NOW);
+    let lsn = log.apply(Record::Published(published(event_id, &["far"])));
+    let deliveries = log.state.deliveries_of(event_id);
+    assert_eq!(deliveries, vec![event_id.delivery(1)]);
+    let delivery = &log.state.events[&deliveries[0]];
+    assert!(delivery.delivery && delivery.is_waiting());
+    assert_eq!(delivery.public_id(deliveries[0]), event_id);
+    assert_eq!(log.state.names.get(delivery.event_type), Some("order.created"));
+    assert_eq!(log.state.names.get(delivery.channel), Some("c"));
+    assert_eq!(log.entry().ready().count(), 1);
+    let scope = publish_scope("c");
+    assert_eq!(log.state.idempotency.lookup(&scope, "k", NOW).map(|remembered| remembered.event_id), Some(event_id));
+    assert_eq!(log.state.publications.pending_count(), 1);
+    // Delivered here, its record is still needed for the other shard.
+    log.attempt(deliveries[0], 1, OUTCOME_DELIVERED, NOW);
+    assert_eq!(log.state.oldest_waiting_lsn(), Some(lsn));
+    log.apply(Record::HandedOff(crate::model::records::HandedOff { event_id: event_id.0, shard: 1 }));
+    assert_eq!(log.state.publications.pending_count(), 0);
+    assert_eq!(log.state.oldest_waiting_lsn(), None);
+    let next = log.state.ids.next(NOW);
+    assert!(next > event_id.last_delivery(), "no later id falls in the publish's block");
+}
+
+// Adopting deliveries twice (a handoff made again after a restart) adds nothing, and an
+// adoption for an endpoint this shard does not have adds nothing either.
+#[test]
+fn adopting_twice_adds_nothing() {
+    let mut log = Log::new(1 << 20);
+    let event_id = EventId::new(NOW, 1, 0);
+    let mut adoption = published(event_id, &[]).adoption(Vec::new());
+    adoption.deliveries = vec![
+        crate::model::records::Delivery { delivery_id: event_id.delivery(3).0, endpoint_id: "e".into() },
+        crate::model::records::Delivery { delivery_id: event_id.delivery(4).0, endpoint_id: "gone".into() },
+    ];
+    log.apply(Record::Adopted(adoption.clone()));
+    log.apply(Record::Adopted(adoption));
+    assert_eq!(log.state.deliveries_of(event_id), vec![event_id.delivery(3)]);
+    assert_eq!(log.entry().ready().count(), 1);
+    assert_eq!(log.state.pending_work(), 1);
+    assert_eq!(log.state.publications.len(), 0, "an adoption is not a publication here");
+    let own = log.state.ids.next(NOW);
+    assert_eq!(own.shard(), 0, "another shard's ids leave this shard's sequence alone");
+}
