@@ -15,9 +15,11 @@
 //! drained once it is enabled; a burst of 256 connections; and a graceful restart after a
 //! million deliveries, which must send nothing again (the private `backlog` module). Last,
 //! one endpoint's delivery rate alone and beside misbehaving destinations on its shard (the
-//! private `hostile` module).
+//! private `hostile` module), and `POST /publish/{channel}` delivering every event to 1, 10
+//! and 100 endpoints (the private `fanout` module).
 
 mod backlog;
+mod fanout;
 mod hostile;
 
 use std::net::SocketAddr;
@@ -151,7 +153,14 @@ fn run() -> Result<(), String> {
     } else {
         None
     };
-    print_results(&bench, &results, &backlogs, hostile.as_ref());
+    let fanout = if bench.selected(fanout::LABEL) {
+        let measured = fanout::run(&bench)?;
+        println!("  {:<11} {}", fanout::LABEL, measured.line());
+        Some(measured)
+    } else {
+        None
+    };
+    print_results(&bench, &results, &backlogs, hostile.as_ref(), fanout.as_ref());
     Ok(())
 }
 
@@ -226,6 +235,7 @@ impl Bench {
         );
         backlog::print_header(self);
         hostile::print_header(self);
+        fanout::print_header(self);
     }
 
     /// The closed loop, then the open loops by rate.
@@ -424,8 +434,9 @@ fn print_results(
     results: &[Delivered],
     backlogs: &[backlog::Measured],
     hostile: Option<&hostile::Measured>,
+    fanout: Option<&fanout::Measured>,
 ) {
-    if results.is_empty() && backlogs.is_empty() && hostile.is_none() {
+    if results.is_empty() && backlogs.is_empty() && hostile.is_none() && fanout.is_none() {
         return;
     }
     if !results.is_empty() {
@@ -439,12 +450,19 @@ fn print_results(
         println!();
         hostile::print_results(hostile);
     }
+    if let Some(fanout) = fanout {
+        println!();
+        fanout::print_results(fanout);
+    }
     println!();
     println!("Summary (target from the issue: ≥ {DELIVERIES_PER_S_TARGET_MIN:.0} deliveries/s):");
     print_summary(results);
     backlog::print_summary(backlogs);
     if let Some(hostile) = hostile {
         hostile::print_summary(hostile);
+    }
+    if let Some(fanout) = fanout {
+        fanout::print_summary(fanout);
     }
     let noise = results
         .iter()
@@ -455,6 +473,7 @@ fn print_results(
         })
         .chain(backlogs.iter().map(backlog::Measured::others_cores))
         .chain(hostile.map(hostile::Measured::others_cores))
+        .chain(fanout.map(fanout::Measured::others_cores))
         .fold(0.0, f64::max);
     if noise > report::NOISE_CORES_MAX {
         println!("  NOISY: other processes used up to {noise:.2} cores during a measured period; compare with care");

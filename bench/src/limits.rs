@@ -154,6 +154,28 @@ pub const HOSTILE_REQUEST_HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Hostile destinations: largest request body read; a larger one ends the connection.
 pub const HOSTILE_REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
 
+/// Delivery bench, fan-out scenario: endpoints subscribed to the published channel, one run
+/// each (`fan-0`…): every publish is delivered this many times. Kapsel refuses a publish that
+/// matches more than 10 000 (its `PUBLISH_ENDPOINTS_MAX`).
+pub const DELIVERY_FANOUT_ENDPOINTS: [usize; 3] = [1, 10, 100];
+
+/// Delivery bench, fan-out scenario: connections of each run's closed loop of publishes, in
+/// the order of [`DELIVERY_FANOUT_ENDPOINTS`]. A publish costs Kapsel one record and one fsync
+/// whatever the endpoints, its deliveries N times one delivery's work, so connections × N is
+/// kept near the loops' 64 requests outstanding (64, 80, 200): enough to keep the deliveries
+/// busy, while the publishes take little of the two cores and the backlog stays one the drain
+/// can clear. Two rather than one at N = 100, so that the loop does not idle through each
+/// fsync: one publish waits for it while the other is on its way.
+pub const DELIVERY_FANOUT_CONNECTIONS: [usize; 3] = [64, 8, 2];
+
+/// Delivery bench, fan-out scenario: after the loop stops, how long the sink may take to
+/// receive N deliveries for every accepted publish; what is missing then is reported as
+/// undelivered. Longer than the loops' bound: each 202 owes N deliveries, so a closed loop of
+/// publishes can ask for them faster than they go out and leave a backlog when it stops; a
+/// million owed deliveries take under a minute at the 20 000/s target, under five at a quarter
+/// of it.
+pub const DELIVERY_FANOUT_DRAIN_MS_MAX: u64 = 300_000;
+
 /// Delivery bench: how often a long drain prints its progress.
 pub const DELIVERY_PROGRESS_MS: u64 = 10_000;
 
@@ -296,3 +318,14 @@ const _: () = assert!(DELIVERY_BURST_SECONDS_MAX <= MEASURE_SECONDS_MAX);
 const _: () = assert!(HOSTILE_TIMEOUT_MS < HOSTILE_HOLD_MS_MAX && HOSTILE_POLL_MS * 10 <= HOSTILE_TIMEOUT_MS);
 // The feeder's schedule is whole microseconds.
 const _: () = assert!(HOSTILE_EVENTS_PER_S > 0 && HOSTILE_EVENTS_PER_S <= 1_000_000);
+// Every fan-out run has endpoints and a loop; its drain is allowed at least the loops' bound and
+// prints its progress within it.
+const _: () = {
+    let mut index = 0;
+    while index < DELIVERY_FANOUT_ENDPOINTS.len() {
+        assert!(DELIVERY_FANOUT_ENDPOINTS[index] > 0 && DELIVERY_FANOUT_CONNECTIONS[index] > 0);
+        index += 1;
+    }
+};
+const _: () = assert!(DELIVERY_DRAIN_MS_MAX <= DELIVERY_FANOUT_DRAIN_MS_MAX);
+const _: () = assert!(DELIVERY_PROGRESS_MS < DELIVERY_FANOUT_DRAIN_MS_MAX);
