@@ -7,6 +7,7 @@
 //! query answers 503 E3001. A connection a query gave up on is dropped, never reused: an answer
 //! may still be on its way, or never come.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -143,9 +144,32 @@ pub async fn serve(mut requests: tokio::sync::mpsc::Receiver<QueryRequest>, pool
     }
 }
 
-const EVENT_COLUMNS: &str = "id, endpoint_id, status, attempt_count, next_attempt_at, received_at, updated_at, \
-                             delivered_at, payload_bytes, idempotency_key, trace_id";
+/// The `events` columns every answer reads, in [`EventRow::read`]'s order.
+const EVENT_COLUMNS: &[&str] = &[
+    "id",
+    "endpoint_id",
+    "status",
+    "attempt_count",
+    "next_attempt_at",
+    "received_at",
+    "updated_at",
+    "delivered_at",
+    "payload_bytes",
+    "idempotency_key",
+    "trace_id",
+    "event_type",
+    "channel",
+    "endpoints",
+];
 
+/// [`EVENT_COLUMNS`] of table alias `table`.
+fn event_columns(table: &str) -> String {
+    EVENT_COLUMNS.iter().map(|name| format!("{table}.{name}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `GET /admin/events`: newest first, one entry per event; a published event once, with its
+/// deliveries, its status the worst of theirs. `endpoint_id=` matches the events ingested for
+/// that endpoint and the published events with a delivery to it.
 async fn list(client: &Client, query: &EventQuery) -> Result<Value, tokio_postgres::Error> {
     let mut conditions: Vec<String> = Vec::new();
     let mut parameters: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
@@ -153,55 +177,231 @@ async fn list(client: &Client, query: &EventQuery) -> Result<Value, tokio_postgr
         parameters.push(value);
         conditions.push(condition.replace('?', &format!("${}", parameters.len())));
     };
-    if let Some(endpoint_id) = &query.endpoint_id {
-        add("endpoint_id = ?", Box::new(endpoint_id.clone()));
-    }
     if let Some(status) = query.status {
-        add("status = ?", Box::new(status.0.to_string()));
+        add("e.status = ?", Box::new(status.0.to_string()));
     }
     if let Some(key) = &query.idempotency_key {
-        add("idempotency_key = ?", Box::new(key.clone()));
+        add("e.idempotency_key = ?", Box::new(key.clone()));
+    }
+    if let Some(event_type) = &query.event_type {
+        add("e.event_type = ?", Box::new(event_type.clone()));
+    }
+    if let Some(channel) = &query.channel {
+        add("e.channel = ?", Box::new(channel.clone()));
     }
     if let Some(after) = query.received_after_ms {
-        add("received_at >= ?", Box::new(time(after)));
+        add("e.received_at >= ?", Box::new(time(after)));
     }
     if let Some(before) = query.received_before_ms {
-        add("received_at < ?", Box::new(time(before)));
+        add("e.received_at < ?", Box::new(time(before)));
     }
     if let Some(cursor) = query.cursor {
-        add("id < ?", Box::new(cursor.to_string()));
+        add("e.id < ?", Box::new(cursor.to_string()));
     }
-    let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-    let statement =
-        format!("SELECT {EVENT_COLUMNS} FROM events {filter} ORDER BY id DESC LIMIT {}", query.limit.saturating_add(1));
+    let limit = query.limit.saturating_add(1);
+    let columns = event_columns("e");
+    let statement = match &query.endpoint_id {
+        None => {
+            let filter =
+                if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+            format!("SELECT {columns} FROM events e {filter} ORDER BY e.id DESC LIMIT {limit}")
+        }
+        Some(endpoint_id) => {
+            // Two ordered scans, each stopping at the page's end: the endpoint's own events, and
+            // the published events with a delivery to it (one per event and endpoint).
+            let filter: String = conditions.iter().map(|condition| format!(" AND {condition}")).collect();
+            parameters.push(Box::new(endpoint_id.clone()));
+            let endpoint = format!("${}", parameters.len());
+            format!(
+                "SELECT * FROM (
+                     (SELECT {columns} FROM events e WHERE e.endpoint_id = {endpoint}{filter}
+                      ORDER BY e.id DESC LIMIT {limit})
+                     UNION ALL
+                     (SELECT {columns} FROM deliveries d JOIN events e ON e.id = d.event_id
+                      WHERE d.endpoint_id = {endpoint}{filter} ORDER BY e.id DESC LIMIT {limit})
+                 ) AS found ORDER BY id DESC LIMIT {limit}"
+            )
+        }
+    };
     let borrowed: Vec<&(dyn ToSql + Sync)> =
         parameters.iter().map(|parameter| parameter.as_ref() as &(dyn ToSql + Sync)).collect();
-    let mut rows = client.query(&statement, &borrowed).await?;
+    let mut rows: Vec<EventRow> = client.query(&statement, &borrowed).await?.iter().map(EventRow::read).collect();
     let more = rows.len() > query.limit;
     rows.truncate(query.limit);
-    let ids: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
-    let mut attempts = attempts_of(client, &ids).await?;
-    let events: Vec<Value> =
-        rows.iter().map(|row| event_json(row, attempts.remove(&row.get::<_, String>(0)))).collect();
-    let next_cursor = if more { ids.last().map(|id| Value::String(id.clone())) } else { None };
+    let events = render(client, rows).await?;
+    let next_cursor = if more { events.last().map(|event| event["event_id"].clone()) } else { None };
     Ok(json!({"events": events, "next_cursor": next_cursor.unwrap_or(Value::Null), "source": "index"}))
 }
 
+/// `GET /admin/events/{id}`: an event, a published event with its deliveries, or one delivery
+/// of a published event (as the engine shows a delivery it holds: under the published event's
+/// id, with its endpoint).
 async fn get(client: &Client, event_id: EventId) -> Result<Value, tokio_postgres::Error> {
     let id = event_id.to_string();
-    let statement = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
-    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
+    let statement = format!("SELECT {} FROM events e WHERE e.id = $1", event_columns("e"));
+    if let Some(row) = client.query_opt(&statement, &[&id]).await? {
+        return Ok(render(client, vec![EventRow::read(&row)]).await?.pop().unwrap_or(Value::Null));
+    }
+    let delivery = client
+        .query_opt(
+            "SELECT d.endpoint_id, d.status, d.attempt_count, d.next_attempt_at, d.updated_at, d.delivered_at,
+                    e.id, e.received_at, e.payload_bytes, e.trace_id, e.event_type, e.channel
+             FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.delivery_id = $1",
+            &[&id],
+        )
+        .await?;
+    let Some(delivery) = delivery else {
         return Ok(Value::Null);
     };
     let mut attempts = attempts_of(client, std::slice::from_ref(&id)).await?;
-    Ok(event_json(&row, attempts.remove(&id)))
+    let row = EventRow {
+        id: delivery.get(6),
+        endpoint_id: Some(delivery.get(0)),
+        status: delivery.get(1),
+        attempt_count: delivery.get(2),
+        next_attempt_at: delivery.get(3),
+        received_at: delivery.get(7),
+        updated_at: delivery.get(4),
+        delivered_at: delivery.get(5),
+        payload_bytes: delivery.get(8),
+        idempotency_key: None,
+        trace_id: delivery.get(9),
+        event_type: delivery.get(10),
+        channel: delivery.get(11),
+        endpoints: None,
+    };
+    Ok(row.view(attempts.remove(&id).unwrap_or_default()))
 }
 
-async fn attempts_of(
-    client: &Client,
-    ids: &[String],
-) -> Result<std::collections::HashMap<String, Vec<Value>>, tokio_postgres::Error> {
-    let mut by_event: std::collections::HashMap<String, Vec<Value>> = std::collections::HashMap::new();
+/// What the index holds of an event.
+struct EventRow {
+    id: String,
+    /// `None` for a published event.
+    endpoint_id: Option<String>,
+    status: String,
+    attempt_count: i32,
+    next_attempt_at: Option<SystemTime>,
+    received_at: SystemTime,
+    updated_at: SystemTime,
+    delivered_at: Option<SystemTime>,
+    payload_bytes: i32,
+    idempotency_key: Option<String>,
+    trace_id: Option<String>,
+    event_type: Option<String>,
+    channel: Option<String>,
+    endpoints: Option<i32>,
+}
+
+impl EventRow {
+    /// Reads a row of [`EVENT_COLUMNS`].
+    fn read(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            endpoint_id: row.get(1),
+            status: row.get(2),
+            attempt_count: row.get(3),
+            next_attempt_at: row.get(4),
+            received_at: row.get(5),
+            updated_at: row.get(6),
+            delivered_at: row.get(7),
+            payload_bytes: row.get(8),
+            idempotency_key: row.get(9),
+            trace_id: row.get(10),
+            event_type: row.get(11),
+            channel: row.get(12),
+            endpoints: row.get(13),
+        }
+    }
+
+    /// The engine's event view ([`crate::model::view::EventView`]), plus `delivered_at` and
+    /// `trace_id` which the index keeps; what only the engine's memory knows (the waiting
+    /// reason, the last response excerpt) is null.
+    fn view(&self, attempts: Vec<Value>) -> Value {
+        let mut json = crate::model::view::EventView {
+            event_id: &self.id,
+            endpoint_id: self.endpoint_id.as_deref().unwrap_or_default(),
+            status: &self.status,
+            attempts,
+            attempt_count: u32::try_from(self.attempt_count).unwrap_or(0),
+            next_attempt_at_ms: self.next_attempt_at.map(unix_ms),
+            waiting_reason: None,
+            last_response_excerpt: None,
+            received_at_ms: unix_ms(self.received_at),
+            updated_at_ms: unix_ms(self.updated_at),
+            payload_bytes: u32::try_from(self.payload_bytes).unwrap_or(0),
+            idempotency_key: self.idempotency_key.as_deref(),
+            event_type: self.event_type.as_deref(),
+            channel: self.channel.as_deref(),
+        }
+        .to_json();
+        json["delivered_at"] = json!(self.delivered_at.map(|at| rfc3339(unix_ms(at))));
+        json["trace_id"] = json!(self.trace_id);
+        json
+    }
+
+    /// A published event's view, as `admin::publish::published_json` gives it from memory:
+    /// no endpoint and no attempts of its own, its deliveries (by endpoint id) instead.
+    fn published_view(&self, mut deliveries: Vec<Value>) -> Value {
+        deliveries.sort_by(|a, b| a["endpoint_id"].as_str().cmp(&b["endpoint_id"].as_str()));
+        let mut json = self.view(Vec::new());
+        json["endpoint_id"] = Value::Null;
+        json["endpoints"] = json!(self.endpoints.unwrap_or(0));
+        json["deliveries"] = Value::Array(deliveries);
+        json
+    }
+}
+
+/// The answers for `rows`, in their order: published events with their deliveries, every
+/// event or delivery with its attempts.
+async fn render(client: &Client, rows: Vec<EventRow>) -> Result<Vec<Value>, tokio_postgres::Error> {
+    let published: Vec<String> =
+        rows.iter().filter(|row| row.endpoint_id.is_none()).map(|row| row.id.clone()).collect();
+    let deliveries = if published.is_empty() {
+        Vec::new()
+    } else {
+        client
+            .query(
+                "SELECT event_id, delivery_id, endpoint_id, status, attempt_count, next_attempt_at, updated_at
+                 FROM deliveries WHERE event_id = ANY($1)",
+                &[&published],
+            )
+            .await?
+    };
+    let mut ids: Vec<String> = rows.iter().filter(|row| row.endpoint_id.is_some()).map(|row| row.id.clone()).collect();
+    ids.extend(deliveries.iter().map(|delivery| delivery.get::<_, String>(1)));
+    let mut attempts = attempts_of(client, &ids).await?;
+    let events: HashMap<&str, &EventRow> = rows.iter().map(|row| (row.id.as_str(), row)).collect();
+    let mut by_event: HashMap<String, Vec<Value>> = HashMap::new();
+    for delivery in &deliveries {
+        let event_id: String = delivery.get(0);
+        let Some(event) = events.get(event_id.as_str()) else { continue };
+        let attempt_count: i32 = delivery.get(4);
+        let next_attempt_at: Option<SystemTime> = delivery.get(5);
+        by_event.entry(event_id.clone()).or_default().push(json!({
+            "endpoint_id": delivery.get::<_, String>(2),
+            "status": delivery.get::<_, String>(3),
+            "attempts": attempts.remove(&delivery.get::<_, String>(1)).unwrap_or_default(),
+            "attempt_count": attempt_count,
+            "next_attempt_at": next_attempt_at.map(|at| rfc3339(unix_ms(at))),
+            "waiting_reason": null,
+            "last_response_excerpt": null,
+            "updated_at": rfc3339(unix_ms(delivery.get(6))),
+            "type": event.event_type,
+            "channel": event.channel,
+            "payload_bytes": event.payload_bytes,
+        }));
+    }
+    Ok(rows
+        .iter()
+        .map(|row| match row.endpoint_id {
+            Some(_) => row.view(attempts.remove(&row.id).unwrap_or_default()),
+            None => row.published_view(by_event.remove(&row.id).unwrap_or_default()),
+        })
+        .collect())
+}
+
+async fn attempts_of(client: &Client, ids: &[String]) -> Result<HashMap<String, Vec<Value>>, tokio_postgres::Error> {
+    let mut by_event: HashMap<String, Vec<Value>> = HashMap::new();
     if ids.is_empty() {
         return Ok(by_event);
     }
@@ -224,40 +424,6 @@ async fn attempts_of(
         ));
     }
     Ok(by_event)
-}
-
-/// The engine's event view ([`crate::model::view::EventView`]), plus `delivered_at` and `trace_id`
-/// which the index keeps; what only the engine's memory knows (the waiting reason, the last
-/// response excerpt) is null.
-fn event_json(row: &Row, attempts: Option<Vec<Value>>) -> Value {
-    let (id, endpoint_id, status): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-    let attempt_count: i32 = row.get(3);
-    let next_attempt_at: Option<SystemTime> = row.get(4);
-    let delivered_at: Option<SystemTime> = row.get(7);
-    let payload_bytes: i32 = row.get(8);
-    let idempotency_key: Option<String> = row.get(9);
-    let trace_id: Option<String> = row.get(10);
-    let mut json = crate::model::view::EventView {
-        event_id: &id,
-        endpoint_id: &endpoint_id,
-        status: &status,
-        attempts: attempts.unwrap_or_default(),
-        attempt_count: u32::try_from(attempt_count).unwrap_or(0),
-        next_attempt_at_ms: next_attempt_at.map(unix_ms),
-        waiting_reason: None,
-        last_response_excerpt: None,
-        received_at_ms: unix_ms(row.get(5)),
-        updated_at_ms: unix_ms(row.get(6)),
-        payload_bytes: u32::try_from(payload_bytes).unwrap_or(0),
-        idempotency_key: idempotency_key.as_deref(),
-        // The index gains types and channels with its deliveries table (issue 13, in progress).
-        event_type: None,
-        channel: None,
-    }
-    .to_json();
-    json["delivered_at"] = json!(delivered_at.map(|at| rfc3339(unix_ms(at))));
-    json["trace_id"] = json!(trace_id);
-    json
 }
 
 fn time(unix_ms: u64) -> SystemTime {

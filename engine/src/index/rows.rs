@@ -5,14 +5,29 @@
 //! Every statement is an `UNNEST` of column arrays (one round trip per table), and every one is
 //! idempotent, so applying a record twice changes nothing — the checkpoint written in the same
 //! transaction keeps that from happening anyway.
+//!
+//! Published events (ADR 13) are one `events` row (no endpoint; type, channel and the number of
+//! endpoints) and one `deliveries` row per delivery. The channel's shard's `Published` record
+//! names every delivery, so it makes every row; the shard that delivers one makes its row too
+//! (its `Adopted` record, or the `Published` record's own deliveries), and its attempts follow
+//! in that shard's log. The index applies each shard's records in order but not the shards in
+//! step, so a delivery row may come first from either side: a row made from another shard's
+//! record is a placeholder (`lsn` NULL, pending) that the delivering shard's record takes over,
+//! and every state change is an `UPDATE` keyed by the delivery id after the inserts. Attempts
+//! and requeues name an id that is either an event's or a delivery's, never both, so both
+//! tables get the same `UPDATE`. After each batch the published events it touched get their
+//! deliveries' summary: the worst status (`model::view::status_severity`, `delivered` without
+//! deliveries), the earliest next attempt, the last change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Transaction;
 
 use crate::model::ids::EventId;
-use crate::model::records::{Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING};
+use crate::model::records::{
+    Delivery, EventReceived, Handoff, Published, Record, OUTCOME_DELIVERED, OUTCOME_FAILED, OUTCOME_RETRYING,
+};
 
 /// One log record as the index sees it (payloads are reduced to their size).
 #[derive(Clone, Debug, PartialEq)]
@@ -49,10 +64,30 @@ pub enum Row {
         payload_bytes: u32,
         /// W3C trace id from the sender's `traceparent`.
         trace_id: Option<String>,
+        /// Its type.
+        event_type: String,
+        /// True for the record that accepted it, where its state starts; false for a copy
+        /// carried forward, which only makes a row the index lacks and leaves a row's state alone.
+        received: bool,
     },
-    /// A delivery attempt and the state it left the event in.
+    /// An event published to a channel, with every delivery (the channel's shard's record).
+    Published(Box<PublishedRow>),
+    /// Deliveries of a published event that this record's shard makes: adopted from the
+    /// channel's shard, or one carried forward.
+    Deliveries {
+        /// The published event's id.
+        event_id: u128,
+        /// When it was published.
+        received_at_ms: u64,
+        /// The deliveries.
+        deliveries: Vec<Delivery>,
+        /// True for the record where their state starts (an adoption); false for a copy
+        /// carried forward.
+        received: bool,
+    },
+    /// A delivery attempt and the state it left the event (or delivery) in.
     Attempt {
-        /// Event id.
+        /// Event id, or delivery id.
         event_id: u128,
         /// Attempt number.
         n: u32,
@@ -69,15 +104,38 @@ pub enum Row {
         /// When the next attempt is due.
         next_attempt_at_ms: Option<u64>,
     },
-    /// An event requeued by an operator.
+    /// An event (or delivery) requeued by an operator.
     Requeued {
-        /// Event id.
+        /// Event id, or delivery id.
         event_id: u128,
         /// When.
         at_ms: u64,
     },
     /// A record the index has no row for.
     Nothing,
+}
+
+/// What the index keeps of a `Published` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedRow {
+    /// The published event's id.
+    pub event_id: u128,
+    /// The channel.
+    pub channel: String,
+    /// Its type.
+    pub event_type: String,
+    /// When it was accepted.
+    pub received_at_ms: u64,
+    /// The sender's idempotency key (scoped to the channel).
+    pub idempotency_key: Option<String>,
+    /// Payload size.
+    pub payload_bytes: u32,
+    /// W3C trace id from the sender's `traceparent`.
+    pub trace_id: Option<String>,
+    /// The deliveries the channel's shard makes.
+    pub deliveries: Vec<Delivery>,
+    /// The deliveries other shards make, by shard.
+    pub handoffs: Vec<Handoff>,
 }
 
 /// A row with the position of its record: the index applies them in LSN order per shard.
@@ -103,7 +161,7 @@ impl Row {
                 updated_at_ms: endpoint.updated_at_ms,
             },
             Record::EndpointDeleted(deleted) => Self::EndpointDeleted { id: deleted.id.clone() },
-            Record::EventReceived(event) => Self::event(event),
+            Record::EventReceived(event) => Self::event(event, true),
             Record::Attempt(attempt) => Self::Attempt {
                 event_id: attempt.event_id,
                 n: attempt.n,
@@ -116,28 +174,64 @@ impl Row {
             },
             Record::Requeued(requeued) => Self::Requeued { event_id: requeued.event_id, at_ms: requeued.at_ms },
             // The index has the event already (it is inserted only if it is not there).
-            Record::EventCarried(carried) => Self::event(&carried.event),
+            Record::EventCarried(carried) => Self::event(&carried.event, false),
             Record::Redriven(redriven) => Self::Requeued { event_id: redriven.event.event_id, at_ms: redriven.at_ms },
-            // Published events and their deliveries are indexed with the deliveries table
-            // (issue 13, in progress).
-            Record::Published(_) | Record::Adopted(_) | Record::HandedOff(_) => Self::Nothing,
+            Record::Published(published) => Self::published(published),
+            Record::Adopted(adopted) => Self::Deliveries {
+                event_id: adopted.event_id,
+                received_at_ms: adopted.received_at_ms,
+                deliveries: adopted.deliveries.clone(),
+                received: true,
+            },
+            // The rows of the adopted deliveries come from the `Adopted` record on their shard.
+            Record::HandedOff(_) => Self::Nothing,
         }
     }
 
-    /// The index's view of an accepted webhook (without copying its payload).
-    pub fn event(event: &crate::model::records::EventReceived) -> Self {
+    /// The index's view of an accepted webhook (without copying its payload), or of one
+    /// delivery of a published event when the record is a delivery's (carried or redriven).
+    pub fn event(event: &EventReceived, received: bool) -> Self {
+        if let Some(publish) = &event.publish {
+            return Self::Deliveries {
+                event_id: publish.event_id,
+                received_at_ms: event.received_at_ms,
+                deliveries: vec![Delivery { delivery_id: event.event_id, endpoint_id: event.endpoint_id.clone() }],
+                received,
+            };
+        }
         Self::Event {
             event_id: event.event_id,
             endpoint_id: event.endpoint_id.clone(),
             received_at_ms: event.received_at_ms,
             idempotency_key: event.idempotency_key.clone(),
             payload_bytes: u32::try_from(event.payload.len()).unwrap_or(u32::MAX),
-            trace_id: event.traceparent.as_deref().and_then(crate::model::trace::trace_id).map(str::to_string),
+            trace_id: trace_id(event.traceparent.as_deref()),
+            event_type: event.event_type.clone(),
+            received,
         }
+    }
+
+    /// The index's view of a publish record (without copying its payload).
+    fn published(published: &Published) -> Self {
+        Self::Published(Box::new(PublishedRow {
+            event_id: published.event_id,
+            channel: published.channel.clone(),
+            event_type: published.event_type.clone(),
+            received_at_ms: published.received_at_ms,
+            idempotency_key: published.idempotency_key.clone(),
+            payload_bytes: u32::try_from(published.payload.len()).unwrap_or(u32::MAX),
+            trace_id: trace_id(published.traceparent.as_deref()),
+            deliveries: published.deliveries.clone(),
+            handoffs: published.handoffs.clone(),
+        }))
     }
 }
 
-/// An event's columns as the batch leaves them.
+fn trace_id(traceparent: Option<&str>) -> Option<String> {
+    traceparent.and_then(crate::model::trace::trace_id).map(str::to_string)
+}
+
+/// An event's (or a delivery's) columns as the batch leaves them.
 #[derive(Clone, Debug)]
 struct EventState {
     status: &'static str,
@@ -148,6 +242,16 @@ struct EventState {
 }
 
 impl EventState {
+    fn pending(at_ms: u64) -> Self {
+        Self {
+            status: "pending",
+            attempt_count: 0,
+            next_attempt_at_ms: None,
+            delivered_at_ms: None,
+            updated_at_ms: at_ms,
+        }
+    }
+
     fn apply(&mut self, row: &Row) {
         match row {
             Row::Attempt { n, at_ms, latency_ms, outcome, next_attempt_at_ms, .. } => {
@@ -178,16 +282,36 @@ impl EventState {
     }
 }
 
+/// An `events` row to insert: a direct event (with its endpoint) or a published one.
 struct NewEvent {
     id: String,
     shard: i32,
     lsn: i64,
-    endpoint_id: String,
+    endpoint_id: Option<String>,
     received_at_ms: u64,
     idempotency_key: Option<String>,
     payload_bytes: u32,
     trace_id: Option<String>,
+    event_type: String,
+    channel: Option<String>,
+    endpoints: Option<u32>,
     state: EventState,
+    /// True when the batch's later changes fold into this row (its record is where the state
+    /// starts); else they are updates, applied after the insert whether it inserted or not.
+    folds: bool,
+}
+
+/// A `deliveries` row to insert.
+struct NewDelivery {
+    event_id: u128,
+    endpoint_id: String,
+    /// The shard that delivers it.
+    shard: i32,
+    /// The delivering shard's record that made it; `None` for a placeholder made from the
+    /// channel's shard's record, which the delivering shard's record takes over.
+    lsn: Option<i64>,
+    state: EventState,
+    folds: bool,
 }
 
 struct NewAttempt {
@@ -205,8 +329,14 @@ struct Batch {
     endpoints: HashMap<String, (String, bool, u64, u64)>,
     events: Vec<NewEvent>,
     event_positions: HashMap<u128, usize>,
+    /// By delivery id (a delivery made by two records of the batch is one row).
+    deliveries: HashMap<u128, NewDelivery>,
+    /// State changes of events or deliveries made before the batch (or not by a record where
+    /// their state starts), by id.
     updates: HashMap<u128, EventState>,
     attempts: Vec<NewAttempt>,
+    /// Published events whose deliveries' summary changes.
+    published: HashSet<u128>,
     checkpoints: HashMap<usize, u64>,
 }
 
@@ -214,30 +344,45 @@ impl Batch {
     /// Adds one change (a deletion only moves the checkpoint: [`write`] carries it out).
     fn add(&mut self, change: &Change) {
         self.checkpoints.insert(change.shard, change.lsn);
+        let shard = i32::try_from(change.shard).unwrap_or(i32::MAX);
+        let lsn = i64::try_from(change.lsn).unwrap_or(i64::MAX);
         match &change.row {
             Row::EndpointPut { id, url, enabled, created_at_ms, updated_at_ms } => {
                 self.endpoints.insert(id.clone(), (url.clone(), *enabled, *created_at_ms, *updated_at_ms));
             }
             Row::EndpointDeleted { .. } | Row::Nothing => {}
-            Row::Event { event_id, endpoint_id, received_at_ms, idempotency_key, payload_bytes, trace_id } => {
-                self.event_positions.insert(*event_id, self.events.len());
-                self.events.push(NewEvent {
+            Row::Event {
+                event_id,
+                endpoint_id,
+                received_at_ms,
+                idempotency_key,
+                payload_bytes,
+                trace_id,
+                event_type,
+                received,
+            } => self.insert_event(
+                *event_id,
+                NewEvent {
                     id: EventId(*event_id).to_string(),
-                    shard: i32::try_from(change.shard).unwrap_or(i32::MAX),
-                    lsn: i64::try_from(change.lsn).unwrap_or(i64::MAX),
-                    endpoint_id: endpoint_id.clone(),
+                    shard,
+                    lsn,
+                    endpoint_id: Some(endpoint_id.clone()),
                     received_at_ms: *received_at_ms,
                     idempotency_key: idempotency_key.clone(),
                     payload_bytes: *payload_bytes,
                     trace_id: trace_id.clone(),
-                    state: EventState {
-                        status: "pending",
-                        attempt_count: 0,
-                        next_attempt_at_ms: None,
-                        delivered_at_ms: None,
-                        updated_at_ms: *received_at_ms,
-                    },
-                });
+                    event_type: event_type.clone(),
+                    channel: None,
+                    endpoints: None,
+                    state: EventState::pending(*received_at_ms),
+                    folds: *received,
+                },
+            ),
+            Row::Published(published) => self.add_published(published, shard, lsn),
+            Row::Deliveries { event_id, received_at_ms, deliveries, received } => {
+                for delivery in deliveries {
+                    self.insert_delivery(*event_id, *received_at_ms, delivery, shard, Some(lsn), *received);
+                }
             }
             Row::Attempt { event_id, n, at_ms, status_code, latency_ms, error_code, .. } => {
                 self.attempts.push(NewAttempt {
@@ -254,24 +399,100 @@ impl Batch {
         }
     }
 
-    fn update(&mut self, event_id: u128, row: &Row) {
-        if let Some(position) = self.event_positions.get(&event_id) {
-            if let Some(event) = self.events.get_mut(*position) {
-                event.state.apply(row);
-            }
+    fn insert_event(&mut self, event_id: u128, event: NewEvent) {
+        if self.event_positions.contains_key(&event_id) {
+            // A carried copy of an event received in this batch: the first row stands.
             return;
         }
-        self.updates
-            .entry(event_id)
-            .or_insert_with(|| EventState {
-                status: "pending",
-                attempt_count: 0,
-                next_attempt_at_ms: None,
-                delivered_at_ms: None,
-                updated_at_ms: 0,
-            })
-            .apply(row);
+        self.event_positions.insert(event_id, self.events.len());
+        self.events.push(event);
     }
+
+    /// The published event's row, its own deliveries' rows, and placeholders for the
+    /// deliveries other shards make.
+    fn add_published(&mut self, published: &PublishedRow, shard: i32, lsn: i64) {
+        let handed: usize = published.handoffs.iter().map(|handoff| handoff.deliveries.len()).sum();
+        self.insert_event(
+            published.event_id,
+            NewEvent {
+                id: EventId(published.event_id).to_string(),
+                shard,
+                lsn,
+                endpoint_id: None,
+                received_at_ms: published.received_at_ms,
+                idempotency_key: published.idempotency_key.clone(),
+                payload_bytes: published.payload_bytes,
+                trace_id: published.trace_id.clone(),
+                event_type: published.event_type.clone(),
+                channel: Some(published.channel.clone()),
+                endpoints: Some(u32::try_from(published.deliveries.len() + handed).unwrap_or(u32::MAX)),
+                state: EventState::pending(published.received_at_ms),
+                folds: false,
+            },
+        );
+        self.published.insert(published.event_id);
+        let at_ms = published.received_at_ms;
+        for delivery in &published.deliveries {
+            self.insert_delivery(published.event_id, at_ms, delivery, shard, Some(lsn), true);
+        }
+        for handoff in &published.handoffs {
+            for delivery in &handoff.deliveries {
+                self.insert_delivery(published.event_id, at_ms, delivery, i32::from(handoff.shard), None, false);
+            }
+        }
+    }
+
+    fn insert_delivery(
+        &mut self,
+        event_id: u128,
+        received_at_ms: u64,
+        delivery: &Delivery,
+        shard: i32,
+        lsn: Option<i64>,
+        folds: bool,
+    ) {
+        self.published.insert(event_id);
+        let new = NewDelivery {
+            event_id,
+            endpoint_id: delivery.endpoint_id.clone(),
+            shard,
+            lsn,
+            state: EventState::pending(received_at_ms),
+            folds,
+        };
+        match self.deliveries.get_mut(&delivery.delivery_id) {
+            None => {
+                self.deliveries.insert(delivery.delivery_id, new);
+            }
+            // The delivering shard's record takes a placeholder over (nothing was folded into
+            // a placeholder, so its state is the initial one).
+            Some(existing) if existing.lsn.is_none() && lsn.is_some() => *existing = new,
+            Some(_) => {}
+        }
+    }
+
+    fn update(&mut self, event_id: u128, row: &Row) {
+        if let Some(delivery) = self.deliveries.get_mut(&event_id).filter(|delivery| delivery.folds) {
+            delivery.state.apply(row);
+            return;
+        }
+        let position = self.event_positions.get(&event_id).copied();
+        if let Some(event) = position.and_then(|position| self.events.get_mut(position)).filter(|event| event.folds) {
+            event.state.apply(row);
+            return;
+        }
+        self.updates.entry(event_id).or_insert_with(|| EventState::pending(0)).apply(row);
+    }
+}
+
+/// The status of a published event from its deliveries' (`model::view::status_severity`, in
+/// SQL): the worst first.
+fn severity_sql(column: &str) -> String {
+    let cases: Vec<String> = ["failed", "retrying", "pending", "delivering", "delivered"]
+        .iter()
+        .map(|status| format!("WHEN '{status}' THEN {}", crate::model::view::status_severity(status)))
+        .collect();
+    format!("CASE {column} {} ELSE 0 END", cases.join(" "))
 }
 
 /// Writes `changes` (in LSN order per shard) and the shards' new checkpoints in `transaction`.
@@ -281,12 +502,32 @@ pub async fn write(transaction: &Transaction<'_>, changes: &[Change]) -> Result<
         if let Row::EndpointDeleted { id } = &change.row {
             // Everything before the deletion is written first, so the deletion removes it.
             flush(transaction, std::mem::take(&mut batch)).await?;
-            transaction.execute("DELETE FROM events WHERE endpoint_id = $1", &[id]).await?;
-            transaction.execute("UPDATE endpoints SET deleted = TRUE, updated_at = now() WHERE id = $1", &[id]).await?;
+            delete_endpoint(transaction, id).await?;
         }
         batch.add(change);
     }
     flush(transaction, batch).await
+}
+
+/// Removes an endpoint's events, its deliveries of published events (which then show the
+/// deliveries left), and their attempts; the endpoint's row stays, marked deleted.
+async fn delete_endpoint(transaction: &Transaction<'_>, id: &String) -> Result<(), tokio_postgres::Error> {
+    transaction
+        .execute("DELETE FROM attempts WHERE event_id IN (SELECT id FROM events WHERE endpoint_id = $1)", &[id])
+        .await?;
+    transaction.execute("DELETE FROM events WHERE endpoint_id = $1", &[id]).await?;
+    let published = transaction
+        .query(
+            "WITH gone AS (DELETE FROM deliveries WHERE endpoint_id = $1 RETURNING delivery_id, event_id),
+                  gone_attempts AS (DELETE FROM attempts WHERE event_id IN (SELECT delivery_id FROM gone))
+             SELECT DISTINCT event_id FROM gone",
+            &[id],
+        )
+        .await?;
+    let published: Vec<String> = published.iter().map(|row| row.get(0)).collect();
+    summarize(transaction, &published).await?;
+    transaction.execute("UPDATE endpoints SET deleted = TRUE, updated_at = now() WHERE id = $1", &[id]).await?;
+    Ok(())
 }
 
 fn time(unix_ms: u64) -> SystemTime {
@@ -302,115 +543,226 @@ fn column<'a, T, U>(rows: &'a [T], pick: impl Fn(&'a T) -> U) -> Vec<U> {
     rows.iter().map(pick).collect()
 }
 
+/// Writes a batch: rows first, then the state changes of rows made earlier (or not by the
+/// record where their state starts), the attempts, the published events' summaries, and the
+/// checkpoints.
 async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_postgres::Error> {
-    if !batch.endpoints.is_empty() {
-        let endpoints: Vec<_> = batch.endpoints.iter().collect();
-        transaction
-            .execute(
-                "INSERT INTO endpoints (id, url, enabled, deleted, created_at, updated_at)
-                 SELECT id, url, enabled, FALSE, created_at, updated_at
-                 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::timestamptz[])
-                      AS u(id, url, enabled, created_at, updated_at)
-                 ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, enabled = EXCLUDED.enabled, deleted = FALSE,
-                     created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
-                &[
-                    &column(&endpoints, |(id, _)| id.as_str()),
-                    &column(&endpoints, |(_, (url, ..))| url.as_str()),
-                    &column(&endpoints, |(_, (_, enabled, ..))| *enabled),
-                    &column(&endpoints, |(_, (_, _, created, _))| time(*created)),
-                    &column(&endpoints, |(_, (.., updated))| time(*updated)),
-                ],
-            )
-            .await?;
+    write_endpoints(transaction, &batch).await?;
+    write_events(transaction, &batch.events).await?;
+    write_deliveries(transaction, &batch.deliveries).await?;
+    let mut published: HashSet<String> = batch.published.iter().map(|id| EventId(*id).to_string()).collect();
+    published.extend(write_updates(transaction, &batch.updates).await?);
+    write_attempts(transaction, &batch.attempts).await?;
+    summarize(transaction, &published.into_iter().collect::<Vec<_>>()).await?;
+    write_checkpoints(transaction, &batch.checkpoints).await
+}
+
+async fn write_endpoints(transaction: &Transaction<'_>, batch: &Batch) -> Result<(), tokio_postgres::Error> {
+    if batch.endpoints.is_empty() {
+        return Ok(());
     }
-    if !batch.events.is_empty() {
-        let events = &batch.events;
-        transaction
-            .execute(
-                "INSERT INTO events (id, shard, lsn, endpoint_id, idempotency_key, received_at, status,
-                     attempt_count, next_attempt_at, delivered_at, updated_at, payload_bytes, trace_id)
-                 SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::text[],
-                     $6::timestamptz[], $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
-                     $11::timestamptz[], $12::int4[], $13::text[])
-                 ON CONFLICT (id) DO NOTHING",
-                &[
-                    &column(events, |event| event.id.as_str()),
-                    &column(events, |event| event.shard),
-                    &column(events, |event| event.lsn),
-                    &column(events, |event| event.endpoint_id.as_str()),
-                    &column(events, |event| event.idempotency_key.as_deref()),
-                    &column(events, |event| time(event.received_at_ms)),
-                    &column(events, |event| event.state.status),
-                    &column(events, |event| int(event.state.attempt_count)),
-                    &column(events, |event| event.state.next_attempt_at_ms.map(time)),
-                    &column(events, |event| event.state.delivered_at_ms.map(time)),
-                    &column(events, |event| time(event.state.updated_at_ms)),
-                    &column(events, |event| int(event.payload_bytes)),
-                    &column(events, |event| event.trace_id.as_deref()),
-                ],
-            )
-            .await?;
+    let endpoints: Vec<_> = batch.endpoints.iter().collect();
+    transaction
+        .execute(
+            "INSERT INTO endpoints (id, url, enabled, deleted, created_at, updated_at)
+             SELECT id, url, enabled, FALSE, created_at, updated_at
+             FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::timestamptz[])
+                  AS u(id, url, enabled, created_at, updated_at)
+             ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, enabled = EXCLUDED.enabled, deleted = FALSE,
+                 created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
+            &[
+                &column(&endpoints, |(id, _)| id.as_str()),
+                &column(&endpoints, |(_, (url, ..))| url.as_str()),
+                &column(&endpoints, |(_, (_, enabled, ..))| *enabled),
+                &column(&endpoints, |(_, (_, _, created, _))| time(*created)),
+                &column(&endpoints, |(_, (.., updated))| time(*updated)),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn write_events(transaction: &Transaction<'_>, events: &[NewEvent]) -> Result<(), tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(());
     }
-    if !batch.updates.is_empty() {
-        let updates: Vec<(String, &EventState)> =
-            batch.updates.iter().map(|(event_id, state)| (EventId(*event_id).to_string(), state)).collect();
-        transaction
-            .execute(
-                "UPDATE events AS e SET status = u.status,
-                     attempt_count = GREATEST(e.attempt_count, u.attempt_count),
-                     next_attempt_at = u.next_attempt_at,
-                     delivered_at = COALESCE(u.delivered_at, e.delivered_at),
-                     updated_at = u.updated_at
-                 FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[],
-                     $6::timestamptz[]) AS u(id, status, attempt_count, next_attempt_at, delivered_at, updated_at)
-                 WHERE e.id = u.id",
-                &[
-                    &column(&updates, |(id, _)| id.as_str()),
-                    &column(&updates, |(_, state)| state.status),
-                    &column(&updates, |(_, state)| int(state.attempt_count)),
-                    &column(&updates, |(_, state)| state.next_attempt_at_ms.map(time)),
-                    &column(&updates, |(_, state)| state.delivered_at_ms.map(time)),
-                    &column(&updates, |(_, state)| time(state.updated_at_ms)),
-                ],
-            )
-            .await?;
+    transaction
+        .execute(
+            "INSERT INTO events (id, shard, lsn, endpoint_id, idempotency_key, received_at, status,
+                 attempt_count, next_attempt_at, delivered_at, updated_at, payload_bytes, trace_id,
+                 event_type, channel, endpoints)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::text[],
+                 $6::timestamptz[], $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
+                 $11::timestamptz[], $12::int4[], $13::text[], $14::text[], $15::text[], $16::int4[])
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &column(events, |event| event.id.as_str()),
+                &column(events, |event| event.shard),
+                &column(events, |event| event.lsn),
+                &column(events, |event| event.endpoint_id.as_deref()),
+                &column(events, |event| event.idempotency_key.as_deref()),
+                &column(events, |event| time(event.received_at_ms)),
+                &column(events, |event| event.state.status),
+                &column(events, |event| int(event.state.attempt_count)),
+                &column(events, |event| event.state.next_attempt_at_ms.map(time)),
+                &column(events, |event| event.state.delivered_at_ms.map(time)),
+                &column(events, |event| time(event.state.updated_at_ms)),
+                &column(events, |event| int(event.payload_bytes)),
+                &column(events, |event| event.trace_id.as_deref()),
+                &column(events, |event| event.event_type.as_str()),
+                &column(events, |event| event.channel.as_deref()),
+                &column(events, |event| event.endpoints.map(int)),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Inserts delivery rows. A row that exists stays as it is, unless it is a placeholder and this
+/// one comes from the delivering shard's record: that one takes it over with its state. A
+/// delivery to an endpoint the index knows as deleted gets no row (the engine makes none for
+/// an endpoint deleted before the record; one deleted after removes it).
+async fn write_deliveries(
+    transaction: &Transaction<'_>,
+    deliveries: &HashMap<u128, NewDelivery>,
+) -> Result<(), tokio_postgres::Error> {
+    if deliveries.is_empty() {
+        return Ok(());
     }
-    if !batch.attempts.is_empty() {
-        let attempts = &batch.attempts;
-        // An attempt whose event is gone (its endpoint was deleted) is not kept.
-        transaction
-            .execute(
-                "INSERT INTO attempts (event_id, n, at, status_code, latency_ms, error_code)
-                 SELECT u.* FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[], $4::int4[], $5::int4[], $6::text[])
-                      AS u(event_id, n, at, status_code, latency_ms, error_code)
-                 WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
-                 ON CONFLICT (event_id, n) DO NOTHING",
-                &[
-                    &column(attempts, |attempt| attempt.event_id.as_str()),
-                    &column(attempts, |attempt| int(attempt.n)),
-                    &column(attempts, |attempt| time(attempt.at_ms)),
-                    &column(attempts, |attempt| attempt.status_code.map(i32::from)),
-                    &column(attempts, |attempt| int(attempt.latency_ms)),
-                    &column(attempts, |attempt| attempt.error_code.as_deref()),
-                ],
-            )
-            .await?;
+    let rows: Vec<(String, &NewDelivery)> =
+        deliveries.iter().map(|(id, delivery)| (EventId(*id).to_string(), delivery)).collect();
+    transaction
+        .execute(
+            "INSERT INTO deliveries (delivery_id, event_id, endpoint_id, shard, lsn, status, attempt_count,
+                 next_attempt_at, delivered_at, updated_at)
+             SELECT u.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[],
+                 $7::int4[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+                 AS u(delivery_id, event_id, endpoint_id, shard, lsn, status, attempt_count, next_attempt_at,
+                      delivered_at, updated_at)
+             WHERE NOT EXISTS (SELECT 1 FROM endpoints p WHERE p.id = u.endpoint_id AND p.deleted)
+             ON CONFLICT (delivery_id) DO UPDATE SET shard = EXCLUDED.shard, lsn = EXCLUDED.lsn,
+                 status = EXCLUDED.status, attempt_count = EXCLUDED.attempt_count,
+                 next_attempt_at = EXCLUDED.next_attempt_at, delivered_at = EXCLUDED.delivered_at,
+                 updated_at = EXCLUDED.updated_at
+             WHERE deliveries.lsn IS NULL AND EXCLUDED.lsn IS NOT NULL",
+            &[
+                &column(&rows, |(id, _)| id.as_str()),
+                &column(&rows, |(_, delivery)| EventId(delivery.event_id).to_string()),
+                &column(&rows, |(_, delivery)| delivery.endpoint_id.as_str()),
+                &column(&rows, |(_, delivery)| delivery.shard),
+                &column(&rows, |(_, delivery)| delivery.lsn),
+                &column(&rows, |(_, delivery)| delivery.state.status),
+                &column(&rows, |(_, delivery)| int(delivery.state.attempt_count)),
+                &column(&rows, |(_, delivery)| delivery.state.next_attempt_at_ms.map(time)),
+                &column(&rows, |(_, delivery)| delivery.state.delivered_at_ms.map(time)),
+                &column(&rows, |(_, delivery)| time(delivery.state.updated_at_ms)),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Applies state changes by id to events and deliveries alike (an id is one or the other);
+/// returns the published events whose deliveries changed.
+async fn write_updates(
+    transaction: &Transaction<'_>,
+    updates: &HashMap<u128, EventState>,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    if updates.is_empty() {
+        return Ok(Vec::new());
     }
-    if !batch.checkpoints.is_empty() {
-        let (shards, lsns): (Vec<i32>, Vec<i64>) = batch
-            .checkpoints
-            .iter()
-            .map(|(shard, lsn)| (i32::try_from(*shard).unwrap_or(i32::MAX), i64::try_from(*lsn).unwrap_or(i64::MAX)))
-            .unzip();
-        transaction
-            .execute(
-                "INSERT INTO checkpoints (shard, lsn, updated_at)
-                 SELECT shard, lsn, now() FROM UNNEST($1::int4[], $2::int8[]) AS u(shard, lsn)
-                 ON CONFLICT (shard) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()",
-                &[&shards, &lsns],
-            )
-            .await?;
+    let updates: Vec<(String, &EventState)> =
+        updates.iter().map(|(event_id, state)| (EventId(*event_id).to_string(), state)).collect();
+    let ids = column(&updates, |(id, _)| id.as_str());
+    let statuses = column(&updates, |(_, state)| state.status);
+    let attempt_counts = column(&updates, |(_, state)| int(state.attempt_count));
+    let next_attempts = column(&updates, |(_, state)| state.next_attempt_at_ms.map(time));
+    let delivered = column(&updates, |(_, state)| state.delivered_at_ms.map(time));
+    let updated = column(&updates, |(_, state)| time(state.updated_at_ms));
+    let values = "UNNEST($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[])
+                  AS u(id, status, attempt_count, next_attempt_at, delivered_at, updated_at)";
+    let set = "status = u.status, attempt_count = GREATEST(r.attempt_count, u.attempt_count),
+               next_attempt_at = u.next_attempt_at, delivered_at = COALESCE(u.delivered_at, r.delivered_at),
+               updated_at = u.updated_at";
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&ids, &statuses, &attempt_counts, &next_attempts, &delivered, &updated];
+    transaction.execute(&format!("UPDATE events AS r SET {set} FROM {values} WHERE r.id = u.id"), &parameters).await?;
+    let published = transaction
+        .query(
+            &format!("UPDATE deliveries AS r SET {set} FROM {values} WHERE r.delivery_id = u.id RETURNING r.event_id"),
+            &parameters,
+        )
+        .await?;
+    Ok(published.iter().map(|row| row.get(0)).collect())
+}
+
+async fn write_attempts(transaction: &Transaction<'_>, attempts: &[NewAttempt]) -> Result<(), tokio_postgres::Error> {
+    if attempts.is_empty() {
+        return Ok(());
     }
+    // An attempt whose event or delivery is gone (its endpoint was deleted) is not kept.
+    transaction
+        .execute(
+            "INSERT INTO attempts (event_id, n, at, status_code, latency_ms, error_code)
+             SELECT u.* FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[], $4::int4[], $5::int4[], $6::text[])
+                  AS u(event_id, n, at, status_code, latency_ms, error_code)
+             WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
+                OR EXISTS (SELECT 1 FROM deliveries d WHERE d.delivery_id = u.event_id)
+             ON CONFLICT (event_id, n) DO NOTHING",
+            &[
+                &column(attempts, |attempt| attempt.event_id.as_str()),
+                &column(attempts, |attempt| int(attempt.n)),
+                &column(attempts, |attempt| time(attempt.at_ms)),
+                &column(attempts, |attempt| attempt.status_code.map(i32::from)),
+                &column(attempts, |attempt| int(attempt.latency_ms)),
+                &column(attempts, |attempt| attempt.error_code.as_deref()),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Sets each published event's status, next attempt, delivery time and last change from its
+/// deliveries, as the engine shows them: the worst status (`delivered` with none), the earliest
+/// next attempt, the last change (its publication when nothing happened since), and when every
+/// delivery is delivered, the last of those deliveries.
+async fn summarize(transaction: &Transaction<'_>, published: &[String]) -> Result<(), tokio_postgres::Error> {
+    if published.is_empty() {
+        return Ok(());
+    }
+    let statement = format!(
+        "UPDATE events AS e SET status = COALESCE(s.status, 'delivered'), next_attempt_at = s.next_attempt_at,
+             delivered_at = s.delivered_at, updated_at = GREATEST(e.received_at, COALESCE(s.updated_at, e.received_at))
+         FROM (SELECT u.id, (array_agg(d.status ORDER BY {} DESC))[1], min(d.next_attempt_at), max(d.updated_at),
+                      CASE WHEN bool_and(d.status = 'delivered') THEN max(d.delivered_at) END
+               FROM UNNEST($1::text[]) AS u(id) LEFT JOIN deliveries d ON d.event_id = u.id
+               GROUP BY u.id) AS s(id, status, next_attempt_at, updated_at, delivered_at)
+         WHERE e.id = s.id AND e.channel IS NOT NULL",
+        severity_sql("d.status")
+    );
+    transaction.execute(&statement, &[&published]).await?;
+    Ok(())
+}
+
+async fn write_checkpoints(
+    transaction: &Transaction<'_>,
+    checkpoints: &HashMap<usize, u64>,
+) -> Result<(), tokio_postgres::Error> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let (shards, lsns): (Vec<i32>, Vec<i64>) = checkpoints
+        .iter()
+        .map(|(shard, lsn)| (i32::try_from(*shard).unwrap_or(i32::MAX), i64::try_from(*lsn).unwrap_or(i64::MAX)))
+        .unzip();
+    transaction
+        .execute(
+            "INSERT INTO checkpoints (shard, lsn, updated_at)
+             SELECT shard, lsn, now() FROM UNNEST($1::int4[], $2::int8[]) AS u(shard, lsn)
+             ON CONFLICT (shard) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()",
+            &[&shards, &lsns],
+        )
+        .await?;
     Ok(())
 }
 
@@ -418,10 +770,14 @@ async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::model::records::{Attempt, EventReceived, Requeued};
+    use crate::model::records::{Attempt, EventCarried, History, Requeued};
 
     fn change(lsn: u64, record: &Record) -> Change {
-        Change { shard: 1, lsn, row: Row::from_record(record) }
+        change_on(1, lsn, record)
+    }
+
+    fn change_on(shard: usize, lsn: u64, record: &Record) -> Change {
+        Change { shard, lsn, row: Row::from_record(record) }
     }
 
     fn received(id: u128) -> Record {
@@ -482,5 +838,134 @@ mod tests {
             panic!("an event row");
         };
         assert_eq!((payload_bytes, idempotency_key.as_deref()), (42, Some("k")));
+    }
+
+    /// A publish on shard 0 at 5_000: `a` delivered by shard 0, `b` and `c` handed to shard 1.
+    fn published(id: u128) -> Published {
+        let delivery = |number: u32, endpoint: &str| Delivery {
+            delivery_id: EventId(id).delivery(number).0,
+            endpoint_id: endpoint.into(),
+        };
+        Published {
+            event_id: id,
+            channel: "orders".into(),
+            event_type: "order.created".into(),
+            received_at_ms: 5_000,
+            idempotency_key: Some("p".into()),
+            content_type: None,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: None,
+            payload: vec![0; 7],
+            deliveries: vec![delivery(1, "a")],
+            handoffs: vec![Handoff { shard: 1, deliveries: vec![delivery(2, "b"), delivery(3, "c")] }],
+        }
+    }
+
+    // The channel's shard's publish record names every delivery: it makes the event's row (no
+    // endpoint; its type, channel and endpoint count) and a row for each delivery, its own ones
+    // where their state starts, the other shards' as placeholders those shards take over.
+    #[test]
+    fn a_published_record_folds_into_its_event_and_every_delivery() {
+        let id = EventId::new(5_000, 0, 1 << 14).0;
+        let record = Record::Published(published(id));
+        let mut batch = Batch::default();
+        batch.add(&change_on(0, 10, &record));
+        assert_eq!(batch.events.len(), 1);
+        let event = &batch.events[0];
+        assert_eq!((event.endpoint_id.as_deref(), event.channel.as_deref()), (None, Some("orders")));
+        assert_eq!((event.event_type.as_str(), event.endpoints, event.payload_bytes), ("order.created", Some(3), 7));
+        assert_eq!(
+            (event.idempotency_key.as_deref(), event.trace_id.as_deref()),
+            (Some("p"), Some("4bf92f3577b34da6a3ce929d0e0e4736"))
+        );
+        assert_eq!(batch.deliveries.len(), 3, "one row per delivery, this shard's and the others'");
+        let own = &batch.deliveries[&EventId(id).delivery(1).0];
+        assert_eq!((own.endpoint_id.as_str(), own.shard, own.lsn, own.folds), ("a", 0, Some(10), true));
+        let handed = &batch.deliveries[&EventId(id).delivery(2).0];
+        assert_eq!((handed.endpoint_id.as_str(), handed.shard, handed.lsn, handed.folds), ("b", 1, None, false));
+        assert_eq!(handed.state.updated_at_ms, 5_000, "a delivery's last change is its publication until it has one");
+        // The own delivery's attempt folds into its row; the handed one's (shard 1's log) is an
+        // update, applied after the insert whichever of the two shards' rows came first.
+        batch.add(&change_on(0, 11, &attempt(EventId(id).delivery(1).0, 1, 6_000, OUTCOME_DELIVERED)));
+        batch.add(&change_on(1, 4, &attempt(EventId(id).delivery(2).0, 1, 6_000, OUTCOME_RETRYING)));
+        assert_eq!(batch.deliveries[&EventId(id).delivery(1).0].state.status, "delivered");
+        assert_eq!(batch.updates[&EventId(id).delivery(2).0].status, "retrying");
+        assert_eq!(batch.published, HashSet::from([id]), "its summary is refreshed");
+        assert_eq!((batch.checkpoints[&0], batch.checkpoints[&1]), (11, 4));
+    }
+
+    // The adopting shard's record takes the placeholder over, and its attempts then fold into
+    // the row; a second adoption of the same delivery adds nothing.
+    #[test]
+    fn an_adoption_takes_a_placeholder_over() {
+        let id = EventId::new(5_000, 0, 1 << 14).0;
+        let record = published(id);
+        let adopted = Record::Adopted(record.adoption(record.handoffs[0].deliveries.clone()));
+        let delivery = EventId(id).delivery(3).0;
+        for order in [[0, 1], [1, 0]] {
+            let mut batch = Batch::default();
+            for side in order {
+                match side {
+                    0 => batch.add(&change_on(0, 10, &Record::Published(record.clone()))),
+                    _ => batch.add(&change_on(1, 20, &adopted)),
+                }
+            }
+            batch.add(&change_on(1, 21, &attempt(delivery, 1, 6_000, OUTCOME_FAILED)));
+            batch.add(&change_on(1, 22, &adopted));
+            let row = &batch.deliveries[&delivery];
+            assert_eq!((row.shard, row.lsn, row.folds, row.state.status), (1, Some(20), true, "failed"), "{order:?}");
+            assert!(batch.updates.is_empty(), "{order:?}");
+        }
+    }
+
+    // Regression: an event carried forward and attempted within one batch lost the attempt's
+    // state (it was folded into the carried copy's insert, which does nothing when the row
+    // exists). A carried copy only makes a missing row; state changes stay updates.
+    #[test]
+    fn a_carried_copy_leaves_state_changes_as_updates() {
+        let Record::EventReceived(event) = received(7) else { unreachable!() };
+        let carried = Record::EventCarried(EventCarried {
+            event,
+            last_attempt: 1,
+            budget_used: 1,
+            next_attempt_at_ms: Some(2_000),
+            queued_lsn: 1,
+            history: History::default(),
+        });
+        let mut batch = Batch::default();
+        batch.add(&change(8, &carried));
+        batch.add(&change(9, &attempt(7, 2, 3_000, OUTCOME_DELIVERED)));
+        assert_eq!(batch.events.len(), 1, "the row is made if missing");
+        assert_eq!(batch.updates[&7].status, "delivered");
+    }
+
+    // A delivery's records carry their published event: a carried delivery is a delivery row of
+    // that event, never an event row under the delivery's id.
+    #[test]
+    fn a_carried_delivery_is_a_delivery_row() {
+        let id = EventId::new(5_000, 0, 1 << 14).0;
+        let record = published(id);
+        let mut event = record.delivery_event(&record.handoffs[0].deliveries[0]);
+        event.payload = vec![0; 7];
+        let carried = Record::EventCarried(EventCarried {
+            event,
+            last_attempt: 0,
+            budget_used: 0,
+            next_attempt_at_ms: None,
+            queued_lsn: 1,
+            history: History::default(),
+        });
+        let Row::Deliveries { event_id, deliveries, received, .. } = Row::from_record(&carried) else {
+            panic!("a delivery row");
+        };
+        assert_eq!((event_id, received), (id, false));
+        assert_eq!(deliveries, vec![Delivery { delivery_id: EventId(id).delivery(2).0, endpoint_id: "b".into() }]);
+    }
+
+    // The SQL order of statuses is the engine's.
+    #[test]
+    fn the_worst_status_in_sql_follows_the_engine() {
+        let sql = severity_sql("d.status");
+        assert!(sql.contains("WHEN 'failed' THEN 4") && sql.contains("WHEN 'delivered' THEN 0"), "{sql}");
     }
 }

@@ -5,10 +5,11 @@
 use tokio_postgres::Client;
 
 /// Migrations in order: (version, description, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "endpoints, events, attempts, per-shard checkpoints",
-    r#"
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "endpoints, events, attempts, per-shard checkpoints",
+        r#"
 CREATE TABLE endpoints (
     id             TEXT PRIMARY KEY,
     url            TEXT NOT NULL,
@@ -53,7 +54,41 @@ CREATE TABLE checkpoints (
     updated_at     TIMESTAMPTZ NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "event types, channels, published events and their deliveries",
+        r#"
+-- Every event has a type (rows indexed before this version keep NULL); published events have a
+-- channel and the number of endpoints they were published to, and no endpoint of their own: their
+-- deliveries have one each.
+ALTER TABLE events ALTER COLUMN endpoint_id DROP NOT NULL;
+ALTER TABLE events ADD COLUMN event_type TEXT, ADD COLUMN channel TEXT, ADD COLUMN endpoints INTEGER;
+CREATE INDEX events_by_event_type ON events (event_type, id DESC) WHERE event_type IS NOT NULL;
+CREATE INDEX events_by_channel ON events (channel, id DESC) WHERE channel IS NOT NULL;
+-- One row per delivery of a published event. A row may be made from the channel's shard's record
+-- before the delivering shard's record is indexed (or after): `lsn` is NULL until the delivering
+-- shard's record made or took it over. No foreign key to `events`, for the same reason.
+CREATE TABLE deliveries (
+    delivery_id      TEXT COLLATE "C" PRIMARY KEY,
+    event_id         TEXT COLLATE "C" NOT NULL,
+    endpoint_id      TEXT NOT NULL,
+    shard            INTEGER NOT NULL,
+    lsn              BIGINT,
+    status           TEXT NOT NULL,
+    attempt_count    INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  TIMESTAMPTZ,
+    delivered_at     TIMESTAMPTZ,
+    updated_at       TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX deliveries_by_event ON deliveries (event_id);
+CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, event_id DESC);
+-- Attempts of a delivery are kept under the delivery's id, which has no `events` row: the rows of
+-- an endpoint's events and deliveries are removed together when it is deleted instead.
+ALTER TABLE attempts DROP CONSTRAINT attempts_event_id_fkey;
+"#,
+    ),
+];
 
 /// Applies every migration not yet recorded; returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, tokio_postgres::Error> {
