@@ -1,9 +1,11 @@
 //! The Postgres index against a real private PostgreSQL and the real binary: rows equal the
-//! engine's state after a mixed load, exact catch-up after a Postgres outage and after a Kapsel
-//! crash, and the admin queries served from it (every filter, cursor pages).
+//! engine's state after a mixed load (published events and their deliveries included), exact
+//! catch-up after a Postgres outage and after a Kapsel crash, the admin queries served from it
+//! (every filter, cursor pages), and delivery rows that end the same whichever shard's records
+//! are indexed first.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::common::{self, create, ingest_keyed, wait_until};
+use crate::common::{self, create, ingest_keyed, wait_event, wait_until};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,13 +59,14 @@ fn index_passes(server: &Server) -> u64 {
     text.lines().find_map(|line| line.strip_prefix("kapsel_index_passes_total ")?.parse().ok()).unwrap_or(0)
 }
 
-/// Every indexed event: id → (endpoint, status, attempt count, key, payload bytes, attempt rows).
+/// Every indexed event ingested for an endpoint: id → (endpoint, status, attempt count, key,
+/// payload bytes, attempt rows).
 fn indexed_events(postgres: &Postgres, database: &str) -> BTreeMap<String, (String, String, i64, String, i64, i64)> {
     let output = postgres.psql(
         database,
         "SELECT e.id, e.endpoint_id, e.status, e.attempt_count, coalesce(e.idempotency_key, ''), e.payload_bytes,
                 (SELECT count(*) FROM attempts a WHERE a.event_id = e.id)
-         FROM events e ORDER BY e.id",
+         FROM events e WHERE e.endpoint_id IS NOT NULL ORDER BY e.id",
     );
     output
         .lines()
@@ -88,6 +91,69 @@ fn indexed_events(postgres: &Postgres, database: &str) -> BTreeMap<String, (Stri
 
 fn count(postgres: &Postgres, database: &str, sql: &str) -> usize {
     postgres.psql(database, sql).parse().unwrap()
+}
+
+/// The shard that owns an id with `shards` shards (FNV-1a, as the engine pins it).
+fn shard_of(id: &str, shards: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash % shards
+}
+
+/// The first endpoint id starting with `prefix` owned by shard `shard` of two.
+fn id_on_shard(prefix: &str, shard: u64) -> String {
+    (0..).map(|index| format!("{prefix}-{index}")).find(|id| shard_of(id, 2) == shard).unwrap()
+}
+
+/// Publishes `{"type":…,"n":…}` to `channel` (with a key when given); the event id.
+fn publish(server: &Server, channel: &str, event_type: &str, n: usize, key: Option<&str>) -> String {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(key) = key {
+        headers.push(("X-Idempotency-Key", key));
+    }
+    let body = format!(r#"{{"type":"{event_type}","n":{n}}}"#);
+    let response = server.request("POST", &format!("/publish/{channel}"), &headers, body.as_bytes());
+    assert_eq!(response.status, 202, "{response:?}");
+    response.json()["event_id"].as_str().unwrap().to_string()
+}
+
+/// An event's JSON without what only one side knows: the index adds `delivered_at` and
+/// `trace_id`; only memory knows why an event waits and how its last response began.
+fn comparable(event: &Value) -> Value {
+    let mut event = event.clone();
+    let object = event.as_object_mut().unwrap();
+    for key in ["delivered_at", "trace_id", "waiting_reason", "last_response_excerpt"] {
+        object.remove(key);
+    }
+    for delivery in object.get_mut("deliveries").and_then(Value::as_array_mut).into_iter().flatten() {
+        let delivery = delivery.as_object_mut().unwrap();
+        delivery.remove("waiting_reason");
+        delivery.remove("last_response_excerpt");
+    }
+    event
+}
+
+/// A page of `GET /admin/events?{query}`, which must come from the index.
+fn listed(server: &Server, query: &str) -> Vec<Value> {
+    let page = server.admin("GET", &format!("/admin/events?{query}"), "");
+    assert_eq!(page.status, 200, "{query}: {page:?}");
+    let page = page.json();
+    assert_eq!(page["source"], "index", "{query}");
+    page["events"].as_array().unwrap().clone()
+}
+
+fn event_ids(events: &[Value]) -> Vec<String> {
+    events.iter().map(|event| event["event_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// True when a published event's view lists `count` deliveries, each delivered or failed.
+fn settled(event: &Value, count: usize) -> bool {
+    let deliveries = event["deliveries"].as_array().map_or(&[][..], Vec::as_slice);
+    deliveries.len() == count
+        && deliveries.iter().all(|delivery| matches!(delivery["status"].as_str(), Some("delivered" | "failed")))
 }
 
 // After ingest, deliveries, retries, permanent failures, an operator's requeue and an endpoint
@@ -116,20 +182,36 @@ fn index_rows_equal_engine_state_after_a_mixed_load() {
     create(&server, "good", &format!(r#"{{"url":"{}"}}"#, sink.url("/good")));
     create(&server, "flaky", &format!(r#"{{"url":"{}",{retry}}}"#, sink.url("/flaky")));
     create(&server, "broken", &format!(r#"{{"url":"{}",{retry}}}"#, sink.url("/broken")));
-    create(&server, "doomed", r#"{"url":"http://127.0.0.1:9/never","enabled":false}"#);
+    // `doomed` (paused) also subscribes to channel `news`, and is deleted with its deliveries.
+    create(&server, "doomed", r#"{"url":"http://127.0.0.1:9/never","enabled":false,"channels":["news"]}"#);
+    // Subscribers of `news` on both shards: one takes every type, one only `order.*`, and a dead
+    // one fails every delivery.
+    let (every_type, orders_only, dead) = (id_on_shard("sub", 0), id_on_shard("sub", 1), id_on_shard("dead", 1));
+    create(&server, &every_type, &format!(r#"{{"url":"{}","channels":["news"]}}"#, sink.url("/sub")));
+    let orders = format!(r#"{{"url":"{}","channels":["news"],"event_types":["order.*"]}}"#, sink.url("/sub"));
+    create(&server, &orders_only, &orders);
+    create(&server, &dead, &format!(r#"{{"url":"http://127.0.0.1:9/dead","channels":["news"],{retry}}}"#));
     let mut ids = BTreeSet::new();
+    let mut by_endpoint: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for n in 0..60 {
         let endpoint = ["good", "flaky", "broken"][n % 3];
         let key = format!("key-{n}");
-        ids.insert(ingest_keyed(
-            &server,
-            endpoint,
-            (n % 2 == 0).then_some(key.as_str()),
-            format!("{{\"n\":{n}}}").as_bytes(),
-        ));
+        let id =
+            ingest_keyed(&server, endpoint, (n % 2 == 0).then_some(key.as_str()), format!("{{\"n\":{n}}}").as_bytes());
+        ids.insert(id.clone());
+        by_endpoint.entry(endpoint).or_default().insert(id);
     }
     // A repeated key is not a new event.
     assert!(ids.contains(&ingest_keyed(&server, "good", Some("key-0"), b"{}")));
+    let mut published: BTreeMap<String, &str> = BTreeMap::new();
+    for n in 0..6 {
+        let event_type = ["order.created", "invoice.paid"][n % 2];
+        let key = format!("publish-{n}");
+        published.insert(publish(&server, "news", event_type, n, (n % 3 == 0).then_some(key.as_str())), event_type);
+    }
+    let again = server.request("POST", "/publish/news", &[("X-Idempotency-Key", "publish-0")], b"{}");
+    assert_eq!(again.status, 200, "a repeated key is not a new publish: {again:?}");
+    assert!(published.contains_key(again.json()["event_id"].as_str().unwrap()));
     for _ in 0..5 {
         ingest_keyed(&server, "doomed", None, b"{}");
     }
@@ -148,6 +230,13 @@ fn index_rows_equal_engine_state_after_a_mixed_load() {
         server.admin("GET", &format!("/admin/events/{requeued}"), "").json()["status"] == "delivered"
     });
     assert_eq!(server.admin("DELETE", "/admin/endpoints/doomed", "").status, 204);
+    // Orders reach all three live subscribers, invoices two; the dead one fails every one.
+    let deliveries_of = |event_type: &str| if event_type == "order.created" { 3 } else { 2 };
+    let mut from_memory = BTreeMap::new();
+    for (id, event_type) in &published {
+        let event = wait_event(&server, id, |event| settled(event, deliveries_of(event_type)));
+        from_memory.insert(id.clone(), event);
+    }
     wait_indexed(&server);
 
     let rows = indexed_events(&postgres, "mixed");
@@ -164,11 +253,85 @@ fn index_rows_equal_engine_state_after_a_mixed_load() {
     assert!(rows.values().any(|row| row.1 == "failed") && rows.values().any(|row| row.2 >= 2));
     assert_eq!(rows[&requeued].1, "delivered");
     assert_eq!(count(&postgres, "mixed", "SELECT count(*) FROM endpoints WHERE deleted"), 1);
-    // The index answers the same as memory for a page of everything.
-    let page = server.admin("GET", "/admin/events?limit=1000", "").json();
-    assert_eq!(page["source"], "index");
-    assert_eq!(page["events"].as_array().unwrap().len(), ids.len());
+    // The index answers the same as memory for a page of everything: each direct event with its
+    // type, each published event once, with its deliveries.
+    let everything = listed(&server, "limit=1000");
+    assert_eq!(everything.len(), ids.len() + published.len());
+    for event in &everything {
+        let id = event["event_id"].as_str().unwrap();
+        let memory = match from_memory.get(id) {
+            Some(memory) => memory.clone(),
+            None => server.admin("GET", &format!("/admin/events/{id}"), "").json(),
+        };
+        assert_eq!(comparable(event), comparable(&memory), "{id}: the index and memory differ");
+    }
+    assert_published_rows(&postgres, "mixed", &from_memory);
+
+    // Filters on types, channels and deliveries, from the index.
+    let ids_of = |query: &str| {
+        listed(&server, &format!("{query}&limit=1000"))
+            .iter()
+            .map(|event| event["event_id"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    let of_type = |wanted: &str| {
+        published
+            .iter()
+            .filter(|(_, event_type)| **event_type == wanted)
+            .map(|(id, _)| id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let all_published: BTreeSet<String> = published.keys().cloned().collect();
+    assert_eq!(ids_of("channel=news"), all_published);
+    assert_eq!(ids_of("event_type=order.created"), of_type("order.created"));
+    assert_eq!(ids_of("event_type=invoice.paid&channel=news"), of_type("invoice.paid"));
+    assert_eq!(ids_of("event_type=event"), ids, "a direct event without a type has the default one");
+    assert_eq!(ids_of(&format!("endpoint_id={orders_only}")), of_type("order.created"), "a delivery's endpoint");
+    assert_eq!(ids_of(&format!("endpoint_id={dead}")), all_published);
+    assert_eq!(ids_of(&format!("endpoint_id={every_type}&event_type=invoice.paid")), of_type("invoice.paid"));
+    assert_eq!(ids_of("endpoint_id=doomed"), BTreeSet::new(), "a deleted endpoint's deliveries are gone");
+    assert_eq!(ids_of("endpoint_id=good"), by_endpoint["good"], "an endpoint's own events");
+    assert_eq!(ids_of("status=failed&channel=news"), all_published, "a published event's status is its worst");
+    assert_eq!(ids_of("status=delivered&channel=news"), BTreeSet::new());
+    assert_eq!(ids_of("channel=elsewhere"), BTreeSet::new());
+    // Cursor pages over a delivery's endpoint: each published event once, newest first.
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = server.admin("GET", &format!("/admin/events?endpoint_id={dead}&limit=4{cursor}"), "").json();
+        paged.extend(event_ids(page["events"].as_array().unwrap()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all_published.iter().rev().cloned().collect::<Vec<_>>());
     assert_eq!(server.stop(), 0);
+}
+
+/// The index's delivery rows for `published` (id → the engine's view): every one made or taken
+/// over by the shard that delivers it, as many as the engine shows, each with all its attempts.
+fn assert_published_rows(postgres: &Postgres, database: &str, published: &BTreeMap<String, Value>) {
+    assert_eq!(
+        count(postgres, database, "SELECT count(*) FROM deliveries WHERE lsn IS NULL"),
+        0,
+        "no placeholder left"
+    );
+    for (id, event) in published {
+        let deliveries = event["deliveries"].as_array().unwrap();
+        let rows = count(postgres, database, &format!("SELECT count(*) FROM deliveries WHERE event_id = '{id}'"));
+        assert_eq!(rows, deliveries.len(), "{id}");
+        let attempts: u64 = deliveries.iter().map(|delivery| delivery["attempt_count"].as_u64().unwrap()).sum();
+        let attempt_rows = count(
+            postgres,
+            database,
+            &format!(
+                "SELECT count(*) FROM attempts
+                 WHERE event_id IN (SELECT delivery_id FROM deliveries WHERE event_id = '{id}')"
+            ),
+        );
+        assert_eq!(attempt_rows as u64, attempts, "{id}");
+    }
 }
 
 /// Ingests from `threads` connections until `stop`; returns every acknowledged event id.
@@ -404,4 +567,197 @@ fn an_index_ahead_of_the_logs_is_reported_and_left_alone() {
     wait_until("two passes of the index writer", || index_passes(&server) >= passes + 2);
     assert_eq!(count(&postgres, "diverged", "SELECT count(*) FROM events"), 10, "nothing written");
     assert_eq!(server.stop(), 0);
+}
+
+// Published events the engine's memory has forgotten are answered from the index exactly as
+// memory answered them, after the index caught up from the logs alone: Postgres was down while
+// they were published, delivered and failed, and Kapsel was then killed with SIGKILL.
+#[test]
+fn published_events_are_answered_from_the_index_after_a_kill_and_once_memory_forgot_them() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.database("published");
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let window = [("DATABASE_URL", url.as_str()), ("KAPSEL_TERMINAL_EVENTS_IN_MEMORY", "20")];
+    let server = Server::start(directory.path(), "uring", &window);
+    let (zero, one, dead) = (id_on_shard("a", 0), id_on_shard("b", 1), id_on_shard("dead", 0));
+    create(&server, &zero, &format!(r#"{{"url":"{}","channels":["orders"]}}"#, sink.url("/zero")));
+    create(&server, &one, &format!(r#"{{"url":"{}","channels":["orders"]}}"#, sink.url("/one")));
+    let retry = concat!(
+        r#""retry":{"initial_delay_ms":10,"max_delay_ms":20,"jitter":0,"max_attempts":3},"#,
+        r#""circuit":{"consecutive_failures":1000,"window":1000}"#
+    );
+    create(&server, &dead, &format!(r#"{{"url":"http://127.0.0.1:9/dead","channels":["orders"],{retry}}}"#));
+    wait_indexed(&server);
+    postgres.stop_server();
+    wait_until("the outage noticed", || readiness(&server)["index"]["state"] == "unavailable");
+    let mut from_memory = BTreeMap::new();
+    for n in 0..3 {
+        let id = publish(&server, "orders", "order.created", n, Some(&format!("order-{n}")));
+        from_memory.insert(id, Value::Null);
+    }
+    // A channel without subscribers, owned by the shard of `orders` (channels are owned like
+    // endpoint ids).
+    let beside_orders =
+        (0..).map(|n| format!("quiet-{n}")).find(|name| shard_of(name, 2) == shard_of("orders", 2)).unwrap();
+    let nobody = publish(&server, &beside_orders, "note", 0, None);
+    for (id, memory) in from_memory.iter_mut() {
+        *memory = wait_event(&server, id, |event| settled(event, 3) && event["status"] == "failed");
+    }
+    let quiet = server.admin("GET", &format!("/admin/events/{nobody}"), "").json();
+    assert_eq!((quiet["endpoints"].as_u64(), quiet["status"].as_str()), (Some(0), Some("delivered")), "{quiet}");
+    from_memory.insert(nobody.clone(), quiet);
+    server.kill();
+    postgres.start_server();
+    let server = Server::start(directory.path(), "uring", &window);
+    wait_indexed(&server);
+    assert_published_rows(&postgres, "published", &from_memory);
+    // More terminal events than memory keeps, on both shards, and more publications on the
+    // shard of `orders`.
+    for n in 0..25 {
+        publish(&server, &beside_orders, "note", n, None);
+        ingest_keyed(&server, &zero, None, b"{}");
+        ingest_keyed(&server, &one, None, b"{}");
+    }
+    sink.wait_for("the new deliveries", WAIT, |received| received.len() >= 6 + 50);
+    // The index adds `trace_id`: its presence says memory no longer had the event.
+    for (id, memory) in &from_memory {
+        let deadline = Instant::now() + WAIT;
+        let event = loop {
+            let event = server.admin("GET", &format!("/admin/events/{id}"), "").json();
+            if event.get("trace_id").is_some() {
+                break event;
+            }
+            assert!(Instant::now() < deadline, "memory never forgot {id}: {event}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(comparable(&event), comparable(memory), "{id}: the index and memory differ");
+    }
+    // One delivery by its own id, as the engine shows a delivery it holds.
+    let published = from_memory.keys().find(|id| **id != nobody).unwrap();
+    let delivery_id = postgres.psql(
+        "published",
+        &format!("SELECT delivery_id FROM deliveries WHERE event_id = '{published}' AND endpoint_id = '{one}'"),
+    );
+    let delivery = server.admin("GET", &format!("/admin/events/{delivery_id}"), "").json();
+    assert_eq!(delivery["event_id"], published.as_str());
+    assert_eq!(
+        (delivery["endpoint_id"].as_str(), delivery["status"].as_str()),
+        (Some(one.as_str()), Some("delivered"))
+    );
+    assert_eq!((delivery["type"].as_str(), delivery["channel"].as_str()), (Some("order.created"), Some("orders")));
+    assert_eq!(delivery["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(server.stop(), 0);
+}
+
+/// Runs `changes` against database `url` as the index writer does: one transaction per batch.
+fn write_batches(url: &str, batches: &[Vec<kapsel_engine::index::Change>]) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        kapsel_engine::index::schema::migrate(&mut client).await.unwrap();
+        for batch in batches {
+            let transaction = client.transaction().await.unwrap();
+            kapsel_engine::index::rows::write(&transaction, batch).await.unwrap();
+            transaction.commit().await.unwrap();
+        }
+    });
+}
+
+// The index applies each shard's records in order but not the shards in step: a shard that
+// adopted deliveries may have them indexed, attempts and all, before the channel's shard's
+// publish record, or after, or in the same batch. The rows must end the same every way.
+#[test]
+fn delivery_rows_end_the_same_whichever_shard_is_indexed_first() {
+    use kapsel_engine::ids::EventId;
+    use kapsel_engine::index::{Change, Row};
+    use kapsel_engine::records::{self, Delivery, Handoff, Published, Record};
+
+    let Some(postgres) = Postgres::start() else { return };
+    let id = EventId::new(1_700_000_000_000, 0, 1 << 14);
+    let delivery = |number: u32, endpoint: &str| Delivery {
+        delivery_id: id.delivery(number).0,
+        endpoint_id: endpoint.to_string(),
+    };
+    let record = Published {
+        event_id: id.0,
+        channel: "orders".into(),
+        event_type: "order.created".into(),
+        received_at_ms: id.unix_ms(),
+        idempotency_key: Some("k".into()),
+        content_type: None,
+        traceparent: None,
+        tracestate: None,
+        payload: b"{}".to_vec(),
+        deliveries: vec![delivery(1, "here")],
+        handoffs: vec![Handoff { shard: 1, deliveries: vec![delivery(2, "there"), delivery(3, "dead")] }],
+    };
+    let attempt = |number: u32, n: u32, outcome: u8| {
+        Record::Attempt(records::Attempt {
+            event_id: id.delivery(number).0,
+            n,
+            at_ms: id.unix_ms() + u64::from(n) * 100,
+            status_code: Some(if outcome == records::OUTCOME_DELIVERED { 200 } else { 503 }),
+            latency_ms: 3,
+            error_code: (outcome != records::OUTCOME_DELIVERED).then(|| "E2003".to_string()),
+            response_excerpt: Vec::new(),
+            outcome,
+            next_attempt_at_ms: (outcome == records::OUTCOME_RETRYING).then(|| id.unix_ms() + 10_000),
+        })
+    };
+    let change = |shard: usize, lsn: u64, record: &Record| Change { shard, lsn, row: Row::from_record(record) };
+    let channel_shard = vec![
+        change(0, 1, &Record::Published(record.clone())),
+        change(0, 2, &attempt(1, 1, records::OUTCOME_DELIVERED)),
+        change(0, 3, &Record::HandedOff(records::HandedOff { event_id: id.0, shard: 1 })),
+    ];
+    let adopting_shard = vec![
+        change(1, 1, &Record::Adopted(record.adoption(record.handoffs[0].deliveries.clone()))),
+        change(1, 2, &attempt(2, 1, records::OUTCOME_RETRYING)),
+        change(1, 3, &attempt(3, 1, records::OUTCOME_RETRYING)),
+        change(1, 4, &attempt(2, 2, records::OUTCOME_DELIVERED)),
+        change(1, 5, &attempt(3, 2, records::OUTCOME_FAILED)),
+    ];
+    let orders: Vec<(&str, Vec<Vec<Change>>)> = vec![
+        ("channel_first", vec![channel_shard.clone(), adopting_shard.clone()]),
+        ("adopting_first", vec![adopting_shard.clone(), channel_shard.clone()]),
+        ("one_batch", vec![[channel_shard.clone(), adopting_shard.clone()].concat()]),
+        ("one_batch_reversed", vec![[adopting_shard.clone(), channel_shard.clone()].concat()]),
+        (
+            "interleaved",
+            vec![
+                adopting_shard[..2].to_vec(),
+                channel_shard[..1].to_vec(),
+                [adopting_shard[2..].to_vec(), channel_shard[1..].to_vec()].concat(),
+            ],
+        ),
+    ];
+    let dump = |database: &str| {
+        postgres.psql(
+            database,
+            "SELECT string_agg(row, E'\\n' ORDER BY row) FROM (
+                 SELECT concat_ws('|', id, endpoint_id, status, attempt_count, next_attempt_at, delivered_at,
+                                  updated_at, event_type, channel, endpoints) AS row FROM events
+                 UNION ALL
+                 SELECT concat_ws('|', delivery_id, event_id, endpoint_id, shard, lsn, status, attempt_count,
+                                  next_attempt_at, delivered_at, updated_at) FROM deliveries
+                 UNION ALL
+                 SELECT concat_ws('|', event_id, n, at, status_code, error_code) FROM attempts) AS rows",
+        )
+    };
+    let mut first: Option<String> = None;
+    for (name, batches) in &orders {
+        let url = postgres.database(name);
+        write_batches(&url, batches);
+        let rows = dump(name);
+        let status = postgres.psql(name, &format!("SELECT status FROM events WHERE id = '{id}'"));
+        assert_eq!(status, "failed", "{name}: the worst of delivered, delivered and failed");
+        assert_eq!(count(&postgres, name, "SELECT count(*) FROM deliveries WHERE lsn IS NULL"), 0, "{name}");
+        assert_eq!(count(&postgres, name, "SELECT count(*) FROM attempts"), 5, "{name}");
+        match &first {
+            None => first = Some(rows),
+            Some(first) => assert_eq!(&rows, first, "{name} ends differently from {}", orders[0].0),
+        }
+    }
 }
