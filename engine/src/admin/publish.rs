@@ -133,6 +133,10 @@ pub async fn published_json(shard: &Shard, shared: &Shared, event_id: EventId) -
     // Deliveries not adopted yet by their shard are pending there in all but name.
     for endpoint_id in handing_over {
         if !deliveries.iter().any(|delivery| delivery["endpoint_id"] == endpoint_id.as_str()) {
+            let (channel, event_type, payload_bytes) =
+                publication.as_ref().map_or((None, None, 0), |(channel, event_type, _, bytes, _)| {
+                    (channel.clone(), event_type.clone(), *bytes)
+                });
             deliveries.push(json!({
                 "endpoint_id": endpoint_id,
                 "status": "pending",
@@ -142,11 +146,20 @@ pub async fn published_json(shard: &Shard, shared: &Shared, event_id: EventId) -
                 "waiting_reason": null,
                 "last_response_excerpt": null,
                 "updated_at": crate::clock::rfc3339(event_id.unix_ms()),
+                "type": event_type,
+                "channel": channel,
+                "payload_bytes": payload_bytes,
             }));
         }
     }
     deliveries.sort_by(|a, b| a["endpoint_id"].as_str().cmp(&b["endpoint_id"].as_str()));
     if publication.is_none() && deliveries.is_empty() {
+        return Ok(None);
+    }
+    // Memory holds part of it only (the publication, or some deliveries, left its windows): the
+    // index, when there is one, has all of it.
+    let whole = publication.as_ref().is_some_and(|(_, _, endpoints, _, _)| deliveries.len() >= *endpoints as usize);
+    if !whole && shard.index_handle().is_some() {
         return Ok(None);
     }
     let first = deliveries.first();
