@@ -27,7 +27,13 @@
 //! - replaying each shard's log gives exactly its live state (the durable views, pending
 //!   handoffs included), and each state's own invariants hold;
 //! - at the end (every destination answering 200, handoffs run to completion) no handoff is
-//!   pending and every delivery ended delivered or failed.
+//!   pending and every delivery ended delivered or failed; redriven once, every failed one is
+//!   delivered, but those its shard can no longer redrive (gone from its lookup window, or their
+//!   payload with retention).
+//!
+//! A remote delivery whose endpoint is deleted and created again before its handoff is recorded
+//! goes to the new endpoint (the adoption finds an endpoint of that id); the model accepts that
+//! as a new delivery.
 //!
 //! Endpoints `a…` live on shard 0, `b…` on shard 1, `c…` on shard 2; channels `orders` and
 //! `billing` on shard 0, `audit` on shard 1. `KAPSEL_SIM_SEEDS=n` runs n seeds (default 24),
@@ -203,7 +209,7 @@ enum Stage {
 
 #[derive(Debug)]
 enum Unacknowledged {
-    Publish { channel: String, owner: usize, key: Option<String>, payload: Vec<u8>, endpoints: Vec<(usize, String)> },
+    Publish { publish: ModelPublish, key: Option<String> },
     Attempt { shard: usize, event_id: EventId },
 }
 
@@ -218,6 +224,7 @@ struct Coverage {
     handed_off: u64,
     crashes: u64,
     crashes_mid_handoff: u64,
+    crashes_after_adoption: u64,
     delivered: u64,
     adopted_anew: u64,
     racing_deletions: u64,
@@ -235,6 +242,7 @@ impl Coverage {
         self.handed_off += other.handed_off;
         self.crashes += other.crashes;
         self.crashes_mid_handoff += other.crashes_mid_handoff;
+        self.crashes_after_adoption += other.crashes_after_adoption;
         self.delivered += other.delivered;
         self.adopted_anew += other.adopted_anew;
         self.racing_deletions += other.racing_deletions;
@@ -245,7 +253,8 @@ impl Coverage {
     fn describe(&self) -> String {
         format!(
             "{} publishes ({} repeats answered as duplicates, {} of {} unacknowledged ones kept whole by a crash), \
-             {} deliveries adopted, {} handoffs recorded, {} delivered, {} crashes ({} during a handoff), \
+             {} deliveries adopted, {} handoffs recorded, {} delivered, {} crashes ({} during a handoff, {} of them \
+             between an adoption and its HandedOff), \
              {} deletions racing an adoption, {} deliveries adopted anew by an endpoint created again, \
              {} redrives, {} segments removed",
             self.published,
@@ -257,6 +266,7 @@ impl Coverage {
             self.delivered,
             self.crashes,
             self.crashes_mid_handoff,
+            self.crashes_after_adoption,
             self.racing_deletions,
             self.adopted_anew,
             self.redriven,
@@ -631,7 +641,8 @@ impl Sim {
                 if count as usize == endpoints.len() =>
             {
                 self.coverage.published += 1;
-                self.learn_publish(event_id, channel, owner, key, payload, endpoints, self.now)
+                let publish = ModelPublish { channel: channel.to_string(), owner, payload, endpoints };
+                self.learn_publish(event_id, publish, key, self.now)
             }
             (outcome, remembered) => {
                 Err(format!("publish to {channel} (key remembered as {remembered:?}) gave {outcome:?}"))
@@ -640,24 +651,21 @@ impl Sim {
     }
 
     /// A publish the channel's shard accepted joins the model with its deliveries.
-    #[allow(clippy::too_many_arguments)]
     fn learn_publish(
         &mut self,
         event_id: EventId,
-        channel: &str,
-        owner: usize,
+        publish: ModelPublish,
         key: Option<String>,
-        payload: Vec<u8>,
-        endpoints: Vec<(usize, String)>,
         at: u64,
     ) -> Result<(), Failure> {
+        let owner = publish.owner;
         if event_id != event_id.published() || usize::from(event_id.shard()) != owner {
             return Err(format!("{event_id} is not a published event's id of shard {owner}"));
         }
         if self.model.publishes.contains_key(&event_id) {
             return Err(format!("{event_id} was published twice"));
         }
-        for (number, (shard, endpoint)) in (1u32..).zip(&endpoints) {
+        for (number, (shard, endpoint)) in (1u32..).zip(&publish.endpoints) {
             let delivery = ModelDelivery {
                 published: event_id,
                 endpoint: endpoint.clone(),
@@ -673,9 +681,8 @@ impl Sim {
             self.model.deliveries.insert(event_id.delivery(number), delivery);
         }
         if let Some(key) = key {
-            self.model.keys.insert((channel.to_string(), key), (event_id, at));
+            self.model.keys.insert((publish.channel.clone(), key), (event_id, at));
         }
-        let publish = ModelPublish { channel: channel.to_string(), owner, payload, endpoints };
         self.model.publishes.insert(event_id, publish);
         Ok(())
     }
@@ -1049,6 +1056,9 @@ impl Sim {
         let durable_before: Vec<u64> = shards.iter().map(|shard| shard.wal().durable_lsn()).collect();
         self.coverage.crashes += 1;
         self.coverage.crashes_mid_handoff += u64::from(self.handoffs.iter().any(Option::is_some));
+        let after_adoption =
+            |stage: &Option<Stage>| matches!(stage, Some(Stage::Adopted { .. } | Stage::Recorded { .. }));
+        self.coverage.crashes_after_adoption += u64::from(self.handoffs.iter().any(after_adoption));
         let written = self.random.chance(0.5);
         let what = match self.random.below(4) {
             0 => self.publish_unacknowledged(shards),
@@ -1091,8 +1101,8 @@ impl Sim {
         let request = Self::request(channel, key.clone(), event_type, payload.clone(), &endpoints);
         poll_once(shards[owner].publish(request, self.now));
         let what = format!("publish to {channel} key {key:?} for {endpoints:?} unacknowledged");
-        let channel = channel.to_string();
-        self.unacknowledged = Some(Unacknowledged::Publish { channel, owner, key, payload, endpoints });
+        let publish = ModelPublish { channel: channel.to_string(), owner, payload, endpoints };
+        self.unacknowledged = Some(Unacknowledged::Publish { publish, key });
         what
     }
 
@@ -1170,12 +1180,11 @@ impl Sim {
                 .extend(publications.chain(deliveries).filter(|event_id| !self.model.publishes.contains_key(event_id)));
         }
         match (self.unacknowledged.take(), unknown.iter().collect::<Vec<_>>().as_slice()) {
-            (Some(Unacknowledged::Publish { channel, owner, key, payload, endpoints }), [event_id]) => {
-                self.check_whole(shards, **event_id, owner, &endpoints)?;
+            (Some(Unacknowledged::Publish { publish, key }), [event_id]) => {
+                self.check_whole(shards, **event_id, publish.owner, &publish.endpoints)?;
                 self.note(format!("the unacknowledged publish survived as {event_id}"));
                 self.coverage.unacknowledged_kept += 1;
-                let at = event_id.unix_ms();
-                self.learn_publish(**event_id, &channel, owner, key, payload, endpoints, at)
+                self.learn_publish(**event_id, publish, key, event_id.unix_ms())
             }
             (Some(Unacknowledged::Attempt { shard, event_id }), []) => {
                 let state = shards[shard].state().borrow();
@@ -1195,10 +1204,19 @@ impl Sim {
                     u64::from(matches!(unacknowledged, Some(Unacknowledged::Publish { .. })));
                 Ok(())
             }
-            (unacknowledged, unknown) => Err(format!(
-                "recovery found publishes nobody acknowledged: {} (unacknowledged: {unacknowledged:?})",
-                listed(unknown.iter().copied())
-            )),
+            (unacknowledged, unknown) => {
+                let what = match unacknowledged {
+                    Some(Unacknowledged::Publish { publish, .. }) => {
+                        format!("a publish to {} for {:?}", publish.channel, publish.endpoints)
+                    }
+                    Some(Unacknowledged::Attempt { event_id, .. }) => format!("the outcome of {event_id}"),
+                    None => "nothing".into(),
+                };
+                Err(format!(
+                    "recovery found publishes nobody acknowledged: {} (unacknowledged at the crash: {what})",
+                    listed(unknown.iter().copied())
+                ))
+            }
         }
     }
 
@@ -1463,13 +1481,16 @@ impl Sim {
     // --- The end ---
 
     /// The end of the run: every destination answers 200, handoffs run until none is pending,
-    /// and every delivery ends delivered or failed.
+    /// and every delivery ends delivered or failed; then the failed ones are redriven once, and
+    /// every delivery ends delivered, but those the shard no longer can redrive (gone from its
+    /// lookup window, or their payload with retention).
     async fn finish(&mut self, shards: &[Rc<Shard>]) -> Result<(), Failure> {
         self.finishing = true;
         for id in self.endpoints_where(true) {
             let shard = self.model.endpoints[&id].shard;
             shards[shard].set_enabled(&id, true, self.now).await.map_err(|error| format!("enable {id}: {error}"))?;
         }
+        let mut beyond_redrive = None;
         for round in 0..5_000 {
             for source in 0..shards.len() {
                 self.hand_over_everything(shards, source).await?;
@@ -1488,7 +1509,10 @@ impl Sim {
             self.check(shards)?;
             let handed = shards.iter().all(|shard| shard.handoffs_pending(1).is_empty());
             if handed && self.model.deliveries.values().all(|delivery| delivery.terminal) {
-                return self.check_finished();
+                match &beyond_redrive {
+                    None => beyond_redrive = Some(self.redrive_failed(shards).await?),
+                    Some(beyond) => return self.check_finished(beyond),
+                }
             }
             self.advance(if round % 10 == 9 { 600_000 } else { 1_000 });
         }
@@ -1506,8 +1530,44 @@ impl Sim {
         Err(format!("shard {source}'s handoffs never finished"))
     }
 
-    fn check_finished(&self) -> Result<(), Failure> {
+    /// Redrives every failed delivery a shard can still redrive; the others.
+    async fn redrive_failed(&mut self, shards: &[Rc<Shard>]) -> Result<BTreeSet<EventId>, Failure> {
+        let failed: Vec<EventId> = self
+            .model
+            .deliveries
+            .iter()
+            .filter(|(_, delivery)| !delivery.delivered)
+            .map(|(event_id, _)| *event_id)
+            .collect();
+        let mut beyond = BTreeSet::new();
+        for event_id in failed {
+            let delivery = &self.model.deliveries[&event_id];
+            let (published, endpoint, index) = (delivery.published, delivery.endpoint.clone(), delivery.shard);
+            let outcome = shards[index].retry_deliveries(published, Some(&endpoint), self.now).await;
+            self.note(format!("redrive of failed {event_id} to {endpoint}: {outcome:?}"));
+            match outcome {
+                Ok(1) => {
+                    let delivery = self.model.deliveries.get_mut(&event_id).ok_or("redriven delivery vanished")?;
+                    delivery.terminal = false;
+                    delivery.allowance += 1;
+                }
+                Ok(0) | Err(EngineError::NotFound(_)) => {
+                    beyond.insert(event_id);
+                }
+                other => return Err(format!("redrive of failed {event_id} gave {other:?}")),
+            }
+        }
+        Ok(beyond)
+    }
+
+    fn check_finished(&self, beyond_redrive: &BTreeSet<EventId>) -> Result<(), Failure> {
         for (event_id, delivery) in &self.model.deliveries {
+            if !delivery.delivered && !beyond_redrive.contains(event_id) {
+                return Err(format!(
+                    "{event_id} to {} ended failed although it was redriven and every destination answers 200",
+                    delivery.endpoint
+                ));
+            }
             if delivery.successes > delivery.allowance + u32::from(delivery.delivered) {
                 return Err(format!(
                     "{event_id} to {} was answered 2xx {} times ({delivery:?})",
