@@ -77,10 +77,14 @@ fn write_seeds() {
     };
     let closed = BreakerSnapshot { open_until_ms: None, cooldown_ms: 1000, window: vec![], run: 0 };
     let scratch = tempfile::tempdir().unwrap();
-    let current = Snapshot { applied_lsn: 1234, endpoints: vec![(plain.clone(), closed), (tuned, breaker)] };
+    let current = Snapshot {
+        applied_lsn: 1234,
+        endpoints: vec![(plain.clone(), closed), (tuned, breaker)],
+        adopted: vec![(1, 1 << 80)],
+    };
     snapshot::write(scratch.path(), &current).unwrap();
     std::fs::copy(snapshot::path(scratch.path()), corpus.join("seed-two-endpoints-with-breakers")).unwrap();
-    let empty = Snapshot { applied_lsn: 0, endpoints: vec![] };
+    let empty = Snapshot { applied_lsn: 0, endpoints: vec![], adopted: vec![] };
     snapshot::write(scratch.path(), &empty).unwrap();
     std::fs::copy(snapshot::path(scratch.path()), corpus.join("seed-empty")).unwrap();
     // The older format, `KPSNAP01`: endpoints only, read with fresh breakers.

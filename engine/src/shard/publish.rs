@@ -138,14 +138,22 @@ impl Shard {
     }
 
     /// Adopts deliveries another shard's publish records hand to this shard: writes each record
-    /// with the deliveries this shard does not have yet (a repeat after a restart adds nothing)
-    /// and waits until they are durable. Deliveries to endpoints deleted meanwhile are dropped
+    /// with the deliveries this shard does not have yet and waits until they are durable. A
+    /// repeat after a restart adds nothing: the channel's shard hands over in id order, so a
+    /// published id at or below the highest adopted from that shard was adopted already
+    /// (`ShardState::was_adopted`, kept in the endpoint snapshot across retention), and a
+    /// delivery still known is known. Deliveries to endpoints deleted meanwhile are dropped
     /// (as an ingest racing its endpoint's deletion is).
     pub async fn adopt(&self, records: Vec<Published>, now_ms: u64) -> Result<(), EngineError> {
         let mut last = None;
         for mut record in records {
             {
                 let state = self.core.state.borrow();
+                if state.was_adopted(EventId(record.event_id)) {
+                    // Handed over again after the channel's shard lost its HandedOff record (a
+                    // crash): adopted before, whether or not its deliveries are still known.
+                    continue;
+                }
                 record.deliveries.retain(|delivery| {
                     state.endpoints.contains_key(delivery.endpoint_id.as_str())
                         && !state.events.contains_key(&EventId(delivery.delivery_id))

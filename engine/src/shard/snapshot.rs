@@ -41,6 +41,9 @@ pub struct Snapshot {
     pub applied_lsn: u64,
     /// Every endpoint with its breaker.
     pub endpoints: Vec<(Endpoint, BreakerSnapshot)>,
+    /// Per channel's shard, the highest published id whose deliveries this shard adopted
+    /// (`ShardState::adopted`): kept here because retention may remove the adoptions' records.
+    pub adopted: Vec<(u16, u128)>,
 }
 
 impl Snapshot {
@@ -53,6 +56,7 @@ impl Snapshot {
                 .values()
                 .map(|entry| (entry.endpoint.clone(), entry.breaker.to_snapshot()))
                 .collect(),
+            adopted: state.adopted.iter().map(|(shard, event_id)| (*shard, event_id.0)).collect(),
         }
     }
 }
@@ -111,12 +115,12 @@ pub fn read(directory: &Path) -> Result<Option<Snapshot>, String> {
                 (endpoint, breaker)
             })
             .collect();
-        return Ok(Some(Snapshot { applied_lsn: 0, endpoints }));
+        return Ok(Some(Snapshot { applied_lsn: 0, endpoints, adopted: Vec::new() }));
     }
     if magic == MAGIC_V2 {
         let old = kapsel_wal::codec::decode::<SnapshotV2>(body).map_err(|error| damaged(&error.to_string()))?;
         let endpoints = old.endpoints.into_iter().map(|(endpoint, breaker)| (endpoint.into(), breaker)).collect();
-        return Ok(Some(Snapshot { applied_lsn: old.applied_lsn, endpoints }));
+        return Ok(Some(Snapshot { applied_lsn: old.applied_lsn, endpoints, adopted: Vec::new() }));
     }
     kapsel_wal::codec::decode::<Snapshot>(body).map(Some).map_err(|error| damaged(&error.to_string()))
 }
@@ -130,6 +134,9 @@ pub fn load_into(state: &mut ShardState, directory: &Path) -> Result<usize, Stri
     let count = snapshot.endpoints.len();
     for (endpoint, breaker) in snapshot.endpoints {
         state.restore_endpoint(endpoint, Breaker::from_snapshot(&breaker), snapshot.applied_lsn);
+    }
+    for (shard, event_id) in snapshot.adopted {
+        state.note_adopted(shard, crate::model::ids::EventId(event_id));
     }
     Ok(count)
 }
@@ -153,6 +160,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         assert_eq!(read(directory.path()).unwrap(), None);
         let snapshot_of = |ids: &[&str], applied_lsn| Snapshot {
+            adopted: vec![(1, 42)],
             applied_lsn,
             endpoints: ids
                 .iter()

@@ -74,6 +74,8 @@ pub struct DurableView {
     pub waiting_count: usize,
     /// Published events whose deliveries other shards have not all adopted, with those shards.
     pub handoffs: BTreeMap<EventId, Vec<u16>>,
+    /// The highest published id adopted from each channel's shard.
+    pub adopted: BTreeMap<u16, EventId>,
 }
 
 impl ShardState {
@@ -136,7 +138,15 @@ impl ShardState {
             .pending()
             .map(|(event_id, publication)| (event_id, publication.handoffs.iter().map(|(shard, _)| *shard).collect()))
             .collect();
-        DurableView { endpoints, waiting, terminal, keys, waiting_count: self.waiting, handoffs }
+        DurableView {
+            endpoints,
+            waiting,
+            terminal,
+            keys,
+            waiting_count: self.waiting,
+            handoffs,
+            adopted: self.adopted.clone(),
+        }
     }
 }
 
@@ -171,6 +181,9 @@ impl DurableView {
         }
         if self.keys != other.keys {
             return Some(format!("idempotency keys: {:?}\n  against {:?}", self.keys, other.keys));
+        }
+        if self.adopted != other.adopted {
+            return Some(format!("adopted up to: {:?}\n  against {:?}", self.adopted, other.adopted));
         }
         if self.handoffs != other.handoffs {
             return Some(format!("pending handoffs: {:?}\n  against {:?}", self.handoffs, other.handoffs));

@@ -112,6 +112,10 @@ pub struct ShardState {
     pub names: Names,
     /// Events published to channels this shard owns.
     pub publications: Publications,
+    /// Per channel's shard, the highest published id whose deliveries this shard adopted: a
+    /// channel's shard hands deliveries to each shard in id order, so anything at or below it
+    /// was adopted already (even once its delivery left memory or its record the log).
+    pub adopted: std::collections::BTreeMap<u16, EventId>,
     /// Live only: payloads whose turn is near.
     payloads: PayloadCache,
     /// Live only: each endpoint's one timer, by time.
@@ -147,6 +151,7 @@ impl ShardState {
             ids: EventIdGenerator::new(index, None),
             names: Names::default(),
             publications: Publications::default(),
+            adopted: std::collections::BTreeMap::new(),
             payloads: PayloadCache::default(),
             wakeups: BTreeSet::new(),
             active: BTreeSet::new(),
@@ -195,7 +200,11 @@ impl ShardState {
             Record::Attempt(attempt) => self.apply_attempt(lsn, &attempt),
             Record::Requeued(requeued) => self.requeue(lsn, EventId(requeued.event_id), requeued.at_ms),
             Record::Published(published) => self.publish(lsn, position, published, now_ms),
-            Record::Adopted(adopted) => self.receive_deliveries(lsn, position, &adopted, now_ms),
+            Record::Adopted(adopted) => {
+                let event_id = EventId(adopted.event_id);
+                self.note_adopted(event_id.shard(), event_id);
+                self.receive_deliveries(lsn, position, &adopted, now_ms);
+            }
             Record::HandedOff(handed_off) => {
                 self.publications.handed_off(EventId(handed_off.event_id), handed_off.shard);
             }
@@ -341,6 +350,17 @@ impl ShardState {
         };
         self.publications.insert(event_id, publication, self.limits.terminal_events_max);
         self.receive_deliveries(lsn, position, &published, now_ms);
+    }
+
+    /// Notes that the deliveries of `event_id`, published on `shard`'s channel, were adopted.
+    pub fn note_adopted(&mut self, shard: u16, event_id: EventId) {
+        let highest = self.adopted.entry(shard).or_insert(event_id);
+        *highest = (*highest).max(event_id);
+    }
+
+    /// Whether the deliveries of published event `event_id` were adopted here already.
+    pub fn was_adopted(&self, event_id: EventId) -> bool {
+        self.adopted.get(&event_id.shard()).is_some_and(|highest| event_id <= *highest)
     }
 
     /// The deliveries a published or adopted record gives this shard: each an event of its
