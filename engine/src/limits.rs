@@ -86,6 +86,21 @@ pub const EVENT_TYPE_SCAN_BYTES_MAX: usize = 64 * 1024;
 /// Endpoints one published event is delivered to, at most (the publish record lists them).
 pub const PUBLISH_ENDPOINTS_MAX: usize = 10_000;
 
+/// Longest tenant id: 1 to this many of `A-Z a-z 0-9 _ -`.
+pub const TENANT_ID_BYTES_MAX: usize = 64;
+
+/// Longest tenant display name.
+pub const TENANT_NAME_BYTES_MAX: usize = 256;
+
+/// Tenants kept, at most (each is a few hundred bytes on every shard's lookup table).
+pub const TENANTS_MAX: usize = 10_000;
+
+/// Keys kept, at most, over all tenants (each ~150 bytes, on every shard).
+pub const KEYS_MAX: usize = 100_000;
+
+/// Longest bearer token looked up as a key (a key is 47 bytes).
+pub const KEY_BYTES_MAX: usize = 128;
+
 /// Most shards supported (event ids carry the shard in 16 bits; this keeps it far smaller).
 pub const SHARDS_MAX: usize = 256;
 

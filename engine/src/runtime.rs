@@ -322,6 +322,10 @@ async fn shard_main(
     let shard = Rc::new(shard);
     shared.register_storage(index, Arc::clone(shard.storage()));
     let _recovery = monoio::spawn(crate::shard::recovery::run(Rc::clone(&shard)));
+    // Tenants and keys (kept by shard 0) are known before any shard authenticates a request.
+    if index == crate::admin::access::ACCESS_SHARD {
+        shared.set_access(&shard.state().borrow().access);
+    }
     // Every shard's subscriptions are known before any shard serves a publish.
     for entry in shard.state().borrow().endpoints.values() {
         shared.subscribe(&entry.endpoint);

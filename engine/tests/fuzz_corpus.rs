@@ -81,10 +81,12 @@ fn write_seeds() {
         applied_lsn: 1234,
         endpoints: vec![(plain.clone(), closed), (tuned, breaker)],
         adopted: vec![(1, 1 << 80)],
+        tenants: vec![],
+        keys: vec![],
     };
     snapshot::write(scratch.path(), &current).unwrap();
     std::fs::copy(snapshot::path(scratch.path()), corpus.join("seed-two-endpoints-with-breakers")).unwrap();
-    let empty = Snapshot { applied_lsn: 0, endpoints: vec![], adopted: vec![] };
+    let empty = Snapshot { applied_lsn: 0, endpoints: vec![], adopted: vec![], tenants: vec![], keys: vec![] };
     snapshot::write(scratch.path(), &empty).unwrap();
     std::fs::copy(snapshot::path(scratch.path()), corpus.join("seed-empty")).unwrap();
     // The older format, `KPSNAP01`: endpoints only, read with fresh breakers.

@@ -26,4 +26,5 @@ mod operations;
 mod postgres_harness;
 mod retention;
 mod storage;
+mod tenants;
 mod trace_context;

@@ -2,6 +2,7 @@
 //! event listing from memory, the audit JSON and the metrics text, publishing and fan-out; and what all shards share.
 //! Above `shard` and `delivery`: it runs their operations, they know nothing of it.
 
+pub mod access;
 pub mod audit;
 pub mod events;
 pub mod inbox;

@@ -70,6 +70,36 @@ pub enum Route {
         /// Endpoint id.
         id: String,
     },
+    /// `PUT /admin/tenants/{tenant_id}`.
+    PutTenant {
+        /// Tenant id.
+        id: String,
+    },
+    /// `GET /admin/tenants/{tenant_id}`.
+    GetTenant {
+        /// Tenant id.
+        id: String,
+    },
+    /// `DELETE /admin/tenants/{tenant_id}`.
+    DeleteTenant {
+        /// Tenant id.
+        id: String,
+    },
+    /// `POST /admin/tenants/{tenant_id}/keys`.
+    CreateKey {
+        /// Tenant id.
+        tenant_id: String,
+    },
+    /// `GET /admin/tenants/{tenant_id}/keys`.
+    ListKeys {
+        /// Tenant id.
+        tenant_id: String,
+    },
+    /// `DELETE /admin/keys/{key_id}`.
+    RevokeKey {
+        /// Key id.
+        key_id: String,
+    },
     /// `POST /admin/endpoints/{id}/enable` and `…/disable`.
     SetEnabled {
         /// Endpoint id.
@@ -123,6 +153,21 @@ impl Route {
                 only_get(method, Self::EventProof { event_id: known_event(event_id)? })
             }
             ["admin", "audit", "segments"] => only_get(method, Self::AuditSegments),
+            ["admin", "tenants", id] => Self::tenant(method, id),
+            ["admin", "tenants", id, "keys"] => {
+                let tenant_id = known_tenant(id)?;
+                match method {
+                    Method::Post => Ok(Self::CreateKey { tenant_id }),
+                    Method::Get | Method::Head => Ok(Self::ListKeys { tenant_id }),
+                    _ => Err(EngineError::MethodNotAllowed { allow: "GET, HEAD, POST" }),
+                }
+            }
+            ["admin", "keys", key_id] => {
+                if !crate::model::tenant::valid_key_id(key_id) {
+                    return Err(EngineError::NotFound(format!("key {key_id} not found")));
+                }
+                only(method, Method::Delete, "DELETE", Self::RevokeKey { key_id: (*key_id).to_string() })
+            }
             _ => Err(EngineError::NotFound(format!("no route for {path}"))),
         }
     }
@@ -142,6 +187,33 @@ impl Route {
         }
     }
 
+    fn tenant(method: Method, id: &str) -> Result<Self, EngineError> {
+        match method {
+            Method::Put => {
+                if !crate::model::tenant::valid_tenant_id(id) {
+                    return Err(EngineError::Invalid("tenant ids are 1 to 64 of A-Z a-z 0-9 _ -".into()));
+                }
+                Ok(Self::PutTenant { id: id.to_string() })
+            }
+            Method::Get | Method::Head => Ok(Self::GetTenant { id: known_tenant(id)? }),
+            Method::Delete => Ok(Self::DeleteTenant { id: known_tenant(id)? }),
+            _ => Err(EngineError::MethodNotAllowed { allow: "GET, HEAD, PUT, DELETE" }),
+        }
+    }
+
+    /// True for tenant and key management, which runs on the shard that keeps them.
+    pub fn is_access(&self) -> bool {
+        matches!(
+            self,
+            Self::PutTenant { .. }
+                | Self::GetTenant { .. }
+                | Self::DeleteTenant { .. }
+                | Self::CreateKey { .. }
+                | Self::ListKeys { .. }
+                | Self::RevokeKey { .. }
+        )
+    }
+
     /// True for `/admin/…` routes (bearer token required).
     pub fn is_admin(&self) -> bool {
         !matches!(self, Self::Health | Self::Ready | Self::Metrics | Self::Ingest { .. } | Self::Publish { .. })
@@ -151,6 +223,12 @@ impl Route {
     pub fn owner(&self, shards: usize) -> Option<usize> {
         match self {
             Self::Health | Self::Ready | Self::Metrics | Self::AuditSegments => None,
+            Self::PutTenant { .. }
+            | Self::GetTenant { .. }
+            | Self::DeleteTenant { .. }
+            | Self::CreateKey { .. }
+            | Self::ListKeys { .. }
+            | Self::RevokeKey { .. } => Some(crate::admin::access::ACCESS_SHARD % shards.max(1)),
             Self::ListEvents(query) => query.endpoint_id.as_deref().map(|id| owner_shard(id, shards)),
             Self::RetryFailed { id } | Self::SetEnabled { id, .. } => Some(owner_shard(id, shards)),
             // A channel's publishes, keys and handoffs live on the shard its name hashes to.
@@ -201,6 +279,15 @@ fn retry_endpoint(query: Option<&str>) -> Result<Option<String>, EngineError> {
 
 fn known_event(text: &str) -> Result<EventId, EngineError> {
     EventId::parse(text).ok_or_else(|| EngineError::NotFound(format!("event {text} not found")))
+}
+
+/// A tenant id in a path: one that cannot exist is simply not found.
+fn known_tenant(id: &str) -> Result<String, EngineError> {
+    if crate::model::tenant::valid_tenant_id(id) {
+        Ok(id.to_string())
+    } else {
+        Err(EngineError::NotFound(format!("tenant {id} not found")))
+    }
 }
 
 /// An id in a path that must name an existing endpoint: one that cannot exist is simply not found.

@@ -8,6 +8,7 @@ use kapsel_http::{HeaderName, Request, RequestHead, Response};
 use serde_json::json;
 use tracing::Instrument as _;
 
+use crate::admin::access::Principal;
 use crate::admin::inbox::Command;
 use crate::admin::route::Route;
 use crate::admin::shared::Shared;
@@ -15,7 +16,6 @@ use crate::error::EngineError;
 use crate::limits;
 use crate::model::event_type;
 use crate::model::ids::EventId;
-use crate::model::signature::constant_time_equal;
 use crate::shard::{Accepted, Ingest, Shard};
 use crate::state::idempotency;
 
@@ -32,14 +32,18 @@ impl Service {
     }
 
     fn route(&self, head: &RequestHead) -> Result<Route, EngineError> {
-        // Everything under /admin/ needs the token first: without it the answer is 401 whatever
+        // Everything under /admin/ needs a token first: without one the answer is 401 whatever
         // the path, so an unauthenticated caller learns nothing about which paths or ids exist.
-        if head.path == "/admin" || head.path.starts_with("/admin/") {
-            self.authorize(head)?;
-        }
-        let route = Route::parse(head.method, &head.path, head.query.as_deref(), generate_endpoint_id)?;
+        let admin_path = head.path == "/admin" || head.path.starts_with("/admin/");
+        let principal = if admin_path { Some(self.authorize(head)?) } else { None };
+        let mut route = Route::parse(head.method, &head.path, head.query.as_deref(), generate_endpoint_id)?;
         if route.is_admin() {
-            self.authorize(head)?;
+            let principal = match principal {
+                Some(principal) => principal,
+                None => self.authorize(head)?,
+            };
+            crate::admin::access::permit(&principal, &route)?;
+            hide_other_tenants(&principal, &mut route)?;
         }
         if !matches!(route, Route::Health | Route::Ready) {
             self.shared.check_serving()?;
@@ -47,12 +51,11 @@ impl Service {
         Ok(route)
     }
 
-    fn authorize(&self, head: &RequestHead) -> Result<(), EngineError> {
-        let given = head.headers.get(HeaderName::Authorization).and_then(|value| value.strip_prefix(b"Bearer "));
-        match given {
-            Some(token) if constant_time_equal(token, self.shared.admin_token.as_bytes()) => Ok(()),
-            _ => Err(EngineError::Unauthorized("missing or wrong admin bearer token".into())),
-        }
+    /// The operator token or a key; anything else is 401 E1001.
+    fn authorize(&self, head: &RequestHead) -> Result<Principal, EngineError> {
+        crate::admin::access::authenticate(&self.shared, head).ok_or_else(|| {
+            EngineError::Unauthorized("missing or wrong bearer token (the operator token or a key)".into())
+        })
     }
 
     async fn dispatch(&self, route: Route, request: Request) -> Response {
@@ -229,14 +232,47 @@ fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
     }
 }
 
+/// A key sees only its tenant's endpoints, events and deliveries: anything else answers 404
+/// E1004 exactly as a missing one does, before anything is looked up. Until endpoints carry
+/// `tenant_id` (issue 14's next step) every endpoint, and so every event, belongs to `default`:
+/// a key of another tenant finds nothing, and its listing is empty.
+fn hide_other_tenants(principal: &Principal, route: &mut Route) -> Result<(), EngineError> {
+    let Principal::Key(key) = principal else {
+        return Ok(());
+    };
+    if key.tenant_id == crate::model::tenant::DEFAULT_TENANT || route.is_access() {
+        return Ok(());
+    }
+    match route {
+        Route::ListEvents(query) => {
+            // No endpoint has an empty id: the listing of a tenant without endpoints is empty,
+            // from memory and from the index alike.
+            query.endpoint_id = Some(String::new());
+            Ok(())
+        }
+        Route::Health | Route::Ready | Route::Metrics => Ok(()),
+        _ => Err(EngineError::NotFound("not found".into())),
+    }
+}
+
 /// Runs a routed request on its owner shard (called on that shard's thread).
 pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Request) -> Response {
+    if route.is_access() {
+        let by = crate::admin::access::authenticate(shared, &request.head).and_then(|who| who.changed_by());
+        return crate::admin::access::execute(shard, shared, route, request, by).await;
+    }
     let now = crate::clock::now_ms();
     let ok = |json: serde_json::Value| Response::json(200, json.to_string().into_bytes());
     let outcome = match route {
         Route::ListEvents(query) => {
             Ok(ok(crate::admin::events::page(crate::admin::events::list_local(shard, &query), query.limit)))
         }
+        Route::PutTenant { .. }
+        | Route::GetTenant { .. }
+        | Route::DeleteTenant { .. }
+        | Route::CreateKey { .. }
+        | Route::ListKeys { .. }
+        | Route::RevokeKey { .. } => Err(EngineError::NotFound("not an endpoint or event operation".into())),
         Route::RetryEvent { event_id, endpoint_id } => retry_event(shard, shared, event_id, endpoint_id, now).await,
         Route::Publish { channel } => crate::admin::publish::publish(shard, shared, channel, request).await,
         Route::RetryFailed { id } => {

@@ -2,8 +2,11 @@
 //! the index handle, the readiness and shutdown flags, and the channel subscriptions. Read-mostly;
 //! lock-free but for the subscriptions, read by publishes and written only when endpoints change.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use crate::admin::access::AccessTable;
 
 use crate::error::EngineError;
 use crate::limits;
@@ -36,6 +39,10 @@ pub struct Shared {
     /// when an endpoint changes (by its shard, after the change is durable, and at start before
     /// any shard serves); read by each publish.
     subscriptions: RwLock<Subscriptions>,
+    /// Every shard's endpoints by id, with their tenants (a tenant's endpoint count).
+    endpoint_tenants: RwLock<HashMap<String, String>>,
+    /// Tenants and keys, as shard 0 keeps them (`admin::access`).
+    access: RwLock<AccessTable>,
 }
 
 impl Shared {
@@ -60,7 +67,28 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             storage: (0..shards).map(|_| OnceLock::new()).collect(),
             subscriptions: RwLock::new(Subscriptions::default()),
+            endpoint_tenants: RwLock::new(HashMap::new()),
+            access: RwLock::new(AccessTable::default()),
         }
+    }
+
+    /// Reads the tenants and keys.
+    pub fn access<T>(&self, read: impl FnOnce(&AccessTable) -> T) -> T {
+        read(&self.access.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the tenants and keys with shard 0's registry (after a change is durable there,
+    /// and at start before any shard serves).
+    pub fn set_access(&self, access: &crate::state::Access) {
+        let mut table = self.access.write().unwrap_or_else(PoisonError::into_inner);
+        let fresh = AccessTable::of(access, &table);
+        *table = fresh;
+    }
+
+    /// Endpoints of a tenant, on every shard.
+    pub fn endpoints_of(&self, tenant_id: &str) -> usize {
+        let endpoints = self.endpoint_tenants.read().unwrap_or_else(PoisonError::into_inner);
+        endpoints.values().filter(|tenant| tenant.as_str() == tenant_id).count()
     }
 
     /// Notes an endpoint's subscriptions (after its change is durable, or at start).
@@ -69,11 +97,15 @@ impl Shared {
         // call), so a poisoned lock is used as it is.
         let mut subscriptions = self.subscriptions.write().unwrap_or_else(PoisonError::into_inner);
         subscriptions.set(&endpoint.id, &endpoint.channels, &endpoint.event_types);
+        drop(subscriptions);
+        let mut tenants = self.endpoint_tenants.write().unwrap_or_else(PoisonError::into_inner);
+        tenants.insert(endpoint.id.clone(), endpoint.tenant_id().to_string());
     }
 
     /// Forgets a deleted endpoint's subscriptions.
     pub fn unsubscribe(&self, endpoint_id: &str) {
         self.subscriptions.write().unwrap_or_else(PoisonError::into_inner).remove(endpoint_id);
+        self.endpoint_tenants.write().unwrap_or_else(PoisonError::into_inner).remove(endpoint_id);
     }
 
     /// The endpoints a publish of `event_type` to `channel` reaches (at most `limit`; `true` when

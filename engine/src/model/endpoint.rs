@@ -336,6 +336,12 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The tenant it belongs to. Until endpoints carry `tenant_id` (issue 14's next step), every
+    /// endpoint belongs to `default`.
+    pub fn tenant_id(&self) -> &str {
+        crate::model::tenant::DEFAULT_TENANT
+    }
+
     /// The admin JSON view: configuration plus the live state the caller passes in.
     pub fn to_json(&self, live: &LiveState) -> Value {
         json!({

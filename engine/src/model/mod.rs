@@ -11,5 +11,6 @@ pub mod records;
 pub mod signature;
 pub mod status;
 pub mod subscriptions;
+pub mod tenant;
 pub mod trace;
 pub mod view;

@@ -36,6 +36,14 @@ pub const KIND_PUBLISHED: u8 = 13;
 pub const KIND_ADOPTED: u8 = 14;
 /// Log kind of [`Record::HandedOff`].
 pub const KIND_HANDED_OFF: u8 = 15;
+/// Log kind of [`Record::TenantPut`].
+pub const KIND_TENANT_PUT: u8 = 16;
+/// Log kind of [`Record::TenantDeleted`].
+pub const KIND_TENANT_DELETED: u8 = 17;
+/// Log kind of [`Record::KeyCreated`].
+pub const KIND_KEY_CREATED: u8 = 18;
+/// Log kind of [`Record::KeyRevoked`].
+pub const KIND_KEY_REVOKED: u8 = 19;
 
 /// The outcome of an attempt, as recorded.
 pub const OUTCOME_DELIVERED: u8 = 0;
@@ -340,6 +348,47 @@ pub struct Redriven {
     pub history: History,
 }
 
+/// A tenant created or replaced (on shard 0, which keeps tenants and keys), with the key that
+/// made the change (`None`: the operator token), so the Merkle audit covers configuration.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TenantPut {
+    /// The tenant as it is now.
+    pub tenant: crate::model::tenant::Tenant,
+    /// The key that made the change; `None` for the operator token.
+    pub by: Option<String>,
+}
+
+/// A tenant removed (it had no endpoints).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TenantDeleted {
+    /// Its id.
+    pub id: String,
+    /// When.
+    pub at_ms: u64,
+    /// The key that made the change; `None` for the operator token.
+    pub by: Option<String>,
+}
+
+/// A key created (its hash only).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct KeyCreated {
+    /// The key as stored.
+    pub key: crate::model::tenant::StoredKey,
+    /// The key that made the change; `None` for the operator token.
+    pub by: Option<String>,
+}
+
+/// A key revoked.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct KeyRevoked {
+    /// Its id.
+    pub key_id: String,
+    /// When.
+    pub at_ms: u64,
+    /// The key that made the change; `None` for the operator token.
+    pub by: Option<String>,
+}
+
 /// An endpoint removed.
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct EndpointDeleted {
@@ -373,6 +422,14 @@ pub enum Record {
     Adopted(Published),
     /// Another shard adopted its deliveries of a published event.
     HandedOff(HandedOff),
+    /// A tenant created or replaced.
+    TenantPut(TenantPut),
+    /// A tenant removed.
+    TenantDeleted(TenantDeleted),
+    /// A key created.
+    KeyCreated(KeyCreated),
+    /// A key revoked.
+    KeyRevoked(KeyRevoked),
 }
 
 impl Record {
@@ -389,6 +446,10 @@ impl Record {
             Self::Published(published) => Ok((KIND_PUBLISHED, codec::encode(published)?)),
             Self::Adopted(adopted) => Ok((KIND_ADOPTED, codec::encode(adopted)?)),
             Self::HandedOff(handed_off) => Ok((KIND_HANDED_OFF, codec::encode(handed_off)?)),
+            Self::TenantPut(put) => Ok((KIND_TENANT_PUT, codec::encode(put)?)),
+            Self::TenantDeleted(deleted) => Ok((KIND_TENANT_DELETED, codec::encode(deleted)?)),
+            Self::KeyCreated(created) => Ok((KIND_KEY_CREATED, codec::encode(created)?)),
+            Self::KeyRevoked(revoked) => Ok((KIND_KEY_REVOKED, codec::encode(revoked)?)),
         }
     }
 
@@ -458,6 +519,10 @@ impl Record {
             KIND_PUBLISHED => codec::decode(body).map(Self::Published),
             KIND_ADOPTED => codec::decode(body).map(Self::Adopted),
             KIND_HANDED_OFF => codec::decode(body).map(Self::HandedOff),
+            KIND_TENANT_PUT => codec::decode(body).map(Self::TenantPut),
+            KIND_TENANT_DELETED => codec::decode(body).map(Self::TenantDeleted),
+            KIND_KEY_CREATED => codec::decode(body).map(Self::KeyCreated),
+            KIND_KEY_REVOKED => codec::decode(body).map(Self::KeyRevoked),
             other => Err(WalError::Decode(format!("unknown engine record kind {other}"))),
         }
     }

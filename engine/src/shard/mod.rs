@@ -6,6 +6,7 @@
 //! applied ([`Shard::durable`]) before they answer, so nothing is answered as done before its
 //! fsync, and what the state shows is always what a replay of the log would give.
 
+pub mod access;
 pub mod publish;
 pub mod readback;
 pub mod recovery;

@@ -44,6 +44,10 @@ pub struct Snapshot {
     /// Per channel's shard, the highest published id whose deliveries this shard adopted
     /// (`ShardState::adopted`): kept here because retention may remove the adoptions' records.
     pub adopted: Vec<(u16, u128)>,
+    /// Tenants (shard 0; the others keep none).
+    pub tenants: Vec<crate::model::tenant::Tenant>,
+    /// Keys, as stored (hashes only; shard 0).
+    pub keys: Vec<crate::model::tenant::StoredKey>,
 }
 
 impl Snapshot {
@@ -57,6 +61,8 @@ impl Snapshot {
                 .map(|entry| (entry.endpoint.clone(), entry.breaker.to_snapshot()))
                 .collect(),
             adopted: state.adopted.iter().map(|(shard, event_id)| (*shard, event_id.0)).collect(),
+            tenants: state.access.tenants.values().cloned().collect(),
+            keys: state.access.keys.values().cloned().collect(),
         }
     }
 }
@@ -115,12 +121,24 @@ pub fn read(directory: &Path) -> Result<Option<Snapshot>, String> {
                 (endpoint, breaker)
             })
             .collect();
-        return Ok(Some(Snapshot { applied_lsn: 0, endpoints, adopted: Vec::new() }));
+        return Ok(Some(Snapshot {
+            applied_lsn: 0,
+            endpoints,
+            adopted: Vec::new(),
+            tenants: Vec::new(),
+            keys: Vec::new(),
+        }));
     }
     if magic == MAGIC_V2 {
         let old = kapsel_wal::codec::decode::<SnapshotV2>(body).map_err(|error| damaged(&error.to_string()))?;
         let endpoints = old.endpoints.into_iter().map(|(endpoint, breaker)| (endpoint.into(), breaker)).collect();
-        return Ok(Some(Snapshot { applied_lsn: old.applied_lsn, endpoints, adopted: Vec::new() }));
+        return Ok(Some(Snapshot {
+            applied_lsn: old.applied_lsn,
+            endpoints,
+            adopted: Vec::new(),
+            tenants: Vec::new(),
+            keys: Vec::new(),
+        }));
     }
     kapsel_wal::codec::decode::<Snapshot>(body).map(Some).map_err(|error| damaged(&error.to_string()))
 }
@@ -137,6 +155,12 @@ pub fn load_into(state: &mut ShardState, directory: &Path) -> Result<usize, Stri
     }
     for (shard, event_id) in snapshot.adopted {
         state.note_adopted(shard, crate::model::ids::EventId(event_id));
+    }
+    for tenant in snapshot.tenants {
+        state.access.tenants.insert(tenant.id.clone(), tenant);
+    }
+    for key in snapshot.keys {
+        state.access.keys.insert(key.key_id.clone(), key);
     }
     Ok(count)
 }
@@ -161,6 +185,8 @@ mod tests {
         assert_eq!(read(directory.path()).unwrap(), None);
         let snapshot_of = |ids: &[&str], applied_lsn| Snapshot {
             adopted: vec![(1, 42)],
+            tenants: vec![crate::model::tenant::Tenant::default_tenant()],
+            keys: Vec::new(),
             applied_lsn,
             endpoints: ids
                 .iter()

@@ -30,6 +30,7 @@ macro_rules! decrease {
     }};
 }
 
+mod access;
 pub mod breaker;
 mod compare;
 mod endpoints;
@@ -61,6 +62,7 @@ use crate::state::breaker::Transition;
 use crate::state::idempotency::{IdempotencyTable, Remembered};
 
 pub use crate::model::status::EventStatus;
+pub use access::Access;
 pub use compare::{DurableView, EndpointView, EventRecordView};
 pub use endpoints::{EndpointEntry, Endpoints};
 pub use event::{delivery_code, is_destination_failure, AttemptSummary, DeliveryCode, Detail, Event};
@@ -112,6 +114,8 @@ pub struct ShardState {
     pub names: Names,
     /// Events published to channels this shard owns.
     pub publications: Publications,
+    /// Tenants and keys (shard 0 keeps them; elsewhere only `default`).
+    pub access: Access,
     /// Per channel's shard, the highest published id whose deliveries this shard adopted: a
     /// channel's shard hands deliveries to each shard in id order, so anything at or below it
     /// was adopted already (even once its delivery left memory or its record the log).
@@ -152,6 +156,7 @@ impl ShardState {
             names: Names::default(),
             publications: Publications::default(),
             adopted: std::collections::BTreeMap::new(),
+            access: Access::new(),
             payloads: PayloadCache::default(),
             wakeups: BTreeSet::new(),
             active: BTreeSet::new(),
@@ -205,6 +210,10 @@ impl ShardState {
                 self.note_adopted(event_id.shard(), event_id);
                 self.receive_deliveries(lsn, position, &adopted, now_ms);
             }
+            Record::TenantPut(put) => self.access.put_tenant(put),
+            Record::TenantDeleted(deleted) => self.access.delete_tenant(&deleted),
+            Record::KeyCreated(created) => self.access.create_key(created),
+            Record::KeyRevoked(revoked) => self.access.revoke_key(&revoked),
             Record::HandedOff(handed_off) => {
                 self.publications.handed_off(EventId(handed_off.event_id), handed_off.shard);
             }
