@@ -76,6 +76,44 @@ fn tenants_and_keys_from_creation_to_revocation() {
     assert_eq!(listing["events"], serde_json::json!([]), "{listing}");
     assert!(!with_key(&server, "GET", "/admin/events", &reader, "").json()["events"].as_array().unwrap().is_empty());
 
+    // A key's endpoints are its tenant's; each tenant sees only its own.
+    let made = with_key(&server, "PUT", "/admin/endpoints/acme-hook", &acme_key, r#"{"url":"http://127.0.0.1:9/a"}"#);
+    assert_eq!(made.status, 201, "{made:?}");
+    assert_eq!(made.json()["tenant_id"], "acme");
+    let elsewhere = with_key(
+        &server,
+        "PUT",
+        "/admin/endpoints/x",
+        &acme_key,
+        r#"{"url":"http://127.0.0.1:9/a","tenant_id":"default"}"#,
+    );
+    assert_eq!(elsewhere.code(), "E1005");
+    assert_eq!(with_key(&server, "GET", "/admin/endpoints/acme-hook", &reader, "").code(), "E1004");
+    assert_eq!(
+        with_key(&server, "PUT", "/admin/endpoints/orders", &acme_key, r#"{"url":"http://127.0.0.1:9/a"}"#).code(),
+        "E1004"
+    );
+    let acme_event = common::ingest(&server, "acme-hook", b"{}");
+    assert_eq!(with_key(&server, "GET", &format!("/admin/events/{acme_event}"), &acme_key, "").status, 200);
+    assert_eq!(with_key(&server, "GET", &format!("/admin/events/{acme_event}"), &reader, "").code(), "E1004");
+    let acme_listing = with_key(&server, "GET", "/admin/events", &acme_key, "").json();
+    let listed: Vec<&str> =
+        acme_listing["events"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert_eq!(listed, [acme_event.as_str()]);
+    // The tenant is fixed once set, must exist, and its endpoints_max holds.
+    let moved =
+        server.admin("PUT", "/admin/endpoints/acme-hook", r#"{"url":"http://127.0.0.1:9/a","tenant_id":"default"}"#);
+    assert_eq!(moved.code(), "E1005");
+    assert_eq!(
+        server.admin("PUT", "/admin/endpoints/ghost", r#"{"url":"http://127.0.0.1:9/a","tenant_id":"ghost"}"#).code(),
+        "E1005"
+    );
+    assert_eq!(server.admin("PUT", "/admin/tenants/acme", r#"{"name":"Acme Inc","endpoints_max":1}"#).status, 200);
+    let over = server.admin("PUT", "/admin/endpoints/acme-two", r#"{"url":"http://127.0.0.1:9/a","tenant_id":"acme"}"#);
+    assert_eq!((over.status, over.code()), (503, "E3002".to_string()));
+    assert_eq!(server.admin("GET", "/admin/tenants/acme", "").json()["endpoints"], 1);
+    assert_eq!(server.admin("DELETE", "/admin/tenants/acme", "").code(), "E1005", "a tenant with endpoints stays");
+
     // Listing keys shows ids, scopes and last use, never the key.
     let keys = server.admin("GET", "/admin/tenants/default/keys", "");
     assert_eq!(keys.status, 200);
@@ -102,6 +140,8 @@ fn tenants_and_keys_from_creation_to_revocation() {
     assert_eq!(server.admin("GET", "/admin/tenants/acme", "").json()["name"], "Acme Inc");
     assert_eq!(with_key(&server, "GET", "/admin/endpoints/orders", &writer, "").status, 200);
     assert_eq!(with_key(&server, "GET", "/admin/endpoints/orders", &reader, "").code(), "E1001");
+    assert_eq!(with_key(&server, "GET", "/admin/endpoints/acme-hook", &acme_key, "").json()["tenant_id"], "acme");
+    assert_eq!(server.admin("DELETE", "/admin/endpoints/acme-hook", "").status, 204);
     assert_eq!(server.admin("DELETE", "/admin/tenants/acme", "").status, 204);
     assert_eq!(
         with_key(&server, "GET", "/admin/events", &acme_key, "").code(),

@@ -14,6 +14,12 @@ pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
     state
         .events
         .newest_before(query.cursor)
+        .filter(|(_, event)| {
+            let tenant = |wanted: &String| {
+                state.endpoints.at(event.endpoint).is_some_and(|entry| entry.endpoint.tenant_id() == wanted)
+            };
+            query.tenant_id.as_ref().is_none_or(tenant)
+        })
         .filter(|(event_id, event)| {
             query.matches(&Candidate {
                 endpoint_id: state.endpoint_of(event),

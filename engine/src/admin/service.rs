@@ -16,6 +16,7 @@ use crate::error::EngineError;
 use crate::limits;
 use crate::model::event_type;
 use crate::model::ids::EventId;
+use crate::model::query::EventQuery;
 use crate::shard::{Accepted, Ingest, Shard};
 use crate::state::idempotency;
 
@@ -43,7 +44,10 @@ impl Service {
                 None => self.authorize(head)?,
             };
             crate::admin::access::permit(&principal, &route)?;
-            hide_other_tenants(&principal, &mut route)?;
+            if let (Principal::Key(key), Route::ListEvents(query)) = (&principal, &mut route) {
+                // A key lists its tenant's events only.
+                query.tenant_id = Some(key.tenant_id.clone());
+            }
         }
         if !matches!(route, Route::Health | Route::Ready) {
             self.shared.check_serving()?;
@@ -59,7 +63,10 @@ impl Service {
     }
 
     async fn dispatch(&self, route: Route, request: Request) -> Response {
-        if let (Some(index), Route::ListEvents(query)) = (&self.shared.index, &route) {
+        // A key's listing comes from memory: the index does not know tenants yet.
+        if let (Some(index), Route::ListEvents(query @ EventQuery { tenant_id: None, .. })) =
+            (&self.shared.index, &route)
+        {
             return match index.query(crate::index::query::Query::List(query.clone())).await {
                 Ok(json) => Response::json(200, json.to_string().into_bytes()),
                 Err(error) => error.into_response(),
@@ -232,27 +239,66 @@ fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
     }
 }
 
-/// A key sees only its tenant's endpoints, events and deliveries: anything else answers 404
-/// E1004 exactly as a missing one does, before anything is looked up. Until endpoints carry
-/// `tenant_id` (issue 14's next step) every endpoint, and so every event, belongs to `default`:
-/// a key of another tenant finds nothing, and its listing is empty.
-fn hide_other_tenants(principal: &Principal, route: &mut Route) -> Result<(), EngineError> {
-    let Principal::Key(key) = principal else {
-        return Ok(());
-    };
-    if key.tenant_id == crate::model::tenant::DEFAULT_TENANT || route.is_access() {
-        return Ok(());
-    }
+/// Whether what `route` names is `tenant`'s, as this shard (its owner) sees it; a missing
+/// endpoint or event is nobody's and goes on to its own 404. A key finds another tenant's
+/// endpoints, events and deliveries exactly as it finds missing ones: 404 E1004.
+fn owned_by(shard: &Shard, route: &Route, tenant: &str) -> bool {
+    let state = shard.state().borrow();
+    let endpoint_tenant = |id: &str| state.endpoints.get(id).map(|entry| entry.endpoint.tenant_id() == tenant);
     match route {
-        Route::ListEvents(query) => {
-            // No endpoint has an empty id: the listing of a tenant without endpoints is empty,
-            // from memory and from the index alike.
-            query.endpoint_id = Some(String::new());
-            Ok(())
+        Route::GetEndpoint { id }
+        | Route::PutEndpoint { id }
+        | Route::DeleteEndpoint { id }
+        | Route::RetryFailed { id }
+        | Route::SetEnabled { id, .. } => endpoint_tenant(id).unwrap_or(true),
+        Route::GetEvent { event_id } | Route::EventProof { event_id } | Route::RetryEvent { event_id, .. } => {
+            match state.events.get(event_id) {
+                Some(event) => endpoint_tenant(state.endpoint_of(event)).unwrap_or(false),
+                // A published event: channels belong to `default` until they follow tenants.
+                None if state.publications.get(event_id).is_some() || !state.deliveries_of(*event_id).is_empty() => {
+                    tenant == crate::model::tenant::DEFAULT_TENANT
+                }
+                None => true,
+            }
         }
-        Route::Health | Route::Ready | Route::Metrics => Ok(()),
-        _ => Err(EngineError::NotFound("not found".into())),
+        _ => true,
     }
+}
+
+/// `PUT` or `POST` of an endpoint: its tenant is the body's `tenant_id`, else the key's, else the
+/// endpoint's, else `default`; it must exist and have room (`endpoints_max`).
+async fn put_endpoint(
+    shard: &Shard,
+    shared: &Shared,
+    id: &str,
+    request: &Request,
+    principal: Option<&Principal>,
+    now: u64,
+) -> Result<Response, EngineError> {
+    let mut input =
+        crate::model::endpoint::EndpointInput::parse(&request.body).map_err(|error| EngineError::Invalid(error.0))?;
+    if let Some(Principal::Key(key)) = principal {
+        if input.tenant_id().is_some_and(|named| named != key.tenant_id) {
+            return Err(EngineError::Invalid("a key creates and changes its own tenant's endpoints only".into()));
+        }
+        input = input.or_tenant(&key.tenant_id);
+    }
+    let existing = shard.state().borrow().endpoints.get(id).map(|entry| entry.endpoint.tenant_id().to_string());
+    let tenant = input
+        .tenant_id()
+        .map(str::to_string)
+        .or_else(|| existing.clone())
+        .unwrap_or_else(|| crate::model::tenant::DEFAULT_TENANT.to_string());
+    let endpoints_max = shared
+        .access(|table| table.tenant(&tenant).map(|known| known.endpoints_max))
+        .ok_or_else(|| EngineError::Invalid(format!("tenant {tenant} does not exist")))?;
+    if existing.is_none() && endpoints_max.is_some_and(|max| shared.endpoints_of(&tenant) >= max as usize) {
+        return Err(EngineError::QueueFull(format!("tenant {tenant} has as many endpoints as its endpoints_max")));
+    }
+    let outcome = shard.put_endpoint_input(id, input, &shared.destinations, now).await;
+    subscribe(shard, shared, id);
+    let (json, created) = outcome?;
+    Ok(Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes()))
 }
 
 /// Runs a routed request on its owner shard (called on that shard's thread).
@@ -260,6 +306,12 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
     if route.is_access() {
         let by = crate::admin::access::authenticate(shared, &request.head).and_then(|who| who.changed_by());
         return crate::admin::access::execute(shard, shared, route, request, by).await;
+    }
+    let principal = if route.is_admin() { crate::admin::access::authenticate(shared, &request.head) } else { None };
+    if let Some(Principal::Key(key)) = &principal {
+        if !owned_by(shard, &route, &key.tenant_id) {
+            return EngineError::NotFound("not found".into()).into_response();
+        }
     }
     let now = crate::clock::now_ms();
     let ok = |json: serde_json::Value| Response::json(200, json.to_string().into_bytes());
@@ -281,10 +333,7 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         Route::SetEnabled { id, enabled } => shard.set_enabled(&id, enabled, now).await.map(ok),
         Route::Ingest { endpoint_id } => ingest(shard, endpoint_id, request).await,
         Route::PutEndpoint { id } | Route::CreateEndpoint { id } => {
-            let outcome = shard.put_endpoint(&id, &request.body, &shared.destinations, now).await;
-            subscribe(shard, shared, &id);
-            outcome
-                .map(|(json, created)| Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes()))
+            put_endpoint(shard, shared, &id, &request, principal.as_ref(), now).await
         }
         Route::GetEndpoint { id } => {
             shard.get_endpoint(&id, now).map(|json| Response::json(200, json.to_string().into_bytes()))

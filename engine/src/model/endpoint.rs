@@ -100,6 +100,8 @@ pub struct Endpoint {
     /// Patterns of the event types it wants from its channels; empty means every type. Direct
     /// ingest ignores them.
     pub event_types: Vec<String>,
+    /// The tenant it belongs to (fixed once set).
+    pub tenant: String,
 }
 
 /// [`Endpoint`] as kind-1 records and snapshots before subscriptions stored it.
@@ -139,6 +141,7 @@ impl From<EndpointV1> for Endpoint {
             updated_at_ms: old.updated_at_ms,
             channels: Vec::new(),
             event_types: Vec::new(),
+            tenant: crate::model::tenant::DEFAULT_TENANT.to_string(),
         }
     }
 }
@@ -158,6 +161,7 @@ pub struct EndpointInput {
     circuit: Option<CircuitInput>,
     channels: Option<Vec<String>>,
     event_types: Option<Vec<String>>,
+    tenant_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,14 +202,39 @@ impl EndpointInput {
         serde_json::from_slice(body).map_err(|error| InvalidEndpoint(format!("invalid JSON body: {error}")))
     }
 
+    /// The tenant the body names, if any.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.tenant_id.as_deref()
+    }
+
+    /// The body with `tenant` as its tenant when it names none (a key's endpoints are its
+    /// tenant's).
+    pub fn or_tenant(mut self, tenant: &str) -> Self {
+        self.tenant_id.get_or_insert_with(|| tenant.to_string());
+        self
+    }
+
     /// Builds the endpoint to store: a create (`previous` None) or a replacement. A missing
-    /// secret is generated on create and kept on replace.
+    /// secret is generated on create and kept on replace. The tenant is the body's `tenant_id`,
+    /// else the previous one's, else `default`; it cannot change (400 E1005).
     pub fn into_endpoint(
-        self,
+        mut self,
         id: &str,
         previous: Option<&Endpoint>,
         now_ms: u64,
     ) -> Result<Endpoint, InvalidEndpoint> {
+        let tenant = match (self.tenant_id.take(), previous) {
+            (Some(tenant), Some(previous)) if tenant != previous.tenant => {
+                return Err(InvalidEndpoint(format!(
+                    "`tenant_id` is fixed once set: this endpoint belongs to {}",
+                    previous.tenant
+                )))
+            }
+            (Some(tenant), _) => tenant,
+            (None, Some(previous)) => previous.tenant.clone(),
+            (None, None) => crate::model::tenant::DEFAULT_TENANT.to_string(),
+        };
+        check(crate::model::tenant::valid_tenant_id(&tenant), "`tenant_id` must be 1 to 64 of A-Z a-z 0-9 _ -")?;
         let url = self.url.ok_or_else(|| InvalidEndpoint("`url` is required".into()))?;
         validate_url(&url)?;
         let secret = match (self.secret, previous) {
@@ -243,6 +272,7 @@ impl EndpointInput {
             updated_at_ms: now_ms,
             channels: sorted_unique(self.channels.unwrap_or_default()),
             event_types: sorted_unique(self.event_types.unwrap_or_default()),
+            tenant,
         };
         endpoint.validate()?;
         Ok(endpoint)
@@ -336,10 +366,9 @@ impl Endpoint {
         Ok(())
     }
 
-    /// The tenant it belongs to. Until endpoints carry `tenant_id` (issue 14's next step), every
-    /// endpoint belongs to `default`.
+    /// The tenant it belongs to.
     pub fn tenant_id(&self) -> &str {
-        crate::model::tenant::DEFAULT_TENANT
+        &self.tenant
     }
 
     /// The admin JSON view: configuration plus the live state the caller passes in.
@@ -368,6 +397,7 @@ impl Endpoint {
                 "cooldown_ms": self.circuit.cooldown_ms,
                 "cooldown_max_ms": self.circuit.cooldown_max_ms,
             },
+            "tenant_id": self.tenant,
             "channels": self.channels,
             "event_types": self.event_types,
             "circuit_state": live.circuit_state,
@@ -439,6 +469,13 @@ mod tests {
             .into_endpoint("e", Some(&first), 2)
             .unwrap();
         assert_eq!((second.secret.as_str(), second.created_at_ms, second.updated_at_ms), (first.secret.as_str(), 1, 2));
+        assert_eq!(second.tenant, "default");
+        let moved = EndpointInput::parse(br#"{"url":"http://b.example","tenant_id":"acme"}"#).unwrap().into_endpoint(
+            "e",
+            Some(&first),
+            3,
+        );
+        assert!(moved.is_err(), "the tenant is fixed once set");
     }
 
     // Bad bodies are refused with a message, never accepted half-valid.

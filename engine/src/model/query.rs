@@ -27,6 +27,9 @@ pub struct EventQuery {
     pub event_type: Option<String>,
     /// Only events published to this channel.
     pub channel: Option<String>,
+    /// Only events of this tenant's endpoints: set for a key's listing, never from the query
+    /// string.
+    pub tenant_id: Option<String>,
     /// Only events received at or after this instant (Unix ms; RFC 3339 in the query string).
     pub received_after_ms: Option<u64>,
     /// Only events received before this instant (Unix ms; RFC 3339 in the query string).
@@ -68,6 +71,7 @@ impl EventQuery {
             idempotency_key: None,
             event_type: None,
             channel: None,
+            tenant_id: None,
             received_after_ms: None,
             received_before_ms: None,
             limit: LIMIT_DEFAULT,

@@ -409,6 +409,17 @@ impl Shard {
         now_ms: u64,
     ) -> Result<(Value, bool), EngineError> {
         let input = EndpointInput::parse(body).map_err(|error| EngineError::Invalid(error.0))?;
+        self.put_endpoint_input(id, input, destinations, now_ms).await
+    }
+
+    /// [`Shard::put_endpoint`] of a parsed body (the admin layer reads its tenant first).
+    pub async fn put_endpoint_input(
+        &self,
+        id: &str,
+        input: EndpointInput,
+        destinations: &kapsel_http::DestinationPolicy,
+        now_ms: u64,
+    ) -> Result<(Value, bool), EngineError> {
         let (endpoint, created) = {
             let state = self.core.state.borrow();
             let previous = state.endpoints.get(id).map(|entry| &entry.endpoint);
