@@ -5,6 +5,7 @@
 pub mod endpoint;
 pub mod event_type;
 pub mod ids;
+pub mod ingest_auth;
 pub mod json_scan;
 pub mod query;
 pub mod records;
