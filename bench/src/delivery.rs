@@ -325,7 +325,7 @@ impl Bench {
     ) -> Result<Delivered, String> {
         setup::wait_until_ready(sink).await?;
         setup::wait_until_ready(kapsel).await?;
-        let endpoint_body = format!(r#"{{"url":"http://{sink}{HOOK_PATH}"}}"#);
+        let endpoint_body = format!(r#"{{"ingest_auth":{{"type":"none"}},"url":"http://{sink}{HOOK_PATH}"}}"#);
         for (endpoint, ingest) in self.endpoints.iter().zip(requests) {
             setup::create_endpoint(kapsel, &self.admin_token, endpoint, &endpoint_body).await?;
             let mut ingest = ingest.clone();

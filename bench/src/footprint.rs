@@ -42,7 +42,7 @@ pub const READY_TARGET_MS: u64 = 5_000;
 
 /// The endpoints' destination, with deliveries paused (`"enabled": false`): nothing listens
 /// on port 9, and nothing is sent there.
-const ENDPOINT_BODY: &str = r#"{"url":"http://127.0.0.1:9/hook","enabled":false}"#;
+const ENDPOINT_BODY: &str = r#"{"ingest_auth":{"type":"none"},"url":"http://127.0.0.1:9/hook","enabled":false}"#;
 
 /// Endpoint ids are `ep-0` … `ep-999`.
 const ENDPOINT_PREFIX: &str = "ep-";

@@ -23,7 +23,7 @@ const ENDPOINT: &str = "bench";
 /// The endpoints' destination, with deliveries paused (`"enabled": false`): this load test
 /// measures ingest alone (accept, make durable, answer); events wait in their queue as they do
 /// for a disabled endpoint. Delivery throughput has its own benchmark.
-const ENDPOINT_BODY: &str = r#"{"url":"http://127.0.0.1:9/bench","enabled":false}"#;
+const ENDPOINT_BODY: &str = r#"{"ingest_auth":{"type":"none"},"url":"http://127.0.0.1:9/bench","enabled":false}"#;
 
 /// The servers under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

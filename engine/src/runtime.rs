@@ -326,6 +326,7 @@ async fn shard_main(
     if index == crate::admin::access::ACCESS_SHARD {
         shared.set_access(&shard.state().borrow().access);
     }
+    warn_open_ingest(index, &shard.state().borrow());
     // Every shard's subscriptions are known before any shard serves a publish.
     for entry in shard.state().borrow().endpoints.values() {
         shared.subscribe(&entry.endpoint);
@@ -377,6 +378,29 @@ async fn shard_main(
     shard.wal().flush().await.map_err(|error| format!("flushing the write-ahead log: {error}"))?;
     tracing::info!(shard = index, "shard stopped");
     Ok(())
+}
+
+/// Names the endpoints made before `ingest_auth` existed: they keep open ingest (anyone who
+/// reaches the port may send them events) until an operator sets their `ingest_auth`.
+fn warn_open_ingest(index: usize, state: &crate::state::ShardState) {
+    /// Endpoint ids named in the warning, at most; the count covers the rest.
+    const NAMED_MAX: usize = 20;
+    let open: Vec<&str> = state
+        .endpoints
+        .values()
+        .filter(|entry| entry.endpoint.ingest_auth.is_none())
+        .map(|entry| entry.endpoint.id.as_str())
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let named = open.iter().take(NAMED_MAX).copied().collect::<Vec<_>>().join(", ");
+    tracing::warn!(
+        shard = index,
+        endpoints = open.len(),
+        "endpoints made before ingest_auth existed keep open ingest (anyone who reaches Kapsel may send them events): {named}{}; set their ingest_auth (for example {{\"type\":\"key\"}})",
+        if open.len() > NAMED_MAX { ", …" } else { "" }
+    );
 }
 
 /// Opens the shard's log and rebuilds its state by replaying it.

@@ -30,7 +30,8 @@ async fn ingest(shard: &Shard, n: usize) -> EventId {
         traceparent: None,
         tracestate: None,
         event_type: "event".into(),
-        signature: None,
+        headers: Default::default(),
+        bearer: kapsel_engine::shard::IngestBearer::Operator,
         payload: format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(300)).into_bytes(),
     };
     match shard.ingest(ingest, kapsel_engine::clock::now_ms()).await.unwrap() {

@@ -26,7 +26,8 @@ fn ingest(key: Option<&str>) -> Ingest {
         traceparent: None,
         tracestate: None,
         event_type: "event".into(),
-        signature: None,
+        headers: Default::default(),
+        bearer: kapsel_engine::shard::IngestBearer::Operator,
         payload: b"{}".to_vec(),
     }
 }

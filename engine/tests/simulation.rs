@@ -347,7 +347,8 @@ impl Sim {
             traceparent: None,
             tracestate: None,
             event_type: "event".into(),
-            signature: None,
+            headers: Default::default(),
+            bearer: kapsel_engine::shard::IngestBearer::Operator,
             payload,
         };
         let outcome = shard.ingest(ingest, self.now).await;
@@ -662,7 +663,8 @@ impl Sim {
             traceparent: None,
             tracestate: None,
             event_type: "event".into(),
-            signature: None,
+            headers: Default::default(),
+            bearer: kapsel_engine::shard::IngestBearer::Operator,
             payload: b"racing".to_vec(),
         };
         let racing = Rc::clone(shard);
@@ -757,7 +759,8 @@ impl Sim {
                         traceparent: None,
                         tracestate: None,
                         event_type: "event".into(),
-                        signature: None,
+                        headers: Default::default(),
+                        bearer: kapsel_engine::shard::IngestBearer::Operator,
                         payload: b"unacknowledged".to_vec(),
                     };
                     poll_once(shard.ingest(ingest, self.now));

@@ -159,8 +159,11 @@ fn signed_ingest_is_verified() {
 fn rate_limit_answers_429_with_retry_after() {
     let directory = tempfile::tempdir().unwrap();
     let server = Server::start(directory.path(), "uring", &[]);
-    let created =
-        server.admin("PUT", "/admin/endpoints/slow", r#"{"url":"https://example.com/h","rate_limit_per_s":2}"#);
+    let created = server.admin(
+        "PUT",
+        "/admin/endpoints/slow",
+        &common::open_ingest(r#"{"url":"https://example.com/h","rate_limit_per_s":2}"#),
+    );
     assert_eq!(created.status, 201);
     let statuses: Vec<u16> = (0..4).map(|_| server.request("POST", "/ingest/slow", &[], b"{}").status).collect();
     assert_eq!(&statuses[..2], &[202, 202]);

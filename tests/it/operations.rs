@@ -41,9 +41,9 @@ fn metrics_are_present_and_move_under_load() {
     let directory = tempfile::tempdir().unwrap();
     let server = Server::start(directory.path(), "uring", &[]);
     let body = format!(r#"{{"url":"{}"}}"#, sink.url("/ok"));
-    assert!(matches!(server.admin("PUT", "/admin/endpoints/ok", &body).status, 200 | 201));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/ok", &common::open_ingest(&body)).status, 200 | 201));
     let body = format!(r#"{{"url":"{}"}}"#, sink.url("/fail"));
-    assert!(matches!(server.admin("PUT", "/admin/endpoints/fail", &body).status, 200 | 201));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/fail", &common::open_ingest(&body)).status, 200 | 201));
     let before = scrape(&server);
     assert_eq!(sum(&before, "kapsel_ingest_requests_total"), 0.0);
     for _ in 0..20 {
@@ -96,7 +96,7 @@ fn logs_carry_ids_and_trace_but_never_payloads_or_secrets() {
     );
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let body = format!(r#"{{"url":"{}","secret":"{secret}"}}"#, sink.url("/hook"));
-    assert!(matches!(server.admin("PUT", "/admin/endpoints/traced", &body).status, 200 | 201));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/traced", &common::open_ingest(&body)).status, 200 | 201));
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let marker = "PAYLOAD-MARKER-7c1e";
     let response = server.request(

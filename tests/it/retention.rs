@@ -79,9 +79,15 @@ fn steady_load_keeps_disk_use_flat_and_the_chain_verifiable() {
     let directory = tempfile::tempdir().unwrap();
     let server = Server::start(directory.path(), "uring", &FAST);
     let body = format!(r#"{{"url":"{}"}}"#, sink.url("/hook"));
-    assert!(matches!(server.admin("PUT", "/admin/endpoints/steady", &body).status, 200 | 201));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/steady", &common::open_ingest(&body)).status, 200 | 201));
     assert!(matches!(
-        server.admin("PUT", "/admin/endpoints/paused", r#"{"url":"http://127.0.0.1:9/x","enabled":false}"#).status,
+        server
+            .admin(
+                "PUT",
+                "/admin/endpoints/paused",
+                &common::open_ingest(r#"{"url":"http://127.0.0.1:9/x","enabled":false}"#)
+            )
+            .status,
         200 | 201
     ));
     let waiting = ingest(&server, "paused");
@@ -130,7 +136,7 @@ fn segments_the_index_has_not_taken_are_kept() {
     variables.push(("DATABASE_URL", &url));
     let server = Server::start(directory.path(), "uring", &variables);
     let body = format!(r#"{{"url":"{}"}}"#, sink.url("/hook"));
-    assert!(matches!(server.admin("PUT", "/admin/endpoints/steady", &body).status, 200 | 201));
+    assert!(matches!(server.admin("PUT", "/admin/endpoints/steady", &common::open_ingest(&body)).status, 200 | 201));
     for _ in 0..120 {
         ingest(&server, "steady");
     }

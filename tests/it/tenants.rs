@@ -93,13 +93,37 @@ fn tenants_and_keys_from_creation_to_revocation() {
         with_key(&server, "PUT", "/admin/endpoints/orders", &acme_key, r#"{"url":"http://127.0.0.1:9/a"}"#).code(),
         "E1004"
     );
-    let acme_event = common::ingest(&server, "acme-hook", b"{}");
+    // A new endpoint takes ingest with a key of its tenant that has `ingest` (or the operator
+    // token), nothing else.
+    assert_eq!(made.json()["ingest_auth"]["type"], "key");
+    let (_, acme_reader) = new_key(&server, "acme", r#"["read"]"#);
+    for (token, expected) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some(reader.as_str()), 401),
+        (Some(acme_reader.as_str()), 401),
+        (Some(writer.as_str()), 401),
+    ] {
+        let headers: Vec<(&str, String)> =
+            token.map(|token| ("Authorization", format!("Bearer {token}"))).into_iter().collect();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let refused = server.request("POST", "/ingest/acme-hook", &headers, b"{}");
+        assert_eq!((refused.status, refused.code()), (expected, "E1001".to_string()), "{token:?}");
+        assert!(refused.header("www-authenticate").is_some());
+    }
+    let operator = server.request("POST", "/ingest/acme-hook", &[("Authorization", &format!("Bearer {TOKEN}"))], b"{}");
+    assert_eq!(operator.status, 202);
+    let accepted = with_key(&server, "POST", "/ingest/acme-hook", &acme_key, "{}");
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let acme_event = accepted.json()["event_id"].as_str().unwrap().to_string();
     assert_eq!(with_key(&server, "GET", &format!("/admin/events/{acme_event}"), &acme_key, "").status, 200);
     assert_eq!(with_key(&server, "GET", &format!("/admin/events/{acme_event}"), &reader, "").code(), "E1004");
     let acme_listing = with_key(&server, "GET", "/admin/events", &acme_key, "").json();
     let listed: Vec<&str> =
         acme_listing["events"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
-    assert_eq!(listed, [acme_event.as_str()]);
+    // The operator's ingest and the key's, both to acme-hook; nothing of default's.
+    assert_eq!(listed.len(), 2, "{acme_listing}");
+    assert_eq!(listed[0], acme_event.as_str());
     // The tenant is fixed once set, must exist, and its endpoints_max holds.
     let moved =
         server.admin("PUT", "/admin/endpoints/acme-hook", r#"{"url":"http://127.0.0.1:9/a","tenant_id":"default"}"#);
@@ -154,4 +178,98 @@ fn tenants_and_keys_from_creation_to_revocation() {
     for secret in [&reader, &writer, &acme_key, &TOKEN.to_string()] {
         assert!(!logged.contains(secret.as_str()), "a key or token reached the log");
     }
+}
+
+// Provider signatures on ingest: GitHub's published example verifies; a wrong secret, a
+// changed body or a missing header is 401 E1001; Stripe's scheme with its timestamp tolerance.
+#[test]
+fn provider_signatures_guard_ingest() {
+    use hmac::Mac as _;
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[]);
+    let github = r#"{"url":"http://127.0.0.1:9/h","ingest_auth":{"type":"hmac","header":"X-Hub-Signature-256","algorithm":"sha256","encoding":"hex","prefix":"sha256=","secret":"It's a Secret to Everybody"}}"#;
+    create(&server, "github", github);
+    let signature = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| server.request("POST", path, headers, body);
+    assert_eq!(post("/ingest/github", &[("X-Hub-Signature-256", signature)], b"Hello, World!").status, 202);
+    assert_eq!(post("/ingest/github", &[("X-Hub-Signature-256", signature)], b"Hello, World?").code(), "E1001");
+    assert_eq!(post("/ingest/github", &[], b"Hello, World!").code(), "E1001");
+    let other = "sha256=0000000eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    assert_eq!(post("/ingest/github", &[("X-Hub-Signature-256", other)], b"Hello, World!").code(), "E1001");
+
+    create(
+        &server,
+        "stripe",
+        r#"{"url":"http://127.0.0.1:9/h","ingest_auth":{"type":"stripe","secret":"whsec_test_secret"}}"#,
+    );
+    let body = br#"{"id":"evt_1","type":"payment_intent.succeeded"}"#;
+    let sign = |timestamp: u64, secret: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{timestamp}.").as_bytes());
+        mac.update(body);
+        let hex: String = mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("t={timestamp},v1={hex}")
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(post("/ingest/stripe", &[("Stripe-Signature", &sign(now, "whsec_test_secret"))], body).status, 202);
+    assert_eq!(post("/ingest/stripe", &[("Stripe-Signature", &sign(now, "whsec_other"))], body).code(), "E1001");
+    assert_eq!(
+        post("/ingest/stripe", &[("Stripe-Signature", &sign(now - 600, "whsec_test_secret"))], body).code(),
+        "E1001"
+    );
+    assert_eq!(post("/ingest/stripe", &[], body).code(), "E1001");
+    // The endpoint shows how it is guarded, secret included (as its signing secret is).
+    let shown = server.admin("GET", "/admin/endpoints/stripe", "").json();
+    assert_eq!(shown["ingest_auth"]["type"], "stripe");
+    let invalid =
+        server.admin("PUT", "/admin/endpoints/bad", r#"{"url":"http://127.0.0.1:9/h","ingest_auth":{"type":"hmac"}}"#);
+    assert_eq!(invalid.code(), "E1005");
+}
+
+/// Copies a directory tree (the fixture data directories are a few small files).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+// An upgrade must not lock out senders: endpoints made before ingest_auth existed keep open
+// ingest, and the start names them so the operator can close them. The data directory in
+// tests/fixtures/before-tenants was written by the release before this change (commit 34f75fc):
+// endpoint `legacy-orders` (open, with one event whose body's type is `x`) and `legacy-signed`
+// (with an ingest_secret, which keeps guarding it).
+#[test]
+fn an_upgraded_data_directory_keeps_its_endpoints_open_and_says_so() {
+    let directory = tempfile::tempdir().unwrap();
+    copy_tree(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/before-tenants"),
+        directory.path(),
+    );
+    let log = directory.path().join("kapsel.log");
+    let server = Server::start_logging_to(directory.path(), "legacy", &[], &log);
+    let open = server.request("POST", "/ingest/legacy-orders", &[], br#"{"type":"order.created"}"#);
+    assert_eq!(open.status, 202, "{open:?}");
+    assert_eq!(server.admin("GET", "/admin/endpoints/legacy-orders", "").json()["ingest_auth"]["type"], "none");
+    let signed = server.request("POST", "/ingest/legacy-signed", &[], b"{}");
+    assert_eq!(signed.code(), "E1001");
+    assert_eq!(
+        server.admin("GET", "/admin/endpoints/legacy-signed", "").json()["ingest_auth"]["type"],
+        "standard_webhooks"
+    );
+    let old = server.admin("GET", "/admin/events?endpoint_id=legacy-orders", "").json();
+    let types: Vec<&str> =
+        old["events"].as_array().unwrap().iter().filter_map(|event| event["type"].as_str()).collect();
+    assert_eq!(types, ["order.created", "x"], "an old event's type comes from its body");
+    assert_eq!(server.stop(), 0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let warning =
+        logged.lines().find(|line| line.contains("keep open ingest")).expect("a warning about open endpoints");
+    assert!(warning.contains("legacy-orders") && !warning.contains("legacy-signed"), "{warning}");
 }

@@ -228,7 +228,8 @@ async fn drain_backlog(bench: &Bench, kapsel: &ServerProcess, sink: &ServerProce
     let address = kapsel.address();
     setup::wait_until_ready(sink.address()).await?;
     setup::wait_until_ready(address).await?;
-    let paused = format!(r#"{{"url":"http://{}{HOOK_PATH}","enabled":false}}"#, sink.address());
+    let paused =
+        format!(r#"{{"ingest_auth":{{"type":"none"}},"url":"http://{}{HOOK_PATH}","enabled":false}}"#, sink.address());
     setup::create_endpoint(address, &bench.admin_token, ENDPOINT, &paused).await?;
     println!("  backlog:  filling {ENDPOINT} (paused) with {} events:", bench.backlog_events);
     let filled = fill_endpoint(address, bench.backlog_events).await?;
@@ -327,7 +328,7 @@ async fn first_delivery(
 ) -> Result<(), String> {
     setup::wait_until_ready(sink).await?;
     setup::wait_until_ready(kapsel).await?;
-    let enabled = format!(r#"{{"url":"http://{sink}{HOOK_PATH}"}}"#);
+    let enabled = format!(r#"{{"ingest_auth":{{"type":"none"}},"url":"http://{sink}{HOOK_PATH}"}}"#);
     setup::create_endpoint(kapsel, &bench.admin_token, ENDPOINT, &enabled).await?;
     let request = match ingest {
         Some((ingest, stamp)) => {

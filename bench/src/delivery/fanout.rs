@@ -200,7 +200,10 @@ async fn drive(
     let address = kapsel.address();
     setup::wait_until_ready(sink.address()).await?;
     setup::wait_until_ready(address).await?;
-    let endpoint_body = format!(r#"{{"url":"http://{}{HOOK_PATH}","channels":["{CHANNEL}"]}}"#, sink.address());
+    let endpoint_body = format!(
+        r#"{{"ingest_auth":{{"type":"none"}},"url":"http://{}{HOOK_PATH}","channels":["{CHANNEL}"]}}"#,
+        sink.address()
+    );
     let ids: Vec<String> = (0..endpoints).map(|index| format!("{ENDPOINT_PREFIX}-{index}")).collect();
     for id in &ids {
         setup::create_endpoint(address, &bench.admin_token, id, &endpoint_body).await?;

@@ -226,7 +226,7 @@ async fn drive(
     let (body, digits_at) = stamped_json_body(limits::PAYLOAD_BYTES)?;
     let stamp = SendTimeStamp::of_body(&body, digits_at);
     let healthy = ingest_request(address, HEALTHY, &body);
-    let healthy_body = format!(r#"{{"url":"http://{}{HOOK_PATH}"}}"#, sink.address());
+    let healthy_body = format!(r#"{{"ingest_auth":{{"type":"none"}},"url":"http://{}{HOOK_PATH}"}}"#, sink.address());
     setup::create_endpoint(address, &bench.admin_token, HEALTHY, &healthy_body).await?;
     let mut first = healthy.clone();
     stamp.write(&mut first, unix_micros_now());
@@ -303,7 +303,7 @@ async fn create_hostile_endpoints(
             .find(|id| owner_shard(id, bench.shards) == shard)
             .unwrap_or_else(|| format!("hostile-{name}"));
         let body = format!(
-            r#"{{"url":"{url}","timeout_ms":{},"retry":{{"initial_delay_ms":{},"multiplier":1,"jitter":0,"max_attempts":{}}},"circuit":{{"consecutive_failures":1000000,"failure_rate":1.0,"window":1000}}}}"#,
+            r#"{{"ingest_auth":{{"type":"none"}},"url":"{url}","timeout_ms":{},"retry":{{"initial_delay_ms":{},"multiplier":1,"jitter":0,"max_attempts":{}}},"circuit":{{"consecutive_failures":1000000,"failure_rate":1.0,"window":1000}}}}"#,
             limits::HOSTILE_TIMEOUT_MS,
             limits::HOSTILE_RETRY_DELAY_MS,
             limits::HOSTILE_ATTEMPTS_MAX,

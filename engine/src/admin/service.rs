@@ -17,7 +17,7 @@ use crate::limits;
 use crate::model::event_type;
 use crate::model::ids::EventId;
 use crate::model::query::EventQuery;
-use crate::shard::{Accepted, Ingest, Shard};
+use crate::shard::{Accepted, Ingest, IngestBearer, Shard};
 use crate::state::idempotency;
 
 /// One shard's request handler.
@@ -331,7 +331,7 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
             shard.retry_failed(&id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
         }
         Route::SetEnabled { id, enabled } => shard.set_enabled(&id, enabled, now).await.map(ok),
-        Route::Ingest { endpoint_id } => ingest(shard, endpoint_id, request).await,
+        Route::Ingest { endpoint_id } => ingest(shard, shared, endpoint_id, request).await,
         Route::PutEndpoint { id } | Route::CreateEndpoint { id } => {
             put_endpoint(shard, shared, &id, &request, principal.as_ref(), now).await
         }
@@ -458,15 +458,21 @@ impl Inbound {
     }
 }
 
-async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<Response, EngineError> {
+async fn ingest(
+    shard: &Shard,
+    shared: &Shared,
+    endpoint_id: String,
+    request: Request,
+) -> Result<Response, EngineError> {
     let inbound = Inbound::read(&request)?;
-    let headers = &request.head.headers;
-    let text = |name: HeaderName| headers.get(name).map(|value| String::from_utf8_lossy(value).into_owned());
-    let signature =
-        match (text(HeaderName::WebhookId), text(HeaderName::WebhookTimestamp), text(HeaderName::WebhookSignature)) {
-            (Some(id), Some(timestamp), Some(signatures)) => Some((id, timestamp, signatures)),
-            _ => None,
-        };
+    let bearer = match crate::admin::access::authenticate(shared, &request.head) {
+        None => IngestBearer::Nobody,
+        Some(Principal::Operator) => IngestBearer::Operator,
+        Some(Principal::Key(key)) => IngestBearer::Key {
+            tenant_id: key.tenant_id.clone(),
+            ingest: key.scopes.has(crate::model::tenant::Scope::Ingest),
+        },
+    };
     // The event id is known only at the end, so it goes on the outcome's log line rather than
     // on the span (recording it would format the span's fields a second time per request).
     let span = tracing::info_span!("ingest", endpoint_id = %endpoint_id, trace_id = inbound.trace_id());
@@ -477,7 +483,8 @@ async fn ingest(shard: &Shard, endpoint_id: String, request: Request) -> Result<
         traceparent: inbound.trace.traceparent,
         tracestate: inbound.trace.tracestate,
         event_type: inbound.event_type,
-        signature,
+        headers: request.head.headers,
+        bearer,
         payload: request.body,
     };
     let outcome = shard.ingest(ingest, crate::clock::now_ms()).instrument(span.clone()).await;

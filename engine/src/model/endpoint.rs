@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::clock::rfc3339;
 use crate::limits;
+use crate::model::ingest_auth::IngestAuth;
 use crate::model::signature::Secret;
 
 /// Default per-attempt request timeout.
@@ -102,6 +103,9 @@ pub struct Endpoint {
     pub event_types: Vec<String>,
     /// The tenant it belongs to (fixed once set).
     pub tenant: String,
+    /// How ingest to it is authenticated; `None` for an endpoint made before `ingest_auth`
+    /// existed, which keeps open ingest (named in a warning at start).
+    pub ingest_auth: Option<IngestAuth>,
 }
 
 /// [`Endpoint`] as kind-1 records and snapshots before subscriptions stored it.
@@ -130,7 +134,7 @@ impl From<EndpointV1> for Endpoint {
             url: old.url,
             secret: old.secret,
             previous_secret: old.previous_secret,
-            ingest_secret: old.ingest_secret,
+            ingest_secret: old.ingest_secret.clone(),
             enabled: old.enabled,
             timeout_ms: old.timeout_ms,
             max_in_flight: old.max_in_flight,
@@ -142,6 +146,8 @@ impl From<EndpointV1> for Endpoint {
             channels: Vec::new(),
             event_types: Vec::new(),
             tenant: crate::model::tenant::DEFAULT_TENANT.to_string(),
+            // Its ingest secret, if it had one, still guards it; otherwise it stays open.
+            ingest_auth: old.ingest_secret.map(|secret| IngestAuth::StandardWebhooks { secret }),
         }
     }
 }
@@ -162,6 +168,7 @@ pub struct EndpointInput {
     channels: Option<Vec<String>>,
     event_types: Option<Vec<String>>,
     tenant_id: Option<String>,
+    ingest_auth: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +258,23 @@ impl EndpointInput {
                 "`ingest_secret` must be whsec_ followed by base64 of 24 to 64 bytes",
             )?;
         }
+        let ingest_auth = match (self.ingest_auth.take(), &self.ingest_secret) {
+            (Some(value), ingest_secret) => {
+                let auth = IngestAuth::parse(&value).map_err(InvalidEndpoint)?;
+                let agrees = match (&auth, ingest_secret) {
+                    (IngestAuth::StandardWebhooks { secret }, Some(shorthand)) => secret == shorthand,
+                    (_, shorthand) => shorthand.is_none(),
+                };
+                check(
+                    agrees,
+                    "`ingest_secret` is the shorthand of a standard_webhooks `ingest_auth`: give one or the other",
+                )?;
+                Some(auth)
+            }
+            (None, Some(secret)) => Some(IngestAuth::StandardWebhooks { secret: secret.clone() }),
+            // A new endpoint is secure by default; a replacement keeps what it had.
+            (None, None) => previous.map_or(Some(IngestAuth::Key), |previous| previous.ingest_auth.clone()),
+        };
         let previous_secret = match previous {
             Some(previous) if previous.secret != secret => Some((previous.secret.clone(), now_ms + SECRET_ROTATION_MS)),
             Some(previous) => previous.previous_secret.clone().filter(|(_, until_ms)| *until_ms > now_ms),
@@ -273,6 +297,7 @@ impl EndpointInput {
             channels: sorted_unique(self.channels.unwrap_or_default()),
             event_types: sorted_unique(self.event_types.unwrap_or_default()),
             tenant,
+            ingest_auth,
         };
         endpoint.validate()?;
         Ok(endpoint)
@@ -398,6 +423,7 @@ impl Endpoint {
                 "cooldown_max_ms": self.circuit.cooldown_max_ms,
             },
             "tenant_id": self.tenant,
+            "ingest_auth": self.ingest_auth.as_ref().map_or_else(|| json!({"type": "none"}), |auth| auth.to_json(true)),
             "channels": self.channels,
             "event_types": self.event_types,
             "circuit_state": live.circuit_state,

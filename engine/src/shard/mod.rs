@@ -49,10 +49,39 @@ pub struct Ingest {
     pub tracestate: Option<String>,
     /// The event type.
     pub event_type: String,
-    /// Standard Webhooks headers: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
-    pub signature: Option<(String, String, String)>,
+    /// The request's header fields, for the endpoint's inbound signature check.
+    pub headers: kapsel_http::ApplicationHeaders,
+    /// Who the request's bearer token says it comes from.
+    pub bearer: IngestBearer,
     /// The body.
     pub payload: Vec<u8>,
+}
+
+/// Who an ingest's `Authorization: Bearer` says it comes from (the admin layer reads it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestBearer {
+    /// No token, or one that is neither the operator token nor a live key.
+    Nobody,
+    /// The operator token.
+    Operator,
+    /// A tenant's key.
+    Key {
+        /// Its tenant.
+        tenant_id: String,
+        /// Whether it has the `ingest` scope.
+        ingest: bool,
+    },
+}
+
+impl IngestBearer {
+    /// Whether it may ingest to an endpoint of `tenant` whose `ingest_auth` is `key`.
+    fn may_ingest_to(&self, tenant: &str) -> bool {
+        match self {
+            Self::Operator => true,
+            Self::Key { tenant_id, ingest } => *ingest && tenant_id == tenant,
+            Self::Nobody => false,
+        }
+    }
 }
 
 /// How an ingest ended.
@@ -374,14 +403,7 @@ impl Shard {
         let Some(entry) = state.endpoints.get_mut(ingest.endpoint_id.as_str()) else {
             return Err(endpoint_not_found(&ingest.endpoint_id));
         };
-        if let Some(secret) = &entry.ingest_secret {
-            let valid = ingest.signature.as_ref().is_some_and(|(id, timestamp, signatures)| {
-                secret.verify(id, timestamp, signatures, &ingest.payload, now_ms)
-            });
-            if !valid {
-                return Err(EngineError::Unauthorized("missing or invalid webhook signature".into()));
-            }
-        }
+        authenticate_ingest(&entry.endpoint, ingest, now_ms)?;
         let endpoint = Rc::clone(&entry.id);
         if let Some(key) = &ingest.idempotency_key {
             if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now_ms) {
@@ -653,6 +675,36 @@ async fn run_applier(core: Rc<Core>) {
         Poll::<()>::Pending
     })
     .await;
+}
+
+/// The endpoint's `ingest_auth` against the request: a key of its tenant (or the operator
+/// token), a provider's signature over the raw body, or nothing for an open endpoint. A refusal
+/// is 401 E1001; its reason names no secret.
+fn authenticate_ingest(
+    endpoint: &crate::model::endpoint::Endpoint,
+    ingest: &Ingest,
+    now_ms: u64,
+) -> Result<(), EngineError> {
+    use crate::model::ingest_auth::IngestAuth;
+    match &endpoint.ingest_auth {
+        None | Some(IngestAuth::None) => Ok(()),
+        Some(IngestAuth::Key) if ingest.bearer.may_ingest_to(endpoint.tenant_id()) => Ok(()),
+        Some(IngestAuth::Key) => Err(EngineError::Unauthorized(
+            "this endpoint takes events with a key of its tenant that has the ingest scope, or the operator token"
+                .into(),
+        )),
+        Some(auth) => {
+            let headers = &ingest.headers;
+            let lookup = |name: &str| -> Option<&[u8]> {
+                kapsel_http::HeaderName::ALL
+                    .iter()
+                    .find(|known| known.as_str() == name)
+                    .map_or_else(|| headers.get_other(name), |known| headers.get(*known))
+            };
+            auth.verify(&lookup, &ingest.payload, now_ms)
+                .map_err(|failure| EngineError::Unauthorized(format!("inbound signature refused: {failure}")))
+        }
+    }
 }
 
 fn endpoint_not_found(id: &str) -> EngineError {

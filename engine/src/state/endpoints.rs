@@ -17,8 +17,6 @@ pub struct EndpointEntry {
     pub endpoint: Endpoint,
     /// Interned id.
     pub id: Rc<str>,
-    /// Parsed ingest secret.
-    pub ingest_secret: Option<Secret>,
     /// Ingest rate limiter.
     pub bucket: Option<TokenBucket>,
     /// The parsed destination (`None` when the URL cannot be delivered to).
@@ -61,7 +59,6 @@ impl EndpointEntry {
         let id: Rc<str> = Rc::from(endpoint.id.as_str());
         let breaker = Breaker::new(&endpoint.circuit);
         let mut entry = Self {
-            ingest_secret: None,
             bucket: None,
             target: None,
             signing: Vec::new(),
@@ -88,7 +85,6 @@ impl EndpointEntry {
     /// Recomputes what is derived from the configuration.
     pub fn derive(&mut self) {
         let endpoint = &self.endpoint;
-        self.ingest_secret = endpoint.ingest_secret.as_deref().and_then(Secret::parse);
         self.bucket = endpoint.rate_limit_per_s.map(|rate| TokenBucket::new(rate, endpoint.updated_at_ms));
         self.target = kapsel_http::Target::parse(&endpoint.url).ok().map(Rc::new);
         let current = Secret::parse(&endpoint.secret).map(|secret| (secret, u64::MAX));

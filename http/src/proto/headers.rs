@@ -104,6 +104,11 @@ pub struct ApplicationHeaders {
     // A handful of entries in practice and never more than the head's field lines: a linear
     // scan beats any map, and there is one allocation per field line kept plus this vector's.
     entries: Vec<(HeaderName, Vec<u8>)>,
+    // Every other field line (not framing, not one of the above), packed in one buffer as
+    // `[name length][lower-case name][value length: 2 bytes][value]`, for what the application
+    // looks up by a name it learns at run time (an endpoint's inbound signature header). One
+    // allocation per request at most, bounded by the head's size limit.
+    others: Vec<u8>,
 }
 
 impl ApplicationHeaders {
@@ -132,6 +137,34 @@ impl ApplicationHeaders {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The first value of a field that is not one of [`HeaderName`]'s, by its name in any case
+    /// (names longer than 255 bytes are not kept).
+    #[must_use]
+    pub fn get_other(&self, name: &str) -> Option<&[u8]> {
+        let mut rest = self.others.as_slice();
+        while let Some((&name_length, after)) = rest.split_first() {
+            let (kept_name, after) = after.split_at_checked(usize::from(name_length))?;
+            let (length, after) = after.split_at_checked(2)?;
+            let value_length = usize::from(u16::from_le_bytes([length[0], length[1]]));
+            let (value, after) = after.split_at_checked(value_length)?;
+            if kept_name.eq_ignore_ascii_case(name.as_bytes()) {
+                return Some(value);
+            }
+            rest = after;
+        }
+        None
+    }
+
+    fn keep_other(&mut self, name: &str, value: &[u8]) {
+        let (Ok(name_length), Ok(value_length)) = (u8::try_from(name.len()), u16::try_from(value.len())) else {
+            return;
+        };
+        self.others.push(name_length);
+        self.others.extend(name.bytes().map(|byte| byte.to_ascii_lowercase()));
+        self.others.extend_from_slice(&value_length.to_le_bytes());
+        self.others.extend_from_slice(value);
     }
 
     fn insert(&mut self, name: HeaderName, value: &[u8]) -> Result<(), ParseError> {
@@ -218,6 +251,7 @@ impl FieldScan {
     /// Takes one field line into account.
     pub(super) fn record(&mut self, name: &str, value: &[u8]) -> Result<(), ParseError> {
         let Some(field) = classify(name) else {
+            self.headers.keep_other(name, value);
             return Ok(());
         };
         match field {
@@ -434,6 +468,22 @@ mod tests {
             Parsed::Complete { head, .. } => Ok(head.headers),
             Parsed::Partial => Err(ParseError::InvalidHeader),
         }
+    }
+
+    // An endpoint's inbound signature header is named by configuration (GitHub's
+    // X-Hub-Signature-256, Stripe-Signature, …), so every other field is kept for lookup by
+    // name, in any case, the first line winning; framing fields are not among them.
+    #[test]
+    fn other_fields_are_kept_for_lookup_by_name() {
+        let headers = head_headers(
+            "X-Hub-Signature-256: sha256=abc\r\nStripe-Signature: t=1,v1=ff\r\nx-hub-signature-256: second\r\nContent-Length: 0\r\n",
+        )
+        .unwrap_or_default();
+        assert_eq!(headers.get_other("x-hub-signature-256"), Some(&b"sha256=abc"[..]));
+        assert_eq!(headers.get_other("STRIPE-SIGNATURE"), Some(&b"t=1,v1=ff"[..]));
+        assert_eq!(headers.get_other("content-length"), None);
+        assert_eq!(headers.get_other("host"), None);
+        assert_eq!(headers.get_other("x-missing"), None);
     }
 
     #[test]
