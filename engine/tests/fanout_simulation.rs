@@ -579,6 +579,7 @@ impl Sim {
     ) -> Publish {
         Publish {
             channel: channel.to_string(),
+            tenant: "default".into(),
             idempotency_key: key,
             content_type: Some("application/json".into()),
             traceparent: None,

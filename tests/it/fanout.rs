@@ -29,8 +29,12 @@ fn ids_on_shard(prefix: &str, shard: u64, count: usize) -> Vec<String> {
     (0..).map(|index| format!("{prefix}-{index}")).filter(|id| shard_of(id, 2) == shard).take(count).collect()
 }
 
+/// `POST /publish/{channel}` with the operator token (a publish needs it, or a key with `ingest`).
 fn publish(server: &Server, channel: &str, headers: &[(&str, &str)], body: &[u8]) -> common::Response {
-    server.request("POST", &format!("/publish/{channel}"), headers, body)
+    let authorization = format!("Bearer {}", common::TOKEN);
+    let mut headers = headers.to_vec();
+    headers.push(("Authorization", &authorization));
+    server.request("POST", &format!("/publish/{channel}"), &headers, body)
 }
 
 /// Deliveries the sink got, by the body they carried.
@@ -249,7 +253,9 @@ fn kill_9_during_publishes_leaves_all_or_none() {
                 std::thread::spawn(move || {
                     for sequence in 0.. {
                         let body = format!(r#"{{"type":"load.tick","marker":"{writer}-{sequence}"}}"#);
-                        match common::try_request(address, "POST", "/publish/load", &[], body.as_bytes()) {
+                        let authorization = [("Authorization", format!("Bearer {}", common::TOKEN))];
+                        let headers: Vec<(&str, &str)> = authorization.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                        match common::try_request(address, "POST", "/publish/load", &headers, body.as_bytes()) {
                             Ok(response) if response.status == 202 => {
                                 acknowledged.lock().unwrap().insert(format!("{writer}-{sequence}"));
                             }

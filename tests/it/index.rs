@@ -110,7 +110,8 @@ fn id_on_shard(prefix: &str, shard: u64) -> String {
 
 /// Publishes `{"type":…,"n":…}` to `channel` (with a key when given); the event id.
 fn publish(server: &Server, channel: &str, event_type: &str, n: usize, key: Option<&str>) -> String {
-    let mut headers = vec![("Content-Type", "application/json")];
+    let authorization = format!("Bearer {}", common::TOKEN);
+    let mut headers = vec![("Content-Type", "application/json"), ("Authorization", authorization.as_str())];
     if let Some(key) = key {
         headers.push(("X-Idempotency-Key", key));
     }
@@ -209,7 +210,13 @@ fn index_rows_equal_engine_state_after_a_mixed_load() {
         let key = format!("publish-{n}");
         published.insert(publish(&server, "news", event_type, n, (n % 3 == 0).then_some(key.as_str())), event_type);
     }
-    let again = server.request("POST", "/publish/news", &[("X-Idempotency-Key", "publish-0")], b"{}");
+    let authorization = format!("Bearer {}", common::TOKEN);
+    let again = server.request(
+        "POST",
+        "/publish/news",
+        &[("X-Idempotency-Key", "publish-0"), ("Authorization", &authorization)],
+        b"{}",
+    );
     assert_eq!(again.status, 200, "a repeated key is not a new publish: {again:?}");
     assert!(published.contains_key(again.json()["event_id"].as_str().unwrap()));
     for _ in 0..5 {
@@ -683,6 +690,7 @@ fn delivery_rows_end_the_same_whichever_shard_is_indexed_first() {
     let record = Published {
         event_id: id.0,
         channel: "orders".into(),
+        tenant: "default".into(),
         event_type: "order.created".into(),
         received_at_ms: id.unix_ms(),
         idempotency_key: Some("k".into()),

@@ -273,3 +273,50 @@ fn an_upgraded_data_directory_keeps_its_endpoints_open_and_says_so() {
         logged.lines().find(|line| line.contains("keep open ingest")).expect("a warning about open endpoints");
     assert!(warning.contains("legacy-orders") && !warning.contains("legacy-signed"), "{warning}");
 }
+
+// Channels belong to tenants, and publishing is authenticated: a publish needs a key with
+// `ingest` (its tenant's channels) or the operator token (`default`'s); the same channel name in
+// two tenants reaches each tenant's subscribers only, and each sees only its own published event.
+#[test]
+fn publishes_follow_their_tenant() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    assert_eq!(server.admin("PUT", "/admin/tenants/acme", "{}").status, 201);
+    let (_, acme) = new_key(&server, "acme", r#"["ingest","read"]"#);
+    let (_, acme_reader) = new_key(&server, "acme", r#"["read"]"#);
+    let (_, default_reader) = new_key(&server, "default", r#"["read"]"#);
+    let body = |tenant: &str| {
+        format!(r#"{{"url":"http://127.0.0.1:9/h","enabled":false,"channels":["news"],"tenant_id":"{tenant}"}}"#)
+    };
+    create(&server, "default-sub", &body("default"));
+    create(&server, "acme-sub-1", &body("acme"));
+    create(&server, "acme-sub-2", &body("acme"));
+    let anonymous = server.request("POST", "/publish/news", &[], b"{}");
+    assert_eq!((anonymous.status, anonymous.code()), (401, "E1001".to_string()));
+    assert_eq!(with_key(&server, "POST", "/publish/news", &acme_reader, "{}").code(), "E1001");
+    let by_acme = with_key(&server, "POST", "/publish/news", &acme, "{}");
+    assert_eq!((by_acme.status, by_acme.json()["endpoints"].as_u64()), (202, Some(2)), "{by_acme:?}");
+    let by_operator = with_key(&server, "POST", "/publish/news", TOKEN, "{}");
+    assert_eq!((by_operator.status, by_operator.json()["endpoints"].as_u64()), (202, Some(1)));
+    let acme_event = by_acme.json()["event_id"].as_str().unwrap().to_string();
+    let seen = with_key(&server, "GET", &format!("/admin/events/{acme_event}"), &acme, "").json();
+    let reached: Vec<&str> =
+        seen["deliveries"].as_array().unwrap().iter().filter_map(|d| d["endpoint_id"].as_str()).collect();
+    assert_eq!(reached, ["acme-sub-1", "acme-sub-2"], "{seen}");
+    assert_eq!(with_key(&server, "GET", &format!("/admin/events/{acme_event}"), &default_reader, "").code(), "E1004");
+    let operator_event = by_operator.json()["event_id"].as_str().unwrap().to_string();
+    assert_eq!(with_key(&server, "GET", &format!("/admin/events/{operator_event}"), &acme, "").code(), "E1004");
+    // The same key on each tenant's channel is two publishes.
+    let keyed = |token: &str| {
+        let authorization = format!("Bearer {token}");
+        server.request(
+            "POST",
+            "/publish/news",
+            &[("Authorization", &authorization), ("X-Idempotency-Key", "k1")],
+            b"{}",
+        )
+    };
+    assert_eq!(keyed(&acme).status, 202);
+    assert_eq!(keyed(TOKEN).status, 202);
+    assert_eq!(keyed(&acme).status, 200);
+}

@@ -91,7 +91,12 @@ fn trace_context_reaches_the_destination_as_the_specification_says() {
     let mut expected = 0;
     for case in CASES {
         for path in ["/ingest/traced", "/publish/traces"] {
-            let response = server.request("POST", path, case.headers, b"{}");
+            let authorization = format!("Bearer {}", common::TOKEN);
+            let mut headers = case.headers.to_vec();
+            if path.starts_with("/publish/") {
+                headers.push(("Authorization", &authorization));
+            }
+            let response = server.request("POST", path, &headers, b"{}");
             assert!(matches!(response.status, 202), "{}: {path}: {response:?}", case.what);
             expected += 1;
             let received = sink.wait_for(case.what, common::WAIT, |received| received.len() >= expected);

@@ -152,7 +152,7 @@ pub(super) fn print_header(bench: &Bench) {
         println!(
             "  fanout:   POST /publish/{CHANNEL} (channel on shard {}) to N = {} endpoints {ENDPOINT_PREFIX}-{{0..N-1}} → \
              sink {HOOK_PATH}, closed loops of {} connections; drain ≤ {} s",
-            owner_shard(CHANNEL, bench.shards),
+            owner_shard(&format!("default/{CHANNEL}"), bench.shards),
             list(&limits::DELIVERY_FANOUT_ENDPOINTS),
             list(&limits::DELIVERY_FANOUT_CONNECTIONS),
             limits::DELIVERY_FANOUT_DRAIN_MS_MAX / 1000,
@@ -208,11 +208,14 @@ async fn drive(
     for id in &ids {
         setup::create_endpoint(address, &bench.admin_token, id, &endpoint_body).await?;
     }
-    let channel_shard = owner_shard(CHANNEL, bench.shards);
+    let channel_shard = owner_shard(&format!("default/{CHANNEL}"), bench.shards);
     let local = ids.iter().filter(|id| owner_shard(id, bench.shards) == channel_shard).count();
     let (body, digits_at) = stamped_json_body(limits::PAYLOAD_BYTES)?;
     let stamp = SendTimeStamp::of_body(&body, digits_at);
-    let publish = request("POST", &format!("/publish/{CHANNEL}"), address, &[], Some(&body));
+    // A publish needs the operator token (or a key with `ingest`): `default`'s channel.
+    let authorization = format!("Bearer {}", bench.admin_token);
+    let publish =
+        request("POST", &format!("/publish/{CHANNEL}"), address, &[("Authorization", &authorization)], Some(&body));
     check_publish(address, sink.address(), &publish, stamp, endpoints).await?;
     let plan = ClosedLoop { connections, warm_up: bench.warm_up, measure: bench.measure, stamp: Some(stamp) };
     let measure_start = Instant::now() + plan.warm_up;
@@ -302,7 +305,7 @@ pub(super) fn print_results(measured: &Measured) {
          {} s measured, then drained (≤ {} s):",
         limits::PAYLOAD_BYTES,
         measured.shards,
-        owner_shard(CHANNEL, measured.shards),
+        owner_shard(&format!("default/{CHANNEL}"), measured.shards),
         measured.measure.as_secs(),
         limits::DELIVERY_FANOUT_DRAIN_MS_MAX / 1000,
     );

@@ -30,10 +30,12 @@ pub async fn publish(
     shard: &Shard,
     shared: &Shared,
     channel: String,
+    tenant: String,
     request: Request,
 ) -> Result<Response, EngineError> {
     let inbound = crate::admin::service::Inbound::read(&request)?;
-    let (endpoints, more) = shared.subscribers(&channel, &inbound.event_type, limits::PUBLISH_ENDPOINTS_MAX);
+    let scoped = crate::state::tenant_channel(&tenant, &channel);
+    let (endpoints, more) = shared.subscribers(&scoped, &inbound.event_type, limits::PUBLISH_ENDPOINTS_MAX);
     if more {
         return Err(EngineError::Invalid(format!(
             "more than {} endpoints match this event; narrow their channels or event_types",
@@ -43,6 +45,7 @@ pub async fn publish(
     let endpoints = endpoints.into_iter().map(|id| (owner_shard(&id, shared.shards), id)).collect();
     let publish = Publish {
         channel,
+        tenant,
         idempotency_key: inbound.idempotency_key,
         content_type: inbound.content_type,
         traceparent: inbound.trace.traceparent,

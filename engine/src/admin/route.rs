@@ -21,6 +21,9 @@ pub enum Route {
     Publish {
         /// The channel.
         channel: String,
+        /// Whose channel: the key's tenant, or `default` for the operator token (set once the
+        /// request is authenticated).
+        tenant: String,
     },
     /// `PUT /admin/endpoints/{id}`.
     PutEndpoint {
@@ -130,7 +133,8 @@ impl Route {
                 if !crate::model::event_type::valid_channel(channel) {
                     return Err(EngineError::Invalid("channel names are 1 to 64 of a-z 0-9 _ -".into()));
                 }
-                only(method, Method::Post, "POST", Self::Publish { channel: (*channel).to_string() })
+                let tenant = crate::model::tenant::DEFAULT_TENANT.to_string();
+                only(method, Method::Post, "POST", Self::Publish { channel: (*channel).to_string(), tenant })
             }
             ["admin", "endpoints"] => only(method, Method::Post, "POST", Self::CreateEndpoint { id: generate_id() }),
             ["admin", "endpoints", id] => Self::endpoint(method, id),
@@ -232,7 +236,9 @@ impl Route {
             Self::ListEvents(query) => query.endpoint_id.as_deref().map(|id| owner_shard(id, shards)),
             Self::RetryFailed { id } | Self::SetEnabled { id, .. } => Some(owner_shard(id, shards)),
             // A channel's publishes, keys and handoffs live on the shard its name hashes to.
-            Self::Publish { channel } => Some(owner_shard(channel, shards)),
+            Self::Publish { channel, tenant } => {
+                Some(owner_shard(&crate::state::tenant_channel(tenant, channel), shards))
+            }
             // One delivery of a published event is redriven where its endpoint lives.
             Self::RetryEvent { endpoint_id: Some(id), .. } => Some(owner_shard(id, shards)),
             Self::Ingest { endpoint_id: id }
@@ -323,11 +329,9 @@ mod tests {
         assert!(matches!(parse(Method::Get, "/nope"), Err(EngineError::NotFound(_))));
         assert!(matches!(parse(Method::Post, "/ingest/a/b"), Err(EngineError::NotFound(_))));
         assert!(matches!(parse(Method::Put, "/admin/endpoints/bad%20id"), Err(EngineError::Invalid(_))));
-        assert_eq!(parse(Method::Post, "/publish/orders").unwrap(), Route::Publish { channel: "orders".into() });
-        assert_eq!(
-            parse(Method::Post, "/publish/orders").unwrap().owner(4),
-            Some(crate::model::ids::owner_shard("orders", 4))
-        );
+        let publish = Route::Publish { channel: "orders".into(), tenant: "default".into() };
+        assert_eq!(parse(Method::Post, "/publish/orders").unwrap(), publish);
+        assert_eq!(publish.owner(4), Some(crate::model::ids::owner_shard("default/orders", 4)));
         assert!(!parse(Method::Post, "/publish/orders").unwrap().is_admin());
         assert!(matches!(parse(Method::Post, "/publish/Orders"), Err(EngineError::Invalid(_))));
         assert!(matches!(parse(Method::Get, "/publish/orders"), Err(EngineError::MethodNotAllowed { .. })));

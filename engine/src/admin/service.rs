@@ -49,6 +49,16 @@ impl Service {
                 query.tenant_id = Some(key.tenant_id.clone());
             }
         }
+        if let Route::Publish { tenant, .. } = &mut route {
+            // A publish needs a key with `ingest` (its tenant's channels) or the operator token
+            // (`default`'s): an open publish path would let anyone who reaches the port make
+            // Kapsel sign a forgery for every subscriber.
+            *tenant = match self.authorize(head)? {
+                Principal::Operator => crate::model::tenant::DEFAULT_TENANT.to_string(),
+                Principal::Key(key) if key.scopes.has(crate::model::tenant::Scope::Ingest) => key.tenant_id.clone(),
+                Principal::Key(_) => return Err(EngineError::Unauthorized("this key has no `ingest` scope".into())),
+            };
+        }
         if !matches!(route, Route::Health | Route::Ready) {
             self.shared.check_serving()?;
         }
@@ -252,14 +262,20 @@ fn owned_by(shard: &Shard, route: &Route, tenant: &str) -> bool {
         | Route::RetryFailed { id }
         | Route::SetEnabled { id, .. } => endpoint_tenant(id).unwrap_or(true),
         Route::GetEvent { event_id } | Route::EventProof { event_id } | Route::RetryEvent { event_id, .. } => {
-            match state.events.get(event_id) {
-                Some(event) => endpoint_tenant(state.endpoint_of(event)).unwrap_or(false),
-                // A published event: channels belong to `default` until they follow tenants.
-                None if state.publications.get(event_id).is_some() || !state.deliveries_of(*event_id).is_empty() => {
-                    tenant == crate::model::tenant::DEFAULT_TENANT
-                }
-                None => true,
+            if let Some(event) = state.events.get(event_id) {
+                return endpoint_tenant(state.endpoint_of(event)).unwrap_or(false);
             }
+            if let Some(publication) = state.publications.get(event_id) {
+                return state.names.get(publication.tenant) == Some(tenant);
+            }
+            // A published event this shard has deliveries of: theirs are its tenant's endpoints.
+            // Anything else a key asks for is not shown: memory cannot say whose it is, and the
+            // index does not know tenants yet.
+            state
+                .deliveries_of(*event_id)
+                .first()
+                .and_then(|delivery| state.events.get(delivery))
+                .is_some_and(|delivery| endpoint_tenant(state.endpoint_of(delivery)).unwrap_or(false))
         }
         _ => true,
     }
@@ -326,7 +342,9 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         | Route::ListKeys { .. }
         | Route::RevokeKey { .. } => Err(EngineError::NotFound("not an endpoint or event operation".into())),
         Route::RetryEvent { event_id, endpoint_id } => retry_event(shard, shared, event_id, endpoint_id, now).await,
-        Route::Publish { channel } => crate::admin::publish::publish(shard, shared, channel, request).await,
+        Route::Publish { channel, tenant } => {
+            crate::admin::publish::publish(shard, shared, channel, tenant, request).await
+        }
         Route::RetryFailed { id } => {
             shard.retry_failed(&id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
         }

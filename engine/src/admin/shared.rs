@@ -96,7 +96,13 @@ impl Shared {
         // A panic while the lock was held leaves an index that is still whole (each change is one
         // call), so a poisoned lock is used as it is.
         let mut subscriptions = self.subscriptions.write().unwrap_or_else(PoisonError::into_inner);
-        subscriptions.set(&endpoint.id, &endpoint.channels, &endpoint.event_types);
+        // Channels belong to a tenant: an endpoint subscribes to its tenant's.
+        let channels: Vec<String> = endpoint
+            .channels
+            .iter()
+            .map(|channel| crate::state::tenant_channel(endpoint.tenant_id(), channel))
+            .collect();
+        subscriptions.set(&endpoint.id, &channels, &endpoint.event_types);
         drop(subscriptions);
         let mut tenants = self.endpoint_tenants.write().unwrap_or_else(PoisonError::into_inner);
         tenants.insert(endpoint.id.clone(), endpoint.tenant_id().to_string());

@@ -853,6 +853,7 @@ mod tests {
         Published {
             event_id: id,
             channel: "orders".into(),
+            tenant: "default".into(),
             event_type: "order.created".into(),
             received_at_ms: 5_000,
             idempotency_key: Some("p".into()),

@@ -173,6 +173,8 @@ pub struct Published {
     pub event_id: u128,
     /// The channel.
     pub channel: String,
+    /// The tenant whose channel it is (a key's, or `default` for the operator token).
+    pub tenant: String,
     /// The event type.
     pub event_type: String,
     /// When it was accepted.
@@ -235,6 +237,7 @@ impl Published {
         Self {
             event_id: self.event_id,
             channel: self.channel.clone(),
+            tenant: self.tenant.clone(),
             event_type: self.event_type.clone(),
             received_at_ms: self.received_at_ms,
             idempotency_key: None,
@@ -555,6 +558,7 @@ mod tests {
         let published = Published {
             event_id: 1 << 20,
             channel: "orders".into(),
+            tenant: "default".into(),
             event_type: "order.created".into(),
             received_at_ms: 7,
             idempotency_key: Some("k".into()),

@@ -27,6 +27,8 @@ pub const HANDOFFS_PENDING_MAX: usize = 100_000;
 pub struct Publish {
     /// The channel.
     pub channel: String,
+    /// The tenant whose channel it is.
+    pub tenant: String,
     /// `X-Idempotency-Key`, already validated (scoped to the channel).
     pub idempotency_key: Option<String>,
     /// `Content-Type`.
@@ -56,7 +58,7 @@ impl Shard {
     /// Publishes an event to a channel this shard owns: checks, one record, waits until it is
     /// durable.
     pub async fn publish(&self, publish: Publish, now_ms: u64) -> Result<PublishOutcome, EngineError> {
-        let scope = publish_scope(&publish.channel);
+        let scope = publish_scope(&publish.tenant, &publish.channel);
         if let Some(key) = &publish.idempotency_key {
             let remembered = self.core.state.borrow_mut().idempotency.lookup(&scope, key, now_ms);
             if let Some(remembered) = remembered {
@@ -125,6 +127,7 @@ impl Shard {
         Ok(Published {
             event_id: event_id.0,
             channel: publish.channel,
+            tenant: publish.tenant,
             event_type: publish.event_type,
             received_at_ms: now_ms,
             idempotency_key: publish.idempotency_key,

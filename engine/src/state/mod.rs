@@ -335,7 +335,7 @@ impl ShardState {
         let event_id = EventId(published.event_id);
         self.ids.observe(event_id.last_delivery());
         if let Some(key) = &published.idempotency_key {
-            let scope = publish_scope(&published.channel);
+            let scope = publish_scope(&published.tenant, &published.channel);
             let remembered = Remembered { event_id, lsn };
             self.idempotency.remember(&scope, key, remembered, published.received_at_ms, now_ms);
         }
@@ -345,6 +345,7 @@ impl ShardState {
             position,
             channel: self.names.intern(&published.channel),
             event_type: self.names.intern(&published.event_type),
+            tenant: self.names.intern(&published.tenant),
             endpoints: u32::try_from(published.deliveries.len() + handed).unwrap_or(u32::MAX),
             payload_bytes: u32::try_from(published.payload.len()).unwrap_or(u32::MAX),
             idempotency_key: published.idempotency_key.as_deref().map(Box::from),
@@ -820,10 +821,16 @@ impl ShardState {
     }
 }
 
-/// The idempotency scope of publishes to a channel: not an endpoint id (those have no `/`), so
-/// a channel's keys and an endpoint's never meet.
-pub fn publish_scope(channel: &str) -> Rc<str> {
-    Rc::from(format!("/publish/{channel}"))
+/// A tenant's channel as one name: `tenant/channel` (neither may contain `/`). Channels belong
+/// to a tenant: the subscriptions, the channel's shard and its idempotency keys go by this.
+pub fn tenant_channel(tenant: &str, channel: &str) -> String {
+    format!("{tenant}/{channel}")
+}
+
+/// The idempotency scope of publishes to a tenant's channel: not an endpoint id (those have no
+/// `/`), so a channel's keys and an endpoint's never meet.
+pub fn publish_scope(tenant: &str, channel: &str) -> Rc<str> {
+    Rc::from(format!("/publish/{}", tenant_channel(tenant, channel)))
 }
 
 /// Where a pending event goes into its endpoint's queue: after every event queued before it

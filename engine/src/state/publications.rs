@@ -20,6 +20,8 @@ pub struct Publication {
     pub channel: u16,
     /// Event type number (`Names`).
     pub event_type: u16,
+    /// Its tenant's number (`Names`).
+    pub tenant: u16,
     /// Endpoints it was published to.
     pub endpoints: u32,
     /// Payload size.

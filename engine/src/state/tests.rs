@@ -342,6 +342,7 @@ fn published(event_id: EventId, remote: &[&str]) -> Published {
     Published {
         event_id: event_id.0,
         channel: "c".into(),
+        tenant: "default".into(),
         event_type: "order.created".into(),
         received_at_ms: NOW,
         idempotency_key: Some("k".into()),
@@ -369,7 +370,7 @@ fn a_publish_queues_its_deliveries_and_pins_its_record_until_handed_off() {
     assert_eq!(log.state.names.get(delivery.event_type), Some("order.created"));
     assert_eq!(log.state.names.get(delivery.channel), Some("c"));
     assert_eq!(log.entry().ready().count(), 1);
-    let scope = publish_scope("c");
+    let scope = publish_scope("default", "c");
     assert_eq!(log.state.idempotency.lookup(&scope, "k", NOW).map(|remembered| remembered.event_id), Some(event_id));
     assert_eq!(log.state.publications.pending_count(), 1);
     // Delivered here, its record is still needed for the other shard.
