@@ -97,19 +97,19 @@ fn tenants_and_keys_from_creation_to_revocation() {
     // token), nothing else.
     assert_eq!(made.json()["ingest_auth"]["type"], "key");
     let (_, acme_reader) = new_key(&server, "acme", r#"["read"]"#);
+    // Without a key, or with acme's read-only key: 401; with another tenant's key: as missing.
     for (token, expected) in [
-        (None, 401),
-        (Some("wrong"), 401),
-        (Some(reader.as_str()), 401),
-        (Some(acme_reader.as_str()), 401),
-        (Some(writer.as_str()), 401),
+        (None, (401, "E1001")),
+        (Some("wrong"), (401, "E1001")),
+        (Some(acme_reader.as_str()), (401, "E1001")),
+        (Some(reader.as_str()), (404, "E1004")),
+        (Some(writer.as_str()), (404, "E1004")),
     ] {
         let headers: Vec<(&str, String)> =
             token.map(|token| ("Authorization", format!("Bearer {token}"))).into_iter().collect();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
         let refused = server.request("POST", "/ingest/acme-hook", &headers, b"{}");
-        assert_eq!((refused.status, refused.code()), (expected, "E1001".to_string()), "{token:?}");
-        assert!(refused.header("www-authenticate").is_some());
+        assert_eq!((refused.status, refused.code()), (expected.0, expected.1.to_string()), "{token:?}");
     }
     let operator = server.request("POST", "/ingest/acme-hook", &[("Authorization", &format!("Bearer {TOKEN}"))], b"{}");
     assert_eq!(operator.status, 202);
@@ -319,4 +319,79 @@ fn publishes_follow_their_tenant() {
     assert_eq!(keyed(&acme).status, 202);
     assert_eq!(keyed(TOKEN).status, 202);
     assert_eq!(keyed(&acme).status, 200);
+}
+
+// Every admin, ingest and publish path against every kind of caller: the exact status and code
+// of each cell, so a change to who may do what shows up here first.
+#[test]
+fn who_may_do_what_on_every_path() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "uring", &[]);
+    assert_eq!(server.admin("PUT", "/admin/tenants/other", "{}").status, 201);
+    let endpoint = r#"{"url":"http://127.0.0.1:9/h","enabled":false,"channels":["c"]}"#;
+    assert_eq!(server.admin("PUT", "/admin/endpoints/e", endpoint).status, 201);
+    let event = {
+        let authorization = format!("Bearer {TOKEN}");
+        server.request("POST", "/ingest/e", &[("Authorization", &authorization)], b"{}").json()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (_, read) = new_key(&server, "default", r#"["read"]"#);
+    let (_, write) = new_key(&server, "default", r#"["write"]"#);
+    let (_, ingest) = new_key(&server, "default", r#"["ingest"]"#);
+    let (_, other) = new_key(&server, "other", r#"["read","write","ingest"]"#);
+    let (revoked_id, revoked) = new_key(&server, "default", r#"["read","write","ingest"]"#);
+    assert_eq!(server.admin("DELETE", &format!("/admin/keys/{revoked_id}"), "").status, 204);
+    let unknown_key = "key_00000000000000000000000000";
+
+    // Callers, in the columns' order.
+    let callers: [(&str, Option<&str>); 8] = [
+        ("none", None),
+        ("wrong", Some("not-the-token")),
+        ("operator", Some(TOKEN)),
+        ("read", Some(&read)),
+        ("write", Some(&write)),
+        ("ingest", Some(&ingest)),
+        ("other tenant", Some(&other)),
+        ("revoked", Some(&revoked)),
+    ];
+    const U: (u16, &str) = (401, "E1001");
+    const N: (u16, &str) = (404, "E1004");
+    let ok = |status: u16| (status, "");
+    // Method, path, body, and what each caller gets.
+    type Row<'a> = (&'a str, String, &'a str, [(u16, &'a str); 8]);
+    let rows: Vec<Row> = vec![
+        ("GET", "/admin/endpoints/e".into(), "", [U, U, ok(200), ok(200), U, U, N, U]),
+        ("PUT", "/admin/endpoints/e".into(), endpoint, [U, U, ok(200), U, ok(200), U, N, U]),
+        ("POST", "/admin/endpoints/e/disable".into(), "", [U, U, ok(200), U, ok(200), U, N, U]),
+        ("GET", format!("/admin/events/{event}"), "", [U, U, ok(200), ok(200), U, U, N, U]),
+        ("POST", format!("/admin/events/{event}/retry"), "", [U, U, ok(202), U, ok(202), U, N, U]),
+        ("GET", "/admin/events".into(), "", [U, U, ok(200), ok(200), U, U, ok(200), U]),
+        ("GET", format!("/admin/events/{event}/proof"), "", [U, U, N, N, U, U, N, U]),
+        ("GET", "/admin/audit/segments".into(), "", [U, U, ok(200), ok(200), U, U, ok(200), U]),
+        ("GET", "/admin/endpoints/missing".into(), "", [U, U, N, N, U, U, N, U]),
+        ("PUT", "/admin/tenants/t".into(), "{}", [U, U, ok(201), U, U, U, U, U]),
+        ("GET", "/admin/tenants/default".into(), "", [U, U, ok(200), U, U, U, U, U]),
+        ("GET", "/admin/tenants/default/keys".into(), "", [U, U, ok(200), U, U, U, U, U]),
+        ("POST", "/admin/tenants/t/keys".into(), r#"{"scopes":["read"]}"#, [U, U, ok(201), U, U, U, U, U]),
+        ("DELETE", format!("/admin/keys/{unknown_key}"), "", [U, U, N, U, U, U, U, U]),
+        ("POST", "/ingest/e".into(), "{}", [U, U, ok(202), U, U, ok(202), N, U]),
+        ("POST", "/publish/c".into(), "{}", [U, U, ok(202), U, U, ok(202), ok(202), U]),
+    ];
+    for (method, path, body, expected) in &rows {
+        for ((caller, token), (status, code)) in callers.iter().zip(expected) {
+            let authorization = token.map(|token| format!("Bearer {token}"));
+            let mut headers = vec![("Content-Type", "application/json")];
+            if let Some(authorization) = &authorization {
+                headers.push(("Authorization", authorization));
+            }
+            let response = server.request(method, path, &headers, body.as_bytes());
+            let got = (response.status, if response.status >= 400 { response.code() } else { String::new() });
+            assert_eq!(got, (*status, code.to_string()), "{method} {path} as {caller}: {response:?}");
+            if response.status == 401 {
+                assert!(response.header("www-authenticate").is_some(), "{method} {path} as {caller}");
+            }
+        }
+    }
 }

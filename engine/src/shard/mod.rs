@@ -689,6 +689,10 @@ fn authenticate_ingest(
     match &endpoint.ingest_auth {
         None | Some(IngestAuth::None) => Ok(()),
         Some(IngestAuth::Key) if ingest.bearer.may_ingest_to(endpoint.tenant_id()) => Ok(()),
+        // Another tenant's key finds another tenant's endpoint exactly as a missing one.
+        Some(IngestAuth::Key) if matches!(&ingest.bearer, IngestBearer::Key { tenant_id, .. } if tenant_id != endpoint.tenant_id()) => {
+            Err(endpoint_not_found(&endpoint.id))
+        }
         Some(IngestAuth::Key) => Err(EngineError::Unauthorized(
             "this endpoint takes events with a key of its tenant that has the ingest scope, or the operator token"
                 .into(),
