@@ -315,7 +315,7 @@ async fn shard_main(
     receiver: InboxReceiver,
     serving: &Serving,
 ) -> Result<(), String> {
-    let mut shard = open_shard(index, &config).await?;
+    let mut shard = open_shard(index, &config).await?.with_tenant_limits(Arc::clone(&shared.tenant_limits));
     if let Some(handle) = &shared.index {
         shard = shard.with_index(handle.clone());
     }

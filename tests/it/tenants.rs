@@ -395,3 +395,35 @@ fn who_may_do_what_on_every_path() {
         }
     }
 }
+
+// A tenant's rate limit holds over all its endpoints together and on every shard, and another
+// tenant's ingest is not limited by it.
+#[test]
+fn a_tenants_rate_limit_is_its_own() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    assert_eq!(server.admin("PUT", "/admin/tenants/noisy", r#"{"rate_limit_per_s":5}"#).status, 201);
+    for id in ["noisy-0", "noisy-1", "noisy-2"] {
+        create(&server, id, r#"{"url":"http://127.0.0.1:9/h","enabled":false,"tenant_id":"noisy"}"#);
+    }
+    create(&server, "quiet", r#"{"url":"http://127.0.0.1:9/h","enabled":false}"#);
+    // Spread over its three endpoints, the tenant gets its one second's burst (5) and then,
+    // well before the loop's bound, a 429 (the refill, 5 a second, cannot keep up).
+    let mut accepted = 0;
+    let mut limited = None;
+    for n in 0..2000 {
+        let response = server.request("POST", &format!("/ingest/noisy-{}", n % 3), &[], b"{}");
+        if response.status != 202 {
+            limited = Some(response);
+            break;
+        }
+        accepted += 1;
+    }
+    assert!(accepted >= 5, "{accepted} accepted before the first refusal");
+    let limited = limited.expect("the tenant's limit answered");
+    assert_eq!((limited.status, limited.code()), (429, "E1003".to_string()));
+    assert!(limited.header("retry-after").is_some());
+    for _ in 0..30 {
+        assert_eq!(server.request("POST", "/ingest/quiet", &[], b"{}").status, 202, "another tenant is not limited");
+    }
+}

@@ -34,6 +34,10 @@ pub async fn publish(
     request: Request,
 ) -> Result<Response, EngineError> {
     let inbound = crate::admin::service::Inbound::read(&request)?;
+    shared
+        .tenant_limits
+        .take(&tenant, crate::clock::now_ms())
+        .map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
     let scoped = crate::state::tenant_channel(&tenant, &channel);
     let (endpoints, more) = shared.subscribers(&scoped, &inbound.event_type, limits::PUBLISH_ENDPOINTS_MAX);
     if more {

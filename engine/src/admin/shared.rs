@@ -43,6 +43,8 @@ pub struct Shared {
     endpoint_tenants: RwLock<HashMap<String, String>>,
     /// Tenants and keys, as shard 0 keeps them (`admin::access`).
     access: RwLock<AccessTable>,
+    /// Each tenant's ingest rate limit, shared with every shard.
+    pub tenant_limits: Arc<crate::shard::tenant_limits::TenantLimits>,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
             subscriptions: RwLock::new(Subscriptions::default()),
             endpoint_tenants: RwLock::new(HashMap::new()),
             access: RwLock::new(AccessTable::default()),
+            tenant_limits: Arc::default(),
         }
     }
 
@@ -83,6 +86,8 @@ impl Shared {
         let mut table = self.access.write().unwrap_or_else(PoisonError::into_inner);
         let fresh = AccessTable::of(access, &table);
         *table = fresh;
+        let limits = access.tenants.values().map(|tenant| (tenant.id.as_str(), tenant.rate_limit_per_s));
+        self.tenant_limits.set(limits, crate::clock::now_ms());
     }
 
     /// Endpoints of a tenant, on every shard.

@@ -13,6 +13,7 @@ pub mod recovery;
 pub mod retention;
 pub mod snapshot;
 pub mod stats;
+pub mod tenant_limits;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -139,6 +140,7 @@ pub struct Shard {
     metrics: crate::shard::stats::ShardMetrics,
     reader: Reader,
     storage: std::sync::Arc<recovery::StorageHealth>,
+    tenant_limits: std::sync::Arc<tenant_limits::TenantLimits>,
 }
 
 /// What opening a shard found.
@@ -210,6 +212,7 @@ impl Shard {
             metrics: crate::shard::stats::ShardMetrics::default(),
             reader,
             storage: std::sync::Arc::default(),
+            tenant_limits: std::sync::Arc::default(),
         })
     }
 
@@ -217,6 +220,12 @@ impl Shard {
     pub fn with_index(mut self, index: IndexHandle) -> Self {
         index.register(self.index, self.wal.durable_watermark());
         self.indexer = Some(index);
+        self
+    }
+
+    /// Shares the tenants' rate limits with the other shards.
+    pub fn with_tenant_limits(mut self, limits: std::sync::Arc<tenant_limits::TenantLimits>) -> Self {
+        self.tenant_limits = limits;
         self
     }
 
@@ -404,6 +413,9 @@ impl Shard {
             return Err(endpoint_not_found(&ingest.endpoint_id));
         };
         authenticate_ingest(&entry.endpoint, ingest, now_ms)?;
+        self.tenant_limits
+            .take(entry.endpoint.tenant_id(), now_ms)
+            .map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
         let endpoint = Rc::clone(&entry.id);
         if let Some(key) = &ingest.idempotency_key {
             if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now_ms) {
