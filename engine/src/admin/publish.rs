@@ -38,6 +38,11 @@ pub async fn publish(
         .tenant_limits
         .take(&tenant, crate::clock::now_ms())
         .map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
+    if shard.tenant_full(&tenant) {
+        return Err(EngineError::QueueFull(format!(
+            "tenant {tenant} has as many events waiting as its events_waiting_max allows"
+        )));
+    }
     let scoped = crate::state::tenant_channel(&tenant, &channel);
     let (endpoints, more) = shared.subscribers(&scoped, &inbound.event_type, limits::PUBLISH_ENDPOINTS_MAX);
     if more {

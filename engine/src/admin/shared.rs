@@ -88,6 +88,8 @@ impl Shared {
         *table = fresh;
         let limits = access.tenants.values().map(|tenant| (tenant.id.as_str(), tenant.rate_limit_per_s));
         self.tenant_limits.set(limits, crate::clock::now_ms());
+        self.tenant_limits
+            .set_bounds(access.tenants.values().map(|tenant| (tenant.id.as_str(), tenant.events_waiting_max)));
     }
 
     /// Endpoints of a tenant, on every shard.

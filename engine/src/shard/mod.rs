@@ -120,9 +120,25 @@ struct Core {
     applying: RefCell<Applying>,
     scheduler: Cell<Option<Waker>>,
     handoff: Cell<Option<Waker>>,
+    /// The tenants' shared bounds, and this shard's number for its reports.
+    tenant_limits: RefCell<std::sync::Arc<tenant_limits::TenantLimits>>,
+    index: usize,
 }
 
 impl Core {
+    /// Tells the other shards how many events of each bounded tenant wait here.
+    fn report_waiting(&self) {
+        let limits = self.tenant_limits.borrow();
+        let tenants = limits.bounded();
+        if tenants.is_empty() {
+            return;
+        }
+        let state = self.state.borrow();
+        for tenant in tenants {
+            limits.report(&tenant, self.index, state.tenant_waiting(&tenant) as u64);
+        }
+    }
+
     fn notify_scheduler(&self) {
         if let Some(waker) = self.scheduler.take() {
             waker.wake();
@@ -140,7 +156,6 @@ pub struct Shard {
     metrics: crate::shard::stats::ShardMetrics,
     reader: Reader,
     storage: std::sync::Arc<recovery::StorageHealth>,
-    tenant_limits: std::sync::Arc<tenant_limits::TenantLimits>,
 }
 
 /// What opening a shard found.
@@ -202,6 +217,8 @@ impl Shard {
             applying: RefCell::new(applying),
             scheduler: Cell::new(None),
             handoff: Cell::new(None),
+            tenant_limits: RefCell::default(),
+            index,
         });
         monoio::spawn(run_applier(Rc::clone(&core)));
         Ok(Self {
@@ -212,7 +229,6 @@ impl Shard {
             metrics: crate::shard::stats::ShardMetrics::default(),
             reader,
             storage: std::sync::Arc::default(),
-            tenant_limits: std::sync::Arc::default(),
         })
     }
 
@@ -224,9 +240,16 @@ impl Shard {
     }
 
     /// Shares the tenants' rate limits with the other shards.
-    pub fn with_tenant_limits(mut self, limits: std::sync::Arc<tenant_limits::TenantLimits>) -> Self {
-        self.tenant_limits = limits;
+    pub fn with_tenant_limits(self, limits: std::sync::Arc<tenant_limits::TenantLimits>) -> Self {
+        *self.core.tenant_limits.borrow_mut() = limits;
+        self.core.report_waiting();
         self
+    }
+
+    /// Whether `tenant` has as many events waiting as its `events_waiting_max` allows.
+    pub fn tenant_full(&self, tenant: &str) -> bool {
+        let local = self.core.state.borrow().tenant_waiting(tenant) as u64;
+        self.core.tenant_limits.borrow().full(tenant, self.index, local)
     }
 
     /// What this shard counts for `GET /metrics`.
@@ -408,14 +431,18 @@ impl Shard {
     fn admit(&self, ingest: &Ingest, now_ms: u64) -> Result<(Rc<str>, Option<Remembered>), EngineError> {
         let mut state = self.core.state.borrow_mut();
         let full = state.events_full();
+        let limits = self.core.tenant_limits.borrow();
+        let tenant_full = state.endpoints.get(ingest.endpoint_id.as_str()).is_some_and(|entry| {
+            let tenant = entry.endpoint.tenant_id();
+            limits.full(tenant, self.index, state.tenant_waiting(tenant) as u64)
+        });
         let state = &mut *state;
         let Some(entry) = state.endpoints.get_mut(ingest.endpoint_id.as_str()) else {
             return Err(endpoint_not_found(&ingest.endpoint_id));
         };
         authenticate_ingest(&entry.endpoint, ingest, now_ms)?;
-        self.tenant_limits
-            .take(entry.endpoint.tenant_id(), now_ms)
-            .map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
+        let tenant = entry.endpoint.tenant_id();
+        limits.take(tenant, now_ms).map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
         let endpoint = Rc::clone(&entry.id);
         if let Some(key) = &ingest.idempotency_key {
             if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now_ms) {
@@ -427,6 +454,12 @@ impl Shard {
         };
         if let Some(bucket) = entry.bucket.as_mut() {
             bucket.take(now_ms).map_err(|retry_after_s| EngineError::RateLimited { retry_after_s })?;
+        }
+        if tenant_full {
+            let tenant = entry.endpoint.tenant_id();
+            return Err(EngineError::QueueFull(format!(
+                "tenant {tenant} has as many events waiting as its events_waiting_max allows"
+            )));
         }
         if full {
             return Err(EngineError::QueueFull("the shard tracks as many events as it may".into()));
@@ -682,6 +715,7 @@ async fn run_applier(core: Rc<Core>) {
             for waker in core.applying.borrow_mut().waiters.drain(..) {
                 waker.wake();
             }
+            core.report_waiting();
             core.notify_scheduler();
         }
         Poll::<()>::Pending

@@ -132,6 +132,8 @@ pub struct ShardState {
     terminal: VecDeque<EventId>,
     /// Events not delivered or failed.
     waiting: usize,
+    /// The same, by tenant (a tenant's `events_waiting_max` is checked against every shard's).
+    waiting_by_tenant: std::collections::HashMap<String, usize>,
     /// Endpoints with at least one waiting event (the payload budget is shared among them).
     endpoints_waiting: usize,
     limits: StateLimits,
@@ -163,6 +165,7 @@ impl ShardState {
             budget_waiters: BTreeSet::new(),
             terminal: VecDeque::new(),
             waiting: 0,
+            waiting_by_tenant: std::collections::HashMap::new(),
             endpoints_waiting: 0,
             limits,
             incarnations: 0,
@@ -315,6 +318,9 @@ impl ShardState {
         // and attempt outcomes find the endpoint gone and release nothing again.
         self.payloads.release(entry.held_bytes);
         decrease!(self.waiting, removed_waiting);
+        if let Some(count) = self.waiting_by_tenant.get_mut(entry.endpoint.tenant_id()) {
+            decrease!(*count, removed_waiting);
+        }
         if entry.waiting > 0 {
             decrease!(self.endpoints_waiting, 1);
         }
@@ -549,6 +555,20 @@ impl ShardState {
                 decrease!(self.endpoints_waiting, 1);
             }
         }
+        let tenant = entry.endpoint.tenant_id();
+        match (self.waiting_by_tenant.get_mut(tenant), waiting) {
+            (Some(count), true) => *count += 1,
+            (Some(count), false) => decrease!(*count, 1),
+            (None, true) => {
+                self.waiting_by_tenant.insert(tenant.to_string(), 1);
+            }
+            (None, false) => debug_assert!(false, "tenant {tenant} had no waiting events to count down"),
+        }
+    }
+
+    /// Events of `tenant`'s endpoints on this shard not yet delivered or failed.
+    pub fn tenant_waiting(&self, tenant: &str) -> usize {
+        self.waiting_by_tenant.get(tenant).copied().unwrap_or(0)
     }
 
     /// An attempt's outcome: the event's history, its next state, and the breaker.

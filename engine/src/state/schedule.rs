@@ -563,6 +563,15 @@ impl ShardState {
     /// Checks the state's invariants; the first broken one, described. The simulation calls it
     /// after every step; tests may too.
     pub fn check(&self, now_ms: u64) -> Result<(), String> {
+        let mut by_tenant: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for entry in self.endpoints.values() {
+            *by_tenant.entry(entry.endpoint.tenant_id()).or_default() += entry.waiting;
+        }
+        for (tenant, count) in &by_tenant {
+            if self.tenant_waiting(tenant) != *count {
+                return Err(format!("tenant {tenant}: {count} waiting, counted {}", self.tenant_waiting(tenant)));
+            }
+        }
         let mut waiting = 0;
         let mut endpoints_waiting = 0;
         let mut held = 0;
