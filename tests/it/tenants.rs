@@ -459,3 +459,43 @@ fn a_tenants_waiting_bound_is_its_own() {
         assert_eq!(server.request("POST", "/ingest/free", &[], b"{}").status, 202, "another tenant goes on");
     }
 }
+
+// Every configuration change is a record naming who made it: the operator token or a key, and
+// `GET /admin/audit/changes` lists them newest first (the operator's alone), across restarts.
+#[test]
+fn configuration_changes_are_audited_with_who_made_them() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = Server::start(directory.path(), "legacy", &[]);
+    assert_eq!(server.admin("PUT", "/admin/tenants/acme", "{}").status, 201);
+    let (key_id, key) = new_key(&server, "acme", r#"["write","read"]"#);
+    let body = r#"{"url":"http://127.0.0.1:9/h","enabled":false}"#;
+    assert_eq!(with_key(&server, "PUT", "/admin/endpoints/audited", &key, body).status, 201);
+    assert_eq!(with_key(&server, "POST", "/admin/endpoints/audited/enable", &key, "").status, 200);
+    assert_eq!(server.admin("DELETE", "/admin/endpoints/audited", "").status, 204);
+    assert_eq!(server.admin("DELETE", &format!("/admin/keys/{key_id}"), "").status, 204);
+    assert_eq!(with_key(&server, "GET", "/admin/audit/changes", &key, "").code(), "E1001");
+    assert_eq!(server.stop(), 0);
+    let server = Server::start(directory.path(), "uring", &[]);
+    let listed = server.admin("GET", "/admin/audit/changes?limit=10", "");
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let changes = listed.json()["changes"].as_array().unwrap().clone();
+    let seen: Vec<(String, String, String)> = changes
+        .iter()
+        .map(|change| {
+            let field = |name: &str| change[name].as_str().unwrap_or_default().to_string();
+            (field("kind"), field("subject"), field("by"))
+        })
+        .collect();
+    let expected = [
+        ("key.revoked", key_id.as_str(), "operator"),
+        ("endpoint.deleted", "audited", "operator"),
+        ("endpoint.put", "audited", key_id.as_str()),
+        ("endpoint.put", "audited", key_id.as_str()),
+        ("key.created", key_id.as_str(), "operator"),
+        ("tenant.put", "acme", "operator"),
+    ];
+    let expected: Vec<(String, String, String)> =
+        expected.iter().map(|(kind, subject, by)| (kind.to_string(), subject.to_string(), by.to_string())).collect();
+    assert_eq!(seen, expected, "{changes:?}");
+    assert_eq!(server.admin("GET", "/admin/audit/changes?limit=0", "").code(), "E1005");
+}

@@ -133,8 +133,11 @@ pub fn permit(principal: &Principal, route: &Route) -> Result<(), EngineError> {
         | Route::DeleteTenant { .. }
         | Route::CreateKey { .. }
         | Route::ListKeys { .. }
-        | Route::RevokeKey { .. } => {
-            return Err(EngineError::Unauthorized("tenants and keys are managed with the operator token".into()))
+        | Route::RevokeKey { .. }
+        | Route::AuditChanges { .. } => {
+            return Err(EngineError::Unauthorized(
+                "tenants, keys and the audit of changes are the operator token's".into(),
+            ))
         }
         Route::Ingest { .. } | Route::Publish { .. } => Scope::Ingest,
         Route::GetEndpoint { .. }
@@ -204,4 +207,41 @@ async fn delete_tenant(
         return Err(EngineError::Invalid(format!("tenant {id} still has {endpoints} endpoints; delete them first")));
     }
     shard.delete_tenant(id, by, now).await.map(|()| Response::empty(204))
+}
+
+/// This shard's configuration changes, with their times.
+pub fn changes_here(shard: &Shard) -> Vec<(u64, serde_json::Value)> {
+    let state = shard.state().borrow();
+    state.changes.iter().map(|change| (change.at_ms, change.to_json(shard.index))).collect()
+}
+
+/// `GET /admin/audit/changes`: every shard's most recent configuration changes, newest first.
+pub async fn changes_everywhere(shard: &Shard, shared: &Shared, limit: usize) -> Response {
+    let mut changes = changes_here(shard);
+    let mut answers = Vec::with_capacity(shared.shards);
+    for (index, inbox) in shared.inboxes.iter().enumerate() {
+        if index == shard.index {
+            continue;
+        }
+        let (reply, answer) = futures_channel::oneshot::channel();
+        if inbox.send(crate::admin::inbox::Command::Changes { reply }).is_err() {
+            return EngineError::QueueFull("a shard's inbox is full".into()).into_response();
+        }
+        answers.push(answer);
+    }
+    for answer in answers {
+        match answer.await {
+            Ok(found) => changes.extend(found),
+            Err(_) => return EngineError::Unavailable("a shard stopped".into()).into_response(),
+        }
+    }
+    // Newest first; changes of one instant in shard and log order.
+    changes.sort_by(|(at_a, a), (at_b, b)| {
+        at_b.cmp(at_a)
+            .then_with(|| b["shard"].as_u64().cmp(&a["shard"].as_u64()))
+            .then_with(|| b["lsn"].as_u64().cmp(&a["lsn"].as_u64()))
+    });
+    changes.truncate(limit);
+    let changes: Vec<serde_json::Value> = changes.into_iter().map(|(_, json)| json).collect();
+    Response::json(200, serde_json::json!({ "changes": changes }).to_string().into_bytes())
 }

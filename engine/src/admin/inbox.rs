@@ -50,6 +50,11 @@ pub enum Command {
         /// Where the answer goes.
         reply: futures_channel::oneshot::Sender<Result<Vec<serde_json::Value>, crate::error::EngineError>>,
     },
+    /// This shard's most recent configuration changes (`GET /admin/audit/changes`).
+    Changes {
+        /// Where they go: each with its time.
+        reply: futures_channel::oneshot::Sender<Vec<(u64, serde_json::Value)>>,
+    },
     /// Report this shard's metrics.
     Metrics {
         /// Where the report goes.
@@ -118,6 +123,9 @@ impl InboxReceiver {
             match command {
                 Command::ListEvents { query, reply } => {
                     let _ = reply.send(crate::admin::events::list_local(&shard, &query));
+                }
+                Command::Changes { reply } => {
+                    let _ = reply.send(crate::admin::access::changes_here(&shard));
                 }
                 Command::Metrics { reply } => {
                     let _ = reply.send(crate::admin::metrics::report(&shard, crate::clock::now_ms()));

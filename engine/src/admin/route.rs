@@ -57,6 +57,11 @@ pub enum Route {
     },
     /// `GET /admin/audit/segments`.
     AuditSegments,
+    /// `GET /admin/audit/changes?limit=`.
+    AuditChanges {
+        /// Most recent changes to show (1 to 1000, default 100).
+        limit: usize,
+    },
     /// `GET /metrics`.
     Metrics,
     /// `GET /admin/events?…`.
@@ -157,6 +162,7 @@ impl Route {
                 only_get(method, Self::EventProof { event_id: known_event(event_id)? })
             }
             ["admin", "audit", "segments"] => only_get(method, Self::AuditSegments),
+            ["admin", "audit", "changes"] => only_get(method, Self::AuditChanges { limit: changes_limit(query)? }),
             ["admin", "tenants", id] => Self::tenant(method, id),
             ["admin", "tenants", id, "keys"] => {
                 let tenant_id = known_tenant(id)?;
@@ -226,7 +232,7 @@ impl Route {
     /// The shard that must run this route, or `None` when any shard can.
     pub fn owner(&self, shards: usize) -> Option<usize> {
         match self {
-            Self::Health | Self::Ready | Self::Metrics | Self::AuditSegments => None,
+            Self::Health | Self::Ready | Self::Metrics | Self::AuditSegments | Self::AuditChanges { .. } => None,
             Self::PutTenant { .. }
             | Self::GetTenant { .. }
             | Self::DeleteTenant { .. }
@@ -285,6 +291,24 @@ fn retry_endpoint(query: Option<&str>) -> Result<Option<String>, EngineError> {
 
 fn known_event(text: &str) -> Result<EventId, EngineError> {
     EventId::parse(text).ok_or_else(|| EngineError::NotFound(format!("event {text} not found")))
+}
+
+/// The query of `GET /admin/audit/changes`: nothing, or `limit=` 1 to 1000.
+fn changes_limit(query: Option<&str>) -> Result<usize, EngineError> {
+    let mut limit = 100;
+    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", value)) => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=1000).contains(limit))
+                    .ok_or_else(|| EngineError::Invalid("limit must be 1 to 1000".into()))?;
+            }
+            _ => return Err(EngineError::Invalid(format!("unknown query parameter {pair}"))),
+        }
+    }
+    Ok(limit)
 }
 
 /// A tenant id in a path: one that cannot exist is simply not found.

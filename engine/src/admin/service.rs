@@ -85,6 +85,9 @@ impl Service {
         match (route.owner(self.shared.shards), route) {
             (None, Route::ListEvents(query)) => self.list_everywhere(query).await,
             (None, Route::Metrics) => self.metrics_everywhere().await,
+            (None, Route::AuditChanges { limit }) => {
+                crate::admin::access::changes_everywhere(&self.shard, &self.shared, limit).await
+            }
             (None, route) => answer_anywhere(&route, &self.shared),
             (Some(owner), route) if owner == self.shard.index => {
                 execute(&self.shard, &self.shared, route, request).await
@@ -311,7 +314,8 @@ async fn put_endpoint(
     if existing.is_none() && endpoints_max.is_some_and(|max| shared.endpoints_of(&tenant) >= max as usize) {
         return Err(EngineError::QueueFull(format!("tenant {tenant} has as many endpoints as its endpoints_max")));
     }
-    let outcome = shard.put_endpoint_input(id, input, &shared.destinations, now).await;
+    let by = principal.and_then(Principal::changed_by);
+    let outcome = shard.put_endpoint_input(id, input, &shared.destinations, by, now).await;
     subscribe(shard, shared, id);
     let (json, created) = outcome?;
     Ok(Response::json(if created { 201 } else { 200 }, json.to_string().into_bytes()))
@@ -348,7 +352,10 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         Route::RetryFailed { id } => {
             shard.retry_failed(&id, now).await.map(|json| Response::json(202, json.to_string().into_bytes()))
         }
-        Route::SetEnabled { id, enabled } => shard.set_enabled(&id, enabled, now).await.map(ok),
+        Route::SetEnabled { id, enabled } => {
+            let by = principal.as_ref().and_then(Principal::changed_by);
+            shard.set_enabled_by(&id, enabled, by, now).await.map(ok)
+        }
         Route::Ingest { endpoint_id } => ingest(shard, shared, endpoint_id, request).await,
         Route::PutEndpoint { id } | Route::CreateEndpoint { id } => {
             put_endpoint(shard, shared, &id, &request, principal.as_ref(), now).await
@@ -357,7 +364,8 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
             shard.get_endpoint(&id, now).map(|json| Response::json(200, json.to_string().into_bytes()))
         }
         Route::DeleteEndpoint { id } => {
-            let outcome = shard.delete_endpoint(&id, now).await;
+            let by = principal.as_ref().and_then(Principal::changed_by);
+            let outcome = shard.delete_endpoint_by(&id, by, now).await;
             subscribe(shard, shared, &id);
             outcome.map(|()| Response::empty(204))
         }
@@ -366,7 +374,7 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
             let json = crate::admin::audit::proof_json(event_id, shard.index, &proof);
             Response::json(200, json.to_string().into_bytes())
         }),
-        Route::Health | Route::Ready | Route::Metrics | Route::AuditSegments => {
+        Route::Health | Route::Ready | Route::Metrics | Route::AuditSegments | Route::AuditChanges { .. } => {
             Err(EngineError::NotFound("not a shard operation".into()))
         }
     };

@@ -106,6 +106,8 @@ pub struct Endpoint {
     /// How ingest to it is authenticated; `None` for an endpoint made before `ingest_auth`
     /// existed, which keeps open ingest (named in a warning at start).
     pub ingest_auth: Option<IngestAuth>,
+    /// The key that made this version; `None` for the operator token (the audit of changes).
+    pub changed_by: Option<String>,
 }
 
 /// [`Endpoint`] as kind-1 records and snapshots before subscriptions stored it.
@@ -148,6 +150,7 @@ impl From<EndpointV1> for Endpoint {
             tenant: crate::model::tenant::DEFAULT_TENANT.to_string(),
             // Its ingest secret, if it had one, still guards it; otherwise it stays open.
             ingest_auth: old.ingest_secret.map(|secret| IngestAuth::StandardWebhooks { secret }),
+            changed_by: None,
         }
     }
 }
@@ -298,6 +301,7 @@ impl EndpointInput {
             event_types: sorted_unique(self.event_types.unwrap_or_default()),
             tenant,
             ingest_auth,
+            changed_by: None,
         };
         endpoint.validate()?;
         Ok(endpoint)

@@ -44,6 +44,8 @@ pub const KIND_TENANT_DELETED: u8 = 17;
 pub const KIND_KEY_CREATED: u8 = 18;
 /// Log kind of [`Record::KeyRevoked`].
 pub const KIND_KEY_REVOKED: u8 = 19;
+/// Log kind of [`Record::EndpointDeleted`] (kind 2 is the older form, without who deleted it).
+pub const KIND_ENDPOINT_DELETED_BY: u8 = 20;
 
 /// The outcome of an attempt, as recorded.
 pub const OUTCOME_DELIVERED: u8 = 0;
@@ -399,6 +401,15 @@ pub struct EndpointDeleted {
     pub id: String,
     /// When.
     pub at_ms: u64,
+    /// The key that deleted it; `None` for the operator token.
+    pub by: Option<String>,
+}
+
+/// [`EndpointDeleted`] as kind 2 stored it.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct EndpointDeletedV1 {
+    id: String,
+    at_ms: u64,
 }
 
 /// A decoded engine record.
@@ -440,7 +451,7 @@ impl Record {
     pub fn encode(&self) -> Result<(u8, rkyv::util::AlignedVec), WalError> {
         match self {
             Self::EndpointPut(endpoint) => Ok((KIND_ENDPOINT_PUT, codec::encode(endpoint)?)),
-            Self::EndpointDeleted(deleted) => Ok((KIND_ENDPOINT_DELETED, codec::encode(deleted)?)),
+            Self::EndpointDeleted(deleted) => Ok((KIND_ENDPOINT_DELETED_BY, codec::encode(deleted)?)),
             Self::EventReceived(event) => Self::encode_event(event),
             Self::Attempt(attempt) => Ok((KIND_ATTEMPT, codec::encode(attempt)?)),
             Self::Requeued(requeued) => Ok((KIND_REQUEUED, codec::encode(requeued)?)),
@@ -484,7 +495,9 @@ impl Record {
             KIND_ENDPOINT_PUT_V1 => {
                 codec::decode::<crate::model::endpoint::EndpointV1>(body).map(|old| Self::EndpointPut(old.into()))
             }
-            KIND_ENDPOINT_DELETED => codec::decode(body).map(Self::EndpointDeleted),
+            KIND_ENDPOINT_DELETED_BY => codec::decode(body).map(Self::EndpointDeleted),
+            KIND_ENDPOINT_DELETED => codec::decode::<EndpointDeletedV1>(body)
+                .map(|old| Self::EndpointDeleted(EndpointDeleted { id: old.id, at_ms: old.at_ms, by: None })),
             KIND_EVENT_RECEIVED => codec::decode(body).map(Self::EventReceived),
             KIND_EVENT_RECEIVED_V1 => codec::decode::<EventReceivedV1>(body).map(|old| Self::EventReceived(old.into())),
             KIND_ATTEMPT => codec::decode(body).map(Self::Attempt),

@@ -476,7 +476,7 @@ impl Shard {
         now_ms: u64,
     ) -> Result<(Value, bool), EngineError> {
         let input = EndpointInput::parse(body).map_err(|error| EngineError::Invalid(error.0))?;
-        self.put_endpoint_input(id, input, destinations, now_ms).await
+        self.put_endpoint_input(id, input, destinations, None, now_ms).await
     }
 
     /// [`Shard::put_endpoint`] of a parsed body (the admin layer reads its tenant first).
@@ -485,9 +485,10 @@ impl Shard {
         id: &str,
         input: EndpointInput,
         destinations: &kapsel_http::DestinationPolicy,
+        by: Option<String>,
         now_ms: u64,
     ) -> Result<(Value, bool), EngineError> {
-        let (endpoint, created) = {
+        let (mut endpoint, created) = {
             let state = self.core.state.borrow();
             let previous = state.endpoints.get(id).map(|entry| &entry.endpoint);
             if previous.is_none() && state.endpoints.len() >= limits::ENDPOINTS_PER_SHARD_MAX {
@@ -504,6 +505,7 @@ impl Shard {
                 target.host
             )));
         }
+        endpoint.changed_by = by;
         self.append(Record::EndpointPut(endpoint), now_ms).await?;
         let json = self.get_endpoint(id, now_ms)?;
         self.notify_scheduler();
@@ -519,21 +521,38 @@ impl Shard {
 
     /// Deletes an endpoint.
     pub async fn delete_endpoint(&self, id: &str, now_ms: u64) -> Result<(), EngineError> {
+        self.delete_endpoint_by(id, None, now_ms).await
+    }
+
+    /// Deletes an endpoint, recording the key that did (`None`: the operator token).
+    pub async fn delete_endpoint_by(&self, id: &str, by: Option<String>, now_ms: u64) -> Result<(), EngineError> {
         if !self.core.state.borrow().endpoints.contains_key(id) {
             return Err(endpoint_not_found(id));
         }
-        self.append(Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms }), now_ms).await?;
+        self.append(Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms, by }), now_ms).await?;
         Ok(())
     }
 
     /// Enables or disables deliveries to an endpoint.
     pub async fn set_enabled(&self, id: &str, enabled: bool, now_ms: u64) -> Result<Value, EngineError> {
+        self.set_enabled_by(id, enabled, None, now_ms).await
+    }
+
+    /// [`Shard::set_enabled`], recording the key that did it (`None`: the operator token).
+    pub async fn set_enabled_by(
+        &self,
+        id: &str,
+        enabled: bool,
+        by: Option<String>,
+        now_ms: u64,
+    ) -> Result<Value, EngineError> {
         let endpoint = {
             let state = self.core.state.borrow();
             let entry = state.endpoints.get(id).ok_or_else(|| endpoint_not_found(id))?;
             let mut endpoint = entry.endpoint.clone();
             endpoint.enabled = enabled;
             endpoint.updated_at_ms = now_ms;
+            endpoint.changed_by = by;
             endpoint
         };
         self.append(Record::EndpointPut(endpoint), now_ms).await?;

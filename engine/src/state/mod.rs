@@ -62,7 +62,7 @@ use crate::state::breaker::Transition;
 use crate::state::idempotency::{IdempotencyTable, Remembered};
 
 pub use crate::model::status::EventStatus;
-pub use access::Access;
+pub use access::{Access, ConfigChange, CHANGES_IN_MEMORY_MAX};
 pub use compare::{DurableView, EndpointView, EventRecordView};
 pub use endpoints::{EndpointEntry, Endpoints};
 pub use event::{delivery_code, is_destination_failure, AttemptSummary, DeliveryCode, Detail, Event};
@@ -116,6 +116,8 @@ pub struct ShardState {
     pub publications: Publications,
     /// Tenants and keys (shard 0 keeps them; elsewhere only `default`).
     pub access: Access,
+    /// The most recent configuration changes in this shard's log, oldest first.
+    pub changes: VecDeque<ConfigChange>,
     /// Per channel's shard, the highest published id whose deliveries this shard adopted: a
     /// channel's shard hands deliveries to each shard in id order, so anything at or below it
     /// was adopted already (even once its delivery left memory or its record the log).
@@ -159,6 +161,7 @@ impl ShardState {
             publications: Publications::default(),
             adopted: std::collections::BTreeMap::new(),
             access: Access::new(),
+            changes: VecDeque::new(),
             payloads: PayloadCache::default(),
             wakeups: BTreeSet::new(),
             active: BTreeSet::new(),
@@ -196,6 +199,12 @@ impl ShardState {
     pub fn apply(&mut self, lsn: u64, position: Position, record: Record, now_ms: u64) {
         debug_assert!(lsn > self.applied_lsn, "records are applied in LSN order, once");
         self.applied_lsn = self.applied_lsn.max(lsn);
+        if let Some(change) = ConfigChange::of(lsn, &record) {
+            if self.changes.len() >= CHANGES_IN_MEMORY_MAX {
+                self.changes.pop_front();
+            }
+            self.changes.push_back(change);
+        }
         match record {
             // The snapshot already holds the endpoint as it was after this record.
             Record::EndpointPut(_) if lsn <= self.endpoints_as_of => {}

@@ -254,7 +254,11 @@ fn an_event_and_its_endpoints_deletion_leave_no_orphan() {
         if event_first {
             log.receive(1);
         }
-        log.apply(Record::EndpointDeleted(crate::model::records::EndpointDeleted { id: "e".into(), at_ms: NOW }));
+        log.apply(Record::EndpointDeleted(crate::model::records::EndpointDeleted {
+            id: "e".into(),
+            at_ms: NOW,
+            by: None,
+        }));
         if !event_first {
             log.receive(1);
         }
