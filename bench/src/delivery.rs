@@ -16,11 +16,13 @@
 //! million deliveries, which must send nothing again (the private `backlog` module). Last,
 //! one endpoint's delivery rate alone and beside misbehaving destinations on its shard (the
 //! private `hostile` module), and `POST /publish/{channel}` delivering every event to 1, 10
-//! and 100 endpoints (the private `fanout` module).
+//! and 100 endpoints (the private `fanout` module); and one tenant's ingest latency and
+//! delivery rate alone and beside another tenant's flood (the private `tenants` module).
 
 mod backlog;
 mod fanout;
 mod hostile;
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -160,7 +162,14 @@ fn run() -> Result<(), String> {
     } else {
         None
     };
-    print_results(&bench, &results, &backlogs, hostile.as_ref(), fanout.as_ref());
+    let tenants = if bench.selected(tenants::LABEL) {
+        let measured = tenants::run(&bench)?;
+        println!("  {:<11} {}", tenants::LABEL, measured.line());
+        Some(measured)
+    } else {
+        None
+    };
+    print_results(&bench, &results, &backlogs, hostile.as_ref(), fanout.as_ref(), tenants.as_ref());
     Ok(())
 }
 
@@ -236,6 +245,7 @@ impl Bench {
         backlog::print_header(self);
         hostile::print_header(self);
         fanout::print_header(self);
+        tenants::print_header(self);
     }
 
     /// The closed loop, then the open loops by rate.
@@ -435,8 +445,9 @@ fn print_results(
     backlogs: &[backlog::Measured],
     hostile: Option<&hostile::Measured>,
     fanout: Option<&fanout::Measured>,
+    tenants: Option<&tenants::Measured>,
 ) {
-    if results.is_empty() && backlogs.is_empty() && hostile.is_none() && fanout.is_none() {
+    if results.is_empty() && backlogs.is_empty() && hostile.is_none() && fanout.is_none() && tenants.is_none() {
         return;
     }
     if !results.is_empty() {
@@ -454,6 +465,10 @@ fn print_results(
         println!();
         fanout::print_results(fanout);
     }
+    if let Some(tenants) = tenants {
+        println!();
+        tenants::print_results(tenants);
+    }
     println!();
     println!("Summary (target from the issue: ≥ {DELIVERIES_PER_S_TARGET_MIN:.0} deliveries/s):");
     print_summary(results);
@@ -463,6 +478,9 @@ fn print_results(
     }
     if let Some(fanout) = fanout {
         fanout::print_summary(fanout);
+    }
+    if let Some(tenants) = tenants {
+        tenants::print_summary(tenants);
     }
     let noise = results
         .iter()
@@ -474,6 +492,7 @@ fn print_results(
         .chain(backlogs.iter().map(backlog::Measured::others_cores))
         .chain(hostile.map(hostile::Measured::others_cores))
         .chain(fanout.map(fanout::Measured::others_cores))
+        .chain(tenants.map(tenants::Measured::others_cores))
         .fold(0.0, f64::max);
     if noise > report::NOISE_CORES_MAX {
         println!("  NOISY: other processes used up to {noise:.2} cores during a measured period; compare with care");

@@ -176,6 +176,43 @@ pub const DELIVERY_FANOUT_CONNECTIONS: [usize; 3] = [64, 8, 2];
 /// of it.
 pub const DELIVERY_FANOUT_DRAIN_MS_MAX: u64 = 300_000;
 
+/// Delivery bench, tenants scenario: rounds of (alone, beside), alternated so that drift on a
+/// shared machine touches both phases.
+pub const TENANTS_ROUNDS: usize = 2;
+
+/// Delivery bench, tenants scenario: endpoints of each tenant, the i-th on shard i mod the
+/// shards, so that each tenant's load reaches every shard.
+pub const TENANTS_ENDPOINTS: usize = 2;
+
+/// Delivery bench, tenants scenario: suffixes tried per endpoint id to find one on the wanted
+/// shard; the owner hash spreads ids evenly, so a few times the shards are enough, and this
+/// bound only keeps a broken hash from looping for ever.
+pub const TENANTS_ID_SEARCH_MAX: usize = 100_000;
+
+/// Delivery bench, tenants scenario: tenant B's open loop, ingests per second: a steady load
+/// well inside what two shards deliver, so that a change beside the flood is the flood's doing.
+pub const TENANTS_B_INGEST_RATE_PER_S: u64 = 5_000;
+
+/// Delivery bench, tenants scenario: connections B's open loop is served over.
+pub const TENANTS_B_CONNECTIONS: usize = 64;
+
+/// Delivery bench, tenants scenario: connections of tenant A's closed-loop flood. Each sends
+/// its next ingest as soon as the last is answered, so beyond A's rate limit the refusals come
+/// back as fast as Kapsel can answer them: the worst a tenant's sender can do.
+pub const TENANTS_FLOOD_CONNECTIONS: usize = 64;
+
+/// Delivery bench, tenants scenario: tenant A's `rate_limit_per_s`.
+pub const TENANTS_A_RATE_LIMIT_PER_S: u64 = 2_000;
+
+/// Delivery bench, tenants scenario: tenant A's `events_waiting_max`. Its destination is dead,
+/// so its accepted events wait; at [`TENANTS_A_RATE_LIMIT_PER_S`] the bound is reached after
+/// 25 s of flood, so only longer runs see A's 503s as well as its 429s.
+pub const TENANTS_A_EVENTS_WAITING_MAX: u64 = 50_000;
+
+/// Delivery bench, tenants scenario: how long A floods before B's loop starts, so that B's
+/// warm-up already runs beside a flood in its steady state.
+pub const TENANTS_FLOOD_SETTLE_MS: u64 = 1_000;
+
 /// Delivery bench: how often a long drain prints its progress.
 pub const DELIVERY_PROGRESS_MS: u64 = 10_000;
 
@@ -329,3 +366,7 @@ const _: () = {
 };
 const _: () = assert!(DELIVERY_DRAIN_MS_MAX <= DELIVERY_FANOUT_DRAIN_MS_MAX);
 const _: () = assert!(DELIVERY_PROGRESS_MS < DELIVERY_FANOUT_DRAIN_MS_MAX);
+// Every tenant has endpoints, and every endpoint at least one connection of its tenant's loop.
+const _: () = assert!(TENANTS_ENDPOINTS > 0 && TENANTS_ROUNDS > 0 && TENANTS_ID_SEARCH_MAX > 0);
+const _: () = assert!(TENANTS_B_CONNECTIONS >= TENANTS_ENDPOINTS && TENANTS_FLOOD_CONNECTIONS >= TENANTS_ENDPOINTS);
+const _: () = assert!(TENANTS_B_INGEST_RATE_PER_S > 0 && TENANTS_A_RATE_LIMIT_PER_S > 0);
