@@ -73,7 +73,8 @@ pub struct ShardReport {
     retention_passes: u64,
     segments_removed: u64,
     breakers: BTreeMap<&'static str, u64>,
-    open_breakers: Vec<(String, &'static str)>,
+    /// Endpoint, its tenant, its breaker's state.
+    open_breakers: Vec<(String, String, &'static str)>,
     wal: WalReport,
 }
 
@@ -88,7 +89,7 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         let name = entry.breaker.state_name(now_ms);
         *breakers.entry(name).or_insert(0) += 1;
         if name != "closed" && open_breakers.len() < OPEN_BREAKERS_REPORTED_MAX {
-            open_breakers.push((entry.endpoint.id.clone(), name));
+            open_breakers.push((entry.endpoint.id.clone(), entry.endpoint.tenant_id().to_string(), name));
         }
         ready += entry.queue_depth();
         in_flight += u64::from(entry.in_flight);
@@ -379,8 +380,13 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
         "Endpoints whose breaker is open or half-open (at most 100 per shard).",
     );
     for report in &reports {
-        for (endpoint, state) in &report.open_breakers {
-            let _ = writeln!(out, "kapsel_circuit_open{{endpoint_id=\"{}\",state=\"{state}\"}} 1", escape(endpoint));
+        for (endpoint, tenant, state) in &report.open_breakers {
+            let _ = writeln!(
+                out,
+                "kapsel_circuit_open{{endpoint_id=\"{}\",tenant_id=\"{}\",state=\"{state}\"}} 1",
+                escape(endpoint),
+                escape(tenant)
+            );
         }
     }
     if let Some(index) = index {
@@ -487,7 +493,7 @@ mod tests {
             retention_passes: metrics.retention_passes.get(),
             segments_removed: metrics.segments_removed.get(),
             breakers: BTreeMap::from([("closed", 2), ("open", 1)]),
-            open_breakers: vec![("ep\"1".to_string(), "open")],
+            open_breakers: vec![("ep\"1".to_string(), "default".to_string(), "open")],
             wal: WalReport::default(),
         }
     }
@@ -522,7 +528,10 @@ mod tests {
         assert_eq!(sample(&text, r#"kapsel_payload_memory_bytes{shard="0"}"#), 2048.0);
         assert_eq!(sample(&text, r#"kapsel_circuit_breakers{state="open"}"#), 2.0);
         assert_eq!(sample(&text, r#"kapsel_circuit_breakers{state="half_open"}"#), 0.0);
-        assert!(text.contains(r#"kapsel_circuit_open{endpoint_id="ep\"1",state="open"} 1"#), "escaped label");
+        assert!(
+            text.contains(r#"kapsel_circuit_open{endpoint_id="ep\"1",tenant_id="default",state="open"} 1"#),
+            "escaped label"
+        );
         let shard_zero = text.find(r#"kapsel_endpoints{shard="0"}"#).unwrap();
         let shard_one = text.find(r#"kapsel_endpoints{shard="1"}"#).unwrap();
         assert!(shard_zero < shard_one, "shards in order");
