@@ -769,3 +769,83 @@ fn delivery_rows_end_the_same_whichever_shard_is_indexed_first() {
         }
     }
 }
+
+/// A request with a key instead of the operator token.
+fn with_key(server: &Server, method: &str, path: &str, key: &str) -> common::Response {
+    let authorization = format!("Bearer {key}");
+    server.request(method, path, &[("Authorization", &authorization)], b"")
+}
+
+/// A new key of `tenant` with `scopes` (a JSON array); the key itself.
+fn new_key(server: &Server, tenant: &str, scopes: &str) -> String {
+    let created = server.admin("POST", &format!("/admin/tenants/{tenant}/keys"), &format!(r#"{{"scopes":{scopes}}}"#));
+    assert_eq!(created.status, 201, "{created:?}");
+    created.json()["key"].as_str().unwrap().to_string()
+}
+
+// A key sees its own tenant's events only, wherever they are answered from: its listing comes
+// from the index (the whole history, not memory's window), and an event that left memory is
+// found in the index by its tenant's key and is 404 E1004 to another tenant's, exactly as a
+// missing one.
+#[test]
+fn a_keys_listing_and_lookups_come_from_the_index_filtered_to_its_tenant() {
+    let Some(postgres) = Postgres::start() else { return };
+    let url = postgres.database("tenants");
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let server =
+        Server::start(directory.path(), "uring", &[("DATABASE_URL", &url), ("KAPSEL_TERMINAL_EVENTS_IN_MEMORY", "2")]);
+    let created = server.admin("PUT", "/admin/tenants/acme", r#"{"name":"Acme"}"#);
+    assert!(matches!(created.status, 200 | 201), "{created:?}");
+    let acme = new_key(&server, "acme", r#"["read","write","ingest"]"#);
+    let home = new_key(&server, "default", r#"["read"]"#);
+    create(&server, "acme-orders", &format!(r#"{{"url":"{}","tenant_id":"acme"}}"#, sink.url("/")));
+    create(&server, "home-orders", &format!(r#"{{"url":"{}"}}"#, sink.url("/")));
+    let mut acme_events = Vec::new();
+    let mut home_events = Vec::new();
+    for _ in 0..8 {
+        acme_events.push(ingest_keyed(&server, "acme-orders", None, b"{}"));
+        home_events.push(ingest_keyed(&server, "home-orders", None, b"{}"));
+    }
+    sink.wait_for("every delivery", WAIT, |received| received.len() >= 16);
+    wait_until("deliveries indexed", || {
+        wait_indexed(&server);
+        let page = server.admin("GET", "/admin/events?status=delivered&limit=100", "").json();
+        page["events"].as_array().is_some_and(|events| events.len() == 16)
+    });
+    assert_eq!(
+        count(&postgres, "tenants", "SELECT count(*) FROM events WHERE tenant_id = 'acme'"),
+        8,
+        "an ingested event takes its endpoint's tenant"
+    );
+
+    let ids_for = |key: &str, query: &str| -> Vec<String> {
+        let page = with_key(&server, "GET", &format!("/admin/events?{query}"), key);
+        assert_eq!(page.status, 200, "{query}: {page:?}");
+        let page = page.json();
+        assert_eq!(page["source"], "index", "a key's listing comes from the index");
+        page["events"].as_array().unwrap().iter().map(|event| event["event_id"].as_str().unwrap().to_string()).collect()
+    };
+    let newest_first = |ids: &[String]| ids.iter().rev().cloned().collect::<Vec<_>>();
+    assert_eq!(ids_for(&acme, "limit=100"), newest_first(&acme_events), "acme's key sees acme's events only");
+    assert_eq!(ids_for(&home, "limit=100"), newest_first(&home_events), "default's key sees default's only");
+    assert_eq!(ids_for(&acme, "endpoint_id=home-orders"), Vec::<String>::new());
+    assert_eq!(ids_for(&home, "endpoint_id=acme-orders&status=delivered"), Vec::<String>::new());
+    assert_eq!(ids_for(&acme, "limit=3").len(), 3);
+    let cursor = acme_events[4].clone();
+    assert_eq!(ids_for(&acme, &format!("limit=100&cursor={cursor}")), newest_first(&acme_events[..4]));
+
+    // Memory keeps 2 terminal events per shard: the oldest of each tenant come from the index.
+    for (own, other, event_id) in [(&acme, &home, &acme_events[0]), (&home, &acme, &home_events[0])] {
+        let found = with_key(&server, "GET", &format!("/admin/events/{event_id}"), own);
+        assert_eq!(found.status, 200, "{found:?}");
+        let found = found.json();
+        assert_eq!(found["status"], "delivered");
+        assert!(found.get("delivered_at").is_some(), "answered from the index (memory has no delivered_at): {found}");
+        let hidden = with_key(&server, "GET", &format!("/admin/events/{event_id}"), other);
+        assert_eq!((hidden.status, hidden.code()), (404, "E1004".to_string()), "{hidden:?}");
+    }
+    let unknown = with_key(&server, "GET", "/admin/events/evt_00000000000000000000000000", &acme);
+    assert_eq!((unknown.status, unknown.code()), (404, "E1004".to_string()));
+    assert_eq!(server.stop(), 0);
+}

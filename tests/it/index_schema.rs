@@ -32,8 +32,8 @@ fn migrations_apply_from_empty_and_rerun_as_a_no_op() {
 }
 
 // An index made by an earlier release is upgraded in place: its rows stay, events indexed
-// before types existed have none, and a published event (no endpoint of its own) and its
-// deliveries' attempts (no `events` row of their own) can be written afterwards.
+// before types and tenants existed have none, and a published event (no endpoint of its own)
+// and its deliveries' attempts (no `events` row of their own) can be written afterwards.
 #[test]
 fn an_index_of_the_first_version_is_upgraded_in_place() {
     let Some(postgres) = common::postgres::Postgres::start() else {
@@ -67,6 +67,8 @@ fn an_index_of_the_first_version_is_upgraded_in_place() {
     assert_eq!(applied, later);
     let old = postgres.psql("kapsel_upgrade", "SELECT endpoint_id, coalesce(event_type, 'none') FROM events");
     assert_eq!(old, "orders|none");
+    let tenant = postgres.psql("kapsel_upgrade", "SELECT coalesce(tenant_id, 'none') FROM events");
+    assert_eq!(tenant, "none", "an event indexed before tenants has none: it is the default tenant's");
     postgres.psql(
         "kapsel_upgrade",
         "INSERT INTO events (id, shard, lsn, endpoint_id, received_at, status, updated_at, payload_bytes, event_type,

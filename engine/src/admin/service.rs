@@ -16,9 +16,9 @@ use crate::error::EngineError;
 use crate::limits;
 use crate::model::event_type;
 use crate::model::ids::EventId;
-use crate::model::query::EventQuery;
 use crate::shard::{Accepted, Ingest, IngestBearer, Shard};
 use crate::state::idempotency;
+use crate::state::ShardState;
 
 /// One shard's request handler.
 pub struct Service {
@@ -73,10 +73,8 @@ impl Service {
     }
 
     async fn dispatch(&self, route: Route, request: Request) -> Response {
-        // A key's listing comes from memory: the index does not know tenants yet.
-        if let (Some(index), Route::ListEvents(query @ EventQuery { tenant_id: None, .. })) =
-            (&self.shared.index, &route)
-        {
+        // With an index every listing comes from it, a key's filtered to its tenant.
+        if let (Some(index), Route::ListEvents(query)) = (&self.shared.index, &route) {
             return match index.query(crate::index::query::Query::List(query.clone())).await {
                 Ok(json) => Response::json(200, json.to_string().into_bytes()),
                 Err(error) => error.into_response(),
@@ -264,6 +262,8 @@ fn owned_by(shard: &Shard, route: &Route, tenant: &str) -> bool {
         | Route::DeleteEndpoint { id }
         | Route::RetryFailed { id }
         | Route::SetEnabled { id, .. } => endpoint_tenant(id).unwrap_or(true),
+        // An event memory does not know is looked up in the index, filtered to the key's tenant.
+        Route::GetEvent { event_id } if !known_here(&state, *event_id) => true,
         Route::GetEvent { event_id } | Route::EventProof { event_id } | Route::RetryEvent { event_id, .. } => {
             if let Some(event) = state.events.get(event_id) {
                 return endpoint_tenant(state.endpoint_of(event)).unwrap_or(false);
@@ -272,8 +272,8 @@ fn owned_by(shard: &Shard, route: &Route, tenant: &str) -> bool {
                 return state.names.get(publication.tenant) == Some(tenant);
             }
             // A published event this shard has deliveries of: theirs are its tenant's endpoints.
-            // Anything else a key asks for is not shown: memory cannot say whose it is, and the
-            // index does not know tenants yet.
+            // Anything else a key asks to prove or retry is not shown: memory cannot say whose
+            // it is.
             state
                 .deliveries_of(*event_id)
                 .first()
@@ -282,6 +282,14 @@ fn owned_by(shard: &Shard, route: &Route, tenant: &str) -> bool {
         }
         _ => true,
     }
+}
+
+/// Whether this shard's memory holds `event_id`: an event or delivery, a publication, or
+/// deliveries of one.
+fn known_here(state: &ShardState, event_id: EventId) -> bool {
+    state.events.get(&event_id).is_some()
+        || state.publications.get(&event_id).is_some()
+        || !state.deliveries_of(event_id).is_empty()
 }
 
 /// `PUT` or `POST` of an endpoint: its tenant is the body's `tenant_id`, else the key's, else the
@@ -369,7 +377,13 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
             subscribe(shard, shared, &id);
             outcome.map(|()| Response::empty(204))
         }
-        Route::GetEvent { event_id } => get_event(shard, shared, event_id, now).await.map(ok),
+        Route::GetEvent { event_id } => {
+            let tenant = match &principal {
+                Some(Principal::Key(key)) => Some(key.tenant_id.clone()),
+                _ => None,
+            };
+            get_event(shard, shared, event_id, tenant, now).await.map(ok)
+        }
         Route::EventProof { event_id } => shard.prove_event(event_id).await.map(|proof| {
             let json = crate::admin::audit::proof_json(event_id, shard.index, &proof);
             Response::json(200, json.to_string().into_bytes())
@@ -391,21 +405,28 @@ fn subscribe(shard: &Shard, shared: &Shared, id: &str) {
 }
 
 /// An event ingested for one endpoint (here), or a published one (its deliveries gathered from
-/// every shard).
+/// every shard). A key (`tenant`) asking for one this shard's memory does not know gets it from
+/// the index only, filtered to its tenant: other shards' memory cannot say whose it is.
 async fn get_event(
     shard: &Shard,
     shared: &Shared,
     event_id: EventId,
+    tenant: Option<String>,
     now: u64,
 ) -> Result<serde_json::Value, EngineError> {
     match shard.get_event(event_id, now) {
-        Err(EngineError::NotFound(message)) if event_id.published() == event_id => {
+        Err(EngineError::NotFound(message))
+            if event_id.published() == event_id
+                && (tenant.is_none() || known_here(&shard.state().borrow(), event_id)) =>
+        {
             match crate::admin::publish::published_json(shard, shared, event_id).await? {
                 Some(json) => Ok(json),
-                None => from_index(shard, event_id, EngineError::NotFound(message)).await,
+                None => from_index(shard, event_id, tenant, EngineError::NotFound(message)).await,
             }
         }
-        Err(EngineError::NotFound(message)) => from_index(shard, event_id, EngineError::NotFound(message)).await,
+        Err(EngineError::NotFound(message)) => {
+            from_index(shard, event_id, tenant, EngineError::NotFound(message)).await
+        }
         outcome => outcome,
     }
 }
@@ -431,12 +452,18 @@ async fn retry_event(
     crate::admin::publish::retry_published(shard, shared, event_id, endpoint_id.as_deref()).await
 }
 
-/// From the index for events that left memory (terminal ones beyond the window).
-async fn from_index(shard: &Shard, event_id: EventId, missing: EngineError) -> Result<serde_json::Value, EngineError> {
+/// From the index for events that left memory (terminal ones beyond the window); another
+/// tenant's is `missing`, exactly as one the index does not have.
+async fn from_index(
+    shard: &Shard,
+    event_id: EventId,
+    tenant: Option<String>,
+    missing: EngineError,
+) -> Result<serde_json::Value, EngineError> {
     let Some(index) = shard.index_handle() else {
         return Err(missing);
     };
-    match index.query(crate::index::query::Query::Get(event_id)).await? {
+    match index.query(crate::index::query::Query::Get(event_id, tenant)).await? {
         serde_json::Value::Null => Err(missing),
         found => Ok(found),
     }

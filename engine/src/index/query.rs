@@ -29,8 +29,8 @@ use crate::model::query::EventQuery;
 pub enum Query {
     /// A page of events.
     List(EventQuery),
-    /// One event, with its attempts.
-    Get(EventId),
+    /// One event, with its attempts; with a tenant (a key's), only if it is that tenant's.
+    Get(EventId, Option<String>),
 }
 
 /// A query and where its answer goes.
@@ -105,7 +105,7 @@ async fn run_on(
     };
     match query {
         Query::List(query) => list(&session.client, &query).await,
-        Query::Get(event_id) => get(&session.client, event_id).await,
+        Query::Get(event_id, tenant_id) => get(&session.client, event_id, tenant_id.as_deref()).await,
     }
     .map_err(unavailable)
 }
@@ -195,6 +195,9 @@ async fn list(client: &Client, query: &EventQuery) -> Result<Value, tokio_postgr
     if let Some(before) = query.received_before_ms {
         add("e.received_at < ?", Box::new(time(before)));
     }
+    if let Some(tenant_id) = &query.tenant_id {
+        add(&tenant_condition(tenant_id), Box::new(tenant_id.clone()));
+    }
     if let Some(cursor) = query.cursor {
         add("e.id < ?", Box::new(cursor.to_string()));
     }
@@ -233,21 +236,39 @@ async fn list(client: &Client, query: &EventQuery) -> Result<Value, tokio_postgr
     Ok(json!({"events": events, "next_cursor": next_cursor.unwrap_or(Value::Null), "source": "index"}))
 }
 
+/// The condition that an event of alias `e` is `tenant_id`'s (each `?` is its one parameter). Rows
+/// indexed before events had tenants have none: they are the default tenant's. Each branch can
+/// use `events_by_tenant`.
+fn tenant_condition(tenant_id: &str) -> String {
+    if tenant_id == crate::model::tenant::DEFAULT_TENANT {
+        "(e.tenant_id = ? OR e.tenant_id IS NULL)".to_string()
+    } else {
+        "e.tenant_id = ?".to_string()
+    }
+}
+
 /// `GET /admin/events/{id}`: an event, a published event with its deliveries, or one delivery
 /// of a published event (as the engine shows a delivery it holds: under the published event's
-/// id, with its endpoint).
-async fn get(client: &Client, event_id: EventId) -> Result<Value, tokio_postgres::Error> {
+/// id, with its endpoint). Another tenant's event is not found, exactly as a missing one.
+async fn get(client: &Client, event_id: EventId, tenant_id: Option<&str>) -> Result<Value, tokio_postgres::Error> {
     let id = event_id.to_string();
-    let statement = format!("SELECT {} FROM events e WHERE e.id = $1", event_columns("e"));
-    if let Some(row) = client.query_opt(&statement, &[&id]).await? {
+    let tenant = tenant_id.map_or_else(|| "TRUE".to_string(), |tenant| tenant_condition(tenant).replace('?', "$2"));
+    let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![&id];
+    if let Some(tenant_id) = &tenant_id {
+        parameters.push(tenant_id);
+    }
+    let statement = format!("SELECT {} FROM events e WHERE e.id = $1 AND {tenant}", event_columns("e"));
+    if let Some(row) = client.query_opt(&statement, &parameters).await? {
         return Ok(render(client, vec![EventRow::read(&row)]).await?.pop().unwrap_or(Value::Null));
     }
     let delivery = client
         .query_opt(
-            "SELECT d.endpoint_id, d.status, d.attempt_count, d.next_attempt_at, d.updated_at, d.delivered_at,
-                    e.id, e.received_at, e.payload_bytes, e.trace_id, e.event_type, e.channel
-             FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.delivery_id = $1",
-            &[&id],
+            &format!(
+                "SELECT d.endpoint_id, d.status, d.attempt_count, d.next_attempt_at, d.updated_at, d.delivered_at,
+                        e.id, e.received_at, e.payload_bytes, e.trace_id, e.event_type, e.channel
+                 FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.delivery_id = $1 AND {tenant}"
+            ),
+            &parameters,
         )
         .await?;
     let Some(delivery) = delivery else {

@@ -44,6 +44,8 @@ pub enum Row {
         created_at_ms: u64,
         /// Last change.
         updated_at_ms: u64,
+        /// The tenant it belongs to.
+        tenant_id: String,
     },
     /// An endpoint and its events removed.
     EndpointDeleted {
@@ -132,6 +134,8 @@ pub struct PublishedRow {
     pub payload_bytes: u32,
     /// W3C trace id from the sender's `traceparent`.
     pub trace_id: Option<String>,
+    /// The tenant whose channel it is.
+    pub tenant_id: String,
     /// The deliveries the channel's shard makes.
     pub deliveries: Vec<Delivery>,
     /// The deliveries other shards make, by shard.
@@ -159,6 +163,7 @@ impl Row {
                 enabled: endpoint.enabled,
                 created_at_ms: endpoint.created_at_ms,
                 updated_at_ms: endpoint.updated_at_ms,
+                tenant_id: endpoint.tenant_id().to_string(),
             },
             Record::EndpointDeleted(deleted) => Self::EndpointDeleted { id: deleted.id.clone() },
             Record::EventReceived(event) => Self::event(event, true),
@@ -225,6 +230,7 @@ impl Row {
             idempotency_key: published.idempotency_key.clone(),
             payload_bytes: u32::try_from(published.payload.len()).unwrap_or(u32::MAX),
             trace_id: trace_id(published.traceparent.as_deref()),
+            tenant_id: published.tenant.clone(),
             deliveries: published.deliveries.clone(),
             handoffs: published.handoffs.clone(),
         }))
@@ -299,10 +305,21 @@ struct NewEvent {
     event_type: String,
     channel: Option<String>,
     endpoints: Option<u32>,
+    /// The publisher's tenant; `None` for an ingested event, whose row takes its endpoint's.
+    tenant_id: Option<String>,
     state: EventState,
     /// True when the batch's later changes fold into this row (its record is where the state
     /// starts); else they are updates, applied after the insert whether it inserted or not.
     folds: bool,
+}
+
+/// An `endpoints` row to insert or replace.
+struct NewEndpoint {
+    url: String,
+    enabled: bool,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    tenant_id: String,
 }
 
 /// A `deliveries` row to insert.
@@ -330,7 +347,7 @@ struct NewAttempt {
 /// Rows gathered for one transaction.
 #[derive(Default)]
 struct Batch {
-    endpoints: HashMap<String, (String, bool, u64, u64)>,
+    endpoints: HashMap<String, NewEndpoint>,
     events: Vec<NewEvent>,
     event_positions: HashMap<u128, usize>,
     /// By delivery id (a delivery made by two records of the batch is one row).
@@ -351,8 +368,15 @@ impl Batch {
         let shard = i32::try_from(change.shard).unwrap_or(i32::MAX);
         let lsn = i64::try_from(change.lsn).unwrap_or(i64::MAX);
         match &change.row {
-            Row::EndpointPut { id, url, enabled, created_at_ms, updated_at_ms } => {
-                self.endpoints.insert(id.clone(), (url.clone(), *enabled, *created_at_ms, *updated_at_ms));
+            Row::EndpointPut { id, url, enabled, created_at_ms, updated_at_ms, tenant_id } => {
+                let endpoint = NewEndpoint {
+                    url: url.clone(),
+                    enabled: *enabled,
+                    created_at_ms: *created_at_ms,
+                    updated_at_ms: *updated_at_ms,
+                    tenant_id: tenant_id.clone(),
+                };
+                self.endpoints.insert(id.clone(), endpoint);
             }
             Row::EndpointDeleted { .. } | Row::Nothing => {}
             Row::Event {
@@ -378,6 +402,7 @@ impl Batch {
                     event_type: event_type.clone(),
                     channel: None,
                     endpoints: None,
+                    tenant_id: None,
                     state: EventState::pending(*received_at_ms),
                     folds: *received,
                 },
@@ -430,6 +455,7 @@ impl Batch {
                 event_type: published.event_type.clone(),
                 channel: Some(published.channel.clone()),
                 endpoints: Some(u32::try_from(published.deliveries.len() + handed).unwrap_or(u32::MAX)),
+                tenant_id: Some(published.tenant_id.clone()),
                 state: EventState::pending(published.received_at_ms),
                 folds: false,
             },
@@ -568,18 +594,19 @@ async fn write_endpoints(transaction: &Transaction<'_>, batch: &Batch) -> Result
     let endpoints: Vec<_> = batch.endpoints.iter().collect();
     transaction
         .execute(
-            "INSERT INTO endpoints (id, url, enabled, deleted, created_at, updated_at)
-             SELECT id, url, enabled, FALSE, created_at, updated_at
-             FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::timestamptz[])
-                  AS u(id, url, enabled, created_at, updated_at)
+            "INSERT INTO endpoints (id, url, enabled, deleted, created_at, updated_at, tenant_id)
+             SELECT id, url, enabled, FALSE, created_at, updated_at, tenant_id
+             FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+                  AS u(id, url, enabled, created_at, updated_at, tenant_id)
              ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, enabled = EXCLUDED.enabled, deleted = FALSE,
-                 created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
+                 created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, tenant_id = EXCLUDED.tenant_id",
             &[
                 &column(&endpoints, |(id, _)| id.as_str()),
-                &column(&endpoints, |(_, (url, ..))| url.as_str()),
-                &column(&endpoints, |(_, (_, enabled, ..))| *enabled),
-                &column(&endpoints, |(_, (_, _, created, _))| time(*created)),
-                &column(&endpoints, |(_, (.., updated))| time(*updated)),
+                &column(&endpoints, |(_, endpoint)| endpoint.url.as_str()),
+                &column(&endpoints, |(_, endpoint)| endpoint.enabled),
+                &column(&endpoints, |(_, endpoint)| time(endpoint.created_at_ms)),
+                &column(&endpoints, |(_, endpoint)| time(endpoint.updated_at_ms)),
+                &column(&endpoints, |(_, endpoint)| endpoint.tenant_id.as_str()),
             ],
         )
         .await?;
@@ -592,12 +619,22 @@ async fn write_events(transaction: &Transaction<'_>, events: &[NewEvent]) -> Res
     }
     transaction
         .execute(
+            // An ingested event's tenant is its endpoint's, which is indexed before it: the
+            // endpoint's record precedes its events in the same shard's log, and a batch writes
+            // its endpoints first.
             "INSERT INTO events (id, shard, lsn, endpoint_id, idempotency_key, received_at, status,
                  attempt_count, next_attempt_at, delivered_at, updated_at, payload_bytes, trace_id,
-                 event_type, channel, endpoints)
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::text[],
+                 event_type, channel, endpoints, tenant_id)
+             SELECT u.id, u.shard, u.lsn, u.endpoint_id, u.idempotency_key, u.received_at, u.status,
+                 u.attempt_count, u.next_attempt_at, u.delivered_at, u.updated_at, u.payload_bytes, u.trace_id,
+                 u.event_type, u.channel, u.endpoints, COALESCE(u.tenant_id, ep.tenant_id)
+             FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::text[],
                  $6::timestamptz[], $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
-                 $11::timestamptz[], $12::int4[], $13::text[], $14::text[], $15::text[], $16::int4[])
+                 $11::timestamptz[], $12::int4[], $13::text[], $14::text[], $15::text[], $16::int4[], $17::text[])
+                 AS u(id, shard, lsn, endpoint_id, idempotency_key, received_at, status, attempt_count,
+                      next_attempt_at, delivered_at, updated_at, payload_bytes, trace_id, event_type, channel,
+                      endpoints, tenant_id)
+             LEFT JOIN endpoints ep ON ep.id = u.endpoint_id
              ON CONFLICT (id) DO NOTHING",
             &[
                 &column(events, |event| event.id.as_str()),
@@ -616,6 +653,7 @@ async fn write_events(transaction: &Transaction<'_>, events: &[NewEvent]) -> Res
                 &column(events, |event| event.event_type.as_str()),
                 &column(events, |event| event.channel.as_deref()),
                 &column(events, |event| event.endpoints.map(int)),
+                &column(events, |event| event.tenant_id.as_deref()),
             ],
         )
         .await?;
@@ -879,6 +917,7 @@ mod tests {
         let event = &batch.events[0];
         assert_eq!((event.endpoint_id.as_deref(), event.channel.as_deref()), (None, Some("orders")));
         assert_eq!((event.event_type.as_str(), event.endpoints, event.payload_bytes), ("order.created", Some(3), 7));
+        assert_eq!(event.tenant_id.as_deref(), Some("default"), "a published event is its publisher's tenant's");
         assert_eq!(
             (event.idempotency_key.as_deref(), event.trace_id.as_deref()),
             (Some("p"), Some("4bf92f3577b34da6a3ce929d0e0e4736"))

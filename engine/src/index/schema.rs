@@ -88,6 +88,19 @@ CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, event_id DESC);
 ALTER TABLE attempts DROP CONSTRAINT attempts_event_id_fkey;
 "#,
     ),
+    (
+        3,
+        "tenants of endpoints and events",
+        r#"
+-- Endpoints indexed before this version were all the default tenant's as far as the index knows.
+ALTER TABLE endpoints ADD COLUMN tenant_id TEXT NOT NULL DEFAULT 'default';
+-- An event's tenant: its endpoint's for an ingested event (copied from `endpoints` when the row
+-- is written), the publisher's for a published one. Rows indexed before this version keep NULL,
+-- which means `default`.
+ALTER TABLE events ADD COLUMN tenant_id TEXT;
+CREATE INDEX events_by_tenant ON events (tenant_id, id DESC);
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.
