@@ -78,6 +78,29 @@ pub struct ShardReport {
     wal: WalReport,
 }
 
+/// Which endpoints a scrape may see named (`kapsel_circuit_open`): `/metrics` takes no token,
+/// so an anonymous scrape sees none, a key its tenant's, the operator token all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointNames {
+    /// Every endpoint.
+    All,
+    /// One tenant's.
+    Tenant(String),
+    /// None.
+    None,
+}
+
+impl ShardReport {
+    /// Drops the endpoints the scrape may not see named.
+    pub fn keep_endpoint_names(&mut self, names: &EndpointNames) {
+        match names {
+            EndpointNames::All => {}
+            EndpointNames::Tenant(tenant) => self.open_breakers.retain(|(_, of, _)| of == tenant),
+            EndpointNames::None => self.open_breakers.clear(),
+        }
+    }
+}
+
 /// Reads a shard's numbers (on its own thread).
 pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
     let metrics = shard.metrics();
@@ -502,6 +525,22 @@ mod tests {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+    }
+
+    // The series that names endpoints shows an anonymous scrape none of them and a key only its
+    // tenant's (`/metrics` takes no token).
+    #[test]
+    fn endpoint_names_follow_the_caller() {
+        let metrics = ShardMetrics::default();
+        let mut report = report_of(0, &metrics);
+        report.open_breakers = vec![("a".into(), "acme".into(), "open"), ("d".into(), "default".into(), "open")];
+        let mut keyed = report_of(0, &metrics);
+        keyed.open_breakers = report.open_breakers.clone();
+        keyed.keep_endpoint_names(&EndpointNames::Tenant("acme".into()));
+        assert_eq!(keyed.open_breakers.len(), 1);
+        assert_eq!(keyed.open_breakers[0].0, "a");
+        report.keep_endpoint_names(&EndpointNames::None);
+        assert!(report.open_breakers.is_empty());
     }
 
     // A scrape must add the shards up where a series is global, keep them apart where it is

@@ -82,7 +82,16 @@ impl Service {
         }
         match (route.owner(self.shared.shards), route) {
             (None, Route::ListEvents(query)) => self.list_everywhere(query).await,
-            (None, Route::Metrics) => self.metrics_everywhere().await,
+            (None, Route::Metrics) => {
+                // The one series that names endpoints shows them to the operator token in full,
+                // to a key for its tenant, and to an anonymous scrape not at all.
+                let names = match crate::admin::access::authenticate(&self.shared, &request.head) {
+                    Some(Principal::Operator) => crate::admin::metrics::EndpointNames::All,
+                    Some(Principal::Key(key)) => crate::admin::metrics::EndpointNames::Tenant(key.tenant_id.clone()),
+                    None => crate::admin::metrics::EndpointNames::None,
+                };
+                self.metrics_everywhere(&names).await
+            }
             (None, Route::AuditChanges { limit }) => {
                 crate::admin::access::changes_everywhere(&self.shard, &self.shared, limit).await
             }
@@ -118,7 +127,7 @@ impl Service {
     }
 
     /// Gathers every shard's metrics and renders them.
-    async fn metrics_everywhere(&self) -> Response {
+    async fn metrics_everywhere(&self, names: &crate::admin::metrics::EndpointNames) -> Response {
         let now = crate::clock::now_ms();
         let mut reports = vec![crate::admin::metrics::report(&self.shard, now)];
         let mut answers = Vec::with_capacity(self.shared.shards);
@@ -141,6 +150,9 @@ impl Service {
         let index = self.shared.index.as_ref().map(|index| index.status().as_ref());
         let mut response = Response::empty(200);
         response.content_type = Some("text/plain; version=0.0.4; charset=utf-8");
+        for report in &mut reports {
+            report.keep_endpoint_names(names);
+        }
         response.body = crate::admin::metrics::render(reports, index, now).into_bytes();
         response
     }
