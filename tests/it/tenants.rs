@@ -38,6 +38,9 @@ fn tenants_and_keys_from_creation_to_revocation() {
     assert_eq!(server.admin("PUT", "/admin/tenants/bad.id", "{}").code(), "E1005");
     create(&server, "orders", r#"{"url":"http://127.0.0.1:9/hook"}"#);
     let event_id = common::ingest(&server, "orders", b"{}");
+    let guarded = r#"{"url":"http://127.0.0.1:9/g","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","ingest_auth":{"type":"hmac","header":"x-sig","algorithm":"sha256","encoding":"hex","secret":"hmac-secret-never-logged"}}"#;
+    create(&server, "guarded", guarded);
+    assert_eq!(server.request("POST", "/ingest/guarded", &[("x-sig", "00")], b"{}").code(), "E1001");
 
     let (reader_id, reader) = new_key(&server, "default", r#"["read"]"#);
     let (_, writer) = new_key(&server, "default", r#"["write","read"]"#);
@@ -175,9 +178,11 @@ fn tenants_and_keys_from_creation_to_revocation() {
     assert_eq!(server.stop(), 0);
 
     let logged = std::fs::read_to_string(&log).unwrap();
-    for secret in [&reader, &writer, &acme_key, &TOKEN.to_string()] {
-        assert!(!logged.contains(secret.as_str()), "a key or token reached the log");
+    let secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "hmac-secret-never-logged", TOKEN];
+    for secret in [reader.as_str(), writer.as_str(), acme_key.as_str()].into_iter().chain(secrets) {
+        assert!(!logged.contains(secret), "a key, token or secret reached the log");
     }
+    assert!(logged.contains("DEBUG") || logged.contains("debug"), "the log was written at debug level");
 }
 
 // Provider signatures on ingest: GitHub's published example verifies; a wrong secret, a
@@ -371,6 +376,11 @@ fn who_may_do_what_on_every_path() {
         ("GET", format!("/admin/events/{event}/proof"), "", [U, U, N, N, U, U, N, U]),
         ("GET", "/admin/audit/segments".into(), "", [U, U, ok(200), ok(200), U, U, ok(200), U]),
         ("GET", "/admin/endpoints/missing".into(), "", [U, U, N, N, U, U, N, U]),
+        ("POST", "/admin/endpoints".into(), endpoint, [U, U, ok(201), U, ok(201), U, ok(201), U]),
+        ("POST", "/admin/endpoints/e/enable".into(), "", [U, U, ok(200), U, ok(200), U, N, U]),
+        ("POST", "/admin/endpoints/e/retry-failed".into(), "", [U, U, ok(202), U, ok(202), U, N, U]),
+        ("DELETE", "/admin/endpoints/missing".into(), "", [U, U, N, U, N, U, N, U]),
+        ("GET", "/admin/audit/changes".into(), "", [U, U, ok(200), U, U, U, U, U]),
         ("PUT", "/admin/tenants/t".into(), "{}", [U, U, ok(201), U, U, U, U, U]),
         ("GET", "/admin/tenants/default".into(), "", [U, U, ok(200), U, U, U, U, U]),
         ("GET", "/admin/tenants/default/keys".into(), "", [U, U, ok(200), U, U, U, U, U]),
@@ -378,6 +388,7 @@ fn who_may_do_what_on_every_path() {
         ("DELETE", format!("/admin/keys/{unknown_key}"), "", [U, U, N, U, U, U, U, U]),
         ("POST", "/ingest/e".into(), "{}", [U, U, ok(202), U, U, ok(202), N, U]),
         ("POST", "/publish/c".into(), "{}", [U, U, ok(202), U, U, ok(202), ok(202), U]),
+        ("DELETE", "/admin/tenants/t".into(), "", [U, U, ok(204), U, U, U, U, U]),
     ];
     for (method, path, body, expected) in &rows {
         for ((caller, token), (status, code)) in callers.iter().zip(expected) {
