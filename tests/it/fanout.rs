@@ -14,19 +14,9 @@ use crate::common::{self, create, wait_event, wait_until, Server, DRIVERS};
 const FAST_RETRY: &str =
     r#""retry":{"initial_delay_ms":100,"multiplier":2,"jitter":0,"max_attempts":50,"max_delay_ms":400}"#;
 
-/// The shard that owns an id with `shards` shards (FNV-1a, as the engine pins it).
-fn shard_of(id: &str, shards: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash % shards
-}
-
 /// `count` endpoint ids starting with `prefix` owned by shard `shard` of two.
 fn ids_on_shard(prefix: &str, shard: u64, count: usize) -> Vec<String> {
-    (0..).map(|index| format!("{prefix}-{index}")).filter(|id| shard_of(id, 2) == shard).take(count).collect()
+    (0..).map(|index| format!("{prefix}-{index}")).filter(|id| common::shard_of(id, 2) == shard).take(count).collect()
 }
 
 /// `POST /publish/{channel}` with the operator token (a publish needs it, or a key with `ingest`).

@@ -93,19 +93,9 @@ fn count(postgres: &Postgres, database: &str, sql: &str) -> usize {
     postgres.psql(database, sql).parse().unwrap()
 }
 
-/// The shard that owns an id with `shards` shards (FNV-1a, as the engine pins it).
-fn shard_of(id: &str, shards: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash % shards
-}
-
 /// The first endpoint id starting with `prefix` owned by shard `shard` of two.
 fn id_on_shard(prefix: &str, shard: u64) -> String {
-    (0..).map(|index| format!("{prefix}-{index}")).find(|id| shard_of(id, 2) == shard).unwrap()
+    (0..).map(|index| format!("{prefix}-{index}")).find(|id| common::shard_of(id, 2) == shard).unwrap()
 }
 
 /// Publishes `{"type":…,"n":…}` to `channel` (with a key when given); the event id.
@@ -605,8 +595,10 @@ fn published_events_are_answered_from_the_index_after_a_kill_and_once_memory_for
     }
     // A channel without subscribers, owned by the shard of `orders` (channels are owned like
     // endpoint ids).
-    let beside_orders =
-        (0..).map(|n| format!("quiet-{n}")).find(|name| shard_of(name, 2) == shard_of("orders", 2)).unwrap();
+    let beside_orders = (0..)
+        .map(|n| format!("quiet-{n}"))
+        .find(|name| common::shard_of(name, 2) == common::shard_of("orders", 2))
+        .unwrap();
     let nobody = publish(&server, &beside_orders, "note", 0, None);
     for (id, memory) in from_memory.iter_mut() {
         *memory = wait_event(&server, id, |event| settled(event, 3) && event["status"] == "failed");

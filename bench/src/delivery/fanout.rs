@@ -22,6 +22,7 @@
 //! connections × N near the loops' 64 requests outstanding, the delivery side is what runs out
 //! first and what the rates measure.
 
+use super::hostile::owner_shard;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -286,18 +287,6 @@ async fn drain(sink: SocketAddr, endpoints: usize, expected: u64) -> Result<(Sin
     }
 }
 
-/// The shard that owns a channel or an endpoint id among `shards`: FNV-1a of the name, as
-/// Kapsel's `ids::owner_shard` computes it (ADR 13: channels hash as endpoint ids do). The same
-/// as the `hostile` module's copy, which is private to it; pinned by the same values.
-fn owner_shard(name: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % shards.max(1) as u64) as usize
-}
-
 /// The details of every N, then the legend.
 pub(super) fn print_results(measured: &Measured) {
     println!(
@@ -431,22 +420,5 @@ pub(super) fn print_summary(measured: &Measured) {
             run.overall_per_s(),
             if run.window_per_s() >= DELIVERIES_PER_S_TARGET_MIN { "at or above" } else { "below" },
         );
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-
-    // The table's local column and the header's channel shard are worked out by the bench
-    // itself: the hash must be Kapsel's (values pinned by the engine's own test).
-    #[test]
-    fn owner_shards_match_the_engines() {
-        assert_eq!(owner_shard("abc", 4), 3);
-        assert_eq!(owner_shard("orders", 7), 4);
-        assert_eq!(owner_shard("endpoint-0", 2), 1);
-        assert_eq!(owner_shard("bench-0", 7), 3);
-        assert_eq!(owner_shard("abc", 1), 0);
     }
 }

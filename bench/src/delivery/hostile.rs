@@ -314,9 +314,10 @@ async fn create_hostile_endpoints(
     Ok(ids)
 }
 
-/// The shard that owns `endpoint_id` among `shards`: FNV-1a of the id, as Kapsel's
-/// `ids::owner_shard` computes it (pinned by its tests; the bench cannot link the engine).
-fn owner_shard(endpoint_id: &str, shards: usize) -> usize {
+/// The shard that owns an endpoint id or a tenant's channel (`tenant/channel`) among `shards`:
+/// FNV-1a of the name, as Kapsel's `ids::owner_shard` computes it (pinned by its tests; the bench
+/// cannot link the engine). The `fanout` and `tenants` scenarios use it too.
+pub(super) fn owner_shard(endpoint_id: &str, shards: usize) -> usize {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in endpoint_id.bytes() {
         hash ^= u64::from(byte);

@@ -16,6 +16,7 @@
 //! Every delivery the sink receives is B's: A's never arrive. The rounds alternate the phases
 //! so that drift on a shared machine touches both.
 
+use super::hostile::owner_shard;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -397,18 +398,6 @@ fn spread_endpoint_ids(tenant: &str, shards: usize) -> Vec<String> {
         .collect()
 }
 
-/// The shard that owns `endpoint_id` among `shards`: FNV-1a of the id, as Kapsel's
-/// `ids::owner_shard` computes it. The same as the `hostile` and `fanout` modules' copies,
-/// which are private to them; pinned by the same values.
-fn owner_shard(endpoint_id: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in endpoint_id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % shards.max(1) as u64) as usize
-}
-
 /// Per round and phase: B's achieved rate, ingest p50/p99, send lag, deliveries/s,
 /// ingest-to-delivery latency, errors and undelivered events; A's answers; the CPU split. Then
 /// the legend.
@@ -507,17 +496,6 @@ pub(super) fn print_summary(measured: &Measured) {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    // Each tenant's endpoints must reach every shard, which the bench works out itself: the
-    // hash must be Kapsel's (values pinned by the engine's own test).
-    #[test]
-    fn owner_shards_match_the_engines() {
-        assert_eq!(owner_shard("abc", 4), 3);
-        assert_eq!(owner_shard("orders", 7), 4);
-        assert_eq!(owner_shard("endpoint-0", 2), 1);
-        assert_eq!(owner_shard("bench-0", 7), 3);
-        assert_eq!(owner_shard("abc", 1), 0);
-    }
 
     // The i-th endpoint of a tenant lands on shard i mod shards.
     #[test]

@@ -330,3 +330,14 @@ pub fn metric(server: &Server, name: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The shard that owns an endpoint id (or a tenant's channel, `tenant/channel`) with `shards`
+/// shards: FNV-1a, as the engine pins it, so a test can place endpoints on the shards it wants.
+pub fn shard_of(id: &str, shards: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash % shards
+}
