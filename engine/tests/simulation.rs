@@ -23,14 +23,14 @@
 //! `KAPSEL_SIM_STEPS` sets steps per seed (default 400). A failure names its seed and step.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+use support::{env_number, poll_once, response, Random};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Waker};
 use std::time::Duration;
 
 use kapsel_engine::delivery::complete_attempt;
@@ -41,31 +41,6 @@ use kapsel_engine::state::{ReadRequest, ShardState, Start, StateLimits};
 use kapsel_engine::EngineError;
 use kapsel_http::{OutboundResponse, SendError};
 use kapsel_wal::{Clock, IoBackend, IoFaults, Options};
-
-/// A small, fast, seedable generator (splitmix64).
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, probability: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= probability
-    }
-
-    fn unit_signed(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-}
 
 /// What one seed runs with.
 #[derive(Clone, Debug)]
@@ -175,22 +150,6 @@ fn endpoint_body(random: &mut Random, id: &str, max_in_flight: u32) -> String {
         100 + random.below(2000),
         1 + random.below(6)
     )
-}
-
-fn response(status: u16, retry_after: Option<&str>) -> Result<OutboundResponse, SendError> {
-    Ok(OutboundResponse {
-        status,
-        retry_after: retry_after.map(String::from),
-        body_excerpt: format!("answer {status}").into_bytes(),
-        latency: Duration::from_millis(3),
-    })
-}
-
-/// Polls a future once with a waker that does nothing: it runs up to its first wait (an append
-/// waits for its fsync), then the crash drops it.
-fn poll_once<F: Future>(future: F) {
-    let mut future = pin!(future);
-    let _ = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
 }
 
 impl Sim {
@@ -962,10 +921,6 @@ fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
         sim.tear_tail()?;
     }
     Ok(())
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|value| value.parse().ok())
 }
 
 // The simulation itself: many seeds, each a reproducible bug report if it fails.
