@@ -58,6 +58,10 @@ pub const URL_BYTES_MAX: usize = 2048;
 /// Largest admin request body (endpoint JSON).
 pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
 
+/// Most of a payload `GET /admin/events/{id}/payload` shows (its preview): enough to read an
+/// event, small enough that a page of them stays light in a browser.
+pub const PAYLOAD_PREVIEW_BYTES_MAX: usize = 16 * 1024;
+
 /// Inbound signatures older or newer than this are refused (Standard Webhooks: 5 minutes).
 pub const SIGNATURE_TOLERANCE_MS: u64 = 5 * 60 * 1000;
 

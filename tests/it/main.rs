@@ -7,6 +7,7 @@
 
 mod common;
 
+mod admin_views;
 mod audit;
 mod cli;
 mod config;

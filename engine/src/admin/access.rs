@@ -139,11 +139,17 @@ pub fn permit(principal: &Principal, route: &Route) -> Result<(), EngineError> {
                 "tenants, keys and the audit of changes are the operator token's".into(),
             ))
         }
+        // Any key may ask what it is (so a client can tell a key without `read` what it lacks).
+        Route::Session => return Ok(()),
         Route::Ingest { .. } | Route::Publish { .. } => Scope::Ingest,
         Route::GetEndpoint { .. }
+        | Route::ListEndpoints(_)
         | Route::GetEvent { .. }
         | Route::EventProof { .. }
+        | Route::EventPayload { .. }
         | Route::ListEvents(_)
+        | Route::OpenApi
+        | Route::Ui { .. }
         | Route::AuditSegments
         | Route::Health
         | Route::Ready
@@ -159,6 +165,25 @@ pub fn permit(principal: &Principal, route: &Route) -> Result<(), EngineError> {
         Ok(())
     } else {
         Err(EngineError::Unauthorized(format!("this key has no `{}` scope", needed.as_str())))
+    }
+}
+
+/// `GET /admin/session`: who the bearer is and what it may do (the dashboard shows only the
+/// actions it may take).
+pub fn session_json(principal: &Principal) -> serde_json::Value {
+    match principal {
+        Principal::Operator => serde_json::json!({
+            "principal": "operator",
+            "tenant_id": null,
+            "key_id": null,
+            "scopes": Scope::ALL.iter().map(|scope| scope.as_str()).collect::<Vec<_>>(),
+        }),
+        Principal::Key(key) => serde_json::json!({
+            "principal": "key",
+            "tenant_id": key.tenant_id,
+            "key_id": key.key_id,
+            "scopes": key.scopes.names(),
+        }),
     }
 }
 
@@ -218,22 +243,11 @@ pub fn changes_here(shard: &Shard) -> Vec<(u64, serde_json::Value)> {
 /// `GET /admin/audit/changes`: every shard's most recent configuration changes, newest first.
 pub async fn changes_everywhere(shard: &Shard, shared: &Shared, limit: usize) -> Response {
     let mut changes = changes_here(shard);
-    let mut answers = Vec::with_capacity(shared.shards);
-    for (index, inbox) in shared.inboxes.iter().enumerate() {
-        if index == shard.index {
-            continue;
-        }
-        let (reply, answer) = futures_channel::oneshot::channel();
-        if inbox.send(crate::admin::inbox::Command::Changes { reply }).is_err() {
-            return EngineError::QueueFull("a shard's inbox is full".into()).into_response();
-        }
-        answers.push(answer);
-    }
-    for answer in answers {
-        match answer.await {
-            Ok(found) => changes.extend(found),
-            Err(_) => return EngineError::Unavailable("a shard stopped".into()).into_response(),
-        }
+    match crate::admin::inbox::ask_others(shard.index, shared, |reply| crate::admin::inbox::Command::Changes { reply })
+        .await
+    {
+        Ok(found) => changes.extend(found.into_iter().flatten()),
+        Err(error) => return error.into_response(),
     }
     // Newest first; changes of one instant in shard and log order.
     changes.sort_by(|(at_a, a), (at_b, b)| {

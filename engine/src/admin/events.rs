@@ -35,6 +35,24 @@ pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
         .collect()
 }
 
+/// This shard's endpoints for a page of `GET /admin/endpoints`: up to `limit + 1` after the
+/// cursor, in id order.
+pub fn endpoints_local(shard: &Shard, query: &crate::admin::route::EndpointQuery) -> Vec<(String, Value)> {
+    shard.list_endpoints(query.cursor.as_deref(), query.tenant_id.as_deref(), query.limit, crate::clock::now_ms())
+}
+
+/// Merges the shards' endpoints into one page: `{"endpoints":[…],"next_cursor":…}`, in id order.
+pub fn endpoints_page(mut matches: Vec<(String, Value)>, limit: usize) -> Value {
+    matches.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    let more = matches.len() > limit;
+    matches.truncate(limit);
+    let next_cursor = if more { matches.last().map(|(id, _)| Value::String(id.clone())) } else { None };
+    serde_json::json!({
+        "endpoints": matches.into_iter().map(|(_, json)| json).collect::<Vec<_>>(),
+        "next_cursor": next_cursor.unwrap_or(Value::Null),
+    })
+}
+
 /// Merges the shards' answers into one page: `{"events":[…],"next_cursor":…}`.
 pub fn page(mut matches: Vec<(EventId, Value)>, limit: usize) -> Value {
     matches.sort_unstable_by_key(|(event_id, _)| std::cmp::Reverse(*event_id));

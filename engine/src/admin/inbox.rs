@@ -55,11 +55,43 @@ pub enum Command {
         /// Where they go: each with its time.
         reply: futures_channel::oneshot::Sender<Vec<(u64, serde_json::Value)>>,
     },
+    /// List this shard's endpoints for a page of `GET /admin/endpoints`.
+    ListEndpoints {
+        /// The page wanted.
+        query: crate::admin::route::EndpointQuery,
+        /// Where the matches go, each with its id.
+        reply: futures_channel::oneshot::Sender<Vec<(String, serde_json::Value)>>,
+    },
     /// Report this shard's metrics.
     Metrics {
         /// Where the report goes.
         reply: futures_channel::oneshot::Sender<crate::admin::metrics::ShardReport>,
     },
+}
+
+/// Sends every shard but `here` the command `make` builds and waits for all their answers:
+/// E3002 when an inbox is full, E3004 when a shard has stopped.
+pub async fn ask_others<T>(
+    here: usize,
+    shared: &crate::admin::shared::Shared,
+    make: impl Fn(futures_channel::oneshot::Sender<T>) -> Command,
+) -> Result<Vec<T>, crate::error::EngineError> {
+    let mut answers = Vec::with_capacity(shared.shards);
+    for (index, inbox) in shared.inboxes.iter().enumerate() {
+        if index == here {
+            continue;
+        }
+        let (reply, answer) = futures_channel::oneshot::channel();
+        if inbox.send(make(reply)).is_err() {
+            return Err(crate::error::EngineError::QueueFull("a shard's inbox is full".into()));
+        }
+        answers.push(answer);
+    }
+    let mut found = Vec::with_capacity(answers.len());
+    for answer in answers {
+        found.push(answer.await.map_err(|_| crate::error::EngineError::Unavailable("a shard stopped".into()))?);
+    }
+    Ok(found)
 }
 
 /// A command could not be queued: the inbox is at its bound or its shard has stopped.
@@ -123,6 +155,9 @@ impl InboxReceiver {
             match command {
                 Command::ListEvents { query, reply } => {
                     let _ = reply.send(crate::admin::events::list_local(&shard, &query));
+                }
+                Command::ListEndpoints { query, reply } => {
+                    let _ = reply.send(crate::admin::events::endpoints_local(&shard, &query));
                 }
                 Command::Changes { reply } => {
                     let _ = reply.send(crate::admin::access::changes_here(&shard));

@@ -3,6 +3,7 @@
 //! Above `shard` and `delivery`: it runs their operations, they know nothing of it.
 
 pub mod access;
+pub mod assets;
 pub mod audit;
 pub mod events;
 pub mod inbox;

@@ -108,6 +108,22 @@ pub enum Route {
         /// Key id.
         key_id: String,
     },
+    /// `GET /openapi.json`: the OpenAPI document.
+    OpenApi,
+    /// `GET /ui/{asset}`: a dashboard file; `None` for `/ui`, which is sent on to `/ui/`.
+    Ui {
+        /// The file's name (empty for the index).
+        asset: Option<String>,
+    },
+    /// `GET /admin/session`: who the bearer is and what it may do.
+    Session,
+    /// `GET /admin/endpoints?limit=&cursor=&tenant_id=`.
+    ListEndpoints(EndpointQuery),
+    /// `GET /admin/events/{event_id}/payload`.
+    EventPayload {
+        /// Event id.
+        event_id: EventId,
+    },
     /// `POST /admin/endpoints/{id}/enable` and `…/disable`.
     SetEnabled {
         /// Endpoint id.
@@ -115,6 +131,44 @@ pub enum Route {
         /// The new state.
         enabled: bool,
     },
+}
+
+/// The query of `GET /admin/endpoints`: a page of endpoints in id order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointQuery {
+    /// Page size, 1 to 1000 (default 50).
+    pub limit: usize,
+    /// Only endpoints with ids after this one (the previous page's `next_cursor`).
+    pub cursor: Option<String>,
+    /// Only this tenant's endpoints (a key's own tenant whatever the query says).
+    pub tenant_id: Option<String>,
+}
+
+impl EndpointQuery {
+    /// Parses `limit`, `cursor` and `tenant_id`; unknown parameters are refused.
+    fn parse(query: Option<&str>) -> Result<Self, EngineError> {
+        let mut parsed = Self { limit: crate::model::query::LIMIT_DEFAULT, cursor: None, tenant_id: None };
+        for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("limit", value)) => {
+                    parsed.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|limit| (1..=crate::model::query::LIMIT_MAX).contains(limit))
+                        .ok_or_else(|| EngineError::Invalid("limit must be 1 to 1000".into()))?;
+                }
+                Some(("cursor", id)) if valid_endpoint_id(id) => parsed.cursor = Some(id.to_string()),
+                Some(("tenant_id", id)) if crate::model::tenant::valid_tenant_id(id) => {
+                    parsed.tenant_id = Some(id.to_string());
+                }
+                Some(("cursor" | "tenant_id", _)) => {
+                    return Err(EngineError::Invalid(format!("{pair} is not an endpoint or tenant id")));
+                }
+                _ => return Err(EngineError::Invalid(format!("unknown query parameter {pair}"))),
+            }
+        }
+        Ok(parsed)
+    }
 }
 
 impl Route {
@@ -130,6 +184,12 @@ impl Route {
             ["healthz"] => only_get(method, Self::Health),
             ["readyz"] => only_get(method, Self::Ready),
             ["metrics"] => only_get(method, Self::Metrics),
+            ["openapi.json"] => only_get(method, Self::OpenApi),
+            ["ui"] => only_get(method, Self::Ui { asset: None }),
+            ["ui", asset] if crate::admin::assets::is_asset(asset) => {
+                only_get(method, Self::Ui { asset: Some((*asset).to_string()) })
+            }
+            ["admin", "session"] => only_get(method, Self::Session),
             ["ingest", endpoint_id] => {
                 let endpoint_id = known_endpoint(endpoint_id)?;
                 only(method, Method::Post, "POST", Self::Ingest { endpoint_id })
@@ -141,7 +201,11 @@ impl Route {
                 let tenant = crate::model::tenant::DEFAULT_TENANT.to_string();
                 only(method, Method::Post, "POST", Self::Publish { channel: (*channel).to_string(), tenant })
             }
-            ["admin", "endpoints"] => only(method, Method::Post, "POST", Self::CreateEndpoint { id: generate_id() }),
+            ["admin", "endpoints"] => match method {
+                Method::Post => Ok(Self::CreateEndpoint { id: generate_id() }),
+                Method::Get | Method::Head => Ok(Self::ListEndpoints(EndpointQuery::parse(query)?)),
+                _ => Err(EngineError::MethodNotAllowed { allow: "GET, HEAD, POST" }),
+            },
             ["admin", "endpoints", id] => Self::endpoint(method, id),
             ["admin", "endpoints", id, "retry-failed"] => {
                 only(method, Method::Post, "POST", Self::RetryFailed { id: known_endpoint(id)? })
@@ -158,6 +222,9 @@ impl Route {
                 only(method, Method::Post, "POST", Self::RetryEvent { event_id, endpoint_id: retry_endpoint(query)? })
             }
             ["admin", "events", event_id] => only_get(method, Self::GetEvent { event_id: known_event(event_id)? }),
+            ["admin", "events", event_id, "payload"] => {
+                only_get(method, Self::EventPayload { event_id: known_event(event_id)? })
+            }
             ["admin", "events", event_id, "proof"] => {
                 only_get(method, Self::EventProof { event_id: known_event(event_id)? })
             }
@@ -226,13 +293,30 @@ impl Route {
 
     /// True for `/admin/…` routes (bearer token required).
     pub fn is_admin(&self) -> bool {
-        !matches!(self, Self::Health | Self::Ready | Self::Metrics | Self::Ingest { .. } | Self::Publish { .. })
+        !matches!(
+            self,
+            Self::Health
+                | Self::Ready
+                | Self::Metrics
+                | Self::OpenApi
+                | Self::Ui { .. }
+                | Self::Ingest { .. }
+                | Self::Publish { .. }
+        )
     }
 
     /// The shard that must run this route, or `None` when any shard can.
     pub fn owner(&self, shards: usize) -> Option<usize> {
         match self {
-            Self::Health | Self::Ready | Self::Metrics | Self::AuditSegments | Self::AuditChanges { .. } => None,
+            Self::Health
+            | Self::Ready
+            | Self::Metrics
+            | Self::OpenApi
+            | Self::Ui { .. }
+            | Self::Session
+            | Self::ListEndpoints(_)
+            | Self::AuditSegments
+            | Self::AuditChanges { .. } => None,
             Self::PutTenant { .. }
             | Self::GetTenant { .. }
             | Self::DeleteTenant { .. }
@@ -252,9 +336,10 @@ impl Route {
             | Self::CreateEndpoint { id }
             | Self::GetEndpoint { id }
             | Self::DeleteEndpoint { id } => Some(owner_shard(id, shards)),
-            Self::GetEvent { event_id } | Self::EventProof { event_id } | Self::RetryEvent { event_id, .. } => {
-                Some(usize::from(event_id.shard()) % shards.max(1))
-            }
+            Self::GetEvent { event_id }
+            | Self::EventProof { event_id }
+            | Self::EventPayload { event_id }
+            | Self::RetryEvent { event_id, .. } => Some(usize::from(event_id.shard()) % shards.max(1)),
         }
     }
 }
@@ -379,16 +464,60 @@ mod tests {
             "/admin/events".to_string(),
             format!("/admin/events/{event}"),
             format!("/admin/events/{event}/proof"),
+            format!("/admin/events/{event}/payload"),
             "/admin/audit/segments".to_string(),
+            "/admin/endpoints".to_string(),
+            "/admin/session".to_string(),
+            "/openapi.json".to_string(),
+            "/ui".to_string(),
+            "/ui/".to_string(),
+            "/ui/app.js".to_string(),
         ];
         for path in paths {
             let get = parse(Method::Get, &path).unwrap();
             assert_eq!(parse(Method::Head, &path).unwrap(), get, "{path}");
-            match parse(Method::Post, &path) {
+            match parse(Method::Patch, &path) {
                 Err(EngineError::MethodNotAllowed { allow }) => assert!(allow.starts_with("GET, HEAD"), "{path}"),
-                other => panic!("{path}: POST should be 405, got {other:?}"),
+                other => panic!("{path}: PATCH should be 405, got {other:?}"),
             }
         }
         assert!(matches!(parse(Method::Head, "/ingest/orders"), Err(EngineError::MethodNotAllowed { allow: "POST" })));
+    }
+
+    // The dashboard's and the document's paths are open and answered by any shard; a file the
+    // dashboard does not have is simply not found, and no path climbs out of `ui/`.
+    #[test]
+    fn static_paths_are_open_and_bounded() {
+        assert_eq!(parse(Method::Get, "/ui/").unwrap(), Route::Ui { asset: Some(String::new()) });
+        assert_eq!(parse(Method::Get, "/ui").unwrap(), Route::Ui { asset: None });
+        for route in [parse(Method::Get, "/ui/app.js").unwrap(), parse(Method::Get, "/openapi.json").unwrap()] {
+            assert!(!route.is_admin());
+            assert_eq!(route.owner(4), None);
+        }
+        for path in ["/ui/missing.js", "/ui/../Cargo.toml", "/ui/a/b", "/ui/%2e%2e"] {
+            assert!(matches!(parse(Method::Get, path), Err(EngineError::NotFound(_))), "{path}");
+        }
+    }
+
+    // The endpoint listing's query: a page size within bounds, an endpoint id as the cursor, a
+    // tenant id; anything else is 400.
+    #[test]
+    fn endpoint_listing_query() {
+        let route = |query: &str| Route::parse(Method::Get, "/admin/endpoints", Some(query), || "x".into());
+        assert_eq!(
+            route("limit=2&cursor=ep_a&tenant_id=acme").unwrap(),
+            Route::ListEndpoints(EndpointQuery {
+                limit: 2,
+                cursor: Some("ep_a".into()),
+                tenant_id: Some("acme".into())
+            })
+        );
+        assert_eq!(
+            route("").unwrap(),
+            Route::ListEndpoints(EndpointQuery { limit: 50, cursor: None, tenant_id: None })
+        );
+        for bad in ["limit=0", "limit=1001", "limit=x", "cursor=a%20b", "tenant_id=a/b", "sort=id"] {
+            assert!(matches!(route(bad), Err(EngineError::Invalid(_))), "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use tracing::Instrument as _;
 
 use crate::admin::access::Principal;
-use crate::admin::inbox::Command;
+use crate::admin::inbox::{ask_others, Command};
 use crate::admin::route::Route;
 use crate::admin::shared::Shared;
 use crate::error::EngineError;
@@ -44,9 +44,13 @@ impl Service {
                 None => self.authorize(head)?,
             };
             crate::admin::access::permit(&principal, &route)?;
-            if let (Principal::Key(key), Route::ListEvents(query)) = (&principal, &mut route) {
-                // A key lists its tenant's events only.
-                query.tenant_id = Some(key.tenant_id.clone());
+            if let Principal::Key(key) = &principal {
+                // A key lists its tenant's events and endpoints only.
+                match &mut route {
+                    Route::ListEvents(query) => query.tenant_id = Some(key.tenant_id.clone()),
+                    Route::ListEndpoints(query) => query.tenant_id = Some(key.tenant_id.clone()),
+                    _ => {}
+                }
             }
         }
         if let Route::Publish { tenant, .. } = &mut route {
@@ -59,7 +63,7 @@ impl Service {
                 Principal::Key(_) => return Err(EngineError::Unauthorized("this key has no `ingest` scope".into())),
             };
         }
-        if !matches!(route, Route::Health | Route::Ready) {
+        if !matches!(route, Route::Health | Route::Ready | Route::OpenApi | Route::Ui { .. }) {
             self.shared.check_serving()?;
         }
         Ok(route)
@@ -92,6 +96,13 @@ impl Service {
                 };
                 self.metrics_everywhere(&names).await
             }
+            (None, Route::Session) => match crate::admin::access::authenticate(&self.shared, &request.head) {
+                Some(principal) => {
+                    Response::json(200, crate::admin::access::session_json(&principal).to_string().into_bytes())
+                }
+                None => EngineError::Unauthorized("missing or wrong bearer token".into()).into_response(),
+            },
+            (None, Route::ListEndpoints(query)) => self.endpoints_everywhere(query).await,
             (None, Route::AuditChanges { limit }) => {
                 crate::admin::access::changes_everywhere(&self.shard, &self.shared, limit).await
             }
@@ -106,46 +117,36 @@ impl Service {
     /// Asks every shard for its newest matching events and merges them into one page.
     async fn list_everywhere(&self, query: crate::model::query::EventQuery) -> Response {
         let mut matches = crate::admin::events::list_local(&self.shard, &query);
-        let mut answers = Vec::with_capacity(self.shared.shards);
-        for (index, inbox) in self.shared.inboxes.iter().enumerate() {
-            if index == self.shard.index {
-                continue;
-            }
-            let (reply, answer) = futures_channel::oneshot::channel();
-            if inbox.send(Command::ListEvents { query: query.clone(), reply }).is_err() {
-                return EngineError::QueueFull("a shard's inbox is full".into()).into_response();
-            }
-            answers.push(answer);
-        }
-        for answer in answers {
-            match answer.await {
-                Ok(found) => matches.extend(found),
-                Err(_) => return EngineError::Unavailable("a shard stopped".into()).into_response(),
-            }
+        let asked = query.clone();
+        match ask_others(self.shard.index, &self.shared, |reply| Command::ListEvents { query: asked.clone(), reply })
+            .await
+        {
+            Ok(found) => matches.extend(found.into_iter().flatten()),
+            Err(error) => return error.into_response(),
         }
         Response::json(200, crate::admin::events::page(matches, query.limit).to_string().into_bytes())
+    }
+
+    /// Asks every shard for its first endpoints after the cursor and merges them into one page.
+    async fn endpoints_everywhere(&self, query: crate::admin::route::EndpointQuery) -> Response {
+        let mut matches = crate::admin::events::endpoints_local(&self.shard, &query);
+        let asked = query.clone();
+        match ask_others(self.shard.index, &self.shared, |reply| Command::ListEndpoints { query: asked.clone(), reply })
+            .await
+        {
+            Ok(found) => matches.extend(found.into_iter().flatten()),
+            Err(error) => return error.into_response(),
+        }
+        Response::json(200, crate::admin::events::endpoints_page(matches, query.limit).to_string().into_bytes())
     }
 
     /// Gathers every shard's metrics and renders them.
     async fn metrics_everywhere(&self, names: &crate::admin::metrics::EndpointNames) -> Response {
         let now = crate::clock::now_ms();
         let mut reports = vec![crate::admin::metrics::report(&self.shard, now)];
-        let mut answers = Vec::with_capacity(self.shared.shards);
-        for (index, inbox) in self.shared.inboxes.iter().enumerate() {
-            if index == self.shard.index {
-                continue;
-            }
-            let (reply, answer) = futures_channel::oneshot::channel();
-            if inbox.send(Command::Metrics { reply }).is_err() {
-                return EngineError::QueueFull("a shard's inbox is full".into()).into_response();
-            }
-            answers.push(answer);
-        }
-        for answer in answers {
-            match answer.await {
-                Ok(report) => reports.push(report),
-                Err(_) => return EngineError::Unavailable("a shard stopped".into()).into_response(),
-            }
+        match ask_others(self.shard.index, &self.shared, |reply| Command::Metrics { reply }).await {
+            Ok(found) => reports.extend(found),
+            Err(error) => return error.into_response(),
         }
         let index = self.shared.index.as_ref().map(|index| index.status().as_ref());
         let mut response = Response::empty(200);
@@ -247,6 +248,11 @@ fn answer_anywhere(route: &Route, shared: &Shared) -> Response {
             Ok(json) => Response::json(200, json.to_string().into_bytes()),
             Err(error) => error.into_response(),
         },
+        Route::OpenApi => crate::admin::assets::openapi(),
+        // Relative links in the dashboard's index resolve under `/ui/` only.
+        Route::Ui { asset: None } => Response::empty(308).with_header("Location", "/ui/".to_string()),
+        Route::Ui { asset: Some(asset) } => crate::admin::assets::ui(asset)
+            .unwrap_or_else(|| EngineError::NotFound(format!("no dashboard file {asset}")).into_response()),
         Route::Ready => match shared.check_serving().and_then(|()| shared.check_storage()) {
             Ok(()) => {
                 let mut body = json!({"status": "ready"});
@@ -276,7 +282,10 @@ fn owned_by(shard: &Shard, route: &Route, tenant: &str) -> bool {
         | Route::SetEnabled { id, .. } => endpoint_tenant(id).unwrap_or(true),
         // An event memory does not know is looked up in the index, filtered to the key's tenant.
         Route::GetEvent { event_id } if !known_here(&state, *event_id) => true,
-        Route::GetEvent { event_id } | Route::EventProof { event_id } | Route::RetryEvent { event_id, .. } => {
+        Route::GetEvent { event_id }
+        | Route::EventProof { event_id }
+        | Route::EventPayload { event_id }
+        | Route::RetryEvent { event_id, .. } => {
             if let Some(event) = state.events.get(event_id) {
                 return endpoint_tenant(state.endpoint_of(event)).unwrap_or(false);
             }
@@ -400,9 +409,16 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
             let json = crate::admin::audit::proof_json(event_id, shard.index, &proof);
             Response::json(200, json.to_string().into_bytes())
         }),
-        Route::Health | Route::Ready | Route::Metrics | Route::AuditSegments | Route::AuditChanges { .. } => {
-            Err(EngineError::NotFound("not a shard operation".into()))
-        }
+        Route::EventPayload { event_id } => shard.event_payload(event_id).await.map(ok),
+        Route::Health
+        | Route::Ready
+        | Route::Metrics
+        | Route::OpenApi
+        | Route::Ui { .. }
+        | Route::Session
+        | Route::ListEndpoints(_)
+        | Route::AuditSegments
+        | Route::AuditChanges { .. } => Err(EngineError::NotFound("not a shard operation".into())),
     };
     outcome.unwrap_or_else(EngineError::into_response)
 }

@@ -250,6 +250,12 @@ pub async fn complete_attempt(
     let since_received =
         (outcome == OUTCOME_DELIVERED).then(|| finished.saturating_sub(start.event_id.unix_ms()).saturating_mul(1000));
     shard.metrics().attempt(outcome_name, classified.error_code, latency_us, since_received);
+    if recorded {
+        let error = classified.error_code.filter(|_| outcome != OUTCOME_DELIVERED).map(|error_code| {
+            crate::shard::stats::LastError { at_ms: finished, error_code, status_code: classified.status_code }
+        });
+        shard.metrics().endpoint_attempt(&start.endpoint_id, outcome_name, error);
+    }
     if classified.gone && recorded {
         disable_endpoint(shard, &start.endpoint_id, finished).await;
     }

@@ -516,7 +516,41 @@ impl Shard {
     pub fn get_endpoint(&self, id: &str, now_ms: u64) -> Result<Value, EngineError> {
         let state = self.core.state.borrow();
         let entry = state.endpoints.get(id).ok_or_else(|| endpoint_not_found(id))?;
-        Ok(entry.endpoint.to_json(&state.live(id, now_ms)))
+        Ok(self.endpoint_json(&state, entry, now_ms))
+    }
+
+    /// An endpoint as the admin API shows it: configuration, live state and the tally of its
+    /// attempts since the start (`stats`).
+    pub fn endpoint_json(&self, state: &ShardState, entry: &crate::state::EndpointEntry, now_ms: u64) -> Value {
+        let id = entry.endpoint.id.as_str();
+        let mut json = entry.endpoint.to_json(&state.live(id, now_ms));
+        json["stats"] = self.metrics().endpoint(id).to_json(self.metrics().since_ms);
+        json
+    }
+
+    /// Up to `limit + 1` of this shard's endpoints with ids after `after`, in id order, as the
+    /// admin API shows them; only `tenant`'s when given.
+    pub fn list_endpoints(
+        &self,
+        after: Option<&str>,
+        tenant: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Vec<(String, Value)> {
+        let state = self.core.state.borrow();
+        let mut found: Vec<&crate::state::EndpointEntry> = state
+            .endpoints
+            .values()
+            .filter(|entry| after.is_none_or(|after| entry.endpoint.id.as_str() > after))
+            .filter(|entry| tenant.is_none_or(|tenant| entry.endpoint.tenant_id() == tenant))
+            .collect();
+        // Only the first `limit + 1` by id are wanted: select them, then sort only those.
+        if found.len() > limit + 1 {
+            found.select_nth_unstable_by(limit, |a, b| a.endpoint.id.cmp(&b.endpoint.id));
+            found.truncate(limit + 1);
+        }
+        found.sort_unstable_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
+        found.into_iter().map(|entry| (entry.endpoint.id.clone(), self.endpoint_json(&state, entry, now_ms))).collect()
     }
 
     /// Deletes an endpoint.
@@ -530,6 +564,7 @@ impl Shard {
             return Err(endpoint_not_found(id));
         }
         self.append(Record::EndpointDeleted(EndpointDeleted { id: id.to_string(), at_ms: now_ms, by }), now_ms).await?;
+        self.metrics().forget_endpoint(id);
         Ok(())
     }
 

@@ -116,3 +116,87 @@ pub fn load(directory: &Path, events: &[(EventId, Position)]) -> Vec<Loaded> {
         })
         .collect()
 }
+
+impl super::Shard {
+    /// What `GET /admin/events/{id}/payload` shows of an event's payload: its first
+    /// [`PAYLOAD_PREVIEW_BYTES_MAX`](crate::limits::PAYLOAD_PREVIEW_BYTES_MAX) bytes, as text when
+    /// they are UTF-8, else base64. From the cache when it holds it, else read back from the log
+    /// (a published event's from its publish record); one whose record retention has removed is
+    /// not found.
+    pub async fn event_payload(&self, event_id: EventId) -> Result<serde_json::Value, crate::error::EngineError> {
+        let not_found = || crate::error::EngineError::NotFound(format!("event {event_id} not found"));
+        let (cached, event, publication) = {
+            let state = self.core.state.borrow();
+            let event = state.events.get(&event_id).map(|event| event.position);
+            let publication = state.publications.get(&event_id).map(|publication| publication.position);
+            (state.cached_payload(&event_id), event, publication)
+        };
+        let (body, content_type) = match (cached, event, publication) {
+            (Some(payload), _, _) => (payload.body.to_vec(), payload.content_type.clone()),
+            (None, Some(position), _) => {
+                let loaded = self.reader.read(vec![(event_id, position)]).await;
+                let (_, event) = loaded.into_iter().next().ok_or_else(not_found)?;
+                let event = event.map_err(|_| not_found())?;
+                (event.payload, event.content_type)
+            }
+            (None, None, Some(position)) => {
+                let loaded = self.reader.read_published(vec![(event_id, position)]).await;
+                let (_, published) = loaded.into_iter().next().ok_or_else(not_found)?;
+                let published = published.map_err(|_| not_found())?;
+                (published.payload, published.content_type)
+            }
+            (None, None, None) => return Err(not_found()),
+        };
+        Ok(payload_preview(event_id, &body, content_type.as_deref()))
+    }
+}
+
+/// The JSON of a payload's preview.
+fn payload_preview(event_id: EventId, body: &[u8], content_type: Option<&str>) -> serde_json::Value {
+    let shown = &body[..body.len().min(crate::limits::PAYLOAD_PREVIEW_BYTES_MAX)];
+    // A cut may split a character: text up to the last whole one is still text.
+    let text = match std::str::from_utf8(shown) {
+        Ok(text) => Some(text),
+        Err(error) if error.error_len().is_none() && shown.len() < body.len() => {
+            std::str::from_utf8(&shown[..error.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    };
+    let (preview, encoding) = match text {
+        Some(text) => (text.to_string(), "utf-8"),
+        None => (base64::Engine::encode(&base64::engine::general_purpose::STANDARD, shown), "base64"),
+    };
+    serde_json::json!({
+        "event_id": event_id.to_string(),
+        "content_type": content_type,
+        "payload_bytes": body.len(),
+        "preview": preview,
+        "encoding": encoding,
+        "truncated": shown.len() < body.len(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod preview_tests {
+    use super::*;
+
+    // A payload is shown as text when it is UTF-8 (even cut inside a character), else base64.
+    #[test]
+    fn previews_text_or_base64() {
+        let id = EventId::new(1, 0, 0);
+        let json = payload_preview(id, b"{\"a\":1}", Some("application/json"));
+        assert_eq!((json["preview"].as_str(), json["encoding"].as_str()), (Some("{\"a\":1}"), Some("utf-8")));
+        assert_eq!(json["truncated"], false);
+        let binary = payload_preview(id, &[0xff, 0x00], None);
+        assert_eq!((binary["preview"].as_str(), binary["encoding"].as_str()), (Some("/wA="), Some("base64")));
+        let limit = crate::limits::PAYLOAD_PREVIEW_BYTES_MAX;
+        let mut long = vec![b'a'; limit - 1];
+        long.extend_from_slice("é and more".as_bytes());
+        let cut = payload_preview(id, &long, None);
+        assert_eq!(cut["encoding"], "utf-8");
+        assert_eq!(cut["truncated"], true);
+        assert_eq!(cut["payload_bytes"], long.len());
+        assert_eq!(cut["preview"].as_str().unwrap().len(), limit - 1);
+    }
+}

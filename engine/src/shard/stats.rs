@@ -2,7 +2,7 @@
 //! atomics on the hot path, latencies in HdrHistograms. `admin::metrics` gathers and renders.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
 
@@ -63,6 +63,36 @@ pub struct ShardMetrics {
     pub(crate) read_back_failures: Cell<u64>,
     pub(crate) retention_passes: Cell<u64>,
     pub(crate) segments_removed: Cell<u64>,
+    /// Per endpoint of this shard with attempts since the process started; an endpoint's entry
+    /// goes when the endpoint is deleted, so there are at most as many as endpoints.
+    endpoints: RefCell<HashMap<Box<str>, EndpointStats>>,
+    /// When the counting began (Unix ms): the process's start.
+    pub(crate) since_ms: u64,
+}
+
+/// What an endpoint's attempts came to since the process started (the dashboard's counts; not
+/// kept in the log: the log keeps each attempt, this is only their tally).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Events delivered.
+    pub delivered: u64,
+    /// Events that ended failed.
+    pub failed: u64,
+    /// Attempts that did not deliver (those retried included).
+    pub attempts_failed: u64,
+    /// The last attempt that did not deliver: when, its E-code and the destination's status.
+    pub last_error: Option<LastError>,
+}
+
+/// An attempt that did not deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastError {
+    /// When it ended (Unix ms).
+    pub at_ms: u64,
+    /// Its E-code.
+    pub error_code: &'static str,
+    /// The destination's status, when it answered.
+    pub status_code: Option<u16>,
 }
 
 impl Default for ShardMetrics {
@@ -81,6 +111,8 @@ impl Default for ShardMetrics {
             read_back_failures: Cell::new(0),
             retention_passes: Cell::new(0),
             segments_removed: Cell::new(0),
+            endpoints: RefCell::default(),
+            since_ms: crate::clock::now_ms(),
         }
     }
 }
@@ -139,5 +171,53 @@ impl ShardMetrics {
         if let Some(end_to_end) = since_received_us {
             self.delivery_latency.borrow_mut().record(end_to_end);
         }
+    }
+
+    /// An attempt to `endpoint` recorded in the log: counted in its [`EndpointStats`].
+    pub fn endpoint_attempt(&self, endpoint: &str, outcome: &'static str, error: Option<LastError>) {
+        let mut endpoints = self.endpoints.borrow_mut();
+        let stats = match endpoints.get_mut(endpoint) {
+            Some(stats) => stats,
+            None => endpoints.entry(Box::from(endpoint)).or_default(),
+        };
+        match outcome {
+            "delivered" => stats.delivered += 1,
+            "failed" => stats.failed += 1,
+            _ => {}
+        }
+        if error.is_some() {
+            stats.attempts_failed += 1;
+            stats.last_error = error;
+        }
+    }
+
+    /// An endpoint's tally (zeros for one without attempts since the start).
+    pub fn endpoint(&self, endpoint: &str) -> EndpointStats {
+        self.endpoints.borrow().get(endpoint).copied().unwrap_or_default()
+    }
+
+    /// Forgets a deleted endpoint's tally.
+    pub fn forget_endpoint(&self, endpoint: &str) {
+        self.endpoints.borrow_mut().remove(endpoint);
+    }
+}
+
+impl EndpointStats {
+    /// The `stats` member of an endpoint's JSON, counted since `since_ms`.
+    pub fn to_json(&self, since_ms: u64) -> serde_json::Value {
+        let last_error = self.last_error.map(|error| {
+            serde_json::json!({
+                "at": crate::clock::rfc3339(error.at_ms),
+                "error_code": error.error_code,
+                "status_code": error.status_code,
+            })
+        });
+        serde_json::json!({
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "attempts_failed": self.attempts_failed,
+            "last_error": last_error,
+            "since": crate::clock::rfc3339(since_ms),
+        })
     }
 }

@@ -736,6 +736,11 @@ impl ShardState {
         self.payloads.held_bytes()
     }
 
+    /// An event's payload, when it is cached.
+    pub fn cached_payload(&self, event_id: &EventId) -> Option<Rc<Payload>> {
+        self.payloads.get(event_id).cloned()
+    }
+
     /// Payloads cached.
     pub fn payloads_cached(&self) -> usize {
         self.payloads.len()
