@@ -29,6 +29,14 @@ const ASSETS: &[Asset] = &[
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
+    // The modules app.js imports: one per view, the API client, DOM helpers, metrics arithmetic.
+    asset!("api.js", "text/javascript; charset=utf-8"),
+    asset!("dom.js", "text/javascript; charset=utf-8"),
+    asset!("endpoints.js", "text/javascript; charset=utf-8"),
+    asset!("events.js", "text/javascript; charset=utf-8"),
+    asset!("event.js", "text/javascript; charset=utf-8"),
+    asset!("metrics.js", "text/javascript; charset=utf-8"),
+    asset!("overview.js", "text/javascript; charset=utf-8"),
 ];
 
 /// The dashboard's content security policy: its own scripts, styles and API only. Every value
