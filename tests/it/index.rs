@@ -123,8 +123,17 @@ fn comparable(event: &Value) -> Value {
         let delivery = delivery.as_object_mut().unwrap();
         delivery.remove("waiting_reason");
         delivery.remove("last_response_excerpt");
+        strip_excerpts(delivery.get_mut("attempts"));
     }
+    strip_excerpts(object.get_mut("attempts"));
     event
+}
+
+/// Memory keeps the last failed attempt's excerpt only, the index every attempt's.
+fn strip_excerpts(attempts: Option<&mut Value>) {
+    for attempt in attempts.and_then(Value::as_array_mut).into_iter().flatten() {
+        attempt.as_object_mut().unwrap().remove("response_excerpt");
+    }
 }
 
 /// A page of `GET /admin/events?{query}`, which must come from the index.
@@ -631,6 +640,18 @@ fn published_events_are_answered_from_the_index_after_a_kill_and_once_memory_for
             std::thread::sleep(Duration::from_millis(50));
         };
         assert_eq!(comparable(&event), comparable(memory), "{id}: the index and memory differ");
+        // The index keeps every failed attempt's excerpt (here the connection error's text).
+        for delivery in event["deliveries"].as_array().unwrap().iter().filter(|delivery| delivery["status"] == "failed")
+        {
+            let attempts = delivery["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 3, "{delivery}");
+            assert!(
+                attempts
+                    .iter()
+                    .all(|attempt| attempt["response_excerpt"].as_str().is_some_and(|text| !text.is_empty())),
+                "{delivery}"
+            );
+        }
     }
     // One delivery by its own id, as the engine shows a delivery it holds.
     let published = from_memory.keys().find(|id| **id != nobody).unwrap();

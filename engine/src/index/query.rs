@@ -428,21 +428,24 @@ async fn attempts_of(client: &Client, ids: &[String]) -> Result<HashMap<String, 
     }
     let rows = client
         .query(
-            "SELECT event_id, n, at, status_code, latency_ms, error_code FROM attempts
+            "SELECT event_id, n, at, status_code, latency_ms, error_code, response_excerpt FROM attempts
              WHERE event_id = ANY($1) ORDER BY event_id, n",
             &[&ids],
         )
         .await?;
     for row in rows {
         let (n, status_code, latency_ms): (i32, Option<i32>, i32) = (row.get(1), row.get(3), row.get(4));
-        let error_code: Option<String> = row.get(5);
-        by_event.entry(row.get(0)).or_default().push(crate::model::view::attempt_json(
+        let (error_code, excerpt): (Option<String>, Option<String>) = (row.get(5), row.get(6));
+        let mut attempt = crate::model::view::attempt_json(
             u32::try_from(n).unwrap_or(0),
             unix_ms(row.get(2)),
             status_code.and_then(|code| u16::try_from(code).ok()),
             u32::try_from(latency_ms).unwrap_or(0),
             error_code.as_deref(),
-        ));
+        );
+        // Only the index keeps every attempt's excerpt; memory keeps the last failed one's.
+        attempt["response_excerpt"] = excerpt.into();
+        by_event.entry(row.get(0)).or_default().push(attempt);
     }
     Ok(by_event)
 }

@@ -101,6 +101,8 @@ pub enum Row {
         latency_ms: u32,
         /// E-code of a failure.
         error_code: Option<String>,
+        /// The start of the destination's answer or of the error (up to 1 KiB), when kept.
+        response_excerpt: Option<String>,
         /// The outcome (`records::OUTCOME_*`).
         outcome: u8,
         /// When the next attempt is due.
@@ -174,6 +176,8 @@ impl Row {
                 status_code: attempt.status_code,
                 latency_ms: attempt.latency_ms,
                 error_code: attempt.error_code.clone(),
+                response_excerpt: (!attempt.response_excerpt.is_empty())
+                    .then(|| String::from_utf8_lossy(&attempt.response_excerpt).into_owned()),
                 outcome: attempt.outcome,
                 next_attempt_at_ms: attempt.next_attempt_at_ms,
             },
@@ -342,6 +346,7 @@ struct NewAttempt {
     status_code: Option<u16>,
     latency_ms: u32,
     error_code: Option<String>,
+    response_excerpt: Option<String>,
 }
 
 /// Rows gathered for one transaction.
@@ -413,7 +418,7 @@ impl Batch {
                     self.insert_delivery(*event_id, *received_at_ms, delivery, shard, Some(lsn), *received);
                 }
             }
-            Row::Attempt { event_id, n, at_ms, status_code, latency_ms, error_code, .. } => {
+            Row::Attempt { event_id, n, at_ms, status_code, latency_ms, error_code, response_excerpt, .. } => {
                 self.attempts.push(NewAttempt {
                     event_id: EventId(*event_id).to_string(),
                     n: *n,
@@ -421,6 +426,7 @@ impl Batch {
                     status_code: *status_code,
                     latency_ms: *latency_ms,
                     error_code: error_code.clone(),
+                    response_excerpt: response_excerpt.clone(),
                 });
                 self.update(*event_id, &change.row);
             }
@@ -745,9 +751,9 @@ async fn write_attempts(transaction: &Transaction<'_>, attempts: &[NewAttempt]) 
     // An attempt whose event or delivery is gone (its endpoint was deleted) is not kept.
     transaction
         .execute(
-            "INSERT INTO attempts (event_id, n, at, status_code, latency_ms, error_code)
-             SELECT u.* FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[], $4::int4[], $5::int4[], $6::text[])
-                  AS u(event_id, n, at, status_code, latency_ms, error_code)
+            "INSERT INTO attempts (event_id, n, at, status_code, latency_ms, error_code, response_excerpt)
+             SELECT u.* FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[], $4::int4[], $5::int4[], $6::text[], $7::text[])
+                  AS u(event_id, n, at, status_code, latency_ms, error_code, response_excerpt)
              WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
                 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.delivery_id = u.event_id)
              ON CONFLICT (event_id, n) DO NOTHING",
@@ -758,6 +764,7 @@ async fn write_attempts(transaction: &Transaction<'_>, attempts: &[NewAttempt]) 
                 &column(attempts, |attempt| attempt.status_code.map(i32::from)),
                 &column(attempts, |attempt| int(attempt.latency_ms)),
                 &column(attempts, |attempt| attempt.error_code.as_deref()),
+                &column(attempts, |attempt| attempt.response_excerpt.as_deref()),
             ],
         )
         .await?;

@@ -101,6 +101,15 @@ ALTER TABLE events ADD COLUMN tenant_id TEXT;
 CREATE INDEX events_by_tenant ON events (tenant_id, id DESC);
 "#,
     ),
+    (
+        4,
+        "each attempt's response excerpt",
+        r#"
+-- The start (up to 1 KiB) of the destination's answer or of the error, as the attempt's record
+-- keeps it; attempts indexed before this version keep NULL.
+ALTER TABLE attempts ADD COLUMN response_excerpt TEXT;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

@@ -28,14 +28,20 @@ pub fn event_json(
         status: event.shown_status().as_str(),
         attempts: attempts
             .iter()
-            .map(|attempt| {
-                attempt_json(
+            .enumerate()
+            .map(|(index, attempt)| {
+                let mut json = attempt_json(
                     attempt.n,
                     attempt.at_ms,
                     attempt.status_code,
                     attempt.latency_ms,
                     attempt.error_code.map(super::DeliveryCode::as_str),
-                )
+                );
+                // Memory keeps the last failed attempt's excerpt only: it is the last attempt's
+                // when that one failed (the log and the index keep every attempt's).
+                let last_failed = index + 1 == attempts.len() && attempt.error_code.is_some();
+                json["response_excerpt"] = excerpt.as_deref().filter(|_| last_failed).into();
+                json
             })
             .collect(),
         attempt_count: event.attempts,
