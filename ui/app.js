@@ -76,6 +76,10 @@ function showSignIn(message) {
   current = null;
   byId('nav').hidden = true;
   byId('who').hidden = true;
+  // Nothing the previous bearer saw stays in the page for the next one.
+  for (const id of ['overview-cards', 'overview-breakers', 'endpoints-table', 'events-source', 'events-table', 'event-body']) {
+    replace(byId(id));
+  }
   showOnly('view-sign-in');
   document.title = 'Sign in · Kapsel dashboard';
   replace(byId('sign-in-error'), message ?? '');

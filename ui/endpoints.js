@@ -11,6 +11,8 @@ let context = { canWrite: false, isOperator: false };
 let cursors = [];
 let cursor = null;
 let nextCursor = null;
+/** Loads asked for so far: only the latest one's answer is shown. */
+let loads = 0;
 
 export function setUp() {
   byId('endpoints-refresh').addEventListener('click', () => load());
@@ -35,17 +37,23 @@ export async function enter(entered) {
 }
 
 async function load() {
+  const generation = ++loads;
   const table = byId('endpoints-table');
   table.setAttribute('aria-busy', 'true');
+  // Until this page is in, the pager's cursors are not known.
+  byId('endpoints-previous').disabled = true;
+  byId('endpoints-next').disabled = true;
   try {
     const page = await call('GET', withQuery('/admin/endpoints', { limit: PAGE_SIZE, cursor }));
+    if (generation !== loads) return; // a later load was asked for meanwhile
     nextCursor = page?.next_cursor ?? null;
     render(page?.endpoints ?? []);
   } catch (error) {
+    if (generation !== loads) return;
     nextCursor = null;
     replace(table, el('p', { class: 'error' }, `Could not list endpoints: ${describe(error)}`));
   } finally {
-    table.removeAttribute('aria-busy');
+    if (generation === loads) table.removeAttribute('aria-busy');
     byId('endpoints-previous').disabled = cursors.length === 0;
     byId('endpoints-next').disabled = nextCursor === null;
     replace(byId('endpoints-page'), `Page ${cursors.length + 1}`);

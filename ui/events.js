@@ -11,6 +11,8 @@ let query = {};
 let cursors = [];
 let cursor = null;
 let nextCursor = null;
+/** Loads asked for so far: only the latest one's answer is shown. */
+let loads = 0;
 
 /** `2026-12-05T10:00` (a datetime-local value, read as UTC) → `2026-12-05T10:00:00Z`. */
 function toRfc3339(local) {
@@ -75,25 +77,33 @@ export async function enter({ parameters }) {
 }
 
 async function load(fromStart) {
+  const generation = ++loads;
   if (fromStart) {
     cursors = [];
     cursor = null;
   }
   const table = byId('events-table');
   table.setAttribute('aria-busy', 'true');
+  // Until this page is in, the pager's cursors are not known.
+  byId('events-previous').disabled = true;
+  byId('events-next').disabled = true;
   try {
     const page = await call('GET', withQuery('/admin/events', { ...query, cursor }));
+    if (generation !== loads) return; // a later load was asked for meanwhile
     nextCursor = page?.next_cursor ?? null;
     const source = page?.source === 'index' ? 'the Postgres index (whole history)' : 'memory (recent and waiting events)';
     replace(byId('events-source'), `Answered from ${source}.`);
     byId('events-source').dataset.source = show(page?.source);
     render(page?.events ?? []);
+    // Which search the table shows (the browser test waits on it).
+    table.dataset.query = withQuery('', { ...query, cursor }).slice(1);
   } catch (error) {
+    if (generation !== loads) return;
     nextCursor = null;
     replace(byId('events-source'));
     replace(table, el('p', { class: 'error', role: 'alert' }, `Could not search events: ${describe(error)}`));
   } finally {
-    table.removeAttribute('aria-busy');
+    if (generation === loads) table.removeAttribute('aria-busy');
     byId('events-previous').disabled = cursors.length === 0;
     byId('events-next').disabled = nextCursor === null;
   }
