@@ -11,6 +11,7 @@ mod admin_views;
 mod audit;
 mod cli;
 mod config;
+mod dashboard;
 mod delivery;
 mod destinations;
 mod docs;
