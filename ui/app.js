@@ -46,6 +46,7 @@ async function route() {
   const { view, argument, parameters } = parseHash();
   if (current && current !== VIEWS[view]) current.module.leave?.();
   current = VIEWS[view];
+  replace(byId('status'));
   showOnly(current.section);
   document.title = `${current.title} · Kapsel dashboard`;
   for (const link of document.querySelectorAll('#nav a')) {

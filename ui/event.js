@@ -86,20 +86,34 @@ function summary(event) {
   return section;
 }
 
+/** Characters of an attempt's response shown before it folds into a disclosure. */
+const RESPONSE_INLINE_MAX = 80;
+
+/** An attempt's response excerpt (memory keeps only the last failed one's; the index every one). */
+function response(text) {
+  if (text === null || text === undefined || text === '') return '—';
+  if (text.length <= RESPONSE_INLINE_MAX) return el('code', { class: 'response' }, text);
+  return el('details', {}, el('summary', {}, el('code', {}, `${text.slice(0, RESPONSE_INLINE_MAX)}…`)), el('pre', { class: 'excerpt' }, text));
+}
+
 function attemptTable(attempts, label) {
   if (!attempts?.length) return el('p', { class: 'empty' }, 'No attempt yet.');
-  const head = el('thead', {}, el('tr', {}, ['#', 'At', 'HTTP status', 'Latency (ms)', 'Error'].map((h) => el('th', { scope: 'col' }, h))));
+  const withResponses = attempts.some((attempt) => 'response_excerpt' in attempt);
+  const headings = ['#', 'At', 'HTTP status', 'Latency (ms)', 'Error'];
+  if (withResponses) headings.push('Response');
+  const head = el('thead', {}, el('tr', {}, headings.map((h) => el('th', { scope: 'col' }, h))));
   const body = el('tbody');
   for (const attempt of attempts) {
     body.append(
       el(
         'tr',
-        {},
+        { 'data-attempt': attempt.n },
         el('td', { class: 'number' }, number(attempt.n)),
         el('td', {}, time(attempt.at)),
         el('td', { class: 'number' }, show(attempt.status_code)),
         el('td', { class: 'number' }, number(attempt.latency_ms)),
         el('td', {}, show(attempt.error_code)),
+        withResponses ? el('td', { class: 'response' }, response(attempt.response_excerpt)) : null,
       ),
     );
   }

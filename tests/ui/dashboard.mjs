@@ -296,6 +296,12 @@ async function tour(browser) {
   }
   assert.ok((await page.textContent('#event-facts')).includes(hostileKey), 'the idempotency key shows as text');
   assert.ok(await page.locator('table.attempts tbody tr').count() >= 1);
+  // Each attempt's own response, where the API gives it (the failed last one's from memory).
+  const responses = await page.$$eval('table.attempts td.response', (cells) => cells.map((cell) => cell.textContent));
+  const attempts = (await api('GET', `/admin/events/${failedEvent}`)).json.attempts;
+  if (attempts.some((attempt) => attempt.response_excerpt)) {
+    assert.ok(responses.some((text) => hostile.every((markup) => text.includes(markup))), `an attempt's response shows as text: ${JSON.stringify(responses)}`);
+  }
   assert.match(await checkProof(page, failedEvent), /^Sealed/, 'tests/it/dashboard.rs waited for the seal');
   await checkNothingRan(page, problems, 'event detail');
   await checkAccessibility(page, 'event detail');
