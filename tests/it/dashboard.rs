@@ -241,6 +241,19 @@ fn the_dashboard_in_a_browser_reads_redrives_disables_and_shows_hostile_strings_
         server.admin("GET", &proof, "").status == 200
     });
 
+    // A dead destination retried at once: its breaker opens, and stays open through the test.
+    let fast =
+        serde_json::json!({"max_attempts": 20, "initial_delay_ms": 1, "multiplier": 1, "max_delay_ms": 1, "jitter": 0});
+    put_endpoint(
+        &server,
+        "dead-end",
+        serde_json::json!({"url": "http://127.0.0.1:9/dead", "retry": fast, "circuit": {"cooldown_ms": 600_000}}),
+    );
+    common::ingest(&server, "dead-end", b"{}");
+    common::wait_until("the dead destination's breaker to open", || {
+        server.admin("GET", "/admin/endpoints/dead-end", "").json()["circuit_state"] == "open"
+    });
+
     // A published event with two deliveries, and some traffic for the overview.
     let authorization = format!("Bearer {TOKEN}");
     let published = server.request("POST", "/publish/receipts", &[("Authorization", &authorization)], b"{}");
@@ -271,6 +284,8 @@ fn the_dashboard_in_a_browser_reads_redrives_disables_and_shows_hostile_strings_
             ("KAPSEL_PUBLISHED_EVENT", published_event),
             ("KAPSEL_B_EVENT", b_event),
             ("KAPSEL_DISABLE_ENDPOINT", "disable-me".to_string()),
+            ("KAPSEL_TRAFFIC_ENDPOINT", "receipts-copy".to_string()),
+            ("KAPSEL_OPEN_ENDPOINT", "dead-end".to_string()),
             ("KAPSEL_HOSTILE_URL", hostile_url),
             ("KAPSEL_HOSTILE_STRINGS", hostile_strings),
             ("KAPSEL_HOSTILE_KEY", HOSTILE_COMPACT.to_string()),

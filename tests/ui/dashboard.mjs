@@ -11,6 +11,8 @@
 //   tour:  KAPSEL_READ_KEY (tenant B's read-only key), KAPSEL_B_ENDPOINTS (its endpoints, comma
 //          separated), KAPSEL_FAILED_EVENT (a failed event whose sink now succeeds),
 //          KAPSEL_PUBLISHED_EVENT, KAPSEL_B_EVENT, KAPSEL_DISABLE_ENDPOINT, KAPSEL_HOSTILE_URL,
+//          KAPSEL_TRAFFIC_ENDPOINT (open to ingest, delivering: the overview's traffic),
+//          KAPSEL_OPEN_ENDPOINT (one whose breaker is open),
 //          KAPSEL_HOSTILE_STRINGS (JSON array of the strings stored in the response excerpt and
 //          the payload), KAPSEL_HOSTILE_KEY (the failed event's idempotency key, hostile too)
 //   many:  KAPSEL_ENDPOINT_COUNT (endpoints ep-00000 … in ascending order)
@@ -217,16 +219,32 @@ async function tour(browser) {
   assert.deepEqual(storage, { session: [token], local: 0, cookie: '' });
   assert.ok(!page.url().includes(token));
 
-  // Overview: rates appear once two scrapes are apart.
-  await page.waitForFunction(() => {
-    const value = document.querySelector('#card-ingest .value')?.textContent ?? '';
-    return value.endsWith('/s');
-  }, null, { timeout: WAIT_MS });
+  // Overview: with events arriving (sent from here), the ingest and delivery rates, computed
+  // from two scrapes' difference, rise above zero.
+  let sending = true;
+  const traffic = (async () => {
+    while (sending) {
+      await fetch(`${base}/ingest/${env('KAPSEL_TRAFFIC_ENDPOINT')}`, { method: 'POST', body: '{"traffic":true}' });
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  })();
+  try {
+    await page.waitForFunction(() => {
+      const rate = (id) => Number.parseFloat(document.querySelector(`#card-${id} .value`)?.textContent ?? '');
+      return rate('ingest') > 0 && rate('delivery') > 0;
+    }, null, { timeout: WAIT_MS });
+  } finally {
+    sending = false;
+    await traffic;
+  }
   const breakers = await page.textContent('#card-breakers .value');
-  assert.match(breakers, /^\d+$/);
+  assert.ok(Number(breakers) >= 1, `a breaker is open: ${breakers}`);
+  const open = await page.$$eval('#overview-breakers li .id', (items) => items.map((item) => item.textContent));
+  assert.ok(open.includes(env('KAPSEL_OPEN_ENDPOINT')), `the open breaker is named: ${JSON.stringify(open)}`);
   await checkAccessibility(page, 'overview');
   await shot(page, 'overview.png');
-  log(`overview: ingest ${await page.textContent('#card-ingest .value')}, breakers open ${breakers}`);
+  const card = (id) => page.textContent(`#card-${id} .value`);
+  log(`overview: ingest ${await card('ingest')}, delivered ${await card('delivery')}, attempt p99 ${await card('attempt-p99')}, breakers open ${breakers}`);
 
   // Endpoints: the hostile URL is text in its cell.
   await page.click('#nav a[data-view=endpoints]');
@@ -271,6 +289,19 @@ async function tour(browser) {
   await page.locator(`#events tr[data-event="${failedEvent}"]`).waitFor({ timeout: WAIT_MS });
   const statuses = await page.$$eval('#events tbody .badge', (badges) => badges.map((badge) => badge.textContent));
   assert.ok(statuses.length > 0 && statuses.every((status) => status === 'failed'), JSON.stringify(statuses));
+  // By channel: the published event's deliveries only.
+  await page.click('#events-reset');
+  await page.fill('#filter-channel', 'receipts');
+  await page.click('#events-form button[type=submit]');
+  await page.locator('#events-table[data-query="channel=receipts&limit=50"]').waitFor({ timeout: WAIT_MS });
+  const byChannel = await page.$$eval('#events tbody tr', (rows) => rows.map((row) => row.dataset.event));
+  assert.ok(byChannel.length > 0 && byChannel.every((id) => id === publishedEvent), JSON.stringify(byChannel));
+  // A time window before any event: nothing (the window is sent as RFC 3339, read as UTC).
+  await page.click('#events-reset');
+  await page.fill('#filter-before', '2001-02-03T04:05:06');
+  await page.click('#events-form button[type=submit]');
+  await page.locator('#events-table[data-query="received_before=2001-02-03T04%3A05%3A06Z&limit=50"]').waitFor({ timeout: WAIT_MS });
+  assert.equal(await page.textContent('#events-table'), 'No events match.');
   await page.click('#events-reset');
   const hostileKey = env('KAPSEL_HOSTILE_KEY');
   await page.fill('#filter-key', hostileKey);
@@ -282,7 +313,7 @@ async function tour(browser) {
   await checkNothingRan(page, problems, 'events');
   await checkAccessibility(page, 'events');
   await shot(page, 'events.png');
-  log('events searched by status and by idempotency key');
+  log('events searched by status, channel, time window and idempotency key');
 
   // Event detail: attempts, the hostile excerpt and payload as text, the proof's state.
   await page.click(`#events tr[data-event="${failedEvent}"] a`);
