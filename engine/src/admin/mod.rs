@@ -8,6 +8,8 @@ pub mod audit;
 pub mod events;
 pub mod inbox;
 pub mod metrics;
+#[cfg(test)]
+mod openapi;
 pub mod publish;
 pub mod route;
 pub mod service;
