@@ -99,6 +99,10 @@ async function signIn(token) {
     }
     return `Could not sign in: ${describe(error)}`;
   }
+  if (session.principal === 'key' && !session.guessed && !session.scopes.includes('read')) {
+    session = null;
+    return 'This key has no read scope: the dashboard needs a key with read (and write for actions).';
+  }
   storeToken(token);
   showSignedIn();
   await route();

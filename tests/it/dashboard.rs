@@ -263,11 +263,13 @@ fn the_dashboard_in_a_browser_reads_redrives_disables_and_shows_hostile_strings_
         common::ingest(&server, "receipts-copy", format!(r#"{{"n":{n}}}"#).as_bytes());
     }
 
-    // Tenant B: two endpoints, an event, and a key that may only read.
+    // Tenant B: two endpoints, an event, a key that may only read and one that may only ingest.
     assert_eq!(server.admin("PUT", "/admin/tenants/tenant-b", r#"{"name":"B"}"#).status, 201);
     let key = server.admin("POST", "/admin/tenants/tenant-b/keys", r#"{"scopes":["read"]}"#);
     assert_eq!(key.status, 201, "{key:?}");
     let read_key = key.json()["key"].as_str().unwrap().to_string();
+    let key = server.admin("POST", "/admin/tenants/tenant-b/keys", r#"{"scopes":["ingest"]}"#);
+    let ingest_key = key.json()["key"].as_str().unwrap().to_string();
     for id in ["b-billing", "b-shipping"] {
         put_endpoint(&server, id, serde_json::json!({"url": sink.url("/b"), "tenant_id": "tenant-b"}));
     }
@@ -279,6 +281,7 @@ fn the_dashboard_in_a_browser_reads_redrives_disables_and_shows_hostile_strings_
         "tour",
         &[
             ("KAPSEL_READ_KEY", read_key),
+            ("KAPSEL_INGEST_KEY", ingest_key),
             ("KAPSEL_B_ENDPOINTS", "b-billing,b-shipping".to_string()),
             ("KAPSEL_FAILED_EVENT", failed_event.clone()),
             ("KAPSEL_PUBLISHED_EVENT", published_event),

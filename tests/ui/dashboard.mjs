@@ -8,7 +8,8 @@
 //   KAPSEL_SCENARIO     "tour" (the default) or "many"
 //   KAPSEL_SCREENSHOTS  directory for screenshots
 //   KAPSEL_CHROMIUM     the browser (default /usr/bin/chromium)
-//   tour:  KAPSEL_READ_KEY (tenant B's read-only key), KAPSEL_B_ENDPOINTS (its endpoints, comma
+//   tour:  KAPSEL_READ_KEY (tenant B's read-only key), KAPSEL_INGEST_KEY (one that may only
+//          ingest), KAPSEL_B_ENDPOINTS (its endpoints, comma
 //          separated), KAPSEL_FAILED_EVENT (a failed event whose sink now succeeds),
 //          KAPSEL_PUBLISHED_EVENT, KAPSEL_B_EVENT, KAPSEL_DISABLE_ENDPOINT, KAPSEL_HOSTILE_URL,
 //          KAPSEL_TRAFFIC_ENDPOINT (open to ingest, delivering: the overview's traffic),
@@ -358,6 +359,11 @@ async function tour(browser) {
   // Sign out: the token is gone from the tab.
   await page.click('#sign-out');
   await page.locator('#token').waitFor({ timeout: WAIT_MS });
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+
+  // A key that may only ingest cannot read: it is turned away at sign-in, and says why.
+  await signIn(page, env('KAPSEL_INGEST_KEY'));
+  await page.locator('#sign-in-error', { hasText: 'no read scope' }).waitFor({ timeout: WAIT_MS });
   assert.equal(await page.evaluate(() => sessionStorage.length), 0);
 
   // Tenant B's read-only key: only B's endpoints and events, and no action anywhere.
