@@ -24,7 +24,10 @@ fn the_endpoint_listing_pages_every_shard_in_id_order() {
     for n in 0..23 {
         let id = format!("ep-{n:03}");
         let tenant = if n % 3 == 0 { "acme" } else { "default" };
-        create(&server, &id, &format!(r#"{{"url":"http://127.0.0.1:9/{n}","tenant_id":"{tenant}"}}"#));
+        let body = format!(
+            r#"{{"url":"http://127.0.0.1:9/{n}","tenant_id":"{tenant}","ingest_auth":{{"type":"stripe","secret":"whsec_stripe{n}"}}}}"#
+        );
+        create(&server, &id, &body);
         expected.push(id);
     }
     // Both shards hold some of them, so the pages are merges.
@@ -68,6 +71,25 @@ fn the_endpoint_listing_pages_every_shard_in_id_order() {
         assert_eq!(page.status, 200, "{page:?}");
         assert_eq!(ids(&page.json()), acme, "{path}");
     }
+    // A key that may only read sees no secret: not the signing secret, not how ingest is
+    // authenticated; one with `write` (and the operator) sees them.
+    let page = as_key(&server, "/admin/endpoints?limit=1", &key).json();
+    let single = as_key(&server, "/admin/endpoints/ep-000", &key).json();
+    for shown in [&page["endpoints"][0], &single] {
+        assert_eq!(shown["id"], "ep-000");
+        assert!(!shown.to_string().contains("whsec_"), "{shown}");
+        assert!(shown.get("secret").is_none() && shown["ingest_auth"].get("secret").is_none(), "{shown}");
+    }
+    let writer = server.admin("POST", "/admin/tenants/acme/keys", r#"{"scopes":["read","write"]}"#).json()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(as_key(&server, "/admin/endpoints/ep-000", &writer).json()["secret"]
+        .as_str()
+        .unwrap()
+        .starts_with("whsec_"));
+    assert!(as_key(&server, "/admin/endpoints?limit=1", &writer).json()["endpoints"][0]["secret"].is_string());
+    assert!(server.admin("GET", "/admin/endpoints?limit=1", "").json()["endpoints"][0]["secret"].is_string());
     let defaults = server.admin("GET", "/admin/endpoints?tenant_id=default&limit=1000", "").json();
     assert_eq!(ids(&defaults).len(), expected.len() - acme.len());
     for bad in ["limit=0", "limit=1001", "cursor=a%20b", "colour=red"] {

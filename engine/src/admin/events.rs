@@ -38,7 +38,14 @@ pub fn list_local(shard: &Shard, query: &EventQuery) -> Vec<(EventId, Value)> {
 /// This shard's endpoints for a page of `GET /admin/endpoints`: up to `limit + 1` after the
 /// cursor, in id order.
 pub fn endpoints_local(shard: &Shard, query: &crate::admin::route::EndpointQuery) -> Vec<(String, Value)> {
-    shard.list_endpoints(query.cursor.as_deref(), query.tenant_id.as_deref(), query.limit, crate::clock::now_ms())
+    let mut found =
+        shard.list_endpoints(query.cursor.as_deref(), query.tenant_id.as_deref(), query.limit, crate::clock::now_ms());
+    if !query.secrets {
+        for (_, json) in &mut found {
+            crate::model::endpoint::Endpoint::hide_secrets(json);
+        }
+    }
+    found
 }
 
 /// Merges the shards' endpoints into one page: `{"endpoints":[…],"next_cursor":…}`, in id order.

@@ -120,7 +120,7 @@ fn one_of_each_route() -> Vec<Route> {
     let id = || "orders".to_string();
     let event_id = EventId::new(1_764_000_000_000, 1, 7);
     let events = crate::model::query::EventQuery::parse(None).expect("the empty query");
-    let endpoints = EndpointQuery { limit: 50, cursor: None, tenant_id: None };
+    let endpoints = EndpointQuery { limit: 50, cursor: None, tenant_id: None, secrets: true };
     vec![
         Route::Health,
         Route::Ready,

@@ -142,12 +142,16 @@ pub struct EndpointQuery {
     pub cursor: Option<String>,
     /// Only this tenant's endpoints (a key's own tenant whatever the query says).
     pub tenant_id: Option<String>,
+    /// Whether the page shows the endpoints' secrets: not to a key without `write` (set once the
+    /// request is authenticated, never from the query string).
+    pub secrets: bool,
 }
 
 impl EndpointQuery {
     /// Parses `limit`, `cursor` and `tenant_id`; unknown parameters are refused.
     fn parse(query: Option<&str>) -> Result<Self, EngineError> {
-        let mut parsed = Self { limit: crate::model::query::LIMIT_DEFAULT, cursor: None, tenant_id: None };
+        let mut parsed =
+            Self { limit: crate::model::query::LIMIT_DEFAULT, cursor: None, tenant_id: None, secrets: true };
         for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
             match pair.split_once('=') {
                 Some(("limit", value)) => {
@@ -509,12 +513,13 @@ mod tests {
             Route::ListEndpoints(EndpointQuery {
                 limit: 2,
                 cursor: Some("ep_a".into()),
-                tenant_id: Some("acme".into())
+                tenant_id: Some("acme".into()),
+                secrets: true
             })
         );
         assert_eq!(
             route("").unwrap(),
-            Route::ListEndpoints(EndpointQuery { limit: 50, cursor: None, tenant_id: None })
+            Route::ListEndpoints(EndpointQuery { limit: 50, cursor: None, tenant_id: None, secrets: true })
         );
         for bad in ["limit=0", "limit=1001", "limit=x", "cursor=a%20b", "tenant_id=a/b", "sort=id"] {
             assert!(matches!(route(bad), Err(EngineError::Invalid(_))), "{bad}");

@@ -48,7 +48,10 @@ impl Service {
                 // A key lists its tenant's events and endpoints only.
                 match &mut route {
                     Route::ListEvents(query) => query.tenant_id = Some(key.tenant_id.clone()),
-                    Route::ListEndpoints(query) => query.tenant_id = Some(key.tenant_id.clone()),
+                    Route::ListEndpoints(query) => {
+                        query.tenant_id = Some(key.tenant_id.clone());
+                        query.secrets = key.scopes.has(crate::model::tenant::Scope::Write);
+                    }
                     _ => {}
                 }
             }
@@ -389,9 +392,12 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         Route::PutEndpoint { id } | Route::CreateEndpoint { id } => {
             put_endpoint(shard, shared, &id, &request, principal.as_ref(), now).await
         }
-        Route::GetEndpoint { id } => {
-            shard.get_endpoint(&id, now).map(|json| Response::json(200, json.to_string().into_bytes()))
-        }
+        Route::GetEndpoint { id } => shard.get_endpoint(&id, now).map(|mut json| {
+            if !may_see_secrets(principal.as_ref()) {
+                crate::model::endpoint::Endpoint::hide_secrets(&mut json);
+            }
+            ok(json)
+        }),
         Route::DeleteEndpoint { id } => {
             let by = principal.as_ref().and_then(Principal::changed_by);
             let outcome = shard.delete_endpoint_by(&id, by, now).await;
@@ -421,6 +427,15 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         | Route::AuditChanges { .. } => Err(EngineError::NotFound("not a shard operation".into())),
     };
     outcome.unwrap_or_else(EngineError::into_response)
+}
+
+/// Whether `principal` sees endpoints' secrets: the operator token and keys with `write` (which
+/// could replace them anyway), not a key that may only read.
+fn may_see_secrets(principal: Option<&Principal>) -> bool {
+    match principal {
+        Some(Principal::Key(key)) => key.scopes.has(crate::model::tenant::Scope::Write),
+        _ => true,
+    }
 }
 
 /// Brings the shared subscriptions in line with endpoint `id` as this shard's state has it

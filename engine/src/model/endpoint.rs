@@ -400,6 +400,19 @@ impl Endpoint {
         &self.tenant
     }
 
+    /// Takes the secrets out of an endpoint's JSON ([`Endpoint::to_json`]): the signing
+    /// `secret`, `ingest_secret` and `ingest_auth`'s secret. For a key without `write`: reading
+    /// an endpoint must not hand out what signs its deliveries or authenticates its ingest.
+    pub fn hide_secrets(json: &mut Value) {
+        if let Some(object) = json.as_object_mut() {
+            object.remove("secret");
+            object.remove("ingest_secret");
+            if let Some(auth) = object.get_mut("ingest_auth").and_then(Value::as_object_mut) {
+                auth.remove("secret");
+            }
+        }
+    }
+
     /// The admin JSON view: configuration plus the live state the caller passes in.
     pub fn to_json(&self, live: &LiveState) -> Value {
         json!({
@@ -470,8 +483,11 @@ mod tests {
         assert_eq!(endpoint.retry, RetryPolicy::default());
         assert_eq!(endpoint.circuit, CircuitPolicy::default());
         assert!(endpoint.enabled);
-        let json = endpoint.to_json(&LiveState::default());
+        let mut json = endpoint.to_json(&LiveState::default());
         assert_eq!(json["circuit_state"], "closed");
+        Endpoint::hide_secrets(&mut json);
+        assert!(json.get("secret").is_none() && json.get("ingest_secret").is_none());
+        assert!(!json.to_string().contains("whsec_"), "{json}");
         assert_eq!(json["retry"]["max_attempts"], 10);
     }
 
