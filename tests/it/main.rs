@@ -24,6 +24,7 @@ mod index_chaos;
 mod index_schema;
 mod ingest;
 mod layers;
+mod openapi;
 mod operations;
 mod postgres_harness;
 mod retention;
