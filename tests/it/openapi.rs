@@ -3,7 +3,8 @@
 //! a missing or wrong token; and schemathesis, generating requests from the document, finds every
 //! answer true to it (statuses, content types, bodies, headers, no 5xx, authentication enforced,
 //! valid data accepted and invalid data refused), once as a tenant's key against a server whose
-//! data belongs to other tenants — nothing of theirs may reach it — and once as the operator.
+//! data belongs to other tenants — nothing of theirs may reach it — and once as the operator; and
+//! the same two ways for the event operations answered by the Postgres index.
 //!
 //! schemathesis and openapi-spec-validator come from PyPI: `.ci/run` installs them into
 //! `target/tools/python` (`.ci/requirements.txt`); they are also looked for on `PATH`. Without
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{self, sink::Reply, sink::Sink, Server, TOKEN};
+use crate::common::{self, postgres::Postgres, sink::Reply, sink::Sink, Server, TOKEN};
 
 /// Test cases per operation and phase: enough for every check to see valid and invalid data of
 /// each operation, few enough that both runs take about a minute on two cores.
@@ -249,13 +250,15 @@ fn fixtures(server: &Server, sink: &Sink) -> (Owned, String) {
         send(path, bearer, json!({"type": "order.created", "n": n}));
     }
     send("/publish/orders", &acme_key, json!({"type": "order.paid"}));
+    // globex's own events, so that its listings have something to show (and nothing else).
+    for n in 0..3 {
+        let response = server.request("POST", "/ingest/globex-orders", &[], json!({"n": n}).to_string().as_bytes());
+        assert_eq!(response.status, 202, "{response:?}");
+    }
     for event_id in &owned.event_ids {
         common::wait_event(server, event_id, |event| event["status"] == "delivered");
     }
     owned.secrets.extend(owned.event_ids.iter().cloned());
-    // Small segments (KAPSEL_WAL_SEGMENT_BYTES) are sealed by now, so proofs answer 200.
-    let proof = server.admin("GET", &format!("/admin/events/{}/proof", owned.event_ids[0]), "");
-    assert_eq!(proof.status, 200, "{proof:?}");
     (owned, globex)
 }
 
@@ -311,7 +314,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404",
 
 /// One schemathesis run against `server` as `bearer`; fails the test with its output unless
 /// every check passed. Returns the HAR report's entries.
-fn schemathesis(tools: &Tools, server: &Server, name: &str, configuration: &str) -> Vec<Value> {
+fn schemathesis(tools: &Tools, server: &Server, name: &str, configuration: &str, extra: &[&str]) -> Vec<Value> {
     let directory = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openapi").join(name);
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
@@ -331,6 +334,7 @@ fn schemathesis(tools: &Tools, server: &Server, name: &str, configuration: &str)
         .args(["--generation-database", "none", "--no-color", "--output-sanitize", "false"])
         .args(["--report", "har", "--report-har-path"])
         .arg(&har)
+        .args(extra)
         .current_dir(&directory);
     let started = Instant::now();
     let (status, output) = run(command);
@@ -434,6 +438,37 @@ fn configuration_of(server: &Server, id: &str) -> Value {
     endpoint
 }
 
+/// The checks of a run made with `globex`'s key: no answer revealed what others own, every
+/// request naming their resources (`kinds`: `endpoints`, `events`, …) was refused, and the run
+/// did name each kind (else the checks prove nothing).
+fn assert_kept_in_its_tenant(exchanges: &[Value], owned: &Owned, globex_key: &str, kinds: &[&str]) {
+    let leaks = revealed(exchanges, owned);
+    assert!(leaks.is_empty(), "another tenant's data reached globex's key: {:#?}", &leaks[..leaks.len().min(5)]);
+    let bearer = format!("Bearer {globex_key}");
+    let mut reached = BTreeSet::new();
+    for entry in exchanges {
+        let exchange = Exchange { entry };
+        if exchange.header("request", "Authorization") != Some(bearer.as_str()) {
+            continue;
+        }
+        if let Some(path) = names_owned(exchange.path(), owned) {
+            let status = exchange.status();
+            // A refusal: 404 as for a missing resource, or one decided before any resource is
+            // looked up (401 without the scope, 400 for a malformed request, 405, 413, 429, 503).
+            assert!(
+                !(200..400).contains(&status),
+                "{} {path} as globex's key answered {status}: {}",
+                exchange.method(),
+                exchange.response_text()
+            );
+            reached.insert(path.split('/').nth(2).unwrap_or_default().to_string());
+        }
+    }
+    for kind in kinds {
+        assert!(reached.contains(*kind), "globex's run never named another tenant's {kind}: {reached:?}");
+    }
+}
+
 // The document is the contract for machines: schemathesis generates requests from it (valid and
 // invalid, every operation, sequences that follow its links) and checks every answer against it.
 // Run first with `globex`'s key on a server whose other endpoints and events belong to `acme` and
@@ -448,40 +483,18 @@ fn schemathesis_finds_the_server_true_to_the_document() {
     // Small segments, so that events are sealed and their proofs exist.
     let server = Server::start(directory.path(), "auto", &[("KAPSEL_WAL_SEGMENT_BYTES", "4096")]);
     let (owned, globex_key) = fixtures(&server, &sink);
+    // The small segments are sealed by now, so proofs answer 200.
+    let proof = server.admin("GET", &format!("/admin/events/{}/proof", owned.event_ids[0]), "");
+    assert_eq!(proof.status, 200, "{proof:?}");
     let before: Vec<Value> = owned.endpoint_ids.iter().map(|id| configuration_of(&server, id)).collect();
 
-    let as_globex = schemathesis(&tools, &server, "tenant-key", &configuration(&globex_key, &owned, &sink));
-    let leaks = revealed(&as_globex, &owned);
-    assert!(leaks.is_empty(), "another tenant's data reached globex's key: {:#?}", &leaks[..leaks.len().min(5)]);
-    let bearer = format!("Bearer {globex_key}");
-    let mut reached = BTreeSet::new();
-    for entry in &as_globex {
-        let exchange = Exchange { entry };
-        if exchange.header("request", "Authorization") != Some(bearer.as_str()) {
-            continue;
-        }
-        if let Some(path) = names_owned(exchange.path(), &owned) {
-            let status = exchange.status();
-            // A refusal: 404 as for a missing resource, or one decided before any resource is
-            // looked up (401 without the scope, 400 for a malformed request, 405, 413, 429, 503).
-            assert!(
-                !(200..400).contains(&status),
-                "{} {path} as globex's key answered {status}: {}",
-                exchange.method(),
-                exchange.response_text()
-            );
-            reached.insert(path.split('/').nth(2).unwrap_or_default().to_string());
-        }
-    }
-    // The run did ask for the others' endpoints and events (else the checks above prove nothing).
-    for kind in ["endpoints", "events"] {
-        assert!(reached.contains(kind), "globex's run never named another tenant's {kind}: {reached:?}");
-    }
+    let as_globex = schemathesis(&tools, &server, "tenant-key", &configuration(&globex_key, &owned, &sink), &[]);
+    assert_kept_in_its_tenant(&as_globex, &owned, &globex_key, &["endpoints", "events"]);
     let after: Vec<Value> = owned.endpoint_ids.iter().map(|id| configuration_of(&server, id)).collect();
     assert_eq!(before, after, "globex's key changed another tenant's endpoints");
 
     let delivered_before = sink.received().len();
-    let as_operator = schemathesis(&tools, &server, "operator", &configuration(TOKEN, &owned, &sink));
+    let as_operator = schemathesis(&tools, &server, "operator", &configuration(TOKEN, &owned, &sink), &[]);
     assert!(
         !revealed(&as_operator, &owned).is_empty(),
         "the operator's answers never showed acme's data: the scan sees nothing"
@@ -490,4 +503,38 @@ fn schemathesis_finds_the_server_true_to_the_document() {
     sink.wait_for("deliveries of the operator's run", common::WAIT, |received| received.len() > delivered_before);
     let paths: BTreeSet<String> = sink.received().iter().map(|request| request.path.clone()).collect();
     assert!(paths.iter().any(|path| path.starts_with(GENERATED_PATH) || path.starts_with("/tenant-")), "{paths:?}");
+}
+
+// With `DATABASE_URL` the event listing, and a lookup of an event that left memory, are answered
+// by the Postgres index: other fields (`delivered_at`, `trace_id`), `source: index`, every
+// attempt's excerpt, and for a key a filter in SQL rather than in memory. The event operations
+// and readiness, checked the same two ways against an indexing server that keeps two terminal
+// events per shard in memory.
+#[test]
+fn schemathesis_finds_the_index_answers_true_to_the_document() {
+    let Some(tools) = Tools::find() else { return };
+    let Some(postgres) = Postgres::start() else { return };
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let directory = tempfile::tempdir().unwrap();
+    let url = postgres.database("openapi");
+    let settings = [
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_MAX_CONNECTIONS", "4"),
+        ("KAPSEL_TERMINAL_EVENTS_IN_MEMORY", "2"),
+        ("KAPSEL_WAL_SEGMENT_BYTES", "4096"),
+    ];
+    let server = Server::start(directory.path(), "auto", &settings);
+    let (owned, globex_key) = fixtures(&server, &sink);
+    common::wait_until("the index holds every event", || {
+        let ready = server.request("GET", "/readyz", &[], b"").json();
+        ready["index"]["state"] == "connected" && ready["index"]["lag_records"] == 0
+    });
+    let listing = server.admin("GET", "/admin/events?limit=1000", "").json();
+    assert_eq!(listing["source"], "index", "{listing}");
+    let only = ["--include-path-regex", "^/admin/events|^/readyz$"];
+    let as_globex =
+        schemathesis(&tools, &server, "index-tenant-key", &configuration(&globex_key, &owned, &sink), &only);
+    assert_kept_in_its_tenant(&as_globex, &owned, &globex_key, &["events"]);
+    let as_operator = schemathesis(&tools, &server, "index-operator", &configuration(TOKEN, &owned, &sink), &only);
+    assert!(!revealed(&as_operator, &owned).is_empty(), "the operator's answers never showed acme's data");
 }
