@@ -507,9 +507,10 @@ fn schemathesis_finds_the_server_true_to_the_document() {
 
 // With `DATABASE_URL` the event listing, and a lookup of an event that left memory, are answered
 // by the Postgres index: other fields (`delivered_at`, `trace_id`), `source: index`, every
-// attempt's excerpt, and for a key a filter in SQL rather than in memory. The event operations
-// and readiness, checked the same two ways against an indexing server that keeps two terminal
-// events per shard in memory.
+// attempt's excerpt, and for a key a filter in SQL rather than in memory. The event and endpoint
+// operations and readiness, checked against an indexing server that keeps two terminal events
+// per shard in memory: as a key of `globex` that may only read (which also sees no endpoint's
+// secrets, its own tenant's included), and as the operator.
 #[test]
 fn schemathesis_finds_the_index_answers_true_to_the_document() {
     let Some(tools) = Tools::find() else { return };
@@ -524,17 +525,32 @@ fn schemathesis_finds_the_index_answers_true_to_the_document() {
         ("KAPSEL_WAL_SEGMENT_BYTES", "4096"),
     ];
     let server = Server::start(directory.path(), "auto", &settings);
-    let (owned, globex_key) = fixtures(&server, &sink);
+    let (owned, _) = fixtures(&server, &sink);
+    let reader = server.admin("POST", "/admin/tenants/globex/keys", r#"{"scopes":["read"]}"#);
+    assert_eq!(reader.status, 201, "{reader:?}");
+    let reader = reader.json()["key"].as_str().unwrap().to_string();
     common::wait_until("the index holds every event", || {
         let ready = server.request("GET", "/readyz", &[], b"").json();
         ready["index"]["state"] == "connected" && ready["index"]["lag_records"] == 0
     });
     let listing = server.admin("GET", "/admin/events?limit=1000", "").json();
     assert_eq!(listing["source"], "index", "{listing}");
-    let only = ["--include-path-regex", "^/admin/events|^/readyz$"];
-    let as_globex =
-        schemathesis(&tools, &server, "index-tenant-key", &configuration(&globex_key, &owned, &sink), &only);
-    assert_kept_in_its_tenant(&as_globex, &owned, &globex_key, &["events"]);
+    let only = ["--include-path-regex", "^/admin/events|^/admin/endpoints|^/readyz$"];
+    let as_reader = schemathesis(&tools, &server, "index-tenant-reader", &configuration(&reader, &owned, &sink), &only);
+    assert_kept_in_its_tenant(&as_reader, &owned, &reader, &["endpoints", "events"]);
+    let mut own_endpoints = 0;
+    for entry in &as_reader {
+        let exchange = Exchange { entry };
+        let response = exchange.response_text();
+        assert!(
+            !response.contains("whsec_") || exchange.request_text().contains("whsec_"),
+            "a key that may only read got a secret: {} {} -> {response}",
+            exchange.method(),
+            exchange.url()
+        );
+        own_endpoints += usize::from(exchange.status() == 200 && response.contains("globex-orders"));
+    }
+    assert!(own_endpoints > 0, "the reader never saw its own tenant's endpoint");
     let as_operator = schemathesis(&tools, &server, "index-operator", &configuration(TOKEN, &owned, &sink), &only);
     assert!(!revealed(&as_operator, &owned).is_empty(), "the operator's answers never showed acme's data");
 }
