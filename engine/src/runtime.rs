@@ -222,6 +222,12 @@ fn bind_listeners(
     shards: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
     let mut address = requested;
+    if requested.port() != 0 {
+        // SO_REUSEPORT lets any process of the same user join an address: a second Kapsel (with
+        // another data directory) started on a port in use would silently take a share of the
+        // first one's connections. A bind without it fails while anything listens there.
+        refuse_if_listened(requested).map_err(|source| StartError::Listen { address, source })?;
+    }
     let mut listeners = Vec::with_capacity(shards);
     for _ in 0..shards {
         let listener = bind_reuse_port(address).map_err(|source| StartError::Listen { address, source })?;
@@ -229,6 +235,14 @@ fn bind_listeners(
         listeners.push(listener);
     }
     Ok((listeners, address))
+}
+
+/// `Err(AddrInUse)` when a socket listens on `address` already: a bind with SO_REUSEADDR only
+/// (which passes over connections in TIME_WAIT, not over a listener), released at once.
+fn refuse_if_listened(address: SocketAddr) -> std::io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())
 }
 
 /// A non-blocking listener with SO_REUSEPORT, so every shard can bind the same address and the

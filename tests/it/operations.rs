@@ -151,3 +151,45 @@ fn a_second_process_on_the_same_data_directory_is_refused() {
     assert_eq!(server.request("GET", "/readyz", &[], b"").status, 200);
     assert_eq!(server.stop(), 0);
 }
+
+// Listeners share their port with SO_REUSEPORT, which any process of the same user may join: a
+// second Kapsel (another data directory) started on a port in use would silently take a share of
+// the first one's connections. It is refused at start, naming the address, and the first keeps
+// every connection (found by the OpenAPI tests, which saw another process's answers).
+#[test]
+fn a_second_process_on_a_port_in_use_is_refused() {
+    let first = tempfile::tempdir().unwrap();
+    let server = Server::start(first.path(), "uring", &[]);
+    let second = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kapsel"))
+        .env_clear()
+        .env("SERVER_ADDR", server.address.to_string())
+        .env("KAPSEL_DATA_DIR", second.path())
+        .env("KAPSEL_ADMIN_TOKEN", "another-token-entirely")
+        .env("KAPSEL_SHARDS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refused start ends at once; one that serves would run until killed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second Kapsel started on {} in use", server.address);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains(&format!("cannot listen on {}", server.address)), "{stderr}");
+    // Every connection still reaches the first process (the second one's token would be refused).
+    for _ in 0..32 {
+        assert_eq!(server.admin("GET", "/admin/session", "").status, 200);
+    }
+    assert_eq!(server.stop(), 0);
+}
