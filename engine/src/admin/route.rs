@@ -152,23 +152,15 @@ impl EndpointQuery {
     fn parse(query: Option<&str>) -> Result<Self, EngineError> {
         let mut parsed =
             Self { limit: crate::model::query::LIMIT_DEFAULT, cursor: None, tenant_id: None, secrets: true };
-        for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
-            match pair.split_once('=') {
-                Some(("limit", value)) => {
-                    parsed.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|limit| (1..=crate::model::query::LIMIT_MAX).contains(limit))
-                        .ok_or_else(|| EngineError::Invalid("limit must be 1 to 1000".into()))?;
+        for pair in crate::model::query::pairs(query) {
+            match pair? {
+                ("limit", value) => parsed.limit = limit(&value, crate::model::query::LIMIT_MAX)?,
+                ("cursor", id) if valid_endpoint_id(&id) => parsed.cursor = Some(id),
+                ("tenant_id", id) if crate::model::tenant::valid_tenant_id(&id) => parsed.tenant_id = Some(id),
+                (name @ ("cursor" | "tenant_id"), _) => {
+                    return Err(EngineError::Invalid(format!("{name} is not an endpoint or tenant id")));
                 }
-                Some(("cursor", id)) if valid_endpoint_id(id) => parsed.cursor = Some(id.to_string()),
-                Some(("tenant_id", id)) if crate::model::tenant::valid_tenant_id(id) => {
-                    parsed.tenant_id = Some(id.to_string());
-                }
-                Some(("cursor" | "tenant_id", _)) => {
-                    return Err(EngineError::Invalid(format!("{pair} is not an endpoint or tenant id")));
-                }
-                _ => return Err(EngineError::Invalid(format!("unknown query parameter {pair}"))),
+                (name, _) => return Err(EngineError::Invalid(format!("unknown query parameter {name}"))),
             }
         }
         Ok(parsed)
@@ -368,11 +360,11 @@ fn only_get(method: Method, route: Route) -> Result<Route, EngineError> {
 /// The query of `POST /admin/events/{id}/retry`: nothing, or `endpoint_id=` naming one delivery.
 fn retry_endpoint(query: Option<&str>) -> Result<Option<String>, EngineError> {
     let mut endpoint_id = None;
-    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
-        match pair.split_once('=') {
-            Some(("endpoint_id", id)) if valid_endpoint_id(id) => endpoint_id = Some(id.to_string()),
-            Some(("endpoint_id", _)) => return Err(EngineError::Invalid("endpoint_id is not an endpoint id".into())),
-            _ => return Err(EngineError::Invalid(format!("unknown query parameter {pair}"))),
+    for pair in crate::model::query::pairs(query) {
+        match pair? {
+            ("endpoint_id", id) if valid_endpoint_id(&id) => endpoint_id = Some(id),
+            ("endpoint_id", _) => return Err(EngineError::Invalid("endpoint_id is not an endpoint id".into())),
+            (name, _) => return Err(EngineError::Invalid(format!("unknown query parameter {name}"))),
         }
     }
     Ok(endpoint_id)
@@ -384,20 +376,23 @@ fn known_event(text: &str) -> Result<EventId, EngineError> {
 
 /// The query of `GET /admin/audit/changes`: nothing, or `limit=` 1 to 1000.
 fn changes_limit(query: Option<&str>) -> Result<usize, EngineError> {
-    let mut limit = 100;
-    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
-        match pair.split_once('=') {
-            Some(("limit", value)) => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|limit| (1..=1000).contains(limit))
-                    .ok_or_else(|| EngineError::Invalid("limit must be 1 to 1000".into()))?;
-            }
-            _ => return Err(EngineError::Invalid(format!("unknown query parameter {pair}"))),
+    let mut shown = 100;
+    for pair in crate::model::query::pairs(query) {
+        match pair? {
+            ("limit", value) => shown = limit(&value, 1000)?,
+            (name, _) => return Err(EngineError::Invalid(format!("unknown query parameter {name}"))),
         }
     }
-    Ok(limit)
+    Ok(shown)
+}
+
+/// A page size: 1 to `most`, else 400 E1005.
+fn limit(value: &str, most: usize) -> Result<usize, EngineError> {
+    value
+        .parse()
+        .ok()
+        .filter(|limit| (1..=most).contains(limit))
+        .ok_or_else(|| EngineError::Invalid(format!("limit must be 1 to {most}")))
 }
 
 /// A tenant id in a path: one that cannot exist is simply not found.
@@ -521,7 +516,16 @@ mod tests {
             route("").unwrap(),
             Route::ListEndpoints(EndpointQuery { limit: 50, cursor: None, tenant_id: None, secrets: true })
         );
-        for bad in ["limit=0", "limit=1001", "limit=x", "cursor=a%20b", "tenant_id=a/b", "sort=id"] {
+        assert_eq!(
+            route("tenant_id=ac%6De&cursor=ep%5Fa").unwrap(),
+            Route::ListEndpoints(EndpointQuery {
+                limit: 50,
+                cursor: Some("ep_a".into()),
+                tenant_id: Some("acme".into()),
+                secrets: true
+            })
+        );
+        for bad in ["limit=0", "limit=1001", "limit=x", "cursor=a%20b", "tenant_id=a/b", "sort=id", "cursor=%ff"] {
             assert!(matches!(route(bad), Err(EngineError::Invalid(_))), "{bad}");
         }
     }

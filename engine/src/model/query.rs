@@ -77,10 +77,8 @@ impl EventQuery {
             limit: LIMIT_DEFAULT,
             cursor: None,
         };
-        for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
-            let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
-            let decoded =
-                percent_decode(raw).ok_or_else(|| invalid(&format!("{name} is not valid percent-encoded UTF-8")))?;
+        for pair in pairs(query) {
+            let (name, decoded) = pair?;
             let value = decoded.as_str();
             match name {
                 "endpoint_id" if valid_endpoint_id(value) => parsed.endpoint_id = Some(value.to_string()),
@@ -129,6 +127,17 @@ impl EventQuery {
 
 fn invalid(message: &str) -> EngineError {
     EngineError::Invalid(message.to_string())
+}
+
+/// The `name=value` pairs of a query string (every admin path's), values percent-decoded; a
+/// value that is not UTF-8 once decoded is 400 E1005.
+pub fn pairs(query: Option<&str>) -> impl Iterator<Item = Result<(&str, String), EngineError>> {
+    query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value =
+            percent_decode(raw).ok_or_else(|| invalid(&format!("{name} is not valid percent-encoded UTF-8")))?;
+        Ok((name, value))
+    })
 }
 
 /// Decodes `%XX` escapes (`percent-encoding`; `+` stays `+`: an RFC 3339 offset or a key may
