@@ -209,7 +209,7 @@ fn check(condition: bool, message: &str) -> Result<(), InvalidEndpoint> {
 impl EndpointInput {
     /// Parses the JSON body.
     pub fn parse(body: &[u8]) -> Result<Self, InvalidEndpoint> {
-        serde_json::from_slice(body).map_err(|error| InvalidEndpoint(format!("invalid JSON body: {error}")))
+        crate::model::whole_number::object_body(body, &["retry", "circuit"]).map_err(InvalidEndpoint)
     }
 
     /// The tenant the body names, if any.

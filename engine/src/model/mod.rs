@@ -15,3 +15,4 @@ pub mod subscriptions;
 pub mod tenant;
 pub mod trace;
 pub mod view;
+pub mod whole_number;

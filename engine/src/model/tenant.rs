@@ -125,7 +125,7 @@ impl TenantInput {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let input: Self = serde_json::from_slice(body).map_err(|error| format!("invalid JSON body: {error}"))?;
+        let input: Self = crate::model::whole_number::object_body(body, &[])?;
         if input.name.as_ref().is_some_and(|name| name.len() > limits::TENANT_NAME_BYTES_MAX) {
             return Err(format!("`name` is at most {} bytes", limits::TENANT_NAME_BYTES_MAX));
         }
