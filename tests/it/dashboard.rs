@@ -7,14 +7,11 @@
 //! test artefacts). Without Chromium, Node.js or `tests/ui/node_modules` (`npm ci --prefix
 //! tests/ui`) these tests say SKIPPED and pass, except under `CI=true`, where that is a failure.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use crate::common::sink::{Reply, Sink};
 use crate::common::{self, create, Server, TOKEN};
 
 /// A script element: it would set `window.__xss` if it were ever parsed as markup.
@@ -56,14 +53,7 @@ impl Browser {
         if missing.is_empty() {
             return Some(Browser { root, chromium });
         }
-        assert!(
-            std::env::var("CI").ok().as_deref() != Some("true"),
-            "the dashboard's browser tests need {} under CI=true; .ci/run installs them",
-            missing.join(", ")
-        );
-        // Straight to the process's standard error: the test harness would swallow eprintln.
-        let _ = std::io::stderr()
-            .write_all(format!("SKIPPED: the dashboard's browser test needs {}\n", missing.join(", ")).as_bytes());
+        common::skip_for_want_of(&format!("the dashboard's browser test needs {}", missing.join(", ")));
         None
     }
 
@@ -78,37 +68,11 @@ impl Browser {
             .env("KAPSEL_TOKEN", TOKEN)
             .env("KAPSEL_SCENARIO", scenario)
             .env("KAPSEL_SCREENSHOTS", &screenshots)
-            .env("KAPSEL_CHROMIUM", &self.chromium)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("KAPSEL_CHROMIUM", &self.chromium);
         for (name, value) in settings {
             command.env(name, value);
         }
-        let mut child = command.spawn().expect("start node");
-        // Read both pipes on their own threads so a chatty script cannot block on a full pipe.
-        let drain = |mut pipe: Box<dyn Read + Send>| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = pipe.read_to_string(&mut text);
-                text
-            })
-        };
-        let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
-        let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
-        let deadline = Instant::now() + SCRIPT_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for node") {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let output = format!("{}{}", stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+        let (status, output) = common::run_bounded(command, SCRIPT_TIMEOUT);
         match status {
             Some(status) if status.success() => {
                 // Shown with --nocapture: the checks made, the time each page took, the screenshots.
@@ -119,82 +83,6 @@ impl Browser {
             None => panic!("the browser script did not finish within {SCRIPT_TIMEOUT:?}:\n{output}"),
         }
     }
-}
-
-/// A destination that answers 500 with hostile markup as its body until told to succeed, then
-/// 200: the response excerpt Kapsel keeps of the failure is then attacker-controlled.
-struct HostileSink {
-    address: SocketAddr,
-    failing: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl HostileSink {
-    fn start(failure_body: String) -> HostileSink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let failing = Arc::new(AtomicBool::new(true));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (failing_flag, stop_flag) = (Arc::clone(&failing), Arc::clone(&stop));
-        let body = Arc::new(failure_body);
-        std::thread::spawn(move || {
-            while !stop_flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let (failing, body) = (Arc::clone(&failing_flag), Arc::clone(&body));
-                        std::thread::spawn(move || answer(stream, failing.load(Ordering::Relaxed), &body));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        HostileSink { address, failing, stop }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    fn succeed(&self) {
-        self.failing.store(false, Ordering::Relaxed);
-    }
-}
-
-impl Drop for HostileSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Reads one request and answers it, closing the connection.
-fn answer(mut stream: TcpStream, failing: bool, failure_body: &str) {
-    stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-            break position + 4;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-        }
-    };
-    let (_, _, length) = common::parse_head(&buffer[..head_end]);
-    while buffer.len() < head_end + length {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-        }
-    }
-    let (status, body) = if failing { ("500 Hostile", failure_body) } else { ("200 OK", "ok") };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
 }
 
 fn put_endpoint(server: &Server, id: &str, body: serde_json::Value) {
@@ -211,7 +99,11 @@ fn the_dashboard_in_a_browser_reads_redrives_disables_and_shows_hostile_strings_
     // Small segments: the failed event's is sealed soon, so its Merkle proof can be shown.
     let server = Server::start(directory.path(), "legacy", &[("KAPSEL_WAL_SEGMENT_BYTES", "4096")]);
     let hostile = [HOSTILE_SCRIPT, HOSTILE_ATTRIBUTE, HOSTILE_COMPACT];
-    let sink = HostileSink::start(hostile.join("\n"));
+    // The destination answers 500 with hostile markup as its body until told to succeed: the
+    // response excerpt Kapsel keeps of the failure is then attacker-controlled.
+    let failure_body = hostile.join("\n");
+    let sink =
+        Sink::start(move |_, _| Reply::status(500).header("Content-Type", "text/html").body(failure_body.as_bytes()));
 
     // The operator's endpoints: one whose only attempt fails with a hostile answer, a second
     // subscriber of its channel, one to disable, and one whose URL is hostile (disabled: it gets
@@ -233,7 +125,7 @@ fn the_dashboard_in_a_browser_reads_redrives_disables_and_shows_hostile_strings_
     let failed = common::wait_event(&server, &failed_event, |event| event["status"] == "failed");
     assert!(failed["last_response_excerpt"].as_str().unwrap().contains(HOSTILE_SCRIPT), "{failed}");
     // From now on the destination succeeds: the redrive the browser makes is delivered.
-    sink.succeed();
+    sink.set_script(|_, _| Reply::status(200));
     // More of the endpoint's events fill its shard's segment until the failed event's is sealed.
     let proof = format!("/admin/events/{failed_event}/proof");
     common::wait_until("the failed event's segment to be sealed", || {

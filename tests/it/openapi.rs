@@ -13,9 +13,8 @@
 //! answer) under `target/tmp/openapi/`.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -62,47 +61,13 @@ impl Tools {
         match (find("schemathesis"), find("openapi-spec-validator")) {
             (Some(schemathesis), Some(validator)) => Some(Tools { schemathesis, validator }),
             _ => {
-                assert!(
-                    std::env::var("CI").ok().as_deref() != Some("true"),
-                    "the OpenAPI tests need schemathesis and openapi-spec-validator under CI=true; .ci/run installs them"
-                );
-                // Straight to the process's standard error: the test harness would swallow eprintln.
-                let _ = std::io::stderr().write_all(
-                    b"SKIPPED: the OpenAPI tests need schemathesis and openapi-spec-validator (pip install -r .ci/requirements.txt into target/tools/python)\n",
+                common::skip_for_want_of(
+                    "the OpenAPI tests need schemathesis and openapi-spec-validator (pip install -r .ci/requirements.txt into target/tools/python)",
                 );
                 None
             }
         }
     }
-}
-
-/// Runs a command to its end (or `RUN_TIMEOUT`), both pipes drained on their own threads; its
-/// exit status (None on timeout) and its output.
-fn run(mut command: Command) -> (Option<std::process::ExitStatus>, String) {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|error| panic!("start {command:?}: {error}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, format!("{}{}", stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default()))
 }
 
 /// The document's operations: (method in upper case, path template, its `security`).
@@ -144,7 +109,7 @@ fn the_served_document_is_the_file_and_valid_openapi() {
     std::fs::write(&copy, &served.body).unwrap();
     let mut command = Command::new(&tools.validator);
     command.arg(&copy);
-    let (status, output) = run(command);
+    let (status, output) = common::run_bounded(command, RUN_TIMEOUT);
     assert!(status.is_some_and(|status| status.success()), "openapi-spec-validator refuses the document:\n{output}");
 }
 
@@ -336,7 +301,7 @@ fn schemathesis(tools: &Tools, server: &Server, name: &str, configuration: &str,
         .args(extra)
         .current_dir(&directory);
     let started = Instant::now();
-    let (status, output) = run(command);
+    let (status, output) = common::run_bounded(command, RUN_TIMEOUT);
     std::fs::write(directory.join("output.txt"), &output).unwrap();
     let summary: String =
         output.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");

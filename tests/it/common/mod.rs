@@ -341,3 +341,41 @@ pub fn shard_of(id: &str, shards: u64) -> u64 {
     }
     hash % shards
 }
+
+/// Runs a command to its end or `timeout`, both pipes drained on their own threads (a chatty
+/// child cannot block on a full pipe): its exit status (`None` when it was killed at the
+/// timeout) and its output, standard output then standard error.
+pub fn run_bounded(mut command: Command, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|error| panic!("start {command:?}: {error}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, format!("{}{}", stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default()))
+}
+
+/// Says a test cannot run for want of `needed` (SKIPPED on standard error), or fails it under
+/// `CI=true`, where `.ci/run` installs everything the suite needs.
+pub fn skip_for_want_of(needed: &str) {
+    assert!(std::env::var("CI").ok().as_deref() != Some("true"), "{needed} under CI=true; .ci/run installs it");
+    // Straight to the process's standard error: the test harness would swallow eprintln.
+    let _ = std::io::stderr().write_all(format!("SKIPPED: {needed}\n").as_bytes());
+}

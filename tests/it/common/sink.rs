@@ -24,16 +24,21 @@ impl Received {
     }
 }
 
-/// What to answer: status, extra headers, and a delay before answering.
+/// What to answer: status, extra headers, a body (`ok` unless set), and a delay before answering.
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
     pub delay: Duration,
 }
 
 impl Reply {
     pub fn status(status: u16) -> Self {
-        Self { status, headers: Vec::new(), delay: Duration::ZERO }
+        Self { status, headers: Vec::new(), body: b"ok".to_vec(), delay: Duration::ZERO }
+    }
+    pub fn body(mut self, body: &[u8]) -> Self {
+        self.body = body.to_vec();
+        self
     }
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -159,12 +164,14 @@ fn serve(mut stream: TcpStream, inner: &Inner) {
         };
         let reply = script(index, &request);
         std::thread::sleep(reply.delay);
-        let mut response = format!("HTTP/1.1 {} Sink\r\nContent-Length: 2\r\n", reply.status);
+        let mut response = format!("HTTP/1.1 {} Sink\r\nContent-Length: {}\r\n", reply.status, reply.body.len());
         for (name, value) in &reply.headers {
             response.push_str(&format!("{name}: {value}\r\n"));
         }
-        response.push_str("\r\nok");
-        if stream.write_all(response.as_bytes()).is_err() {
+        response.push_str("\r\n");
+        let mut response = response.into_bytes();
+        response.extend_from_slice(&reply.body);
+        if stream.write_all(&response).is_err() {
             return;
         }
     }
