@@ -1,8 +1,8 @@
 //! Kapsel's integration tests, one binary: the real `kapsel` binary over real TCP on loopback,
-//! real files and fsyncs, a private PostgreSQL, real sinks. `common` holds the one set of
-//! helpers (server process, HTTP client, sinks, Postgres, test PKI). Tests that need PostgreSQL
-//! print `SKIPPED` when it is missing (a failure under `CI=true`) and are counted in
-//! `common::postgres::SKIPPED`.
+//! real files and fsyncs, a private PostgreSQL, a private NATS JetStream cluster, real sinks.
+//! `common` holds the one set of helpers (server process, HTTP client, sinks, Postgres, NATS,
+//! test PKI). Tests that need PostgreSQL or `nats-server` print `SKIPPED` when it is missing (a
+//! failure under `CI=true`); the PostgreSQL ones are counted in `common::postgres::SKIPPED`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -24,6 +24,7 @@ mod index_chaos;
 mod index_schema;
 mod ingest;
 mod layers;
+mod nats_harness;
 mod openapi;
 mod operations;
 mod postgres_harness;

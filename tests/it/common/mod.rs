@@ -3,6 +3,7 @@
 //! gracefully or with SIGKILL.
 
 pub mod hostile;
+pub mod nats;
 pub mod pki;
 pub mod postgres;
 pub mod sink;
