@@ -33,7 +33,7 @@ pub mod state;
 // the benchmarks and the engine's own integration tests, which drive a shard's state machine
 // and log directly.
 pub use error::EngineError;
-pub use model::{endpoint, event_type, ids, records, subscriptions};
+pub use model::{endpoint, event_type, ids, lease, records, subscriptions};
 pub use runtime::{Engine, EngineConfig, IoDriver, StartError};
 pub use shard::{readback, retention, snapshot};
 pub use state::breaker;

@@ -7,6 +7,7 @@ pub mod event_type;
 pub mod ids;
 pub mod ingest_auth;
 pub mod json_scan;
+pub mod lease;
 pub mod query;
 pub mod records;
 pub mod signature;
