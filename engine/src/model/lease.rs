@@ -1,9 +1,11 @@
 //! Partition leases in cluster mode (ADR 17), as plain data and one pure decision: given what a
 //! node reads of the cluster's key-value bucket (every live node's heartbeat, every partition's
-//! lease with its revision) and the time, which leases it should take, renew or release. The
-//! NATS edge carries the decisions out as compare-and-set writes on the revisions read, so two
-//! nodes deciding on the same view cannot both win; fencing of the writes themselves is the
-//! log's (expected-last-subject-sequence), not this module's.
+//! latest lease with its revision) and the time, which leases it should take, renew or release.
+//! The NATS edge carries a take out as the `create` of the next epoch's key (atomic even on
+//! nats-server 2.9.10 with replicas, where an update on a revision is not), so two nodes taking
+//! the same epoch cannot both win; renewals and releases are written by the holder alone.
+//! Fencing of the owner's records is the log's (each carries its epoch; `apply` ignores those
+//! below the latest `Takeover`), not this module's.
 //!
 //! Placement is rendezvous hashing: a partition's preferred node is the live node with the
 //! highest hash of (node, partition). Every node computes the same preference from the same
@@ -21,8 +23,9 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
-/// One partition's entry in the bucket: its lease (none yet, or deleted) and the revision to
-/// compare-and-set against (0: the key does not exist).
+/// One partition's entry in the bucket: its latest lease (none yet) and that key's revision
+/// (what a renewal or release by the holder writes against; a take creates the next epoch's
+/// key, which exists for one taker only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// The lease, if any.
@@ -34,7 +37,8 @@ pub struct Entry {
 /// What a node should write for one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Take a partition with no live lease (create, or update at `revision`), at `epoch`.
+    /// Take a partition with no live lease at `epoch` (the create of that epoch's key; the
+    /// revision read is kept so that tests can model the race).
     Take {
         /// The partition.
         partition: u32,
