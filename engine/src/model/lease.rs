@@ -47,19 +47,24 @@ pub enum Action {
         /// The new epoch.
         epoch: u64,
     },
-    /// Renew a lease this node holds.
+    /// Renew a lease this node holds: the update of its epoch's key on the revision read, so a
+    /// renewal decided on a stale view (after a release, say) is refused.
     Renew {
         /// The partition.
         partition: u32,
+        /// The lease's epoch (its key).
+        epoch: u64,
         /// The revision the write compares with.
         revision: u64,
     },
     /// Give a lease up: another live node is preferred for the partition. The node stops
-    /// delivering for it first, then deletes the lease at `revision`.
+    /// delivering for it first, then writes its key expired, on the revision read.
     Release {
         /// The partition.
         partition: u32,
-        /// The revision the delete compares with.
+        /// The lease's epoch (its key).
+        epoch: u64,
+        /// The revision the write compares with.
         revision: u64,
     },
 }
@@ -75,8 +80,25 @@ pub struct View<'a> {
     pub entries: &'a [Entry],
     /// Now (Unix ms).
     pub now_ms: u64,
+    /// When `entries` were read, by this node's clock: a lease is taken only if it had already
+    /// lapsed when it was read. A view read before the holder's last renewal would otherwise
+    /// show an older expiry and let a second node take a lease that is live (found by the lease
+    /// simulation, seed 174). The read must be the bucket leader's answer, not a replica's.
+    pub read_at_ms: u64,
     /// How long a lease lasts; renewed when less than two thirds of it is left.
     pub lease_ms: u64,
+    /// The most two nodes' clocks may disagree by: a holder stops this long before its lease
+    /// lapses by its own clock, a taker waits this long after it lapsed by its own.
+    pub skew_ms: u64,
+}
+
+/// Whether `node` may act as `lease`'s holder at `now_ms` by its own clock: it holds it and the
+/// lease has more than `skew_ms` left, so that no other node, whose clock may be `skew_ms`
+/// ahead, can have taken it yet. A renewal counts only once acknowledged while the lease it
+/// renews still `holds`: one that lands later may land after another node saw the lease lapse
+/// and took the next epoch.
+pub fn holds(lease: &Lease, node: &str, now_ms: u64, skew_ms: u64) -> bool {
+    lease.holder == node && now_ms.saturating_add(skew_ms) < lease.expires_at_ms
 }
 
 /// The rendezvous weight of `node` for `partition`: FNV-1a of the node id, the partition number
@@ -120,14 +142,17 @@ pub fn decide(view: &View<'_>) -> Vec<Action> {
         let preferred = preferred(view.live_nodes, partition);
         let wanted = preferred == Some(view.node);
         match &entry.lease {
-            Some(lease) if lease.holder == view.node && lease.expires_at_ms > view.now_ms => {
+            Some(lease) if holds(lease, view.node, view.now_ms, view.skew_ms) => {
+                let (epoch, revision) = (lease.epoch, entry.revision);
                 if !wanted && preferred.is_some() {
-                    actions.push(Action::Release { partition, revision: entry.revision });
+                    actions.push(Action::Release { partition, epoch, revision });
                 } else if lease.expires_at_ms.saturating_sub(view.now_ms) < view.lease_ms * 2 / 3 {
-                    actions.push(Action::Renew { partition, revision: entry.revision });
+                    actions.push(Action::Renew { partition, epoch, revision });
                 }
             }
-            Some(lease) if lease.expires_at_ms > view.now_ms => {}
+            // Live for someone: its holder's, or ours too close to its end to renew (it lapses
+            // for everyone first, then whoever is preferred takes the next epoch).
+            Some(lease) if view.read_at_ms < lease.expires_at_ms.saturating_add(view.skew_ms) => {}
             lapsed if wanted => {
                 let epoch = lapsed.as_ref().map_or(1, |lease| lease.epoch + 1);
                 actions.push(Action::Take { partition, revision: entry.revision, epoch });
@@ -155,7 +180,15 @@ mod tests {
         for _ in 0..10 {
             let mut changed = false;
             for node in live {
-                let view = View { node, live_nodes: live, entries, now_ms, lease_ms: LEASE_MS };
+                let view = View {
+                    node,
+                    live_nodes: live,
+                    entries,
+                    now_ms,
+                    read_at_ms: now_ms,
+                    lease_ms: LEASE_MS,
+                    skew_ms: 0,
+                };
                 for action in decide(&view) {
                     changed |= apply(entries, node, &action, now_ms);
                 }
@@ -170,8 +203,8 @@ mod tests {
     fn apply(entries: &mut [Entry], node: &str, action: &Action, now_ms: u64) -> bool {
         let (partition, revision) = match action {
             Action::Take { partition, revision, .. }
-            | Action::Renew { partition, revision }
-            | Action::Release { partition, revision } => (*partition as usize, *revision),
+            | Action::Renew { partition, revision, .. }
+            | Action::Release { partition, revision, .. } => (*partition as usize, *revision),
         };
         let entry = &mut entries[partition];
         if entry.revision != revision {
@@ -268,9 +301,17 @@ mod tests {
             revision: 7,
         }];
         let live = nodes(&["a"]);
-        let view = View { node: "a", live_nodes: &live, entries: &entries, now_ms: 9_999, lease_ms: LEASE_MS };
+        let view = View {
+            node: "a",
+            live_nodes: &live,
+            entries: &entries,
+            now_ms: 9_999,
+            read_at_ms: 9_999,
+            lease_ms: LEASE_MS,
+            skew_ms: 0,
+        };
         assert!(decide(&view).is_empty());
-        let view = View { now_ms: 10_000, ..view };
+        let view = View { now_ms: 10_000, read_at_ms: 10_000, ..view };
         assert_eq!(decide(&view), vec![Action::Take { partition: 0, revision: 7, epoch: 4 }]);
     }
 
@@ -299,7 +340,7 @@ mod tests {
                     if !view_nodes.contains(node) {
                         view_nodes.push(node.clone());
                     }
-                    let view = View { node, live_nodes: &view_nodes, entries: &snapshot, now_ms, lease_ms: LEASE_MS };
+                    let view = View { node, live_nodes: &view_nodes, entries: &snapshot, now_ms, read_at_ms: now_ms, lease_ms: LEASE_MS, skew_ms: 0 };
                     for action in decide(&view) {
                         let partition = match &action {
                             Action::Take { partition, .. } | Action::Renew { partition, .. } | Action::Release { partition, .. } => *partition as usize,
