@@ -59,6 +59,16 @@ export function time(value) {
   return el('time', { datetime: String(value) }, text);
 }
 
+/** A table's head: one column heading per name. */
+export function tableHead(headings) {
+  return el('thead', {}, el('tr', {}, headings.map((heading) => el('th', { scope: 'col' }, heading))));
+}
+
+/** A section titled by the h2 that labels it; `id` names the title. */
+export function titledSection(id, title, ...children) {
+  return el('section', { 'aria-labelledby': id }, el('h2', { id }, title), ...children);
+}
+
 /** A status word as a badge; the class comes from a fixed list, never from the value. */
 const BADGES = new Set(['pending', 'delivering', 'retrying', 'delivered', 'failed', 'closed', 'open', 'half_open',
   'enabled', 'disabled']);

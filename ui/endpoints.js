@@ -2,7 +2,7 @@
 // id), so 10 000 endpoints cost one page of rows; previous pages are a stack of cursors.
 
 import { call, describe, withQuery } from './api.js';
-import { announce, badge, byId, confirmAction, el, number, replace, show, time } from './dom.js';
+import { announce, badge, byId, confirmAction, el, number, replace, show, tableHead, time } from './dom.js';
 
 const PAGE_SIZE = 100;
 
@@ -71,7 +71,7 @@ function render(list) {
   const headings = ['Endpoint', 'URL'];
   if (context.isOperator) headings.push('Tenant');
   headings.push('Enabled', 'Circuit', 'Queue', 'In flight', 'Delivered', 'Failed', 'Last error', 'Actions');
-  const head = el('thead', {}, el('tr', {}, headings.map((heading) => el('th', { scope: 'col' }, heading))));
+  const head = tableHead(headings);
   const body = el('tbody');
   for (const endpoint of list) body.append(row(endpoint));
   const caption = el('caption', { class: 'visually-hidden' }, `Endpoints, page ${cursors.length + 1}`);

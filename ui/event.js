@@ -3,7 +3,7 @@
 // While a redriven event is still on its way the view refreshes itself.
 
 import { ApiError, call, describe, withQuery } from './api.js';
-import { announce, badge, byId, confirmAction, el, number, replace, show, time } from './dom.js';
+import { announce, badge, byId, confirmAction, el, number, replace, show, tableHead, time, titledSection } from './dom.js';
 
 /** Characters of a payload preview shown at most (the API caps what it sends too). */
 const PREVIEW_CHARACTERS_MAX = 16 * 1024;
@@ -79,7 +79,7 @@ function summary(event) {
   ].filter(([, value]) => value !== undefined);
   const list = el('dl', { class: 'facts', id: 'event-facts' });
   for (const [term, value] of rows) list.append(el('dt', {}, term), el('dd', {}, value));
-  const section = el('section', { 'aria-labelledby': 'event-summary-title' }, el('h2', { id: 'event-summary-title' }, 'Summary'), list);
+  const section = titledSection('event-summary-title', 'Summary', list);
   if (context.canWrite && !event.deliveries) {
     section.append(el('button', { type: 'button', id: 'redrive', 'data-action': 'redrive', onclick: () => redrive(event, null) }, 'Redrive event'));
   }
@@ -101,7 +101,7 @@ function attemptTable(attempts, label) {
   const withResponses = attempts.some((attempt) => 'response_excerpt' in attempt);
   const headings = ['#', 'At', 'HTTP status', 'Latency (ms)', 'Error'];
   if (withResponses) headings.push('Response');
-  const head = el('thead', {}, el('tr', {}, headings.map((h) => el('th', { scope: 'col' }, h))));
+  const head = tableHead(headings);
   const body = el('tbody');
   for (const attempt of attempts) {
     body.append(
@@ -137,7 +137,7 @@ function attemptsSection(attempts, lastResponse) {
 }
 
 function deliveries(event) {
-  const section = el('section', { 'aria-labelledby': 'event-deliveries-title' }, el('h2', { id: 'event-deliveries-title' }, 'Deliveries'));
+  const section = titledSection('event-deliveries-title', 'Deliveries');
   if (event.deliveries.length === 0) section.append(el('p', { class: 'empty' }, 'No endpoint subscribed.'));
   for (const delivery of event.deliveries) {
     const heading = el('h3', {}, 'To ', el('span', { class: 'id' }, show(delivery.endpoint_id)), ' ', badge(delivery.status));
@@ -163,7 +163,7 @@ function deliveries(event) {
 }
 
 function payloadSection(settled) {
-  const section = el('section', { 'aria-labelledby': 'event-payload-title' }, el('h2', { id: 'event-payload-title' }, 'Payload'));
+  const section = titledSection('event-payload-title', 'Payload');
   if (settled.status === 'rejected') {
     const error = settled.reason;
     const missing = error instanceof ApiError && error.status === 404;
@@ -186,7 +186,7 @@ function payloadSection(settled) {
 }
 
 function proofSection(settled) {
-  const section = el('section', { 'aria-labelledby': 'event-proof-title' }, el('h2', { id: 'event-proof-title' }, 'Merkle proof'));
+  const section = titledSection('event-proof-title', 'Merkle proof');
   if (settled.status === 'rejected') {
     const error = settled.reason;
     const unsealed = error instanceof ApiError && error.status === 404;

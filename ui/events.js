@@ -2,7 +2,7 @@
 // back and forward work), one page at a time, newest first, and which source answered.
 
 import { call, describe, withQuery } from './api.js';
-import { badge, byId, el, number, replace, show, time } from './dom.js';
+import { badge, byId, el, number, replace, show, tableHead, time } from './dom.js';
 
 const FILTERS = ['endpoint_id', 'status', 'event_type', 'channel', 'idempotency_key', 'received_after', 'received_before'];
 const TIMES = new Set(['received_after', 'received_before']);
@@ -111,7 +111,7 @@ async function load(fromStart) {
 
 function render(list) {
   const headings = ['Event', 'Received', 'Endpoint', 'Type', 'Channel', 'Status', 'Attempts', 'Idempotency key'];
-  const head = el('thead', {}, el('tr', {}, headings.map((heading) => el('th', { scope: 'col' }, heading))));
+  const head = tableHead(headings);
   const body = el('tbody');
   for (const event of list) {
     body.append(

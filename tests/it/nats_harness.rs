@@ -44,16 +44,7 @@ fn a_killed_meta_leader_is_replaced_and_rejoins_after_a_restart() {
     cluster.kill(killed);
     assert_eq!(cluster.pid(killed), None);
 
-    common::wait_until("a meta leader among the other two", || {
-        cluster.meta_leader().is_some_and(|leader| leader != old_leader)
-    });
-    let new_leader = cluster.wait_settled();
-    assert_ne!(new_leader, old_leader);
-    let leader_index = cluster.index_of(&new_leader).unwrap();
-    common::wait_until("the new leader to see the killed server behind", || {
-        let jsz = cluster.jsz(leader_index);
-        meta_replica(&jsz, &old_leader).is_some_and(|replica| replica["current"] == false)
-    });
+    let (new_leader, leader_index) = elected_without(&mut cluster, &old_leader);
 
     cluster.restart(killed);
     let jsz = cluster.jsz(killed);
@@ -71,15 +62,7 @@ fn a_paused_meta_leader_loses_leadership_and_rejoins_after_sigcont() {
     let paused = cluster.index_of(&old_leader).unwrap();
     cluster.pause(paused);
 
-    common::wait_until("a meta leader among the other two", || {
-        cluster.meta_leader().is_some_and(|leader| leader != old_leader)
-    });
-    let new_leader = cluster.wait_settled();
-    let leader_index = cluster.index_of(&new_leader).unwrap();
-    common::wait_until("the new leader to see the paused server behind", || {
-        let jsz = cluster.jsz(leader_index);
-        meta_replica(&jsz, &old_leader).is_some_and(|replica| replica["current"] == false)
-    });
+    let (new_leader, leader_index) = elected_without(&mut cluster, &old_leader);
 
     cluster.resume(paused);
     let jsz = cluster.jsz(paused);
@@ -114,4 +97,20 @@ fn a_panicking_test_leaves_no_server_behind() {
     assert!(outcome.is_err());
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "killed and reaped");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "its port is closed");
+}
+
+/// Waits until the other servers elect a meta leader other than `old_leader` and that leader
+/// sees `old_leader` fall behind; the new leader's name and index.
+fn elected_without(cluster: &mut NatsCluster, old_leader: &str) -> (String, usize) {
+    common::wait_until("a meta leader among the others", || {
+        cluster.meta_leader().is_some_and(|leader| leader != old_leader)
+    });
+    let new_leader = cluster.wait_settled();
+    assert_ne!(new_leader, old_leader);
+    let leader_index = cluster.index_of(&new_leader).unwrap();
+    common::wait_until("the new leader to see the old one behind", || {
+        let jsz = cluster.jsz(leader_index);
+        meta_replica(&jsz, old_leader).is_some_and(|replica| replica["current"] == false)
+    });
+    (new_leader, leader_index)
 }

@@ -119,28 +119,36 @@ impl Service {
 
     /// Asks every shard for its newest matching events and merges them into one page.
     async fn list_everywhere(&self, query: crate::model::query::EventQuery) -> Response {
-        let mut matches = crate::admin::events::list_local(&self.shard, &query);
+        let local = crate::admin::events::list_local(&self.shard, &query);
         let asked = query.clone();
-        match ask_others(self.shard.index, &self.shared, |reply| Command::ListEvents { query: asked.clone(), reply })
-            .await
-        {
-            Ok(found) => matches.extend(found.into_iter().flatten()),
-            Err(error) => return error.into_response(),
+        match self.gather(local, |reply| Command::ListEvents { query: asked.clone(), reply }).await {
+            Ok(matches) => {
+                Response::json(200, crate::admin::events::page(matches, query.limit).to_string().into_bytes())
+            }
+            Err(error) => error.into_response(),
         }
-        Response::json(200, crate::admin::events::page(matches, query.limit).to_string().into_bytes())
     }
 
     /// Asks every shard for its first endpoints after the cursor and merges them into one page.
     async fn endpoints_everywhere(&self, query: crate::admin::route::EndpointQuery) -> Response {
-        let mut matches = crate::admin::events::endpoints_local(&self.shard, &query);
+        let local = crate::admin::events::endpoints_local(&self.shard, &query);
         let asked = query.clone();
-        match ask_others(self.shard.index, &self.shared, |reply| Command::ListEndpoints { query: asked.clone(), reply })
-            .await
-        {
-            Ok(found) => matches.extend(found.into_iter().flatten()),
-            Err(error) => return error.into_response(),
+        match self.gather(local, |reply| Command::ListEndpoints { query: asked.clone(), reply }).await {
+            Ok(matches) => {
+                Response::json(200, crate::admin::events::endpoints_page(matches, query.limit).to_string().into_bytes())
+            }
+            Err(error) => error.into_response(),
         }
-        Response::json(200, crate::admin::events::endpoints_page(matches, query.limit).to_string().into_bytes())
+    }
+
+    /// This shard's matches followed by every other shard's, asked with the command `make` builds.
+    async fn gather<T>(
+        &self,
+        mut matches: Vec<T>,
+        make: impl Fn(futures_channel::oneshot::Sender<Vec<T>>) -> Command,
+    ) -> Result<Vec<T>, EngineError> {
+        matches.extend(ask_others(self.shard.index, &self.shared, make).await?.into_iter().flatten());
+        Ok(matches)
     }
 
     /// Gathers every shard's metrics and renders them.
