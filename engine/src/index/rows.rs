@@ -193,7 +193,7 @@ impl Row {
                 received: true,
             },
             // The rows of the adopted deliveries come from the `Adopted` record on their shard.
-            Record::HandedOff(_) => Self::Nothing,
+            Record::HandedOff(_) | Record::Takeover(_) => Self::Nothing,
             // Tenants and keys are configuration, answered from memory (shard 0 keeps them).
             Record::TenantPut(_) | Record::TenantDeleted(_) | Record::KeyCreated(_) | Record::KeyRevoked(_) => {
                 Self::Nothing

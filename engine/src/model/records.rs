@@ -46,6 +46,8 @@ pub const KIND_KEY_CREATED: u8 = 18;
 pub const KIND_KEY_REVOKED: u8 = 19;
 /// Log kind of [`Record::EndpointDeleted`] (kind 2 is the older form, without who deleted it).
 pub const KIND_ENDPOINT_DELETED_BY: u8 = 20;
+/// Log kind of [`Record::Takeover`] (cluster mode only: a partition's new owner, ADR 17).
+pub const KIND_TAKEOVER: u8 = 21;
 
 /// The outcome of an attempt, as recorded.
 pub const OUTCOME_DELIVERED: u8 = 0;
@@ -412,6 +414,18 @@ struct EndpointDeletedV1 {
     at_ms: u64,
 }
 
+/// A partition's new owner, at the epoch of the lease it took (cluster mode, ADR 17): the first
+/// record it writes. Records written under a lower epoch after it change nothing (the fence).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Takeover {
+    /// The lease's epoch.
+    pub epoch: u64,
+    /// The node that took it.
+    pub node: String,
+    /// When, by that node's clock.
+    pub at_ms: u64,
+}
+
 /// A decoded engine record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
@@ -444,6 +458,8 @@ pub enum Record {
     KeyCreated(KeyCreated),
     /// A key revoked.
     KeyRevoked(KeyRevoked),
+    /// A partition's new owner (cluster mode).
+    Takeover(Takeover),
 }
 
 impl Record {
@@ -464,7 +480,14 @@ impl Record {
             Self::TenantDeleted(deleted) => Ok((KIND_TENANT_DELETED, codec::encode(deleted)?)),
             Self::KeyCreated(created) => Ok((KIND_KEY_CREATED, codec::encode(created)?)),
             Self::KeyRevoked(revoked) => Ok((KIND_KEY_REVOKED, codec::encode(revoked)?)),
+            Self::Takeover(takeover) => Ok((KIND_TAKEOVER, codec::encode(takeover)?)),
         }
+    }
+
+    /// Whether only a partition's owner writes records of this kind in cluster mode (ADR 17):
+    /// everything but events and endpoint changes, which any node writes.
+    pub fn is_owners(&self) -> bool {
+        !matches!(self, Self::EventReceived(_) | Self::EndpointPut(_) | Self::EndpointDeleted(_))
     }
 
     /// Encodes an event record without wrapping it (the ingest hot path keeps the event).
@@ -539,6 +562,7 @@ impl Record {
             KIND_TENANT_DELETED => codec::decode(body).map(Self::TenantDeleted),
             KIND_KEY_CREATED => codec::decode(body).map(Self::KeyCreated),
             KIND_KEY_REVOKED => codec::decode(body).map(Self::KeyRevoked),
+            KIND_TAKEOVER => codec::decode(body).map(Self::Takeover),
             other => Err(WalError::Decode(format!("unknown engine record kind {other}"))),
         }
     }
@@ -589,6 +613,7 @@ mod tests {
             Record::Published(published.clone()),
             Record::Adopted(published.adoption(vec![])),
             Record::HandedOff(HandedOff { event_id: 1 << 20, shard: 1 }),
+            Record::Takeover(Takeover { epoch: 7, node: "node-a".into(), at_ms: 9 }),
         ] {
             let (kind, body) = record.encode().unwrap();
             assert_eq!(Record::decode(kind, &body).unwrap(), record);

@@ -147,6 +147,25 @@ pub struct ShardState {
     /// Endpoint state (configuration and breakers) up to this LSN came from the endpoint
     /// snapshot: replayed records up to it change events only.
     endpoints_as_of: u64,
+    /// Cluster mode: the epoch of the latest `Takeover` applied (0: none). Only the owner of
+    /// this epoch changes the state with owner records ([`ShardState::apply_fenced`]).
+    owner_epoch: u64,
+    /// Cluster mode: records the fence ignored.
+    fenced: u64,
+}
+
+/// Who wrote a record in a partition's stream (cluster mode, ADR 17): an event or an endpoint
+/// change comes from any node; attempts, requeues, carried and redriven events, handoffs and
+/// takeovers only from the partition's owner, stamped with its lease's epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writer {
+    /// Any node (ingest, endpoint changes).
+    Anyone,
+    /// The owner holding the lease of this epoch.
+    Owner {
+        /// The lease's epoch.
+        epoch: u64,
+    },
 }
 
 impl ShardState {
@@ -175,6 +194,8 @@ impl ShardState {
             replaying: false,
             applied_lsn: 0,
             endpoints_as_of: 0,
+            owner_epoch: 0,
+            fenced: 0,
         }
     }
 
@@ -191,6 +212,40 @@ impl ShardState {
     /// The LSN of the last record applied.
     pub fn applied_lsn(&self) -> u64 {
         self.applied_lsn
+    }
+
+    /// Cluster mode: the epoch of the latest `Takeover` applied (0: none yet).
+    pub fn owner_epoch(&self) -> u64 {
+        self.owner_epoch
+    }
+
+    /// Cluster mode: how many records the fence ignored.
+    pub fn fenced(&self) -> u64 {
+        self.fenced
+    }
+
+    /// Applies a record from a partition's stream through the fence (cluster mode, ADR 17), live
+    /// or at replay alike, so every node replaying the stream agrees. A `Takeover` counts only
+    /// above the latest one; any other owner record only under the latest `Takeover`'s epoch, so
+    /// a deposed owner that wakes past its lease and still lands a write changes nothing; an
+    /// owner's kind of record claiming to come from anyone is ignored too. Returns whether the
+    /// record was applied; an ignored one still counts as applied at `lsn`.
+    pub fn apply_fenced(&mut self, lsn: u64, position: Position, writer: Writer, record: Record, now_ms: u64) -> bool {
+        let admitted = match (&record, writer) {
+            (Record::Takeover(takeover), Writer::Owner { epoch }) => {
+                epoch == takeover.epoch && takeover.epoch > self.owner_epoch
+            }
+            (_, Writer::Owner { epoch }) => epoch == self.owner_epoch && epoch > 0,
+            (record, Writer::Anyone) => !record.is_owners(),
+        };
+        if !admitted {
+            debug_assert!(lsn > self.applied_lsn, "records are applied in LSN order, once");
+            self.applied_lsn = self.applied_lsn.max(lsn);
+            self.fenced += 1;
+            return false;
+        }
+        self.apply(lsn, position, record, now_ms);
+        true
     }
 
     /// Applies one durable record, live or at replay: the only way the state's durable part
@@ -229,6 +284,7 @@ impl ShardState {
             Record::HandedOff(handed_off) => {
                 self.publications.handed_off(EventId(handed_off.event_id), handed_off.shard);
             }
+            Record::Takeover(takeover) => self.owner_epoch = self.owner_epoch.max(takeover.epoch),
         }
         self.assert_bounds();
     }

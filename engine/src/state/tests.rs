@@ -407,3 +407,51 @@ fn adopting_twice_adds_nothing() {
     let own = log.state.ids.next(NOW);
     assert_eq!(own.shard(), 0, "another shard's ids leave this shard's sequence alone");
 }
+
+// Cluster mode's fence (ADR 17): after a `Takeover` at epoch e, only records stamped e count; a
+// deposed owner's late outcome changes nothing, on every node replaying the stream alike.
+#[test]
+fn the_fence_admits_only_the_latest_owner() {
+    let mut log = Log::new(1 << 20);
+    let event_id = log.receive(1);
+    let takeover = |epoch: u64, node: &str| {
+        Record::Takeover(crate::model::records::Takeover { epoch, node: node.into(), at_ms: NOW })
+    };
+    let outcome = |n: u32, outcome: u8| {
+        Record::Attempt(Attempt {
+            event_id: event_id.0,
+            n,
+            at_ms: NOW,
+            status_code: Some(503),
+            latency_ms: 1,
+            error_code: Some("E2003".into()),
+            response_excerpt: Vec::new(),
+            outcome,
+            next_attempt_at_ms: (outcome == OUTCOME_RETRYING).then_some(NOW + 60_000),
+        })
+    };
+    let mut fenced = |log: &mut Log, writer: Writer, record: Record| {
+        log.lsn += 1;
+        let position = Position { segment_id: 1, offset: 0, length: 100 };
+        log.state.apply_fenced(log.lsn, position, writer, record, NOW)
+    };
+    // Before any takeover no owner record counts, nor an owner's kind from anyone.
+    assert!(!fenced(&mut log, Writer::Owner { epoch: 0 }, outcome(1, OUTCOME_FAILED)));
+    assert!(!fenced(&mut log, Writer::Anyone, outcome(1, OUTCOME_FAILED)));
+    assert!(!fenced(&mut log, Writer::Anyone, takeover(1, "a")));
+    assert!(fenced(&mut log, Writer::Owner { epoch: 1 }, takeover(1, "a")));
+    assert!(fenced(&mut log, Writer::Owner { epoch: 1 }, outcome(1, OUTCOME_RETRYING)));
+    assert_eq!(log.state.events[&event_id].attempts, 1);
+    // Node b takes epoch 2; a's takeover or outcome landing late is ignored, and so is a
+    // takeover whose header and body disagree.
+    assert!(fenced(&mut log, Writer::Owner { epoch: 2 }, takeover(2, "b")));
+    assert!(!fenced(&mut log, Writer::Owner { epoch: 1 }, takeover(1, "a")));
+    assert!(!fenced(&mut log, Writer::Owner { epoch: 1 }, outcome(2, OUTCOME_FAILED)));
+    assert!(!fenced(&mut log, Writer::Owner { epoch: 3 }, takeover(4, "c")));
+    assert_eq!((log.state.events[&event_id].status, log.state.events[&event_id].attempts), (EventStatus::Retrying, 1));
+    assert!(fenced(&mut log, Writer::Owner { epoch: 2 }, outcome(2, OUTCOME_DELIVERED)));
+    assert_eq!(log.state.events[&event_id].status, EventStatus::Delivered);
+    // Events come from anyone, and count whatever the epoch.
+    assert!(fenced(&mut log, Writer::Anyone, Record::EventReceived(received(EventId::new(NOW, 0, 2)))));
+    assert_eq!((log.state.owner_epoch(), log.state.fenced(), log.state.applied_lsn()), (2, 6, log.lsn));
+}
