@@ -389,7 +389,9 @@ async fn shard_main(
     inbox_task.await;
     // Attempts still in flight finish or are dropped with the runtime; either way what was
     // appended is made durable here, and an attempt without its record is made again later.
-    shard.wal().flush().await.map_err(|error| format!("flushing the write-ahead log: {error}"))?;
+    if let Some(wal) = shard.wal() {
+        wal.flush().await.map_err(|error| format!("flushing the write-ahead log: {error}"))?;
+    }
     tracing::info!(shard = index, "shard stopped");
     Ok(())
 }

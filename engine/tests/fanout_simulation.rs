@@ -389,7 +389,7 @@ impl Sim {
                     let Ok(shard) = Rc::try_unwrap(shard) else {
                         return Err(format!("shard {index} is still shared at the crash"));
                     };
-                    wals.push(shard.into_wal());
+                    wals.push(shard.into_wal().unwrap());
                 }
                 crash_together(wals).await;
                 return Ok(());
@@ -987,10 +987,10 @@ impl Sim {
         let index = self.random.below(shards.len() as u64) as usize;
         let shard = &shards[index];
         if self.random.chance(0.3) {
-            shard.wal().seal().await.map_err(|error| format!("seal: {error}"))?;
+            shard.wal().unwrap().seal().await.map_err(|error| format!("seal: {error}"))?;
         }
         // A seal a full segment triggered may still be under way; let it finish.
-        shard.wal().flush().await.map_err(|error| format!("flush: {error}"))?;
+        shard.wal().unwrap().flush().await.map_err(|error| format!("flush: {error}"))?;
         let age = self.params.retention_ms;
         let to_carry = kapsel_engine::retention::to_carry(shard, age, self.now);
         let removed = kapsel_engine::retention::pass(shard, age, self.now)
@@ -1012,7 +1012,7 @@ impl Sim {
     /// their batch was written and fsynced but the crash came before anyone was told (the torn
     /// tail may still cut them, as a crash in mid-write would).
     async fn crash(&mut self, shards: &[Rc<Shard>]) {
-        let durable_before: Vec<u64> = shards.iter().map(|shard| shard.wal().durable_lsn()).collect();
+        let durable_before: Vec<u64> = shards.iter().map(|shard| shard.wal().unwrap().durable_lsn()).collect();
         self.coverage.crashes += 1;
         self.coverage.crashes_mid_handoff += u64::from(self.handoffs.iter().any(Option::is_some));
         let after_adoption =
@@ -1038,7 +1038,7 @@ impl Sim {
         };
         if written {
             for shard in shards {
-                let _ = shard.wal().flush().await;
+                let _ = shard.wal().unwrap().flush().await;
             }
         }
         self.durable_lsn = durable_before;
@@ -1239,7 +1239,7 @@ impl Sim {
         for (index, shard) in shards.iter().enumerate() {
             let state = shard.state().borrow();
             state.check(self.now).map_err(|error| format!("shard {index}: {error}"))?;
-            self.compare_with_replay(index, &state, shard.wal().directory())?;
+            self.compare_with_replay(index, &state, shard.wal().unwrap().directory())?;
         }
         self.check_events(shards)?;
         self.check_deliveries(shards)?;

@@ -87,7 +87,7 @@ fn retention_removes_only_what_it_may() {
         // One waiting event is between retries, far in the future.
         let retry_at = kapsel_engine::clock::now_ms() + 3_600_000;
         attempt(&shard, ids[45], Some(retry_at)).await;
-        shard.wal().seal().await.unwrap();
+        shard.wal().unwrap().seal().await.unwrap();
         let before = segment_ids(directory.path());
         assert!(before.len() > 4, "the test needs several segments: {before:?}");
 
@@ -112,7 +112,7 @@ fn retention_removes_only_what_it_may() {
         assert_eq!(expired.code(), "E1004", "{expired}");
 
         kapsel_wal::audit::verify(directory.path(), &mut |_| {}).unwrap();
-        shard.into_wal().close().await.unwrap();
+        shard.into_wal().unwrap().close().await.unwrap();
 
         let mut state = ShardState::new(0, LIMITS);
         let now = kapsel_engine::clock::now_ms();
@@ -168,7 +168,7 @@ fn carrying_forward_stops_at_a_full_queue_and_resumes() {
         for n in 0..60 {
             ids.push(ingest(&shard, n).await);
         }
-        shard.wal().seal().await.unwrap();
+        shard.wal().unwrap().seal().await.unwrap();
         let before: Vec<u64> = ids.iter().map(|id| shard.state().borrow().events[id].lsn).collect();
         let now = kapsel_engine::clock::now_ms();
         let mut passes = 0;
@@ -201,11 +201,11 @@ fn a_redrive_survives_the_removal_of_its_original_segment() {
                 let other = ingest(&shard, n).await;
                 attempt(&shard, other, None).await;
             }
-            shard.wal().seal().await.unwrap();
+            shard.wal().unwrap().seal().await.unwrap();
             shard.retry_event(event_id, kapsel_engine::clock::now_ms()).await.unwrap();
             let removed = retention::pass(&shard, 0, kapsel_engine::clock::now_ms() + 1).await.unwrap();
             assert!(!removed.is_empty(), "the segment that first held the event went");
-            shard.into_wal().close().await.unwrap();
+            shard.into_wal().unwrap().close().await.unwrap();
             event_id
         };
         let shard = shard_with(directory.path(), options()).await;

@@ -97,7 +97,7 @@ fn concurrent_repeats_of_a_key_share_one_event() {
             .iter()
             .all(|outcome| matches!(outcome, Accepted::Received(id) | Accepted::Duplicate(id) if id == first)));
         // Two records: the endpoint and the one event.
-        assert_eq!(shard.wal().next_lsn(), 3);
+        assert_eq!(shard.wal().unwrap().next_lsn(), 3);
     });
 }
 

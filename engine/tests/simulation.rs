@@ -228,7 +228,7 @@ impl Sim {
                 let Ok(shard) = Rc::try_unwrap(shard) else {
                     return Err("the shard is still shared at the crash".into());
                 };
-                shard.into_wal().crash().await;
+                shard.into_wal().unwrap().crash().await;
                 return Ok(());
             }
             self.check(&shard)?;
@@ -645,12 +645,12 @@ impl Sim {
 
     async fn retention(&mut self, shard: &Shard) -> Result<(), Failure> {
         if self.random.chance(0.3) {
-            shard.wal().seal().await.map_err(|error| format!("seal: {error}"))?;
+            shard.wal().unwrap().seal().await.map_err(|error| format!("seal: {error}"))?;
         }
         // A seal a full segment triggered may still be under way (it is written after the batch
         // that filled the segment was acknowledged); let it finish, so the bound below is the
         // one the pass sees.
-        shard.wal().flush().await.map_err(|error| format!("flush: {error}"))?;
+        shard.wal().unwrap().flush().await.map_err(|error| format!("flush: {error}"))?;
         let age = self.params.retention_ms;
         let to_carry = kapsel_engine::retention::to_carry(shard, age, self.now);
         let removed = kapsel_engine::retention::pass(shard, age, self.now)
@@ -690,8 +690,8 @@ impl Sim {
         }
         self.faults.fail_sync_after(0);
         self.faults.fail_write_after(0);
-        if shard.wal().is_poisoned() {
-            if shard.wal().append(1, b"refused").is_ok() {
+        if shard.wal().unwrap().is_poisoned() {
+            if shard.wal().unwrap().append(1, b"refused").is_ok() {
                 return Err("a poisoned log accepted an append".into());
             }
             shard.recover_log().await.map_err(|error| format!("reopening the log: {error}"))?;
@@ -705,7 +705,7 @@ impl Sim {
     /// either it never reached the disk, or its batch was written and fsynced but the crash came
     /// before anyone was told (the torn tail may still cut it, as a crash in mid-write would).
     async fn crash(&mut self, shard: &Shard) {
-        let durable_before = shard.wal().durable_lsn();
+        let durable_before = shard.wal().unwrap().durable_lsn();
         let written = self.random.chance(0.5);
         match self.random.below(3) {
             0 => {
@@ -735,7 +735,7 @@ impl Sim {
             _ => {}
         }
         if written && self.unacknowledged.is_some() {
-            let _ = shard.wal().flush().await;
+            let _ = shard.wal().unwrap().flush().await;
         }
         self.durable_lsn = durable_before;
         self.note(format!("crash ({:?}, written {written})", self.unacknowledged));
@@ -833,7 +833,7 @@ impl Sim {
                 return Err(format!("{event_id} waits in the shard but was never acknowledged"));
             }
         }
-        self.compare_with_replay(&state, shard.wal().directory())
+        self.compare_with_replay(&state, shard.wal().unwrap().directory())
     }
 
     /// Replays the log as it is on disk into a fresh state and compares the durable views.

@@ -117,8 +117,6 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         ready += entry.queue_depth();
         in_flight += u64::from(entry.in_flight);
     }
-    let wal = shard.wal();
-    let counters = wal.io_counters();
     ShardReport {
         shard: shard.index,
         ingest: metrics.ingest.borrow().clone(),
@@ -145,22 +143,28 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         segments_removed: metrics.segments_removed.get(),
         breakers,
         open_breakers,
-        wal: WalReport {
-            records: counters.records(),
-            bytes: counters.bytes_written(),
-            writes: counters.writes(),
-            syncs: counters.syncs(),
-            commit_latency_us: counters.commit_latency().buckets(),
-            commit_latency_sum_us: counters.commit_latency().sum(),
-            batch_records: counters.batch_records().buckets(),
-            batch_records_sum: counters.batch_records().sum(),
-            durable_lsn: wal.durable_lsn(),
-            sealed_segments: wal.sealed_segments().iter().filter(|seal| wal.holds(seal)).count(),
-            poisoned: wal.is_poisoned(),
-            failure_kind: shard.storage().failure().map(|failure| failure.kind),
-            failures: shard.storage().failures(),
-            reopens: shard.storage().recoveries(),
-        },
+        wal: shard.wal().map(|wal| wal_report(shard, wal)).unwrap_or_default(),
+    }
+}
+
+/// The write-ahead log's part of a shard's report (none for a partition's stream).
+fn wal_report(shard: &Shard, wal: &kapsel_wal::Wal) -> WalReport {
+    let counters = wal.io_counters();
+    WalReport {
+        records: counters.records(),
+        bytes: counters.bytes_written(),
+        writes: counters.writes(),
+        syncs: counters.syncs(),
+        commit_latency_us: counters.commit_latency().buckets(),
+        commit_latency_sum_us: counters.commit_latency().sum(),
+        batch_records: counters.batch_records().buckets(),
+        batch_records_sum: counters.batch_records().sum(),
+        durable_lsn: wal.durable_lsn(),
+        sealed_segments: wal.sealed_segments().iter().filter(|seal| wal.holds(seal)).count(),
+        poisoned: wal.is_poisoned(),
+        failure_kind: shard.storage().failure().map(|failure| failure.kind),
+        failures: shard.storage().failures(),
+        reopens: shard.storage().recoveries(),
     }
 }
 

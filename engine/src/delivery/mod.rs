@@ -86,9 +86,10 @@ pub async fn run_scheduler(shard: Rc<Shard>, client: Rc<Client>, stop: Rc<dyn Fn
         if stop() {
             return;
         }
-        if shard.wal().is_poisoned() {
+        if !shard.writable() {
             // No outcome could be recorded: an attempt now would reach the destination again
-            // after the log is back. The recovery task wakes the scheduler once it is.
+            // after the log is back. The recovery task wakes the scheduler once it is. (A
+            // partition's deposed owner is stopped by its runtime.)
             wait_for_work(&shard, None).await;
             continue;
         }

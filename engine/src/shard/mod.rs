@@ -13,10 +13,11 @@ pub mod recovery;
 pub mod retention;
 pub mod snapshot;
 pub mod stats;
+pub mod stream;
 pub mod tenant_limits;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -31,9 +32,10 @@ use crate::limits;
 use crate::model::endpoint::EndpointInput;
 use crate::model::ids::EventId;
 use crate::model::records::{EndpointDeleted, EventReceived, Record, Requeued};
-use crate::shard::readback::Reader;
+use crate::shard::readback::{Reader, Source};
+use crate::shard::stream::{Feed, Outgoing, PartitionStream};
 use crate::state::idempotency::Remembered;
-use crate::state::{Payload, ReadRequest, ShardState};
+use crate::state::{Payload, ReadRequest, ShardState, Writer};
 
 /// An inbound webhook, as the ingest route hands it to the owning shard.
 #[derive(Debug)]
@@ -101,9 +103,30 @@ struct Pending {
     now_ms: u64,
 }
 
+/// Where a stream shard's published record stands (cluster mode).
+enum Ticket {
+    /// Waiting for the stream's acknowledgement.
+    Publishing,
+    /// Stored at this sequence; applied once the feed brings it back.
+    Stored(u64),
+    /// Not known to be stored, and why.
+    Refused(String),
+}
+
+/// Records published to a stream and not yet seen applied, at most: a submit beyond it is
+/// refused as backpressure (503 E3002).
+pub const TICKETS_MAX: usize = 16 * 1024;
+
 /// The appended-but-not-applied records and who waits for them.
 struct Applying {
     queue: VecDeque<Pending>,
+    /// Stream mode: each published record's ticket (numbered from 1, as [`Shard::submit`]
+    /// returns them), until its waiter saw it applied.
+    tickets: BTreeMap<u64, Ticket>,
+    next_ticket: u64,
+    /// Stream mode: the sequence of the `Takeover` that deposed this owner; its records after
+    /// it are fenced, so none of them counts as done.
+    deposed_at: Option<u64>,
     applied_lsn: u64,
     /// The first record whose fsync failed, and why: it and every later one are not durable.
     failed: Option<(u64, String)>,
@@ -146,11 +169,25 @@ impl Core {
     }
 }
 
-/// One shard: its log and its state.
+/// Where a shard's records go.
+enum Log {
+    /// The local write-ahead log (single-node mode).
+    Local(Wal),
+    /// A partition's stream (cluster mode), written as the owner of the lease at `epoch`.
+    Stream {
+        stream: std::sync::Arc<dyn PartitionStream>,
+        epoch: u64,
+        /// The partition.
+        partition: usize,
+    },
+}
+
+/// One shard: its log and its state. In cluster mode, one owned partition: its stream and its
+/// state ([`Shard::open_partition`]).
 pub struct Shard {
-    /// Shard number.
+    /// Shard number (in cluster mode, the partition's).
     pub index: usize,
-    wal: Wal,
+    log: Log,
     core: Rc<Core>,
     indexer: Option<IndexHandle>,
     metrics: crate::shard::stats::ShardMetrics,
@@ -199,14 +236,58 @@ impl Shard {
         Ok((shard, Opened { records: recovery.records, snapshot_endpoints }))
     }
 
+    /// Opens partition `partition`'s stream as its new owner at lease `epoch` (cluster mode,
+    /// ADR 17): replays the stream through `feed` (a feed of it from sequence 1) up to
+    /// `last_sequence`, its last sequence when the lease was taken, then writes the `Takeover`
+    /// and returns once it is applied. From then on records written by an owner of a lower
+    /// epoch change nothing, and this shard's own count only until a higher `Takeover`.
+    pub async fn open_partition(
+        partition: usize,
+        stream: std::sync::Arc<dyn PartitionStream>,
+        feed: Box<dyn Feed>,
+        last_sequence: u64,
+        lease: (u64, &str),
+        limits: crate::state::StateLimits,
+        now_ms: u64,
+    ) -> Result<Self, EngineError> {
+        let (epoch, node) = lease;
+        let number = u16::try_from(partition).map_err(|_| EngineError::Invalid("too many partitions".into()))?;
+        let mut state = ShardState::new(number, limits);
+        state.set_replaying(true);
+        let reader =
+            Reader::spawn(Source::Stream(std::sync::Arc::clone(&stream)), &format!("kapsel-read-p{partition}"))
+                .map_err(|error| EngineError::Unavailable(format!("cannot start the reader thread: {error}")))?;
+        let shard = Self::assemble(partition, Log::Stream { stream, epoch, partition }, state, reader, 0);
+        monoio::spawn(run_stream_applier(Rc::clone(&shard.core), feed, epoch));
+        shard.applied(last_sequence).await?;
+        shard.core.state.borrow_mut().set_replaying(false);
+        let takeover = crate::model::records::Takeover { epoch, node: node.to_string(), at_ms: now_ms };
+        shard.append(Record::Takeover(takeover), now_ms).await?;
+        if shard.core.state.borrow().owner_epoch() != epoch {
+            return Err(deposed(partition));
+        }
+        Ok(shard)
+    }
+
     /// A shard over an opened log and the state replayed from it. Starts the applier task on
     /// the current monoio runtime and the shard's reader thread.
     pub fn new(index: usize, wal: Wal, state: ShardState) -> Result<Self, EngineError> {
-        let reader = Reader::spawn(wal.directory(), &format!("kapsel-read-{index}"))
+        let reader = Reader::spawn(Source::Directory(wal.directory().to_path_buf()), &format!("kapsel-read-{index}"))
             .map_err(|error| EngineError::Unavailable(format!("cannot start the reader thread: {error}")))?;
+        let applied_lsn = wal.durable_lsn();
+        let shard = Self::assemble(index, Log::Local(wal), state, reader, applied_lsn);
+        monoio::spawn(run_applier(Rc::clone(&shard.core)));
+        Ok(shard)
+    }
+
+    /// The shard around its log, state and reader; its applier is started by the caller.
+    fn assemble(index: usize, log: Log, state: ShardState, reader: Reader, applied_lsn: u64) -> Self {
         let applying = Applying {
             queue: VecDeque::new(),
-            applied_lsn: wal.durable_lsn(),
+            tickets: BTreeMap::new(),
+            next_ticket: 0,
+            deposed_at: None,
+            applied_lsn,
             failed: None,
             generation: 0,
             applier: None,
@@ -220,21 +301,24 @@ impl Shard {
             tenant_limits: RefCell::default(),
             index,
         });
-        monoio::spawn(run_applier(Rc::clone(&core)));
-        Ok(Self {
+        Self {
             index,
-            wal,
+            log,
             core,
             indexer: None,
             metrics: crate::shard::stats::ShardMetrics::default(),
             reader,
             storage: std::sync::Arc::default(),
-        })
+        }
     }
 
     /// Feeds every record this shard appends to the Postgres index.
     pub fn with_index(mut self, index: IndexHandle) -> Self {
-        index.register(self.index, self.wal.durable_watermark());
+        let Log::Local(wal) = &self.log else {
+            // A partition's index is fed by its owner from the stream (not built yet).
+            return self;
+        };
+        index.register(self.index, wal.durable_watermark());
         self.indexer = Some(index);
         self
     }
@@ -267,9 +351,30 @@ impl Shard {
         self.indexer.as_ref()
     }
 
-    /// The shard's log.
-    pub fn wal(&self) -> &Wal {
-        &self.wal
+    /// The shard's local log; `None` for a partition's stream (cluster mode).
+    pub fn wal(&self) -> Option<&Wal> {
+        match &self.log {
+            Log::Local(wal) => Some(wal),
+            Log::Stream { .. } => None,
+        }
+    }
+
+    /// Whether the shard may make attempts now: its log takes records (not poisoned after a
+    /// storage failure) and, for a partition, it is still the owner.
+    pub fn writable(&self) -> bool {
+        match &self.log {
+            Log::Local(wal) => !wal.is_poisoned(),
+            Log::Stream { .. } => self.core.applying.borrow().deposed_at.is_none(),
+        }
+    }
+
+    /// For a partition's stream: the lease epoch it writes under, and whether a later owner's
+    /// `Takeover` has deposed it.
+    pub fn ownership(&self) -> Option<(u64, bool)> {
+        match &self.log {
+            Log::Local(_) => None,
+            Log::Stream { epoch, .. } => Some((*epoch, self.core.applying.borrow().deposed_at.is_some())),
+        }
     }
 
     /// The shard's state.
@@ -299,16 +404,31 @@ impl Shard {
         self.core.handoff.set(Some(waker.clone()));
     }
 
-    /// Gives up the shard for its log (at shutdown, to close it).
-    pub fn into_wal(self) -> Wal {
-        self.wal
+    /// Gives up the shard for its local log (at shutdown, to close it); `None` for a stream.
+    pub fn into_wal(self) -> Option<Wal> {
+        match self.log {
+            Log::Local(wal) => Some(wal),
+            Log::Stream { .. } => None,
+        }
     }
 
-    /// Appends a record and queues it to be applied once durable; its LSN. Not durable yet:
-    /// await [`Shard::durable`].
+    /// Appends a record and queues it to be applied once durable; its LSN (for a partition's
+    /// stream, a ticket: the sequence is known once the stream acknowledged it). Not durable
+    /// yet: await [`Shard::durable`].
     pub fn submit(&self, record: Record, now_ms: u64) -> Result<u64, EngineError> {
         let (kind, body) = record.encode()?;
-        let commit = self.wal.append(kind, &body)?;
+        let wal = match &self.log {
+            Log::Local(wal) => wal,
+            Log::Stream { stream, epoch, partition } => {
+                let writer = if record.is_owners() { Writer::Owner { epoch: *epoch } } else { Writer::Anyone };
+                return self.publish_to_stream(
+                    stream.as_ref(),
+                    Outgoing { writer, kind, body: body.to_vec() },
+                    *partition,
+                );
+            }
+        };
+        let commit = wal.append(kind, &body)?;
         let lsn = commit.lsn();
         if let Some(index) = &self.indexer {
             index.feed(Change { shard: self.index, lsn, row: Row::from_record(&record) });
@@ -321,13 +441,80 @@ impl Shard {
         Ok(lsn)
     }
 
+    /// Publishes a record to the partition's stream: its ticket, resolved by a small task
+    /// when the stream acknowledges it.
+    fn publish_to_stream(
+        &self,
+        stream: &dyn PartitionStream,
+        outgoing: Outgoing,
+        partition: usize,
+    ) -> Result<u64, EngineError> {
+        let ticket = {
+            let mut applying = self.core.applying.borrow_mut();
+            if applying.deposed_at.is_some() {
+                return Err(deposed(partition));
+            }
+            if applying.tickets.len() >= TICKETS_MAX {
+                return Err(EngineError::QueueFull(format!(
+                    "partition {partition} has as many records in flight as it may"
+                )));
+            }
+            applying.next_ticket += 1;
+            let ticket = applying.next_ticket;
+            applying.tickets.insert(ticket, Ticket::Publishing);
+            ticket
+        };
+        let publishing = stream.publish(outgoing);
+        let core = Rc::clone(&self.core);
+        monoio::spawn(async move {
+            let outcome = publishing.await;
+            let mut applying = core.applying.borrow_mut();
+            if let Some(entry) = applying.tickets.get_mut(&ticket) {
+                *entry = match outcome {
+                    Ok(sequence) => Ticket::Stored(sequence),
+                    Err(reason) => Ticket::Refused(reason),
+                };
+            }
+            for waker in applying.waiters.drain(..) {
+                waker.wake();
+            }
+        });
+        Ok(ticket)
+    }
+
     /// Waits until the record at `lsn` is durable and applied; an error if its fsync failed.
     /// Call it right after [`Shard::submit`] gave `lsn`, with no await in between: a log
-    /// reopened after a failure gives the LSNs of the failed records again.
+    /// reopened after a failure gives the LSNs of the failed records again. For a partition's
+    /// stream `lsn` is the ticket: an error if the stream did not store the record or a later
+    /// owner's `Takeover` came before it (it was fenced).
     pub fn durable(&self, lsn: u64) -> impl Future<Output = Result<(), EngineError>> + '_ {
         let generation = self.core.applying.borrow().generation;
         poll_fn(move |context| {
             let mut applying = self.core.applying.borrow_mut();
+            if let Log::Stream { partition, .. } = &self.log {
+                let ready = match applying.tickets.get(&lsn) {
+                    // Seen applied and forgotten.
+                    None => Some(Ok(())),
+                    Some(Ticket::Publishing) => None,
+                    Some(Ticket::Refused(reason)) => Some(Err(EngineError::Unavailable(format!(
+                        "partition {partition}'s stream did not store the record: {reason}"
+                    )))),
+                    Some(Ticket::Stored(sequence)) if applying.deposed_at.is_some_and(|at| *sequence > at) => {
+                        Some(Err(deposed(*partition)))
+                    }
+                    Some(Ticket::Stored(sequence)) if applying.applied_lsn >= *sequence => Some(Ok(())),
+                    Some(Ticket::Stored(sequence)) => match &applying.failed {
+                        Some((from, reason)) if *sequence >= *from => Some(Err(EngineError::Storage(reason.clone()))),
+                        _ => None,
+                    },
+                };
+                if let Some(outcome) = ready {
+                    applying.tickets.remove(&lsn);
+                    return Poll::Ready(outcome);
+                }
+                applying.waiters.push(context.waker().clone());
+                return Poll::Pending;
+            }
             if applying.generation != generation {
                 return Poll::Ready(Err(EngineError::Storage(
                     "the write-ahead log failed and was reopened while this record waited for its fsync".into(),
@@ -344,6 +531,24 @@ impl Shard {
             applying.waiters.push(context.waker().clone());
             Poll::Pending
         })
+    }
+
+    /// Waits until the state has applied every record up to `lsn` (for a partition, every
+    /// record of its stream up to that sequence, whoever wrote it); an error if the log or the
+    /// feed failed before it.
+    pub async fn applied(&self, lsn: u64) -> Result<(), EngineError> {
+        poll_fn(|context| {
+            let mut applying = self.core.applying.borrow_mut();
+            if applying.applied_lsn >= lsn {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some((_, reason)) = &applying.failed {
+                return Poll::Ready(Err(EngineError::Storage(reason.clone())));
+            }
+            applying.waiters.push(context.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Appends a record and waits until it is durable and applied; its LSN.
@@ -369,15 +574,14 @@ impl Shard {
             Poll::Pending
         })
         .await;
-        self.wal.reopen().await?;
+        let Log::Local(wal) = &self.log else {
+            return Err(EngineError::Unavailable("a partition's stream is not reopened in place".into()));
+        };
+        wal.reopen().await?;
         let applied_lsn = {
             let mut applying = self.core.applying.borrow_mut();
             debug_assert!(applying.queue.is_empty(), "records appended to a poisoned log");
-            debug_assert_eq!(
-                applying.applied_lsn,
-                self.wal.durable_lsn(),
-                "applied and durable disagree after a reopen"
-            );
+            debug_assert_eq!(applying.applied_lsn, wal.durable_lsn(), "applied and durable disagree after a reopen");
             applying.failed = None;
             applying.generation += 1;
             for waker in applying.waiters.drain(..) {
@@ -713,7 +917,12 @@ impl Shard {
             let event = state.events.get(&event_id).map(|event| event.lsn);
             event.or(publication).ok_or_else(|| event_not_found(event_id))?
         };
-        let directory = self.wal.directory().to_path_buf();
+        let Log::Local(wal) = &self.log else {
+            return Err(EngineError::NotFound(format!(
+                "event {event_id} is in a cluster partition; proofs of partitions are not sealed yet"
+            )));
+        };
+        let directory = wal.directory().to_path_buf();
         let proof = off_shard("kapsel-proof", move || kapsel_wal::audit::prove(&directory, lsn)).await?;
         match proof {
             Ok(proof) => Ok(proof),
@@ -777,6 +986,62 @@ async fn run_applier(core: Rc<Core>) {
     .await;
 }
 
+/// Applies a partition's records as its feed brings them, in stream order, through the epoch
+/// fence, then wakes whoever waits for them and the scheduler; notes the `Takeover` of a later
+/// owner (this one is deposed from then on). A record that does not decode stops the shard: the
+/// state could not follow the stream past it.
+async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64) {
+    poll_fn(|context| {
+        let mut advanced = false;
+        while core.applying.borrow().failed.is_none() {
+            let record = match feed.poll_record(context) {
+                Poll::Pending => break,
+                Poll::Ready(Some(record)) => record,
+                Poll::Ready(None) => {
+                    let next = core.applying.borrow().applied_lsn + 1;
+                    core.applying.borrow_mut().failed = Some((next, "the partition's feed ended".into()));
+                    advanced = true;
+                    break;
+                }
+            };
+            advanced = true;
+            let sequence = record.sequence;
+            let decoded = match Record::decode(record.kind, &record.body) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    let reason = format!("record {sequence} of the partition's stream: {error}");
+                    tracing::error!(shard = core.index, %reason, "cannot apply the partition's stream");
+                    core.applying.borrow_mut().failed = Some((sequence, reason));
+                    break;
+                }
+            };
+            let taken_over = matches!(&decoded, Record::Takeover(takeover) if takeover.epoch > epoch);
+            let position = stream::position_of(sequence, record.body.len());
+            let applied = core.state.borrow_mut().apply_fenced(
+                sequence,
+                position,
+                record.writer,
+                decoded,
+                crate::clock::now_ms(),
+            );
+            let mut applying = core.applying.borrow_mut();
+            applying.applied_lsn = applying.applied_lsn.max(sequence);
+            if applied && taken_over {
+                applying.deposed_at.get_or_insert(sequence);
+            }
+        }
+        if advanced {
+            for waker in core.applying.borrow_mut().waiters.drain(..) {
+                waker.wake();
+            }
+            core.report_waiting();
+            core.notify_scheduler();
+        }
+        Poll::<()>::Pending
+    })
+    .await;
+}
+
 /// The endpoint's `ingest_auth` against the request: a key of its tenant (or the operator
 /// token), a provider's signature over the raw body, or nothing for an open endpoint. A refusal
 /// is 401 E1001; its reason names no secret.
@@ -809,6 +1074,10 @@ fn authenticate_ingest(
                 .map_err(|failure| EngineError::Unauthorized(format!("inbound signature refused: {failure}")))
         }
     }
+}
+
+fn deposed(partition: usize) -> EngineError {
+    EngineError::Unavailable(format!("partition {partition} moved to another node"))
 }
 
 fn endpoint_not_found(id: &str) -> EngineError {

@@ -7,10 +7,13 @@
 //! delays the endpoint that asked, nothing else. Requests are bounded in number
 //! ([`READ_JOBS_MAX`]) and in size (the scheduler's read-ahead limits).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use kapsel_wal::Position;
+
+use crate::shard::stream::{sequence_of, PartitionStream};
 
 use crate::model::ids::EventId;
 use crate::model::records::{EventReceived, Published, Record};
@@ -24,8 +27,17 @@ pub type Loaded = (EventId, Result<EventReceived, String>);
 /// What a publish record read back gives: the record, or why it could not be read.
 pub type LoadedPublished = (EventId, Result<Published, String>);
 
-/// A read for the thread: it runs with the log's directory and sends its own answer.
-type Job = Box<dyn FnOnce(&Path) + Send>;
+/// Where a shard's records are read back from.
+#[derive(Clone)]
+pub enum Source {
+    /// The local write-ahead log's directory.
+    Directory(PathBuf),
+    /// A partition's stream (cluster mode): positions name stream sequences.
+    Stream(Arc<dyn PartitionStream>),
+}
+
+/// A read for the thread: it runs with the log's source and sends its own answer.
+type Job = Box<dyn FnOnce(&Source) + Send>;
 
 /// A shard's reader thread.
 pub struct Reader {
@@ -33,14 +45,13 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Starts the reader thread of the log in `directory`.
-    pub fn spawn(directory: &Path, name: &str) -> std::io::Result<Self> {
+    /// Starts the reader thread of the log at `source`.
+    pub fn spawn(source: Source, name: &str) -> std::io::Result<Self> {
         let (jobs, queue) = bounded::<Job>(READ_JOBS_MAX);
-        let directory = directory.to_path_buf();
         std::thread::Builder::new().name(name.into()).spawn(move || {
             // Ends when the shard drops its sender.
             while let Ok(job) = queue.recv() {
-                job(&directory);
+                job(&source);
             }
         })?;
         Ok(Self { jobs })
@@ -50,7 +61,7 @@ impl Reader {
     /// the request, each answer is that error.
     pub async fn read(&self, events: Vec<(EventId, Position)>) -> Vec<Loaded> {
         let ids: Vec<EventId> = events.iter().map(|(event_id, _)| *event_id).collect();
-        self.run(move |directory| load(directory, &events))
+        self.run(move |source| load_from(source, &events))
             .await
             .unwrap_or_else(|reason| ids.into_iter().map(|event_id| (event_id, Err(reason.to_string()))).collect())
     }
@@ -59,16 +70,19 @@ impl Reader {
     /// [`Reader::read`] answers.
     pub async fn read_published(&self, records: Vec<(EventId, Position)>) -> Vec<LoadedPublished> {
         let ids: Vec<EventId> = records.iter().map(|(event_id, _)| *event_id).collect();
-        self.run(move |directory| load_published(directory, &records))
+        self.run(move |source| load_published_from(source, &records))
             .await
             .unwrap_or_else(|reason| ids.into_iter().map(|event_id| (event_id, Err(reason.to_string()))).collect())
     }
 
     /// Runs `work` on the reader thread and waits for its result.
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce(&Path) -> T + Send + 'static) -> Result<T, &'static str> {
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Source) -> T + Send + 'static,
+    ) -> Result<T, &'static str> {
         let (reply, answer) = futures_channel::oneshot::channel();
-        let job: Job = Box::new(move |directory| {
-            let _ = reply.send(work(directory));
+        let job: Job = Box::new(move |source| {
+            let _ = reply.send(work(source));
         });
         match self.jobs.try_send(job) {
             Ok(()) => answer.await.map_err(|_| "the reader thread dropped a request"),
@@ -78,39 +92,64 @@ impl Reader {
     }
 }
 
-/// Reads and decodes publish records: the work of [`Reader::read_published`].
+/// Reads the records at `positions` from `source` and decodes each: its LSN (or sequence) and
+/// the record, or why it could not be read, one answer per position in order.
+fn read_records(source: &Source, positions: &[Position]) -> Vec<Result<(u64, Record), String>> {
+    let decode = |lsn: u64, kind: u8, body: &[u8]| {
+        Record::decode(kind, body).map(|record| (lsn, record)).map_err(|error| error.to_string())
+    };
+    match source {
+        Source::Directory(directory) => kapsel_wal::read::read_at(directory, positions)
+            .into_iter()
+            .map(|read| read.map_err(|error| error.to_string()).and_then(|at| decode(at.lsn, at.kind, &at.body)))
+            .collect(),
+        Source::Stream(stream) => {
+            let sequences: Vec<u64> = positions.iter().map(|position| sequence_of(*position)).collect();
+            stream
+                .read(&sequences)
+                .into_iter()
+                .map(|read| read.and_then(|record| decode(record.sequence, record.kind, &record.body)))
+                .collect()
+        }
+    }
+}
+
+/// Reads and decodes publish records from the log in `directory` (the simulation's direct call).
 pub fn load_published(directory: &Path, records: &[(EventId, Position)]) -> Vec<LoadedPublished> {
+    load_published_from(&Source::Directory(directory.to_path_buf()), records)
+}
+
+/// Reads and decodes publish records: the work of [`Reader::read_published`].
+fn load_published_from(source: &Source, records: &[(EventId, Position)]) -> Vec<LoadedPublished> {
     let positions: Vec<Position> = records.iter().map(|(_, position)| *position).collect();
-    let read = kapsel_wal::read::read_at(directory, &positions);
     records
         .iter()
-        .zip(read)
-        .map(|((event_id, _), record)| {
-            let published = record.map_err(|error| error.to_string()).and_then(|record| {
-                match Record::decode(record.kind, &record.body).map_err(|error| error.to_string())? {
-                    Record::Published(published) if published.event_id == event_id.0 => Ok(published),
-                    _ => Err(format!("the record at {:?} is not the publish of {event_id}", record.lsn)),
-                }
+        .zip(read_records(source, &positions))
+        .map(|((event_id, _), read)| {
+            let published = read.and_then(|(lsn, record)| match record {
+                Record::Published(published) if published.event_id == event_id.0 => Ok(published),
+                _ => Err(format!("the record at {lsn} is not the publish of {event_id}")),
             });
             (*event_id, published)
         })
         .collect()
 }
 
-/// Reads and decodes the records of `events` from the log in `directory`: the work of the
-/// reader thread, callable directly (tests, the simulation, retention's helper thread).
+/// Reads and decodes the records of `events` from the log in `directory`: the reader thread's
+/// work, callable directly (tests, the simulation, retention's helper thread).
 pub fn load(directory: &Path, events: &[(EventId, Position)]) -> Vec<Loaded> {
+    load_from(&Source::Directory(directory.to_path_buf()), events)
+}
+
+/// Reads and decodes the records of `events` from `source`: the work of [`Reader::read`].
+fn load_from(source: &Source, events: &[(EventId, Position)]) -> Vec<Loaded> {
     let positions: Vec<Position> = events.iter().map(|(_, position)| *position).collect();
-    let records = kapsel_wal::read::read_at(directory, &positions);
     events
         .iter()
-        .zip(records)
-        .map(|((event_id, _), record)| {
-            let event = record.map_err(|error| error.to_string()).and_then(|record| {
-                Record::decode(record.kind, &record.body)
-                    .map_err(|error| error.to_string())?
-                    .into_event(event_id.0)
-                    .ok_or_else(|| format!("the record at {:?} is not event {event_id}", record.lsn))
+        .zip(read_records(source, &positions))
+        .map(|((event_id, _), read)| {
+            let event = read.and_then(|(lsn, record)| {
+                record.into_event(event_id.0).ok_or_else(|| format!("the record at {lsn} is not event {event_id}"))
             });
             (*event_id, event)
         })

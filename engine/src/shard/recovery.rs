@@ -67,9 +67,13 @@ impl StorageHealth {
 /// of the shard (it is dropped with the runtime at shutdown).
 pub async fn run(shard: Rc<Shard>) {
     let health = std::sync::Arc::clone(shard.storage());
+    let Some(wal) = shard.wal() else {
+        // A partition's stream is replicated by NATS; a shard that cannot write to it stops.
+        return;
+    };
     loop {
-        let reason = shard.wal().failed().await;
-        let kind = shard.wal().failure().map_or("other", |(_, kind)| kind);
+        let reason = wal.failed().await;
+        let kind = wal.failure().map_or("other", |(_, kind)| kind);
         health.failures.fetch_add(1, Ordering::Relaxed);
         health.set(Some(Failure { reason: reason.clone(), kind, since_ms: now_ms(), reopen_attempts: 0 }));
         tracing::error!(shard = shard.index, kind, %reason, "the write-ahead log cannot write: new events get 503 E3003 and deliveries pause until it is reopened");

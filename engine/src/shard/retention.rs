@@ -44,7 +44,10 @@ pub const CARRIED_PER_PASS_MAX: usize = 1024;
 fn aged_bound(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
     let cutoff = now_ms.saturating_sub(age_ms);
     let mut bound = 0;
-    for seal in shard.wal().sealed_segments() {
+    let Some(wal) = shard.wal() else {
+        return 0;
+    };
+    for seal in wal.sealed_segments() {
         if seal.sealed_at_ms > cutoff {
             break;
         }
@@ -109,9 +112,12 @@ async fn carry_forward(shard: &Shard, bound: u64, now_ms: u64) -> Result<usize, 
 /// One pass: carries waiting events forward, snapshots the endpoints and removes what may go.
 /// Returns the removed segment ids.
 pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, crate::EngineError> {
+    let Some(wal) = shard.wal() else {
+        // A partition's stream is purged by its owner (cluster mode), not by segments.
+        return Ok(Vec::new());
+    };
     carry_forward(shard, aged_bound(shard, age_ms, now_ms), now_ms).await?;
-    let removable =
-        |bound: u64| shard.wal().sealed_segments().iter().any(|seal| seal.last_lsn < bound && shard.wal().holds(seal));
+    let removable = |bound: u64| wal.sealed_segments().iter().any(|seal| seal.last_lsn < bound && wal.holds(seal));
     // The snapshot and the first bound are taken together: an event waiting then keeps its
     // records even if it is delivered while the snapshot is written, so every outcome the
     // snapshot's breakers lack stays in the log with its event.
@@ -121,7 +127,7 @@ pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, c
         return Ok(Vec::new());
     }
     let snapshot_lsn = snapshot.applied_lsn;
-    let directory = shard.wal().directory().to_path_buf();
+    let directory = wal.directory().to_path_buf();
     crate::shard::off_shard("kapsel-snapshot", move || crate::shard::snapshot::write(&directory, &snapshot))
         .await?
         .map_err(crate::EngineError::Storage)?;
@@ -129,7 +135,7 @@ pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, c
     // between (a redrive of a delivered or failed event carries the event itself). Nothing the
     // snapshot does not reflect is removed.
     let bound = keep_from(shard, age_ms, now_ms).min(bound_at_snapshot).min(snapshot_lsn + 1);
-    Ok(shard.wal().remove_sealed_below(bound).await?)
+    Ok(wal.remove_sealed_below(bound).await?)
 }
 
 /// Runs passes until `stop` says so. Shutdown does not wait for it: a pass cut short leaves
