@@ -430,7 +430,7 @@ fn the_fence_admits_only_the_latest_owner() {
             next_attempt_at_ms: (outcome == OUTCOME_RETRYING).then_some(NOW + 60_000),
         })
     };
-    let mut fenced = |log: &mut Log, writer: Writer, record: Record| {
+    let fenced = |log: &mut Log, writer: Writer, record: Record| {
         log.lsn += 1;
         let position = Position { segment_id: 1, offset: 0, length: 100 };
         log.state.apply_fenced(log.lsn, position, writer, record, NOW)
