@@ -19,6 +19,7 @@
 // are leaves everyone may use.
 mod admin;
 pub mod clock;
+pub mod cluster;
 pub mod delivery;
 pub mod error;
 pub mod index;
