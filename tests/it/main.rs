@@ -25,6 +25,7 @@ mod index_schema;
 mod ingest;
 mod layers;
 mod nats_harness;
+mod nats_link;
 mod openapi;
 mod operations;
 mod postgres_harness;
