@@ -5,3 +5,5 @@
 
 pub mod bucket;
 pub mod leases;
+pub mod nats;
+pub mod wire;

@@ -157,6 +157,21 @@ impl ApplicationHeaders {
         None
     }
 
+    /// Every kept field that is not one of [`HeaderName`]'s, as (lower-case name, value), in
+    /// the order the request sent them: what a cluster node forwards to the partition's owner.
+    pub fn others(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut rest = self.others.as_slice();
+        std::iter::from_fn(move || {
+            let (&name_length, after) = rest.split_first()?;
+            let (name, after) = after.split_at_checked(usize::from(name_length))?;
+            let (length, after) = after.split_at_checked(2)?;
+            let (value, after) = after.split_at_checked(usize::from(u16::from_le_bytes([length[0], length[1]])))?;
+            rest = after;
+            // Names were kept from a parsed head: ASCII token characters.
+            Some((std::str::from_utf8(name).unwrap_or_default(), value))
+        })
+    }
+
     fn keep_other(&mut self, name: &str, value: &[u8]) {
         let (Ok(name_length), Ok(value_length)) = (u8::try_from(name.len()), u16::try_from(value.len())) else {
             return;

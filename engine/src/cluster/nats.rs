@@ -1,0 +1,241 @@
+//! The cluster's streams and bucket on NATS JetStream, through the link thread
+//! (`kapsel-nats`): a partition's stream for its shard ([`NatsStream`], [`NatsFeed`]), the
+//! lease bucket ([`NatsBucket`]) and what a node creates at start ([`prepare`]).
+//!
+//! Subjects of partition `n` (stream `KAPSEL_P<n>`): `kapsel.p.<n>.in` for events from any
+//! node, `kapsel.p.<n>.k.<hash>` for events with an idempotency key (published only if the
+//! subject is empty), `kapsel.p.<n>.cfg` for endpoint changes from any node, `kapsel.p.<n>.own`
+//! for what the owner writes. Each message carries its engine record kind in `Kapsel-Kind` and,
+//! when an owner wrote it, its lease epoch in `Kapsel-Epoch`; the body is the record as the
+//! local log would hold it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use kapsel_nats::{Link, LinkError, Message, Publish, StreamSpec};
+
+use crate::cluster::bucket::{Answer, Bucket, BucketError, KeyValue};
+use crate::model::records::{KIND_ENDPOINT_DELETED, KIND_ENDPOINT_DELETED_BY, KIND_ENDPOINT_PUT, KIND_ENDPOINT_PUT_V1};
+use crate::shard::stream::{Feed, Outgoing, PartitionStream, Publishing, StreamRecord};
+use crate::state::Writer;
+
+/// The bucket of leases and heartbeats.
+pub const BUCKET: &str = "kapsel_cluster";
+/// Header carrying a message's engine record kind.
+pub const HEADER_KIND: &str = "Kapsel-Kind";
+/// Header carrying the lease epoch an owner wrote a message under.
+pub const HEADER_EPOCH: &str = "Kapsel-Epoch";
+/// `Nats-Msg-Id` window of the partitions' streams: long enough for a publish retried through
+/// a leader election, short so the servers hold few ids (ADR 17).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The stream of partition `partition`.
+pub fn stream_name(partition: u32) -> String {
+    format!("KAPSEL_P{partition}")
+}
+
+/// A subject of partition `partition` (`in`, `cfg`, `own`, `k.<hash>`).
+pub fn subject(partition: u32, tail: &str) -> String {
+    format!("kapsel.p.{partition}.{tail}")
+}
+
+/// Creates what the cluster needs if it is missing: the bucket and every partition's stream.
+/// Blocks: called once at start, before the shards run.
+pub fn prepare(link: &Link, partitions: u32, replicas: usize) -> Result<(), String> {
+    block_on(link.ensure_bucket(BUCKET, replicas)).map_err(|error| format!("the cluster's bucket: {error}"))?;
+    for partition in 0..partitions {
+        let mut spec = StreamSpec::new(stream_name(partition), vec![subject(partition, ">")], replicas);
+        spec.duplicate_window = DUPLICATE_WINDOW;
+        block_on(link.ensure_stream(spec)).map_err(|error| format!("stream of partition {partition}: {error}"))?;
+    }
+    Ok(())
+}
+
+/// Partition `partition`'s stream through the link.
+pub struct NatsStream {
+    link: Link,
+    partition: u32,
+    stream: String,
+}
+
+impl NatsStream {
+    /// The stream of `partition`.
+    pub fn new(link: Link, partition: u32) -> Self {
+        Self { link, partition, stream: stream_name(partition) }
+    }
+
+    /// The subject a record goes to: events and endpoint changes from any node on their own
+    /// subjects, whatever an owner writes on `own`.
+    fn subject_of(&self, outgoing: &Outgoing) -> String {
+        let tail = match outgoing.writer {
+            Writer::Owner { .. } => "own",
+            Writer::Anyone if is_endpoint_kind(outgoing.kind) => "cfg",
+            Writer::Anyone => "in",
+        };
+        subject(self.partition, tail)
+    }
+}
+
+/// Whether records of `kind` change an endpoint.
+fn is_endpoint_kind(kind: u8) -> bool {
+    matches!(kind, KIND_ENDPOINT_PUT | KIND_ENDPOINT_PUT_V1 | KIND_ENDPOINT_DELETED | KIND_ENDPOINT_DELETED_BY)
+}
+
+/// The headers of a record written by `writer`.
+pub fn headers(kind: u8, writer: Writer) -> Vec<(String, String)> {
+    let mut headers = vec![(HEADER_KIND.to_string(), kind.to_string())];
+    if let Writer::Owner { epoch } = writer {
+        headers.push((HEADER_EPOCH.to_string(), epoch.to_string()));
+    }
+    headers
+}
+
+/// A message as the record it carries; a message without a kind gets kind 0, which no record
+/// has, so applying it fails loudly instead of skipping it.
+pub fn record_of(message: Message) -> StreamRecord {
+    let kind = message.header(HEADER_KIND).and_then(|kind| kind.parse().ok()).unwrap_or(0);
+    let writer = match message.header(HEADER_EPOCH).and_then(|epoch| epoch.parse().ok()) {
+        Some(epoch) => Writer::Owner { epoch },
+        None => Writer::Anyone,
+    };
+    StreamRecord { sequence: message.sequence, writer, kind, body: message.payload }
+}
+
+impl PartitionStream for NatsStream {
+    fn publish(&self, outgoing: Outgoing) -> Publishing {
+        let mut id = [0u8; 16];
+        // Retries inside the link carry this id, so a publish is stored once.
+        let msg_id = getrandom::fill(&mut id).ok().map(|()| format!("{:032x}", u128::from_le_bytes(id)));
+        let publish = Publish {
+            subject: self.subject_of(&outgoing),
+            headers: headers(outgoing.kind, outgoing.writer),
+            payload: outgoing.body,
+            msg_id,
+            ..Publish::default()
+        };
+        let reply = self.link.publish(publish);
+        Box::pin(async move { reply.await.map(|ack| ack.sequence).map_err(|error| error.to_string()) })
+    }
+
+    fn read(&self, sequences: &[u64]) -> Vec<Result<StreamRecord, String>> {
+        // Asked all at once, answered as they come.
+        let replies: Vec<_> = sequences.iter().map(|sequence| self.link.get(self.stream.clone(), *sequence)).collect();
+        replies
+            .into_iter()
+            .zip(sequences)
+            .map(|(reply, sequence)| match block_on(reply) {
+                Ok(Some(message)) => Ok(record_of(message)),
+                Ok(None) => Err(format!("no message at sequence {sequence} of {}", self.stream)),
+                Err(error) => Err(error.to_string()),
+            })
+            .collect()
+    }
+}
+
+/// A partition's feed from an ordered consumer.
+pub struct NatsFeed {
+    feed: kapsel_nats::Feed,
+    partition: u32,
+}
+
+impl NatsFeed {
+    /// An ordered consumer of `partition`'s whole stream from `start_sequence`, holding at
+    /// most `capacity` messages the shard has not taken.
+    pub async fn open(link: &Link, partition: u32, start_sequence: u64, capacity: usize) -> Result<Self, LinkError> {
+        let feed = link.consume(stream_name(partition), subject(partition, ">"), start_sequence, capacity).await?;
+        Ok(Self { feed, partition })
+    }
+}
+
+impl Feed for NatsFeed {
+    fn poll_record(&mut self, context: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
+        match futures_core::Stream::poll_next(std::pin::Pin::new(&mut self.feed), context) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(record_of(message))),
+            Poll::Ready(Some(Err(error))) => {
+                tracing::error!(partition = self.partition, %error, "the partition's consumer ended");
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+        }
+    }
+}
+
+/// The lease bucket through the link.
+#[derive(Clone)]
+pub struct NatsBucket {
+    link: Link,
+}
+
+impl NatsBucket {
+    /// The cluster's bucket.
+    pub fn new(link: Link) -> Self {
+        Self { link }
+    }
+}
+
+fn kv_error(error: kapsel_nats::KvError) -> BucketError {
+    match error {
+        kapsel_nats::KvError::Exists { .. } => BucketError::Exists,
+        kapsel_nats::KvError::WrongRevision { current } => BucketError::WrongRevision(current),
+        other => BucketError::Unavailable(other.to_string()),
+    }
+}
+
+impl Bucket for NatsBucket {
+    fn create(&self, key: &str, value: Vec<u8>) -> Answer<u64> {
+        let reply = self.link.kv_create(BUCKET, key, value);
+        Box::pin(async move { reply.await.map_err(kv_error) })
+    }
+
+    fn update(&self, key: &str, value: Vec<u8>, revision: u64) -> Answer<u64> {
+        let reply = self.link.kv_update(BUCKET, key, value, revision);
+        Box::pin(async move { reply.await.map_err(kv_error) })
+    }
+
+    fn put(&self, key: &str, value: Vec<u8>) -> Answer<u64> {
+        // One writer per key (a node's heartbeat): an unconditional write on the subject.
+        let reply = self.link.publish(Publish::new(format!("$KV.{BUCKET}.{key}"), value));
+        Box::pin(async move {
+            reply.await.map(|ack| ack.sequence).map_err(|error| BucketError::Unavailable(error.to_string()))
+        })
+    }
+
+    fn entries(&self, prefix: &str) -> Answer<Vec<KeyValue>> {
+        let reply = self.link.kv_entries(BUCKET, prefix);
+        Box::pin(async move {
+            let entries = reply.await.map_err(|error| BucketError::Unavailable(error.to_string()))?;
+            Ok(entries
+                .into_iter()
+                .map(|(key, entry)| KeyValue { key, value: entry.value, revision: entry.revision })
+                .collect())
+        })
+    }
+
+    fn delete(&self, key: &str) -> Answer<()> {
+        let reply = self.link.kv_delete(BUCKET, key);
+        Box::pin(async move { reply.await.map(|_| ()).map_err(|error| BucketError::Unavailable(error.to_string())) })
+    }
+}
+
+/// Waits for a link answer on a plain thread (start-up, the reader thread): the link's futures
+/// need no reactor, so parking until woken is enough.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
