@@ -93,12 +93,25 @@ const _: () = assert!(limits::PUBLISH_ENDPOINTS_MAX as u128 <= DELIVERY_NUMBER_M
 pub struct EventIdGenerator {
     shard: u16,
     last: EventId,
+    /// Where each millisecond's sequence starts: 0, or in cluster mode the owner's lease epoch
+    /// in the high bits ([`EventIdGenerator::start_epoch`]).
+    base: u64,
 }
+
+/// Bits of an id's sequence below the epoch in cluster mode: 2^40 ids per millisecond.
+pub const EPOCH_SHIFT: u32 = 40;
 
 impl EventIdGenerator {
     /// A generator that continues after `last_issued` (recovered from the log, if any).
     pub fn new(shard: u16, last_issued: Option<EventId>) -> Self {
-        Self { shard, last: last_issued.unwrap_or(EventId::new(0, shard, 0)) }
+        Self { shard, last: last_issued.unwrap_or(EventId::new(0, shard, 0)), base: 0 }
+    }
+
+    /// Cluster mode: a partition's owner at lease `epoch` issues ids whose sequence starts at
+    /// `epoch << 40` in every millisecond, so that an owner deposed but not yet aware of it (a
+    /// paused process) and its successor never issue the same id.
+    pub fn start_epoch(&mut self, epoch: u64) {
+        self.base = epoch << EPOCH_SHIFT;
     }
 
     /// Notes an id seen during replay so that new ids come after it. Ids another shard issued
@@ -117,7 +130,7 @@ impl EventIdGenerator {
         let published = match first.sequence().checked_next_multiple_of(block) {
             Some(sequence) => EventId::new(first.unix_ms(), self.shard, sequence),
             // The sequence space of this millisecond is spent (it never is in practice).
-            None => EventId::new(first.unix_ms().saturating_add(1), self.shard, 0),
+            None => EventId::new(first.unix_ms().saturating_add(1), self.shard, self.base),
         };
         self.last = published.last_delivery();
         published
@@ -125,7 +138,7 @@ impl EventIdGenerator {
 
     /// The next id at time `now_ms`.
     pub fn next(&mut self, now_ms: u64) -> EventId {
-        let candidate = EventId::new(now_ms, self.shard, 0);
+        let candidate = EventId::new(now_ms, self.shard, self.base);
         let next = if candidate > self.last {
             candidate
         } else {
@@ -166,6 +179,22 @@ pub fn owner_shard(endpoint_id: &str, shards: usize) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    // Two owners of one partition in the same millisecond, one deposed and unaware of it, never
+    // issue the same id; the new owner's ids still follow every id it replayed.
+    #[test]
+    fn owners_of_different_epochs_never_collide() {
+        let mut old = EventIdGenerator::new(3, None);
+        old.start_epoch(1);
+        let mut new = EventIdGenerator::new(3, None);
+        let replayed = old.next(1_000);
+        new.observe(replayed);
+        new.start_epoch(2);
+        let (a, b) = (old.next(1_000), new.next(1_000));
+        assert_ne!(a, b);
+        assert!(b > replayed && b.sequence() >> EPOCH_SHIFT == 2 && a.sequence() >> EPOCH_SHIFT == 1);
+        assert!(new.next(999) > b, "a clock stepping back keeps ids increasing");
+    }
     use proptest::prelude::*;
 
     // Ids travel through URLs and logs as text; the text must come back to the same id.

@@ -260,7 +260,11 @@ impl Shard {
         let shard = Self::assemble(partition, Log::Stream { stream, epoch, partition }, state, reader, 0);
         monoio::spawn(run_stream_applier(Rc::clone(&shard.core), feed, epoch));
         shard.applied(last_sequence).await?;
-        shard.core.state.borrow_mut().set_replaying(false);
+        {
+            let mut state = shard.core.state.borrow_mut();
+            state.set_replaying(false);
+            state.ids.start_epoch(epoch);
+        }
         let takeover = crate::model::records::Takeover { epoch, node: node.to_string(), at_ms: now_ms };
         shard.append(Record::Takeover(takeover), now_ms).await?;
         if shard.core.state.borrow().owner_epoch() != epoch {
