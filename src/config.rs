@@ -99,6 +99,10 @@ impl Setting {
         match self.secrecy {
             Secrecy::Public => value.to_owned(),
             Secrecy::Secret => REDACTED.to_owned(),
+            // NATS URLs are a comma-separated list, each with its own credentials.
+            Secrecy::Password if value.starts_with("nats://") || value.starts_with("tls://") => {
+                value.split(',').map(redact_password).collect::<Vec<_>>().join(",")
+            }
             Secrecy::Password => redact_password(value),
         }
     }
@@ -197,6 +201,14 @@ settings! {
         Password;
     database_max_connections: "DATABASE_MAX_CONNECTIONS", "N", Text("10"),
         "index connections: one writes, the others serve queries (2 to 1000)", Public;
+    nats_url: "KAPSEL_NATS_URL", "URLS", Described("unset"),
+        "comma-separated NATS server URLs; set = cluster mode on NATS JetStream (docs/CLUSTER.md)", Password;
+    node_id: "KAPSEL_NODE_ID", "ID", Described("host name"),
+        "this node's name in the cluster, unique (1 to 64 of A-Z a-z 0-9 _ -)", Public;
+    partitions: "KAPSEL_PARTITIONS", "N", Text("64"),
+        "partitions of the event log in cluster mode (1 to 1024), fixed when the cluster is first created", Public;
+    replicas: "KAPSEL_REPLICAS", "N", Text("3"),
+        "JetStream replicas of each partition stream (1 to 5; 1 for a one-server test)", Public;
     rust_log: "RUST_LOG", "FILTER", Text("info"), "tracing filter", Public;
     log_format: "KAPSEL_LOG_FORMAT", "FORMAT", Text("json"), "json or pretty", Public;
 }
@@ -520,7 +532,7 @@ fn toml_text(value: &toml::de::DeValue<'_>) -> Option<String> {
 /// the side of hiding: in a URL, everything between the first `:` of the user information and
 /// the last `@` is hidden, so a password with an unescaped `@` or `/` does not leak.
 pub fn redact_password(text: &str) -> String {
-    let scheme_length = ["postgres://", "postgresql://"]
+    let scheme_length = ["postgres://", "postgresql://", "nats://", "tls://"]
         .iter()
         .find(|scheme| text.get(..scheme.len()).is_some_and(|start| start.eq_ignore_ascii_case(scheme)))
         .map(|scheme| scheme.len());
@@ -628,6 +640,8 @@ pub struct Settings {
     pub extra_ca_file: Option<PathBuf>,
     /// `DATABASE_URL` and `DATABASE_MAX_CONNECTIONS`.
     pub index: Option<kapsel_engine::index::IndexConfig>,
+    /// `KAPSEL_NATS_URL`, `KAPSEL_NODE_ID`, `KAPSEL_PARTITIONS`, `KAPSEL_REPLICAS`.
+    pub cluster: Option<kapsel_engine::cluster::ClusterConfig>,
 }
 
 /// A setting's text, when set and not empty.
@@ -716,6 +730,7 @@ impl Settings {
             destinations,
             extra_ca_file: text(&values.extra_ca_file).map(PathBuf::from),
             index: index(values)?,
+            cluster: cluster(values)?,
         })
     }
 }
@@ -792,6 +807,53 @@ fn index(values: &Values) -> Result<Option<kapsel_engine::index::IndexConfig>, C
         return Err(error(VARIABLES.database_url, "is not a postgres:// URL or key=value connection string"));
     }
     Ok(Some(kapsel_engine::index::IndexConfig { url, max_connections }))
+}
+
+fn cluster(values: &Values) -> Result<Option<kapsel_engine::cluster::ClusterConfig>, ConfigError> {
+    use kapsel_engine::cluster::{PARTITIONS_DEFAULT, PARTITIONS_MAX, REPLICAS_DEFAULT};
+    let partitions = number(&values.partitions, VARIABLES.partitions, PARTITIONS_DEFAULT)?;
+    if !(1..=PARTITIONS_MAX).contains(&partitions) {
+        return Err(error(VARIABLES.partitions, format!("must be 1 to {PARTITIONS_MAX}")));
+    }
+    let replicas = number(&values.replicas, VARIABLES.replicas, REPLICAS_DEFAULT)?;
+    if !(1..=5).contains(&replicas) {
+        return Err(error(VARIABLES.replicas, "must be 1 to 5 (JetStream's limit)"));
+    }
+    let node = match text(&values.node_id) {
+        Some(node) => node,
+        None => host_name().unwrap_or_else(|| "kapsel".into()),
+    };
+    let valid_node = (1..=64).contains(&node.len())
+        && node.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+    if !valid_node {
+        return Err(error(VARIABLES.node_id, format!("`{node}` is not 1 to 64 of A-Z a-z 0-9 _ -")));
+    }
+    let Some(urls) = text(&values.nats_url) else {
+        return Ok(None);
+    };
+    let urls: Vec<String> = urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(String::from).collect();
+    let valid_url = |url: &String| {
+        ["nats://", "tls://"].iter().any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
+    };
+    if urls.is_empty() || !urls.iter().all(valid_url) {
+        return Err(error(VARIABLES.nats_url, "must be comma-separated nats://host:port URLs"));
+    }
+    Ok(Some(kapsel_engine::cluster::ClusterConfig {
+        urls,
+        node,
+        partitions,
+        replicas,
+        lease_ms: kapsel_engine::cluster::LEASE_MS_DEFAULT,
+        skew_ms: kapsel_engine::cluster::SKEW_MS_DEFAULT,
+    }))
+}
+
+/// The machine's host name (the default node id), from the kernel.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name: String =
+        name.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    (!name.is_empty()).then(|| name.chars().take(64).collect())
 }
 
 /// Shards a data directory was created with (its `wal/shard-<n>` directories), if any.
@@ -1116,6 +1178,11 @@ mod tests {
         ] {
             assert_eq!(redact_password(url), shown, "{url}");
         }
+        let nats = setting("KAPSEL_NATS_URL").unwrap();
+        assert_eq!(
+            nats.shown("nats://kapsel:s3cret@n1:4222,nats://n2:4222"),
+            format!("nats://kapsel:{REDACTED}@n1:4222,nats://n2:4222")
+        );
     }
 
     // The shard count is fixed by existing data; a conflicting request is refused.

@@ -55,6 +55,7 @@ pub fn run(configuration: &Configuration) -> Result<(), String> {
         client,
         index: settings.index.clone(),
         retention_ms: settings.retention_ms,
+        cluster: settings.cluster.clone(),
     })
     .map_err(|error| error.to_string())?;
     let scheme = if settings.tls.is_some() { "https" } else { "http" };

@@ -76,6 +76,8 @@ pub struct EngineConfig {
     /// How old a sealed segment must be before retention may remove it (`KAPSEL_RETENTION`);
     /// raised to the idempotency window when that is longer.
     pub retention_ms: u64,
+    /// Cluster mode on NATS JetStream (`KAPSEL_NATS_URL`, ADR 17); `None` runs alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Why the engine could not start.
@@ -102,6 +104,10 @@ pub enum StartError {
     /// The index thread could not be started.
     #[error("index thread: {0}")]
     Index(std::io::Error),
+    /// Cluster mode could not start: NATS unreachable, or the cluster made with another
+    /// partition count.
+    #[error("cluster mode: {0}")]
+    Cluster(String),
     /// Another process holds the data directory.
     #[error("{0} is in use by another Kapsel process (its lock file is held); two processes must never share a data directory")]
     Locked(PathBuf),
@@ -148,6 +154,10 @@ impl Engine {
             config.client.destinations.clone(),
             index.as_ref().map(crate::index::Index::handle),
         ));
+        if let Some(cluster) = &config.cluster {
+            let node = join_cluster(cluster, address).map_err(StartError::Cluster)?;
+            let _ = shared.cluster.set(Arc::new(node));
+        }
         let driver = config.io_driver.resolve();
         tracing::info!(%address, shards = config.shards, ?driver, "starting shards");
         let mut threads = Vec::with_capacity(config.shards);
@@ -199,6 +209,24 @@ impl Engine {
         }
         outcome
     }
+}
+
+/// Connects to NATS, creates the cluster's bucket and partition streams if they are missing and
+/// checks the partition count: the node, owning nothing yet.
+fn join_cluster(
+    config: &crate::cluster::ClusterConfig,
+    address: SocketAddr,
+) -> Result<crate::admin::cluster::ClusterNode, String> {
+    let options = kapsel_nats::LinkOptions {
+        urls: config.urls.clone(),
+        name: format!("kapsel-{}", config.node),
+        ..kapsel_nats::LinkOptions::default()
+    };
+    let link = kapsel_nats::Link::connect(options).map_err(|error| error.to_string())?;
+    crate::cluster::nats::prepare(&link, config.partitions, config.replicas)?;
+    crate::cluster::check_partitions(&link, config.partitions)?;
+    tracing::info!(node = %config.node, partitions = config.partitions, replicas = config.replicas, "joined the cluster");
+    Ok(crate::admin::cluster::ClusterNode::new(config.clone(), link, address.to_string()))
 }
 
 /// Takes `<data>/kapsel.lock` exclusively (an advisory lock the kernel drops with the process),
@@ -361,8 +389,24 @@ async fn shard_main(
             shared_for_stop.serving_shards.load(Ordering::Acquire) == 0
         }))
     };
-    let service = Rc::new(Service::new(Rc::clone(&shard), Arc::clone(&shared)));
     let client = Rc::new(kapsel_http::Client::new(config.client.clone(), shared.resolver.clone()));
+    let mut service = Service::new(Rc::clone(&shard), Arc::clone(&shared));
+    let mut leases = None;
+    if let Some(node) = shared.cluster.get() {
+        let partitions = crate::admin::cluster::Partitions::new(
+            Arc::clone(node),
+            Arc::clone(&shared),
+            Rc::clone(&client),
+            config.state_limits,
+            config.server.limits,
+        );
+        monoio::spawn(Rc::clone(&partitions).reconcile(index, config.shards));
+        if index == 0 {
+            leases = Some(monoio::spawn(crate::admin::cluster::run_leases(Arc::clone(node), Arc::clone(&shared))));
+        }
+        service = service.with_partitions(partitions);
+    }
+    let service = Rc::new(service);
     let scheduler = {
         let shared = Arc::clone(&shared);
         let stop: Rc<dyn Fn() -> bool> = Rc::new(move || shared.is_shutting_down());
@@ -385,6 +429,10 @@ async fn shard_main(
     };
     kapsel_http::serve(listener, Rc::new(config.server.clone()), service, http_shutdown).await;
     scheduler.await;
+    if let Some(leases) = leases {
+        // Gives the leases up, so the other nodes take the partitions over at once.
+        leases.await;
+    }
     serving.finish();
     inbox_task.await;
     // Attempts still in flight finish or are dropped with the runtime; either way what was

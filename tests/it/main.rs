@@ -10,6 +10,7 @@ mod common;
 mod admin_views;
 mod audit;
 mod cli;
+mod cluster;
 mod config;
 mod dashboard;
 mod delivery;

@@ -134,9 +134,10 @@ pub fn permit(principal: &Principal, route: &Route) -> Result<(), EngineError> {
         | Route::CreateKey { .. }
         | Route::ListKeys { .. }
         | Route::RevokeKey { .. }
-        | Route::AuditChanges { .. } => {
+        | Route::AuditChanges { .. }
+        | Route::Cluster => {
             return Err(EngineError::Unauthorized(
-                "tenants, keys and the audit of changes are the operator token's".into(),
+                "tenants, keys, the audit of changes and the cluster's state are the operator token's".into(),
             ))
         }
         // Any key may ask what it is (so a client can tell a key without `read` what it lacks).

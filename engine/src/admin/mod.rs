@@ -5,6 +5,7 @@
 pub mod access;
 pub mod assets;
 pub mod audit;
+pub mod cluster;
 pub mod events;
 pub mod inbox;
 pub mod metrics;

@@ -117,6 +117,8 @@ pub enum Route {
     },
     /// `GET /admin/session`: who the bearer is and what it may do.
     Session,
+    /// `GET /admin/cluster`: nodes, partitions, their owners and leases (cluster mode).
+    Cluster,
     /// `GET /admin/endpoints?limit=&cursor=&tenant_id=`.
     ListEndpoints(EndpointQuery),
     /// `GET /admin/events/{event_id}/payload`.
@@ -186,6 +188,7 @@ impl Route {
                 only_get(method, Self::Ui { asset: Some((*asset).to_string()) })
             }
             ["admin", "session"] => only_get(method, Self::Session),
+            ["admin", "cluster"] => only_get(method, Self::Cluster),
             ["ingest", endpoint_id] => {
                 let endpoint_id = known_endpoint(endpoint_id)?;
                 only(method, Method::Post, "POST", Self::Ingest { endpoint_id })
@@ -310,6 +313,7 @@ impl Route {
             | Self::OpenApi
             | Self::Ui { .. }
             | Self::Session
+            | Self::Cluster
             | Self::ListEndpoints(_)
             | Self::AuditSegments
             | Self::AuditChanges { .. } => None,

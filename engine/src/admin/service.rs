@@ -24,24 +24,46 @@ use crate::state::ShardState;
 pub struct Service {
     shard: Rc<Shard>,
     shared: Arc<Shared>,
+    /// Cluster mode: the partitions this thread owns, and the way to the others' owners.
+    partitions: Option<Rc<crate::admin::cluster::Partitions>>,
 }
 
 impl Service {
     /// The handler for `shard`.
     pub fn new(shard: Rc<Shard>, shared: Arc<Shared>) -> Self {
-        Self { shard, shared }
+        Self { shard, shared, partitions: None }
+    }
+
+    /// Cluster mode: endpoints and events live in partitions (ADR 17), run here when this
+    /// thread owns them and at their owner otherwise.
+    pub fn with_partitions(mut self, partitions: Rc<crate::admin::cluster::Partitions>) -> Self {
+        self.partitions = Some(partitions);
+        self
     }
 
     fn route(&self, head: &RequestHead) -> Result<Route, EngineError> {
+        route_request(&self.shared, head)
+    }
+}
+
+/// Authenticates and routes a request head: what [`Service`] does before it runs anything, and
+/// what a partition's owner does with a request another node forwarded.
+pub fn route_request(shared: &Shared, head: &RequestHead) -> Result<Route, EngineError> {
+    let authorize = |head: &RequestHead| {
+        crate::admin::access::authenticate(shared, head).ok_or_else(|| {
+            EngineError::Unauthorized("missing or wrong bearer token (the operator token or a key)".into())
+        })
+    };
+    {
         // Everything under /admin/ needs a token first: without one the answer is 401 whatever
         // the path, so an unauthenticated caller learns nothing about which paths or ids exist.
         let admin_path = head.path == "/admin" || head.path.starts_with("/admin/");
-        let principal = if admin_path { Some(self.authorize(head)?) } else { None };
+        let principal = if admin_path { Some(authorize(head)?) } else { None };
         let mut route = Route::parse(head.method, &head.path, head.query.as_deref(), generate_endpoint_id)?;
         if route.is_admin() {
             let principal = match principal {
                 Some(principal) => principal,
-                None => self.authorize(head)?,
+                None => authorize(head)?,
             };
             crate::admin::access::permit(&principal, &route)?;
             if let Principal::Key(key) = &principal {
@@ -60,25 +82,20 @@ impl Service {
             // A publish needs a key with `ingest` (its tenant's channels) or the operator token
             // (`default`'s): an open publish path would let anyone who reaches the port make
             // Kapsel sign a forgery for every subscriber.
-            *tenant = match self.authorize(head)? {
+            *tenant = match authorize(head)? {
                 Principal::Operator => crate::model::tenant::DEFAULT_TENANT.to_string(),
                 Principal::Key(key) if key.scopes.has(crate::model::tenant::Scope::Ingest) => key.tenant_id.clone(),
                 Principal::Key(_) => return Err(EngineError::Unauthorized("this key has no `ingest` scope".into())),
             };
         }
         if !matches!(route, Route::Health | Route::Ready | Route::OpenApi | Route::Ui { .. }) {
-            self.shared.check_serving()?;
+            shared.check_serving()?;
         }
         Ok(route)
     }
+}
 
-    /// The operator token or a key; anything else is 401 E1001.
-    fn authorize(&self, head: &RequestHead) -> Result<Principal, EngineError> {
-        crate::admin::access::authenticate(&self.shared, head).ok_or_else(|| {
-            EngineError::Unauthorized("missing or wrong bearer token (the operator token or a key)".into())
-        })
-    }
-
+impl Service {
     async fn dispatch(&self, route: Route, request: Request) -> Response {
         // With an index every listing comes from it, a key's filtered to its tenant.
         if let (Some(index), Route::ListEvents(query)) = (&self.shared.index, &route) {
@@ -87,7 +104,21 @@ impl Service {
                 Err(error) => error.into_response(),
             };
         }
+        if let Some(partitions) = &self.partitions {
+            if let Route::Cluster = route {
+                let json = partitions.node().to_json(crate::clock::now_ms());
+                return Response::json(200, json.to_string().into_bytes());
+            }
+            if let Some(partition) = route.owner(partitions.node().config.partitions as usize) {
+                return partitions.run_request(partition as u32, route, request).await;
+            }
+        }
         match (route.owner(self.shared.shards), route) {
+            (None, Route::Cluster) => EngineError::NotFound(
+                "this node runs alone (single-node mode): GET /admin/cluster answers in cluster mode, with KAPSEL_NATS_URL set"
+                    .into(),
+            )
+            .into_response(),
             (None, Route::ListEvents(query)) => self.list_everywhere(query).await,
             (None, Route::Metrics) => {
                 // The one series that names endpoints shows them to the operator token in full,
@@ -430,6 +461,7 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         | Route::OpenApi
         | Route::Ui { .. }
         | Route::Session
+        | Route::Cluster
         | Route::ListEndpoints(_)
         | Route::AuditSegments
         | Route::AuditChanges { .. } => Err(EngineError::NotFound("not a shard operation".into())),

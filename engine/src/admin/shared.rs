@@ -45,6 +45,8 @@ pub struct Shared {
     access: RwLock<AccessTable>,
     /// Each tenant's ingest rate limit, shared with every shard.
     pub tenant_limits: Arc<crate::shard::tenant_limits::TenantLimits>,
+    /// Cluster mode: the node's link, leases and partitions (ADR 17); unset alone.
+    pub(crate) cluster: OnceLock<Arc<crate::admin::cluster::ClusterNode>>,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             endpoint_tenants: RwLock::new(HashMap::new()),
             access: RwLock::new(AccessTable::default()),
             tenant_limits: Arc::default(),
+            cluster: OnceLock::new(),
         }
     }
 

@@ -1,0 +1,447 @@
+//! Cluster mode (ADR 17) on a node: which partitions this node owns, on which of its threads,
+//! and how a request for a partition reaches its owner.
+//!
+//! The lease driver runs on thread 0 and records what this node should own (a partition and
+//! its epoch); each thread looks at the partitions it hosts (`partition % threads`) every few
+//! tens of milliseconds and brings what it runs in line, so no change can be missed. A thread
+//! that gains a partition opens it (replay from its
+//! stream, then the `Takeover` at the lease's epoch), runs its delivery scheduler and serves
+//! `kapsel.rpc.p.<partition>`: requests other nodes forward for it, run exactly as a local
+//! request would be. A thread that loses a partition stops all three at once; whatever the old
+//! owner still writes is fenced by the epoch in the log.
+//!
+//! A request for a partition this thread owns runs here; any other one is forwarded over NATS
+//! request/reply to whichever node serves the partition, even one owned by another thread of
+//! this node. A partition nobody serves (between a node's death and its successor's takeover)
+//! answers 503 E3004 with `Retry-After`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use kapsel_http::{Request, Response};
+use kapsel_nats::{Link, LinkError};
+use serde_json::json;
+
+use crate::admin::route::Route;
+use crate::admin::shared::Shared;
+use crate::cluster::leases::{Change, Seen};
+use crate::cluster::nats::{stream_name, NatsFeed, NatsStream};
+use crate::cluster::{wire, ClusterConfig};
+use crate::error::EngineError;
+use crate::shard::Shard;
+use crate::state::StateLimits;
+
+/// Records a partition's feed holds that its shard has not applied yet, at most.
+const FEED_CAPACITY: usize = 4096;
+/// Forwarded requests a partition's owner queues, at most; more are refused (503 E3002).
+const RPC_QUEUE: usize = 1024;
+/// How long a forwarded request may take: an ingest waits for its publish acknowledgement,
+/// which the link retries through a stream leader's election.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between attempts to open a partition this node holds but could not open.
+const REOPEN_PAUSE: Duration = Duration::from_secs(1);
+/// How often a thread compares what it runs with what the node should own.
+const RECONCILE_EVERY: Duration = Duration::from_millis(50);
+
+/// The subject a partition's owner serves forwarded requests on.
+pub fn rpc_subject(partition: u32) -> String {
+    format!("kapsel.rpc.p.{partition}")
+}
+
+/// What every thread of a node shares in cluster mode.
+pub struct ClusterNode {
+    /// The settings.
+    pub config: ClusterConfig,
+    /// The link to NATS.
+    pub link: Link,
+    /// Where this node serves HTTP.
+    pub address: String,
+    /// What the lease driver last read.
+    seen: Mutex<Seen>,
+    /// Per partition: the epoch this node holds its lease at (0: not held), as the lease driver
+    /// last said.
+    desired: Vec<AtomicU64>,
+    /// Per partition: the epoch this node owns it at (0: not here), set once it is open.
+    owned: Vec<AtomicU64>,
+    /// Per partition owned here: the last sequence of its stream applied.
+    applied: Vec<AtomicU64>,
+}
+
+impl ClusterNode {
+    /// A node that owns nothing yet.
+    pub fn new(config: ClusterConfig, link: Link, address: String) -> Self {
+        let partitions = config.partitions as usize;
+        Self {
+            config,
+            link,
+            address,
+            seen: Mutex::new(Seen::default()),
+            desired: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            owned: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            applied: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Records a change of the leases this node holds.
+    pub fn apply(&self, change: Change) {
+        match change {
+            Change::Gained { partition, epoch } => {
+                if let Some(slot) = self.desired.get(partition as usize) {
+                    slot.store(epoch, Ordering::Release);
+                }
+            }
+            Change::Lost { partition, epoch } => {
+                if let Some(slot) = self.desired.get(partition as usize) {
+                    let _ = slot.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
+                }
+            }
+        }
+    }
+
+    fn desired(&self, partition: u32) -> u64 {
+        self.desired.get(partition as usize).map_or(0, |slot| slot.load(Ordering::Acquire))
+    }
+
+    /// Keeps what the lease driver read, for `GET /admin/cluster`.
+    pub fn set_seen(&self, seen: Seen) {
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = seen;
+    }
+
+    /// `GET /admin/cluster`: this node, every node the bucket knows (live or not), each
+    /// partition's lease, and the partitions this node owns with the sequence each has applied.
+    pub fn to_json(&self, now_ms: u64) -> serde_json::Value {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let lease_ms = self.config.lease_ms;
+        let nodes: Vec<serde_json::Value> = seen
+            .nodes
+            .iter()
+            .map(|node| {
+                let partitions = seen.leases.iter().flatten().filter(|lease| lease.holder == node.node).count();
+                json!({
+                    "node_id": node.node,
+                    "address": node.address,
+                    "last_heartbeat_ms": node.at_ms,
+                    "live": node.at_ms.saturating_add(lease_ms) > now_ms,
+                    "partitions": partitions,
+                })
+            })
+            .collect();
+        let partitions: Vec<serde_json::Value> = seen
+            .leases
+            .iter()
+            .enumerate()
+            .map(|(partition, lease)| {
+                let here = self.owned.get(partition).map_or(0, |epoch| epoch.load(Ordering::Acquire));
+                let mut entry = json!({
+                    "partition": partition,
+                    "owner": lease.as_ref().filter(|lease| lease.expires_at_ms > now_ms).map(|lease| lease.holder.clone()),
+                    "epoch": lease.as_ref().map(|lease| lease.epoch),
+                    "lease_expires_at_ms": lease.as_ref().map(|lease| lease.expires_at_ms),
+                });
+                if here > 0 {
+                    entry["applied_sequence"] =
+                        json!(self.applied.get(partition).map_or(0, |applied| applied.load(Ordering::Acquire)));
+                }
+                entry
+            })
+            .collect();
+        json!({
+            "node_id": self.config.node,
+            "partitions_count": self.config.partitions,
+            "replicas": self.config.replicas,
+            "lease_ms": lease_ms,
+            "read_at_ms": seen.read_at_ms,
+            "error": seen.error,
+            "nodes": nodes,
+            "partitions": partitions,
+        })
+    }
+}
+
+/// A partition this thread owns.
+struct Owned {
+    shard: Rc<Shard>,
+    epoch: u64,
+    stop: Rc<Stop>,
+}
+
+/// Tells a partition's tasks to stop, and wakes the one waiting for requests.
+#[derive(Default)]
+struct Stop {
+    stopped: Cell<bool>,
+    waker: Cell<Option<std::task::Waker>>,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.stopped.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The partitions one thread owns, and how it runs them.
+pub struct Partitions {
+    node: Arc<ClusterNode>,
+    shared: Arc<Shared>,
+    client: Rc<kapsel_http::Client>,
+    limits: StateLimits,
+    server_limits: kapsel_http::Limits,
+    owned: RefCell<BTreeMap<u32, Owned>>,
+    /// Partitions being opened, with the epoch.
+    opening: RefCell<BTreeMap<u32, u64>>,
+}
+
+impl Partitions {
+    /// A thread's partitions: none yet.
+    pub fn new(
+        node: Arc<ClusterNode>,
+        shared: Arc<Shared>,
+        client: Rc<kapsel_http::Client>,
+        limits: StateLimits,
+        server_limits: kapsel_http::Limits,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            node,
+            shared,
+            client,
+            limits,
+            server_limits,
+            owned: RefCell::new(BTreeMap::new()),
+            opening: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<ClusterNode> {
+        &self.node
+    }
+
+    /// Brings the partitions this thread (`thread` of `threads`) runs in line with what the
+    /// node should own, until shutdown; then stops them all.
+    pub async fn reconcile(self: Rc<Self>, thread: usize, threads: usize) {
+        let hosted: Vec<u32> = (0..self.node.config.partitions)
+            .filter(|partition| *partition as usize % threads.max(1) == thread)
+            .collect();
+        while !self.shared.is_shutting_down() {
+            for partition in &hosted {
+                let desired = self.node.desired(*partition);
+                let running = self.owned.borrow().get(partition).map(|owned| owned.epoch);
+                if let Some(epoch) = running.filter(|epoch| *epoch != desired) {
+                    self.close(*partition, epoch);
+                }
+                let opening = self.opening.borrow().get(partition).copied();
+                if desired != 0 && running != Some(desired) && opening != Some(desired) {
+                    self.opening.borrow_mut().insert(*partition, desired);
+                    monoio::spawn(Rc::clone(&self).open(*partition, desired));
+                }
+            }
+            monoio::time::sleep(RECONCILE_EVERY).await;
+        }
+        let owned: Vec<(u32, u64)> =
+            self.owned.borrow().iter().map(|(partition, owned)| (*partition, owned.epoch)).collect();
+        for (partition, epoch) in owned {
+            self.close(partition, epoch);
+        }
+    }
+
+    fn still_wanted(&self, partition: u32, epoch: u64) -> bool {
+        self.node.desired(partition) == epoch && !self.shared.is_shutting_down()
+    }
+
+    fn close(&self, partition: u32, epoch: u64) {
+        let mut owned = self.owned.borrow_mut();
+        if owned.get(&partition).is_some_and(|open| open.epoch == epoch) {
+            if let Some(open) = owned.remove(&partition) {
+                open.stop.stop();
+                open.shard.notify_scheduler();
+                if let Some(slot) = self.node.owned.get(partition as usize) {
+                    slot.store(0, Ordering::Release);
+                }
+                tracing::info!(partition, epoch, "stopped owning the partition");
+            }
+        }
+    }
+
+    /// Opens `partition` as its owner at `epoch`, retrying while the lease is still held.
+    async fn open(self: Rc<Self>, partition: u32, epoch: u64) {
+        self.open_while_wanted(partition, epoch).await;
+        if self.opening.borrow().get(&partition) == Some(&epoch) {
+            self.opening.borrow_mut().remove(&partition);
+        }
+    }
+
+    async fn open_while_wanted(self: &Rc<Self>, partition: u32, epoch: u64) {
+        while self.still_wanted(partition, epoch) {
+            let started = std::time::Instant::now();
+            match self.open_once(partition, epoch).await {
+                Ok(shard) => {
+                    if !self.still_wanted(partition, epoch) {
+                        return;
+                    }
+                    let records = shard.state().borrow().applied_lsn();
+                    tracing::info!(
+                        partition,
+                        epoch,
+                        records,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "owning the partition"
+                    );
+                    self.run(partition, epoch, Rc::new(shard));
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(partition, epoch, %error, "cannot open the partition yet");
+                    monoio::time::sleep(REOPEN_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    async fn open_once(&self, partition: u32, epoch: u64) -> Result<Shard, EngineError> {
+        let link = &self.node.link;
+        let unavailable = |error: LinkError| EngineError::Unavailable(format!("partition {partition}: {error}"));
+        let last = link.stream_state(stream_name(partition)).await.map_err(unavailable)?.last_sequence;
+        let feed = NatsFeed::open(link, partition, 1, FEED_CAPACITY).await.map_err(unavailable)?;
+        let stream = Arc::new(NatsStream::new(link.clone(), partition));
+        let lease = (epoch, self.node.config.node.as_str());
+        Shard::open_partition(
+            partition as usize,
+            stream,
+            Box::new(feed),
+            last,
+            lease,
+            self.limits,
+            crate::clock::now_ms(),
+        )
+        .await
+    }
+
+    /// Runs an opened partition: its scheduler and its request server, until it is lost.
+    fn run(self: &Rc<Self>, partition: u32, epoch: u64, shard: Rc<Shard>) {
+        let stop = Rc::new(Stop::default());
+        self.owned.borrow_mut().insert(partition, Owned { shard: Rc::clone(&shard), epoch, stop: Rc::clone(&stop) });
+        if let Some(slot) = self.node.owned.get(partition as usize) {
+            slot.store(epoch, Ordering::Release);
+        }
+        let scheduler_stop: Rc<dyn Fn() -> bool> = {
+            let (stop, shard, shared) = (Rc::clone(&stop), Rc::clone(&shard), Arc::clone(&self.shared));
+            Rc::new(move || stop.stopped.get() || shared.is_shutting_down() || !shard.writable())
+        };
+        monoio::spawn(crate::delivery::run_scheduler(Rc::clone(&shard), Rc::clone(&self.client), scheduler_stop));
+        monoio::spawn(Rc::clone(self).serve(partition, shard, stop));
+    }
+
+    /// Serves requests other nodes forward for `partition` until it is lost; keeps the applied
+    /// sequence for `GET /admin/cluster` meanwhile.
+    async fn serve(self: Rc<Self>, partition: u32, shard: Rc<Shard>, stop: Rc<Stop>) {
+        let mut requests = match self.node.link.serve(rpc_subject(partition), RPC_QUEUE).await {
+            Ok(requests) => requests,
+            Err(error) => {
+                // Forwarded requests find nobody and are told to retry; deliveries go on.
+                tracing::error!(partition, %error, "cannot serve the partition's requests");
+                return;
+            }
+        };
+        loop {
+            if let Some(slot) = self.node.applied.get(partition as usize) {
+                slot.store(shard.state().borrow().applied_lsn(), Ordering::Release);
+            }
+            let next = std::future::poll_fn(|context| {
+                if stop.stopped.get() {
+                    return std::task::Poll::Ready(None);
+                }
+                stop.waker.set(Some(context.waker().clone()));
+                futures_core::Stream::poll_next(std::pin::Pin::new(&mut requests), context)
+            });
+            let Some(forwarded) = next.await else {
+                return;
+            };
+            let (partitions, shard) = (Rc::clone(&self), Rc::clone(&shard));
+            monoio::spawn(async move {
+                let response = match wire::decode_request(&forwarded.payload, &partitions.server_limits, peer()) {
+                    Ok(request) => partitions.execute_here(&shard, request).await,
+                    Err(reason) => EngineError::Invalid(reason).into_response(),
+                };
+                forwarded.respond(wire::encode_response(&response));
+            });
+        }
+    }
+
+    /// Runs a request forwarded to this partition's owner as the node that took it would have.
+    async fn execute_here(&self, shard: &Shard, request: Request) -> Response {
+        match crate::admin::service::route_request(&self.shared, &request.head) {
+            Ok(route) => crate::admin::service::execute(shard, &self.shared, route, request).await,
+            Err(error) => error.into_response(),
+        }
+    }
+
+    /// The partition's shard, when this thread owns it.
+    pub fn local(&self, partition: u32) -> Option<Rc<Shard>> {
+        self.owned.borrow().get(&partition).map(|owned| Rc::clone(&owned.shard))
+    }
+
+    /// Runs a request for `partition`: here when this thread owns it, else at its owner.
+    pub async fn run_request(&self, partition: u32, route: Route, request: Request) -> Response {
+        if let Some(shard) = self.local(partition) {
+            return crate::admin::service::execute(&shard, &self.shared, route, request).await;
+        }
+        let asked = self.node.link.request(rpc_subject(partition), wire::encode_request(&request), RPC_TIMEOUT).await;
+        let no_owner = |detail: &str| {
+            EngineError::Unavailable(format!(
+                "partition {partition} has no owner at the moment ({detail}); another node takes it over within the lease time, retry"
+            ))
+            .into_response()
+        };
+        match asked {
+            Ok(bytes) => {
+                wire::decode_response(&bytes).unwrap_or_else(|reason| EngineError::Unavailable(reason).into_response())
+            }
+            Err(LinkError::NoResponders { .. }) => no_owner("nobody serves it"),
+            Err(LinkError::RemoteBusy { .. } | LinkError::Busy) => {
+                EngineError::QueueFull(format!("partition {partition}'s owner is busy")).into_response()
+            }
+            Err(error) => no_owner(&error.to_string()),
+        }
+    }
+}
+
+/// The peer a forwarded request is recorded with: the owner did not see the client.
+fn peer() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Runs the lease driver for this node until shutdown, recording what the node should own;
+/// at shutdown gives every lease up so that the others take over at once.
+pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
+    let config = crate::cluster::leases::LeaseConfig {
+        node: node.config.node.clone(),
+        address: node.address.clone(),
+        partitions: node.config.partitions,
+        lease_ms: node.config.lease_ms,
+        skew_ms: node.config.skew_ms,
+    };
+    let mut driver =
+        crate::cluster::leases::LeaseDriver::new(crate::cluster::nats::NatsBucket::new(node.link.clone()), config);
+    let round = Duration::from_millis((node.config.lease_ms / 10).max(100));
+    let clock = crate::clock::now_ms;
+    while !shared.is_shutting_down() {
+        for change in driver.round(&clock).await {
+            node.apply(change);
+        }
+        node.set_seen(driver.seen().clone());
+        let mut waited = Duration::ZERO;
+        while waited < round && !shared.is_shutting_down() {
+            monoio::time::sleep(RECONCILE_EVERY).await;
+            waited += RECONCILE_EVERY;
+        }
+    }
+    for change in driver.release_all(clock()).await {
+        node.apply(change);
+    }
+}

@@ -1,0 +1,145 @@
+//! Cluster mode (issue 16, ADR 17): three `nats-server` processes in one JetStream cluster and
+//! three Kapsel nodes, all on loopback, started here. Every node takes ingest and admin requests
+//! for every endpoint; each partition is delivered by one live node; a node's death loses
+//! nothing acknowledged.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::nats::NatsCluster;
+use crate::common::sink::{Reply, Sink};
+use crate::common::{create, try_request, Server, TOKEN};
+
+/// Partitions in these tests: enough for every node to own several.
+const PARTITIONS: u32 = 8;
+
+/// A Kapsel node of `cluster` named `node`.
+fn node(directory: &Path, cluster: &NatsCluster, node: &str) -> Server {
+    let urls = cluster.urls();
+    Server::start(
+        directory,
+        "legacy",
+        &[
+            ("KAPSEL_NATS_URL", urls.as_str()),
+            ("KAPSEL_NODE_ID", node),
+            ("KAPSEL_PARTITIONS", &PARTITIONS.to_string()),
+            ("KAPSEL_REPLICAS", "3"),
+            ("RUST_LOG", "info"),
+        ],
+    )
+}
+
+/// Waits until every partition has an owner among `live` nodes and each of them sees all
+/// `live` nodes: the cluster has settled. The owners, by partition.
+fn settled(nodes: &[&Server], live: &[&str]) -> BTreeMap<u64, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<serde_json::Value> =
+            nodes.iter().map(|node| node.admin("GET", "/admin/cluster", "").json()).collect();
+        let owners: Vec<BTreeMap<u64, String>> = views
+            .iter()
+            .map(|view| {
+                view["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|entry| Some((entry["partition"].as_u64()?, entry["owner"].as_str()?.to_string())))
+                    .collect()
+            })
+            .collect();
+        let complete = owners.iter().all(|owned| {
+            owned.len() == PARTITIONS as usize && owned.values().all(|owner| live.contains(&owner.as_str()))
+        });
+        let agreed = owners.windows(2).all(|pair| pair[0] == pair[1]);
+        let all_live = views.iter().all(|view| {
+            let seen: HashSet<&str> = view["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|node| node["live"] == true)
+                .filter_map(|node| node["node_id"].as_str())
+                .collect();
+            live.iter().all(|node| seen.contains(node))
+        });
+        let spread = live.iter().all(|node| owners[0].values().any(|owner| owner == node));
+        if complete && agreed && all_live && spread {
+            // Owned is not yet open: each owner serves a partition once it replayed it.
+            return owners.into_iter().next().unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "the cluster did not settle: {views:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Ingests `body` to `endpoint` through `server`, retrying answers that say a partition is
+/// between owners (503) for a while; the event id of the 202, or `None` if it never came.
+fn ingest_retrying(server: &Server, endpoint: &str, body: &[u8]) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let response = try_request(
+            server.address,
+            "POST",
+            &format!("/ingest/{endpoint}"),
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .ok()?;
+        match response.status {
+            202 => return response.json()["event_id"].as_str().map(str::to_string),
+            503 => std::thread::sleep(Duration::from_millis(100)),
+            _ => panic!("ingest through {}: {response:?}", server.address),
+        }
+    }
+    None
+}
+
+// Every node takes ingest and admin for every endpoint; each event is delivered once, by the
+// owner of its partition, whichever node took it.
+#[test]
+fn every_node_takes_ingest_and_admin_for_every_endpoint() {
+    let Some(nats) = NatsCluster::start(3) else { return };
+    let directories: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = ["node-a", "node-b", "node-c"];
+    let nodes: Vec<Server> = names.iter().zip(&directories).map(|(name, dir)| node(dir.path(), &nats, name)).collect();
+    let owners = settled(&nodes.iter().collect::<Vec<_>>(), &names);
+    let sink = Sink::start(|_, _| Reply::status(200));
+    let endpoints: Vec<String> = (0..6).map(|index| format!("orders-{index}")).collect();
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let via = &nodes[index % 3];
+        let created = create(via, endpoint, &format!(r#"{{"url":"{}"}}"#, sink.url(&format!("/{endpoint}"))));
+        assert_eq!(created["id"], endpoint.as_str());
+    }
+    // Every node sees every endpoint, whichever node created it and whichever owns it.
+    for node in &nodes {
+        for endpoint in &endpoints {
+            let found = node.admin("GET", &format!("/admin/endpoints/{endpoint}"), "");
+            assert_eq!(found.status, 200, "{endpoint} through {}: {found:?}", node.address);
+        }
+    }
+    let mut accepted = Vec::new();
+    for index in 0..300 {
+        let via = &nodes[index % 3];
+        let endpoint = &endpoints[index % endpoints.len()];
+        let id = ingest_retrying(via, endpoint, format!("{{\"n\":{index}}}").as_bytes()).expect("a 202");
+        accepted.push(id);
+    }
+    let wanted: HashSet<String> = accepted.iter().cloned().collect();
+    assert_eq!(wanted.len(), accepted.len(), "event ids are unique");
+    let received = sink.wait_for("every accepted event", Duration::from_secs(60), |received| {
+        let ids: HashSet<&str> = received.iter().filter_map(|r| r.header("webhook-id")).collect();
+        wanted.iter().all(|id| ids.contains(id.as_str()))
+    });
+    assert_eq!(received.len(), accepted.len(), "each event delivered once");
+    // Any node answers for any event.
+    for (index, id) in accepted.iter().enumerate().step_by(37) {
+        let event = nodes[(index + 1) % 3].admin("GET", &format!("/admin/events/{id}"), "").json();
+        assert_eq!(event["status"], "delivered", "{event}");
+    }
+    let view = nodes[0].admin("GET", "/admin/cluster", "").json();
+    assert_eq!(view["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
+    assert!(owners.values().all(|owner| names.contains(&owner.as_str())));
+    let unauthorized = try_request(nodes[1].address, "GET", "/admin/cluster", &[], b"").unwrap();
+    assert_eq!(unauthorized.status, 401);
+    let _ = TOKEN;
+}
