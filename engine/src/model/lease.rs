@@ -88,7 +88,9 @@ pub struct View<'a> {
     /// show an older expiry and let a second node take a lease that is live (found by the lease
     /// simulation, seed 174). The read must be the bucket leader's answer, not a replica's.
     pub read_at_ms: u64,
-    /// How long a lease lasts; renewed when less than two thirds of it is left.
+    /// How long a lease lasts; renewed once a fifth of it has passed, so that a live holder's
+    /// lease keeps most of its length and rides out a bucket that cannot be written for a while
+    /// (a NATS leader election takes 4 to 9 s).
     pub lease_ms: u64,
     /// The most two nodes' clocks may disagree by: a holder stops this long before its lease
     /// lapses by its own clock, a taker waits this long after it lapsed by its own.
@@ -130,7 +132,7 @@ pub fn preferred(live_nodes: &[String], partition: u32) -> Option<&str> {
 }
 
 /// What this node should do, partition by partition:
-/// - renew every lease it holds that has less than two thirds of its length left, unless
+/// - renew every lease it holds that has less than four fifths of its length left, unless
 ///   another live node is preferred for it and the lease is its to give up (then release);
 /// - take every partition it is preferred for whose lease has lapsed or does not exist;
 /// - take a lapsed partition it is not preferred for only when the preferred node is not live
@@ -149,7 +151,7 @@ pub fn decide(view: &View<'_>) -> Vec<Action> {
                 let (epoch, revision) = (lease.epoch, entry.revision);
                 if !wanted && preferred.is_some() {
                     actions.push(Action::Release { partition, epoch, revision });
-                } else if lease.expires_at_ms.saturating_sub(view.now_ms) < view.lease_ms * 2 / 3 {
+                } else if lease.expires_at_ms.saturating_sub(view.now_ms) < view.lease_ms - view.lease_ms / 5 {
                     actions.push(Action::Renew { partition, epoch, revision });
                 }
             }
