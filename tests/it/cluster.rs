@@ -143,3 +143,134 @@ fn every_node_takes_ingest_and_admin_for_every_endpoint() {
     assert_eq!(unauthorized.status, 401);
     let _ = TOKEN;
 }
+
+/// Three NATS servers, three nodes settled, a sink that answers after `delay`, and `count`
+/// endpoints created through the nodes in turn, each delivering at most `max_in_flight` at once.
+struct Rig {
+    nats: NatsCluster,
+    _directories: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<Server>>,
+    sink: Sink,
+    endpoints: Vec<String>,
+}
+
+const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+impl Rig {
+    fn start(count: usize, max_in_flight: u32, delay: Duration) -> Option<Rig> {
+        let nats = NatsCluster::start(3)?;
+        let directories: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes: Vec<Server> =
+            NAMES.iter().zip(&directories).map(|(name, dir)| node(dir.path(), &nats, name)).collect();
+        settled(&nodes.iter().collect::<Vec<_>>(), &NAMES);
+        let sink = Sink::start(move |_, _| Reply::status(200).after(delay));
+        let endpoints: Vec<String> = (0..count).map(|index| format!("orders-{index}")).collect();
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            let url = sink.url(&format!("/{endpoint}"));
+            create(&nodes[index % 3], endpoint, &format!(r#"{{"url":"{url}","max_in_flight":{max_in_flight}}}"#));
+        }
+        Some(Rig { nats, _directories: directories, nodes: nodes.into_iter().map(Some).collect(), sink, endpoints })
+    }
+
+    fn live(&self) -> Vec<&Server> {
+        self.nodes.iter().flatten().collect()
+    }
+
+    /// Sends `count` events spread over the live nodes and endpoints, from `threads` clients at
+    /// once, calling `midway` once half are sent; the ids of the 202s.
+    fn load(&mut self, count: usize, threads: usize, midway: impl FnOnce(&mut Rig)) -> Vec<String> {
+        let addresses: Vec<std::net::SocketAddr> = self.live().iter().map(|node| node.address).collect();
+        let endpoints = self.endpoints.clone();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..threads)
+            .map(|worker| {
+                let (addresses, endpoints, sent) = (addresses.clone(), endpoints.clone(), std::sync::Arc::clone(&sent));
+                std::thread::spawn(move || {
+                    let mut accepted = Vec::new();
+                    let mut index = worker;
+                    while index < count {
+                        let endpoint = &endpoints[index % endpoints.len()];
+                        let body = format!("{{\"n\":{index}}}");
+                        // A node that is gone refuses connections: the client tries the next one.
+                        for attempt in 0..addresses.len() {
+                            let address = addresses[(index + attempt) % addresses.len()];
+                            if let Some(id) = ingest_at(address, endpoint, body.as_bytes()) {
+                                accepted.push(id);
+                                break;
+                            }
+                        }
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        index += threads;
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        crate::common::wait_until("half the load sent", || sent.load(std::sync::atomic::Ordering::Relaxed) >= count / 2);
+        midway(self);
+        workers.into_iter().flat_map(|worker| worker.join().unwrap()).collect()
+    }
+
+    /// Waits until the sink has every accepted event; how many arrived more than once.
+    fn all_delivered(&self, accepted: &[String]) -> usize {
+        let wanted: HashSet<&str> = accepted.iter().map(String::as_str).collect();
+        assert_eq!(wanted.len(), accepted.len(), "event ids are unique");
+        let received = self.sink.wait_for("every accepted event", Duration::from_secs(120), |received| {
+            let ids: HashSet<&str> = received.iter().filter_map(|r| r.header("webhook-id")).collect();
+            wanted.iter().all(|id| ids.contains(id))
+        });
+        let mut seen = HashSet::new();
+        received.iter().filter_map(|r| r.header("webhook-id")).filter(|id| !seen.insert(id.to_string())).count()
+    }
+}
+
+/// Ingests through `address`, retrying while the partition is between owners (503); the id of
+/// the 202, or `None` when the node is unreachable or the partition stays ownerless too long.
+fn ingest_at(address: std::net::SocketAddr, endpoint: &str, body: &[u8]) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let response = try_request(
+            address,
+            "POST",
+            &format!("/ingest/{endpoint}"),
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .ok()?;
+        match response.status {
+            202 => return response.json()["event_id"].as_str().map(str::to_string),
+            503 => std::thread::sleep(Duration::from_millis(50)),
+            _ => panic!("ingest through {address}: {response:?}"),
+        }
+    }
+    None
+}
+
+// `kill -9` of a Kapsel node under load: its partitions move to the others once its leases
+// lapse, every event any node answered 202 for is delivered, and an event arrives twice only if
+// its attempt was in flight at the dead node.
+#[test]
+fn a_killed_node_loses_nothing_and_its_partitions_move() {
+    let (endpoints, max_in_flight) = (8, 4);
+    let Some(mut rig) = Rig::start(endpoints, max_in_flight, Duration::from_millis(5)) else { return };
+    let mut moved_in = Duration::ZERO;
+    let accepted = rig.load(3000, 6, |rig| {
+        if let Some(node) = rig.nodes[1].take() {
+            node.kill();
+        }
+        let killed_at = Instant::now();
+        // The survivors own every partition once the dead node's leases lapse.
+        let owners = settled(&rig.live(), &["node-a", "node-c"]);
+        moved_in = killed_at.elapsed();
+        assert!(owners.values().all(|owner| owner != "node-b"));
+    });
+    let repeated = rig.all_delivered(&accepted);
+    // At most every endpoint's attempts in flight at the dead node arrive again.
+    assert!(repeated <= endpoints * max_in_flight as usize, "{repeated} events arrived twice");
+    println!(
+        "kill -9 of a node: {} events accepted, {repeated} delivered twice, partitions moved within {:.1} s",
+        accepted.len(),
+        moved_in.as_secs_f64()
+    );
+    drop(rig.nats);
+}
