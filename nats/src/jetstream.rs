@@ -1,9 +1,9 @@
 //! Streams on the link thread: ensure, publish with retries, reads, purge, ordered consumers.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DirectGetErrorKind, RawMessageErrorKind, StorageType};
@@ -11,6 +11,7 @@ use async_nats::{HeaderMap, HeaderName};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::errors::{full_text, transient, wrong_last_sequence, LinkError, PublishError};
+use crate::limits::{CONSUMER_BATCH, CONSUMER_HEARTBEAT_MS, CONSUMER_INACTIVE_MS, CONSUMER_PULL_EXPIRES_MS};
 use crate::model::{Ack, Ensured, Message, Publish, Storage, StreamSpec, StreamState};
 use crate::retry;
 use crate::thread::{count, Session};
@@ -331,9 +332,15 @@ pub(crate) struct FeedSink {
     pub(crate) dropped: futures_channel::oneshot::Receiver<()>,
 }
 
-/// Creates an ordered consumer from `start_sequence` (0: the stream's first) and spawns the
+/// Creates the feed's consumer from `start_sequence` (0: the stream's first) and spawns the
 /// task that forwards its messages into the feed, waiting for room: a slow reader slows the
 /// consumer's pulls.
+///
+/// The consumer is ordered the way async-nats' `Ordered` is (an ephemeral pull consumer without
+/// acknowledgements, recreated from the last delivered sequence on any gap or failure), but made
+/// here: `Ordered` in 0.52 waits for two missed 15 s heartbeats, and when the server holding its
+/// consumer was killed it was seen not to recover within 120 s. This one pulls with a
+/// [`crate::limits::CONSUMER_HEARTBEAT_MS`] heartbeat and recreates at the first missed one.
 pub(crate) async fn consume(
     session: Arc<Session>,
     stream: String,
@@ -345,59 +352,109 @@ pub(crate) async fn consume(
     if !filter_subject.is_empty() {
         crate::names::check_filter(&filter_subject)?;
     }
-    let what = format!("consume {stream} from #{start_sequence}");
-    let messages = with_retries(&session, &what, || async {
-        let handle = session.jetstream.get_stream_no_info(&stream).await.map_err(|error| failed(&what, &error))?;
-        let deliver_policy = match start_sequence {
-            0 => DeliverPolicy::All,
-            sequence => DeliverPolicy::ByStartSequence { start_sequence: sequence },
-        };
-        let config =
-            pull::OrderedConfig { filter_subject: filter_subject.clone(), deliver_policy, ..Default::default() };
-        let consumer = handle.create_consumer(config).await.map_err(|error| failed(&what, &error))?;
-        consumer.messages().await.map_err(|error| failed(&what, &error))
-    })
-    .await?;
-    tokio::spawn(forward(session, what, messages, sink));
+    let consumer = Consumer { stream, filter_subject, what: String::new() };
+    let consumer = Consumer { what: format!("consume {} from #{start_sequence}", consumer.stream), ..consumer };
+    let messages = consumer.open(&session, start_sequence.max(1)).await?;
+    tokio::spawn(forward(session, consumer, messages, start_sequence.max(1), sink));
     Ok(())
 }
 
-/// Forwards until the feed is dropped or the consumer ends. Failures the ordered consumer goes
-/// on from (it recreates itself from the last sequence it delivered) are counted, not passed on.
-async fn forward(session: Arc<Session>, what: String, mut messages: pull::Ordered, sink: FeedSink) {
+/// What a feed consumes.
+struct Consumer {
+    stream: String,
+    filter_subject: String,
+    what: String,
+}
+
+impl Consumer {
+    /// A new ephemeral consumer from `from_sequence`, and its pulled messages; retried while
+    /// the stream has no leader, until the retry deadline.
+    async fn open(&self, session: &Session, from_sequence: u64) -> Result<pull::Stream, LinkError> {
+        let what = &self.what;
+        with_retries(session, what, || async {
+            let handle =
+                session.jetstream.get_stream_no_info(&self.stream).await.map_err(|error| failed(what, &error))?;
+            let config = pull::Config {
+                filter_subject: self.filter_subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from_sequence },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_millis(CONSUMER_INACTIVE_MS),
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            };
+            let consumer = handle.create_consumer(config).await.map_err(|error| failed(what, &error))?;
+            consumer
+                .stream()
+                .max_messages_per_batch(CONSUMER_BATCH)
+                .heartbeat(Duration::from_millis(CONSUMER_HEARTBEAT_MS))
+                .expires(Duration::from_millis(CONSUMER_PULL_EXPIRES_MS))
+                .messages()
+                .await
+                .map_err(|error| failed(what, &error))
+        })
+        .await
+    }
+}
+
+/// Forwards until the feed is dropped. A missed heartbeat, a failure or a gap in the consumer's
+/// sequence recreates the consumer from the sequence after the last one delivered (counted in
+/// `consumer_errors`); only a consumer that cannot be recreated within the retry deadline ends
+/// the feed, with an error.
+async fn forward(
+    session: Arc<Session>,
+    consumer: Consumer,
+    mut messages: pull::Stream,
+    mut next_sequence: u64,
+    sink: FeedSink,
+) {
     let FeedSink { messages: mut feed, mut dropped } = sink;
+    let mut consumer_sequence = 0;
     loop {
         let next = tokio::select! {
             next = messages.next() => next,
             _ = &mut dropped => return,
         };
-        let message = match next {
-            Some(Ok(message)) => message,
+        let delivered = match next {
+            Some(Ok(message)) => match message.info() {
+                Ok(info) if info.consumer_sequence == consumer_sequence + 1 => {
+                    consumer_sequence = info.consumer_sequence;
+                    next_sequence = info.stream_sequence + 1;
+                    Some(Message {
+                        sequence: info.stream_sequence,
+                        subject: message.subject.to_string(),
+                        headers: message.headers.as_ref().map(header_pairs).unwrap_or_default(),
+                        payload: message.payload.to_vec(),
+                        time_ms: (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                    })
+                }
+                Ok(_) => None,
+                Err(_) => None,
+            },
             Some(Err(error)) => {
-                count(&session.counters.consumer_errors);
-                tracing::warn!(consumer = %what, error = %full_text(&error), "ordered consumer failure; it goes on");
-                continue;
+                tracing::debug!(consumer = %consumer.what, error = %full_text(&error), "consumer failure; recreating it");
+                None
+            }
+            None => None,
+        };
+        match delivered {
+            Some(message) => {
+                if feed.send(Ok(message)).await.is_err() {
+                    return;
+                }
             }
             None => {
-                let ended = LinkError::Failed { what, detail: "the consumer ended".into() };
-                let _ = feed.send(Err(ended)).await;
-                return;
+                count(&session.counters.consumer_errors);
+                drop(messages);
+                messages = match consumer.open(&session, next_sequence).await {
+                    Ok(messages) => messages,
+                    Err(error) => {
+                        let _ = feed.send(Err(error)).await;
+                        return;
+                    }
+                };
+                consumer_sequence = 0;
             }
-        };
-        let delivered = match message.info() {
-            Ok(info) => Ok(Message {
-                sequence: info.stream_sequence,
-                subject: message.subject.to_string(),
-                headers: message.headers.as_ref().map(header_pairs).unwrap_or_default(),
-                payload: message.payload.to_vec(),
-                time_ms: (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
-            }),
-            Err(error) => {
-                Err(LinkError::Failed { what: what.clone(), detail: format!("a message without metadata: {error}") })
-            }
-        };
-        if feed.send(delivered).await.is_err() {
-            return;
         }
     }
 }

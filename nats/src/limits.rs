@@ -31,8 +31,8 @@ pub const RETRY_DELAY_MS_MIN: u64 = 25;
 pub const RETRY_DELAY_MS_MAX: u64 = 500;
 
 /// Messages the client buffers per subscription (a served subject, a consumer's inbox). A
-/// consumer's pulls hold at most one batch there (async-nats asks for 500 messages at a time for
-/// an ordered consumer); a served subject is drained at once into its bounded `Requests`.
+/// consumer's pulls hold at most [`CONSUMER_BATCH`] there; a served subject is drained at once
+/// into its bounded `Requests`.
 pub const SUBSCRIPTION_CAPACITY: usize = 8192;
 
 /// Commands the client itself queues towards its connection.
@@ -48,8 +48,22 @@ pub const KV_ENTRIES_MAX: usize = 100_000;
 /// write (it carries the same message id) is never stored twice.
 pub const BUCKET_DUPLICATE_WINDOW_MS: u64 = 120_000;
 
+/// How often the server shows a pull consumer alive while it has nothing to send; one missed
+/// heartbeat recreates the consumer.
+pub const CONSUMER_HEARTBEAT_MS: u64 = 1_000;
+
+/// How long one pull request stays open on the server.
+pub const CONSUMER_PULL_EXPIRES_MS: u64 = 10_000;
+
+/// Messages asked for in one pull: a feed holds at most this in the client's subscription.
+pub const CONSUMER_BATCH: usize = 256;
+
+/// How long the server keeps a consumer nobody pulls from (a feed's consumer after its link died).
+pub const CONSUMER_INACTIVE_MS: u64 = 60_000;
+
 const _: () = assert!(RETRY_DELAY_MS_MIN > 0 && RETRY_DELAY_MS_MIN <= RETRY_DELAY_MS_MAX);
 const _: () = assert!(RETRY_DELAY_MS_MAX < RETRY_DEADLINE_MS_DEFAULT);
 const _: () = assert!(PUBLISH_TIMEOUT_MS_DEFAULT < RETRY_DEADLINE_MS_DEFAULT);
 const _: () = assert!(BUCKET_DUPLICATE_WINDOW_MS > RETRY_DEADLINE_MS_DEFAULT);
 const _: () = assert!(IN_FLIGHT_MAX_DEFAULT > 0 && COMMAND_CAPACITY_DEFAULT > 0);
+const _: () = assert!(CONSUMER_HEARTBEAT_MS * 2 < CONSUMER_PULL_EXPIRES_MS);

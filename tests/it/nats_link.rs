@@ -13,13 +13,18 @@ use kapsel_nats::{Ensured, KvError, Link, LinkError, LinkOptions, Publish, Publi
 use crate::common::nats::NatsCluster;
 
 /// The longest any one answer may take before the test calls it a stall: above a publish's retry
-/// deadline (20 s) and an ordered consumer's recreation after a server's death.
+/// deadline (20 s).
 const STALL: Duration = Duration::from_secs(60);
 
 /// Awaits `future` on a small tokio runtime (the link needs none; this one only bounds the wait).
 fn wait<T>(future: impl Future<Output = T>) -> T {
+    wait_for("an answer", future)
+}
+
+/// [`wait`], naming what stalled.
+fn wait_for<T>(what: &str, future: impl Future<Output = T>) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    runtime.block_on(async { tokio::time::timeout(STALL, future).await.expect("the link stalled") })
+    runtime.block_on(async { tokio::time::timeout(STALL, future).await }).unwrap_or_else(|_| panic!("stalled: {what}"))
 }
 
 /// A link to every server of `cluster`.
@@ -267,23 +272,29 @@ fn publishes_under_load_survive_the_death_of_the_streams_leader() {
                     .map(|index| link.publish(keyed("fo.in", &index.to_be_bytes(), &format!("evt_{index}"))))
                     .collect();
                 for publish in pending {
-                    wait(publish).expect("every publish is acknowledged in the end");
+                    if let Err(error) = wait_for("a publish's acknowledgement", publish) {
+                        return Err(format!("a publish failed after {:?}: {error:?}", started.elapsed()));
+                    }
                 }
                 longest_wait = longest_wait.max(sent.elapsed());
             }
-            (started.elapsed(), longest_wait)
+            Ok((started.elapsed(), longest_wait))
         })
     };
     // Killed while publishes are in flight: a quarter are acknowledged, the rest are not sent.
     quarter.recv_timeout(STALL).unwrap();
     cluster.kill(leader_index);
     let mut seen = Vec::with_capacity(total);
+    let mut longest_silence = Duration::ZERO;
     while seen.len() < total {
-        let message = wait(feed.next()).unwrap().unwrap();
+        let asked = Instant::now();
+        let message = wait_for(&format!("message {} of the feed", seen.len() + 1), feed.next());
+        longest_silence = longest_silence.max(asked.elapsed());
+        let message = message.unwrap().unwrap();
         assert_eq!(message.sequence, seen.len() as u64 + 1, "in order, no gap, no repeat");
         seen.push(message.header("Nats-Msg-Id").unwrap().to_string());
     }
-    let (elapsed, longest_wait) = publisher.join().unwrap();
+    let (elapsed, longest_wait) = publisher.join().unwrap().unwrap_or_else(|error| panic!("{error}"));
     let unique: HashSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), total, "each id exactly once");
     let state = wait(link.stream_state("FAILOVER")).unwrap();
@@ -293,7 +304,7 @@ fn publishes_under_load_survive_the_death_of_the_streams_leader() {
     assert_eq!(counters.acks, total as u64);
     eprintln!(
         "leader {leader} killed after a quarter of {total}: {elapsed:?} in all, longest wait for a window of \
-         {window} {longest_wait:?}; counters {counters:?}"
+         {window} {longest_wait:?}, longest silence of the feed {longest_silence:?}; counters {counters:?}"
     );
 }
 
@@ -349,6 +360,14 @@ fn requests_are_answered_refused_when_the_queue_is_full_and_fail_fast_without_a_
         Link::connect(options).unwrap()
     };
     let mut requests = wait(owner.serve("kapsel.rpc.p.7", 1)).unwrap();
+    // The owner's server has the subscription once `serve` answers; the asker's server learns it
+    // over the route a moment later and says "no responders" until then. A probe that gets
+    // through is queued unanswered; it is taken out before the test proper.
+    crate::common::wait_until("the subscription to reach the asker's server", || {
+        let probe = asker.request("kapsel.rpc.p.7", b"probe".to_vec(), Duration::from_millis(100));
+        !matches!(wait(probe), Err(LinkError::NoResponders { .. }))
+    });
+    assert_eq!(wait(requests.next()).unwrap().payload, b"probe");
     let first = asker.request("kapsel.rpc.p.7", b"status?".to_vec(), Duration::from_secs(10));
     let request = wait(requests.next()).unwrap();
     assert_eq!((request.subject.as_str(), request.payload.as_slice()), ("kapsel.rpc.p.7", &b"status?"[..]));
