@@ -69,6 +69,9 @@ pub struct ClusterNode {
     owned: Vec<AtomicU64>,
     /// Per partition owned here: the last sequence of its stream applied.
     applied: Vec<AtomicU64>,
+    /// Per partition: until when (Unix ms, by this node's clock) this node may write as its
+    /// owner; 0 when it holds no lease of it.
+    writable_until: Vec<AtomicU64>,
 }
 
 impl ClusterNode {
@@ -83,6 +86,7 @@ impl ClusterNode {
             desired: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             owned: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             applied: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            writable_until: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -100,6 +104,12 @@ impl ClusterNode {
                 }
             }
         }
+    }
+
+    /// Whether this node's lease of `partition` still holds now by its clock.
+    pub fn may_write(&self, partition: u32) -> bool {
+        let until = self.writable_until.get(partition as usize).map_or(0, |slot| slot.load(Ordering::Acquire));
+        crate::clock::now_ms() < until
     }
 
     fn desired(&self, partition: u32) -> u64 {
@@ -308,7 +318,9 @@ impl Partitions {
         let unavailable = |error: LinkError| EngineError::Unavailable(format!("partition {partition}: {error}"));
         let last = link.stream_state(stream_name(partition)).await.map_err(unavailable)?.last_sequence;
         let feed = NatsFeed::open(link, partition, 1, FEED_CAPACITY).await.map_err(unavailable)?;
-        let stream = Arc::new(NatsStream::new(link.clone(), partition));
+        let node = Arc::clone(&self.node);
+        let guard: crate::cluster::nats::LeaseGuard = Arc::new(move || node.may_write(partition));
+        let stream = Arc::new(NatsStream::new(link.clone(), partition).with_guard(guard));
         let lease = (epoch, self.node.config.node.as_str());
         Shard::open_partition(
             partition as usize,
@@ -431,7 +443,14 @@ pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
     let round = Duration::from_millis((node.config.lease_ms / 10).max(100));
     let clock = crate::clock::now_ms;
     while !shared.is_shutting_down() {
-        for change in driver.round(&clock).await {
+        let changes = driver.round(&clock).await;
+        // First how long each lease holds, then what is owned: a thread that opens a partition
+        // it now holds finds its lease writable.
+        for (partition, slot) in node.writable_until.iter().enumerate() {
+            let until = u32::try_from(partition).ok().and_then(|partition| driver.writable_until(partition));
+            slot.store(until.unwrap_or(0), Ordering::Release);
+        }
+        for change in changes {
             node.apply(change);
         }
         node.set_seen(driver.seen().clone());
@@ -440,6 +459,9 @@ pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
             monoio::time::sleep(RECONCILE_EVERY).await;
             waited += RECONCILE_EVERY;
         }
+    }
+    for slot in &node.writable_until {
+        slot.store(0, Ordering::Release);
     }
     for change in driver.release_all(clock()).await {
         node.apply(change);

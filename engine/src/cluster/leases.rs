@@ -5,9 +5,11 @@
 //! `lease.p.<partition>.e.<epoch>` (one creator wins), a renewal or a release the update of its
 //! own key on the revision read. What the node may believe follows the rules the lease
 //! simulation found (`engine/tests/lease_simulation.rs`):
-//! - a lease is held only once its take was acknowledged (or the bucket shows it, live, under
-//!   this node: a take whose acknowledgement was lost);
-//! - a renewal counts only if acknowledged while the lease it renews still holds;
+//! - a lease is held only once its take was acknowledged, or once the bucket shows, live, the
+//!   very value a take whose outcome was unknown (a timeout) wrote: never a lease renewed since;
+//! - a renewal counts only if acknowledged while the lease it renews still holds; one
+//!   acknowledged later is written expired in the next round (it may have extended a lease this
+//!   node no longer acts on, which would keep the partition ownerless until it lapsed);
 //! - the node stops acting as owner the moment a lease stops holding by its clock (the skew
 //!   margin before the lease lapses), whether or not anything was read;
 //! - a release is written only in the round after the partition was reported lost, so the
@@ -98,6 +100,8 @@ pub struct LeaseDriver<B: Bucket> {
     held: BTreeMap<u32, Held>,
     /// Reported lost, to be written released next round.
     releasing: Vec<(u32, Held)>,
+    /// Takes whose outcome is unknown (no acknowledgement): the epoch and the expiry written.
+    unknown_takes: BTreeMap<u32, (u64, u64)>,
     seen: Seen,
 }
 
@@ -114,7 +118,14 @@ pub fn node_key(node: &str) -> String {
 impl<B: Bucket> LeaseDriver<B> {
     /// A driver holding nothing yet.
     pub fn new(bucket: B, config: LeaseConfig) -> Self {
-        Self { bucket, config, held: BTreeMap::new(), releasing: Vec::new(), seen: Seen::default() }
+        Self {
+            bucket,
+            config,
+            held: BTreeMap::new(),
+            releasing: Vec::new(),
+            unknown_takes: BTreeMap::new(),
+            seen: Seen::default(),
+        }
     }
 
     /// The configuration.
@@ -125,6 +136,12 @@ impl<B: Bucket> LeaseDriver<B> {
     /// What the last round read.
     pub fn seen(&self) -> &Seen {
         &self.seen
+    }
+
+    /// Until when this node may still write as `partition`'s owner by its clock: its lease's
+    /// expiry less the skew margin (`None`: it holds no lease of it).
+    pub fn writable_until(&self, partition: u32) -> Option<u64> {
+        self.held.get(&partition).map(|held| held.expires_at_ms.saturating_sub(self.config.skew_ms))
     }
 
     /// The partitions this node holds now, with their epochs.
@@ -219,15 +236,30 @@ impl<B: Bucket> LeaseDriver<B> {
         Ok(())
     }
 
-    /// Takes as held a live lease the bucket shows under this node that it does not hold: a
-    /// take whose acknowledgement was lost. Reading it means the take is applied, so no late
-    /// acknowledgement can undo anything decided from here on.
+    /// Takes as held a live lease whose take's outcome was unknown, when the bucket shows it as
+    /// that take wrote it (same epoch, same expiry: not renewed since) and as the latest epoch.
+    /// Reading it means the take is applied, so no late acknowledgement can undo anything
+    /// decided from here on; and since it was never renewed, its expiry is the one every taker
+    /// judges by.
     fn adopt(&mut self, entries: &[Entry], now_ms: u64, changes: &mut Vec<Change>) {
-        for (partition, entry) in entries.iter().enumerate() {
-            let (Some(lease), Ok(partition)) = (&entry.lease, u32::try_from(partition)) else {
+        let unknown = std::mem::take(&mut self.unknown_takes);
+        for (partition, (epoch, expires_at_ms)) in unknown {
+            let Some(entry) = entries.get(partition as usize) else { continue };
+            let Some(lease) = &entry.lease else {
+                // Not applied yet, or never: ask again next round while it could still hold.
+                if now_ms < expires_at_ms {
+                    self.unknown_takes.insert(partition, (epoch, expires_at_ms));
+                }
                 continue;
             };
-            if self.held.contains_key(&partition) || !holds(lease, &self.config.node, now_ms, self.config.skew_ms) {
+            let ours = lease.epoch == epoch && lease.expires_at_ms == expires_at_ms && lease.holder == self.config.node;
+            if !ours
+                || self.held.contains_key(&partition)
+                || !holds(lease, &self.config.node, now_ms, self.config.skew_ms)
+            {
+                if lease.epoch < epoch && now_ms < expires_at_ms {
+                    self.unknown_takes.insert(partition, (epoch, expires_at_ms));
+                }
                 continue;
             }
             let held = Held { epoch: lease.epoch, revision: entry.revision, expires_at_ms: lease.expires_at_ms };
@@ -253,11 +285,18 @@ impl<B: Bucket> LeaseDriver<B> {
                         if holds(&lease, &self.config.node, clock(), self.config.skew_ms) {
                             self.held.insert(partition, held);
                             changes.push(Change::Gained { partition, epoch });
+                        } else {
+                            // Acknowledged too late to act on: expired next round, so the
+                            // partition need not wait for it to lapse.
+                            self.releasing.push((partition, held));
                         }
                     }
                     // Another node created this epoch first.
                     Err(BucketError::Exists) => {}
-                    Err(error) => return Err(error),
+                    Err(error) => {
+                        self.unknown_takes.insert(partition, (epoch, expires_at_ms));
+                        return Err(error);
+                    }
                 }
             }
             Action::Renew { partition, epoch, revision } => {
@@ -270,9 +309,13 @@ impl<B: Bucket> LeaseDriver<B> {
                     Ok(revision) => {
                         let old = Lease { holder: self.config.node.clone(), epoch, expires_at_ms: held.expires_at_ms };
                         // Acknowledged after the old lease stopped holding: it may have landed
-                        // after a taker saw the lease lapse; the expiry deadline stands.
+                        // after a taker saw the lease lapse; the expiry deadline stands, and the
+                        // lease it extended is written expired next round.
+                        let renewed = Held { epoch, revision, expires_at_ms };
                         if holds(&old, &self.config.node, clock(), self.config.skew_ms) {
-                            self.held.insert(partition, Held { epoch, revision, expires_at_ms });
+                            self.held.insert(partition, renewed);
+                        } else {
+                            self.releasing.push((partition, renewed));
                         }
                     }
                     Err(BucketError::WrongRevision(_) | BucketError::Exists) => {}
@@ -354,7 +397,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::cluster::bucket::MemoryBucket;
+    use crate::cluster::bucket::{Answer, MemoryBucket};
     use crate::model::lease::preferred;
 
     const LEASE_MS: u64 = 10_000;
@@ -504,6 +547,105 @@ mod tests {
         // Its last renewal was before the bucket went away; it stopped by then + lease - skew.
         let lost_at = lost_at.unwrap();
         assert!(lost_at < taken_at + 3_000 + LEASE_MS, "lost at {lost_at}");
+    }
+
+    /// A bucket between a node and the memory bucket: each answer can come `delay` late (the
+    /// clock moves on while the write is in flight) or be lost after the write was made.
+    struct Slow {
+        bucket: MemoryBucket,
+        now: std::rc::Rc<Cell<u64>>,
+        delay_ms: Cell<u64>,
+        lose_answers: Cell<bool>,
+    }
+
+    impl Slow {
+        fn answer<T: 'static>(&self, answer: Answer<T>) -> Answer<T> {
+            let outcome = run(answer);
+            self.now.set(self.now.get() + self.delay_ms.get());
+            let outcome = match outcome {
+                Ok(_) if self.lose_answers.get() => Err(BucketError::Unavailable("no answer".into())),
+                outcome => outcome,
+            };
+            Box::pin(std::future::ready(outcome))
+        }
+    }
+
+    impl Bucket for std::rc::Rc<Slow> {
+        fn create(&self, key: &str, value: Vec<u8>) -> Answer<u64> {
+            self.answer(self.bucket.create(key, value))
+        }
+        fn update(&self, key: &str, value: Vec<u8>, revision: u64) -> Answer<u64> {
+            self.answer(self.bucket.update(key, value, revision))
+        }
+        fn put(&self, key: &str, value: Vec<u8>) -> Answer<u64> {
+            self.bucket.put(key, value)
+        }
+        fn entries(&self, prefix: &str) -> Answer<Vec<KeyValue>> {
+            self.bucket.entries(prefix)
+        }
+        fn delete(&self, key: &str) -> Answer<()> {
+            self.bucket.delete(key)
+        }
+    }
+
+    fn slow_driver(
+        bucket: &MemoryBucket,
+        node: &str,
+        now: &std::rc::Rc<Cell<u64>>,
+    ) -> (LeaseDriver<std::rc::Rc<Slow>>, std::rc::Rc<Slow>) {
+        let slow = std::rc::Rc::new(Slow {
+            bucket: bucket.clone(),
+            now: std::rc::Rc::clone(now),
+            delay_ms: Cell::new(0),
+            lose_answers: Cell::new(false),
+        });
+        let config = LeaseConfig { partitions: 1, ..driver(bucket, node).config };
+        (LeaseDriver::new(std::rc::Rc::clone(&slow), config), slow)
+    }
+
+    // A renewal acknowledged only after the lease it renewed stopped holding does not count:
+    // the holder stops by its deadline, writes the lease expired, and the partition is taken
+    // again at the next epoch without waiting for the late renewal's expiry.
+    #[test]
+    fn a_late_renewal_is_given_up_not_kept() {
+        let bucket = MemoryBucket::new();
+        let now = std::rc::Rc::new(Cell::new(1_000_000));
+        let (mut a, slow) = slow_driver(&bucket, "a", &now);
+        let clock = || now.get();
+        let taken_at = now.get();
+        assert_eq!(run(a.round(&clock)), vec![Change::Gained { partition: 0, epoch: 1 }]);
+        // Renewed 8 s in, acknowledged 3 s later: after the lease stopped holding, though the
+        // renewal made it good until 18 s in.
+        now.set(taken_at + 8_000);
+        slow.delay_ms.set(3_000);
+        let changes = run(a.round(&clock));
+        assert_eq!(changes, vec![Change::Lost { partition: 0, epoch: 1 }]);
+        slow.delay_ms.set(0);
+        // The next round writes the renewed lease expired; a round after the skew takes it.
+        let mut changes = Vec::new();
+        for _ in 0..3 {
+            changes.extend(run(a.round(&clock)));
+            now.set(now.get() + 400);
+        }
+        assert_eq!(changes, vec![Change::Gained { partition: 0, epoch: 2 }], "taken again without waiting");
+        assert!(now.get() < taken_at + 13_000, "taken again before the late renewal lapsed");
+    }
+
+    // A take whose answer was lost is adopted when the bucket shows the value it wrote; a lease
+    // renewed since (by nobody else, here) would not be.
+    #[test]
+    fn a_take_with_a_lost_answer_is_adopted_as_written() {
+        let bucket = MemoryBucket::new();
+        let now = std::rc::Rc::new(Cell::new(1_000_000));
+        let (mut a, slow) = slow_driver(&bucket, "a", &now);
+        let clock = || now.get();
+        slow.lose_answers.set(true);
+        assert_eq!(run(a.round(&clock)), vec![]);
+        assert!(a.seen().error.is_some());
+        slow.lose_answers.set(false);
+        now.set(now.get() + 1_000);
+        assert_eq!(run(a.round(&clock)), vec![Change::Gained { partition: 0, epoch: 1 }]);
+        assert_eq!(a.held(), vec![(0, 1)]);
     }
 
     // Keys of old epochs are removed by the latest holder, so the bucket stays bounded.

@@ -53,17 +53,30 @@ pub fn prepare(link: &Link, partitions: u32, replicas: usize) -> Result<(), Stri
     Ok(())
 }
 
+/// Whether this node may still write as a partition's owner now (its lease holds by its clock).
+pub type LeaseGuard = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Partition `partition`'s stream through the link.
 pub struct NatsStream {
     link: Link,
     partition: u32,
     stream: String,
+    guard: Option<LeaseGuard>,
 }
 
 impl NatsStream {
     /// The stream of `partition`.
     pub fn new(link: Link, partition: u32) -> Self {
-        Self { link, partition, stream: stream_name(partition) }
+        Self { link, partition, stream: stream_name(partition), guard: None }
+    }
+
+    /// Refuses the owner's writes once `guard` says the lease no longer holds: an owner paused
+    /// past its lease (SIGSTOP, a long GC-like stall, a VM migration) does not write when it
+    /// wakes. A write decided just before the pause may still land late; the epoch fence in
+    /// the log makes that one change nothing.
+    pub fn with_guard(mut self, guard: LeaseGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// The subject a record goes to: events and endpoint changes from any node on their own
@@ -105,6 +118,11 @@ pub fn record_of(message: Message) -> StreamRecord {
 
 impl PartitionStream for NatsStream {
     fn publish(&self, outgoing: Outgoing) -> Publishing {
+        let owners = matches!(outgoing.writer, Writer::Owner { .. });
+        if owners && self.guard.as_ref().is_some_and(|holds| !holds()) {
+            let refused = format!("the lease of partition {} has lapsed: not writing as its owner", self.partition);
+            return Box::pin(std::future::ready(Err(refused)));
+        }
         let mut id = [0u8; 16];
         // Retries inside the link carry this id, so a publish is stored once.
         let msg_id = getrandom::fill(&mut id).ok().map(|()| format!("{:032x}", u128::from_le_bytes(id)));

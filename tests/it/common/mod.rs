@@ -120,6 +120,16 @@ impl Server {
         wait_exit(&mut child)
     }
 
+    /// SIGSTOP: the process stops dead (a long pause, a frozen VM) until [`Server::resume`].
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("running"), "STOP");
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        signal(self.child.as_ref().expect("running"), "CONT");
+    }
+
     /// SIGKILL: the crash case.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("running");
