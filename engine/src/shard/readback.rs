@@ -141,8 +141,10 @@ pub fn load(directory: &Path, events: &[(EventId, Position)]) -> Vec<Loaded> {
     load_from(&Source::Directory(directory.to_path_buf()), events)
 }
 
-/// Reads and decodes the records of `events` from `source`: the work of [`Reader::read`].
-fn load_from(source: &Source, events: &[(EventId, Position)]) -> Vec<Loaded> {
+/// Reads and decodes the records of `events` from `source`: the work of [`Reader::read`]. Public
+/// so that the cluster simulation reads a partition's stream back on its own thread, in a
+/// deterministic order, as the local simulation calls [`load`].
+pub fn load_from(source: &Source, events: &[(EventId, Position)]) -> Vec<Loaded> {
     let positions: Vec<Position> = events.iter().map(|(_, position)| *position).collect();
     events
         .iter()

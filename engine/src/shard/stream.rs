@@ -12,7 +12,7 @@
 //! `segment_id` and the record's length in `length` ([`position_of`], [`sequence_of`]), so the
 //! state keeps one kind of position and read-back asks the stream by sequence.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -80,26 +80,66 @@ pub fn sequence_of(position: Position) -> u64 {
 /// are stored at once in one order; acknowledgements can be held back (a publish whose
 /// acknowledgement is late or never comes) and records written while a writer is paused land
 /// whenever the test says.
+///
+/// For the cluster simulation (`engine/tests/cluster_simulation.rs`) each node publishes
+/// through its own handle ([`MemoryStream::from_node`]), and what happens between a node and
+/// the stream is decided per node: its publishes can be held in transit and land later, after
+/// other nodes' records ([`MemoryStream::hold_landing`], [`MemoryStream::land`]: reordered
+/// messages) or never ([`MemoryStream::drop_in_transit`]); its acknowledgements can be held
+/// ([`MemoryStream::hold_acks_of`]) or lost, the record stored but the publisher told it failed
+/// ([`MemoryStream::lose_acks_of`]). Everything happens in the order the test calls it, so a
+/// single-threaded test is deterministic.
 #[derive(Clone, Default)]
 pub struct MemoryStream {
     inner: Arc<Mutex<Memory>>,
+    /// The node this handle publishes for (0 unless made by [`MemoryStream::from_node`]).
+    node: usize,
 }
+
+/// A publish's acknowledgement, on its way to the publisher.
+type Acknowledging = futures_channel::oneshot::Sender<Result<u64, String>>;
 
 #[derive(Default)]
 struct Memory {
     records: Vec<StreamRecord>,
     /// While set, acknowledgements wait in `held` until released.
     holding: bool,
-    held: VecDeque<(u64, futures_channel::oneshot::Sender<Result<u64, String>>)>,
+    held: VecDeque<(Result<u64, String>, Acknowledging)>,
     /// Refuses publishes with this reason (the stream unreachable).
     refusing: Option<String>,
     feeds: Vec<Waker>,
+    /// What lies between each node and the stream (only nodes a test set anything for).
+    links: BTreeMap<usize, Link>,
 }
+
+/// Between one node and the stream.
+#[derive(Default)]
+struct Link {
+    /// While set, the node's publishes stay in `in_transit` until landed or dropped.
+    landing_held: bool,
+    /// Publishes not landed yet, in the order made, each with whether its acknowledgement will
+    /// be lost.
+    in_transit: VecDeque<(Outgoing, bool, Acknowledging)>,
+    /// While set, the node's acknowledgements wait in `held_acks` until released.
+    acks_held: bool,
+    held_acks: VecDeque<(Result<u64, String>, Acknowledging)>,
+    /// While set, a publish is stored but its publisher is told it failed.
+    acks_lost: bool,
+}
+
+/// What a publisher whose acknowledgement was lost is told.
+const ACK_LOST: &str = "the acknowledgement was lost";
 
 impl MemoryStream {
     /// An empty stream.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A handle on the same stream that publishes as `node`, so that its links can be held,
+    /// delayed or lossy on their own.
+    pub fn from_node(&self, node: usize) -> Self {
+        Self { inner: Arc::clone(&self.inner), node }
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -109,6 +149,13 @@ impl MemoryStream {
     /// Every record, in order.
     pub fn records(&self) -> Vec<StreamRecord> {
         self.memory().records.clone()
+    }
+
+    /// The records from sequence `from` on (from 1), in order.
+    pub fn records_from(&self, from: u64) -> Vec<StreamRecord> {
+        let memory = self.memory();
+        let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
+        memory.records.iter().skip(skip).cloned().collect()
     }
 
     /// The last sequence stored (0: empty).
@@ -124,8 +171,8 @@ impl MemoryStream {
     /// Sends the held acknowledgements.
     pub fn release_acks(&self) {
         let held: Vec<_> = self.memory().held.drain(..).collect();
-        for (sequence, sender) in held {
-            let _ = sender.send(Ok(sequence));
+        for (answer, sender) in held {
+            let _ = sender.send(answer);
         }
     }
 
@@ -134,9 +181,77 @@ impl MemoryStream {
         self.memory().refusing = reason.map(str::to_string);
     }
 
+    /// Holds `node`'s publishes in transit from now on (`true`: a paused or partitioned node's
+    /// writes on their way), or lets new ones land at once again (those held stay held until
+    /// [`MemoryStream::land`]).
+    pub fn hold_landing(&self, node: usize, holding: bool) {
+        self.memory().links.entry(node).or_default().landing_held = holding;
+    }
+
+    /// Lands `node`'s publishes held in transit, in the order they were made, after everything
+    /// stored so far; each is acknowledged (or its acknowledgement held or lost) as it lands.
+    /// Returns how many landed.
+    pub fn land(&self, node: usize) -> usize {
+        let mut memory = self.memory();
+        let in_transit: Vec<_> = memory.links.entry(node).or_default().in_transit.drain(..).collect();
+        let count = in_transit.len();
+        let mut answers = Vec::new();
+        for (outgoing, lost, sender) in in_transit {
+            let sequence = Self::store(&mut memory, outgoing);
+            let answer = if lost { Err(ACK_LOST.to_string()) } else { Ok(sequence) };
+            if let Some(ready) = Self::acknowledge(&mut memory, node, answer, sender) {
+                answers.push(ready);
+            }
+        }
+        drop(memory);
+        for (answer, sender) in answers {
+            let _ = sender.send(answer);
+        }
+        count
+    }
+
+    /// Drops `node`'s publishes held in transit: they are never stored, and their publishers
+    /// are told so (a dead node's writes that never arrived). Returns how many were dropped.
+    pub fn drop_in_transit(&self, node: usize) -> usize {
+        let in_transit: Vec<_> = self.memory().links.entry(node).or_default().in_transit.drain(..).collect();
+        let count = in_transit.len();
+        for (_, _, sender) in in_transit {
+            let _ = sender.send(Err("the publish never reached the stream".into()));
+        }
+        count
+    }
+
+    /// Publishes of `node` held in transit.
+    pub fn in_transit(&self, node: usize) -> usize {
+        self.memory().links.get(&node).map_or(0, |link| link.in_transit.len())
+    }
+
+    /// Holds `node`'s acknowledgements from now on (`true`), or sends new ones at once again.
+    pub fn hold_acks_of(&self, node: usize, holding: bool) {
+        self.memory().links.entry(node).or_default().acks_held = holding;
+    }
+
+    /// Sends `node`'s held acknowledgements, in order.
+    pub fn release_acks_of(&self, node: usize) {
+        let held: Vec<_> = self.memory().links.entry(node).or_default().held_acks.drain(..).collect();
+        for (answer, sender) in held {
+            let _ = sender.send(answer);
+        }
+    }
+
+    /// Loses `node`'s acknowledgements from now on (`true`): its publishes are stored, but it is
+    /// told they failed, as when an acknowledgement times out. Decided as each publish is made.
+    pub fn lose_acks_of(&self, node: usize, losing: bool) {
+        self.memory().links.entry(node).or_default().acks_lost = losing;
+    }
+
     /// Appends a record directly, as a writer elsewhere would (a paused owner's late write).
     pub fn append(&self, outgoing: Outgoing) -> u64 {
-        let mut memory = self.memory();
+        Self::store(&mut self.memory(), outgoing)
+    }
+
+    /// Stores a record at the next sequence and wakes the feeds.
+    fn store(memory: &mut Memory, outgoing: Outgoing) -> u64 {
         let sequence = memory.records.len() as u64 + 1;
         memory.records.push(StreamRecord {
             sequence,
@@ -150,25 +265,54 @@ impl MemoryStream {
         sequence
     }
 
+    /// Holds an acknowledgement if the stream or `node`'s link holds them; else hands it back to
+    /// be sent (after the lock is released).
+    fn acknowledge(
+        memory: &mut Memory,
+        node: usize,
+        answer: Result<u64, String>,
+        sender: Acknowledging,
+    ) -> Option<(Result<u64, String>, Acknowledging)> {
+        if memory.holding {
+            memory.held.push_back((answer, sender));
+            return None;
+        }
+        match memory.links.get_mut(&node) {
+            Some(link) if link.acks_held => {
+                link.held_acks.push_back((answer, sender));
+                None
+            }
+            _ => Some((answer, sender)),
+        }
+    }
+
     /// A feed of the stream from `sequence` on.
     pub fn feed(&self, sequence: u64) -> MemoryFeed {
-        MemoryFeed { stream: self.clone(), next: sequence.max(1) }
+        MemoryFeed { stream: self.clone(), next: sequence.max(1), gate: FeedGate::default() }
     }
 }
 
 impl PartitionStream for MemoryStream {
     fn publish(&self, outgoing: Outgoing) -> Publishing {
-        if let Some(reason) = self.memory().refusing.clone() {
+        let mut memory = self.memory();
+        if let Some(reason) = memory.refusing.clone() {
             return Box::pin(std::future::ready(Err(reason)));
         }
-        let sequence = self.append(outgoing);
-        let mut memory = self.memory();
-        if !memory.holding {
-            return Box::pin(std::future::ready(Ok(sequence)));
-        }
+        let (landing_held, lost) =
+            memory.links.get(&self.node).map_or((false, false), |link| (link.landing_held, link.acks_lost));
         let (sender, receiver) = futures_channel::oneshot::channel();
-        memory.held.push_back((sequence, sender));
-        Box::pin(async move { receiver.await.unwrap_or_else(|_| Err("the acknowledgement was lost".into())) })
+        let answering = Box::pin(async move { receiver.await.unwrap_or_else(|_| Err(ACK_LOST.into())) });
+        if landing_held {
+            memory.links.entry(self.node).or_default().in_transit.push_back((outgoing, lost, sender));
+            return answering;
+        }
+        let sequence = Self::store(&mut memory, outgoing);
+        let answer = if lost { Err(ACK_LOST.to_string()) } else { Ok(sequence) };
+        match Self::acknowledge(&mut memory, self.node, answer, sender) {
+            // Answered at once: no channel to wait on.
+            Some((answer, _)) => Box::pin(std::future::ready(answer)),
+            None => answering,
+        }
     }
 
     fn read(&self, sequences: &[u64]) -> Vec<Result<StreamRecord, String>> {
@@ -186,18 +330,91 @@ impl PartitionStream for MemoryStream {
     }
 }
 
-/// [`MemoryStream::feed`].
+/// [`MemoryStream::feed`]: brings every record in order, as far as its [`FeedGate`] lets it.
 pub struct MemoryFeed {
     stream: MemoryStream,
     next: u64,
+    gate: FeedGate,
+}
+
+impl MemoryFeed {
+    /// The feed's gate, to make it lag behind the stream (a paused node's consumer) and catch
+    /// up again; kept by the test while the shard owns the feed.
+    pub fn gate(&self) -> FeedGate {
+        self.gate.clone()
+    }
+}
+
+/// How far a [`MemoryFeed`] may go: open (everything, as it is stored) or held at a sequence.
+#[derive(Clone, Default)]
+pub struct FeedGate {
+    inner: Arc<Mutex<Gate>>,
+}
+
+#[derive(Default)]
+struct Gate {
+    /// The last sequence the feed may bring (`None`: no limit).
+    limit: Option<u64>,
+    /// The last sequence it brought.
+    brought: u64,
+    /// The feed waiting for the gate to open.
+    waker: Option<Waker>,
+}
+
+impl FeedGate {
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops the feed where it is: it brings nothing more until opened or advanced.
+    pub fn pause(&self) {
+        let mut gate = self.gate();
+        gate.limit = Some(gate.brought);
+    }
+
+    /// Lets the feed bring up to `count` more records than its limit allowed (none while open).
+    pub fn advance(&self, count: u64) {
+        let mut gate = self.gate();
+        if let Some(limit) = gate.limit {
+            gate.limit = Some(limit.saturating_add(count));
+            if let Some(waker) = gate.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Lets the feed bring everything again.
+    pub fn open(&self) {
+        let mut gate = self.gate();
+        gate.limit = None;
+        if let Some(waker) = gate.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether the feed is held (paused or lagging by a limit).
+    pub fn is_held(&self) -> bool {
+        self.gate().limit.is_some()
+    }
+
+    /// The last sequence the feed brought.
+    pub fn brought(&self) -> u64 {
+        self.gate().brought
+    }
 }
 
 impl Feed for MemoryFeed {
     fn poll_record(&mut self, context: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
+        let mut gate = self.gate.gate();
+        if gate.limit.is_some_and(|limit| self.next > limit) {
+            gate.waker = Some(context.waker().clone());
+            return Poll::Pending;
+        }
         let mut memory = self.stream.memory();
         let index = usize::try_from(self.next - 1).unwrap_or(usize::MAX);
         match memory.records.get(index) {
             Some(record) => {
+                gate.brought = self.next;
                 self.next += 1;
                 Poll::Ready(Some(record.clone()))
             }
