@@ -642,8 +642,13 @@ impl ShardState {
         let Some(event) = self.events.get_mut(&event_id) else {
             return;
         };
-        if event.status.is_terminal() && !event.in_flight {
-            // Only an attempt in flight produces an outcome; a terminal event has none.
+        if event.status.is_terminal() {
+            // A terminal event has no outcome to come, live or at replay alike, even while an
+            // attempt of it is in flight: from a partition's stream an owner whose outcome's
+            // acknowledgement was lost puts the event back and may make the attempt again under
+            // the same number before the first outcome comes back through its feed; the first
+            // one counts, on every node (found by the cluster simulation, seed 163: the
+            // second outcome was applied live and not on replay).
             return;
         }
         let slot = event.endpoint;
@@ -668,11 +673,19 @@ impl ShardState {
         match (attempt.outcome, attempt.next_attempt_at_ms) {
             (OUTCOME_RETRYING, due) => {
                 let due = due.unwrap_or(finished_ms);
+                let mut in_flight = false;
                 if let Some(event) = self.events.get_mut(&event_id) {
                     event.status = EventStatus::Retrying;
                     event.set_next_attempt_at_ms(due);
+                    in_flight = event.in_flight;
                 }
-                if let Some(entry) = self.endpoints.at_mut(slot) {
+                // An event in flight is in no queue: it joins the retry set when its attempt
+                // finishes (`finish_live`). From a partition's stream an outcome can be applied
+                // long before the attempt finishes (the feed brings the record back before the
+                // publish is acknowledged, or it is another owner's record), and meanwhile the
+                // scheduler would find the event due while it is still in flight (found by the
+                // cluster simulation, seed 1).
+                if let (false, Some(entry)) = (in_flight, self.endpoints.at_mut(slot)) {
                     entry.retries.insert((due, event_id));
                 }
             }
@@ -756,12 +769,12 @@ impl ShardState {
         };
         event.budget_used = 0;
         event.detail_mut().updated_at_ms = at_ms;
-        if event.in_flight {
-            return;
-        }
-        let (slot, status, due) = (event.endpoint, event.status, event.next_attempt_at_ms());
+        let (slot, status, due, in_flight) =
+            (event.endpoint, event.status, event.next_attempt_at_ms(), event.in_flight);
         match status {
             EventStatus::Pending | EventStatus::Delivering => return,
+            // An event in flight is in no queue.
+            EventStatus::Retrying if in_flight => {}
             EventStatus::Retrying => self.unqueue(slot, event_id, status, due),
             EventStatus::Delivered | EventStatus::Failed => {
                 self.terminal.retain(|terminal| *terminal != event_id);
@@ -772,6 +785,14 @@ impl ShardState {
             event.status = EventStatus::Pending;
             event.set_next_attempt_at_ms(0);
             event.queued_lsn = lsn;
+        }
+        if in_flight {
+            // Its status changes as on replay, where nothing is in flight; it joins its queue
+            // when its attempt finishes (`finish_live`). From a partition's stream a redrive
+            // can reach an event in flight: the new owner's, at an old owner whose attempt is
+            // still out (found by the cluster simulation, seeds 82 and 129: the old owner kept
+            // the event delivered, then applied its next delivery as a second terminal outcome).
+            return;
         }
         self.enqueue(slot, event_id, lsn);
         self.activate(slot);

@@ -491,30 +491,51 @@ impl ShardState {
             entry.probing = false;
         }
         let delivering = entry.endpoint.enabled && entry.breaker.state() == crate::state::breaker::State::Closed;
+        let mut enqueue_at = None;
         if let Some(event) = self.events.get_mut(&start.event_id) {
             debug_assert!(event.in_flight, "{} finished but not in flight", start.event_id);
             event.in_flight = false;
             let (waiting, status, due, queued_lsn) =
                 (event.is_waiting(), event.status, event.next_attempt_at_ms(), event.queued_lsn);
+            if recorded && status == EventStatus::Retrying {
+                // Its outcome was applied while it was in flight, which left it out of the
+                // retry set (`apply_attempt`): it joins it now.
+                entry.retries.insert((due, start.event_id));
+            }
+            if recorded && status == EventStatus::Pending {
+                // Redriven after its outcome was applied, while it was still in flight
+                // (`requeue`): it joins its queue now, its payload left to the log.
+                enqueue_at = Some(queued_lsn);
+            }
             // Not recorded: the event goes back to its place. Several attempts of one endpoint
             // may come back, in any order, so its place is found by its queue position, not
-            // assumed to be the front.
-            if !recorded && waiting && delivering {
+            // assumed to be the front. A pending event goes back with its payload only into the
+            // cached prefix: an event ahead of it may have come back uncached while its
+            // endpoint was not delivering (disabled, then enabled again before this one came
+            // back; found by the cluster simulation, seed 12, where a deposed owner's attempts
+            // all come back unrecorded).
+            let place =
+                (status != EventStatus::Retrying).then(|| super::queue_place(&self.events, &entry.ready, queued_lsn));
+            if !recorded && waiting && delivering && place.is_none_or(|index| index <= entry.resident) {
                 self.payloads.insert(start.event_id, Rc::clone(&start.payload));
-                if status == EventStatus::Retrying {
-                    entry.retries.insert((due, start.event_id));
-                } else {
-                    let index = super::queue_place(&self.events, &entry.ready, queued_lsn);
-                    debug_assert!(index <= entry.resident, "an event started from the cached prefix goes back into it");
-                    entry.ready.insert(index, start.event_id);
-                    entry.resident += 1;
+                match place {
+                    None => {
+                        entry.retries.insert((due, start.event_id));
+                    }
+                    Some(index) => {
+                        entry.ready.insert(index, start.event_id);
+                        entry.resident += 1;
+                    }
                 }
                 self.activate(start.slot);
                 return;
             }
             if !recorded && waiting {
-                // Back in its place, its payload left to the log (nothing is delivered now).
-                self.evict_endpoint(start.slot);
+                // Back in its place, its payload left to the log (read back when its turn
+                // comes; nothing is delivered now when the endpoint is not delivering).
+                if !delivering {
+                    self.evict_endpoint(start.slot);
+                }
                 if let Some(entry) = self.endpoints.at_mut(start.slot) {
                     if status == EventStatus::Retrying {
                         entry.retries.insert((due, start.event_id));
@@ -531,6 +552,9 @@ impl ShardState {
         let bytes = start.payload.body.len();
         decrease!(entry.held_bytes, bytes);
         self.payloads.release(bytes);
+        if let Some(queued_lsn) = enqueue_at {
+            self.enqueue(start.slot, start.event_id, queued_lsn);
+        }
         self.activate(start.slot);
         self.wake_budget_waiters();
     }
@@ -612,7 +636,15 @@ impl ShardState {
             }
             let in_flight = self.events.values().filter(|event| event.endpoint == slot && event.in_flight).count();
             let mine = self.events.values().filter(|event| event.endpoint == slot && event.is_waiting()).count();
-            if mine != seen.len() + in_flight || mine != entry.waiting {
+            // An event in flight whose outcome was applied before its attempt finished (a
+            // partition's feed brings the record back before its acknowledgement) may be
+            // delivered or failed already: it is in flight but no longer waiting.
+            let in_flight_waiting = self
+                .events
+                .values()
+                .filter(|event| event.endpoint == slot && event.in_flight && event.is_waiting())
+                .count();
+            if mine != seen.len() + in_flight_waiting || mine != entry.waiting {
                 return Err(format!(
                     "{}: {mine} waiting events, {} queued, {in_flight} in flight, counted {}",
                     entry.id,
