@@ -155,7 +155,7 @@ impl Engine {
             index.as_ref().map(crate::index::Index::handle),
         ));
         if let Some(cluster) = &config.cluster {
-            let node = join_cluster(cluster, address).map_err(StartError::Cluster)?;
+            let node = join_cluster(cluster, address, config.shards).map_err(StartError::Cluster)?;
             let _ = shared.cluster.set(Arc::new(node));
         }
         let driver = config.io_driver.resolve();
@@ -216,6 +216,7 @@ impl Engine {
 fn join_cluster(
     config: &crate::cluster::ClusterConfig,
     address: SocketAddr,
+    threads: usize,
 ) -> Result<crate::admin::cluster::ClusterNode, String> {
     let options = kapsel_nats::LinkOptions {
         urls: config.urls.clone(),
@@ -226,7 +227,7 @@ fn join_cluster(
     crate::cluster::nats::prepare(&link, config.partitions, config.replicas)?;
     crate::cluster::check_partitions(&link, config.partitions)?;
     tracing::info!(node = %config.node, partitions = config.partitions, replicas = config.replicas, "joined the cluster");
-    Ok(crate::admin::cluster::ClusterNode::new(config.clone(), link, address.to_string()))
+    Ok(crate::admin::cluster::ClusterNode::new(config.clone(), link, address.to_string(), threads))
 }
 
 /// Takes `<data>/kapsel.lock` exclusively (an advisory lock the kernel drops with the process),
@@ -391,7 +392,7 @@ async fn shard_main(
     };
     let client = Rc::new(kapsel_http::Client::new(config.client.clone(), shared.resolver.clone()));
     let mut service = Service::new(Rc::clone(&shard), Arc::clone(&shared));
-    let mut leases = None;
+    let (mut leases, mut partitions_task) = (None, None);
     if let Some(node) = shared.cluster.get() {
         let partitions = crate::admin::cluster::Partitions::new(
             Arc::clone(node),
@@ -400,7 +401,7 @@ async fn shard_main(
             config.state_limits,
             config.server.limits,
         );
-        monoio::spawn(Rc::clone(&partitions).reconcile(index, config.shards));
+        partitions_task = Some(monoio::spawn(Rc::clone(&partitions).reconcile(index, config.shards)));
         if index == 0 {
             leases = Some(monoio::spawn(crate::admin::cluster::run_leases(Arc::clone(node), Arc::clone(&shared))));
         }
@@ -429,6 +430,10 @@ async fn shard_main(
     };
     kapsel_http::serve(listener, Rc::new(config.server.clone()), service, http_shutdown).await;
     scheduler.await;
+    if let Some(partitions) = partitions_task {
+        // Stops the partitions this thread owns and lets their attempts in flight finish.
+        partitions.await;
+    }
     if let Some(leases) = leases {
         // Gives the leases up, so the other nodes take the partitions over at once.
         leases.await;

@@ -46,6 +46,9 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 /// How often a thread compares what it runs with what the node should own.
 const RECONCILE_EVERY: Duration = Duration::from_millis(50);
+/// At shutdown, how long a thread waits for the attempts in flight of the partitions it gives
+/// up to be recorded, at most (the process has 8 s in all).
+const DRAIN_MAX: Duration = Duration::from_secs(4);
 
 /// The subject a partition's owner serves forwarded requests on.
 pub fn rpc_subject(partition: u32) -> String {
@@ -72,11 +75,14 @@ pub struct ClusterNode {
     /// Per partition: until when (Unix ms, by this node's clock) this node may write as its
     /// owner; 0 when it holds no lease of it.
     writable_until: Vec<AtomicU64>,
+    /// At shutdown: threads still finishing their partitions' attempts in flight. The leases
+    /// are given up once none is, so the next owner does not make those attempts again.
+    draining: std::sync::atomic::AtomicUsize,
 }
 
 impl ClusterNode {
-    /// A node that owns nothing yet.
-    pub fn new(config: ClusterConfig, link: Link, address: String) -> Self {
+    /// A node of `threads` threads that owns nothing yet.
+    pub fn new(config: ClusterConfig, link: Link, address: String, threads: usize) -> Self {
         let partitions = config.partitions as usize;
         Self {
             config,
@@ -87,6 +93,7 @@ impl ClusterNode {
             owned: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             applied: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             writable_until: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            draining: std::sync::atomic::AtomicUsize::new(threads),
         }
     }
 
@@ -253,11 +260,21 @@ impl Partitions {
             }
             monoio::time::sleep(RECONCILE_EVERY).await;
         }
-        let owned: Vec<(u32, u64)> =
-            self.owned.borrow().iter().map(|(partition, owned)| (*partition, owned.epoch)).collect();
-        for (partition, epoch) in owned {
-            self.close(partition, epoch);
+        let owned: Vec<(u32, u64, Rc<Shard>)> = self
+            .owned
+            .borrow()
+            .iter()
+            .map(|(partition, owned)| (*partition, owned.epoch, Rc::clone(&owned.shard)))
+            .collect();
+        for (partition, epoch, _) in &owned {
+            self.close(*partition, *epoch);
         }
+        // Attempts already made finish and are recorded while the leases still hold.
+        let started = std::time::Instant::now();
+        while started.elapsed() < DRAIN_MAX && owned.iter().any(|(_, _, shard)| in_flight(shard) > 0) {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.node.draining.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn still_wanted(&self, partition: u32, epoch: u64) -> bool {
@@ -423,6 +440,11 @@ impl Partitions {
     }
 }
 
+/// Attempts in flight on a shard.
+fn in_flight(shard: &Shard) -> u64 {
+    shard.state().borrow().endpoints.values().map(|entry| u64::from(entry.in_flight)).sum()
+}
+
 /// The peer a forwarded request is recorded with: the owner did not see the client.
 fn peer() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
@@ -459,6 +481,11 @@ pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
             monoio::time::sleep(RECONCILE_EVERY).await;
             waited += RECONCILE_EVERY;
         }
+    }
+    // Every thread first finishes the attempts in flight of the partitions it gives up.
+    let started = std::time::Instant::now();
+    while node.draining.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN_MAX + Duration::from_secs(1) {
+        monoio::time::sleep(Duration::from_millis(10)).await;
     }
     for slot in &node.writable_until {
         slot.store(0, Ordering::Release);

@@ -159,6 +159,11 @@ impl<B: Bucket> LeaseDriver<B> {
             .collect();
         self.releasing.extend(std::mem::take(&mut self.held));
         self.write_releases(now_ms).await;
+        // Without its heartbeat the node is not live for the others at once: they are then
+        // preferred for its partitions and take them as soon as the releases are read.
+        if let Err(error) = self.bucket.delete(&node_key(&self.config.node)).await {
+            tracing::warn!(%error, "could not remove this node's heartbeat; the others wait for it to age");
+        }
         changes
     }
 
@@ -193,7 +198,9 @@ impl<B: Bucket> LeaseDriver<B> {
         for (partition, held) in std::mem::take(&mut self.releasing) {
             let value = self.lease_value(held.epoch, now_ms);
             // Refused or lost: the lease lapses on its own.
-            let _ = self.bucket.update(&lease_key(partition, held.epoch), value, held.revision).await;
+            if let Err(error) = self.bucket.update(&lease_key(partition, held.epoch), value, held.revision).await {
+                tracing::warn!(partition, epoch = held.epoch, %error, "could not release a lease; it lapses on its own");
+            }
         }
     }
 
