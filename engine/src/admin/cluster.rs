@@ -78,6 +78,9 @@ pub struct ClusterNode {
     /// At shutdown: threads still finishing their partitions' attempts in flight. The leases
     /// are given up once none is, so the next owner does not make those attempts again.
     draining: std::sync::atomic::AtomicUsize,
+    /// Per partition: the epoch at which this node stopped owning it and saw its attempts in
+    /// flight recorded (or gave up waiting): its lease may then be written released.
+    drained: Vec<AtomicU64>,
 }
 
 impl ClusterNode {
@@ -94,6 +97,7 @@ impl ClusterNode {
             applied: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             writable_until: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             draining: std::sync::atomic::AtomicUsize::new(threads),
+            drained: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -291,6 +295,17 @@ impl Partitions {
                     slot.store(0, Ordering::Release);
                 }
                 tracing::info!(partition, epoch, "stopped owning the partition");
+                let node = Arc::clone(&self.node);
+                monoio::spawn(async move {
+                    // Attempts already made finish and are recorded while the lease holds.
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < DRAIN_MAX && in_flight(&open.shard) > 0 {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if let Some(slot) = node.drained.get(partition as usize) {
+                        slot.store(epoch, Ordering::Release);
+                    }
+                });
             }
         }
     }
@@ -460,8 +475,13 @@ pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
         lease_ms: node.config.lease_ms,
         skew_ms: node.config.skew_ms,
     };
+    let drained = Arc::clone(&node);
+    let gate = move |partition: u32, epoch: u64| {
+        drained.drained.get(partition as usize).is_some_and(|slot| slot.load(Ordering::Acquire) == epoch)
+    };
     let mut driver =
-        crate::cluster::leases::LeaseDriver::new(crate::cluster::nats::NatsBucket::new(node.link.clone()), config);
+        crate::cluster::leases::LeaseDriver::new(crate::cluster::nats::NatsBucket::new(node.link.clone()), config)
+            .with_release_gate(Box::new(gate));
     let round = Duration::from_millis((node.config.lease_ms / 10).max(100));
     let clock = crate::clock::now_ms;
     while !shared.is_shutting_down() {

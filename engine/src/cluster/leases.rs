@@ -98,8 +98,12 @@ pub struct LeaseDriver<B: Bucket> {
     bucket: B,
     config: LeaseConfig,
     held: BTreeMap<u32, Held>,
-    /// Reported lost, to be written released next round.
-    releasing: Vec<(u32, Held)>,
+    /// Reported lost, to be written released: each with whether it still holds for this node
+    /// until then (a lease given up to a preferred node does, one renewed too late does not).
+    releasing: Vec<(u32, Held, bool)>,
+    /// Whether a partition given up may be written released now (its attempts in flight are
+    /// recorded); unset: at once.
+    release_gate: Option<Box<dyn Fn(u32, u64) -> bool>>,
     /// Takes whose outcome is unknown (no acknowledgement): the epoch and the expiry written.
     unknown_takes: BTreeMap<u32, (u64, u64)>,
     seen: Seen,
@@ -123,9 +127,18 @@ impl<B: Bucket> LeaseDriver<B> {
             config,
             held: BTreeMap::new(),
             releasing: Vec::new(),
+            release_gate: None,
             unknown_takes: BTreeMap::new(),
             seen: Seen::default(),
         }
+    }
+
+    /// A lease given up to a preferred node is written released only once `gate(partition,
+    /// epoch)` says the partition's attempts in flight are recorded (or the lease stops holding
+    /// anyway): the next owner then has nothing to make again.
+    pub fn with_release_gate(mut self, gate: Box<dyn Fn(u32, u64) -> bool>) -> Self {
+        self.release_gate = Some(gate);
+        self
     }
 
     /// The configuration.
@@ -141,7 +154,9 @@ impl<B: Bucket> LeaseDriver<B> {
     /// Until when this node may still write as `partition`'s owner by its clock: its lease's
     /// expiry less the skew margin (`None`: it holds no lease of it).
     pub fn writable_until(&self, partition: u32) -> Option<u64> {
-        self.held.get(&partition).map(|held| held.expires_at_ms.saturating_sub(self.config.skew_ms))
+        let giving_up = self.releasing.iter().find(|(given, _, holds)| *given == partition && *holds);
+        let held = self.held.get(&partition).or(giving_up.map(|(_, held, _)| held));
+        held.map(|held| held.expires_at_ms.saturating_sub(self.config.skew_ms))
     }
 
     /// The partitions this node holds now, with their epochs.
@@ -157,8 +172,9 @@ impl<B: Bucket> LeaseDriver<B> {
             .iter()
             .map(|(partition, held)| Change::Lost { partition: *partition, epoch: held.epoch })
             .collect();
-        self.releasing.extend(std::mem::take(&mut self.held));
-        self.write_releases(now_ms).await;
+        self.releasing
+            .extend(std::mem::take(&mut self.held).into_iter().map(|(partition, held)| (partition, held, true)));
+        self.write_releases(now_ms, true).await;
         // Without its heartbeat the node is not live for the others at once: they are then
         // preferred for its partitions and take them as soon as the releases are read.
         if let Err(error) = self.bucket.delete(&node_key(&self.config.node)).await {
@@ -172,7 +188,7 @@ impl<B: Bucket> LeaseDriver<B> {
     /// simply lapse if it lasts.
     pub async fn round(&mut self, clock: &dyn Fn() -> u64) -> Vec<Change> {
         let mut changes = self.expire(clock());
-        self.write_releases(clock()).await;
+        self.write_releases(clock(), false).await;
         let outcome = self.read_and_act(clock, &mut changes).await;
         self.seen.error = outcome.err().map(|error| error.to_string());
         changes.extend(self.expire(clock()));
@@ -194,8 +210,18 @@ impl<B: Bucket> LeaseDriver<B> {
         lost
     }
 
-    async fn write_releases(&mut self, now_ms: u64) {
-        for (partition, held) in std::mem::take(&mut self.releasing) {
+    /// Writes expired the leases given up whose gate is open (all of them when `force`); a
+    /// lease that stopped holding meanwhile is written too (it lapses anyway).
+    async fn write_releases(&mut self, now_ms: u64, force: bool) {
+        for (partition, held, holds_until_then) in std::mem::take(&mut self.releasing) {
+            let lease =
+                Lease { holder: self.config.node.clone(), epoch: held.epoch, expires_at_ms: held.expires_at_ms };
+            let still_holds = holds_until_then && holds(&lease, &self.config.node, now_ms, self.config.skew_ms);
+            let open = force || self.release_gate.as_ref().is_none_or(|gate| gate(partition, held.epoch));
+            if still_holds && !open {
+                self.releasing.push((partition, held, holds_until_then));
+                continue;
+            }
             let value = self.lease_value(held.epoch, now_ms);
             // Refused or lost: the lease lapses on its own.
             if let Err(error) = self.bucket.update(&lease_key(partition, held.epoch), value, held.revision).await {
@@ -295,7 +321,7 @@ impl<B: Bucket> LeaseDriver<B> {
                         } else {
                             // Acknowledged too late to act on: expired next round, so the
                             // partition need not wait for it to lapse.
-                            self.releasing.push((partition, held));
+                            self.releasing.push((partition, held, false));
                         }
                     }
                     // Another node created this epoch first.
@@ -322,7 +348,7 @@ impl<B: Bucket> LeaseDriver<B> {
                         if holds(&old, &self.config.node, clock(), self.config.skew_ms) {
                             self.held.insert(partition, renewed);
                         } else {
-                            self.releasing.push((partition, renewed));
+                            self.releasing.push((partition, renewed, false));
                         }
                     }
                     Err(BucketError::WrongRevision(_) | BucketError::Exists) => {}
@@ -333,7 +359,7 @@ impl<B: Bucket> LeaseDriver<B> {
                 if let Some(held) = self.held.get(&partition).copied().filter(|held| held.epoch == epoch) {
                     self.held.remove(&partition);
                     changes.push(Change::Lost { partition, epoch });
-                    self.releasing.push((partition, held));
+                    self.releasing.push((partition, held, true));
                 }
             }
         }
