@@ -369,6 +369,14 @@ async fn shard_main(
     if index == crate::admin::access::ACCESS_SHARD {
         shared.set_access(&shard.state().borrow().access);
     }
+    if let (Some(node), true) = (shared.cluster.get(), index == crate::admin::access::ACCESS_SHARD) {
+        // In a cluster tenants and keys are the cluster's: known before this node serves.
+        let ready = Rc::new(std::cell::Cell::new(false));
+        monoio::spawn(crate::admin::cluster::follow_access(Arc::clone(node), Arc::clone(&shared), Rc::clone(&ready)));
+        while !ready.get() && !shared.is_shutting_down() {
+            monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     warn_open_ingest(index, &shard.state().borrow());
     // Every shard's subscriptions are known before any shard serves a publish.
     for entry in shard.state().borrow().endpoints.values() {

@@ -421,3 +421,44 @@ fn a_rolling_restart_loses_nothing() {
     assert!(repeated <= 3 * endpoints * max_in_flight as usize, "{repeated} events arrived twice");
     println!("rolling restart of three nodes: {} events accepted, {repeated} delivered twice", accepted.len());
 }
+
+// Tenants and keys are the cluster's: a key made through one node works on every node, and a
+// key revoked through another is refused by all of them within a second.
+#[test]
+fn tenants_and_keys_hold_on_every_node() {
+    let Some(rig) = Rig::start(1, 4, Duration::ZERO) else { return };
+    let nodes = rig.live();
+    assert_eq!(nodes[0].admin("PUT", "/admin/tenants/acme", r#"{"name":"Acme"}"#).status, 201);
+    let created = nodes[1].admin("POST", "/admin/tenants/acme/keys", r#"{"scopes":["read","write","ingest"]}"#);
+    assert_eq!(created.status, 201, "{created:?}");
+    let (key, key_id) =
+        (created.json()["key"].as_str().unwrap().to_string(), created.json()["key_id"].as_str().unwrap().to_string());
+    let bearer = format!("Bearer {key}");
+    let with_key = |node: &Server, method: &str, path: &str, body: &str| {
+        node.request(method, path, &[("Authorization", &bearer), ("Content-Type", "application/json")], body.as_bytes())
+    };
+    // Each node learns of the key by following the cluster's configuration: wait for it.
+    for node in &nodes {
+        crate::common::wait_until("the key known everywhere", || {
+            with_key(node, "GET", "/admin/session", "").status == 200
+        });
+    }
+    let url = rig.sink.url("/acme");
+    let made = with_key(nodes[2], "PUT", "/admin/endpoints/acme-orders", &format!(r#"{{"url":"{url}"}}"#));
+    assert_eq!(made.status, 201, "{made:?}");
+    assert_eq!(made.json()["tenant_id"], "acme");
+    for node in &nodes {
+        assert_eq!(with_key(node, "GET", "/admin/endpoints/acme-orders", "").status, 200);
+        let ingested = with_key(node, "POST", "/ingest/acme-orders", "{}");
+        assert_eq!(ingested.status, 202, "{ingested:?}");
+    }
+    assert_eq!(nodes[0].admin("DELETE", &format!("/admin/keys/{key_id}"), "").status, 204);
+    let revoked_at = Instant::now();
+    for node in &nodes {
+        crate::common::wait_until("the key refused everywhere", || {
+            with_key(node, "GET", "/admin/session", "").status == 401
+        });
+    }
+    assert!(revoked_at.elapsed() < Duration::from_secs(1), "revoked everywhere in {:?}", revoked_at.elapsed());
+    assert_eq!(with_key(nodes[1], "POST", "/ingest/acme-orders", "{}").status, 401);
+}

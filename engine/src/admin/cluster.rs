@@ -455,6 +455,79 @@ impl Partitions {
     }
 }
 
+/// Follows the tenants and keys on every node (they are written, as any node's configuration
+/// change, to partition 0's `cfg` subject, which every node reads from its start): the node's
+/// table of tenants and keys follows within the consumer's latency, so a key revoked through
+/// any node is refused by every node within milliseconds. `ready` is set once the table has
+/// caught up with the subject as it was when the node started; the node reports ready only
+/// then, so no key is refused for being unknown yet. Retries for ever if the stream cannot be
+/// read (the node then stays not ready).
+pub async fn follow_access(node: Arc<ClusterNode>, shared: Arc<Shared>, ready: Rc<Cell<bool>>) {
+    use crate::model::records::Record;
+    let partition = crate::admin::access::ACCESS_SHARD as u32;
+    let stream = stream_name(partition);
+    loop {
+        let target =
+            match node.link.last_on_subject(stream.clone(), crate::cluster::nats::subject(partition, "cfg")).await {
+                Ok(last) => last.map_or(0, |message| message.sequence),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the cluster's tenants and keys yet");
+                    monoio::time::sleep(REOPEN_PAUSE).await;
+                    continue;
+                }
+            };
+        let mut feed = match NatsFeed::open_subject(&node.link, partition, "cfg", 1, FEED_CAPACITY).await {
+            Ok(feed) => feed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow the cluster's tenants and keys yet");
+                monoio::time::sleep(REOPEN_PAUSE).await;
+                continue;
+            }
+        };
+        let mut access = crate::state::Access::new();
+        if target == 0 {
+            ready.set(true);
+        }
+        loop {
+            let next =
+                std::future::poll_fn(|context| crate::shard::stream::Feed::poll_record(&mut feed, context)).await;
+            let Some(record) = next else {
+                break;
+            };
+            let changed = match Record::decode(record.kind, &record.body) {
+                Ok(Record::TenantPut(put)) => {
+                    access.put_tenant(put);
+                    true
+                }
+                Ok(Record::TenantDeleted(deleted)) => {
+                    access.delete_tenant(&deleted);
+                    true
+                }
+                Ok(Record::KeyCreated(created)) => {
+                    access.create_key(created);
+                    true
+                }
+                Ok(Record::KeyRevoked(revoked)) => {
+                    access.revoke_key(&revoked);
+                    true
+                }
+                // Endpoints of partition 0 share the subject.
+                Ok(_) => false,
+                Err(error) => {
+                    tracing::error!(sequence = record.sequence, %error, "a configuration record does not decode; skipped");
+                    false
+                }
+            };
+            if record.sequence >= target && (changed || !ready.get()) {
+                shared.set_access(&access);
+                ready.set(true);
+            }
+        }
+        // The feed ended (the link lost the consumer for good): start over from the beginning.
+        monoio::time::sleep(REOPEN_PAUSE).await;
+    }
+}
+
 /// Attempts in flight on a shard.
 fn in_flight(shard: &Shard) -> u64 {
     shard.state().borrow().endpoints.values().map(|entry| u64::from(entry.in_flight)).sum()

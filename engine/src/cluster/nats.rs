@@ -17,7 +17,7 @@ use std::time::Duration;
 use kapsel_nats::{Link, LinkError, Message, Publish, StreamSpec};
 
 use crate::cluster::bucket::{Answer, Bucket, BucketError, KeyValue};
-use crate::model::records::{KIND_ENDPOINT_DELETED, KIND_ENDPOINT_DELETED_BY, KIND_ENDPOINT_PUT, KIND_ENDPOINT_PUT_V1};
+use crate::model::records::Record;
 use crate::shard::stream::{Feed, Outgoing, PartitionStream, Publishing, StreamRecord};
 use crate::state::Writer;
 
@@ -84,16 +84,11 @@ impl NatsStream {
     fn subject_of(&self, outgoing: &Outgoing) -> String {
         let tail = match outgoing.writer {
             Writer::Owner { .. } => "own",
-            Writer::Anyone if is_endpoint_kind(outgoing.kind) => "cfg",
+            Writer::Anyone if Record::is_config_kind(outgoing.kind) => "cfg",
             Writer::Anyone => "in",
         };
         subject(self.partition, tail)
     }
-}
-
-/// Whether records of `kind` change an endpoint.
-fn is_endpoint_kind(kind: u8) -> bool {
-    matches!(kind, KIND_ENDPOINT_PUT | KIND_ENDPOINT_PUT_V1 | KIND_ENDPOINT_DELETED | KIND_ENDPOINT_DELETED_BY)
 }
 
 /// The headers of a record written by `writer`.
@@ -162,7 +157,18 @@ impl NatsFeed {
     /// An ordered consumer of `partition`'s whole stream from `start_sequence`, holding at
     /// most `capacity` messages the shard has not taken.
     pub async fn open(link: &Link, partition: u32, start_sequence: u64, capacity: usize) -> Result<Self, LinkError> {
-        let feed = link.consume(stream_name(partition), subject(partition, ">"), start_sequence, capacity).await?;
+        Self::open_subject(link, partition, ">", start_sequence, capacity).await
+    }
+
+    /// An ordered consumer of one subject of `partition`'s stream (`cfg`: its configuration).
+    pub async fn open_subject(
+        link: &Link,
+        partition: u32,
+        tail: &str,
+        start_sequence: u64,
+        capacity: usize,
+    ) -> Result<Self, LinkError> {
+        let feed = link.consume(stream_name(partition), subject(partition, tail), start_sequence, capacity).await?;
         Ok(Self { feed, partition })
     }
 }

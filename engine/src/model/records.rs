@@ -485,9 +485,35 @@ impl Record {
     }
 
     /// Whether only a partition's owner writes records of this kind in cluster mode (ADR 17):
-    /// everything but events and endpoint changes, which any node writes.
+    /// everything but events and configuration (endpoints, tenants, keys), which any node
+    /// writes and every node may follow.
     pub fn is_owners(&self) -> bool {
-        !matches!(self, Self::EventReceived(_) | Self::EndpointPut(_) | Self::EndpointDeleted(_))
+        !matches!(
+            self,
+            Self::EventReceived(_)
+                | Self::EndpointPut(_)
+                | Self::EndpointDeleted(_)
+                | Self::TenantPut(_)
+                | Self::TenantDeleted(_)
+                | Self::KeyCreated(_)
+                | Self::KeyRevoked(_)
+        )
+    }
+
+    /// Whether `kind` is a configuration record (an endpoint, tenant or key change): in cluster
+    /// mode these go on a partition's `cfg` subject, which nodes that do not own it follow.
+    pub fn is_config_kind(kind: u8) -> bool {
+        matches!(
+            kind,
+            KIND_ENDPOINT_PUT
+                | KIND_ENDPOINT_PUT_V1
+                | KIND_ENDPOINT_DELETED
+                | KIND_ENDPOINT_DELETED_BY
+                | KIND_TENANT_PUT
+                | KIND_TENANT_DELETED
+                | KIND_KEY_CREATED
+                | KIND_KEY_REVOKED
+        )
     }
 
     /// Encodes an event record without wrapping it (the ingest hot path keeps the event).
