@@ -142,6 +142,31 @@ fn every_node_takes_ingest_and_admin_for_every_endpoint() {
         let event = nodes[(index + 1) % 3].admin("GET", &format!("/admin/events/{id}"), "").json();
         assert_eq!(event["status"], "delivered", "{event}");
     }
+    // Listings cover every partition, whichever node is asked, page by page.
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = nodes[1].admin("GET", &format!("/admin/endpoints?limit=4{cursor}"), "").json();
+        listed.extend(page["endpoints"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, endpoints, "every endpoint once, in id order");
+    let mut seen = HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = nodes[2].admin("GET", &format!("/admin/events?limit=70{cursor}"), "").json();
+        for event in page["events"].as_array().unwrap() {
+            assert!(seen.insert(event["event_id"].as_str().unwrap().to_string()), "an event listed twice");
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, wanted, "every event listed once");
     let view = nodes[0].admin("GET", "/admin/cluster", "").json();
     assert_eq!(view["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
     assert!(owners.values().all(|owner| names.contains(&owner.as_str())));

@@ -533,6 +533,54 @@ fn in_flight(shard: &Shard) -> u64 {
     shard.state().borrow().endpoints.values().map(|entry| u64::from(entry.in_flight)).sum()
 }
 
+impl Partitions {
+    /// A listing over every partition (`GET /admin/endpoints`, `GET /admin/events` without an
+    /// endpoint): each partition's owner answers its own page, and the pages are merged into
+    /// one, as the shards' pages are merged alone. A partition without an owner fails the whole
+    /// listing with 503 E3004 rather than answering an incomplete page as if it were whole.
+    pub async fn list_everywhere(&self, route: Route, request: Request) -> Response {
+        let (key, limit) = match &route {
+            Route::ListEndpoints(query) => ("endpoints", query.limit),
+            Route::ListEvents(query) => ("events", query.limit),
+            _ => return EngineError::NotFound("not a listing".into()).into_response(),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for partition in 0..self.node.config.partitions {
+            let response = self.run_request(partition, route.clone(), request.clone()).await;
+            if response.status != 200 {
+                return response;
+            }
+            let Ok(page) = serde_json::from_slice::<serde_json::Value>(&response.body) else {
+                return EngineError::Unavailable(format!("partition {partition}'s page does not parse"))
+                    .into_response();
+            };
+            more |= !page["next_cursor"].is_null();
+            if let Some(found) = page[key].as_array() {
+                items.extend(found.iter().cloned());
+            }
+        }
+        let mut page = if key == "endpoints" {
+            let matches = items.into_iter().filter_map(|json| Some((json["id"].as_str()?.to_string(), json))).collect();
+            crate::admin::events::endpoints_page(matches, limit)
+        } else {
+            let matches = items
+                .into_iter()
+                .filter_map(|json| Some((crate::model::ids::EventId::parse(json["event_id"].as_str()?)?, json)))
+                .collect();
+            crate::admin::events::page(matches, limit)
+        };
+        // A partition with more than it showed: the merged page ends where the next one starts.
+        if more && page["next_cursor"].is_null() {
+            let last = page[key].as_array().and_then(|items| items.last()).cloned();
+            let cursor = last
+                .and_then(|json| json[if key == "endpoints" { "id" } else { "event_id" }].as_str().map(str::to_string));
+            page["next_cursor"] = cursor.map_or(serde_json::Value::Null, serde_json::Value::String);
+        }
+        Response::json(200, page.to_string().into_bytes())
+    }
+}
+
 /// The peer a forwarded request is recorded with: the owner did not see the client.
 fn peer() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))

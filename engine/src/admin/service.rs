@@ -97,21 +97,29 @@ pub fn route_request(shared: &Shared, head: &RequestHead) -> Result<Route, Engin
 
 impl Service {
     async fn dispatch(&self, route: Route, request: Request) -> Response {
+        if let Some(partitions) = &self.partitions {
+            // Cluster mode: endpoints and events live in partitions (the index is not fed yet).
+            match &route {
+                Route::Cluster => {
+                    let json = partitions.node().to_json(crate::clock::now_ms());
+                    return Response::json(200, json.to_string().into_bytes());
+                }
+                Route::ListEndpoints(_) => return partitions.list_everywhere(route, request).await,
+                Route::ListEvents(query) if query.endpoint_id.is_none() => {
+                    return partitions.list_everywhere(route, request).await
+                }
+                _ => {}
+            }
+            if let Some(partition) = route.owner(partitions.node().config.partitions as usize) {
+                return partitions.run_request(partition as u32, route, request).await;
+            }
+        }
         // With an index every listing comes from it, a key's filtered to its tenant.
         if let (Some(index), Route::ListEvents(query)) = (&self.shared.index, &route) {
             return match index.query(crate::index::query::Query::List(query.clone())).await {
                 Ok(json) => Response::json(200, json.to_string().into_bytes()),
                 Err(error) => error.into_response(),
             };
-        }
-        if let Some(partitions) = &self.partitions {
-            if let Route::Cluster = route {
-                let json = partitions.node().to_json(crate::clock::now_ms());
-                return Response::json(200, json.to_string().into_bytes());
-            }
-            if let Some(partition) = route.owner(partitions.node().config.partitions as usize) {
-                return partitions.run_request(partition as u32, route, request).await;
-            }
         }
         match (route.owner(self.shared.shards), route) {
             (None, Route::Cluster) => EngineError::NotFound(
@@ -410,6 +418,11 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         Route::ListEvents(query) => {
             Ok(ok(crate::admin::events::page(crate::admin::events::list_local(shard, &query), query.limit)))
         }
+        // One partition's page of a cluster-wide listing (the asking node merges them).
+        Route::ListEndpoints(query) => Ok(ok(crate::admin::events::endpoints_page(
+            crate::admin::events::endpoints_local(shard, &query),
+            query.limit,
+        ))),
         Route::PutTenant { .. }
         | Route::GetTenant { .. }
         | Route::DeleteTenant { .. }
@@ -462,7 +475,6 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
         | Route::Ui { .. }
         | Route::Session
         | Route::Cluster
-        | Route::ListEndpoints(_)
         | Route::AuditSegments
         | Route::AuditChanges { .. } => Err(EngineError::NotFound("not a shard operation".into())),
     };
