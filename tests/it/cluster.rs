@@ -167,6 +167,17 @@ fn every_node_takes_ingest_and_admin_for_every_endpoint() {
         }
     }
     assert_eq!(seen, wanted, "every event listed once");
+    // Metrics per node and per partition: the nodes' deliveries add up to the events, and the
+    // partitions they own to all of them.
+    let sum = |name: &str| nodes.iter().map(|node| crate::common::metric(node, name)).sum::<f64>();
+    crate::common::wait_until("deliveries counted per partition", || {
+        sum("kapsel_deliveries_total") == accepted.len() as f64
+    });
+    assert_eq!(sum("kapsel_cluster_partitions_owned"), f64::from(PARTITIONS));
+    assert_eq!(sum("kapsel_endpoints"), endpoints.len() as f64);
+    let text = String::from_utf8(nodes[0].request("GET", "/metrics", &[], b"").body).unwrap();
+    assert!(text.contains("kapsel_events_waiting{partition=\""), "{text}");
+    assert!(text.contains("kapsel_nats_connected{node=\"node-a\"} 1"), "{text}");
     let view = nodes[0].admin("GET", "/admin/cluster", "").json();
     assert_eq!(view["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
     assert!(owners.values().all(|owner| names.contains(&owner.as_str())));

@@ -81,6 +81,9 @@ pub struct ClusterNode {
     /// Per partition: the epoch at which this node stopped owning it and saw its attempts in
     /// flight recorded (or gave up waiting): its lease may then be written released.
     drained: Vec<AtomicU64>,
+    /// Per partition owned here: its numbers for `GET /metrics`, refreshed every second by the
+    /// thread that runs it (a scrape on any thread reads them).
+    reports: Vec<Mutex<Option<crate::admin::metrics::ShardReport>>>,
 }
 
 impl ClusterNode {
@@ -98,6 +101,7 @@ impl ClusterNode {
             writable_until: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             draining: std::sync::atomic::AtomicUsize::new(threads),
             drained: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            reports: (0..partitions).map(|_| Mutex::new(None)).collect(),
         }
     }
 
@@ -125,6 +129,90 @@ impl ClusterNode {
 
     fn desired(&self, partition: u32) -> u64 {
         self.desired.get(partition as usize).map_or(0, |slot| slot.load(Ordering::Acquire))
+    }
+
+    /// The numbers of every partition this node owns, for `GET /metrics`.
+    pub fn partition_reports(&self) -> Vec<crate::admin::metrics::ShardReport> {
+        self.reports.iter().filter_map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone()).collect()
+    }
+
+    fn set_report(&self, partition: u32, report: Option<crate::admin::metrics::ShardReport>) {
+        if let Some(slot) = self.reports.get(partition as usize) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = report;
+        }
+    }
+
+    /// The cluster's own series for `GET /metrics`: what this node owns, what it sees of the
+    /// others, and its link to NATS.
+    pub fn metrics_text(&self, now_ms: u64) -> String {
+        use std::fmt::Write as _;
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let live = seen.nodes.iter().filter(|node| node.at_ms.saturating_add(self.config.lease_ms) > now_ms).count();
+        let owned: Vec<(usize, u64)> = self
+            .owned
+            .iter()
+            .enumerate()
+            .map(|(partition, epoch)| (partition, epoch.load(Ordering::Acquire)))
+            .filter(|(_, epoch)| *epoch > 0)
+            .collect();
+        let link = self.link.counters();
+        let mut out = String::new();
+        let mut gauge = |name: &str, kind: &str, help: &str, lines: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let node = format!("{{node=\"{}\"}}", self.config.node);
+        gauge(
+            "kapsel_cluster_partitions_owned",
+            "gauge",
+            "Partitions this node owns.",
+            vec![(node.clone(), owned.len() as u64)],
+        );
+        gauge(
+            "kapsel_cluster_nodes_live",
+            "gauge",
+            "Nodes with a heartbeat within the lease length.",
+            vec![(node.clone(), live as u64)],
+        );
+        let per_partition = |value: &dyn Fn(usize, u64) -> u64| {
+            owned
+                .iter()
+                .map(|(partition, epoch)| (format!("{{partition=\"{partition}\"}}"), value(*partition, *epoch)))
+                .collect()
+        };
+        gauge(
+            "kapsel_cluster_partition_epoch",
+            "gauge",
+            "The lease epoch of each partition this node owns.",
+            per_partition(&|_, epoch| epoch),
+        );
+        gauge(
+            "kapsel_cluster_partition_applied_sequence",
+            "gauge",
+            "The last sequence of each owned partition's stream applied.",
+            per_partition(&|partition, _| {
+                self.applied.get(partition).map_or(0, |applied| applied.load(Ordering::Acquire))
+            }),
+        );
+        gauge(
+            "kapsel_nats_connected",
+            "gauge",
+            "1 while the link to NATS is connected.",
+            vec![(node.clone(), u64::from(self.link.is_connected()))],
+        );
+        for (name, help, value) in [
+            ("kapsel_nats_publishes_total", "Publishes to JetStream.", link.publishes),
+            ("kapsel_nats_acks_total", "JetStream acknowledgements.", link.acks),
+            ("kapsel_nats_retries_total", "Publishes and reads repeated after a transient failure.", link.retries),
+            ("kapsel_nats_errors_total", "Calls to NATS that ended in an error.", link.errors),
+            ("kapsel_nats_busy_total", "Calls refused because the link's queue was full.", link.busy),
+            ("kapsel_nats_reconnects_total", "Connections to NATS made again after a loss.", link.reconnects),
+        ] {
+            gauge(name, "counter", help, vec![(node.clone(), value)]);
+        }
+        out
     }
 
     /// Keeps what the lease driver read, for `GET /admin/cluster`.
@@ -249,7 +337,15 @@ impl Partitions {
         let hosted: Vec<u32> = (0..self.node.config.partitions)
             .filter(|partition| *partition as usize % threads.max(1) == thread)
             .collect();
+        let mut rounds = 0u64;
         while !self.shared.is_shutting_down() {
+            rounds += 1;
+            if rounds % 20 == 0 {
+                let now = crate::clock::now_ms();
+                for (partition, owned) in self.owned.borrow().iter() {
+                    self.node.set_report(*partition, Some(crate::admin::metrics::report(&owned.shard, now)));
+                }
+            }
             for partition in &hosted {
                 let desired = self.node.desired(*partition);
                 let running = self.owned.borrow().get(partition).map(|owned| owned.epoch);
@@ -294,6 +390,7 @@ impl Partitions {
                 if let Some(slot) = self.node.owned.get(partition as usize) {
                     slot.store(0, Ordering::Release);
                 }
+                self.node.set_report(partition, None);
                 tracing::info!(partition, epoch, "stopped owning the partition");
                 let node = Arc::clone(&self.node);
                 monoio::spawn(async move {

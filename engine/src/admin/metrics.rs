@@ -50,6 +50,8 @@ pub struct WalReport {
 #[derive(Clone, Debug)]
 pub struct ShardReport {
     shard: usize,
+    /// `shard` for a local shard, `partition` for a cluster partition this node owns.
+    label: &'static str,
     ingest: BTreeMap<(u16, &'static str), u64>,
     refused: BTreeMap<(u16, &'static str), u64>,
     deliveries: BTreeMap<(&'static str, &'static str), u64>,
@@ -75,7 +77,8 @@ pub struct ShardReport {
     breakers: BTreeMap<&'static str, u64>,
     /// Endpoint, its tenant, its breaker's state.
     open_breakers: Vec<(String, String, &'static str)>,
-    wal: WalReport,
+    /// The local log's numbers; none for a partition's stream.
+    wal: Option<WalReport>,
 }
 
 /// Which endpoints a scrape may see named (`kapsel_circuit_open`): `/metrics` takes no token,
@@ -119,6 +122,7 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
     }
     ShardReport {
         shard: shard.index,
+        label: if shard.wal().is_some() { "shard" } else { "partition" },
         ingest: metrics.ingest.borrow().clone(),
         refused: metrics.refused.borrow().clone(),
         deliveries: metrics.deliveries.borrow().clone(),
@@ -143,7 +147,7 @@ pub fn report(shard: &Shard, now_ms: u64) -> ShardReport {
         segments_removed: metrics.segments_removed.get(),
         breakers,
         open_breakers,
-        wal: shard.wal().map(|wal| wal_report(shard, wal)).unwrap_or_default(),
+        wal: shard.wal().map(|wal| wal_report(shard, wal)),
     }
 }
 
@@ -170,7 +174,7 @@ fn wal_report(shard: &Shard, wal: &kapsel_wal::Wal) -> WalReport {
 
 /// Writes the Prometheus text for every shard's report, the index's status and the process.
 pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexStatus>, now_ms: u64) -> String {
-    reports.sort_by_key(|report| report.shard);
+    reports.sort_by_key(|report| (report.label, report.shard));
     let mut out = String::with_capacity(16 * 1024);
     let sum_maps = |pick: &dyn Fn(&ShardReport) -> Vec<(String, u64)>| {
         let mut merged: BTreeMap<String, u64> = BTreeMap::new();
@@ -244,7 +248,16 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
     let per_shard = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardReport) -> u64| {
         header(out, name, kind, help);
         for report in &reports {
-            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", report.shard, value(report));
+            let _ = writeln!(out, "{name}{{{}=\"{}\"}} {}", report.label, report.shard, value(report));
+        }
+    };
+    // The local logs' series: partitions (cluster mode) have none.
+    let logs: Vec<(usize, &WalReport)> =
+        reports.iter().filter_map(|report| report.wal.as_ref().map(|wal| (report.shard, wal))).collect();
+    let per_log = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&WalReport) -> u64| {
+        header(out, name, kind, help);
+        for (shard, wal) in &logs {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(wal));
         }
     };
     per_shard(&mut out, "kapsel_connections_open", "gauge", "Inbound connections being served.", &|r| {
@@ -321,32 +334,24 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
         "Sealed segments retention removed.",
         &|r| r.segments_removed,
     );
-    per_shard(&mut out, "kapsel_wal_appends_total", "counter", "Records made durable in the write-ahead log.", &|r| {
-        r.wal.records
+    per_log(&mut out, "kapsel_wal_appends_total", "counter", "Records made durable in the write-ahead log.", &|r| {
+        r.records
     });
-    per_shard(&mut out, "kapsel_wal_bytes_total", "counter", "Bytes written to the write-ahead log.", &|r| r.wal.bytes);
-    per_shard(
-        &mut out,
-        "kapsel_wal_writes_total",
-        "counter",
-        "Write calls (one per group commit, plus seals).",
-        &|r| r.wal.writes,
-    );
-    per_shard(&mut out, "kapsel_wal_fsyncs_total", "counter", "fdatasync/fsync calls, directories included.", &|r| {
-        r.wal.syncs
+    per_log(&mut out, "kapsel_wal_bytes_total", "counter", "Bytes written to the write-ahead log.", &|r| r.bytes);
+    per_log(&mut out, "kapsel_wal_writes_total", "counter", "Write calls (one per group commit, plus seals).", &|r| {
+        r.writes
     });
-    per_shard(&mut out, "kapsel_wal_durable_lsn", "gauge", "Highest durable log sequence number.", &|r| {
-        r.wal.durable_lsn
+    per_log(&mut out, "kapsel_wal_fsyncs_total", "counter", "fdatasync/fsync calls, directories included.", &|r| {
+        r.syncs
     });
-    per_shard(&mut out, "kapsel_wal_sealed_segments", "gauge", "Sealed segments on disk.", &|r| {
-        r.wal.sealed_segments as u64
-    });
-    per_shard(
+    per_log(&mut out, "kapsel_wal_durable_lsn", "gauge", "Highest durable log sequence number.", &|r| r.durable_lsn);
+    per_log(&mut out, "kapsel_wal_sealed_segments", "gauge", "Sealed segments on disk.", &|r| r.sealed_segments as u64);
+    per_log(
         &mut out,
         "kapsel_wal_poisoned",
         "gauge",
         "1 while a storage failure stops the log (E3003), until it is reopened.",
-        &|r| u64::from(r.wal.poisoned),
+        &|r| u64::from(r.poisoned),
     );
     header(
         &mut out,
@@ -354,44 +359,33 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
         "gauge",
         "1 for each shard whose log cannot write now, labelled with why (no_space, io_error, read_only, other).",
     );
-    for report in &reports {
-        if let Some(kind) = report.wal.failure_kind {
-            let _ = writeln!(out, "kapsel_wal_failure{{shard=\"{}\",kind=\"{kind}\"}} 1", report.shard);
+    for (shard, wal) in &logs {
+        if let Some(kind) = wal.failure_kind {
+            let _ = writeln!(out, "kapsel_wal_failure{{shard=\"{shard}\",kind=\"{kind}\"}} 1");
         }
     }
-    per_shard(&mut out, "kapsel_wal_failures_total", "counter", "Storage failures that stopped the log.", &|r| {
-        r.wal.failures
+    per_log(&mut out, "kapsel_wal_failures_total", "counter", "Storage failures that stopped the log.", &|r| {
+        r.failures
     });
-    per_shard(
-        &mut out,
-        "kapsel_wal_reopens_total",
-        "counter",
-        "Logs reopened in place after a storage failure.",
-        &|r| r.wal.reopens,
-    );
+    per_log(&mut out, "kapsel_wal_reopens_total", "counter", "Logs reopened in place after a storage failure.", &|r| {
+        r.reopens
+    });
     header(&mut out, "kapsel_wal_commit_duration_seconds", "histogram", "Write plus fdatasync of one group commit.");
-    for report in &reports {
-        let labels = format!("shard=\"{}\"", report.shard);
+    for (shard, wal) in &logs {
+        let labels = format!("shard=\"{shard}\"");
         buckets(
             &mut out,
             "kapsel_wal_commit_duration_seconds",
             &labels,
-            &report.wal.commit_latency_us,
+            &wal.commit_latency_us,
             1e-6,
-            report.wal.commit_latency_sum_us as f64 * 1e-6,
+            wal.commit_latency_sum_us as f64 * 1e-6,
         );
     }
     header(&mut out, "kapsel_wal_batch_records", "histogram", "Records per group commit.");
-    for report in &reports {
-        let labels = format!("shard=\"{}\"", report.shard);
-        buckets(
-            &mut out,
-            "kapsel_wal_batch_records",
-            &labels,
-            &report.wal.batch_records,
-            1.0,
-            report.wal.batch_records_sum as f64,
-        );
+    for (shard, wal) in &logs {
+        let labels = format!("shard=\"{shard}\"");
+        buckets(&mut out, "kapsel_wal_batch_records", &labels, &wal.batch_records, 1.0, wal.batch_records_sum as f64);
     }
     header(&mut out, "kapsel_circuit_breakers", "gauge", "Endpoints by circuit breaker state.");
     let breakers =

@@ -198,13 +198,21 @@ impl Service {
             Ok(found) => reports.extend(found),
             Err(error) => return error.into_response(),
         }
+        let cluster = self.partitions.as_ref().map(|partitions| partitions.node());
+        if let Some(node) = cluster {
+            reports.extend(node.partition_reports());
+        }
         let index = self.shared.index.as_ref().map(|index| index.status().as_ref());
         let mut response = Response::empty(200);
         response.content_type = Some("text/plain; version=0.0.4; charset=utf-8");
         for report in &mut reports {
             report.keep_endpoint_names(names);
         }
-        response.body = crate::admin::metrics::render(reports, index, now).into_bytes();
+        let mut text = crate::admin::metrics::render(reports, index, now);
+        if let Some(node) = cluster {
+            text.push_str(&node.metrics_text(now));
+        }
+        response.body = text.into_bytes();
         response
     }
 
