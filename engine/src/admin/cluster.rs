@@ -340,7 +340,7 @@ impl Partitions {
         let mut rounds = 0u64;
         while !self.shared.is_shutting_down() {
             rounds += 1;
-            if rounds % 20 == 0 {
+            if rounds.is_multiple_of(20) {
                 let now = crate::clock::now_ms();
                 for (partition, owned) in self.owned.borrow().iter() {
                     self.node.set_report(*partition, Some(crate::admin::metrics::report(&owned.shard, now)));
