@@ -6,6 +6,7 @@
 pub mod bucket;
 pub mod leases;
 pub mod nats;
+pub mod seal;
 pub mod wire;
 
 /// How a node joins a cluster (`KAPSEL_NATS_URL` and the settings beside it).

@@ -1,0 +1,1 @@
+//! Audit seals of partitions (cluster mode, ADR 17): being written.
