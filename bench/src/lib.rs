@@ -48,6 +48,7 @@ pub mod hostile;
 pub mod index;
 pub mod limits;
 pub mod machine;
+pub mod nats;
 pub mod open;
 pub mod payload;
 pub mod postgres;

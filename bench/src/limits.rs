@@ -244,6 +244,66 @@ pub const INDEX_OUTAGE_ROUNDS: usize = 3;
 /// Index bench: time one `psql` or `pg_ctl` command may take (connect, statement, shutdown).
 pub const POSTGRES_COMMAND_TIMEOUT_MS: u64 = 60_000;
 
+/// Cluster bench: NATS servers and Kapsel nodes (one Kapsel node per NATS server, as on a
+/// real three-machine cluster).
+pub const CLUSTER_NODES: usize = 3;
+
+/// Cluster bench: `KAPSEL_PARTITIONS`: enough for every node to own several, few enough that
+/// three NATS servers on two cores create and elect their streams in seconds.
+pub const CLUSTER_PARTITIONS: u32 = 16;
+
+/// Cluster bench: endpoints the load spreads over (connection `i` → endpoint `i` mod this),
+/// `bench-0`…: enough to hit most partitions, so partitions of all three nodes.
+pub const CLUSTER_ENDPOINTS: usize = 64;
+
+/// Cluster bench: connections of the closed loop, in single-node mode and against one node.
+pub const CLUSTER_CLOSED_LOOP_CONNECTIONS: usize = 64;
+
+/// Cluster bench: the open loop's rate: well under what one cluster node sustains here, so
+/// its p99 is latency, not queueing.
+pub const CLUSTER_OPEN_LOOP_RATE_PER_S: u64 = 2_000;
+
+/// Cluster bench: connections the open loop's schedule is served over (one per endpoint).
+pub const CLUSTER_OPEN_LOOP_CONNECTIONS: usize = CLUSTER_ENDPOINTS;
+
+/// Cluster bench: `KAPSEL_SHARDS` of each cluster node by default (`KAPSEL_BENCH_CLUSTER_SHARDS`):
+/// six processes share two cores.
+pub const CLUSTER_SHARDS_DEFAULT: usize = 1;
+
+/// Cluster bench: how long the NATS cluster may take to settle (healthy, routed, one meta
+/// leader) and the Kapsel nodes to own every partition between them.
+pub const CLUSTER_SETTLE_MS_MAX: u64 = 60_000;
+
+/// Cluster bench: pause between two looks at the NATS monitors or `GET /admin/cluster` while
+/// waiting for a cluster to settle, and the fail-over's resolution.
+pub const CLUSTER_POLL_MS: u64 = 20;
+
+/// Cluster bench: one monitoring or admin request's connect, write and read time.
+pub const CLUSTER_POLL_TIMEOUT_MS: u64 = 1_000;
+
+/// Cluster bench: how long an ingest answered 503 (its partition between owners) is retried
+/// before the set-up gives up.
+pub const CLUSTER_INGEST_RETRY_MS_MAX: u64 = 30_000;
+
+/// Cluster bench, fail-over: the trickle's pause between two ingests through a surviving node
+/// (50/s): the resolution of "the first event ingested after the kill".
+pub const FAILOVER_TRICKLE_MS: u64 = 20;
+
+/// Cluster bench, fail-over: deliveries the sink must have received before the kill (the
+/// trickle is flowing end to end).
+pub const FAILOVER_DELIVERIES_BEFORE_KILL: usize = 25;
+
+/// Cluster bench, fail-over: how long after the kill the first delivery of an event ingested
+/// after it may take: the 10 s lease, the 1 s skew allowance, a lease round, the takeover.
+pub const FAILOVER_MS_MAX: u64 = 60_000;
+
+/// Cluster bench, fail-over: after the trickle stops, how long every event it got a 202 for
+/// may take to arrive (those accepted just before the kill wait for the new owner).
+pub const FAILOVER_DRAIN_MS_MAX: u64 = 15_000;
+
+/// Cluster bench, fail-over: the sink's largest request head and body; bigger is refused.
+pub const FAILOVER_SINK_REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
 /// Footprint bench: endpoints configured for the idle-memory target and spread over by the
 /// log it fills (the "1,000 endpoints configured").
 pub const FOOTPRINT_ENDPOINTS: usize = 1_000;

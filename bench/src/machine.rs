@@ -105,6 +105,12 @@ fn process_ticks(path: &str) -> Option<u64> {
     parse_stat(&std::fs::read_to_string(path).ok()?).map(|(_, ticks)| ticks)
 }
 
+/// CPU time (user+system, all threads) process `pid` has used so far; `None` when its `stat`
+/// file cannot be read (it exited, or was reaped).
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    process_ticks(&format!("/proc/{pid}/stat")).map(ticks)
+}
+
 /// Name and `utime + stime` from the text of a `stat` file (of a process or a thread).
 fn parse_stat(text: &str) -> Option<(String, u64)> {
     // The command name (field 2) is in parentheses and may hold spaces and parentheses.

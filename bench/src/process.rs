@@ -102,6 +102,16 @@ impl ServerProcess {
         }
     }
 
+    /// Kills it with SIGKILL (a crash: nothing is flushed, nothing given up) and reaps it.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent or the process not reaped.
+    pub fn kill(&mut self) -> Result<(), String> {
+        self.child.kill().map_err(|error| format!("killing {}: {error}", self.name))?;
+        self.child.wait().map(|_| ()).map_err(|error| format!("reaping {}: {error}", self.name))
+    }
+
     /// Stops it gracefully: SIGTERM (sent with `kill(1)`, which needs no `unsafe`), then waits
     /// at most [`limits::SERVER_STOP_TIMEOUT_MS`] for it to exit. Returns how long it took.
     /// The child is not reaped before it exits, so its pid cannot have been reused.

@@ -255,32 +255,44 @@ pub async fn one_request(address: SocketAddr, bytes: &[u8]) -> Result<(u16, Stri
 /// The request failed, timed out, or the response did not parse; the message starts with
 /// `GET {path}`.
 pub fn get_blocking(address: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+    request_blocking(address, &request("GET", path, address, &[], None), timeout)
+        .map_err(|error| format!("GET {path}: {error}"))
+}
+
+/// One request (`bytes`, whole) on a new blocking connection, connect, write and read together
+/// bounded by `timeout`: status and body.
+///
+/// # Errors
+///
+/// The request failed, timed out, or the response did not parse; the message does not name
+/// the request (the caller does).
+pub fn request_blocking(address: SocketAddr, bytes: &[u8], timeout: Duration) -> Result<(u16, Vec<u8>), String> {
     let deadline = Instant::now() + timeout;
-    let io = |error: std::io::Error| format!("GET {path}: {error}");
+    let io = |error: std::io::Error| error.to_string();
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     let mut stream = TcpStream::connect_timeout(&address, left()).map_err(io)?;
     stream.set_write_timeout(Some(left())).map_err(io)?;
-    stream.write_all(&request("GET", path, address, &[], None)).map_err(io)?;
+    stream.write_all(bytes).map_err(io)?;
     let mut buffer = Vec::with_capacity(limits::READ_CHUNK_BYTES);
     let mut chunk = [0u8; 4096];
     loop {
-        match parse_response_head(&buffer).map_err(|failure| format!("GET {path}: {failure}"))? {
+        match parse_response_head(&buffer).map_err(|failure| failure.to_string())? {
             Some(head) => {
                 if let Some(body) = buffer.get(head.head_bytes..head.head_bytes + head.content_length) {
                     return Ok((head.status, body.to_vec()));
                 }
             }
             None if buffer.len() >= limits::RESPONSE_HEAD_BYTES_MAX => {
-                return Err(format!("GET {path}: response head too long"));
+                return Err("response head too long".into());
             }
             None => {}
         }
         if Instant::now() >= deadline {
-            return Err(format!("GET {path} timed out"));
+            return Err("timed out".into());
         }
         stream.set_read_timeout(Some(left())).map_err(io)?;
         match stream.read(&mut chunk).map_err(io)? {
-            0 => return Err(format!("GET {path}: connection closed before the whole response")),
+            0 => return Err("connection closed before the whole response".into()),
             read => buffer.extend_from_slice(&chunk[..read]),
         }
     }
