@@ -41,6 +41,7 @@
 
 pub mod client;
 pub mod closed;
+pub mod cluster;
 pub mod delivery;
 pub mod fill;
 pub mod footprint;

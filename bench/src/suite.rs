@@ -23,7 +23,8 @@ const ENDPOINT: &str = "bench";
 /// The endpoints' destination, with deliveries paused (`"enabled": false`): this load test
 /// measures ingest alone (accept, make durable, answer); events wait in their queue as they do
 /// for a disabled endpoint. Delivery throughput has its own benchmark.
-const ENDPOINT_BODY: &str = r#"{"ingest_auth":{"type":"none"},"url":"http://127.0.0.1:9/bench","enabled":false}"#;
+pub(crate) const ENDPOINT_BODY: &str =
+    r#"{"ingest_auth":{"type":"none"},"url":"http://127.0.0.1:9/bench","enabled":false}"#;
 
 /// The servers under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,8 +117,8 @@ pub(crate) struct Suite {
     pub(crate) paths: Paths,
     /// Where the scenarios' data directories go (emptied when the bench starts).
     pub(crate) data_directory: PathBuf,
-    shards: usize,
-    driver: Driver,
+    pub(crate) shards: usize,
+    pub(crate) driver: Driver,
     pub(crate) warm_up: Duration,
     pub(crate) measure: Duration,
     pub(crate) endpoints: Vec<String>,
@@ -128,7 +129,7 @@ pub(crate) struct Suite {
     pub(crate) skip_build: bool,
     /// `KAPSEL_BENCH_ONLY`: run only the scenarios whose label contains one of these.
     only: Vec<String>,
-    admin_token: String,
+    pub(crate) admin_token: String,
 }
 
 /// A server spawned for one scenario on a fresh data directory: ready, its endpoints created
