@@ -10,13 +10,13 @@
 //!    [`limits::CLUSTER_OPEN_LOOP_RATE_PER_S`] requests/s, over
 //!    [`limits::CLUSTER_ENDPOINTS`] endpoints (deliveries paused: ingest alone).
 //! 2. **Cluster**: three `nats-server` processes in one JetStream cluster ([`crate::nats`],
-//!    file storage on the bench's disk) and three Kapsel nodes ([`nodes`]) with
+//!    file storage on the bench's disk) and three Kapsel nodes (`cluster/nodes.rs`) with
 //!    [`limits::CLUSTER_PARTITIONS`] partitions of three replicas; the same loops against
 //!    `node-a` alone, the endpoints spread over partitions all three nodes own (an ingest for a
 //!    partition another node owns is forwarded to it over NATS request/reply; the owner
 //!    publishes it and answers once JetStream acknowledged it). CPU of every Kapsel and every
 //!    `nats-server` process over the measured period, from `/proc/<pid>/stat`.
-//! 3. **Fail-over** ([`failover`]): `kill -9` of a partition's owner under a trickle of ingests
+//! 3. **Fail-over** (`cluster/failover.rs`): `kill -9` of a partition's owner under a trickle of ingests
 //!    through a survivor; the time to the first delivery, by the new owner, of an event
 //!    ingested after the kill, and the lease's part of it.
 //! 4. **Estimate**: throughput per node on a real three-machine cluster from the CPU per event.

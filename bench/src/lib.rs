@@ -1,7 +1,8 @@
 //! Kapsel's load tests: ingest against two reference servers, delivery end to end, the
-//! Postgres index under ingest load, and Kapsel's footprint (idle memory, start-up time).
+//! Postgres index under ingest load, Kapsel's footprint (idle memory, start-up time), and
+//! cluster mode on NATS JetStream.
 //!
-//! `cargo bench -p kapsel-bench` runs all four. `benches/ingest.rs` calls [`suite::main`]: it
+//! `cargo bench -p kapsel-bench` runs all five. `benches/ingest.rs` calls [`suite::main`]: it
 //! builds the release binaries, then for every scenario spawns a fresh server process on
 //! loopback and drives it from one monoio thread with the client in this crate:
 //!
@@ -32,6 +33,11 @@
 //! `benches/footprint.rs` calls [`footprint::main`]: Kapsel's resident memory idle, with 1,000
 //! endpoints and after a restart, then its time from spawn to ready on a log of a million
 //! records written by a count-bounded closed loop ([`fill`]), with the page cache warm and cold.
+//!
+//! `benches/cluster.rs` calls [`cluster::main`]: one node of a three-node cluster on a private
+//! NATS JetStream cluster ([`nats`]) against Kapsel alone under the same loops, the CPU per
+//! event of every Kapsel and `nats-server` process, the fail-over time after `kill -9` of a
+//! partition's owner, and an estimate of throughput per node on three real machines.
 //!
 //! The benches share their set-up ([`setup`]), client, loops and CPU meters.
 //!

@@ -31,7 +31,8 @@ const FILE_STORE_MAX: &str = "4GB";
 /// Lines of a server's log quoted when it fails.
 const LOG_TAIL_LINES: usize = 20;
 
-/// Where `nats-server` is: on PATH, else in [`BINARY_DIRECTORIES`]; `None` when not installed.
+/// Where `nats-server` is: on PATH, else in `/usr/sbin`, `/usr/local/sbin` or `/usr/local/bin`;
+/// `None` when not installed.
 pub fn find_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
