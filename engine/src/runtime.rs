@@ -408,6 +408,7 @@ async fn shard_main(
             Rc::clone(&client),
             config.state_limits,
             config.server.limits,
+            config.retention_ms.max(config.state_limits.idempotency_window_ms),
         );
         partitions_task = Some(monoio::spawn(Rc::clone(&partitions).reconcile(index, config.shards)));
         if index == 0 {

@@ -191,3 +191,51 @@ fn poll_is_ready<F: std::future::Future>(future: F, expect_ready: bool) {
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
     assert_eq!(future.as_mut().poll(&mut context).is_ready(), expect_ready);
 }
+
+// Retention over a partition's stream: waiting events are carried forward, a snapshot stands in
+// for the purged endpoint records, the stream is purged below what anything needs, and a new
+// owner starts from the snapshot and the tail and delivers what was waiting.
+#[test]
+fn retention_purges_a_partition_and_a_new_owner_starts_from_its_snapshot() {
+    on_runtime(async {
+        let stream = MemoryStream::new();
+        let a = open(&stream, 1, "node-a").await.unwrap();
+        a.put_endpoint("orders", br#"{"url":"https://example.com/h","max_in_flight":1}"#, &Default::default(), NOW)
+            .await
+            .unwrap();
+        let ids: Vec<EventId> = (1..=5).map(|n| ingest_elsewhere(&stream, n).0).collect();
+        a.applied(stream.last_sequence()).await.unwrap();
+        for _ in 0..3 {
+            let started = starts(&a).await;
+            complete_attempt(&a, &started[0], &response(200, None), NOW, NOW, 0.0).await;
+        }
+        assert_eq!(status(&a, ids[2]).0, EventStatus::Delivered);
+        let before = stream.last_sequence();
+        let now = kapsel_engine::clock::now_ms();
+        let purged = kapsel_engine::retention::stream_pass(&a, 0, now + 1_000).await.unwrap();
+        let (first, _) = stream.extent().await.unwrap();
+        assert!(purged > 0 && first > 1, "purged {purged}, first {first}");
+        // Everything the two waiting events need was carried past the purge.
+        assert!(stream.last_sequence() > before);
+
+        let b = open(&stream, 2, "node-b").await.unwrap();
+        assert!(b.state().borrow().endpoints.get("orders").is_some(), "the endpoint came from the snapshot");
+        assert_eq!((status(&b, ids[3]).0, status(&b, ids[4]).0), (EventStatus::Pending, EventStatus::Pending));
+        for id in &ids[3..] {
+            let started = starts(&b).await;
+            assert_eq!(started[0].event_id, *id);
+            assert_eq!(complete_attempt(&b, &started[0], &response(200, None), NOW, NOW, 0.0).await, OUTCOME_DELIVERED);
+        }
+        assert_eq!(b.state().borrow().owner_epoch(), 2);
+
+        // Purged past the newest snapshot (an owner that did not know it was deposed): a shard
+        // opening then refuses to follow the stream with a hole, rather than miss records.
+        let (kind, body) =
+            Record::Requeued(kapsel_engine::records::Requeued { event_id: 1, at_ms: NOW }).encode().unwrap();
+        stream.append(Outgoing { writer: Writer::Owner { epoch: 2 }, kind, body: body.to_vec() });
+        stream.purge_below(stream.last_sequence()).await.unwrap();
+        assert!(
+            matches!(open(&stream, 3, "node-c").await, Err(EngineError::Storage(reason)) if reason.contains("purged"))
+        );
+    });
+}

@@ -301,6 +301,8 @@ pub struct Partitions {
     client: Rc<kapsel_http::Client>,
     limits: StateLimits,
     server_limits: kapsel_http::Limits,
+    /// How old a partition's records must be before retention may purge them.
+    retention_ms: u64,
     owned: RefCell<BTreeMap<u32, Owned>>,
     /// Partitions being opened, with the epoch.
     opening: RefCell<BTreeMap<u32, u64>>,
@@ -314,6 +316,7 @@ impl Partitions {
         client: Rc<kapsel_http::Client>,
         limits: StateLimits,
         server_limits: kapsel_http::Limits,
+        retention_ms: u64,
     ) -> Rc<Self> {
         Rc::new(Self {
             node,
@@ -321,6 +324,7 @@ impl Partitions {
             client,
             limits,
             server_limits,
+            retention_ms,
             owned: RefCell::new(BTreeMap::new()),
             opening: RefCell::new(BTreeMap::new()),
         })
@@ -474,7 +478,13 @@ impl Partitions {
             let (stop, shard, shared) = (Rc::clone(&stop), Rc::clone(&shard), Arc::clone(&self.shared));
             Rc::new(move || stop.stopped.get() || shared.is_shutting_down() || !shard.writable())
         };
-        monoio::spawn(crate::delivery::run_scheduler(Rc::clone(&shard), Rc::clone(&self.client), scheduler_stop));
+        monoio::spawn(crate::delivery::run_scheduler(
+            Rc::clone(&shard),
+            Rc::clone(&self.client),
+            Rc::clone(&scheduler_stop),
+        ));
+        let policy = crate::shard::retention::RetentionPolicy::new(self.retention_ms);
+        monoio::spawn(crate::shard::retention::run(Rc::clone(&shard), policy, scheduler_stop));
         monoio::spawn(Rc::clone(self).serve(partition, shard, stop));
     }
 

@@ -490,6 +490,7 @@ mod tests {
     /// A shard's report with what `metrics` counted and nothing else going on.
     fn report_of(shard: usize, metrics: &ShardMetrics) -> ShardReport {
         ShardReport {
+            label: "shard",
             shard,
             ingest: metrics.ingest.borrow().clone(),
             refused: metrics.refused.borrow().clone(),
@@ -515,7 +516,7 @@ mod tests {
             segments_removed: metrics.segments_removed.get(),
             breakers: BTreeMap::from([("closed", 2), ("open", 1)]),
             open_breakers: vec![("ep\"1".to_string(), "default".to_string(), "open")],
-            wal: WalReport::default(),
+            wal: Some(WalReport::default()),
         }
     }
 

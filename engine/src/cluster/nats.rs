@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use kapsel_nats::{Link, LinkError, Message, Publish, StreamSpec};
 
-use crate::cluster::bucket::{Answer, Bucket, BucketError, KeyValue};
+use crate::cluster::bucket::{Answer as BucketAnswer, Bucket, BucketError, KeyValue};
 use crate::model::records::Record;
-use crate::shard::stream::{Feed, Outgoing, PartitionStream, Publishing, StreamRecord};
+use crate::shard::stream::{
+    Answer, Feed, Outgoing, PartitionStream, Publishing, StoredSnapshot, StreamRecord, KIND_SNAPSHOT,
+};
 use crate::state::Writer;
 
 /// The bucket of leases and heartbeats.
@@ -83,6 +85,7 @@ impl NatsStream {
     /// subjects, whatever an owner writes on `own`.
     fn subject_of(&self, outgoing: &Outgoing) -> String {
         let tail = match outgoing.writer {
+            Writer::Owner { .. } if outgoing.kind == KIND_SNAPSHOT => "snap",
             Writer::Owner { .. } => "own",
             Writer::Anyone if Record::is_config_kind(outgoing.kind) => "cfg",
             Writer::Anyone => "in",
@@ -130,6 +133,45 @@ impl PartitionStream for NatsStream {
         };
         let reply = self.link.publish(publish);
         Box::pin(async move { reply.await.map(|ack| ack.sequence).map_err(|error| error.to_string()) })
+    }
+
+    fn extent(&self) -> Answer<(u64, u64)> {
+        let reply = self.link.stream_state(self.stream.clone());
+        Box::pin(async move {
+            reply.await.map(|state| (state.first_sequence, state.last_sequence)).map_err(|error| error.to_string())
+        })
+    }
+
+    fn stored_at(&self, sequence: u64) -> Answer<Option<u64>> {
+        let reply = self.link.get(self.stream.clone(), sequence);
+        Box::pin(async move {
+            let message = reply.await.map_err(|error| error.to_string())?;
+            Ok(message.map(|message| u64::try_from(message.time_ms).unwrap_or(0)))
+        })
+    }
+
+    fn purge_below(&self, sequence: u64) -> Answer<u64> {
+        if self.guard.as_ref().is_some_and(|holds| !holds()) {
+            let refused = format!("the lease of partition {} has lapsed: not purging as its owner", self.partition);
+            return Box::pin(std::future::ready(Err(refused)));
+        }
+        let reply = self.link.purge(self.stream.clone(), None, Some(sequence));
+        Box::pin(async move { reply.await.map_err(|error| error.to_string()) })
+    }
+
+    fn last_snapshot(&self) -> Answer<Option<StoredSnapshot>> {
+        let reply = self.link.last_on_subject(self.stream.clone(), subject(self.partition, "snap"));
+        Box::pin(async move {
+            let message = reply.await.map_err(|error| error.to_string())?;
+            Ok(message.map(|message| {
+                let record = record_of(message);
+                let epoch = match record.writer {
+                    Writer::Owner { epoch } => epoch,
+                    Writer::Anyone => 0,
+                };
+                StoredSnapshot { sequence: record.sequence, epoch, body: record.body }
+            }))
+        })
     }
 
     fn read(&self, sequences: &[u64]) -> Vec<Result<StreamRecord, String>> {
@@ -209,17 +251,17 @@ fn kv_error(error: kapsel_nats::KvError) -> BucketError {
 }
 
 impl Bucket for NatsBucket {
-    fn create(&self, key: &str, value: Vec<u8>) -> Answer<u64> {
+    fn create(&self, key: &str, value: Vec<u8>) -> BucketAnswer<u64> {
         let reply = self.link.kv_create(BUCKET, key, value);
         Box::pin(async move { reply.await.map_err(kv_error) })
     }
 
-    fn update(&self, key: &str, value: Vec<u8>, revision: u64) -> Answer<u64> {
+    fn update(&self, key: &str, value: Vec<u8>, revision: u64) -> BucketAnswer<u64> {
         let reply = self.link.kv_update(BUCKET, key, value, revision);
         Box::pin(async move { reply.await.map_err(kv_error) })
     }
 
-    fn put(&self, key: &str, value: Vec<u8>) -> Answer<u64> {
+    fn put(&self, key: &str, value: Vec<u8>) -> BucketAnswer<u64> {
         // One writer per key (a node's heartbeat): an unconditional write on the subject.
         let reply = self.link.publish(Publish::new(format!("$KV.{BUCKET}.{key}"), value));
         Box::pin(async move {
@@ -227,7 +269,7 @@ impl Bucket for NatsBucket {
         })
     }
 
-    fn entries(&self, prefix: &str) -> Answer<Vec<KeyValue>> {
+    fn entries(&self, prefix: &str) -> BucketAnswer<Vec<KeyValue>> {
         let reply = self.link.kv_entries(BUCKET, prefix);
         Box::pin(async move {
             let entries = reply.await.map_err(|error| BucketError::Unavailable(error.to_string()))?;
@@ -238,7 +280,7 @@ impl Bucket for NatsBucket {
         })
     }
 
-    fn delete(&self, key: &str) -> Answer<()> {
+    fn delete(&self, key: &str) -> BucketAnswer<()> {
         let reply = self.link.kv_delete(BUCKET, key);
         Box::pin(async move { reply.await.map(|_| ()).map_err(|error| BucketError::Unavailable(error.to_string())) })
     }

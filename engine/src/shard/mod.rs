@@ -254,11 +254,24 @@ impl Shard {
         let number = u16::try_from(partition).map_err(|_| EngineError::Invalid("too many partitions".into()))?;
         let mut state = ShardState::new(number, limits);
         state.set_replaying(true);
+        // The latest snapshot stands in for what retention purged; the stream must still hold
+        // everything after the sequence it covers.
+        let snapshot = stream.last_snapshot().await.map_err(|reason| {
+            EngineError::Unavailable(format!("partition {partition}'s snapshot cannot be read: {reason}"))
+        })?;
+        let mut covered = 0;
+        if let Some(stored) = snapshot {
+            let snapshot = crate::shard::snapshot::decode(&stored.body, &format!("of partition {partition}"))
+                .map_err(EngineError::Storage)?;
+            covered = snapshot.applied_lsn;
+            crate::shard::snapshot::restore(&mut state, snapshot);
+            state.restore_owner_epoch(stored.epoch);
+        }
         let reader =
             Reader::spawn(Source::Stream(std::sync::Arc::clone(&stream)), &format!("kapsel-read-p{partition}"))
                 .map_err(|error| EngineError::Unavailable(format!("cannot start the reader thread: {error}")))?;
         let shard = Self::assemble(partition, Log::Stream { stream, epoch, partition }, state, reader, 0);
-        monoio::spawn(run_stream_applier(Rc::clone(&shard.core), feed, epoch));
+        monoio::spawn(run_stream_applier(Rc::clone(&shard.core), feed, epoch, covered + 1));
         shard.applied(last_sequence).await?;
         {
             let mut state = shard.core.state.borrow_mut();
@@ -353,6 +366,14 @@ impl Shard {
     /// The index, when `DATABASE_URL` is set.
     pub fn index_handle(&self) -> Option<&IndexHandle> {
         self.indexer.as_ref()
+    }
+
+    /// The partition's stream (cluster mode); `None` for a local log.
+    pub fn stream(&self) -> Option<&std::sync::Arc<dyn PartitionStream>> {
+        match &self.log {
+            Log::Local(_) => None,
+            Log::Stream { stream, .. } => Some(stream),
+        }
     }
 
     /// The shard's local log; `None` for a partition's stream (cluster mode).
@@ -993,8 +1014,12 @@ async fn run_applier(core: Rc<Core>) {
 /// Applies a partition's records as its feed brings them, in stream order, through the epoch
 /// fence, then wakes whoever waits for them and the scheduler; notes the `Takeover` of a later
 /// owner (this one is deposed from then on). A record that does not decode stops the shard: the
-/// state could not follow the stream past it.
-async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64) {
+/// state could not follow the stream past it. So does a gap: the first record must come at or
+/// before `first_expected` (the sequence after the snapshot's), every later one right after the
+/// one before — a stream purged under a replaying shard (by an owner that did not know it was
+/// deposed) is reopened from the newer snapshot, never followed with a hole.
+async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64, first_expected: u64) {
+    let mut expected: Option<u64> = None;
     poll_fn(|context| {
         let mut advanced = false;
         while core.applying.borrow().failed.is_none() {
@@ -1010,6 +1035,26 @@ async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64)
             };
             advanced = true;
             let sequence = record.sequence;
+            let in_order = match expected {
+                None => sequence <= first_expected,
+                Some(next) => sequence == next,
+            };
+            if !in_order {
+                let reason = format!(
+                    "the partition's stream skips to {sequence} (expected {}): purged under this shard",
+                    expected.unwrap_or(first_expected)
+                );
+                tracing::warn!(shard = core.index, %reason, "cannot apply the partition's stream");
+                core.applying.borrow_mut().failed = Some((sequence, reason));
+                break;
+            }
+            expected = Some(sequence + 1);
+            if record.kind == stream::KIND_SNAPSHOT {
+                // Not a record: what a new owner starts from.
+                let mut applying = core.applying.borrow_mut();
+                applying.applied_lsn = applying.applied_lsn.max(sequence);
+                continue;
+            }
             let decoded = match Record::decode(record.kind, &record.body) {
                 Ok(decoded) => decoded,
                 Err(error) => {

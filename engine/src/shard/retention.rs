@@ -113,7 +113,10 @@ async fn carry_forward(shard: &Shard, bound: u64, now_ms: u64) -> Result<usize, 
 /// Returns the removed segment ids.
 pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, crate::EngineError> {
     let Some(wal) = shard.wal() else {
-        // A partition's stream is purged by its owner (cluster mode), not by segments.
+        let purged = stream_pass(shard, age_ms, now_ms).await?;
+        if purged > 0 {
+            tracing::info!(partition = shard.index, purged, "retention purged the partition's stream");
+        }
         return Ok(Vec::new());
     };
     carry_forward(shard, aged_bound(shard, age_ms, now_ms), now_ms).await?;
@@ -136,6 +139,73 @@ pub async fn pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<Vec<u64>, c
     // snapshot does not reflect is removed.
     let bound = keep_from(shard, age_ms, now_ms).min(bound_at_snapshot).min(snapshot_lsn + 1);
     Ok(wal.remove_sealed_below(bound).await?)
+}
+
+/// The first sequence of a partition's stream younger than `cutoff_ms` (or the sequence after
+/// `applied` when all are older): found by a binary search on the stream's own timestamps,
+/// sequences being stored in time order.
+async fn first_younger(
+    stream: &dyn crate::shard::stream::PartitionStream,
+    first: u64,
+    applied: u64,
+    cutoff_ms: u64,
+) -> Result<u64, crate::EngineError> {
+    let unavailable = |reason: String| crate::EngineError::Unavailable(format!("retention: {reason}"));
+    let (mut low, mut high) = (first, applied.saturating_add(1));
+    while low < high {
+        let middle = low + (high - low) / 2;
+        // A message gone (purged meanwhile) counts as old.
+        let old = stream.stored_at(middle).await.map_err(unavailable)?.is_none_or(|at| at <= cutoff_ms);
+        if old {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(low)
+}
+
+/// One pass over a partition's stream (cluster mode), as its owner: the same rules as for a
+/// local log, with the stream's timestamps for the segments' seal times. Carries waiting events
+/// out of the aged part, writes a snapshot (endpoints, tenants, keys, the fence's epoch) as a
+/// message of the stream, then purges below what anything still needs: the aged bound, the
+/// oldest waiting event's record, and the snapshot's sequence. Returns the messages purged. An
+/// owner that is no longer writable does nothing.
+pub async fn stream_pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<u64, crate::EngineError> {
+    let Some(stream) = shard.stream().cloned() else {
+        return Ok(0);
+    };
+    let Some((epoch, false)) = shard.ownership() else {
+        return Ok(0);
+    };
+    let unavailable = |reason: String| crate::EngineError::Unavailable(format!("retention: {reason}"));
+    let (first, _) = stream.extent().await.map_err(unavailable)?;
+    let applied = shard.state().borrow().applied_lsn();
+    let aged = first_younger(stream.as_ref(), first, applied, now_ms.saturating_sub(age_ms)).await?;
+    if aged <= first {
+        return Ok(0);
+    }
+    carry_forward(shard, aged, now_ms).await?;
+    let snapshot = crate::shard::snapshot::Snapshot::of(&shard.state().borrow());
+    let covered = snapshot.applied_lsn;
+    let keep = |shard: &Shard| shard.state().borrow().oldest_waiting_lsn().map_or(aged, |waiting| aged.min(waiting));
+    if keep(shard) <= first || !shard.writable() {
+        return Ok(0);
+    }
+    let body = crate::shard::snapshot::encode(&snapshot).map_err(crate::EngineError::Storage)?;
+    let outgoing = crate::shard::stream::Outgoing {
+        writer: crate::state::Writer::Owner { epoch: shard.state().borrow().owner_epoch().max(epoch) },
+        kind: crate::shard::stream::KIND_SNAPSHOT,
+        body,
+    };
+    stream.publish(outgoing).await.map_err(unavailable)?;
+    // Decided after the snapshot is stored: nothing it does not reflect goes, nor anything a
+    // waiting event (or one that started waiting meanwhile) still needs.
+    let bound = keep(shard).min(covered + 1);
+    if bound <= first || !shard.writable() {
+        return Ok(0);
+    }
+    stream.purge_below(bound).await.map_err(unavailable)
 }
 
 /// Runs passes until `stop` says so. Shutdown does not wait for it: a pass cut short leaves

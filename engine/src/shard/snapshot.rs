@@ -72,13 +72,20 @@ pub fn path(directory: &Path) -> PathBuf {
     directory.join(FILE_NAME)
 }
 
-/// Writes the snapshot durably, replacing any earlier one.
-pub fn write(directory: &Path, snapshot: &Snapshot) -> Result<(), String> {
+/// The snapshot as bytes: a version tag, a CRC32C of the body, the body. What the file holds,
+/// and what a cluster partition's snapshot message carries.
+pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>, String> {
     let body = kapsel_wal::codec::encode(snapshot).map_err(|error| error.to_string())?;
     let mut bytes = Vec::with_capacity(body.len() + 12);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Writes the snapshot durably, replacing any earlier one.
+pub fn write(directory: &Path, snapshot: &Snapshot) -> Result<(), String> {
+    let bytes = encode(snapshot)?;
     let final_path = path(directory);
     let temporary = directory.join(format!("{FILE_NAME}.tmp"));
     let failed = |what: &str, error: std::io::Error| format!("{what} {}: {error}", temporary.display());
@@ -101,7 +108,12 @@ pub fn read(directory: &Path) -> Result<Option<Snapshot>, String> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(format!("read {}: {error}", snapshot.display())),
     };
-    let damaged = |reason: &str| format!("endpoint snapshot {} is damaged: {reason}", snapshot.display());
+    decode(&bytes, &snapshot.display().to_string()).map(Some)
+}
+
+/// Reads a snapshot from its bytes (any version); `what` names it in errors.
+pub fn decode(bytes: &[u8], what: &str) -> Result<Snapshot, String> {
+    let damaged = |reason: &str| format!("endpoint snapshot {what} is damaged: {reason}");
     let magic = &bytes[..bytes.len().min(8)];
     if bytes.len() < 12 || (magic != MAGIC && magic != MAGIC_V2 && magic != MAGIC_ENDPOINTS) {
         return Err(damaged("bad header"));
@@ -121,26 +133,20 @@ pub fn read(directory: &Path) -> Result<Option<Snapshot>, String> {
                 (endpoint, breaker)
             })
             .collect();
-        return Ok(Some(Snapshot {
-            applied_lsn: 0,
-            endpoints,
-            adopted: Vec::new(),
-            tenants: Vec::new(),
-            keys: Vec::new(),
-        }));
+        return Ok(Snapshot { applied_lsn: 0, endpoints, adopted: Vec::new(), tenants: Vec::new(), keys: Vec::new() });
     }
     if magic == MAGIC_V2 {
         let old = kapsel_wal::codec::decode::<SnapshotV2>(body).map_err(|error| damaged(&error.to_string()))?;
         let endpoints = old.endpoints.into_iter().map(|(endpoint, breaker)| (endpoint.into(), breaker)).collect();
-        return Ok(Some(Snapshot {
+        return Ok(Snapshot {
             applied_lsn: old.applied_lsn,
             endpoints,
             adopted: Vec::new(),
             tenants: Vec::new(),
             keys: Vec::new(),
-        }));
+        });
     }
-    kapsel_wal::codec::decode::<Snapshot>(body).map(Some).map_err(|error| damaged(&error.to_string()))
+    kapsel_wal::codec::decode::<Snapshot>(body).map_err(|error| damaged(&error.to_string()))
 }
 
 /// Loads the snapshot (if any) into `state` before the log is replayed; returns how many
@@ -149,6 +155,11 @@ pub fn load_into(state: &mut ShardState, directory: &Path) -> Result<usize, Stri
     let Some(snapshot) = read(directory)? else {
         return Ok(0);
     };
+    Ok(restore(state, snapshot))
+}
+
+/// Loads a snapshot into `state` before its log is replayed; returns how many endpoints it held.
+pub fn restore(state: &mut ShardState, snapshot: Snapshot) -> usize {
     let count = snapshot.endpoints.len();
     for (endpoint, breaker) in snapshot.endpoints {
         state.restore_endpoint(endpoint, Breaker::from_snapshot(&breaker), snapshot.applied_lsn);
@@ -162,7 +173,7 @@ pub fn load_into(state: &mut ShardState, directory: &Path) -> Result<usize, Stri
     for key in snapshot.keys {
         state.access.keys.insert(key.key_id.clone(), key);
     }
-    Ok(count)
+    count
 }
 
 #[cfg(test)]

@@ -50,6 +50,25 @@ pub struct Outgoing {
 /// known to be stored.
 pub type Publishing = Pin<Box<dyn Future<Output = Result<u64, String>>>>;
 
+/// Any other call's answer, awaited on the shard's runtime.
+pub type Answer<T> = Pin<Box<dyn Future<Output = Result<T, String>>>>;
+
+/// The kind of a partition's snapshot message (not a record: the shard skips it in its feed).
+/// Its body is an endpoint snapshot ([`crate::shard::snapshot::encode`]); its writer's epoch
+/// is the fence's epoch as of the sequence it covers.
+pub const KIND_SNAPSHOT: u8 = 0xF0;
+
+/// A partition's latest snapshot, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// Its own sequence.
+    pub sequence: u64,
+    /// The epoch of the owner that wrote it (the latest `Takeover` it covers).
+    pub epoch: u64,
+    /// The encoded snapshot.
+    pub body: Vec<u8>,
+}
+
 /// What a shard needs of its partition's stream.
 pub trait PartitionStream: Send + Sync {
     /// Publishes a record; resolves once the stream acknowledged it (a quorum stored it).
@@ -58,6 +77,19 @@ pub trait PartitionStream: Send + Sync {
     /// Reads records back by sequence, in the order asked, one answer each. Blocks: called on
     /// the shard's reader thread.
     fn read(&self, sequences: &[u64]) -> Vec<Result<StreamRecord, String>>;
+
+    /// The first and the last sequence stored (the first is the last plus one when empty).
+    fn extent(&self) -> Answer<(u64, u64)>;
+
+    /// When the message at `sequence` was stored (Unix ms, the stream's clock); `None` when it
+    /// is not there.
+    fn stored_at(&self, sequence: u64) -> Answer<Option<u64>>;
+
+    /// Removes every message below `sequence` (retention; only an owner whose lease holds).
+    fn purge_below(&self, sequence: u64) -> Answer<u64>;
+
+    /// The latest snapshot, if any.
+    fn last_snapshot(&self) -> Answer<Option<StoredSnapshot>>;
 }
 
 /// An ordered feed of a partition's records from some sequence on.
@@ -102,6 +134,10 @@ type Acknowledging = futures_channel::oneshot::Sender<Result<u64, String>>;
 #[derive(Default)]
 struct Memory {
     records: Vec<StreamRecord>,
+    /// When each record was stored, by the engine's clock.
+    stored_at: Vec<u64>,
+    /// Records below this sequence were purged.
+    first: u64,
     /// While set, acknowledgements wait in `held` until released.
     holding: bool,
     held: VecDeque<(Result<u64, String>, Acknowledging)>,
@@ -253,6 +289,7 @@ impl MemoryStream {
     /// Stores a record at the next sequence and wakes the feeds.
     fn store(memory: &mut Memory, outgoing: Outgoing) -> u64 {
         let sequence = memory.records.len() as u64 + 1;
+        memory.stored_at.push(crate::clock::now_ms());
         memory.records.push(StreamRecord {
             sequence,
             writer: outgoing.writer,
@@ -322,11 +359,49 @@ impl PartitionStream for MemoryStream {
             .map(|sequence| {
                 let index = usize::try_from(sequence.saturating_sub(1)).unwrap_or(usize::MAX);
                 match memory.records.get(index) {
-                    Some(record) if *sequence > 0 => Ok(record.clone()),
+                    Some(record) if *sequence > 0 && *sequence >= memory.first => Ok(record.clone()),
                     _ => Err(format!("no record at sequence {sequence}")),
                 }
             })
             .collect()
+    }
+
+    fn extent(&self) -> Answer<(u64, u64)> {
+        let memory = self.memory();
+        let last = memory.records.len() as u64;
+        Box::pin(std::future::ready(Ok((memory.first.max(1), last))))
+    }
+
+    fn stored_at(&self, sequence: u64) -> Answer<Option<u64>> {
+        let memory = self.memory();
+        let index = usize::try_from(sequence.saturating_sub(1)).unwrap_or(usize::MAX);
+        let at = memory.stored_at.get(index).copied().filter(|_| sequence > 0 && sequence >= memory.first);
+        Box::pin(std::future::ready(Ok(at)))
+    }
+
+    fn purge_below(&self, sequence: u64) -> Answer<u64> {
+        let mut memory = self.memory();
+        let before = memory.first.max(1);
+        let first = sequence.min(memory.records.len() as u64 + 1).max(before);
+        memory.first = first;
+        for record in memory.records.iter_mut().take(usize::try_from(first - 1).unwrap_or(usize::MAX)) {
+            record.body = Vec::new();
+        }
+        Box::pin(std::future::ready(Ok(first - before)))
+    }
+
+    fn last_snapshot(&self) -> Answer<Option<StoredSnapshot>> {
+        let memory = self.memory();
+        let first = memory.first;
+        let snapshot = memory.records.iter().rev().take_while(|record| record.sequence >= first).find_map(|record| {
+            match (record.kind, record.writer) {
+                (KIND_SNAPSHOT, Writer::Owner { epoch }) => {
+                    Some(StoredSnapshot { sequence: record.sequence, epoch, body: record.body.clone() })
+                }
+                _ => None,
+            }
+        });
+        Box::pin(std::future::ready(Ok(snapshot)))
     }
 }
 
@@ -411,6 +486,8 @@ impl Feed for MemoryFeed {
             return Poll::Pending;
         }
         let mut memory = self.stream.memory();
+        // A consumer starts at the first message still stored.
+        self.next = self.next.max(memory.first);
         let index = usize::try_from(self.next - 1).unwrap_or(usize::MAX);
         match memory.records.get(index) {
             Some(record) => {

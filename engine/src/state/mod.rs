@@ -219,6 +219,12 @@ impl ShardState {
         self.owner_epoch
     }
 
+    /// Cluster mode: the fence's epoch as a partition's snapshot recorded it (the `Takeover`s it
+    /// covers may have been purged from the stream).
+    pub fn restore_owner_epoch(&mut self, epoch: u64) {
+        self.owner_epoch = self.owner_epoch.max(epoch);
+    }
+
     /// Cluster mode: how many records the fence ignored.
     pub fn fenced(&self) -> u64 {
         self.fenced
