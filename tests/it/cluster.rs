@@ -21,19 +21,23 @@ fn node(directory: &Path, cluster: &NatsCluster, node: &str) -> Server {
 
 /// A Kapsel node of `cluster` named `node`, listening on `address`.
 fn node_at(directory: &Path, cluster: &NatsCluster, node: &str, address: &str) -> Server {
+    node_with(directory, cluster, node, address, &[])
+}
+
+/// A Kapsel node of `cluster` with more settings.
+fn node_with(directory: &Path, cluster: &NatsCluster, node: &str, address: &str, extra: &[(&str, &str)]) -> Server {
     let urls = cluster.urls();
-    Server::start(
-        directory,
-        "legacy",
-        &[
-            ("SERVER_ADDR", address),
-            ("KAPSEL_NATS_URL", urls.as_str()),
-            ("KAPSEL_NODE_ID", node),
-            ("KAPSEL_PARTITIONS", &PARTITIONS.to_string()),
-            ("KAPSEL_REPLICAS", "3"),
-            ("RUST_LOG", "info"),
-        ],
-    )
+    let partitions = PARTITIONS.to_string();
+    let mut settings = vec![
+        ("SERVER_ADDR", address),
+        ("KAPSEL_NATS_URL", urls.as_str()),
+        ("KAPSEL_NODE_ID", node),
+        ("KAPSEL_PARTITIONS", partitions.as_str()),
+        ("KAPSEL_REPLICAS", "3"),
+        ("RUST_LOG", "info"),
+    ];
+    settings.extend_from_slice(extra);
+    Server::start(directory, "legacy", &settings)
 }
 
 /// Waits until every partition has an owner among `live` nodes and each of them sees all
@@ -497,4 +501,81 @@ fn tenants_and_keys_hold_on_every_node() {
     }
     assert!(revoked_at.elapsed() < Duration::from_secs(1), "revoked everywhere in {:?}", revoked_at.elapsed());
     assert_eq!(with_key(nodes[1], "POST", "/ingest/acme-orders", "{}").status, 401);
+}
+
+/// The nodes still running.
+fn live(nodes: &[Option<Server>]) -> Vec<&Server> {
+    nodes.iter().flatten().collect()
+}
+
+/// The first and last sequence of a partition's stream, read through a link of the test's own.
+fn stream_extent(nats: &NatsCluster, partition: u32) -> (u64, u64) {
+    let urls = (0..nats.len()).map(|index| nats.url(index)).collect();
+    let link = kapsel_nats::Link::connect(kapsel_nats::LinkOptions { urls, ..Default::default() }).unwrap();
+    let stream = kapsel_engine::cluster::nats::stream_name(partition);
+    let state = kapsel_engine::cluster::nats::block_on(link.stream_state(stream)).unwrap();
+    link.close();
+    (state.first_sequence, state.last_sequence)
+}
+
+// Retention in a cluster: a partition's owner carries waiting events forward, writes a snapshot
+// and purges its stream; a new owner starts from the snapshot and the tail, knows the endpoint,
+// and delivers every event that was waiting.
+#[test]
+fn partitions_are_purged_and_a_new_owner_starts_from_the_snapshot() {
+    let Some(nats) = NatsCluster::start(3) else { return };
+    let directories: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let short = [("KAPSEL_RETENTION", "1s"), ("KAPSEL_IDEMPOTENCY_WINDOW", "1s")];
+    let mut nodes: Vec<Option<Server>> = NAMES
+        .iter()
+        .zip(&directories)
+        .map(|(name, dir)| Some(node_with(dir.path(), &nats, name, "127.0.0.1:0", &short)))
+        .collect();
+    settled(&live(&nodes), &NAMES);
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = std::sync::Arc::clone(&healthy);
+    let sink = Sink::start(move |_, received| {
+        let down = received.path.starts_with("/stuck") && !switch.load(std::sync::atomic::Ordering::SeqCst);
+        Reply::status(if down { 503 } else { 200 })
+    });
+    let retry = r#""retry":{"max_attempts":100,"initial_delay_ms":200,"max_delay_ms":500}"#;
+    create(live(&nodes)[0], "fine", &format!(r#"{{"url":"{}"}}"#, sink.url("/fine")));
+    create(live(&nodes)[1], "stuck", &format!(r#"{{"url":"{}",{retry}}}"#, sink.url("/stuck")));
+    let mut waiting = Vec::new();
+    for index in 0..100 {
+        let via = live(&nodes)[index % 3];
+        assert!(ingest_at(via.address, "fine", b"{}").is_some());
+        if index % 10 == 0 {
+            waiting.push(ingest_at(via.address, "stuck", b"{}").unwrap());
+        }
+    }
+    let stuck_partition = crate::common::shard_of("stuck", u64::from(PARTITIONS)) as u32;
+    let fine_partition = crate::common::shard_of("fine", u64::from(PARTITIONS)) as u32;
+    // Both partitions are purged while "stuck"'s events still wait.
+    crate::common::wait_until("both partitions purged", || {
+        stream_extent(&nats, stuck_partition).0 > 2 && stream_extent(&nats, fine_partition).0 > 2
+    });
+    // Kill the owner of "stuck"'s partition: its successor starts from the snapshot.
+    let view = live(&nodes)[0].admin("GET", "/admin/cluster", "").json();
+    let owner = view["partitions"][stuck_partition as usize]["owner"].as_str().unwrap().to_string();
+    let index = NAMES.iter().position(|name| *name == owner).unwrap();
+    nodes[index].take().unwrap().kill();
+    let survivors: Vec<&str> = NAMES.iter().copied().filter(|name| *name != owner).collect();
+    settled(&live(&nodes), &survivors);
+    for node in live(&nodes) {
+        let endpoint = node.admin("GET", "/admin/endpoints/stuck", "");
+        assert_eq!(endpoint.status, 200, "{endpoint:?}");
+    }
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let wanted: HashSet<&str> = waiting.iter().map(String::as_str).collect();
+    sink.wait_for("every waiting event", Duration::from_secs(60), |received| {
+        let delivered: HashSet<&str> =
+            received.iter().filter(|r| r.path.starts_with("/stuck")).filter_map(|r| r.header("webhook-id")).collect();
+        wanted.iter().all(|id| delivered.contains(id))
+    });
+    for id in &waiting {
+        let event = live(&nodes)[0].admin("GET", &format!("/admin/events/{id}"), "").json();
+        assert_eq!(event["status"], "delivered", "{event}");
+    }
+    let _ = directories;
 }
