@@ -22,7 +22,9 @@ Kapsel: durable webhook ingest, at-least-once delivery, verifiable audit log.
 Usage:
   kapsel [OPTIONS]                  start the server
   kapsel config [OPTIONS]           print the effective configuration (secrets redacted)
-  kapsel audit verify [OPTIONS]     recompute every Merkle root and the audit chain
+  kapsel audit verify [OPTIONS]     recompute every Merkle root and the audit chain: of the local
+                                    logs, or with --nats-url (KAPSEL_NATS_URL) of every partition
+                                    of the cluster (their count from --partitions or the cluster)
   kapsel wal inspect [OPTIONS]      list the segments of every write-ahead log
   kapsel --help | --version
 ";
@@ -49,9 +51,11 @@ Configuration:
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success; for audit verify, every log checked out
-  1  audit verify found a corrupt log: the failing segment file and byte offset are printed
-  2  usage or configuration error (the message names the setting), no log found, I/O error
+  0  success; for audit verify, every log (or every partition) checked out
+  1  audit verify found a corrupt log: the failing segment file and byte offset are printed;
+     in a cluster, the failing partition, range and sequence
+  2  usage or configuration error (the message names the setting), no log found, I/O error,
+     NATS unreachable or unreadable
 ";
 
 /// Width the help's descriptions are wrapped to.
@@ -306,6 +310,16 @@ mod tests {
         assert_eq!(command(&["wal", "inspect"]), Command::WalInspect);
     }
 
+    // A cluster is verified with the same command, its NATS URLs and partition count as flags.
+    #[test]
+    fn audit_verify_takes_the_cluster_settings_as_flags() {
+        let parsed =
+            parsed(&["audit", "verify", "--nats-url", "nats://a:4222,nats://b:4222", "--partitions=8"]).unwrap();
+        assert_eq!(parsed.command, Command::AuditVerify);
+        assert_eq!(parsed.flags["KAPSEL_NATS_URL"], "nats://a:4222,nats://b:4222");
+        assert_eq!(parsed.flags["KAPSEL_PARTITIONS"], "8");
+    }
+
     // Every setting has a flag named after its file key; the last of a repeated flag wins.
     #[test]
     fn setting_flags_are_read_by_variable() {
@@ -393,6 +407,9 @@ mod tests {
             assert!(line.contains(&setting.flag()) && line.contains(setting.key), "{line}");
         }
         assert!(text.contains(crate::config::CONFIG_VARIABLE) && text.contains("kapsel config"));
+        // Operators of a cluster must learn from the help that `audit verify` checks it too.
+        assert!(text.contains("--nats-url (KAPSEL_NATS_URL) of every partition"), "{text}");
+        assert!(text.contains("the failing partition, range and sequence") && text.contains("NATS unreachable"));
         assert!(text.lines().all(|line| line.len() <= HELP_LINE_COLUMNS_MAX), "{text}");
     }
 }

@@ -67,7 +67,7 @@ fn run(stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
     match arguments.command {
         Command::Server => run_server(&configuration, stderr),
         Command::Config => print_configuration(&configuration, stdout, stderr),
-        Command::AuditVerify => tools::audit_verify(&configuration.data_directory(), stdout, stderr),
+        Command::AuditVerify => tools::audit_verify_configured(&configuration, stdout, stderr),
         Command::WalInspect => tools::wal_inspect(&configuration.data_directory(), stdout, stderr),
         Command::Help | Command::Version => Exit::Success,
     }

@@ -1,8 +1,9 @@
 //! The read-only tool commands, `kapsel audit verify` and `kapsel wal inspect`, over every
-//! write-ahead log under a data directory.
+//! write-ahead log under a data directory, and `kapsel audit verify` over a cluster's partitions
+//! when `KAPSEL_NATS_URL` is set ([`audit_verify_cluster`]).
 //!
-//! Both only read files (through [`kapsel_wal::audit`]), so they are safe beside a running
-//! server. Each takes its output streams as writers and returns an [`Exit`], so tests can run
+//! Both only read (files through [`kapsel_wal::audit`], streams and the bucket through
+//! [`kapsel_engine::cluster::seal`]), so they are safe beside a running server or cluster. Each takes its output streams as writers and returns an [`Exit`], so tests can run
 //! them without a process. Results go to standard output; progress and errors go to standard
 //! error, so a script can read the results while a person watches the progress.
 
@@ -11,11 +12,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kapsel_engine::cluster::nats::{block_on, BUCKET};
+use kapsel_engine::cluster::seal::{self as cluster_seal, PartitionReport, VerifyError};
 use kapsel_wal::audit::{self, SegmentReport, VerifyReport};
 use kapsel_wal::merkle;
 use kapsel_wal::scan;
 use kapsel_wal::seal::{SealInfo, CHAIN_FILE_NAME};
 use kapsel_wal::WalError;
+
+use crate::config::{Configuration, Source, VARIABLES};
 
 /// Below this many bytes in all, verification takes about a second and prints no progress:
 /// on a tiny log, progress lines would only be noise.
@@ -209,6 +214,161 @@ pub fn wal_inspect(data_directory: &Path, stdout: &mut dyn Write, stderr: &mut d
     };
     let outcome = inspect_logs(&logs, stdout, stderr);
     finish(outcome, stderr)
+}
+
+/// `kapsel audit verify` as configured: the cluster's partitions when `KAPSEL_NATS_URL` is set
+/// ([`audit_verify_cluster`]), else the local logs under the data directory ([`audit_verify`]).
+pub fn audit_verify_configured(configuration: &Configuration, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
+    if configuration.values().nats_url.as_deref().is_some_and(|urls| !urls.trim().is_empty()) {
+        audit_verify_cluster(configuration, stdout, stderr)
+    } else {
+        audit_verify(&configuration.data_directory(), stdout, stderr)
+    }
+}
+
+/// `kapsel audit verify` in cluster mode: connects to NATS (`KAPSEL_NATS_URL`), takes the
+/// partition count from `KAPSEL_PARTITIONS` when given (it must equal the one the cluster
+/// recorded) or from the bucket, and verifies every partition's seals against its stream
+/// ([`cluster_seal::verify_cluster`]): one line per partition and a summary on `stdout`, each
+/// failure with its partition, range and sequence on `stderr` too. Exit 1 when a partition is
+/// corrupt, 2 when NATS cannot be reached or read.
+pub fn audit_verify_cluster(configuration: &Configuration, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Exit {
+    let connected = connect_cluster(configuration);
+    let (link, partitions) = match connected {
+        Ok(connected) => connected,
+        Err(error) => {
+            let _ = writeln!(stderr, "kapsel: {error}");
+            return Exit::Error;
+        }
+    };
+    let outcome = verify_partitions(&link, partitions, stdout, stderr);
+    link.close();
+    finish(outcome, stderr)
+}
+
+/// The link to the cluster and its partition count, or why not.
+fn connect_cluster(configuration: &Configuration) -> Result<(kapsel_nats::Link, u32), String> {
+    let settings = configuration.settings().map_err(|error| error.to_string())?;
+    let cluster = settings.cluster.ok_or("KAPSEL_NATS_URL is not set")?;
+    let options = kapsel_nats::LinkOptions {
+        urls: cluster.urls.clone(),
+        name: format!("kapsel-audit-{}", cluster.node),
+        ..kapsel_nats::LinkOptions::default()
+    };
+    let link = kapsel_nats::Link::connect(options).map_err(|error| error.to_string())?;
+    let given = (configuration.source(VARIABLES.partitions) != Source::Default).then_some(cluster.partitions);
+    match cluster_partitions(&link, given) {
+        Ok(partitions) => Ok((link, partitions)),
+        Err(error) => {
+            link.close();
+            Err(error)
+        }
+    }
+}
+
+/// The partitions to verify: the count the cluster recorded in its bucket, which `given`
+/// (`KAPSEL_PARTITIONS`) must equal when set; `given` alone when the bucket has none.
+fn cluster_partitions(link: &kapsel_nats::Link, given: Option<u32>) -> Result<u32, String> {
+    let entry = block_on(link.kv_get(BUCKET, "partitions"))
+        .map_err(|error| format!("reading the cluster's partition count from the bucket {BUCKET}: {error}"))?;
+    let recorded = entry
+        .map(|entry| String::from_utf8(entry.value).ok().and_then(|text| text.parse::<u32>().ok()).ok_or("unreadable"));
+    match (recorded, given) {
+        (Some(Ok(recorded)), Some(given)) if recorded != given => {
+            Err(format!("the cluster has {recorded} partitions and {} is {given}", VARIABLES.partitions))
+        }
+        (Some(Ok(recorded)), _) => Ok(recorded),
+        (Some(Err(_)), _) => Err(format!("the partition count in the bucket {BUCKET} is unreadable")),
+        (None, Some(given)) => Ok(given),
+        (None, None) => Err(format!(
+            "no Kapsel cluster found: the bucket {BUCKET} has no partition count (give {} to verify anyway)",
+            VARIABLES.partitions
+        )),
+    }
+}
+
+fn verify_partitions(
+    link: &kapsel_nats::Link,
+    partitions: u32,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> io::Result<Exit> {
+    let mut written = Ok(());
+    let mut print = |outcome: &Result<PartitionReport, VerifyError>| {
+        if written.is_ok() {
+            written = write_partition(outcome, stdout, stderr);
+        }
+    };
+    let outcomes = block_on(cluster_seal::verify_cluster(link, partitions, &mut print));
+    written?;
+    let failed = outcomes.iter().filter(|outcome| outcome.is_err()).count();
+    let exit = outcomes.iter().fold(Exit::Success, |exit, outcome| match outcome {
+        Ok(_) => exit,
+        Err(VerifyError::Corrupt(_)) => exit.worst(Exit::Corrupt),
+        Err(_) => exit.worst(Exit::Error),
+    });
+    let reports: Vec<&PartitionReport> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).collect();
+    if failed == 0 {
+        let seals: u64 = reports.iter().map(|report| report.seals).sum();
+        let records: u64 = reports.iter().map(|report| report.records).sum();
+        writeln!(
+            stdout,
+            "verified {}: {}, {records} records recomputed; every Merkle root and chain link checks out",
+            plural(partitions as usize, "partition"),
+            plural(seals as usize, "seal")
+        )?;
+    } else {
+        writeln!(
+            stdout,
+            "verification FAILED: {failed} of {} did not verify",
+            plural(partitions as usize, "partition")
+        )?;
+    }
+    Ok(exit)
+}
+
+/// One partition's line on `stdout`; a failure on `stderr` as well.
+fn write_partition(
+    outcome: &Result<PartitionReport, VerifyError>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> io::Result<()> {
+    match outcome {
+        Ok(report) => writeln!(stdout, "partition {}: ok: {}", report.partition, partition_summary(report)),
+        Err(VerifyError::Corrupt(mismatch)) => {
+            writeln!(stdout, "partition {}: FAILED: corrupt: {mismatch}", mismatch.partition)?;
+            writeln!(stderr, "kapsel: corrupt: {mismatch}")
+        }
+        Err(error @ VerifyError::Unavailable { partition, reason }) => {
+            writeln!(stdout, "partition {partition}: FAILED: cannot verify: {reason}")?;
+            writeln!(stderr, "kapsel: {error}")
+        }
+        Err(error) => {
+            writeln!(stdout, "FAILED: {error}")?;
+            writeln!(stderr, "kapsel: {error}")
+        }
+    }
+}
+
+/// "3 seals (2 recomputed, 40 records; 1 of a purged range, by chain only), head <hex>; 7
+/// sequences not sealed yet".
+fn partition_summary(report: &PartitionReport) -> String {
+    let unsealed = format!("{} not sealed yet", plural(report.unsealed as usize, "sequence"));
+    let Some(head) = report.chain_head else {
+        return format!("no seals yet; {unsealed}");
+    };
+    let chain_only = if report.chain_only > 0 {
+        format!("; {} of purged ranges, by chain only", report.chain_only)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} ({} recomputed, {} records{chain_only}), head {}; {unsealed}",
+        plural(report.seals as usize, "seal"),
+        report.recomputed,
+        report.records,
+        merkle::to_hex(&head)
+    )
 }
 
 fn report_find_error(error: &FindError, stderr: &mut dyn Write) -> Exit {
