@@ -11,6 +11,7 @@ mod admin_views;
 mod audit;
 mod cli;
 mod cluster;
+mod cluster_audit;
 mod config;
 mod dashboard;
 mod delivery;
