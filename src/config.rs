@@ -831,6 +831,12 @@ fn cluster(values: &Values) -> Result<Option<kapsel_engine::cluster::ClusterConf
     let Some(urls) = text(&values.nats_url) else {
         return Ok(None);
     };
+    if text(&values.database_url).is_some() {
+        return Err(error(
+            VARIABLES.nats_url,
+            "cannot be used with DATABASE_URL yet: the Postgres index is not fed by cluster partitions (docs/CLUSTER.md)",
+        ));
+    }
     let urls: Vec<String> = urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(String::from).collect();
     let valid_url = |url: &String| {
         ["nats://", "tls://"].iter().any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
@@ -953,6 +959,34 @@ mod tests {
         let environment: HashMap<String, String> =
             environment.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Configuration::merge(file(), &file_values, &|name| environment.get(name).cloned(), &flags(flag_values)).unwrap()
+    }
+
+    // Cluster mode is on only with KAPSEL_NATS_URL; its settings are checked whether or not.
+    #[test]
+    fn cluster_settings_are_checked() {
+        assert!(settings(&[]).unwrap().cluster.is_none());
+        let cluster = settings(&[
+            ("KAPSEL_NATS_URL", "nats://a:4222, nats://b:4222"),
+            ("KAPSEL_NODE_ID", "node-1"),
+            ("KAPSEL_PARTITIONS", "16"),
+            ("KAPSEL_REPLICAS", "1"),
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(cluster.urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!((cluster.node.as_str(), cluster.partitions, cluster.replicas), ("node-1", 16, 1));
+        let refused = |pairs: &[(&str, &str)], variable: &str| {
+            let error = settings(pairs).unwrap_err().to_string();
+            assert!(error.contains(variable), "{error}");
+        };
+        let nats = ("KAPSEL_NATS_URL", "nats://a:4222");
+        refused(&[nats, ("KAPSEL_NODE_ID", "bad id")], "KAPSEL_NODE_ID");
+        refused(&[nats, ("KAPSEL_PARTITIONS", "0")], "KAPSEL_PARTITIONS");
+        refused(&[nats, ("KAPSEL_PARTITIONS", "1025")], "KAPSEL_PARTITIONS");
+        refused(&[nats, ("KAPSEL_REPLICAS", "6")], "KAPSEL_REPLICAS");
+        refused(&[("KAPSEL_NATS_URL", "http://a:4222")], "KAPSEL_NATS_URL");
+        refused(&[nats, ("DATABASE_URL", "postgres://k@db/k")], "KAPSEL_NATS_URL");
     }
 
     // No configuration must give a working server: the documented defaults.

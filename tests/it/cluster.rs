@@ -185,6 +185,8 @@ fn every_node_takes_ingest_and_admin_for_every_endpoint() {
     let view = nodes[0].admin("GET", "/admin/cluster", "").json();
     assert_eq!(view["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
     assert!(owners.values().all(|owner| names.contains(&owner.as_str())));
+    let published = nodes[0].admin("POST", "/publish/orders", "{}");
+    assert_eq!((published.status, published.code()), (400, "E1005".to_string()), "{published:?}");
     let unauthorized = try_request(nodes[1].address, "GET", "/admin/cluster", &[], b"").unwrap();
     assert_eq!(unauthorized.status, 401);
     let _ = TOKEN;
