@@ -423,9 +423,14 @@ fn print_results(suite: &Suite, results: &[Measured], failover: Option<&Failover
         println!();
         print_failover(failover);
     }
-    println!();
-    println!("{}", report::LEGEND);
-    println!("{LEGEND}");
+    if !results.is_empty() {
+        println!();
+        println!("{}", report::LEGEND);
+        println!("{LOOPS_LEGEND}");
+    }
+    if failover.is_some() {
+        println!("{FAILOVER_LEGEND}");
+    }
     println!();
     println!("Summary:");
     print_summary(results, failover);
@@ -538,15 +543,19 @@ fn print_failover(failover: &Failover) {
     );
 }
 
-/// The cluster bench's part of the legend, under the ingest bench's.
-const LEGEND: &str = "  single: Kapsel alone; cluster node-a: the one node of three that takes the load, the figures
+/// The cluster bench's part of the loops' legend, under the ingest bench's.
+const LOOPS_LEGEND: &str =
+    "  single: Kapsel alone; cluster node-a: the one node of three that takes the load, the figures
     its answers (an ingest for a partition another node owns is forwarded to it and answered
     once JetStream acknowledged it on a quorum of replicas).
   CPU table: CPU seconds per 1000 events accepted in the measured period, per process (the six
     processes of the cluster; a single-node row has its one Kapsel under kapsel-a), Σ of the
     Kapsel and NATS processes, the load generator, and others: cores' worth of CPU of every
-    other process (the noise). The `cores` line under each row: the same CPU as cores.
-  Fail-over: (a) from the kill to the first arrival at the sink of an event sent after the kill,
+    other process (the noise). The `cores` line under each row: the same CPU as cores.";
+
+/// The fail-over's legend.
+const FAILOVER_LEGEND: &str =
+    "  Fail-over: (a) from the kill to the first arrival at the sink of an event sent after the kill,
     which only the new owner can deliver; (b) the part the lease imposes: the dead owner's lease
     running out plus the skew allowance, before which nobody may take the partition. Lease
     times are Kapsel's own (Unix ms in GET /admin/cluster), all on this machine's one clock.";
@@ -631,9 +640,10 @@ fn print_estimate(single: Option<&Measured>, cluster: Option<&Measured>) {
     );
     if let Some(single) = single {
         let alone = micros(single.cpu_total(), single);
+        let used = single.cpu_total().as_secs_f64() / single.plan.period().1.as_secs_f64().max(f64::EPSILON);
         println!(
             "    single-node mode: {alone:.0} µs per event, ≈ {:.0}/s on {cores:.0} cores by the same rule \
-             (measured: {:.0}/s); a cluster node does {:.1}× the work per event.",
+             (measured: {:.0}/s on {used:.2} cores); an event costs the cluster {:.1}× its CPU alone.",
             cores * 1e6 / alone.max(f64::EPSILON),
             single.outcome.summary().0,
             total / alone.max(f64::EPSILON)
