@@ -7,6 +7,7 @@
 //! fsync, and what the state shows is always what a replay of the log would give.
 
 pub mod access;
+mod partition;
 pub mod publish;
 pub mod readback;
 pub mod recovery;
@@ -32,8 +33,9 @@ use crate::limits;
 use crate::model::endpoint::EndpointInput;
 use crate::model::ids::EventId;
 use crate::model::records::{EndpointDeleted, EventReceived, Record, Requeued};
+use crate::shard::partition::Ticket;
 use crate::shard::readback::{Reader, Source};
-use crate::shard::stream::{Feed, Outgoing, PartitionStream};
+use crate::shard::stream::{Outgoing, PartitionStream};
 use crate::state::idempotency::Remembered;
 use crate::state::{Payload, ReadRequest, ShardState, Writer};
 
@@ -102,20 +104,6 @@ struct Pending {
     record: Record,
     now_ms: u64,
 }
-
-/// Where a stream shard's published record stands (cluster mode).
-enum Ticket {
-    /// Waiting for the stream's acknowledgement.
-    Publishing,
-    /// Stored at this sequence; applied once the feed brings it back.
-    Stored(u64),
-    /// Not known to be stored, and why.
-    Refused(String),
-}
-
-/// Records published to a stream and not yet seen applied, at most: a submit beyond it is
-/// refused as backpressure (503 E3002).
-pub const TICKETS_MAX: usize = 16 * 1024;
 
 /// The appended-but-not-applied records and who waits for them.
 struct Applying {
@@ -234,56 +222,6 @@ impl Shard {
         state.set_replaying(false);
         let shard = Self::new(index, wal, state).map_err(|error| error.to_string())?;
         Ok((shard, Opened { records: recovery.records, snapshot_endpoints }))
-    }
-
-    /// Opens partition `partition`'s stream as its new owner at lease `epoch` (cluster mode,
-    /// ADR 17): replays the stream through `feed` (a feed of it from sequence 1) up to
-    /// `last_sequence`, its last sequence when the lease was taken, then writes the `Takeover`
-    /// and returns once it is applied. From then on records written by an owner of a lower
-    /// epoch change nothing, and this shard's own count only until a higher `Takeover`.
-    pub async fn open_partition(
-        partition: usize,
-        stream: std::sync::Arc<dyn PartitionStream>,
-        feed: Box<dyn Feed>,
-        last_sequence: u64,
-        lease: (u64, &str),
-        limits: crate::state::StateLimits,
-        now_ms: u64,
-    ) -> Result<Self, EngineError> {
-        let (epoch, node) = lease;
-        let number = u16::try_from(partition).map_err(|_| EngineError::Invalid("too many partitions".into()))?;
-        let mut state = ShardState::new(number, limits);
-        state.set_replaying(true);
-        // The latest snapshot stands in for what retention purged; the stream must still hold
-        // everything after the sequence it covers.
-        let snapshot = stream.last_snapshot().await.map_err(|reason| {
-            EngineError::Unavailable(format!("partition {partition}'s snapshot cannot be read: {reason}"))
-        })?;
-        let mut covered = 0;
-        if let Some(stored) = snapshot {
-            let snapshot = crate::shard::snapshot::decode(&stored.body, &format!("of partition {partition}"))
-                .map_err(EngineError::Storage)?;
-            covered = snapshot.applied_lsn;
-            crate::shard::snapshot::restore(&mut state, snapshot);
-            state.restore_owner_epoch(stored.epoch);
-        }
-        let reader =
-            Reader::spawn(Source::Stream(std::sync::Arc::clone(&stream)), &format!("kapsel-read-p{partition}"))
-                .map_err(|error| EngineError::Unavailable(format!("cannot start the reader thread: {error}")))?;
-        let shard = Self::assemble(partition, Log::Stream { stream, epoch, partition }, state, reader, 0);
-        monoio::spawn(run_stream_applier(Rc::clone(&shard.core), feed, epoch, covered + 1));
-        shard.applied(last_sequence).await?;
-        {
-            let mut state = shard.core.state.borrow_mut();
-            state.set_replaying(false);
-            state.ids.start_epoch(epoch);
-        }
-        let takeover = crate::model::records::Takeover { epoch, node: node.to_string(), at_ms: now_ms };
-        shard.append(Record::Takeover(takeover), now_ms).await?;
-        if shard.core.state.borrow().owner_epoch() != epoch {
-            return Err(deposed(partition));
-        }
-        Ok(shard)
     }
 
     /// A shard over an opened log and the state replayed from it. Starts the applier task on
@@ -466,47 +404,6 @@ impl Shard {
         Ok(lsn)
     }
 
-    /// Publishes a record to the partition's stream: its ticket, resolved by a small task
-    /// when the stream acknowledges it.
-    fn publish_to_stream(
-        &self,
-        stream: &dyn PartitionStream,
-        outgoing: Outgoing,
-        partition: usize,
-    ) -> Result<u64, EngineError> {
-        let ticket = {
-            let mut applying = self.core.applying.borrow_mut();
-            if applying.deposed_at.is_some() {
-                return Err(deposed(partition));
-            }
-            if applying.tickets.len() >= TICKETS_MAX {
-                return Err(EngineError::QueueFull(format!(
-                    "partition {partition} has as many records in flight as it may"
-                )));
-            }
-            applying.next_ticket += 1;
-            let ticket = applying.next_ticket;
-            applying.tickets.insert(ticket, Ticket::Publishing);
-            ticket
-        };
-        let publishing = stream.publish(outgoing);
-        let core = Rc::clone(&self.core);
-        monoio::spawn(async move {
-            let outcome = publishing.await;
-            let mut applying = core.applying.borrow_mut();
-            if let Some(entry) = applying.tickets.get_mut(&ticket) {
-                *entry = match outcome {
-                    Ok(sequence) => Ticket::Stored(sequence),
-                    Err(reason) => Ticket::Refused(reason),
-                };
-            }
-            for waker in applying.waiters.drain(..) {
-                waker.wake();
-            }
-        });
-        Ok(ticket)
-    }
-
     /// Waits until the record at `lsn` is durable and applied; an error if its fsync failed.
     /// Call it right after [`Shard::submit`] gave `lsn`, with no await in between: a log
     /// reopened after a failure gives the LSNs of the failed records again. For a partition's
@@ -517,28 +414,7 @@ impl Shard {
         poll_fn(move |context| {
             let mut applying = self.core.applying.borrow_mut();
             if let Log::Stream { partition, .. } = &self.log {
-                let ready = match applying.tickets.get(&lsn) {
-                    // Seen applied and forgotten.
-                    None => Some(Ok(())),
-                    Some(Ticket::Publishing) => None,
-                    Some(Ticket::Refused(reason)) => Some(Err(EngineError::Unavailable(format!(
-                        "partition {partition}'s stream did not store the record: {reason}"
-                    )))),
-                    Some(Ticket::Stored(sequence)) if applying.deposed_at.is_some_and(|at| *sequence > at) => {
-                        Some(Err(deposed(*partition)))
-                    }
-                    Some(Ticket::Stored(sequence)) if applying.applied_lsn >= *sequence => Some(Ok(())),
-                    Some(Ticket::Stored(sequence)) => match &applying.failed {
-                        Some((from, reason)) if *sequence >= *from => Some(Err(EngineError::Storage(reason.clone()))),
-                        _ => None,
-                    },
-                };
-                if let Some(outcome) = ready {
-                    applying.tickets.remove(&lsn);
-                    return Poll::Ready(outcome);
-                }
-                applying.waiters.push(context.waker().clone());
-                return Poll::Pending;
+                return partition::poll_ticket(&mut applying, lsn, *partition, context);
             }
             if applying.generation != generation {
                 return Poll::Ready(Err(EngineError::Storage(
@@ -1011,86 +887,6 @@ async fn run_applier(core: Rc<Core>) {
     .await;
 }
 
-/// Applies a partition's records as its feed brings them, in stream order, through the epoch
-/// fence, then wakes whoever waits for them and the scheduler; notes the `Takeover` of a later
-/// owner (this one is deposed from then on). A record that does not decode stops the shard: the
-/// state could not follow the stream past it. So does a gap: the first record must come at or
-/// before `first_expected` (the sequence after the snapshot's), every later one right after the
-/// one before — a stream purged under a replaying shard (by an owner that did not know it was
-/// deposed) is reopened from the newer snapshot, never followed with a hole.
-async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64, first_expected: u64) {
-    let mut expected: Option<u64> = None;
-    poll_fn(|context| {
-        let mut advanced = false;
-        while core.applying.borrow().failed.is_none() {
-            let record = match feed.poll_record(context) {
-                Poll::Pending => break,
-                Poll::Ready(Some(record)) => record,
-                Poll::Ready(None) => {
-                    let next = core.applying.borrow().applied_lsn + 1;
-                    core.applying.borrow_mut().failed = Some((next, "the partition's feed ended".into()));
-                    advanced = true;
-                    break;
-                }
-            };
-            advanced = true;
-            let sequence = record.sequence;
-            let in_order = match expected {
-                None => sequence <= first_expected,
-                Some(next) => sequence == next,
-            };
-            if !in_order {
-                let reason = format!(
-                    "the partition's stream skips to {sequence} (expected {}): purged under this shard",
-                    expected.unwrap_or(first_expected)
-                );
-                tracing::warn!(shard = core.index, %reason, "cannot apply the partition's stream");
-                core.applying.borrow_mut().failed = Some((sequence, reason));
-                break;
-            }
-            expected = Some(sequence + 1);
-            if record.kind == stream::KIND_SNAPSHOT {
-                // Not a record: what a new owner starts from.
-                let mut applying = core.applying.borrow_mut();
-                applying.applied_lsn = applying.applied_lsn.max(sequence);
-                continue;
-            }
-            let decoded = match Record::decode(record.kind, &record.body) {
-                Ok(decoded) => decoded,
-                Err(error) => {
-                    let reason = format!("record {sequence} of the partition's stream: {error}");
-                    tracing::error!(shard = core.index, %reason, "cannot apply the partition's stream");
-                    core.applying.borrow_mut().failed = Some((sequence, reason));
-                    break;
-                }
-            };
-            let taken_over = matches!(&decoded, Record::Takeover(takeover) if takeover.epoch > epoch);
-            let position = stream::position_of(sequence, record.body.len());
-            let applied = core.state.borrow_mut().apply_fenced(
-                sequence,
-                position,
-                record.writer,
-                decoded,
-                crate::clock::now_ms(),
-            );
-            let mut applying = core.applying.borrow_mut();
-            applying.applied_lsn = applying.applied_lsn.max(sequence);
-            if applied && taken_over {
-                applying.deposed_at.get_or_insert(sequence);
-            }
-        }
-        if advanced {
-            for waker in core.applying.borrow_mut().waiters.drain(..) {
-                waker.wake();
-            }
-            core.report_waiting();
-            core.notify_scheduler();
-        }
-        Poll::<()>::Pending
-    })
-    .await;
-}
-
 /// The endpoint's `ingest_auth` against the request: a key of its tenant (or the operator
 /// token), a provider's signature over the raw body, or nothing for an open endpoint. A refusal
 /// is 401 E1001; its reason names no secret.
@@ -1123,10 +919,6 @@ fn authenticate_ingest(
                 .map_err(|failure| EngineError::Unauthorized(format!("inbound signature refused: {failure}")))
         }
     }
-}
-
-fn deposed(partition: usize) -> EngineError {
-    EngineError::Unavailable(format!("partition {partition} moved to another node"))
 }
 
 fn endpoint_not_found(id: &str) -> EngineError {
