@@ -206,3 +206,6 @@ const _: () = assert!(INDEX_QUERY_STATEMENT_TIMEOUT_MS < INDEX_QUERY_TIMEOUT_MS)
 const _: () = assert!(INDEX_CONNECT_TIMEOUT_MS < INDEX_QUERY_TIMEOUT_MS);
 // The shutdown watchdog in the binary exits at 8 s.
 const _: () = assert!(kapsel_http::limits::SHUTDOWN_DRAIN_TIMEOUT_MS + INDEX_DRAIN_AT_STOP_MS < 8_000);
+
+/// Cluster mode: sequences of a partition's stream per audit seal (`cluster::seal`).
+pub const PARTITION_SEAL_RANGE: u64 = 4096;

@@ -44,6 +44,8 @@ const RPC_QUEUE: usize = 1024;
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between attempts to open a partition this node holds but could not open.
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
+/// How often an owner seals its partitions' complete ranges.
+const SEAL_EVERY: Duration = Duration::from_secs(2);
 /// How often a thread compares what it runs with what the node should own.
 const RECONCILE_EVERY: Duration = Duration::from_millis(50);
 /// At shutdown, how long a thread waits for the attempts in flight of the partitions it gives
@@ -484,7 +486,8 @@ impl Partitions {
             Rc::clone(&scheduler_stop),
         ));
         let policy = crate::shard::retention::RetentionPolicy::new(self.retention_ms);
-        monoio::spawn(crate::shard::retention::run(Rc::clone(&shard), policy, scheduler_stop));
+        monoio::spawn(crate::shard::retention::run(Rc::clone(&shard), policy, Rc::clone(&scheduler_stop)));
+        monoio::spawn(seal(self.node.link.clone(), partition, Rc::clone(&shard), scheduler_stop));
         monoio::spawn(Rc::clone(self).serve(partition, shard, stop));
     }
 
@@ -632,6 +635,38 @@ pub async fn follow_access(node: Arc<ClusterNode>, shared: Arc<Shared>, ready: R
         }
         // The feed ended (the link lost the consumer for good): start over from the beginning.
         monoio::time::sleep(REOPEN_PAUSE).await;
+    }
+}
+
+/// Seals the partition's complete ranges of sequences while this node owns it (audit,
+/// `cluster::seal`): every few seconds, up to what the shard has applied. A failure is logged
+/// once per kind and tried again next time; retention never purges what is not sealed.
+async fn seal(link: Link, partition: u32, shard: Rc<Shard>, stop: Rc<dyn Fn() -> bool>) {
+    let mut last_error: Option<String> = None;
+    loop {
+        monoio::time::sleep(SEAL_EVERY).await;
+        if stop() {
+            return;
+        }
+        let applied = shard.state().borrow().applied_lsn();
+        match crate::cluster::seal::seal_up_to(&link, partition, applied, crate::cluster::seal::SEAL_RANGE).await {
+            Ok(sealed) => {
+                for seal in &sealed {
+                    tracing::info!(
+                        partition,
+                        range = seal.range_index,
+                        records = seal.records,
+                        "sealed a range of the partition"
+                    );
+                }
+                last_error = None;
+            }
+            Err(error) if last_error.as_deref() != Some(error.as_str()) => {
+                tracing::error!(partition, %error, "cannot seal the partition's ranges yet");
+                last_error = Some(error);
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -479,6 +479,7 @@ pub async fn execute(shard: &Shard, shared: &Shared, route: Route, request: Requ
             };
             get_event(shard, shared, event_id, tenant, now).await.map(ok)
         }
+        Route::EventProof { event_id } if shard.stream().is_some() => shard.prove_in_stream(event_id).await.map(ok),
         Route::EventProof { event_id } => shard.prove_event(event_id).await.map(|proof| {
             let json = crate::admin::audit::proof_json(event_id, shard.index, &proof);
             Response::json(200, json.to_string().into_bytes())

@@ -10,6 +10,7 @@
 //! local log would hold it.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -17,9 +18,10 @@ use std::time::Duration;
 use kapsel_nats::{Link, LinkError, Message, Publish, StreamSpec};
 
 use crate::cluster::bucket::{Answer as BucketAnswer, Bucket, BucketError, KeyValue};
+use crate::cluster::seal::{self, ProveError, SEAL_RANGE};
 use crate::model::records::Record;
 use crate::shard::stream::{
-    Answer, Feed, Outgoing, PartitionStream, Publishing, StoredSnapshot, StreamRecord, KIND_SNAPSHOT,
+    Answer, Feed, Outgoing, PartitionStream, ProofError, Publishing, StoredSnapshot, StreamRecord, KIND_SNAPSHOT,
 };
 use crate::state::Writer;
 
@@ -155,8 +157,32 @@ impl PartitionStream for NatsStream {
             let refused = format!("the lease of partition {} has lapsed: not purging as its owner", self.partition);
             return Box::pin(std::future::ready(Err(refused)));
         }
-        let reply = self.link.purge(self.stream.clone(), None, Some(sequence));
-        Box::pin(async move { reply.await.map_err(|error| error.to_string()) })
+        let (link, partition, stream) = (self.link.clone(), self.partition, self.stream.clone());
+        Box::pin(async move {
+            // Nothing leaves the stream before its range is sealed, and no sealed range is cut
+            // in two: the audit keeps attesting what retention removed.
+            let below = sequence.saturating_sub(1);
+            while seal::seal_up_to(&link, partition, below, SEAL_RANGE).await?.len() >= seal::SEALS_PER_CALL_MAX {}
+            let sealed = seal::sealed_through(&link, partition, below, SEAL_RANGE).await?;
+            let bound = seal::purge_bound(sequence, sealed, SEAL_RANGE);
+            if bound <= 1 {
+                return Ok(0);
+            }
+            link.purge(stream, None, Some(bound)).await.map_err(|error| error.to_string())
+        })
+    }
+
+    fn prove(&self, sequence: u64) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, ProofError>>>> {
+        let (link, partition) = (self.link.clone(), self.partition);
+        Box::pin(async move {
+            seal::prove(&link, partition, sequence, SEAL_RANGE).await.map_err(|error| match error {
+                ProveError::NotSealed => ProofError::NotSealed,
+                ProveError::NotFound => ProofError::Gone("no message at that sequence in its sealed range".into()),
+                ProveError::Purged => ProofError::Gone("its range was purged by retention".into()),
+                ProveError::Corrupt(reason) => ProofError::Unavailable(format!("the seal does not match: {reason}")),
+                ProveError::Unavailable(reason) => ProofError::Unavailable(reason),
+            })
+        })
     }
 
     fn last_snapshot(&self) -> Answer<Option<StoredSnapshot>> {

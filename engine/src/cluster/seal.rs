@@ -65,7 +65,7 @@ use crate::cluster::nats::{stream_name, BUCKET, HEADER_EPOCH, HEADER_KIND};
 /// Sequences per sealed range in a running cluster: 4096 leaf hashes (128 KiB) per seal, a
 /// proof of at most 12 hashes, a seal a few hundred bytes in the bucket. Smaller ranges make
 /// proofs available sooner and put more keys in the bucket.
-pub const SEAL_RANGE: u64 = 4096;
+pub const SEAL_RANGE: u64 = crate::limits::PARTITION_SEAL_RANGE;
 
 /// The largest range size accepted: a range's leaf hashes are held in memory (32 bytes each,
 /// 32 MiB at this bound).

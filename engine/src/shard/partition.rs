@@ -29,6 +29,39 @@ pub(super) enum Ticket {
 pub const TICKETS_MAX: usize = 16 * 1024;
 
 impl Shard {
+    /// An RFC 6962 inclusion proof of an event's record in its partition's sealed range of
+    /// sequences (cluster mode; `cluster::seal` explains the leaves and the chain).
+    pub async fn prove_in_stream(
+        &self,
+        event_id: crate::model::ids::EventId,
+    ) -> Result<serde_json::Value, EngineError> {
+        let Log::Stream { stream, .. } = &self.log else {
+            return Err(EngineError::NotFound("not a partition".into()));
+        };
+        let sequence = {
+            let state = self.core.state.borrow();
+            let publication = state.publications.get(&event_id).map(|publication| publication.lsn);
+            state.events.get(&event_id).map(|event| event.lsn).or(publication)
+        };
+        let Some(sequence) = sequence else {
+            return Err(EngineError::NotFound(format!("event {event_id} not found")));
+        };
+        match stream.prove(sequence).await {
+            Ok(mut proof) => {
+                proof["event_id"] = serde_json::Value::String(event_id.to_string());
+                Ok(proof)
+            }
+            Err(stream::ProofError::NotSealed) => Err(EngineError::NotFound(format!(
+                "event {event_id} is not in a sealed range yet; a partition seals each complete range of {} sequences",
+                crate::limits::PARTITION_SEAL_RANGE
+            ))),
+            Err(stream::ProofError::Gone(reason)) => {
+                Err(EngineError::NotFound(format!("event {event_id} cannot be proven: {reason}")))
+            }
+            Err(stream::ProofError::Unavailable(reason)) => Err(EngineError::Unavailable(reason)),
+        }
+    }
+
     /// Opens partition `partition`'s stream as its new owner at lease `epoch` (cluster mode,
     /// ADR 17): replays the stream through `feed` (a feed of it from sequence 1) up to
     /// `last_sequence`, its last sequence when the lease was taken, then writes the `Takeover`

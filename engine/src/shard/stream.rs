@@ -58,6 +58,17 @@ pub type Answer<T> = Pin<Box<dyn Future<Output = Result<T, String>>>>;
 /// is the fence's epoch as of the sequence it covers.
 pub const KIND_SNAPSHOT: u8 = 0xF0;
 
+/// Why a partition's stream gave no inclusion proof of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProofError {
+    /// Its range of sequences is not sealed yet.
+    NotSealed,
+    /// It, or the rest of its range, is no longer stored (purged), or was never there.
+    Gone(String),
+    /// The stream or its seals could not be read, or they disagree.
+    Unavailable(String),
+}
+
 /// A partition's latest snapshot, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSnapshot {
@@ -90,6 +101,9 @@ pub trait PartitionStream: Send + Sync {
 
     /// The latest snapshot, if any.
     fn last_snapshot(&self) -> Answer<Option<StoredSnapshot>>;
+
+    /// An RFC 6962 inclusion proof of the message at `sequence` in its sealed range.
+    fn prove(&self, sequence: u64) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, ProofError>>>>;
 }
 
 /// An ordered feed of a partition's records from some sequence on.
@@ -402,6 +416,11 @@ impl PartitionStream for MemoryStream {
             }
         });
         Box::pin(std::future::ready(Ok(snapshot)))
+    }
+
+    fn prove(&self, _sequence: u64) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, ProofError>>>> {
+        // The memory stream keeps no seals (they live in the cluster's bucket).
+        Box::pin(std::future::ready(Err(ProofError::NotSealed)))
     }
 }
 
