@@ -547,7 +547,9 @@ fn print_failover(failover: &Failover) {
 const LOOPS_LEGEND: &str =
     "  single: Kapsel alone; cluster node-a: the one node of three that takes the load, the figures
     its answers (an ingest for a partition another node owns is forwarded to it and answered
-    once JetStream acknowledged it on a quorum of replicas).
+    once JetStream acknowledged it on a quorum of replicas). In the loop tables `srv µs/rq` is the
+    loaded Kapsel's alone, and a cluster row's `others` counts the other five processes of the
+    cluster too; the CPU table below separates them.
   CPU table: CPU seconds per 1000 events accepted in the measured period, per process (the six
     processes of the cluster; a single-node row has its one Kapsel under kapsel-a), Σ of the
     Kapsel and NATS processes, the load generator, and others: cores' worth of CPU of every
