@@ -350,7 +350,7 @@ fn write_partition(
     }
 }
 
-/// "3 seals (2 recomputed, 40 records; 1 of a purged range, by chain only), head <hex>; 7
+/// "3 seals (2 recomputed, 40 records; 1 of a purged range, by chain only), head `<hex>`; 7
 /// sequences not sealed yet".
 fn partition_summary(report: &PartitionReport) -> String {
     let unsealed = format!("{} not sealed yet", plural(report.unsealed as usize, "sequence"));
