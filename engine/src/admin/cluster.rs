@@ -375,10 +375,8 @@ impl Partitions {
         for (partition, epoch, _) in &owned {
             self.close(*partition, *epoch);
         }
-        // Attempts already made finish and are recorded while the leases still hold.
-        let started = std::time::Instant::now();
-        while started.elapsed() < DRAIN_MAX && owned.iter().any(|(_, _, shard)| in_flight(shard) > 0) {
-            monoio::time::sleep(Duration::from_millis(10)).await;
+        for (_, _, shard) in &owned {
+            drain(shard).await;
         }
         self.node.draining.fetch_sub(1, Ordering::AcqRel);
     }
@@ -400,11 +398,7 @@ impl Partitions {
                 tracing::info!(partition, epoch, "stopped owning the partition");
                 let node = Arc::clone(&self.node);
                 monoio::spawn(async move {
-                    // Attempts already made finish and are recorded while the lease holds.
-                    let started = std::time::Instant::now();
-                    while started.elapsed() < DRAIN_MAX && in_flight(&open.shard) > 0 {
-                        monoio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    drain(&open.shard).await;
                     if let Some(slot) = node.drained.get(partition as usize) {
                         slot.store(epoch, Ordering::Release);
                     }
@@ -670,9 +664,14 @@ async fn seal(link: Link, partition: u32, shard: Rc<Shard>, stop: Rc<dyn Fn() ->
     }
 }
 
-/// Attempts in flight on a shard.
-fn in_flight(shard: &Shard) -> u64 {
-    shard.state().borrow().endpoints.values().map(|entry| u64::from(entry.in_flight)).sum()
+/// Waits until a stopped partition's attempts in flight have finished and been recorded (its
+/// lease still holds meanwhile), at most [`DRAIN_MAX`].
+async fn drain(shard: &Shard) {
+    let in_flight = || shard.state().borrow().endpoints.values().map(|entry| u64::from(entry.in_flight)).sum::<u64>();
+    let started = std::time::Instant::now();
+    while started.elapsed() < DRAIN_MAX && in_flight() > 0 {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 impl Partitions {
