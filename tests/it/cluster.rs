@@ -37,7 +37,9 @@ fn node_with(directory: &Path, cluster: &NatsCluster, node: &str, address: &str,
         ("RUST_LOG", "info"),
     ];
     settings.extend_from_slice(extra);
-    Server::start(directory, "legacy", &settings)
+    // Both monoio drivers in every cluster: node-b on epoll, the others on io_uring.
+    let driver = if node.ends_with('b') { "legacy" } else { "uring" };
+    Server::start(directory, driver, &settings)
 }
 
 /// Waits until every partition has an owner among `live` nodes and each of them sees all
