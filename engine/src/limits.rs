@@ -209,3 +209,8 @@ const _: () = assert!(kapsel_http::limits::SHUTDOWN_DRAIN_TIMEOUT_MS + INDEX_DRA
 
 /// Cluster mode: sequences of a partition's stream per audit seal (`cluster::seal`).
 pub const PARTITION_SEAL_RANGE: u64 = 4096;
+
+/// Cluster mode: room kept in a NATS message besides an ingest's body (the forwarded request's
+/// head, at most `kapsel_http::limits::HEADER_BYTES_MAX`, and the record's other fields and
+/// headers).
+pub const CLUSTER_MESSAGE_HEADROOM_BYTES: u64 = 32 * 1024;

@@ -135,7 +135,7 @@ pub struct Engine {
 impl Engine {
     /// Binds the listeners and starts every shard. Returns once the threads run; readiness
     /// (every log replayed) is [`Engine::is_ready`].
-    pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+    pub fn start(mut config: EngineConfig) -> Result<Self, StartError> {
         let lock = lock_data_directory(&config.data_directory)?;
         let (listeners, address) = bind_listeners(config.listen, config.shards)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards).map(|_| inbox()).unzip();
@@ -156,6 +156,17 @@ impl Engine {
         ));
         if let Some(cluster) = &config.cluster {
             let node = join_cluster(cluster, address, config.shards).map_err(StartError::Cluster)?;
+            // An event travels in one NATS message (forwarded to its owner, then published):
+            // larger bodies are refused up front with 413 E1002 rather than failing there.
+            let cap = node.link.max_payload().saturating_sub(crate::limits::CLUSTER_MESSAGE_HEADROOM_BYTES);
+            if cap > 0 && config.server.limits.payload_bytes_max > cap {
+                tracing::warn!(
+                    max_payload_bytes = cap,
+                    nats_max_payload = node.link.max_payload(),
+                    "cluster mode: ingest bodies are limited by NATS' max_payload; raise it in nats-server's configuration for larger ones"
+                );
+                config.server.limits = config.server.limits.with_payload_bytes_max(cap);
+            }
             let _ = shared.cluster.set(Arc::new(node));
         }
         let driver = config.io_driver.resolve();

@@ -76,6 +76,12 @@ impl Link {
         self.shared.counters.connected.load(Ordering::Relaxed)
     }
 
+    /// The largest message the connected server takes (its `max_payload`, 1 MiB unless
+    /// configured), as it said when the link connected.
+    pub fn max_payload(&self) -> u64 {
+        self.shared.counters.max_payload.load(Ordering::Relaxed)
+    }
+
     /// The link's counters, for metrics.
     pub fn counters(&self) -> LinkCounters {
         self.shared.counters.snapshot()

@@ -54,6 +54,8 @@ pub(crate) struct Counters {
     pub(crate) consumer_errors: AtomicU64,
     pub(crate) requests_refused: AtomicU64,
     pub(crate) connected: AtomicBool,
+    /// The largest message the server takes (its `max_payload`), as it said when connected.
+    pub(crate) max_payload: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -140,6 +142,7 @@ fn run(
             .max_ack_inflight(options.in_flight_max.max(1))
             .build(client.clone());
         counters.connected.store(true, Ordering::Relaxed);
+        counters.max_payload.store(client.server_info().max_payload as u64, Ordering::Relaxed);
         let session = Arc::new(Session {
             client: client.clone(),
             jetstream,

@@ -165,6 +165,13 @@ fn every_node_takes_ingest_and_admin_for_every_endpoint() {
     let view = nodes[0].admin("GET", "/admin/cluster", "").json();
     assert_eq!(view["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
     assert!(owners.values().all(|owner| names.contains(&owner.as_str())));
+    // An event travels in one NATS message: a body above the servers' max_payload (1 MiB) is
+    // refused up front, and one just under it goes through.
+    let big = format!("\"{}\"", "x".repeat(1_100_000));
+    let refused = nodes[1].request("POST", "/ingest/orders-0", &[("Content-Type", "application/json")], big.as_bytes());
+    assert_eq!((refused.status, refused.code()), (413, "E1002".to_string()), "{refused:?}");
+    let fits = format!("\"{}\"", "x".repeat(900_000));
+    assert!(ingest_at(nodes[2].address, "orders-0", fits.as_bytes()).is_some());
     let published = nodes[0].admin("POST", "/publish/orders", "{}");
     assert_eq!((published.status, published.code()), (400, "E1005".to_string()), "{published:?}");
     let unauthorized = try_request(nodes[1].address, "GET", "/admin/cluster", &[], b"").unwrap();
