@@ -321,8 +321,7 @@ fn a_killed_node_loses_nothing_and_its_partitions_move() {
 /// Records an owner wrote under an epoch below the latest `Takeover` before them, over every
 /// partition's stream: writes of a deposed owner that landed after its successor's takeover.
 fn stale_owner_records(nats: &NatsCluster) -> usize {
-    let urls = (0..nats.len()).map(|index| nats.url(index)).collect();
-    let link = kapsel_nats::Link::connect(kapsel_nats::LinkOptions { urls, ..Default::default() }).unwrap();
+    let link = nats.link("test");
     use kapsel_engine::cluster::nats::block_on as wait;
     let mut stale = 0;
     for partition in 0..PARTITIONS {
@@ -516,8 +515,7 @@ fn live(nodes: &[Option<Server>]) -> Vec<&Server> {
 
 /// The first and last sequence of a partition's stream, read through a link of the test's own.
 fn stream_extent(nats: &NatsCluster, partition: u32) -> (u64, u64) {
-    let urls = (0..nats.len()).map(|index| nats.url(index)).collect();
-    let link = kapsel_nats::Link::connect(kapsel_nats::LinkOptions { urls, ..Default::default() }).unwrap();
+    let link = nats.link("test");
     let stream = kapsel_engine::cluster::nats::stream_name(partition);
     let state = kapsel_engine::cluster::nats::block_on(link.stream_state(stream)).unwrap();
     link.close();

@@ -14,7 +14,7 @@ use kapsel_engine::cluster::check_partitions;
 use kapsel_engine::cluster::nats::{headers, prepare, subject, BUCKET};
 use kapsel_engine::cluster::seal::{self, ProveError, Seal, Sealed, VerifyError};
 use kapsel_engine::state::Writer;
-use kapsel_nats::{Link, LinkOptions, Publish};
+use kapsel_nats::{Link, Publish};
 use kapsel_wal::merkle::{self, Hash, CHAIN_GENESIS};
 
 use crate::common::nats::NatsCluster;
@@ -32,8 +32,7 @@ fn wait<T>(future: impl Future<Output = T>) -> T {
 }
 
 fn link(cluster: &NatsCluster, name: &str) -> Link {
-    let urls = (0..cluster.len()).map(|index| cluster.url(index)).collect();
-    Link::connect(LinkOptions { urls, name: name.to_string(), ..LinkOptions::default() }).unwrap()
+    cluster.link(name)
 }
 
 /// A cluster of `partitions` partitions, as the first node would create it.

@@ -29,8 +29,7 @@ fn wait_for<T>(what: &str, future: impl Future<Output = T>) -> T {
 
 /// A link to every server of `cluster`.
 fn link(cluster: &NatsCluster, name: &str) -> Link {
-    let urls = (0..cluster.len()).map(|index| cluster.url(index)).collect();
-    Link::connect(LinkOptions { urls, name: name.to_string(), ..LinkOptions::default() }).unwrap()
+    cluster.link(name)
 }
 
 /// A file stream of three replicas on `<prefix>.>`.

@@ -160,7 +160,7 @@ impl ClusterNode {
         let link = self.link.counters();
         let mut out = String::new();
         let mut gauge = |name: &str, kind: &str, help: &str, lines: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            crate::admin::metrics::header(&mut out, name, kind, help);
             for (labels, value) in lines {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }

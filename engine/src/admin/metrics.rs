@@ -436,7 +436,8 @@ pub fn render(mut reports: Vec<ShardReport>, index: Option<&crate::index::IndexS
     out
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// A series' `# HELP` and `# TYPE` lines.
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

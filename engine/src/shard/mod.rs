@@ -150,6 +150,16 @@ impl Core {
         }
     }
 
+    /// After an applier applied records: wakes whoever waits for them, reports the tenants'
+    /// waiting events and wakes the scheduler.
+    fn records_applied(&self) {
+        for waker in self.applying.borrow_mut().waiters.drain(..) {
+            waker.wake();
+        }
+        self.report_waiting();
+        self.notify_scheduler();
+    }
+
     fn notify_scheduler(&self) {
         if let Some(waker) = self.scheduler.take() {
             waker.wake();
@@ -876,11 +886,7 @@ async fn run_applier(core: Rc<Core>) {
             }
         }
         if advanced {
-            for waker in core.applying.borrow_mut().waiters.drain(..) {
-                waker.wake();
-            }
-            core.report_waiting();
-            core.notify_scheduler();
+            core.records_applied();
         }
         Poll::<()>::Pending
     })

@@ -256,11 +256,7 @@ async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64,
             }
         }
         if advanced {
-            for waker in core.applying.borrow_mut().waiters.drain(..) {
-                waker.wake();
-            }
-            core.report_waiting();
-            core.notify_scheduler();
+            core.records_applied();
         }
         Poll::<()>::Pending
     })

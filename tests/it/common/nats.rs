@@ -244,6 +244,13 @@ impl NatsCluster {
         (0..self.servers.len()).map(|index| self.url(index)).collect::<Vec<_>>().join(",")
     }
 
+    /// A NATS link (the engine's client) to every server, named `name`.
+    pub fn link(&self, name: &str) -> kapsel_nats::Link {
+        let urls = (0..self.servers.len()).map(|index| self.url(index)).collect();
+        let options = kapsel_nats::LinkOptions { urls, name: name.to_string(), ..kapsel_nats::LinkOptions::default() };
+        kapsel_nats::Link::connect(options).unwrap()
+    }
+
     /// The client URL of server `index`.
     pub fn url(&self, index: usize) -> String {
         format!("nats://127.0.0.1:{}", self.servers[index].client_port)
