@@ -67,25 +67,31 @@ pub struct ClusterNode {
     pub address: String,
     /// What the lease driver last read.
     seen: Mutex<Seen>,
-    /// Per partition: the epoch this node holds its lease at (0: not held), as the lease driver
-    /// last said.
-    desired: Vec<AtomicU64>,
-    /// Per partition: the epoch this node owns it at (0: not here), set once it is open.
-    owned: Vec<AtomicU64>,
-    /// Per partition owned here: the last sequence of its stream applied.
-    applied: Vec<AtomicU64>,
-    /// Per partition: until when (Unix ms, by this node's clock) this node may write as its
-    /// owner; 0 when it holds no lease of it.
-    writable_until: Vec<AtomicU64>,
+    /// What this node knows of each partition, by partition number.
+    slots: Vec<Slot>,
     /// At shutdown: threads still finishing their partitions' attempts in flight. The leases
     /// are given up once none is, so the next owner does not make those attempts again.
     draining: std::sync::atomic::AtomicUsize,
-    /// Per partition: the epoch at which this node stopped owning it and saw its attempts in
-    /// flight recorded (or gave up waiting): its lease may then be written released.
-    drained: Vec<AtomicU64>,
-    /// Per partition owned here: its numbers for `GET /metrics`, refreshed every second by the
-    /// thread that runs it (a scrape on any thread reads them).
-    reports: Vec<Mutex<Option<crate::admin::metrics::ShardReport>>>,
+}
+
+/// One partition as this node sees it, readable from every thread.
+#[derive(Default)]
+struct Slot {
+    /// The epoch this node holds its lease at (0: not held), as the lease driver last said.
+    desired: AtomicU64,
+    /// The epoch this node owns it at (0: not here), set once it is open.
+    owned: AtomicU64,
+    /// Owned here: the last sequence of its stream applied.
+    applied: AtomicU64,
+    /// Until when (Unix ms, by this node's clock) this node may write as its owner; 0 when it
+    /// holds no lease of it.
+    writable_until: AtomicU64,
+    /// The epoch at which this node stopped owning it and saw its attempts in flight recorded
+    /// (or gave up waiting): its lease may then be written released.
+    drained: AtomicU64,
+    /// Owned here: its numbers for `GET /metrics`, refreshed every second by the thread that
+    /// runs it (a scrape on any thread reads them).
+    report: Mutex<Option<crate::admin::metrics::ShardReport>>,
 }
 
 impl ClusterNode {
@@ -97,27 +103,34 @@ impl ClusterNode {
             link,
             address,
             seen: Mutex::new(Seen::default()),
-            desired: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
-            owned: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
-            applied: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
-            writable_until: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            slots: (0..partitions).map(|_| Slot::default()).collect(),
             draining: std::sync::atomic::AtomicUsize::new(threads),
-            drained: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
-            reports: (0..partitions).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    fn slot(&self, partition: u32) -> Option<&Slot> {
+        self.slots.get(partition as usize)
+    }
+
+    /// A number of `partition`'s slot (0 for a partition out of range).
+    fn load(&self, partition: u32, field: impl Fn(&Slot) -> &AtomicU64) -> u64 {
+        self.slot(partition).map_or(0, |slot| field(slot).load(Ordering::Acquire))
+    }
+
+    /// Sets a number of `partition`'s slot.
+    fn store(&self, partition: u32, field: impl Fn(&Slot) -> &AtomicU64, value: u64) {
+        if let Some(slot) = self.slot(partition) {
+            field(slot).store(value, Ordering::Release);
         }
     }
 
     /// Records a change of the leases this node holds.
     pub fn apply(&self, change: Change) {
         match change {
-            Change::Gained { partition, epoch } => {
-                if let Some(slot) = self.desired.get(partition as usize) {
-                    slot.store(epoch, Ordering::Release);
-                }
-            }
+            Change::Gained { partition, epoch } => self.store(partition, |slot| &slot.desired, epoch),
             Change::Lost { partition, epoch } => {
-                if let Some(slot) = self.desired.get(partition as usize) {
-                    let _ = slot.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
+                if let Some(slot) = self.slot(partition) {
+                    let _ = slot.desired.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
                 }
             }
         }
@@ -125,22 +138,24 @@ impl ClusterNode {
 
     /// Whether this node's lease of `partition` still holds now by its clock.
     pub fn may_write(&self, partition: u32) -> bool {
-        let until = self.writable_until.get(partition as usize).map_or(0, |slot| slot.load(Ordering::Acquire));
-        crate::clock::now_ms() < until
+        crate::clock::now_ms() < self.load(partition, |slot| &slot.writable_until)
     }
 
     fn desired(&self, partition: u32) -> u64 {
-        self.desired.get(partition as usize).map_or(0, |slot| slot.load(Ordering::Acquire))
+        self.load(partition, |slot| &slot.desired)
     }
 
     /// The numbers of every partition this node owns, for `GET /metrics`.
     pub fn partition_reports(&self) -> Vec<crate::admin::metrics::ShardReport> {
-        self.reports.iter().filter_map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone()).collect()
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.report.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .collect()
     }
 
     fn set_report(&self, partition: u32, report: Option<crate::admin::metrics::ShardReport>) {
-        if let Some(slot) = self.reports.get(partition as usize) {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = report;
+        if let Some(slot) = self.slot(partition) {
+            *slot.report.lock().unwrap_or_else(PoisonError::into_inner) = report;
         }
     }
 
@@ -151,10 +166,10 @@ impl ClusterNode {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let live = seen.nodes.iter().filter(|node| node.at_ms.saturating_add(self.config.lease_ms) > now_ms).count();
         let owned: Vec<(usize, u64)> = self
-            .owned
+            .slots
             .iter()
             .enumerate()
-            .map(|(partition, epoch)| (partition, epoch.load(Ordering::Acquire)))
+            .map(|(partition, slot)| (partition, slot.owned.load(Ordering::Acquire)))
             .filter(|(_, epoch)| *epoch > 0)
             .collect();
         let link = self.link.counters();
@@ -195,7 +210,7 @@ impl ClusterNode {
             "gauge",
             "The last sequence of each owned partition's stream applied.",
             per_partition(&|partition, _| {
-                self.applied.get(partition).map_or(0, |applied| applied.load(Ordering::Acquire))
+                self.slots.get(partition).map_or(0, |slot| slot.applied.load(Ordering::Acquire))
             }),
         );
         gauge(
@@ -246,7 +261,8 @@ impl ClusterNode {
             .iter()
             .enumerate()
             .map(|(partition, lease)| {
-                let here = self.owned.get(partition).map_or(0, |epoch| epoch.load(Ordering::Acquire));
+                let slot = self.slots.get(partition);
+                let here = slot.map_or(0, |slot| slot.owned.load(Ordering::Acquire));
                 let mut entry = json!({
                     "partition": partition,
                     "owner": lease.as_ref().filter(|lease| lease.expires_at_ms > now_ms).map(|lease| lease.holder.clone()),
@@ -254,8 +270,7 @@ impl ClusterNode {
                     "lease_expires_at_ms": lease.as_ref().map(|lease| lease.expires_at_ms),
                 });
                 if here > 0 {
-                    entry["applied_sequence"] =
-                        json!(self.applied.get(partition).map_or(0, |applied| applied.load(Ordering::Acquire)));
+                    entry["applied_sequence"] = json!(slot.map_or(0, |slot| slot.applied.load(Ordering::Acquire)));
                 }
                 entry
             })
@@ -391,17 +406,13 @@ impl Partitions {
             if let Some(open) = owned.remove(&partition) {
                 open.stop.stop();
                 open.shard.notify_scheduler();
-                if let Some(slot) = self.node.owned.get(partition as usize) {
-                    slot.store(0, Ordering::Release);
-                }
+                self.node.store(partition, |slot| &slot.owned, 0);
                 self.node.set_report(partition, None);
                 tracing::info!(partition, epoch, "stopped owning the partition");
                 let node = Arc::clone(&self.node);
                 monoio::spawn(async move {
                     drain(&open.shard).await;
-                    if let Some(slot) = node.drained.get(partition as usize) {
-                        slot.store(epoch, Ordering::Release);
-                    }
+                    node.store(partition, |slot| &slot.drained, epoch);
                 });
             }
         }
@@ -467,9 +478,7 @@ impl Partitions {
     fn run(self: &Rc<Self>, partition: u32, epoch: u64, shard: Rc<Shard>) {
         let stop = Rc::new(Stop::default());
         self.owned.borrow_mut().insert(partition, Owned { shard: Rc::clone(&shard), epoch, stop: Rc::clone(&stop) });
-        if let Some(slot) = self.node.owned.get(partition as usize) {
-            slot.store(epoch, Ordering::Release);
-        }
+        self.node.store(partition, |slot| &slot.owned, epoch);
         let scheduler_stop: Rc<dyn Fn() -> bool> = {
             let (stop, shard, shared) = (Rc::clone(&stop), Rc::clone(&shard), Arc::clone(&self.shared));
             Rc::new(move || stop.stopped.get() || shared.is_shutting_down() || !shard.writable())
@@ -497,9 +506,7 @@ impl Partitions {
             }
         };
         loop {
-            if let Some(slot) = self.node.applied.get(partition as usize) {
-                slot.store(shard.state().borrow().applied_lsn(), Ordering::Release);
-            }
+            self.node.store(partition, |slot| &slot.applied, shard.state().borrow().applied_lsn());
             let next = std::future::poll_fn(|context| {
                 if stop.stopped.get() {
                     return std::task::Poll::Ready(None);
@@ -738,9 +745,7 @@ pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
         skew_ms: node.config.skew_ms,
     };
     let drained = Arc::clone(&node);
-    let gate = move |partition: u32, epoch: u64| {
-        drained.drained.get(partition as usize).is_some_and(|slot| slot.load(Ordering::Acquire) == epoch)
-    };
+    let gate = move |partition: u32, epoch: u64| drained.load(partition, |slot| &slot.drained) == epoch;
     let mut driver =
         crate::cluster::leases::LeaseDriver::new(crate::cluster::nats::NatsBucket::new(node.link.clone()), config)
             .with_release_gate(Box::new(gate));
@@ -750,9 +755,8 @@ pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
         let changes = driver.round(&clock).await;
         // First how long each lease holds, then what is owned: a thread that opens a partition
         // it now holds finds its lease writable.
-        for (partition, slot) in node.writable_until.iter().enumerate() {
-            let until = u32::try_from(partition).ok().and_then(|partition| driver.writable_until(partition));
-            slot.store(until.unwrap_or(0), Ordering::Release);
+        for partition in 0..node.config.partitions {
+            node.store(partition, |slot| &slot.writable_until, driver.writable_until(partition).unwrap_or(0));
         }
         for change in changes {
             node.apply(change);
@@ -769,8 +773,8 @@ pub async fn run_leases(node: Arc<ClusterNode>, shared: Arc<Shared>) {
     while node.draining.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN_MAX + Duration::from_secs(1) {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
-    for slot in &node.writable_until {
-        slot.store(0, Ordering::Release);
+    for slot in &node.slots {
+        slot.writable_until.store(0, Ordering::Release);
     }
     for change in driver.release_all(clock()).await {
         node.apply(change);

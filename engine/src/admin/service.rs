@@ -54,45 +54,43 @@ pub fn route_request(shared: &Shared, head: &RequestHead) -> Result<Route, Engin
             EngineError::Unauthorized("missing or wrong bearer token (the operator token or a key)".into())
         })
     };
-    {
-        // Everything under /admin/ needs a token first: without one the answer is 401 whatever
-        // the path, so an unauthenticated caller learns nothing about which paths or ids exist.
-        let admin_path = head.path == "/admin" || head.path.starts_with("/admin/");
-        let principal = if admin_path { Some(authorize(head)?) } else { None };
-        let mut route = Route::parse(head.method, &head.path, head.query.as_deref(), generate_endpoint_id)?;
-        if route.is_admin() {
-            let principal = match principal {
-                Some(principal) => principal,
-                None => authorize(head)?,
-            };
-            crate::admin::access::permit(&principal, &route)?;
-            if let Principal::Key(key) = &principal {
-                // A key lists its tenant's events and endpoints only.
-                match &mut route {
-                    Route::ListEvents(query) => query.tenant_id = Some(key.tenant_id.clone()),
-                    Route::ListEndpoints(query) => {
-                        query.tenant_id = Some(key.tenant_id.clone());
-                        query.secrets = key.scopes.has(crate::model::tenant::Scope::Write);
-                    }
-                    _ => {}
+    // Everything under /admin/ needs a token first: without one the answer is 401 whatever
+    // the path, so an unauthenticated caller learns nothing about which paths or ids exist.
+    let admin_path = head.path == "/admin" || head.path.starts_with("/admin/");
+    let principal = if admin_path { Some(authorize(head)?) } else { None };
+    let mut route = Route::parse(head.method, &head.path, head.query.as_deref(), generate_endpoint_id)?;
+    if route.is_admin() {
+        let principal = match principal {
+            Some(principal) => principal,
+            None => authorize(head)?,
+        };
+        crate::admin::access::permit(&principal, &route)?;
+        if let Principal::Key(key) = &principal {
+            // A key lists its tenant's events and endpoints only.
+            match &mut route {
+                Route::ListEvents(query) => query.tenant_id = Some(key.tenant_id.clone()),
+                Route::ListEndpoints(query) => {
+                    query.tenant_id = Some(key.tenant_id.clone());
+                    query.secrets = key.scopes.has(crate::model::tenant::Scope::Write);
                 }
+                _ => {}
             }
         }
-        if let Route::Publish { tenant, .. } = &mut route {
-            // A publish needs a key with `ingest` (its tenant's channels) or the operator token
-            // (`default`'s): an open publish path would let anyone who reaches the port make
-            // Kapsel sign a forgery for every subscriber.
-            *tenant = match authorize(head)? {
-                Principal::Operator => crate::model::tenant::DEFAULT_TENANT.to_string(),
-                Principal::Key(key) if key.scopes.has(crate::model::tenant::Scope::Ingest) => key.tenant_id.clone(),
-                Principal::Key(_) => return Err(EngineError::Unauthorized("this key has no `ingest` scope".into())),
-            };
-        }
-        if !matches!(route, Route::Health | Route::Ready | Route::OpenApi | Route::Ui { .. }) {
-            shared.check_serving()?;
-        }
-        Ok(route)
     }
+    if let Route::Publish { tenant, .. } = &mut route {
+        // A publish needs a key with `ingest` (its tenant's channels) or the operator token
+        // (`default`'s): an open publish path would let anyone who reaches the port make
+        // Kapsel sign a forgery for every subscriber.
+        *tenant = match authorize(head)? {
+            Principal::Operator => crate::model::tenant::DEFAULT_TENANT.to_string(),
+            Principal::Key(key) if key.scopes.has(crate::model::tenant::Scope::Ingest) => key.tenant_id.clone(),
+            Principal::Key(_) => return Err(EngineError::Unauthorized("this key has no `ingest` scope".into())),
+        };
+    }
+    if !matches!(route, Route::Health | Route::Ready | Route::OpenApi | Route::Ui { .. }) {
+        shared.check_serving()?;
+    }
+    Ok(route)
 }
 
 impl Service {
