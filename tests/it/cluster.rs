@@ -363,14 +363,22 @@ fn a_paused_node_is_fenced_and_loses_nothing() {
     });
     let repeated = rig.all_delivered(&accepted);
     assert!(repeated <= endpoints * max_in_flight as usize, "{repeated} events arrived twice");
-    assert_eq!(stale_owner_records(&rig.nats), 0, "a deposed owner's write landed after its successor's takeover");
+    // A woken owner refuses to write (its lease lapsed by its clock); only a write already on
+    // its way when it froze can still land after its successor's takeover, and the epoch fence
+    // makes it change nothing (on 2.9.10 no conditional write can stop it landing: ADR 17).
+    // Usually none lands; never more than the attempts that were in flight.
+    let stale = stale_owner_records(&rig.nats);
+    assert!(stale <= endpoints * max_in_flight as usize, "{stale} deposed owner's records after a takeover");
     // Nothing stuck: every endpoint's queue is empty, asked through any node.
     for (index, endpoint) in rig.endpoints.iter().enumerate() {
         let node = rig.live()[index % 3];
         let view = node.admin("GET", &format!("/admin/endpoints/{endpoint}"), "").json();
         assert_eq!(view["queue_depth"], 0, "{view}");
     }
-    println!("SIGSTOP of a node past its lease: {} events accepted, {repeated} delivered twice", accepted.len());
+    println!(
+        "SIGSTOP of a node past its lease: {} events accepted, {repeated} delivered twice, {stale} stale owner records fenced",
+        accepted.len()
+    );
 }
 
 // `kill -9` of a NATS server under load: JetStream keeps a quorum of every stream, ingest goes on

@@ -480,8 +480,10 @@ impl Partitions {
         self.owned.borrow_mut().insert(partition, Owned { shard: Rc::clone(&shard), epoch, stop: Rc::clone(&stop) });
         self.node.store(partition, |slot| &slot.owned, epoch);
         let scheduler_stop: Rc<dyn Fn() -> bool> = {
-            let (stop, shard, shared) = (Rc::clone(&stop), Rc::clone(&shard), Arc::clone(&self.shared));
-            Rc::new(move || stop.stopped.get() || shared.is_shutting_down() || !shard.writable())
+            // While the lease does not hold (the bucket unreachable for a while) the scheduler
+            // pauses (`Shard::writable`); the partition is closed once the lease is lost.
+            let (stop, shared) = (Rc::clone(&stop), Arc::clone(&self.shared));
+            Rc::new(move || stop.stopped.get() || shared.is_shutting_down())
         };
         monoio::spawn(crate::delivery::run_scheduler(
             Rc::clone(&shard),

@@ -137,6 +137,10 @@ impl PartitionStream for NatsStream {
         Box::pin(async move { reply.await.map(|ack| ack.sequence).map_err(|error| error.to_string()) })
     }
 
+    fn writable(&self) -> bool {
+        self.guard.as_ref().is_none_or(|holds| holds())
+    }
+
     fn extent(&self) -> Answer<(u64, u64)> {
         let reply = self.link.stream_state(self.stream.clone());
         Box::pin(async move {

@@ -333,11 +333,12 @@ impl Shard {
     }
 
     /// Whether the shard may make attempts now: its log takes records (not poisoned after a
-    /// storage failure) and, for a partition, it is still the owner.
+    /// storage failure) and, for a partition, it is still the owner and its lease holds by this
+    /// node's clock (an attempt whose outcome cannot be recorded would be made again and again).
     pub fn writable(&self) -> bool {
         match &self.log {
             Log::Local(wal) => !wal.is_poisoned(),
-            Log::Stream { .. } => self.core.applying.borrow().deposed_at.is_none(),
+            Log::Stream { stream, .. } => self.core.applying.borrow().deposed_at.is_none() && stream.writable(),
         }
     }
 

@@ -102,6 +102,13 @@ pub trait PartitionStream: Send + Sync {
     /// The latest snapshot, if any.
     fn last_snapshot(&self) -> Answer<Option<StoredSnapshot>>;
 
+    /// Whether this node may write as the partition's owner now (its lease holds by its clock);
+    /// the scheduler starts no attempt while it may not, as an attempt's outcome could not be
+    /// recorded.
+    fn writable(&self) -> bool {
+        true
+    }
+
     /// An RFC 6962 inclusion proof of the message at `sequence` in its sealed range.
     fn prove(&self, sequence: u64) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, ProofError>>>>;
 }
