@@ -831,12 +831,6 @@ fn cluster(values: &Values) -> Result<Option<kapsel_engine::cluster::ClusterConf
     let Some(urls) = text(&values.nats_url) else {
         return Ok(None);
     };
-    if text(&values.database_url).is_some() {
-        return Err(error(
-            VARIABLES.nats_url,
-            "cannot be used with DATABASE_URL yet: the Postgres index is not fed by cluster partitions (docs/CLUSTER.md)",
-        ));
-    }
     let urls: Vec<String> = urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(String::from).collect();
     let valid_url = |url: &String| {
         ["nats://", "tls://"].iter().any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
@@ -986,7 +980,8 @@ mod tests {
         refused(&[nats, ("KAPSEL_PARTITIONS", "1025")], "KAPSEL_PARTITIONS");
         refused(&[nats, ("KAPSEL_REPLICAS", "6")], "KAPSEL_REPLICAS");
         refused(&[("KAPSEL_NATS_URL", "http://a:4222")], "KAPSEL_NATS_URL");
-        refused(&[nats, ("DATABASE_URL", "postgres://k@db/k")], "KAPSEL_NATS_URL");
+        // The index of a cluster is fed by the partitions' owners.
+        assert!(settings(&[nats, ("DATABASE_URL", "postgres://k@db/k")]).is_ok());
     }
 
     // No configuration must give a working server: the documented defaults.

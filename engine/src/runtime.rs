@@ -139,11 +139,22 @@ impl Engine {
         let lock = lock_data_directory(&config.data_directory)?;
         let (listeners, address) = bind_listeners(config.listen, config.shards)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards).map(|_| inbox()).unzip();
-        let index = match &config.index {
-            Some(index_config) => Some(
-                crate::index::Index::start(index_config.clone(), config.shards, config.data_directory.clone())
-                    .map_err(StartError::Index)?,
+        let node = match &config.cluster {
+            Some(cluster) => Some(join_cluster(cluster, address, config.shards).map_err(StartError::Cluster)?),
+            None => None,
+        };
+        // In cluster mode the index is fed by the owners of the partitions, from their streams.
+        let (slots, logs) = match &node {
+            Some(node) => (
+                node.config.partitions as usize,
+                crate::index::Logs::Streams(Arc::new(crate::cluster::nats::IndexSource::new(node.link.clone()))),
             ),
+            None => (config.shards, crate::index::Logs::Wal(config.data_directory.clone())),
+        };
+        let index = match &config.index {
+            Some(index_config) => {
+                Some(crate::index::Index::start(index_config.clone(), slots, logs).map_err(StartError::Index)?)
+            }
             None => None,
         };
         let shared = Arc::new(Shared::new(
@@ -154,8 +165,7 @@ impl Engine {
             config.client.destinations.clone(),
             index.as_ref().map(crate::index::Index::handle),
         ));
-        if let Some(cluster) = &config.cluster {
-            let node = join_cluster(cluster, address, config.shards).map_err(StartError::Cluster)?;
+        if let Some(node) = node {
             // An event travels in one NATS message (forwarded to its owner, then published):
             // larger bodies are refused up front with 413 E1002 rather than failing there.
             let cap = node.link.max_payload().saturating_sub(crate::limits::CLUSTER_MESSAGE_HEADROOM_BYTES);
@@ -370,7 +380,8 @@ async fn shard_main(
     serving: &Serving,
 ) -> Result<(), String> {
     let mut shard = open_shard(index, &config).await?.with_tenant_limits(Arc::clone(&shared.tenant_limits));
-    if let Some(handle) = &shared.index {
+    // In cluster mode the index's slots are the partitions, indexed by their owners.
+    if let (Some(handle), None) = (&shared.index, shared.cluster.get()) {
         shard = shard.with_index(handle.clone());
     }
     let shard = Rc::new(shard);

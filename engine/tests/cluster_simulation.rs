@@ -598,8 +598,16 @@ impl Sim {
         let feed = self.stream.feed(1);
         let gate = feed.gate();
         let last = self.stream.last_sequence();
-        let opening =
-            Shard::open_partition(PARTITION, handle, Box::new(feed), last, (epoch, NODES[node]), LIMITS, self.now);
+        let opening = Shard::open_partition(
+            PARTITION,
+            handle,
+            Box::new(feed),
+            last,
+            (epoch, NODES[node]),
+            LIMITS,
+            None,
+            self.now,
+        );
         let opened = bounded(opening, ROUNDS_MAX).await;
         self.stream.lose_acks_of(node, false);
         self.retire_node(node);

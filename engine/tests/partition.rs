@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use kapsel_engine::delivery::complete_attempt;
 use kapsel_engine::ids::EventId;
+use kapsel_engine::index::streams::{self, Opening, StreamSource};
+use kapsel_engine::index::{Change, Row};
 use kapsel_engine::records::{EventReceived, Record, OUTCOME_DELIVERED, OUTCOME_RETRYING};
+use kapsel_engine::shard::stream::Feed;
 use kapsel_engine::shard::stream::{MemoryStream, Outgoing, PartitionStream};
 use kapsel_engine::shard::Shard;
 use kapsel_engine::state::{EventStatus, Start, StateLimits, Writer};
@@ -32,7 +35,8 @@ fn on_runtime(test: impl std::future::Future<Output = ()>) {
 
 async fn open(stream: &MemoryStream, epoch: u64, node: &str) -> Result<Shard, EngineError> {
     let shared: Arc<dyn PartitionStream> = Arc::new(stream.clone());
-    Shard::open_partition(3, shared, Box::new(stream.feed(1)), stream.last_sequence(), (epoch, node), LIMITS, NOW).await
+    Shard::open_partition(3, shared, Box::new(stream.feed(1)), stream.last_sequence(), (epoch, node), LIMITS, None, NOW)
+        .await
 }
 
 /// An event for `orders` as an ingesting node publishes it: from anyone, not fenced.
@@ -52,6 +56,31 @@ fn ingest_elsewhere(stream: &MemoryStream, sequence: u64) -> (EventId, u64) {
     };
     let (kind, body) = Record::EventReceived(event).encode().unwrap();
     (event_id, stream.append(Outgoing { writer: Writer::Anyone, kind, body: body.to_vec() }))
+}
+
+/// The in-memory stream as the index thread reads it.
+struct Source(MemoryStream);
+
+impl StreamSource for Source {
+    fn open(&self, _partition: usize, from: u64) -> Opening {
+        let feed: Box<dyn Feed> = Box::new(self.0.feed(from));
+        Box::pin(std::future::ready(Ok(feed)))
+    }
+}
+
+/// Partition 3's changes as the index reads them from its stream after `checkpoint` (where the
+/// fence's epoch was `fence`) up to `up_to`, a few at a time, on a tokio runtime as the index
+/// thread runs.
+fn read_for_index(stream: &MemoryStream, checkpoint: u64, mut fence: u64, up_to: u64) -> Vec<Change> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let source = Source(stream.clone());
+    let (mut next, mut slot, mut changes) = (checkpoint + 1, None, Vec::new());
+    while next <= up_to {
+        let read = runtime.block_on(streams::read(&source, &mut slot, 3, (&mut next, &mut fence), up_to, 2)).unwrap();
+        assert!(!read.is_empty(), "the read stalled at {next}");
+        changes.extend(read);
+    }
+    changes
 }
 
 /// Starts every attempt the shard's scheduler offers now, reading payloads back first.
@@ -136,10 +165,31 @@ fn a_new_owner_fences_the_old_one_and_every_replay_agrees() {
         // A third node replays the whole stream: the same state as the live owner.
         let last = stream.last_sequence();
         let mut replayed = kapsel_engine::state::ShardState::new(3, LIMITS);
+        // What an owner's applier hands the index: each record's row, none for an ignored one.
+        let mut fed = Vec::new();
         for record in stream.records() {
             let position = kapsel_engine::shard::stream::position_of(record.sequence, record.body.len());
             let decoded = Record::decode(record.kind, &record.body).unwrap();
-            replayed.apply_fenced(record.sequence, position, record.writer, decoded, NOW);
+            let row = Row::from_record(&decoded);
+            let applied = replayed.apply_fenced(record.sequence, position, record.writer, decoded, NOW);
+            fed.push(Change { shard: 3, lsn: record.sequence, row: if applied { row } else { Row::Nothing } });
+        }
+        // The index reading the stream from any checkpoint, with the fence's epoch there, gets
+        // exactly those rows: the late outcome of the deposed owner is none.
+        let late_row = fed.iter().find(|change| change.lsn == late).map(|change| change.row.clone());
+        assert_eq!(late_row, Some(Row::Nothing));
+        let fences: Vec<_> = fed.iter().filter(|change| matches!(change.row, Row::Fence { .. })).collect();
+        assert_eq!(fences.len(), 2, "both takeovers admitted: {fences:?}");
+        for checkpoint in 0..last {
+            let fence = fed[..checkpoint as usize].iter().fold(0, |fence, change| match change.row {
+                Row::Fence { epoch } => epoch,
+                _ => fence,
+            });
+            assert_eq!(
+                read_for_index(&stream, checkpoint, fence, last),
+                fed[checkpoint as usize..],
+                "from {checkpoint}"
+            );
         }
         b.applied(last).await.unwrap();
         let live = b.state().borrow().durable_view(1, &BTreeSet::new(), NOW);

@@ -193,10 +193,18 @@ const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
 impl Rig {
     fn start(count: usize, max_in_flight: u32, delay: Duration) -> Option<Rig> {
+        Self::start_with(count, max_in_flight, delay, &[])
+    }
+
+    /// [`Rig::start`] with more settings for every node.
+    fn start_with(count: usize, max_in_flight: u32, delay: Duration, extra: &[(&str, &str)]) -> Option<Rig> {
         let nats = NatsCluster::start(3)?;
         let directories: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let nodes: Vec<Server> =
-            NAMES.iter().zip(&directories).map(|(name, dir)| node(dir.path(), &nats, name)).collect();
+        let nodes: Vec<Server> = NAMES
+            .iter()
+            .zip(&directories)
+            .map(|(name, dir)| node_with(dir.path(), &nats, name, "127.0.0.1:0", extra))
+            .collect();
         settled(&nodes.iter().collect::<Vec<_>>(), &NAMES);
         let sink = Sink::start(move |_, _| Reply::status(200).after(delay));
         let endpoints: Vec<String> = (0..count).map(|index| format!("orders-{index}")).collect();
@@ -629,4 +637,111 @@ fn partitions_are_sealed_and_proven() {
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Each partition's index checkpoint: (sequence, fence epoch).
+fn partition_checkpoints(postgres: &crate::common::postgres::Postgres, database: &str) -> BTreeMap<u32, (u64, u64)> {
+    postgres
+        .psql(database, "SELECT partition, sequence, fence_epoch FROM partition_checkpoints ORDER BY partition")
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let fields: Vec<u64> = line.split('|').map(|field| field.parse().unwrap()).collect();
+            (u32::try_from(fields[0]).unwrap(), (fields[1], fields[2]))
+        })
+        .collect()
+}
+
+// The Postgres index of a cluster is fed by the partitions' owners: every node writes the
+// partitions it owns, each checkpoint a stream sequence; a node killed mid-load leaves its
+// partitions' checkpoints where they were and the new owners go on from them. In the end the
+// index holds every acknowledged event exactly once, delivered, with its attempts, and any node
+// answers listings from it.
+#[test]
+fn the_index_is_fed_by_the_partitions_owners() {
+    let Some(postgres) = crate::common::postgres::Postgres::start() else { return };
+    let url = postgres.database("cluster");
+    let settings = [("DATABASE_URL", url.as_str()), ("DATABASE_MAX_CONNECTIONS", "3")];
+    let Some(mut rig) = Rig::start_with(6, 4, Duration::from_millis(2), &settings) else { return };
+    let accepted = rig.load(1500, 4, |rig| {
+        if let Some(node) = rig.nodes[1].take() {
+            node.kill();
+        }
+        settled(&rig.live(), &["node-a", "node-c"]);
+    });
+    rig.all_delivered(&accepted);
+    let extra = indexed_exactly(&rig, &postgres, &accepted);
+    // Any node answers listings and history from the index.
+    for node in rig.live() {
+        let page = node.admin("GET", "/admin/events?status=delivered&limit=1000", "").json();
+        let listed = page["events"].as_array().map_or(0, Vec::len);
+        assert_eq!(listed, 1000.min(accepted.len()), "{page}");
+        let event = node.admin("GET", &format!("/admin/events/{}", accepted[7]), "").json();
+        assert_eq!(event["status"], "delivered", "{event}");
+        let ready = node.request("GET", "/readyz", &[], b"").json();
+        assert_eq!(ready["index"]["state"], "connected", "{ready}");
+    }
+    // The index dropped (as to rebuild it): the owners notice at their next batch and read
+    // every partition back from its stream, through the fence.
+    postgres.psql("cluster", "DELETE FROM attempts; DELETE FROM events; DELETE FROM partition_checkpoints");
+    let mut all = accepted.clone();
+    for (index, endpoint) in rig.endpoints.iter().enumerate() {
+        let node = rig.live()[index % 2].address;
+        all.push(ingest_at(node, endpoint, b"{\"after\":\"rebuild\"}").unwrap());
+    }
+    rig.all_delivered(&all);
+    let rebuilt_extra = indexed_exactly(&rig, &postgres, &all);
+    assert_eq!(rebuilt_extra, extra, "the rebuilt index holds the same events");
+    println!(
+        "cluster index: {} acknowledged events indexed once each over {PARTITIONS} partitions, a node killed \
+         mid-load ({extra} more it had stored without answering)",
+        accepted.len()
+    );
+    drop(rig.nats);
+}
+
+/// Waits until the index is caught up — every partition's checkpoint at its stream's last
+/// sequence and its owner's epoch, and all events delivered — then checks that it holds every
+/// event of `accepted` once, delivered with its attempts; returns how many more it holds
+/// (ingests a killed node stored without answering: at most the load's clients).
+fn indexed_exactly(rig: &Rig, postgres: &crate::common::postgres::Postgres, accepted: &[String]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let checkpoints = partition_checkpoints(postgres, "cluster");
+        let view = rig.live()[0].admin("GET", "/admin/cluster", "").json();
+        let epochs: BTreeMap<u32, u64> = view["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| (entry["partition"].as_u64().unwrap() as u32, entry["epoch"].as_u64().unwrap_or(0)))
+            .collect();
+        let caught_up = (0..PARTITIONS).all(|partition| {
+            checkpoints.get(&partition) == Some(&(stream_extent(&rig.nats, partition).1, epochs[&partition]))
+        });
+        let delivered = postgres
+            .psql("cluster", "SELECT count(*) FROM events WHERE endpoint_id IS NOT NULL AND status = 'delivered'");
+        if caught_up && delivered.parse::<usize>().unwrap() >= accepted.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the index did not catch up: {checkpoints:?} {epochs:?} {delivered}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rows = postgres.psql(
+        "cluster",
+        "SELECT e.id, e.status, e.attempt_count, (SELECT count(*) FROM attempts a WHERE a.event_id = e.id)
+           FROM events e WHERE e.endpoint_id IS NOT NULL ORDER BY e.id",
+    );
+    let mut indexed = Vec::new();
+    for line in rows.lines().filter(|line| !line.is_empty()) {
+        let fields: Vec<&str> = line.split('|').collect();
+        assert_eq!(fields[1], "delivered", "{line}");
+        assert!(fields[2].parse::<u32>().unwrap() >= 1 && fields[2] == fields[3], "attempts and their rows: {line}");
+        indexed.push(fields[0].to_string());
+    }
+    let indexed_set: HashSet<&String> = indexed.iter().collect();
+    let missing: Vec<&String> = accepted.iter().filter(|id| !indexed_set.contains(id)).collect();
+    assert!(missing.is_empty(), "acknowledged events missing from the index: {missing:?}");
+    let extra = indexed.len() - accepted.len();
+    assert!(extra <= 4, "{extra} events indexed that no client was told about");
+    extra
 }

@@ -679,7 +679,7 @@ fn write_batches(url: &str, batches: &[Vec<kapsel_engine::index::Change>]) {
         kapsel_engine::index::schema::migrate(&mut client).await.unwrap();
         for batch in batches {
             let transaction = client.transaction().await.unwrap();
-            kapsel_engine::index::rows::write(&transaction, batch).await.unwrap();
+            kapsel_engine::index::rows::write(&transaction, batch, kapsel_engine::index::Ledger::Shards).await.unwrap();
             transaction.commit().await.unwrap();
         }
     });

@@ -28,7 +28,10 @@ fn migrations_apply_from_empty_and_rerun_as_a_no_op() {
         "kapsel_index",
         "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'public'",
     );
-    assert_eq!(tables, "attempts,checkpoints,deliveries,endpoints,events,kapsel_schema_migrations");
+    assert_eq!(
+        tables,
+        "attempts,checkpoints,deliveries,endpoints,events,kapsel_schema_migrations,partition_checkpoints"
+    );
 }
 
 // An index made by an earlier release is upgraded in place: its rows stay, events indexed

@@ -405,6 +405,7 @@ impl Partitions {
         if owned.get(&partition).is_some_and(|open| open.epoch == epoch) {
             if let Some(open) = owned.remove(&partition) {
                 open.stop.stop();
+                open.shard.release_index();
                 open.shard.notify_scheduler();
                 self.node.store(partition, |slot| &slot.owned, 0);
                 self.node.set_report(partition, None);
@@ -469,6 +470,7 @@ impl Partitions {
             last,
             lease,
             self.limits,
+            self.shared.index.clone(),
             crate::clock::now_ms(),
         )
         .await

@@ -95,8 +95,16 @@ pub fn route_request(shared: &Shared, head: &RequestHead) -> Result<Route, Engin
 
 impl Service {
     async fn dispatch(&self, route: Route, request: Request) -> Response {
+        // With an index every listing comes from it, a key's filtered to its tenant (in
+        // cluster mode too: the partitions' owners feed it).
+        if let (Some(index), Route::ListEvents(query)) = (&self.shared.index, &route) {
+            return match index.query(crate::index::query::Query::List(query.clone())).await {
+                Ok(json) => Response::json(200, json.to_string().into_bytes()),
+                Err(error) => error.into_response(),
+            };
+        }
         if let Some(partitions) = &self.partitions {
-            // Cluster mode: endpoints and events live in partitions (the index is not fed yet).
+            // Cluster mode: endpoints and events live in partitions.
             match &route {
                 Route::Cluster => {
                     let json = partitions.node().to_json(crate::clock::now_ms());
@@ -119,13 +127,6 @@ impl Service {
             if let Some(partition) = route.owner(partitions.node().config.partitions as usize) {
                 return partitions.run_request(partition as u32, route, request).await;
             }
-        }
-        // With an index every listing comes from it, a key's filtered to its tenant.
-        if let (Some(index), Route::ListEvents(query)) = (&self.shared.index, &route) {
-            return match index.query(crate::index::query::Query::List(query.clone())).await {
-                Ok(json) => Response::json(200, json.to_string().into_bytes()),
-                Err(error) => error.into_response(),
-            };
         }
         match (route.owner(self.shared.shards), route) {
             (None, Route::Cluster) => EngineError::NotFound(

@@ -259,6 +259,34 @@ impl Feed for NatsFeed {
     }
 }
 
+/// The partitions' streams as the index thread reads them (`crate::index::Logs::Streams`).
+pub struct IndexSource {
+    link: Link,
+}
+
+impl IndexSource {
+    /// Reads through `link`.
+    pub fn new(link: Link) -> Self {
+        Self { link }
+    }
+}
+
+/// Records the index reads ahead of itself from a stream, at most.
+const INDEX_FEED_CAPACITY: usize = 1024;
+
+impl crate::index::StreamSource for IndexSource {
+    fn open(&self, partition: usize, from: u64) -> crate::index::streams::Opening {
+        let link = self.link.clone();
+        Box::pin(async move {
+            let partition = u32::try_from(partition).map_err(|_| format!("no partition {partition}"))?;
+            let feed = NatsFeed::open(&link, partition, from.max(1), INDEX_FEED_CAPACITY)
+                .await
+                .map_err(|error| format!("reading partition {partition}'s stream: {error}"))?;
+            Ok(Box::new(feed) as Box<dyn Feed>)
+        })
+    }
+}
+
 /// The lease bucket through the link.
 #[derive(Clone)]
 pub struct NatsBucket {

@@ -16,6 +16,16 @@
 //! locked or behind a network that silently drops packets costs the index time, never a hang. A
 //! connection an operation gave up on is dropped, never reused: its state is unknown.
 //!
+//! In cluster mode (ADR 17) the same writer indexes the partitions this node owns: a
+//! partition's shard registers while it owns it ([`IndexHandle::register`], released when it
+//! stops), feeds the records its applier brings from the stream — an owner record the epoch
+//! fence ignores as [`Row::Nothing`] — and the writer fills gaps by reading the stream
+//! ([`Logs::Streams`]) through the same fence from the partition's checkpoint (a stream sequence
+//! and the fence's epoch there, in `partition_checkpoints`). When a partition moves, its new
+//! owner reads the checkpoint the old one left and goes on from there; a batch written against a
+//! checkpoint another node moved is refused by its check and the partition's checkpoint read
+//! again, so two owners for a moment still index each record once.
+//!
 //! Invariants:
 //! - A shard never blocks on the index; the index never holds a lock a shard takes.
 //! - The checkpoint of a shard is the LSN of the last record whose rows are committed.
@@ -28,16 +38,17 @@ pub mod query;
 pub mod rows;
 pub mod schema;
 mod session;
+pub mod streams;
 mod writer;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-pub use rows::{Change, Row};
+pub use rows::{Change, Ledger, Row};
+pub use streams::{Logs, StreamSource};
 
 /// Changes waiting for the index thread, across shards.
 pub const FEED_CHANGES_MAX: usize = 65_536;
@@ -58,19 +69,36 @@ pub fn valid_url(url: &str) -> bool {
     url.parse::<tokio_postgres::Config>().is_ok()
 }
 
-/// One shard's indexing progress, readable by any thread.
+/// One shard's indexing progress (in cluster mode, one partition's), readable by any thread.
 #[derive(Debug, Default)]
 pub struct ShardProgress {
-    durable: OnceLock<Arc<AtomicU64>>,
+    /// The log's durable LSN (a partition's applied sequence) while its shard is registered.
+    durable: Mutex<Option<Arc<AtomicU64>>>,
+    /// Counts registrations: a partition registered again (owned again, by this node, after
+    /// another may have indexed it) has its checkpoint read again before it is indexed.
+    generation: AtomicU64,
     indexed: AtomicU64,
     dropped: AtomicU64,
     behind_since_ms: AtomicU64,
 }
 
 impl ShardProgress {
-    /// The shard's durable LSN (0 until its log is open).
+    /// The shard's durable LSN (0 until its log is open, and while a partition is not owned).
     pub fn durable(&self) -> u64 {
-        self.durable.get().map_or(0, |durable| durable.load(Ordering::Acquire))
+        self.watermark().map_or(0, |durable| durable.load(Ordering::Acquire))
+    }
+
+    fn watermark(&self) -> Option<Arc<AtomicU64>> {
+        self.durable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether a shard is registered (in cluster mode: this node owns the partition).
+    pub fn is_registered(&self) -> bool {
+        self.durable.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The last LSN committed to the index.
@@ -152,7 +180,8 @@ impl IndexStatus {
         self.diverged.load(Ordering::Acquire)
     }
 
-    /// Records durable in the logs but not yet in the index.
+    /// Records durable in the logs but not yet in the index (in cluster mode, of the
+    /// partitions this node owns).
     pub fn lag_records(&self) -> u64 {
         self.shards.iter().map(|shard| shard.durable().saturating_sub(shard.indexed())).sum()
     }
@@ -207,11 +236,33 @@ pub struct IndexHandle {
 }
 
 impl IndexHandle {
-    /// Registers a shard's durable watermark once its log is open.
+    /// Registers a shard's durable watermark once its log is open (in cluster mode: a
+    /// partition's applied sequence, as its new owner opens it).
     pub fn register(&self, shard: usize, durable: Arc<AtomicU64>) {
         if let Some(progress) = self.status.shards.get(shard) {
-            let _ = progress.durable.set(durable);
+            *progress.durable.lock().unwrap_or_else(PoisonError::into_inner) = Some(durable);
+            progress.generation.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Takes back [`IndexHandle::register`] (a partition this node stopped owning), unless
+    /// another registration replaced it since.
+    pub fn release(&self, shard: usize, durable: &Arc<AtomicU64>) {
+        if let Some(progress) = self.status.shards.get(shard) {
+            let mut registered = progress.durable.lock().unwrap_or_else(PoisonError::into_inner);
+            if registered.as_ref().is_some_and(|current| Arc::ptr_eq(current, durable)) {
+                *registered = None;
+            }
+        }
+    }
+
+    /// Registers partition `partition` as owned here (cluster mode): the index reads its
+    /// checkpoint and indexes it up to the watermark the registration holds, until the
+    /// registration is released or dropped.
+    pub fn register_partition(&self, partition: usize) -> Registration {
+        let watermark = Arc::new(AtomicU64::new(0));
+        self.register(partition, Arc::clone(&watermark));
+        Registration { handle: self.clone(), partition, watermark }
     }
 
     /// Offers a change; never blocks. A full channel drops it (the log still has it).
@@ -246,6 +297,37 @@ impl IndexHandle {
     }
 }
 
+/// A partition owned here, as the index knows it ([`IndexHandle::register_partition`]).
+pub struct Registration {
+    handle: IndexHandle,
+    partition: usize,
+    watermark: Arc<AtomicU64>,
+}
+
+impl Registration {
+    /// The index's handle.
+    pub fn handle(&self) -> &IndexHandle {
+        &self.handle
+    }
+
+    /// Where the partition's applier keeps its applied sequence for the index.
+    pub fn watermark(&self) -> &Arc<AtomicU64> {
+        &self.watermark
+    }
+
+    /// Stops indexing the partition here (it moved away): its next owner goes on from the
+    /// checkpoint.
+    pub fn release(&self) {
+        self.handle.release(self.partition, &self.watermark);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// The running index thread.
 pub struct Index {
     handle: IndexHandle,
@@ -253,16 +335,17 @@ pub struct Index {
 }
 
 impl Index {
-    /// Starts the index thread. It connects (and reconnects) by itself; until then queries get
-    /// E3001 and changes wait in the logs.
-    pub fn start(config: IndexConfig, shards: usize, data_directory: PathBuf) -> std::io::Result<Self> {
+    /// Starts the index thread for `shards` shards (in cluster mode, partitions) whose records
+    /// `logs` holds. It connects (and reconnects) by itself; until then queries get E3001 and
+    /// changes wait in the logs.
+    pub fn start(config: IndexConfig, shards: usize, logs: Logs) -> std::io::Result<Self> {
         let (feed, changes) = crossbeam_channel::bounded(FEED_CHANGES_MAX);
         let (queries, requests) = tokio::sync::mpsc::channel(QUERIES_WAITING_MAX);
         let status = Arc::new(IndexStatus::new(shards));
         let thread_status = Arc::clone(&status);
         let thread = std::thread::Builder::new()
             .name("kapsel-index".into())
-            .spawn(move || run(config, thread_status, changes, requests, data_directory))?;
+            .spawn(move || run(config, thread_status, changes, requests, logs))?;
         Ok(Self { handle: IndexHandle { feed, queries, status }, thread: Some(thread) })
     }
 
@@ -290,7 +373,7 @@ fn run(
     status: Arc<IndexStatus>,
     changes: Receiver<Change>,
     requests: tokio::sync::mpsc::Receiver<query::QueryRequest>,
-    data_directory: PathBuf,
+    logs: Logs,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -309,7 +392,7 @@ fn run(
         };
         let pool = Arc::new(query::Pool::new(pg_config.clone(), config.max_connections.saturating_sub(1).max(1)));
         let serving = tokio::spawn(query::serve(requests, Arc::clone(&pool)));
-        writer::Writer::new(pg_config, status, changes, data_directory).run().await;
+        writer::Writer::new(pg_config, status, changes, logs).run().await;
         serving.abort();
     });
     // Tasks still running (a connection saying goodbye, a name lookup on a blocking thread) are

@@ -115,6 +115,13 @@ pub enum Row {
         /// When.
         at_ms: u64,
     },
+    /// A partition's `Takeover` that the epoch fence admitted (cluster mode): no row, but the
+    /// partition's checkpoint keeps the fence's epoch, so reading the stream on from it fences
+    /// exactly as the owner did.
+    Fence {
+        /// The new owner's epoch.
+        epoch: u64,
+    },
     /// A record the index has no row for.
     Nothing,
 }
@@ -193,7 +200,8 @@ impl Row {
                 received: true,
             },
             // The rows of the adopted deliveries come from the `Adopted` record on their shard.
-            Record::HandedOff(_) | Record::Takeover(_) => Self::Nothing,
+            Record::HandedOff(_) => Self::Nothing,
+            Record::Takeover(takeover) => Self::Fence { epoch: takeover.epoch },
             // Tenants and keys are configuration, answered from memory (shard 0 keeps them).
             Record::TenantPut(_) | Record::TenantDeleted(_) | Record::KeyCreated(_) | Record::KeyRevoked(_) => {
                 Self::Nothing
@@ -364,12 +372,18 @@ struct Batch {
     /// Published events whose deliveries' summary changes.
     published: HashSet<u128>,
     checkpoints: HashMap<usize, u64>,
+    /// Cluster mode: the fence's epoch per partition, where the batch moves it.
+    fences: HashMap<usize, u64>,
 }
 
 impl Batch {
     /// Adds one change (a deletion only moves the checkpoint: [`write`] carries it out).
     fn add(&mut self, change: &Change) {
         self.checkpoints.insert(change.shard, change.lsn);
+        if let Row::Fence { epoch } = &change.row {
+            let fence = self.fences.entry(change.shard).or_default();
+            *fence = (*fence).max(*epoch);
+        }
         let shard = i32::try_from(change.shard).unwrap_or(i32::MAX);
         let lsn = i64::try_from(change.lsn).unwrap_or(i64::MAX);
         match &change.row {
@@ -383,7 +397,7 @@ impl Batch {
                 };
                 self.endpoints.insert(id.clone(), endpoint);
             }
-            Row::EndpointDeleted { .. } | Row::Nothing => {}
+            Row::EndpointDeleted { .. } | Row::Fence { .. } | Row::Nothing => {}
             Row::Event {
                 event_id,
                 endpoint_id,
@@ -531,18 +545,33 @@ fn severity_sql(column: &str) -> String {
     format!("CASE {column} {} ELSE 0 END", cases.join(" "))
 }
 
+/// Whose checkpoints a batch moves: a node's shards' (single-node mode: `checkpoints`, by shard
+/// and LSN) or a cluster's partitions' (`partition_checkpoints`, by partition and stream
+/// sequence, with the fence's epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ledger {
+    /// Single-node mode: `Change::shard` is a shard, `Change::lsn` an LSN of its log.
+    Shards,
+    /// Cluster mode: `Change::shard` is a partition, `Change::lsn` a sequence of its stream.
+    Partitions,
+}
+
 /// Writes `changes` (in LSN order per shard) and the shards' new checkpoints in `transaction`.
-pub async fn write(transaction: &Transaction<'_>, changes: &[Change]) -> Result<(), tokio_postgres::Error> {
+pub async fn write(
+    transaction: &Transaction<'_>,
+    changes: &[Change],
+    ledger: Ledger,
+) -> Result<(), tokio_postgres::Error> {
     let mut batch = Batch::default();
     for change in changes {
         if let Row::EndpointDeleted { id } = &change.row {
             // Everything before the deletion is written first, so the deletion removes it.
-            flush(transaction, std::mem::take(&mut batch)).await?;
+            flush(transaction, std::mem::take(&mut batch), ledger).await?;
             delete_endpoint(transaction, id).await?;
         }
         batch.add(change);
     }
-    flush(transaction, batch).await
+    flush(transaction, batch, ledger).await
 }
 
 /// Removes an endpoint's events, its deliveries of published events (which then show the
@@ -582,7 +611,7 @@ fn column<'a, T, U>(rows: &'a [T], pick: impl Fn(&'a T) -> U) -> Vec<U> {
 /// Writes a batch: rows first, then the state changes of rows made earlier (or not by the
 /// record where their state starts), the attempts, the published events' summaries, and the
 /// checkpoints.
-async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_postgres::Error> {
+async fn flush(transaction: &Transaction<'_>, batch: Batch, ledger: Ledger) -> Result<(), tokio_postgres::Error> {
     write_endpoints(transaction, &batch).await?;
     write_events(transaction, &batch.events).await?;
     write_deliveries(transaction, &batch.deliveries).await?;
@@ -590,7 +619,10 @@ async fn flush(transaction: &Transaction<'_>, batch: Batch) -> Result<(), tokio_
     published.extend(write_updates(transaction, &batch.updates).await?);
     write_attempts(transaction, &batch.attempts).await?;
     summarize(transaction, &published.into_iter().collect::<Vec<_>>()).await?;
-    write_checkpoints(transaction, &batch.checkpoints).await
+    match ledger {
+        Ledger::Shards => write_checkpoints(transaction, &batch.checkpoints).await,
+        Ledger::Partitions => write_partition_checkpoints(transaction, &batch.checkpoints, &batch.fences).await,
+    }
 }
 
 async fn write_endpoints(transaction: &Transaction<'_>, batch: &Batch) -> Result<(), tokio_postgres::Error> {
@@ -810,6 +842,37 @@ async fn write_checkpoints(
              SELECT shard, lsn, now() FROM UNNEST($1::int4[], $2::int8[]) AS u(shard, lsn)
              ON CONFLICT (shard) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()",
             &[&shards, &lsns],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A cluster's partitions' checkpoints: the last sequence indexed and the fence's epoch there
+/// (kept where the batch has no `Takeover`).
+async fn write_partition_checkpoints(
+    transaction: &Transaction<'_>,
+    checkpoints: &HashMap<usize, u64>,
+    fences: &HashMap<usize, u64>,
+) -> Result<(), tokio_postgres::Error> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let mut partitions = Vec::with_capacity(checkpoints.len());
+    let mut sequences = Vec::with_capacity(checkpoints.len());
+    let mut epochs = Vec::with_capacity(checkpoints.len());
+    for (partition, sequence) in checkpoints {
+        partitions.push(i32::try_from(*partition).unwrap_or(i32::MAX));
+        sequences.push(i64::try_from(*sequence).unwrap_or(i64::MAX));
+        epochs.push(i64::try_from(fences.get(partition).copied().unwrap_or(0)).unwrap_or(i64::MAX));
+    }
+    transaction
+        .execute(
+            "INSERT INTO partition_checkpoints (partition, sequence, fence_epoch, updated_at)
+             SELECT partition, sequence, fence_epoch, now()
+               FROM UNNEST($1::int4[], $2::int8[], $3::int8[]) AS u(partition, sequence, fence_epoch)
+             ON CONFLICT (partition) DO UPDATE SET sequence = EXCLUDED.sequence,
+                 fence_epoch = GREATEST(partition_checkpoints.fence_epoch, EXCLUDED.fence_epoch), updated_at = now()",
+            &[&partitions, &sequences, &epochs],
         )
         .await?;
     Ok(())

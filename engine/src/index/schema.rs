@@ -110,6 +110,21 @@ CREATE INDEX events_by_tenant ON events (tenant_id, id DESC);
 ALTER TABLE attempts ADD COLUMN response_excerpt TEXT;
 "#,
     ),
+    (
+        5,
+        "per-partition checkpoints of a cluster",
+        r#"
+-- Cluster mode (ADR 17): the index is fed by each partition's owner from the partition's
+-- stream; the last sequence indexed per partition, and the epoch fence's epoch at that sequence
+-- (the latest Takeover admitted), so reading the stream on from it fences as the owner did.
+CREATE TABLE partition_checkpoints (
+    partition      INTEGER PRIMARY KEY,
+    sequence       BIGINT NOT NULL,
+    fence_epoch    BIGINT NOT NULL,
+    updated_at     TIMESTAMPTZ NOT NULL
+);
+"#,
+    ),
 ];
 
 /// Applies every migration not yet recorded; returns the versions applied now.

@@ -1,5 +1,6 @@
 //! The index thread's writing side: gathers changes per shard in LSN order, fills gaps from the
-//! logs, and commits batches together with the shards' checkpoints.
+//! logs, and commits batches together with the shards' checkpoints. In cluster mode a "shard"
+//! is a partition this node owns, an LSN a sequence of its stream (`super::streams`).
 //!
 //! Every wait on Postgres is bounded (`crate::limits`): opening the connection, the migrations,
 //! each batch's transaction. A batch that fails or times out drops the connection — after a
@@ -17,8 +18,9 @@ use crossbeam_channel::Receiver;
 use kapsel_wal::tail::Reader;
 use tokio_postgres::Config;
 
-use super::rows::{self, Change, Row};
+use super::rows::{self, Change, Ledger, Row};
 use super::session::{describe, Role, Session};
+use super::streams::{self, Logs, StreamGap};
 use super::{schema, IndexStatus};
 use crate::clock::now_ms;
 use crate::limits::{
@@ -48,12 +50,29 @@ struct ShardCursor {
     /// Reads gaps back from the log.
     reader: Option<Reader>,
     directory: PathBuf,
+    /// Cluster mode: reads gaps back from the partition's stream.
+    feed: Option<StreamGap>,
+    /// Cluster mode: the fence's epoch before `next`.
+    fence: u64,
+    /// Cluster mode: the registration `next` and `fence` were read from the checkpoint for (0:
+    /// read it before indexing the partition).
+    generation: u64,
+}
+
+/// Why a batch was not committed.
+enum Refused {
+    /// A checkpoint was not where the writer left it: in cluster mode another owner of the
+    /// partition moved it; those partitions' checkpoints are read again.
+    Moved(Vec<usize>, String),
+    /// Postgres failed or did not answer in time.
+    Failed(String),
 }
 
 pub(super) struct Writer {
     config: Config,
     status: Arc<IndexStatus>,
     changes: Receiver<Change>,
+    logs: Logs,
     shards: Vec<ShardCursor>,
     session: Option<Session>,
     /// The last problem logged, so each state change is logged once.
@@ -61,16 +80,29 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(config: Config, status: Arc<IndexStatus>, changes: Receiver<Change>, data: PathBuf) -> Self {
+    pub(super) fn new(config: Config, status: Arc<IndexStatus>, changes: Receiver<Change>, logs: Logs) -> Self {
         let shards = (0..status.shards.len())
             .map(|index| ShardCursor {
                 next: 1,
                 pending: VecDeque::new(),
                 reader: None,
-                directory: data.join("wal").join(format!("shard-{index}")),
+                directory: match &logs {
+                    Logs::Wal(data) => data.join("wal").join(format!("shard-{index}")),
+                    Logs::Streams(_) => PathBuf::new(),
+                },
+                feed: None,
+                fence: 0,
+                generation: 0,
             })
             .collect();
-        Self { config, status, changes, shards, session: None, last_problem: None }
+        Self { config, status, changes, logs, shards, session: None, last_problem: None }
+    }
+
+    fn ledger(&self) -> Ledger {
+        match self.logs {
+            Logs::Wal(_) => Ledger::Shards,
+            Logs::Streams(_) => Ledger::Partitions,
+        }
     }
 
     fn is_connected(&self) -> bool {
@@ -100,7 +132,12 @@ impl Writer {
                     }
                 }
             }
-            let batch = self.gather();
+            if let Err(problem) = self.read_moved_checkpoints().await {
+                self.problem(problem);
+                self.disconnect();
+                continue;
+            }
+            let batch = self.gather().await;
             self.status.passes.fetch_add(1, Ordering::Relaxed);
             self.track_lag();
             if batch.is_empty() {
@@ -119,21 +156,88 @@ impl Writer {
                     self.status.rows_indexed.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.track_lag();
                 }
-                Err(problem) => {
+                Err(Refused::Moved(partitions, reason)) if self.ledger() == Ledger::Partitions => {
+                    // Another node indexed these partitions meanwhile (they moved, here or
+                    // away): read where it left them and go on from there.
+                    tracing::info!(%reason, "a partition's index checkpoint moved; reading it again");
+                    for partition in partitions {
+                        if let Some(cursor) = self.shards.get_mut(partition) {
+                            cursor.generation = 0;
+                        }
+                    }
+                    self.restart_cursors();
+                }
+                Err(Refused::Moved(_, problem) | Refused::Failed(problem)) => {
                     self.problem(problem);
                     // The connection's state is unknown; what the batch held comes back from the
                     // logs, from the checkpoints read again on connecting.
                     self.disconnect();
-                    for (index, cursor) in self.shards.iter_mut().enumerate() {
-                        cursor.next = self.status.shards[index].indexed() + 1;
-                        cursor.reader = None;
-                    }
+                    self.restart_cursors();
                     self.pause(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
         tracing::info!(lag_records = self.status.lag_records(), "index stopped");
+    }
+
+    /// After a batch that was not committed: every shard goes on from its checkpoint.
+    fn restart_cursors(&mut self) {
+        let partitions = self.ledger_is_partitions();
+        for (index, cursor) in self.shards.iter_mut().enumerate() {
+            cursor.next = self.status.shards[index].indexed() + 1;
+            cursor.reader = None;
+            cursor.feed = None;
+            // The fence's epoch at the checkpoint is read again with it.
+            if partitions {
+                cursor.generation = 0;
+            }
+        }
+    }
+
+    fn ledger_is_partitions(&self) -> bool {
+        matches!(self.logs, Logs::Streams(_))
+    }
+
+    /// Cluster mode: reads the checkpoint of each partition registered since its cursor was
+    /// set (this node owns it now, and others may have indexed it meanwhile).
+    async fn read_moved_checkpoints(&mut self) -> Result<(), String> {
+        if !self.ledger_is_partitions() {
+            return Ok(());
+        }
+        let stale: Vec<(usize, u64)> = self
+            .status
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(index, progress)| {
+                progress.is_registered() && self.shards[*index].generation != progress.generation()
+            })
+            .map(|(index, progress)| (index, progress.generation()))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let Some(session) = self.session.as_ref() else {
+            return Err("not connected".into());
+        };
+        let partitions: Vec<i32> = stale.iter().map(|(index, _)| i32::try_from(*index).unwrap_or(i32::MAX)).collect();
+        let statement = "SELECT partition, sequence, fence_epoch FROM partition_checkpoints WHERE partition = ANY($1)";
+        let rows = tokio::time::timeout(CONNECT_TIMEOUT, session.client.query(statement, &[&partitions]))
+            .await
+            .map_err(|_| format!("reading index checkpoints timed out after {} ms", CONNECT_TIMEOUT.as_millis()))?
+            .map_err(|error| format!("reading index checkpoints: {}", describe(&error)))?;
+        let found = partition_checkpoints(&rows);
+        for (index, generation) in stale {
+            let (sequence, fence) = found.get(&index).copied().unwrap_or((0, 0));
+            self.status.shards[index].indexed.store(sequence, Ordering::Release);
+            let cursor = &mut self.shards[index];
+            cursor.next = sequence + 1;
+            cursor.fence = fence;
+            cursor.feed = None;
+            cursor.generation = generation;
+        }
+        Ok(())
     }
 
     /// Drops the connection (its task is aborted if it does not close promptly).
@@ -166,6 +270,10 @@ impl Writer {
     /// checkpoints; each step bounded, and given up when a shutdown begins.
     async fn connect(&mut self) -> Result<(), String> {
         let status = Arc::clone(&self.status);
+        let checkpoints_query = match self.ledger() {
+            Ledger::Shards => "SELECT shard, lsn, 0::int8 FROM checkpoints",
+            Ledger::Partitions => "SELECT partition, sequence, fence_epoch FROM partition_checkpoints",
+        };
         let connecting = async {
             let mut session = Session::open(&self.config, Role::Writer, CONNECT_TIMEOUT).await?;
             let applied = tokio::time::timeout(MIGRATION_TIMEOUT, schema::migrate(&mut session.client))
@@ -177,7 +285,7 @@ impl Writer {
             }
             let ready = async {
                 session.apply_settings(Role::Writer).await?;
-                session.client.query("SELECT shard, lsn FROM checkpoints", &[]).await
+                session.client.query(checkpoints_query, &[]).await
             };
             let rows = tokio::time::timeout(CONNECT_TIMEOUT, ready)
                 .await
@@ -189,18 +297,16 @@ impl Writer {
             outcome = connecting => outcome?,
             () = status.stopping() => return Err("shutting down".into()),
         };
-        let mut checkpoints = vec![0u64; self.shards.len()];
-        for row in rows {
-            let (shard, lsn): (i32, i64) = (row.get(0), row.get(1));
-            if let Some(slot) = usize::try_from(shard).ok().and_then(|shard| checkpoints.get_mut(shard)) {
-                *slot = u64::try_from(lsn).unwrap_or(0);
-            }
-        }
+        let checkpoints = partition_checkpoints(&rows);
         for (index, cursor) in self.shards.iter_mut().enumerate() {
             let progress = &self.status.shards[index];
-            progress.indexed.store(checkpoints[index], Ordering::Release);
-            cursor.next = checkpoints[index] + 1;
+            let (indexed, fence) = checkpoints.get(&index).copied().unwrap_or((0, 0));
+            progress.indexed.store(indexed, Ordering::Release);
+            cursor.next = indexed + 1;
+            cursor.fence = fence;
             cursor.reader = None;
+            cursor.feed = None;
+            cursor.generation = progress.generation();
         }
         self.session = Some(session);
         self.status.connected.store(true, Ordering::Release);
@@ -212,11 +318,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Moves everything in the channel into the shards' pending queues.
+    /// Moves everything in the channel into the shards' pending queues (in cluster mode, of
+    /// the partitions this node owns: a partition stopped here is indexed by its next owner).
     fn drain_channel(&mut self) {
+        let partitions = self.ledger_is_partitions();
         while let Ok(change) = self.changes.try_recv() {
             let Some(cursor) = self.shards.get_mut(change.shard) else { continue };
             if change.lsn < cursor.next {
+                continue;
+            }
+            if partitions && !self.status.shards[change.shard].is_registered() {
                 continue;
             }
             if cursor.pending.len() >= PENDING_PER_SHARD_MAX {
@@ -232,7 +343,7 @@ impl Writer {
 
     /// The next batch: per shard, consecutive changes from the next LSN up to the durable LSN,
     /// from the channel where it has them and from the log where it does not.
-    fn gather(&mut self) -> Vec<Change> {
+    async fn gather(&mut self) -> Vec<Change> {
         // The durable LSNs are read before draining: every change up to them was offered before
         // its fsync completed, so it is in the channel by now or was dropped.
         let durable: Vec<u64> = self.status.shards.iter().map(super::ShardProgress::durable).collect();
@@ -241,8 +352,15 @@ impl Writer {
             return Vec::new();
         }
         let mut batch = Vec::new();
+        let logs = self.logs.clone();
         for (index, cursor) in self.shards.iter_mut().enumerate() {
             let up_to = durable[index];
+            if let Logs::Streams(_) = &logs {
+                if cursor.generation != self.status.shards[index].generation() {
+                    // Its checkpoint is read first (`read_moved_checkpoints`).
+                    continue;
+                }
+            }
             while cursor.next <= up_to && batch.len() < BATCH_ROWS_MAX {
                 while cursor.pending.front().is_some_and(|front| front.lsn < cursor.next) {
                     cursor.pending.pop_front();
@@ -251,17 +369,28 @@ impl Writer {
                     Some(front) if front.lsn == cursor.next => {
                         if let Some(change) = cursor.pending.pop_front() {
                             cursor.next += 1;
+                            if let Row::Fence { epoch } = change.row {
+                                cursor.fence = cursor.fence.max(epoch);
+                            }
                             batch.push(change);
                         }
                     }
                     front => {
                         let gap_end = front.map_or(up_to, |front| (front.lsn - 1).min(up_to));
                         let room = BATCH_ROWS_MAX - batch.len();
-                        match read_gap(cursor, index, gap_end, room) {
+                        let read = match &logs {
+                            Logs::Wal(_) => read_gap(cursor, index, gap_end, room),
+                            Logs::Streams(source) => {
+                                let (next, fence) = (&mut cursor.next, &mut cursor.fence);
+                                streams::read(source.as_ref(), &mut cursor.feed, index, (next, fence), gap_end, room)
+                                    .await
+                            }
+                        };
+                        match read {
                             Ok(read) if read.is_empty() => break,
                             Ok(read) => batch.extend(read),
                             Err(error) => {
-                                if skip_removed_history(cursor, index) {
+                                if matches!(logs, Logs::Wal(_)) && skip_removed_history(cursor, index) {
                                     continue;
                                 }
                                 let problem = format!("reading shard {index}'s log for the index: {error}");
@@ -270,6 +399,7 @@ impl Writer {
                                     self.last_problem = Some(problem);
                                 }
                                 cursor.reader = None;
+                                cursor.feed = None;
                                 break;
                             }
                         }
@@ -287,8 +417,14 @@ impl Writer {
         if self.status.is_diverged() {
             return true;
         }
+        if self.ledger_is_partitions() {
+            // A partition's new owner applies the stream from its snapshot while the index may
+            // be further already (its previous owner indexed it): that is waiting, not a
+            // different history.
+            return false;
+        }
         for (index, progress) in self.status.shards.iter().enumerate() {
-            if progress.durable.get().is_some() && progress.indexed() > progress.durable() {
+            if progress.is_registered() && progress.indexed() > progress.durable() {
                 tracing::error!(
                     shard = index,
                     indexed = progress.indexed(),
@@ -305,10 +441,11 @@ impl Writer {
 
     /// Writes `batch` and the checkpoints in one transaction, within
     /// `INDEX_TRANSACTION_TIMEOUT_MS` and not past a shutdown's deadline.
-    async fn commit(&mut self, batch: &[Change]) -> Result<(), String> {
+    async fn commit(&mut self, batch: &[Change]) -> Result<(), Refused> {
         let status = Arc::clone(&self.status);
+        let ledger = self.ledger();
         let Some(session) = self.session.as_mut() else {
-            return Err("not connected".into());
+            return Err(Refused::Failed("not connected".into()));
         };
         let mut expected: Vec<(usize, u64)> = Vec::new();
         for change in batch {
@@ -317,18 +454,20 @@ impl Writer {
             }
         }
         let work = async {
-            let transaction = session.client.transaction().await.map_err(|error| failed(&error))?;
-            verify_checkpoints(&transaction, &expected).await?;
-            rows::write(&transaction, batch).await.map_err(|error| failed(&error))?;
-            transaction.commit().await.map_err(|error| failed(&error))
+            let transaction = session.client.transaction().await.map_err(|error| Refused::Failed(failed(&error)))?;
+            verify_checkpoints(&transaction, &expected, ledger).await?;
+            rows::write(&transaction, batch, ledger).await.map_err(|error| Refused::Failed(failed(&error)))?;
+            transaction.commit().await.map_err(|error| Refused::Failed(failed(&error)))
         };
         match bounded(&status, TRANSACTION_TIMEOUT, work).await {
             Some(outcome) => outcome,
-            None if status.stop_requested() => Err("an index transaction was cut short by the shutdown".into()),
-            None => Err(format!(
+            None if status.stop_requested() => {
+                Err(Refused::Failed("an index transaction was cut short by the shutdown".into()))
+            }
+            None => Err(Refused::Failed(format!(
                 "an index transaction timed out after {} ms (Postgres unreachable, or a lock held)",
                 TRANSACTION_TIMEOUT.as_millis()
-            )),
+            ))),
         }
     }
 
@@ -367,25 +506,48 @@ async fn bounded<T>(status: &IndexStatus, limit: Duration, work: impl Future<Out
 async fn verify_checkpoints(
     transaction: &tokio_postgres::Transaction<'_>,
     expected: &[(usize, u64)],
-) -> Result<(), String> {
+    ledger: Ledger,
+) -> Result<(), Refused> {
     let shards: Vec<i32> = expected.iter().map(|(shard, _)| i32::try_from(*shard).unwrap_or(i32::MAX)).collect();
-    let rows = transaction
-        .query("SELECT shard, lsn FROM checkpoints WHERE shard = ANY($1) FOR UPDATE", &[&shards])
-        .await
-        .map_err(|error| failed(&error))?;
-    for (shard, lsn) in expected {
-        let found = rows
-            .iter()
-            .find(|row| usize::try_from(row.get::<_, i32>(0)).ok() == Some(*shard))
-            .map_or(0, |row| u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
-        if found != *lsn {
-            return Err(format!(
-                "shard {shard}'s index checkpoint is {found}, not {lsn}: another transaction moved it; reading the \
-                 checkpoints again"
-            ));
+    let statement = match ledger {
+        Ledger::Shards => "SELECT shard, lsn, 0::int8 FROM checkpoints WHERE shard = ANY($1) FOR UPDATE",
+        Ledger::Partitions => {
+            "SELECT partition, sequence, fence_epoch FROM partition_checkpoints WHERE partition = ANY($1) FOR UPDATE"
         }
+    };
+    let rows = transaction.query(statement, &[&shards]).await.map_err(|error| Refused::Failed(failed(&error)))?;
+    let found = partition_checkpoints(&rows);
+    let moved: Vec<usize> = expected
+        .iter()
+        .filter(|(shard, lsn)| found.get(shard).map_or(0, |(indexed, _)| *indexed) != *lsn)
+        .map(|(shard, _)| *shard)
+        .collect();
+    if let Some(shard) = moved.first() {
+        let (at, was) =
+            (found.get(shard).map_or(0, |(indexed, _)| *indexed), expected.iter().find(|(s, _)| s == shard));
+        let what = match ledger {
+            Ledger::Shards => "shard",
+            Ledger::Partitions => "partition",
+        };
+        let reason = format!(
+            "{what} {shard}'s index checkpoint is {at}, not {}: another transaction moved it; reading the checkpoints \
+             again",
+            was.map_or(0, |(_, lsn)| *lsn)
+        );
+        return Err(Refused::Moved(moved, reason));
     }
     Ok(())
+}
+
+/// Checkpoint rows (shard or partition, LSN or sequence, fence epoch) by shard.
+fn partition_checkpoints(rows: &[tokio_postgres::Row]) -> std::collections::HashMap<usize, (u64, u64)> {
+    rows.iter()
+        .filter_map(|row| {
+            let (shard, indexed, fence): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            let shard = usize::try_from(shard).ok()?;
+            Some((shard, (u64::try_from(indexed).unwrap_or(0), u64::try_from(fence).unwrap_or(0))))
+        })
+        .collect()
 }
 
 /// When the records the index needs next were removed by retention before it ever saw them

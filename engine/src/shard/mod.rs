@@ -188,6 +188,8 @@ pub struct Shard {
     log: Log,
     core: Rc<Core>,
     indexer: Option<IndexHandle>,
+    /// Cluster mode: the partition registered with the index while this shard owns it.
+    registration: Option<crate::index::Registration>,
     metrics: crate::shard::stats::ShardMetrics,
     reader: Reader,
     storage: std::sync::Arc<recovery::StorageHealth>,
@@ -271,16 +273,17 @@ impl Shard {
             log,
             core,
             indexer: None,
+            registration: None,
             metrics: crate::shard::stats::ShardMetrics::default(),
             reader,
             storage: std::sync::Arc::default(),
         }
     }
 
-    /// Feeds every record this shard appends to the Postgres index.
+    /// Feeds every record this shard appends to the Postgres index (a partition's shard is
+    /// given the index when it is opened: [`Shard::open_partition`]).
     pub fn with_index(mut self, index: IndexHandle) -> Self {
         let Log::Local(wal) = &self.log else {
-            // A partition's index is fed by its owner from the stream (not built yet).
             return self;
         };
         index.register(self.index, wal.durable_watermark());
@@ -314,6 +317,14 @@ impl Shard {
     /// The index, when `DATABASE_URL` is set.
     pub fn index_handle(&self) -> Option<&IndexHandle> {
         self.indexer.as_ref()
+    }
+
+    /// Cluster mode: stops indexing this partition here (it moved to another node, which goes
+    /// on from the index's checkpoint).
+    pub fn release_index(&self) {
+        if let Some(registration) = &self.registration {
+            registration.release();
+        }
     }
 
     /// The partition's stream (cluster mode); `None` for a local log.

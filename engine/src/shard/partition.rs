@@ -11,6 +11,7 @@ use super::readback::{Reader, Source};
 use super::stream::{self, Feed, Outgoing, PartitionStream};
 use super::{Applying, Core, Log, Shard};
 use crate::error::EngineError;
+use crate::index::{Change, Row};
 use crate::model::records::Record;
 use crate::state::ShardState;
 
@@ -66,7 +67,10 @@ impl Shard {
     /// ADR 17): replays the stream through `feed` (a feed of it from sequence 1) up to
     /// `last_sequence`, its last sequence when the lease was taken, then writes the `Takeover`
     /// and returns once it is applied. From then on records written by an owner of a lower
-    /// epoch change nothing, and this shard's own count only until a higher `Takeover`.
+    /// epoch change nothing, and this shard's own count only until a higher `Takeover`. With
+    /// `index`, the partition is indexed here while this shard owns it: every record its feed
+    /// brings, an ignored one as no row (`crate::index` explains the checkpoints).
+    #[allow(clippy::too_many_arguments)]
     pub async fn open_partition(
         partition: usize,
         stream: std::sync::Arc<dyn PartitionStream>,
@@ -74,6 +78,7 @@ impl Shard {
         last_sequence: u64,
         lease: (u64, &str),
         limits: crate::state::StateLimits,
+        index: Option<crate::index::IndexHandle>,
         now_ms: u64,
     ) -> Result<Self, EngineError> {
         let (epoch, node) = lease;
@@ -96,8 +101,15 @@ impl Shard {
         let reader =
             Reader::spawn(Source::Stream(std::sync::Arc::clone(&stream)), &format!("kapsel-read-p{partition}"))
                 .map_err(|error| EngineError::Unavailable(format!("cannot start the reader thread: {error}")))?;
-        let shard = Self::assemble(partition, Log::Stream { stream, epoch, partition }, state, reader, 0);
-        monoio::spawn(run_stream_applier(Rc::clone(&shard.core), feed, epoch, covered + 1));
+        let mut shard = Self::assemble(partition, Log::Stream { stream, epoch, partition }, state, reader, 0);
+        let registration = index.map(|index| index.register_partition(partition));
+        let indexing = registration.as_ref().map(|registration| Indexing {
+            handle: registration.handle().clone(),
+            watermark: std::sync::Arc::clone(registration.watermark()),
+        });
+        shard.indexer = registration.as_ref().map(|registration| registration.handle().clone());
+        shard.registration = registration;
+        monoio::spawn(run_stream_applier(Rc::clone(&shard.core), feed, epoch, covered + 1, indexing));
         shard.applied(last_sequence).await?;
         {
             let mut state = shard.core.state.borrow_mut();
@@ -154,6 +166,13 @@ impl Shard {
     }
 }
 
+/// Where a partition's applier hands what it applies to the index.
+struct Indexing {
+    handle: crate::index::IndexHandle,
+    /// The applied sequence, for the index.
+    watermark: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// A stream shard's wait for its record `ticket` (the stream branch of [`Shard::durable`]):
 /// ready once the stream acknowledged it and the feed brought it back applied; an error if the
 /// stream did not store it, a later owner's `Takeover` came before it, or the feed failed.
@@ -194,7 +213,13 @@ pub(super) fn poll_ticket(
 /// before `first_expected` (the sequence after the snapshot's), every later one right after the
 /// one before — a stream purged under a replaying shard (by an owner that did not know it was
 /// deposed) is reopened from the newer snapshot, never followed with a hole.
-async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64, first_expected: u64) {
+async fn run_stream_applier(
+    core: Rc<Core>,
+    mut feed: Box<dyn Feed>,
+    epoch: u64,
+    first_expected: u64,
+    indexing: Option<Indexing>,
+) {
     let mut expected: Option<u64> = None;
     poll_fn(|context| {
         let mut advanced = false;
@@ -229,6 +254,9 @@ async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64,
                 // Not a record: what a new owner starts from.
                 let mut applying = core.applying.borrow_mut();
                 applying.applied_lsn = applying.applied_lsn.max(sequence);
+                if let Some(indexing) = &indexing {
+                    indexing.handle.feed(Change { shard: core.index, lsn: sequence, row: Row::Nothing });
+                }
                 continue;
             }
             let decoded = match Record::decode(record.kind, &record.body) {
@@ -242,6 +270,7 @@ async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64,
             };
             let taken_over = matches!(&decoded, Record::Takeover(takeover) if takeover.epoch > epoch);
             let position = stream::position_of(sequence, record.body.len());
+            let row = indexing.as_ref().map(|_| Row::from_record(&decoded));
             let applied = core.state.borrow_mut().apply_fenced(
                 sequence,
                 position,
@@ -249,6 +278,10 @@ async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64,
                 decoded,
                 crate::clock::now_ms(),
             );
+            if let (Some(indexing), Some(row)) = (&indexing, row) {
+                let row = if applied { row } else { Row::Nothing };
+                indexing.handle.feed(Change { shard: core.index, lsn: sequence, row });
+            }
             let mut applying = core.applying.borrow_mut();
             applying.applied_lsn = applying.applied_lsn.max(sequence);
             if applied && taken_over {
@@ -256,6 +289,10 @@ async fn run_stream_applier(core: Rc<Core>, mut feed: Box<dyn Feed>, epoch: u64,
             }
         }
         if advanced {
+            if let Some(indexing) = &indexing {
+                let applied = core.applying.borrow().applied_lsn;
+                indexing.watermark.store(applied, std::sync::atomic::Ordering::Release);
+            }
             core.records_applied();
         }
         Poll::<()>::Pending

@@ -53,11 +53,15 @@ fn aged_bound(shard: &Shard, age_ms: u64, now_ms: u64) -> u64 {
         }
         bound = seal.last_lsn + 1;
     }
-    if let Some(index) = shard.index_handle() {
-        let indexed = index.status().shards().get(shard.index).map_or(0, crate::index::ShardProgress::indexed);
-        bound = bound.min(indexed + 1);
-    }
-    bound
+    bound.min(index_bound(shard))
+}
+
+/// The first LSN (or stream sequence) the index has not committed yet, when the index runs:
+/// nothing from it on may be removed.
+fn index_bound(shard: &Shard) -> u64 {
+    shard.index_handle().map_or(u64::MAX, |index| {
+        index.status().shards().get(shard.index).map_or(0, crate::index::ShardProgress::indexed) + 1
+    })
 }
 
 /// Waiting events, not in flight, whose record lies in segments old enough to go: what the
@@ -181,7 +185,8 @@ pub async fn stream_pass(shard: &Shard, age_ms: u64, now_ms: u64) -> Result<u64,
     let unavailable = |reason: String| crate::EngineError::Unavailable(format!("retention: {reason}"));
     let (first, _) = stream.extent().await.map_err(unavailable)?;
     let applied = shard.state().borrow().applied_lsn();
-    let aged = first_younger(stream.as_ref(), first, applied, now_ms.saturating_sub(age_ms)).await?;
+    let aged =
+        first_younger(stream.as_ref(), first, applied, now_ms.saturating_sub(age_ms)).await?.min(index_bound(shard));
     if aged <= first {
         return Ok(0);
     }

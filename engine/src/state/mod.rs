@@ -168,6 +168,20 @@ pub enum Writer {
     },
 }
 
+/// The epoch fence (cluster mode, ADR 17): whether a record written by `writer` counts when
+/// the latest `Takeover` applied is of `owner_epoch`. A `Takeover` counts only above it; any
+/// other owner record only under it; an owner's kind of record claiming to come from anyone
+/// never. [`ShardState::apply_fenced`] and the index's reading of a stream share it.
+pub fn admits(owner_epoch: u64, record: &Record, writer: Writer) -> bool {
+    match (record, writer) {
+        (Record::Takeover(takeover), Writer::Owner { epoch }) => {
+            epoch == takeover.epoch && takeover.epoch > owner_epoch
+        }
+        (_, Writer::Owner { epoch }) => epoch == owner_epoch && epoch > 0,
+        (record, Writer::Anyone) => !record.is_owners(),
+    }
+}
+
 impl ShardState {
     /// Empty state for shard `index`.
     pub fn new(index: u16, limits: StateLimits) -> Self {
@@ -237,14 +251,7 @@ impl ShardState {
     /// owner's kind of record claiming to come from anyone is ignored too. Returns whether the
     /// record was applied; an ignored one still counts as applied at `lsn`.
     pub fn apply_fenced(&mut self, lsn: u64, position: Position, writer: Writer, record: Record, now_ms: u64) -> bool {
-        let admitted = match (&record, writer) {
-            (Record::Takeover(takeover), Writer::Owner { epoch }) => {
-                epoch == takeover.epoch && takeover.epoch > self.owner_epoch
-            }
-            (_, Writer::Owner { epoch }) => epoch == self.owner_epoch && epoch > 0,
-            (record, Writer::Anyone) => !record.is_owners(),
-        };
-        if !admitted {
+        if !admits(self.owner_epoch, &record, writer) {
             debug_assert!(lsn > self.applied_lsn, "records are applied in LSN order, once");
             self.applied_lsn = self.applied_lsn.max(lsn);
             self.fenced += 1;
