@@ -392,10 +392,16 @@ async fn shard_main(
         shared.set_access(&shard.state().borrow().access);
     }
     if let (Some(node), true) = (shared.cluster.get(), index == crate::admin::access::ACCESS_SHARD) {
-        // In a cluster tenants and keys are the cluster's: known before this node serves.
-        let ready = Rc::new(std::cell::Cell::new(false));
-        monoio::spawn(crate::admin::cluster::follow_access(Arc::clone(node), Arc::clone(&shared), Rc::clone(&ready)));
-        while !ready.get() && !shared.is_shutting_down() {
+        // In a cluster tenants, keys and every endpoint's channels are the cluster's: known
+        // before this node serves.
+        let caught_up = Rc::new(std::cell::Cell::new(0));
+        let (following, partitions) = (Arc::clone(node), node.config.partitions as usize);
+        monoio::spawn(crate::admin::cluster::follow_configuration(
+            following,
+            Arc::clone(&shared),
+            Rc::clone(&caught_up),
+        ));
+        while caught_up.get() < partitions && !shared.is_shutting_down() {
             monoio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }

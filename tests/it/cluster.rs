@@ -172,8 +172,9 @@ fn every_node_takes_ingest_and_admin_for_every_endpoint() {
     assert_eq!((refused.status, refused.code()), (413, "E1002".to_string()), "{refused:?}");
     let fits = format!("\"{}\"", "x".repeat(900_000));
     assert!(ingest_at(nodes[2].address, "orders-0", fits.as_bytes()).is_some());
-    let published = nodes[0].admin("POST", "/publish/orders", "{}");
-    assert_eq!((published.status, published.code()), (400, "E1005".to_string()), "{published:?}");
+    // A publish to a channel nobody subscribes to is recorded and goes nowhere.
+    let published = nodes[0].admin("POST", "/publish/nobody", "{}");
+    assert_eq!((published.status, &published.json()["endpoints"]), (202, &serde_json::json!(0)), "{published:?}");
     let unauthorized = try_request(nodes[1].address, "GET", "/admin/cluster", &[], b"").unwrap();
     assert_eq!(unauthorized.status, 401);
     let _ = TOKEN;
@@ -222,22 +223,33 @@ impl Rig {
     /// Sends `count` events spread over the live nodes and endpoints, from `threads` clients at
     /// once, calling `midway` once half are sent; the ids of the 202s.
     fn load(&mut self, count: usize, threads: usize, midway: impl FnOnce(&mut Rig)) -> Vec<String> {
-        let addresses: Vec<std::net::SocketAddr> = self.live().iter().map(|node| node.address).collect();
         let endpoints = self.endpoints.clone();
+        let send = move |address, index: usize| {
+            ingest_at(address, &endpoints[index % endpoints.len()], format!("{{\"n\":{index}}}").as_bytes())
+        };
+        self.load_with(count, threads, std::sync::Arc::new(send), midway)
+    }
+
+    /// [`Rig::load`] with `send(node, n)` sending the n-th request: the event id of its 202.
+    fn load_with(
+        &mut self,
+        count: usize,
+        threads: usize,
+        send: std::sync::Arc<dyn Fn(std::net::SocketAddr, usize) -> Option<String> + Send + Sync>,
+        midway: impl FnOnce(&mut Rig),
+    ) -> Vec<String> {
+        let addresses: Vec<std::net::SocketAddr> = self.live().iter().map(|node| node.address).collect();
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let workers: Vec<_> = (0..threads)
             .map(|worker| {
-                let (addresses, endpoints, sent) = (addresses.clone(), endpoints.clone(), std::sync::Arc::clone(&sent));
+                let (addresses, send, sent) = (addresses.clone(), send.clone(), std::sync::Arc::clone(&sent));
                 std::thread::spawn(move || {
                     let mut accepted = Vec::new();
                     let mut index = worker;
                     while index < count {
-                        let endpoint = &endpoints[index % endpoints.len()];
-                        let body = format!("{{\"n\":{index}}}");
                         // A node that is gone refuses connections: the client tries the next one.
                         for attempt in 0..addresses.len() {
-                            let address = addresses[(index + attempt) % addresses.len()];
-                            if let Some(id) = ingest_at(address, endpoint, body.as_bytes()) {
+                            if let Some(id) = send(addresses[(index + attempt) % addresses.len()], index) {
                                 accepted.push(id);
                                 break;
                             }
@@ -744,4 +756,102 @@ fn indexed_exactly(rig: &Rig, postgres: &crate::common::postgres::Postgres, acce
     let extra = indexed.len() - accepted.len();
     assert!(extra <= 4, "{extra} events indexed that no client was told about");
     extra
+}
+
+/// Publishes to `channel` through `address`, retrying while the channel's partition is between
+/// owners (503): the status (202, or 200 for a repeated key), the event id and how many
+/// endpoints it goes to; `None` when the node is unreachable or the partition stays ownerless.
+fn publish_at(
+    address: std::net::SocketAddr,
+    channel: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String, u64)> {
+    let authorization = format!("Bearer {TOKEN}");
+    let mut fields = vec![("Content-Type", "application/json"), ("Authorization", authorization.as_str())];
+    fields.extend_from_slice(headers);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let response = try_request(address, "POST", &format!("/publish/{channel}"), &fields, body).ok()?;
+        match response.status {
+            200 | 202 => {
+                let json = response.json();
+                return Some((response.status, json["event_id"].as_str()?.to_string(), json["endpoints"].as_u64()?));
+            }
+            503 => std::thread::sleep(Duration::from_millis(50)),
+            _ => panic!("publish through {address}: {response:?}"),
+        }
+    }
+    None
+}
+
+// Publishing to a channel in a cluster: whichever node receives it, the channel's partition
+// owner takes it and hands each other partition's owner its deliveries, so every subscriber,
+// whichever partition it lives in, gets the event once with the publish's id; a node killed
+// mid-load loses none of them (its successors go on with the handoffs); a repeated key answers
+// the first id through any node; any node shows every delivery of the event.
+#[test]
+fn publishes_reach_subscribers_in_every_partition() {
+    let Some(mut rig) = Rig::start(0, 4, Duration::from_millis(2)) else { return };
+    let subscribers: Vec<String> = (0..6).map(|index| format!("sub-{index}")).collect();
+    for (index, id) in subscribers.iter().enumerate() {
+        let url = rig.sink.url(&format!("/{id}"));
+        let body = format!(r#"{{"url":"{url}","channels":["orders"],"max_in_flight":4}}"#);
+        create(rig.nodes[index % 3].as_ref().unwrap(), id, &body);
+    }
+    let url = rig.sink.url("/elsewhere");
+    create(rig.nodes[0].as_ref().unwrap(), "elsewhere", &format!(r#"{{"url":"{url}","channels":["other"]}}"#));
+    // Every node follows every partition's endpoint changes within milliseconds: the channel's
+    // owner matches all six once it has.
+    let first = rig.nodes[1].as_ref().unwrap().address;
+    crate::common::wait_until("the channel's owner knows every subscriber", || {
+        publish_at(first, "orders", &[], b"{\"probe\":true}").is_some_and(|(_, _, endpoints)| endpoints == 6)
+    });
+    let send = |address, index: usize| {
+        let published = publish_at(address, "orders", &[], format!("{{\"n\":{index}}}").as_bytes())?;
+        assert_eq!(published.2, 6, "every subscriber matched: {published:?}");
+        Some(published.1)
+    };
+    let accepted = rig.load_with(300, 3, std::sync::Arc::new(send), |rig| {
+        if let Some(node) = rig.nodes[1].take() {
+            node.kill();
+        }
+        settled(&rig.live(), &["node-a", "node-c"]);
+    });
+    let wanted: HashSet<(String, &str)> = subscribers
+        .iter()
+        .flat_map(|id| accepted.iter().map(move |event| (format!("/{id}"), event.as_str())))
+        .collect();
+    let received = rig.sink.wait_for("every publish at every subscriber", Duration::from_secs(120), |received| {
+        let got: HashSet<(String, &str)> =
+            received.iter().filter_map(|r| Some((r.path.clone(), r.header("webhook-id")?))).collect();
+        wanted.iter().all(|pair| got.contains(&(pair.0.clone(), pair.1)))
+    });
+    let mut seen = HashSet::new();
+    let repeated = received
+        .iter()
+        .filter(|r| accepted.iter().any(|id| Some(id.as_str()) == r.header("webhook-id")))
+        .filter(|r| !seen.insert((r.path.clone(), r.header("webhook-id").map(str::to_string))))
+        .count();
+    // Only deliveries in flight at the killed node arrive twice.
+    assert!(repeated <= subscribers.len() * 4, "{repeated} deliveries arrived twice");
+    assert!(received.iter().all(|r| r.path != "/elsewhere"), "an endpoint of another channel got a publish");
+    // A repeated key answers the first id through any node.
+    let (a, c) = (rig.nodes[0].as_ref().unwrap().address, rig.nodes[2].as_ref().unwrap().address);
+    let key = [("X-Idempotency-Key", "once")];
+    let first = publish_at(a, "orders", &key, b"{}").unwrap();
+    let again = publish_at(c, "orders", &key, b"{}").unwrap();
+    assert_eq!((first.0, again.0, &again.1, again.2), (202, 200, &first.1, 6));
+    // Any node shows the event with each partition's delivery.
+    for node in rig.live() {
+        let event = node.admin("GET", &format!("/admin/events/{}", accepted[5]), "").json();
+        let deliveries = event["deliveries"].as_array().map_or(0, Vec::len);
+        assert_eq!((deliveries, &event["status"]), (6, &serde_json::json!("delivered")), "{event}");
+    }
+    println!(
+        "cluster publish: {} events to 6 subscribers over {PARTITIONS} partitions, a node killed mid-load, {repeated} \
+         deliveries twice",
+        accepted.len()
+    );
+    drop(rig.nats);
 }

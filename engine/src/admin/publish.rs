@@ -25,6 +25,11 @@ const HANDOFF_BACKOFF_MIN_MS: u64 = 50;
 /// The longest pause between handoff attempts while another shard cannot adopt.
 const HANDOFF_BACKOFF_MAX_MS: u64 = 5_000;
 
+/// What a publish record takes besides its payload and endpoint ids, at most: per delivery
+/// (its id, the framing) and once (the event's fields, the headers of a NATS message).
+const PUBLISH_BYTES_PER_DELIVERY: usize = 32;
+const PUBLISH_BYTES_FIXED: usize = 4096;
+
 /// `POST /publish/{channel}`, on the channel's shard.
 pub async fn publish(
     shard: &Shard,
@@ -51,7 +56,21 @@ pub async fn publish(
             limits::PUBLISH_ENDPOINTS_MAX
         )));
     }
-    let endpoints = endpoints.into_iter().map(|id| (owner_shard(&id, shared.shards), id)).collect();
+    if let Some(node) = shared.cluster.get() {
+        // In a cluster the publish record is one NATS message, deliveries and all.
+        let record_bytes: usize = request.body.len()
+            + endpoints.iter().map(|id| id.len() + PUBLISH_BYTES_PER_DELIVERY).sum::<usize>()
+            + PUBLISH_BYTES_FIXED;
+        let cap = node.link.max_payload();
+        if record_bytes as u64 > cap {
+            return Err(EngineError::TooLarge(format!(
+                "this publish to {} endpoints is about {record_bytes} bytes as a record, more than a cluster message \
+                 holds ({cap} bytes, NATS max_payload): send a smaller body or narrow the subscriptions",
+                endpoints.len()
+            )));
+        }
+    }
+    let endpoints = endpoints.into_iter().map(|id| (owner_shard(&id, shared.owners()), id)).collect();
     let publish = Publish {
         channel,
         tenant,
@@ -80,6 +99,10 @@ async fn ask_every_shard(
     event_id: EventId,
     retry: bool,
 ) -> Result<Vec<Value>, EngineError> {
+    if let Some(node) = shared.cluster.get() {
+        // The partitions' owners, this one's included, over NATS.
+        return crate::admin::cluster::deliveries_everywhere(node, event_id, retry).await;
+    }
     let now = crate::clock::now_ms();
     let mut gathered = if retry {
         let count = shard.retry_deliveries(event_id, None, now).await?;
@@ -305,7 +328,7 @@ async fn hand_over(
 ) -> Result<(), EngineError> {
     let places = pending.iter().map(|(event_id, position, _)| (*event_id, *position)).collect();
     let loaded = shard.read_published(places).await;
-    let mut by_shard: Vec<Vec<Published>> = vec![Vec::new(); shared.shards];
+    let mut by_shard: Vec<Vec<Published>> = vec![Vec::new(); shared.owners()];
     for ((_, _, shards), (event_id, record)) in pending.iter().zip(loaded) {
         let record = record.map_err(|reason| {
             EngineError::Storage(format!("cannot read the publish record of {event_id} back: {reason}"))
@@ -325,6 +348,8 @@ async fn hand_over(
         let adopted = if target == shard.index {
             // Cannot happen (a shard's own deliveries are in its publish record); adopt anyway.
             shard.adopt(records, crate::clock::now_ms()).await
+        } else if let Some(node) = shared.cluster.get() {
+            crate::admin::cluster::adopt_at(node, target, records).await
         } else {
             ask_to_adopt(shared, target, records).await
         };

@@ -111,14 +111,6 @@ impl Service {
                     return Response::json(200, json.to_string().into_bytes());
                 }
                 Route::ListEndpoints(_) => return partitions.list_everywhere(route, request).await,
-                // A channel's subscribers live in every partition; handing deliveries over
-                // between partition owners is not built yet. Refused whole, never half done.
-                Route::Publish { .. } => {
-                    return EngineError::Invalid(
-                        "publishing to channels is not available in cluster mode yet (docs/CLUSTER.md); ingest to each endpoint with POST /ingest/{endpoint_id}".into(),
-                    )
-                    .into_response()
-                }
                 Route::ListEvents(query) if query.endpoint_id.is_none() => {
                     return partitions.list_everywhere(route, request).await
                 }

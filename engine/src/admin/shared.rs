@@ -124,6 +124,12 @@ impl Shared {
         self.endpoint_tenants.write().unwrap_or_else(PoisonError::into_inner).remove(endpoint_id);
     }
 
+    /// How many logs endpoints are spread over by their ids' hash: the shards, or in cluster
+    /// mode the partitions.
+    pub fn owners(&self) -> usize {
+        self.cluster.get().map_or(self.shards, |node| node.config.partitions as usize)
+    }
+
     /// The endpoints a publish of `event_type` to `channel` reaches (at most `limit`; `true` when
     /// more match).
     pub fn subscribers(&self, channel: &str, event_type: &str, limit: usize) -> (Vec<Arc<str>>, bool) {

@@ -2,8 +2,88 @@
 //! node owns travels to it over NATS request/reply as the HTTP/1.1 message it was (re-read
 //! there with the same parser, so the owner sees exactly what this node saw), and comes back as
 //! its status, E-code, content type, header fields and body.
+//!
+//! Publishing to channels (ADR 13 across partitions) adds requests of nodes' own, on the same
+//! subjects ([`Internal`]): a channel's owner hands deliveries to the owners of their endpoints'
+//! partitions, and gathers a published event's deliveries from every partition. They start with
+//! a byte no HTTP method starts with, so the owner tells them from forwarded requests.
 
 use kapsel_http::{Limits, Parsed, Request, Response};
+
+use crate::model::records::{Published, Record, KIND_ADOPTED};
+
+/// The start of an [`Internal`] request: a NUL, which no HTTP request starts with.
+const INTERNAL: &[u8] = b"\0kapsel\n";
+
+/// A request of one node's to a partition's owner that no client made.
+#[derive(Debug, PartialEq)]
+pub enum Internal {
+    /// Adopt these deliveries (each the channel owner's publish record with the deliveries of
+    /// the asked partition): [`crate::shard::Shard::adopt`], answered once they are durable.
+    Adopt(Vec<Published>),
+    /// The deliveries of a published event this partition makes, as the admin API shows them
+    /// (a JSON array); with `retry`, redrive them and answer how many.
+    Deliveries {
+        /// The published event.
+        event_id: u128,
+        /// Redrive instead of show.
+        retry: bool,
+    },
+}
+
+const TAG_ADOPT: u8 = 1;
+const TAG_DELIVERIES: u8 = 2;
+
+/// An internal request as bytes.
+pub fn encode_internal(internal: &Internal) -> Result<Vec<u8>, String> {
+    let mut bytes = INTERNAL.to_vec();
+    match internal {
+        Internal::Adopt(records) => {
+            bytes.push(TAG_ADOPT);
+            for record in records {
+                let (_, body) = Record::Adopted(record.clone()).encode().map_err(|error| error.to_string())?;
+                let length = u32::try_from(body.len()).map_err(|_| "an adoption is too large")?;
+                bytes.extend_from_slice(&length.to_le_bytes());
+                bytes.extend_from_slice(&body);
+            }
+        }
+        Internal::Deliveries { event_id, retry } => {
+            bytes.push(TAG_DELIVERIES);
+            bytes.extend_from_slice(&event_id.to_le_bytes());
+            bytes.push(u8::from(*retry));
+        }
+    }
+    Ok(bytes)
+}
+
+/// An internal request encoded by [`encode_internal`]; `None` when `bytes` is a forwarded
+/// HTTP request instead.
+pub fn decode_internal(bytes: &[u8]) -> Option<Result<Internal, String>> {
+    let rest = bytes.strip_prefix(INTERNAL)?;
+    let mut reader = Reader { bytes: rest };
+    Some((|| match reader.byte()? {
+        TAG_ADOPT => {
+            let mut records = Vec::new();
+            while !reader.bytes.is_empty() {
+                let length = reader.take(4)?;
+                let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+                match Record::decode(KIND_ADOPTED, reader.take(length)?) {
+                    Ok(Record::Adopted(record)) => records.push(record),
+                    Ok(_) => return Err("an adoption holds another record".to_string()),
+                    Err(error) => return Err(format!("an adoption does not decode: {error}")),
+                }
+            }
+            Ok(Internal::Adopt(records))
+        }
+        TAG_DELIVERIES => {
+            let id = reader.take(16)?;
+            let mut event_id = [0u8; 16];
+            event_id.copy_from_slice(id);
+            Ok(Internal::Deliveries { event_id: u128::from_le_bytes(event_id), retry: reader.byte()? != 0 })
+        }
+        other => Err(format!("an internal request of unknown kind {other}")),
+    })())
+}
 
 /// The header fields an answer may carry; anything else is not sent back.
 const HEADERS: [&str; 8] = [
@@ -165,6 +245,31 @@ mod tests {
         assert_eq!(again.body, original.body);
         assert_eq!(again.head.headers.iter().collect::<Vec<_>>(), original.head.headers.iter().collect::<Vec<_>>());
         assert_eq!(again.head.headers.get_other("x-shopify-hmac-sha256"), Some(&b"c2ln"[..]));
+    }
+
+    // A node's own requests survive the trip and are told apart from forwarded ones.
+    #[test]
+    fn an_internal_request_survives_the_trip() {
+        let asked = Internal::Deliveries { event_id: 7 << 70 | 5, retry: true };
+        assert_eq!(decode_internal(&encode_internal(&asked).unwrap()), Some(Ok(asked)));
+        let record = Published {
+            event_id: 9,
+            channel: "c".into(),
+            tenant: "default".into(),
+            event_type: "order.created".into(),
+            received_at_ms: 1,
+            idempotency_key: None,
+            content_type: None,
+            traceparent: None,
+            tracestate: None,
+            payload: b"{}".to_vec(),
+            deliveries: vec![crate::model::records::Delivery { delivery_id: 10, endpoint_id: "a".into() }],
+            handoffs: Vec::new(),
+        };
+        let adopt = Internal::Adopt(vec![record; 2]);
+        assert_eq!(decode_internal(&encode_internal(&adopt).unwrap()), Some(Ok(adopt)));
+        assert_eq!(decode_internal(b"POST /ingest/a HTTP/1.1\r\n\r\n"), None);
+        assert!(matches!(decode_internal(b"\0kapsel\n\x01\x05\0\0\0ab"), Some(Err(_))));
     }
 
     #[test]

@@ -35,6 +35,12 @@ use crate::error::EngineError;
 use crate::shard::Shard;
 use crate::state::StateLimits;
 
+mod fanout;
+mod follow;
+
+pub use fanout::{adopt_at, deliveries_everywhere};
+pub use follow::follow_configuration;
+
 /// Records a partition's feed holds that its shard has not applied yet, at most.
 const FEED_CAPACITY: usize = 4096;
 /// Forwarded requests a partition's owner queues, at most; more are refused (503 E3002).
@@ -494,6 +500,11 @@ impl Partitions {
         ));
         let policy = crate::shard::retention::RetentionPolicy::new(self.retention_ms);
         monoio::spawn(crate::shard::retention::run(Rc::clone(&shard), policy, Rc::clone(&scheduler_stop)));
+        monoio::spawn(crate::admin::publish::run_handoffs(
+            Rc::clone(&shard),
+            Arc::clone(&self.shared),
+            Rc::clone(&scheduler_stop),
+        ));
         monoio::spawn(seal(self.node.link.clone(), partition, Rc::clone(&shard), scheduler_stop));
         monoio::spawn(Rc::clone(self).serve(partition, shard, stop));
     }
@@ -523,9 +534,13 @@ impl Partitions {
             };
             let (partitions, shard) = (Rc::clone(&self), Rc::clone(&shard));
             monoio::spawn(async move {
-                let response = match wire::decode_request(&forwarded.payload, &partitions.server_limits, peer()) {
-                    Ok(request) => partitions.execute_here(&shard, request).await,
-                    Err(reason) => EngineError::Invalid(reason).into_response(),
+                let response = match wire::decode_internal(&forwarded.payload) {
+                    Some(Ok(internal)) => fanout::answer(&shard, internal).await,
+                    Some(Err(reason)) => EngineError::Invalid(reason).into_response(),
+                    None => match wire::decode_request(&forwarded.payload, &partitions.server_limits, peer()) {
+                        Ok(request) => partitions.execute_here(&shard, request).await,
+                        Err(reason) => EngineError::Invalid(reason).into_response(),
+                    },
                 };
                 forwarded.respond(wire::encode_response(&response));
             });
@@ -567,79 +582,6 @@ impl Partitions {
             }
             Err(error) => no_owner(&error.to_string()),
         }
-    }
-}
-
-/// Follows the tenants and keys on every node (they are written, as any node's configuration
-/// change, to partition 0's `cfg` subject, which every node reads from its start): the node's
-/// table of tenants and keys follows within the consumer's latency, so a key revoked through
-/// any node is refused by every node within milliseconds. `ready` is set once the table has
-/// caught up with the subject as it was when the node started; the node reports ready only
-/// then, so no key is refused for being unknown yet. Retries for ever if the stream cannot be
-/// read (the node then stays not ready).
-pub async fn follow_access(node: Arc<ClusterNode>, shared: Arc<Shared>, ready: Rc<Cell<bool>>) {
-    use crate::model::records::Record;
-    let partition = crate::admin::access::ACCESS_SHARD as u32;
-    let stream = stream_name(partition);
-    loop {
-        let target =
-            match node.link.last_on_subject(stream.clone(), crate::cluster::nats::subject(partition, "cfg")).await {
-                Ok(last) => last.map_or(0, |message| message.sequence),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the cluster's tenants and keys yet");
-                    monoio::time::sleep(REOPEN_PAUSE).await;
-                    continue;
-                }
-            };
-        let mut feed = match NatsFeed::open_subject(&node.link, partition, "cfg", 1, FEED_CAPACITY).await {
-            Ok(feed) => feed,
-            Err(error) => {
-                tracing::warn!(%error, "cannot follow the cluster's tenants and keys yet");
-                monoio::time::sleep(REOPEN_PAUSE).await;
-                continue;
-            }
-        };
-        let mut access = crate::state::Access::new();
-        if target == 0 {
-            ready.set(true);
-        }
-        loop {
-            let next =
-                std::future::poll_fn(|context| crate::shard::stream::Feed::poll_record(&mut feed, context)).await;
-            let Some(record) = next else {
-                break;
-            };
-            let changed = match Record::decode(record.kind, &record.body) {
-                Ok(Record::TenantPut(put)) => {
-                    access.put_tenant(put);
-                    true
-                }
-                Ok(Record::TenantDeleted(deleted)) => {
-                    access.delete_tenant(&deleted);
-                    true
-                }
-                Ok(Record::KeyCreated(created)) => {
-                    access.create_key(created);
-                    true
-                }
-                Ok(Record::KeyRevoked(revoked)) => {
-                    access.revoke_key(&revoked);
-                    true
-                }
-                // Endpoints of partition 0 share the subject.
-                Ok(_) => false,
-                Err(error) => {
-                    tracing::error!(sequence = record.sequence, %error, "a configuration record does not decode; skipped");
-                    false
-                }
-            };
-            if record.sequence >= target && (changed || !ready.get()) {
-                shared.set_access(&access);
-                ready.set(true);
-            }
-        }
-        // The feed ended (the link lost the consumer for good): start over from the beginning.
-        monoio::time::sleep(REOPEN_PAUSE).await;
     }
 }
 
