@@ -571,20 +571,34 @@ fn partitions_are_purged_and_a_new_owner_starts_from_the_snapshot() {
         Reply::status(if down { 503 } else { 200 })
     });
     let retry = r#""retry":{"max_attempts":100,"initial_delay_ms":200,"max_delay_ms":500}"#;
-    // Both endpoints in one partition, which the first filling past a sealed range lets
-    // retention purge (nothing leaves a stream before its range of 4096 is sealed).
-    let partition = crate::common::shard_of("fine", u64::from(PARTITIONS)) as u32;
-    let stuck = (0..)
-        .map(|n| format!("stuck-{n}"))
-        .find(|id| crate::common::shard_of(id, u64::from(PARTITIONS)) as u32 == partition)
-        .unwrap();
-    create(live(&nodes)[0], "fine", &format!(r#"{{"url":"{}"}}"#, sink.url("/fine")));
+    // Both endpoints in partition 0, which holds the tenants and keys too, and which filling
+    // past a sealed range lets retention purge (nothing leaves a stream before its range of
+    // 4096 is sealed).
+    let partition = 0;
+    let in_partition = |prefix: &str| {
+        (0..)
+            .map(|n| format!("{prefix}-{n}"))
+            .find(|id| crate::common::shard_of(id, u64::from(PARTITIONS)) as u32 == partition)
+            .unwrap()
+    };
+    let (fine, stuck) = (in_partition("fine"), in_partition("stuck"));
+    let created = live(&nodes)[2].admin("POST", "/admin/tenants/default/keys", r#"{"scopes":["read"]}"#);
+    assert_eq!(created.status, 201, "{created:?}");
+    let key = format!("Bearer {}", created.json()["key"].as_str().unwrap());
+    create(live(&nodes)[0], &fine, &format!(r#"{{"url":"{}"}}"#, sink.url("/fine")));
     create(live(&nodes)[1], &stuck, &format!(r#"{{"url":"{}",{retry}}}"#, sink.url("/stuck")));
     let waiting: Vec<String> =
         (0..10).map(|index| ingest_at(live(&nodes)[index % 3].address, &stuck, b"{}").unwrap()).collect();
-    fill(&live(&nodes), "fine", 4200);
+    fill(&live(&nodes), &fine, 4200);
     // The partition is purged while the stuck events still wait.
     crate::common::wait_until("the partition purged", || stream_extent(&nats, partition).0 > 4000);
+    // A node that joins now reads the tenants and keys from the partition's snapshot: the key,
+    // whose record was purged, is known there.
+    let late = tempfile::tempdir().unwrap();
+    let joined = node_with(late.path(), &nats, "node-d", "127.0.0.1:0", &short);
+    let session = joined.request("GET", "/admin/session", &[("Authorization", key.as_str())], b"");
+    assert_eq!((session.status, &session.json()["principal"]), (200, &serde_json::json!("key")), "{session:?}");
+    assert_eq!(joined.stop(), 0);
     let stuck_partition = partition;
     // Kill the owner of "stuck"'s partition: its successor starts from the snapshot.
     let view = live(&nodes)[0].admin("GET", "/admin/cluster", "").json();
