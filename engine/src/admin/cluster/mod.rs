@@ -549,6 +549,9 @@ impl Partitions {
 
     /// Runs a request forwarded to this partition's owner as the node that took it would have.
     async fn execute_here(&self, shard: &Shard, request: Request) -> Response {
+        if let Some(refused) = lapsed(shard) {
+            return refused;
+        }
         match crate::admin::service::route_request(&self.shared, &request.head) {
             Ok(route) => crate::admin::service::execute(shard, &self.shared, route, request).await,
             Err(error) => error.into_response(),
@@ -563,6 +566,9 @@ impl Partitions {
     /// Runs a request for `partition`: here when this thread owns it, else at its owner.
     pub async fn run_request(&self, partition: u32, route: Route, request: Request) -> Response {
         if let Some(shard) = self.local(partition) {
+            if let Some(refused) = lapsed(&shard) {
+                return refused;
+            }
             return crate::admin::service::execute(&shard, &self.shared, route, request).await;
         }
         let asked = self.node.link.request(rpc_subject(partition), wire::encode_request(&request), RPC_TIMEOUT).await;
@@ -673,6 +679,20 @@ impl Partitions {
         }
         Response::json(200, page.to_string().into_bytes())
     }
+}
+
+/// A partition whose lease does not hold by this node's clock, or whose `Takeover` by another
+/// node this one has seen, takes no request: an owner woken from a pause past its lease would
+/// otherwise accept an ingest (with a key its successor may have accepted meanwhile) before it
+/// learns it was deposed. 503 E3004: the client retries and reaches the owner.
+fn lapsed(shard: &Shard) -> Option<Response> {
+    (!shard.writable()).then(|| {
+        EngineError::Unavailable(format!(
+            "partition {} is between owners (its lease here lapsed or moved); retry",
+            shard.index
+        ))
+        .into_response()
+    })
 }
 
 /// The peer a forwarded request is recorded with: the owner did not see the client.
