@@ -650,6 +650,13 @@ fn partitions_are_sealed_and_proven() {
         .collect();
     let (index, size) = (proof["leaf_index"].as_u64().unwrap(), proof["tree_size"].as_u64().unwrap());
     assert!(kapsel_wal::merkle::verify_inclusion(&hash("leaf_hash"), index, size, &path, &hash("root")));
+    // Every node lists the partitions' seals, the proof's among them.
+    let segments = nodes[2].admin("GET", "/admin/audit/segments", "").json();
+    let partition = proof["partition"].as_u64().unwrap() as usize;
+    let listed = &segments["partitions"][partition];
+    let range = &listed["ranges"][proof["range"].as_u64().unwrap() as usize];
+    assert_eq!((&range["root"], &range["chain"]), (&proof["root"], &proof["chain"]), "{segments}");
+    assert!(listed["chain_head"].is_string(), "{segments}");
     // The newest events are in a range not sealed yet: 404 E1004, as before a local segment seals.
     let last = accepted.iter().max().unwrap();
     let unsealed = nodes[2].admin("GET", &format!("/admin/events/{last}/proof"), "");

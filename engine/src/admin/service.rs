@@ -111,6 +111,19 @@ impl Service {
                     return Response::json(200, json.to_string().into_bytes());
                 }
                 Route::ListEndpoints(_) => return partitions.list_everywhere(route, request).await,
+                Route::AuditSegments => {
+                    let node = partitions.node();
+                    let local = crate::admin::audit::segments_json(&self.shared.data_directory, self.shared.shards);
+                    let sealed = crate::cluster::seal::partitions_json(&node.link, node.config.partitions).await;
+                    return match (local, sealed) {
+                        (Ok(mut json), Ok(sealed)) => {
+                            json["partitions"] = sealed;
+                            Response::json(200, json.to_string().into_bytes())
+                        }
+                        (Err(error), _) => error.into_response(),
+                        (_, Err(reason)) => EngineError::Unavailable(reason).into_response(),
+                    };
+                }
                 Route::ListEvents(query) if query.endpoint_id.is_none() => {
                     return partitions.list_everywhere(route, request).await
                 }

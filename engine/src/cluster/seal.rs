@@ -369,6 +369,32 @@ async fn read_range(
     }
 }
 
+/// Every partition's seals as `GET /admin/audit/segments` shows them in cluster mode: per
+/// partition its chain head and its ranges in order (`Seal::json`).
+pub async fn partitions_json(link: &Link, partitions: u32) -> Result<Value, String> {
+    let entries = link.kv_entries(BUCKET, "seal.p.").await.map_err(|error| format!("reading the seals: {error}"))?;
+    let mut seals: Vec<Vec<Seal>> = (0..partitions).map(|_| Vec::new()).collect();
+    for (key, entry) in entries {
+        let seal = Seal::from_json(&entry.value).map_err(|reason| format!("{key}: {reason}"))?;
+        if let Some(list) = seals.get_mut(seal.partition as usize) {
+            list.push(seal);
+        }
+    }
+    let listed: Vec<Value> = seals
+        .into_iter()
+        .enumerate()
+        .map(|(partition, mut list)| {
+            list.sort_by_key(|seal| seal.range_index);
+            json!({
+                "partition": partition,
+                "chain_head": list.last().map(|seal| merkle::to_hex(&seal.chain)),
+                "ranges": list.iter().map(Seal::json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Value::Array(listed))
+}
+
 /// Partition `partition`'s seal of range `index`, if the bucket has one.
 pub async fn read_seal(link: &Link, partition: u32, index: u64) -> Result<Option<Seal>, String> {
     let key = seal_key(partition, index);
