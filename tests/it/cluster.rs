@@ -517,6 +517,32 @@ fn tenants_and_keys_hold_on_every_node() {
     }
     assert!(revoked_at.elapsed() < Duration::from_secs(1), "revoked everywhere in {:?}", revoked_at.elapsed());
     assert_eq!(with_key(nodes[1], "POST", "/ingest/acme-orders", "{}").status, 401);
+    // A tenant's endpoints_max counts its endpoints in every partition, on every node.
+    assert_eq!(nodes[0].admin("PUT", "/admin/tenants/small", r#"{"endpoints_max":2}"#).status, 201);
+    // Three endpoints in three partitions: no owner counts another's from its own state.
+    let mut ids: Vec<String> = Vec::new();
+    for n in 0.. {
+        let id = format!("small-{n}");
+        let partition = crate::common::shard_of(&id, u64::from(PARTITIONS));
+        if ids.iter().all(|other| crate::common::shard_of(other, u64::from(PARTITIONS)) != partition) {
+            ids.push(id);
+        }
+        if ids.len() == 3 {
+            break;
+        }
+    }
+    for (index, id) in ids[..2].iter().enumerate() {
+        let body = format!(r#"{{"url":"{url}","tenant_id":"small"}}"#);
+        assert_eq!(nodes[index].admin("PUT", &format!("/admin/endpoints/{id}"), &body).status, 201);
+    }
+    for node in &nodes {
+        crate::common::wait_until("both endpoints counted everywhere", || {
+            node.admin("GET", "/admin/tenants/small", "").json()["endpoints"] == 2
+        });
+    }
+    let body = format!(r#"{{"url":"{url}","tenant_id":"small"}}"#);
+    let third = nodes[2].admin("PUT", &format!("/admin/endpoints/{}", ids[2]), &body);
+    assert_eq!((third.status, third.code()), (503, "E3002".to_string()), "{third:?}");
 }
 
 /// Ingests `count` events to `endpoint`, spread over `nodes`, from eight clients at once.
