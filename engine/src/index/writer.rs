@@ -62,8 +62,8 @@ struct ShardCursor {
 /// Why a batch was not committed.
 enum Refused {
     /// A checkpoint was not where the writer left it: in cluster mode another owner of the
-    /// partition moved it; those partitions' checkpoints are read again.
-    Moved(Vec<usize>, String),
+    /// partition moved it, and the checkpoints are read again.
+    Moved(String),
     /// Postgres failed or did not answer in time.
     Failed(String),
 }
@@ -156,18 +156,13 @@ impl Writer {
                     self.status.rows_indexed.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.track_lag();
                 }
-                Err(Refused::Moved(partitions, reason)) if self.ledger() == Ledger::Partitions => {
-                    // Another node indexed these partitions meanwhile (they moved, here or
-                    // away): read where it left them and go on from there.
+                Err(Refused::Moved(reason)) if self.ledger() == Ledger::Partitions => {
+                    // Another node indexed a partition meanwhile (it moved, here or away): read
+                    // where it left them and go on from there.
                     tracing::info!(%reason, "a partition's index checkpoint moved; reading it again");
-                    for partition in partitions {
-                        if let Some(cursor) = self.shards.get_mut(partition) {
-                            cursor.generation = 0;
-                        }
-                    }
                     self.restart_cursors();
                 }
-                Err(Refused::Moved(_, problem) | Refused::Failed(problem)) => {
+                Err(Refused::Moved(problem) | Refused::Failed(problem)) => {
                     self.problem(problem);
                     // The connection's state is unknown; what the batch held comes back from the
                     // logs, from the checkpoints read again on connecting.
@@ -517,24 +512,18 @@ async fn verify_checkpoints(
     };
     let rows = transaction.query(statement, &[&shards]).await.map_err(|error| Refused::Failed(failed(&error)))?;
     let found = partition_checkpoints(&rows);
-    let moved: Vec<usize> = expected
-        .iter()
-        .filter(|(shard, lsn)| found.get(shard).map_or(0, |(indexed, _)| *indexed) != *lsn)
-        .map(|(shard, _)| *shard)
-        .collect();
-    if let Some(shard) = moved.first() {
-        let (at, was) =
-            (found.get(shard).map_or(0, |(indexed, _)| *indexed), expected.iter().find(|(s, _)| s == shard));
-        let what = match ledger {
-            Ledger::Shards => "shard",
-            Ledger::Partitions => "partition",
-        };
-        let reason = format!(
-            "{what} {shard}'s index checkpoint is {at}, not {}: another transaction moved it; reading the checkpoints \
-             again",
-            was.map_or(0, |(_, lsn)| *lsn)
-        );
-        return Err(Refused::Moved(moved, reason));
+    for (shard, lsn) in expected {
+        let at = found.get(shard).map_or(0, |(indexed, _)| *indexed);
+        if at != *lsn {
+            let what = match ledger {
+                Ledger::Shards => "shard",
+                Ledger::Partitions => "partition",
+            };
+            return Err(Refused::Moved(format!(
+                "{what} {shard}'s index checkpoint is {at}, not {lsn}: another transaction moved it; reading the \
+                 checkpoints again"
+            )));
+        }
     }
     Ok(())
 }
