@@ -165,6 +165,16 @@ fn every_node_takes_ingest_and_admin_for_every_endpoint() {
     let view = nodes[0].admin("GET", "/admin/cluster", "").json();
     assert_eq!(view["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
     assert!(owners.values().all(|owner| names.contains(&owner.as_str())));
+    // Each owner shows its partitions' lag: none once everything is delivered and recorded.
+    for node in &nodes {
+        crate::common::wait_until("every owned partition caught up", || {
+            let view = node.admin("GET", "/admin/cluster", "").json();
+            let owned: Vec<&serde_json::Value> =
+                view["partitions"].as_array().unwrap().iter().filter(|entry| !entry["lag"].is_null()).collect();
+            !owned.is_empty()
+                && owned.iter().all(|entry| entry["lag"] == 0 && entry["last_sequence"].as_u64() > Some(0))
+        });
+    }
     // An event travels in one NATS message: a body above the servers' max_payload (1 MiB) is
     // refused up front, and one just under it goes through.
     let big = format!("\"{}\"", "x".repeat(1_100_000));

@@ -89,6 +89,8 @@ struct Slot {
     owned: AtomicU64,
     /// Owned here: the last sequence of its stream applied.
     applied: AtomicU64,
+    /// Owned here: the stream's last sequence, as last asked (about every second).
+    last: AtomicU64,
     /// Until when (Unix ms, by this node's clock) this node may write as its owner; 0 when it
     /// holds no lease of it.
     writable_until: AtomicU64,
@@ -220,6 +222,17 @@ impl ClusterNode {
             }),
         );
         gauge(
+            "kapsel_cluster_partition_lag_records",
+            "gauge",
+            "Records of each owned partition's stream not applied yet (as of the last look at the stream).",
+            per_partition(&|partition, _| {
+                self.slots.get(partition).map_or(0, |slot| {
+                    let applied = slot.applied.load(Ordering::Acquire);
+                    slot.last.load(Ordering::Acquire).saturating_sub(applied)
+                })
+            }),
+        );
+        gauge(
             "kapsel_nats_connected",
             "gauge",
             "1 while the link to NATS is connected.",
@@ -276,7 +289,11 @@ impl ClusterNode {
                     "lease_expires_at_ms": lease.as_ref().map(|lease| lease.expires_at_ms),
                 });
                 if here > 0 {
-                    entry["applied_sequence"] = json!(slot.map_or(0, |slot| slot.applied.load(Ordering::Acquire)));
+                    let applied = slot.map_or(0, |slot| slot.applied.load(Ordering::Acquire));
+                    let last = slot.map_or(0, |slot| slot.last.load(Ordering::Acquire)).max(applied);
+                    entry["applied_sequence"] = json!(applied);
+                    entry["last_sequence"] = json!(last);
+                    entry["lag"] = json!(last - applied);
                 }
                 entry
             })
@@ -371,6 +388,16 @@ impl Partitions {
                 let now = crate::clock::now_ms();
                 for (partition, owned) in self.owned.borrow().iter() {
                     self.node.set_report(*partition, Some(crate::admin::metrics::report(&owned.shard, now)));
+                    let applied = owned.shard.state().borrow().applied_lsn();
+                    self.node.store(*partition, |slot| &slot.applied, applied);
+                    // The stream's end, for the partition's lag.
+                    let (node, partition) = (Arc::clone(&self.node), *partition);
+                    let state = node.link.stream_state(stream_name(partition));
+                    monoio::spawn(async move {
+                        if let Ok(state) = state.await {
+                            node.store(partition, |slot| &slot.last, state.last_sequence);
+                        }
+                    });
                 }
             }
             for partition in &hosted {
