@@ -356,14 +356,13 @@ async fn hand_over(
         match adopted {
             Ok(()) => {
                 let target = u16::try_from(target).unwrap_or(u16::MAX);
-                let mut last = None;
+                let mut recorded = Vec::with_capacity(ids.len());
                 for event_id in ids {
-                    last = Some(shard.handed_off(event_id, target, crate::clock::now_ms())?);
+                    recorded.push(shard.handed_off(event_id, target, crate::clock::now_ms())?);
                 }
-                // Applied before the next pass looks at what is pending, so nothing is sent twice.
-                if let Some(lsn) = last {
-                    shard.durable(lsn).await?;
-                }
+                // Applied before the next pass looks at what is pending, so nothing is sent twice
+                // (each awaited: on a partition's stream each record is stored on its own).
+                shard.durable_all(&recorded).await?;
             }
             Err(error) => {
                 first_error.get_or_insert(error);

@@ -108,10 +108,18 @@ struct Pending {
 /// The appended-but-not-applied records and who waits for them.
 struct Applying {
     queue: VecDeque<Pending>,
-    /// Stream mode: each published record's ticket (numbered from 1, as [`Shard::submit`]
-    /// returns them), until its waiter saw it applied.
+    /// Stream mode: each published record's ticket (numbered from
+    /// [`partition::TICKET_BASE`], as [`Shard::submit`] returns them) until it is applied, or
+    /// refused (kept for every waiter; the oldest forgotten past a bound).
     tickets: BTreeMap<u64, Ticket>,
     next_ticket: u64,
+    /// Stream mode: the tickets stored and not yet applied, by sequence.
+    stored: BTreeMap<u64, u64>,
+    /// Stream mode: refused tickets, oldest first.
+    refused: VecDeque<u64>,
+    /// Stream mode: idempotency keys of records published and not yet applied (the state's
+    /// table learns a key only from the record's application, live as on replay).
+    pending_keys: std::collections::HashMap<(Rc<str>, Box<str>), crate::state::idempotency::Remembered>,
     /// Stream mode: the sequence of the `Takeover` that deposed this owner; its records after
     /// it are fenced, so none of them counts as done.
     deposed_at: Option<u64>,
@@ -253,6 +261,9 @@ impl Shard {
             queue: VecDeque::new(),
             tickets: BTreeMap::new(),
             next_ticket: 0,
+            stored: BTreeMap::new(),
+            refused: VecDeque::new(),
+            pending_keys: std::collections::HashMap::new(),
             deposed_at: None,
             applied_lsn,
             failed: None,
@@ -456,6 +467,15 @@ impl Shard {
         })
     }
 
+    /// Waits until every record of `lsns` is durable and applied: on a local log the last one's
+    /// fsync covers the others, but a partition's stream stores or refuses each on its own.
+    pub async fn durable_all(&self, lsns: &[u64]) -> Result<(), EngineError> {
+        for lsn in lsns {
+            self.durable(*lsn).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until the state has applied every record up to `lsn` (for a partition, every
     /// record of its stream up to that sequence, whoever wrote it); an error if the log or the
     /// feed failed before it.
@@ -540,18 +560,55 @@ impl Shard {
             payload: ingest.payload,
         };
         let lsn = self.submit(Record::EventReceived(event), now_ms)?;
-        if let Some(key) = key {
+        if let Some(key) = &key {
             // Remembered before the fsync so that a concurrent repeat finds it and waits.
-            let remembered = Remembered { event_id, lsn };
-            self.core.state.borrow_mut().idempotency.remember(&endpoint, &key, remembered, now_ms, now_ms);
+            self.remember_key(&endpoint, key, Remembered { event_id, lsn }, now_ms);
         }
-        self.durable(lsn).await?;
+        let durable = self.durable(lsn).await;
+        if let Some(key) = &key {
+            self.settle_key(&endpoint, key, event_id);
+        }
+        durable?;
         if !self.core.state.borrow().events.contains_key(&event_id) {
             // The endpoint was deleted before the event's record was applied.
             return Err(endpoint_not_found(&endpoint));
         }
         self.notify_scheduler();
         Ok(Accepted::Received(event_id))
+    }
+
+    /// Notes idempotency key `key`'s first event in `scope` while its record is on its way, so
+    /// that a concurrent repeat finds it and waits: in the state's table for a local log (applied
+    /// in order, so live and replay agree); for a stream, aside until the record comes back
+    /// applied, when the state's table learns it as a replay does (a record the stream refused
+    /// never reaches the table).
+    pub(crate) fn remember_key(&self, scope: &Rc<str>, key: &str, remembered: Remembered, now_ms: u64) {
+        if let Log::Local(_) = &self.log {
+            self.core.state.borrow_mut().idempotency.remember(scope, key, remembered, now_ms, now_ms);
+            return;
+        }
+        let mut applying = self.core.applying.borrow_mut();
+        if applying.pending_keys.len() >= partition::TICKETS_MAX {
+            // Keys whose waiter went away: their tickets are settled.
+            let tickets = std::mem::take(&mut applying.tickets);
+            applying.pending_keys.retain(|_, pending| tickets.contains_key(&pending.lsn));
+            applying.tickets = tickets;
+        }
+        applying.pending_keys.insert((Rc::clone(scope), Box::from(key)), remembered);
+    }
+
+    /// A key's record is applied or refused: no longer on its way (stream shards).
+    pub(crate) fn settle_key(&self, scope: &Rc<str>, key: &str, event_id: EventId) {
+        let mut applying = self.core.applying.borrow_mut();
+        let entry = (Rc::clone(scope), Box::from(key));
+        if applying.pending_keys.get(&entry).is_some_and(|pending| pending.event_id == event_id) {
+            applying.pending_keys.remove(&entry);
+        }
+    }
+
+    /// A key whose record is on its way to the stream (stream shards).
+    pub(crate) fn pending_key(&self, scope: &Rc<str>, key: &str) -> Option<Remembered> {
+        self.core.applying.borrow().pending_keys.get(&(Rc::clone(scope), Box::from(key))).copied()
     }
 
     /// The checks before an append: endpoint, signature, rate limit, idempotency, capacity.
@@ -573,6 +630,9 @@ impl Shard {
         let endpoint = Rc::clone(&entry.id);
         if let Some(key) = &ingest.idempotency_key {
             if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now_ms) {
+                return Ok((endpoint, Some(remembered)));
+            }
+            if let Some(remembered) = self.pending_key(&endpoint, key) {
                 return Ok((endpoint, Some(remembered)));
             }
         }
@@ -766,7 +826,7 @@ impl Shard {
         let mut requeued = 0;
         for chunk in failed.chunks(limits::REDRIVE_CHUNK_EVENTS_MAX) {
             let loaded = self.reader.read(chunk.to_vec()).await;
-            let mut last = None;
+            let mut submitted = Vec::new();
             for (_, result) in loaded {
                 // A payload removed by retention cannot be delivered again.
                 let Ok(event) = result else {
@@ -778,18 +838,16 @@ impl Shard {
                 let record = Record::Redriven(redriven);
                 let lsn = match self.submit(record.clone(), now_ms) {
                     // The log's queue is full of this chunk's payloads: let it drain, then go on.
-                    Err(EngineError::QueueFull(_)) if last.is_some() => {
-                        self.durable(last.unwrap_or(0)).await?;
+                    Err(EngineError::QueueFull(_)) if !submitted.is_empty() => {
+                        self.durable_all(&submitted).await?;
                         self.submit(record, now_ms)?
                     }
                     outcome => outcome?,
                 };
-                last = Some(lsn);
+                submitted.push(lsn);
                 requeued += 1;
             }
-            if let Some(lsn) = last {
-                self.durable(lsn).await?;
-            }
+            self.durable_all(&submitted).await?;
         }
         self.notify_scheduler();
         Ok(serde_json::json!({"endpoint_id": id, "requeued": requeued, "expired": failed.len() - requeued}))

@@ -29,6 +29,15 @@ pub(super) enum Ticket {
 /// refused as backpressure (503 E3002).
 pub const TICKETS_MAX: usize = 16 * 1024;
 
+/// Refused tickets kept for their waiters, at most (the oldest are forgotten first; a waiter
+/// looks at its ticket as soon as it is refused).
+const REFUSED_KEPT: usize = 4096;
+
+/// Tickets are numbered from here, above every stream sequence, so a number a stream shard
+/// waits on says what it is: a ticket of its own publish, or a sequence of its stream (an
+/// idempotency key's record, remembered by the state as the stream gave it).
+pub const TICKET_BASE: u64 = 1 << 63;
+
 impl Shard {
     /// An RFC 6962 inclusion proof of an event's record in its partition's sealed range of
     /// sequences (cluster mode; `cluster::seal` explains the leaves and the chain).
@@ -137,13 +146,13 @@ impl Shard {
             if applying.deposed_at.is_some() {
                 return Err(deposed(partition));
             }
-            if applying.tickets.len() >= TICKETS_MAX {
+            if applying.tickets.len() - applying.refused.len() >= TICKETS_MAX {
                 return Err(EngineError::QueueFull(format!(
                     "partition {partition} has as many records in flight as it may"
                 )));
             }
             applying.next_ticket += 1;
-            let ticket = applying.next_ticket;
+            let ticket = TICKET_BASE + applying.next_ticket;
             applying.tickets.insert(ticket, Ticket::Publishing);
             ticket
         };
@@ -152,17 +161,42 @@ impl Shard {
         monoio::spawn(async move {
             let outcome = publishing.await;
             let mut applying = core.applying.borrow_mut();
-            if let Some(entry) = applying.tickets.get_mut(&ticket) {
-                *entry = match outcome {
-                    Ok(sequence) => Ticket::Stored(sequence),
-                    Err(reason) => Ticket::Refused(reason),
-                };
+            if applying.tickets.contains_key(&ticket) {
+                match outcome {
+                    Ok(sequence) if sequence <= applying.applied_lsn => settle(&mut applying, ticket, sequence),
+                    Ok(sequence) => {
+                        applying.tickets.insert(ticket, Ticket::Stored(sequence));
+                        applying.stored.insert(sequence, ticket);
+                    }
+                    Err(reason) => refuse(&mut applying, ticket, reason),
+                }
             }
             for waker in applying.waiters.drain(..) {
                 waker.wake();
             }
         });
         Ok(ticket)
+    }
+}
+
+/// A ticket whose record is stored at `sequence` and applied: done, unless a later owner's
+/// `Takeover` came before it (then it did not count).
+fn settle(applying: &mut Applying, ticket: u64, sequence: u64) {
+    if applying.deposed_at.is_some_and(|at| sequence > at) {
+        refuse(applying, ticket, "moved".into());
+    } else {
+        applying.tickets.remove(&ticket);
+    }
+}
+
+/// A ticket whose record is not known to be stored (or did not count): kept for every waiter.
+fn refuse(applying: &mut Applying, ticket: u64, reason: String) {
+    applying.tickets.insert(ticket, Ticket::Refused(reason));
+    applying.refused.push_back(ticket);
+    while applying.refused.len() > REFUSED_KEPT {
+        if let Some(oldest) = applying.refused.pop_front() {
+            applying.tickets.remove(&oldest);
+        }
     }
 }
 
@@ -175,31 +209,41 @@ struct Indexing {
 
 /// A stream shard's wait for its record `ticket` (the stream branch of [`Shard::durable`]):
 /// ready once the stream acknowledged it and the feed brought it back applied; an error if the
-/// stream did not store it, a later owner's `Takeover` came before it, or the feed failed.
+/// stream did not store it, a later owner's `Takeover` came before it, or the feed failed. A
+/// number below [`TICKET_BASE`] is a sequence of the stream: ready once it is applied.
 pub(super) fn poll_ticket(
     applying: &mut Applying,
     ticket: u64,
     partition: usize,
     context: &mut Context<'_>,
 ) -> Poll<Result<(), EngineError>> {
-    let ready = match applying.tickets.get(&ticket) {
-        // Seen applied and forgotten.
-        None => Some(Ok(())),
-        Some(Ticket::Publishing) => None,
-        Some(Ticket::Refused(reason)) => Some(Err(EngineError::Unavailable(format!(
-            "partition {partition}'s stream did not store the record: {reason}"
-        )))),
-        Some(Ticket::Stored(sequence)) if applying.deposed_at.is_some_and(|at| *sequence > at) => {
-            Some(Err(deposed(partition)))
+    let failed_at = |sequence: u64| match &applying.failed {
+        Some((from, reason)) if sequence >= *from => Some(Err(EngineError::Storage(reason.clone()))),
+        _ => None,
+    };
+    let ready = if ticket < TICKET_BASE {
+        if applying.applied_lsn >= ticket {
+            Some(Ok(()))
+        } else {
+            failed_at(ticket)
         }
-        Some(Ticket::Stored(sequence)) if applying.applied_lsn >= *sequence => Some(Ok(())),
-        Some(Ticket::Stored(sequence)) => match &applying.failed {
-            Some((from, reason)) if *sequence >= *from => Some(Err(EngineError::Storage(reason.clone()))),
-            _ => None,
-        },
+    } else {
+        match applying.tickets.get(&ticket) {
+            // Applied (the applier settles a ticket as it applies its record).
+            None => Some(Ok(())),
+            Some(Ticket::Publishing) => None,
+            Some(Ticket::Refused(reason)) if reason == "moved" => Some(Err(deposed(partition))),
+            // Kept: a repeat of the same idempotency key may wait on it too.
+            Some(Ticket::Refused(reason)) => Some(Err(EngineError::Unavailable(format!(
+                "partition {partition}'s stream did not store the record: {reason}"
+            )))),
+            Some(Ticket::Stored(sequence)) if applying.deposed_at.is_some_and(|at| *sequence > at) => {
+                Some(Err(deposed(partition)))
+            }
+            Some(Ticket::Stored(sequence)) => failed_at(*sequence),
+        }
     };
     if let Some(outcome) = ready {
-        applying.tickets.remove(&ticket);
         return Poll::Ready(outcome);
     }
     applying.waiters.push(context.waker().clone());
@@ -286,6 +330,9 @@ async fn run_stream_applier(
             applying.applied_lsn = applying.applied_lsn.max(sequence);
             if applied && taken_over {
                 applying.deposed_at.get_or_insert(sequence);
+            }
+            if let Some(ticket) = applying.stored.remove(&sequence) {
+                settle(&mut applying, ticket, sequence);
             }
         }
         if advanced {

@@ -61,7 +61,7 @@ impl Shard {
         let scope = publish_scope(&publish.tenant, &publish.channel);
         if let Some(key) = &publish.idempotency_key {
             let remembered = self.core.state.borrow_mut().idempotency.lookup(&scope, key, now_ms);
-            if let Some(remembered) = remembered {
+            if let Some(remembered) = remembered.or_else(|| self.pending_key(&scope, key)) {
                 // The first publish may still be waiting for its fsync; answer once it is durable.
                 self.durable(remembered.lsn).await?;
                 let endpoints =
@@ -76,12 +76,15 @@ impl Shard {
         let key = record.idempotency_key.clone();
         let handoffs = !record.handoffs.is_empty();
         let lsn = self.submit(Record::Published(record), now_ms)?;
-        if let Some(key) = key {
+        if let Some(key) = &key {
             // Remembered before the fsync so that a concurrent repeat finds it and waits.
-            let remembered = Remembered { event_id, lsn };
-            self.core.state.borrow_mut().idempotency.remember(&scope, &key, remembered, now_ms, now_ms);
+            self.remember_key(&scope, key, Remembered { event_id, lsn }, now_ms);
         }
-        self.durable(lsn).await?;
+        let durable = self.durable(lsn).await;
+        if let Some(key) = &key {
+            self.settle_key(&scope, key, event_id);
+        }
+        durable?;
         self.notify_scheduler();
         if handoffs {
             self.notify_handoff();
@@ -147,7 +150,12 @@ impl Shard {
     /// (`ShardState::was_adopted`, kept in the endpoint snapshot across retention), and a
     /// delivery still known is known. Deliveries to endpoints deleted meanwhile are dropped
     /// (as an ingest racing its endpoint's deletion is).
+    ///
+    /// On a partition's stream each record is stored or refused on its own, so there the
+    /// adoptions are written one at a time, each awaited before the next: a later one stored
+    /// after an earlier one failed would make `was_adopted` take the failed one as adopted.
     pub async fn adopt(&self, records: Vec<Published>, now_ms: u64) -> Result<(), EngineError> {
+        let one_at_a_time = self.stream().is_some();
         let mut last = None;
         for mut record in records {
             {
@@ -168,7 +176,11 @@ impl Shard {
                     return Err(EngineError::QueueFull("the shard tracks as many events as it may".into()));
                 }
             }
-            last = Some(self.submit(Record::Adopted(record), now_ms)?);
+            let lsn = self.submit(Record::Adopted(record), now_ms)?;
+            if one_at_a_time {
+                self.durable(lsn).await?;
+            }
+            last = Some(lsn);
         }
         if let Some(lsn) = last {
             self.durable(lsn).await?;

@@ -87,7 +87,7 @@ async fn carry_forward(shard: &Shard, bound: u64, now_ms: u64) -> Result<usize, 
         return Ok(0);
     }
     let loaded = shard.read_events(pinning).await;
-    let mut last = None;
+    let mut submitted = Vec::new();
     let mut carried = 0;
     for (event_id, result) in loaded {
         let event = match result {
@@ -101,15 +101,13 @@ async fn carry_forward(shard: &Shard, bound: u64, now_ms: u64) -> Result<usize, 
             continue;
         };
         match shard.submit(Record::EventCarried(record), now_ms) {
-            Ok(lsn) => last = Some(lsn),
+            Ok(lsn) => submitted.push(lsn),
             Err(crate::EngineError::QueueFull(_)) => break,
             Err(error) => return Err(error),
         }
         carried += 1;
     }
-    if let Some(lsn) = last {
-        shard.durable(lsn).await?;
-    }
+    shard.durable_all(&submitted).await?;
     Ok(carried)
 }
 
