@@ -105,6 +105,9 @@ struct Pending {
     now_ms: u64,
 }
 
+/// A key whose record is on its way to a stream, and, once refused, until when it is kept.
+type PendingKey = (Remembered, Option<u64>);
+
 /// The appended-but-not-applied records and who waits for them.
 struct Applying {
     queue: VecDeque<Pending>,
@@ -119,7 +122,10 @@ struct Applying {
     refused: VecDeque<u64>,
     /// Stream mode: idempotency keys of records published and not yet applied (the state's
     /// table learns a key only from the record's application, live as on replay).
-    pending_keys: std::collections::HashMap<(Rc<str>, Box<str>), crate::state::idempotency::Remembered>,
+    /// A key whose record the stream refused stays until the given time (Unix ms): the record
+    /// may be stored all the same (an acknowledgement lost), and a repeat meanwhile is told to
+    /// retry rather than admitted as a second event.
+    pending_keys: std::collections::HashMap<(Rc<str>, Box<str>), PendingKey>,
     /// Stream mode: the sequence of the `Takeover` that deposed this owner; its records after
     /// it are fenced, so none of them counts as done.
     deposed_at: Option<u64>,
@@ -173,6 +179,17 @@ impl Core {
             waker.wake();
         }
     }
+}
+
+/// How long a stream shard keeps an idempotency key whose record the stream refused: a repeat
+/// meanwhile is told to retry (the record may be stored all the same and come back applied).
+pub const KEY_UNCERTAIN_MS: u64 = 5_000;
+
+/// A repeat of a key whose first record is not known to be stored yet.
+pub(crate) fn key_unsettled(key: &str) -> EngineError {
+    EngineError::Unavailable(format!(
+        "the first request with idempotency key {key} has no known outcome yet; retry in a few seconds"
+    ))
 }
 
 /// Where a shard's records go.
@@ -543,6 +560,11 @@ impl Shard {
         if let Some(remembered) = duplicate {
             // The first request may still be waiting for its fsync; answer only once it is durable.
             self.durable(remembered.lsn).await?;
+            if let Some(key) = &ingest.idempotency_key {
+                if !self.key_applied(&endpoint, key, remembered.event_id, now_ms) {
+                    return Err(key_unsettled(key));
+                }
+            }
             return Ok(Accepted::Duplicate(remembered.event_id));
         }
         let event_id = self.core.state.borrow_mut().ids.next(now_ms);
@@ -566,7 +588,7 @@ impl Shard {
         }
         let durable = self.durable(lsn).await;
         if let Some(key) = &key {
-            self.settle_key(&endpoint, key, event_id);
+            self.settle_key(&endpoint, key, event_id, durable.is_ok(), now_ms);
         }
         durable?;
         if !self.core.state.borrow().events.contains_key(&event_id) {
@@ -589,26 +611,58 @@ impl Shard {
         }
         let mut applying = self.core.applying.borrow_mut();
         if applying.pending_keys.len() >= partition::TICKETS_MAX {
-            // Keys whose waiter went away: their tickets are settled.
+            // Keys whose waiter went away (their tickets settled), and refused ones whose time
+            // is up.
             let tickets = std::mem::take(&mut applying.tickets);
-            applying.pending_keys.retain(|_, pending| tickets.contains_key(&pending.lsn));
+            applying.pending_keys.retain(|_, (pending, until)| match until {
+                Some(until) => *until > now_ms,
+                None => tickets.contains_key(&pending.lsn),
+            });
             applying.tickets = tickets;
         }
-        applying.pending_keys.insert((Rc::clone(scope), Box::from(key)), remembered);
+        applying.pending_keys.insert((Rc::clone(scope), Box::from(key)), (remembered, None));
     }
 
-    /// A key's record is applied or refused: no longer on its way (stream shards).
-    pub(crate) fn settle_key(&self, scope: &Rc<str>, key: &str, event_id: EventId) {
+    /// A key's record was applied (`stored`), or not known to be stored: no longer on its way
+    /// (stream shards). A refused one is kept for [`KEY_UNCERTAIN_MS`]: if the stream stored it
+    /// all the same, it is applied meanwhile and the state's table answers repeats from then on.
+    pub(crate) fn settle_key(&self, scope: &Rc<str>, key: &str, event_id: EventId, stored: bool, now_ms: u64) {
         let mut applying = self.core.applying.borrow_mut();
         let entry = (Rc::clone(scope), Box::from(key));
-        if applying.pending_keys.get(&entry).is_some_and(|pending| pending.event_id == event_id) {
-            applying.pending_keys.remove(&entry);
+        if let Some((pending, until)) = applying.pending_keys.get_mut(&entry) {
+            if pending.event_id == event_id {
+                if stored {
+                    applying.pending_keys.remove(&entry);
+                } else {
+                    *until = Some(now_ms.saturating_add(KEY_UNCERTAIN_MS));
+                }
+            }
         }
     }
 
-    /// A key whose record is on its way to the stream (stream shards).
-    pub(crate) fn pending_key(&self, scope: &Rc<str>, key: &str) -> Option<Remembered> {
-        self.core.applying.borrow().pending_keys.get(&(Rc::clone(scope), Box::from(key))).copied()
+    /// A key whose record is on its way to the stream, or was refused moments ago (stream
+    /// shards).
+    pub(crate) fn pending_key(&self, scope: &Rc<str>, key: &str, now_ms: u64) -> Option<Remembered> {
+        let mut applying = self.core.applying.borrow_mut();
+        let entry = (Rc::clone(scope), Box::from(key));
+        match applying.pending_keys.get(&entry).copied() {
+            Some((_, Some(until))) if until <= now_ms => {
+                applying.pending_keys.remove(&entry);
+                None
+            }
+            Some((remembered, _)) => Some(remembered),
+            None => None,
+        }
+    }
+
+    /// For a stream shard, whether a duplicate's first event is known to the state: its key in
+    /// the state's table (the record applied), as the answer needs.
+    pub(crate) fn key_applied(&self, scope: &Rc<str>, key: &str, event_id: EventId, now_ms: u64) -> bool {
+        if self.stream().is_none() {
+            return true;
+        }
+        let mut state = self.core.state.borrow_mut();
+        state.idempotency.lookup(scope, key, now_ms).is_some_and(|remembered| remembered.event_id == event_id)
     }
 
     /// The checks before an append: endpoint, signature, rate limit, idempotency, capacity.
@@ -632,7 +686,7 @@ impl Shard {
             if let Some(remembered) = state.idempotency.lookup(&endpoint, key, now_ms) {
                 return Ok((endpoint, Some(remembered)));
             }
-            if let Some(remembered) = self.pending_key(&endpoint, key) {
+            if let Some(remembered) = self.pending_key(&endpoint, key, now_ms) {
                 return Ok((endpoint, Some(remembered)));
             }
         }

@@ -61,9 +61,12 @@ impl Shard {
         let scope = publish_scope(&publish.tenant, &publish.channel);
         if let Some(key) = &publish.idempotency_key {
             let remembered = self.core.state.borrow_mut().idempotency.lookup(&scope, key, now_ms);
-            if let Some(remembered) = remembered.or_else(|| self.pending_key(&scope, key)) {
+            if let Some(remembered) = remembered.or_else(|| self.pending_key(&scope, key, now_ms)) {
                 // The first publish may still be waiting for its fsync; answer once it is durable.
                 self.durable(remembered.lsn).await?;
+                if !self.key_applied(&scope, key, remembered.event_id, now_ms) {
+                    return Err(crate::shard::key_unsettled(key));
+                }
                 let endpoints =
                     self.core.state.borrow().publications.get(&remembered.event_id).map_or(0, |p| p.endpoints);
                 return Ok(PublishOutcome { accepted: Accepted::Duplicate(remembered.event_id), endpoints });
@@ -82,7 +85,7 @@ impl Shard {
         }
         let durable = self.durable(lsn).await;
         if let Some(key) = &key {
-            self.settle_key(&scope, key, event_id);
+            self.settle_key(&scope, key, event_id, durable.is_ok(), now_ms);
         }
         durable?;
         self.notify_scheduler();
