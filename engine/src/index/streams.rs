@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::rows::{Change, Row};
 use crate::model::records::Record;
-use crate::shard::stream::{Feed, StreamRecord, KIND_SNAPSHOT};
+use crate::model::stream::{admits, Feed, StreamRecord, KIND_SNAPSHOT};
 
 /// The logs the index is derived from.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub fn change_of(partition: usize, fence: &mut u64, record: &StreamRecord) -> Re
     } else {
         let decoded = Record::decode(record.kind, &record.body)
             .map_err(|error| format!("record {} of partition {partition}'s stream: {error}", record.sequence))?;
-        if crate::state::admits(*fence, &decoded, record.writer) {
+        if admits(*fence, &decoded, record.writer) {
             if let Record::Takeover(takeover) = &decoded {
                 *fence = takeover.epoch;
             }

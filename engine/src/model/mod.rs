@@ -12,6 +12,7 @@ pub mod query;
 pub mod records;
 pub mod signature;
 pub mod status;
+pub mod stream;
 pub mod subscriptions;
 pub mod tenant;
 pub mod trace;

@@ -106,7 +106,17 @@ struct Pending {
 }
 
 /// A key whose record is on its way to a stream, and, once refused, until when it is kept.
-type PendingKey = (Remembered, Option<u64>);
+type PendingKey = (Remembered, Option<Uncertain>);
+
+/// Until when a key whose record the stream refused is kept: its record, if stored all the
+/// same, lies at or below the stream's last sequence when the refusal came, so once the shard
+/// has applied that far the state's table knows the key or nobody does. When that sequence
+/// could not be learned, a time.
+#[derive(Clone, Copy, Debug)]
+struct Uncertain {
+    applied: Option<u64>,
+    until_ms: u64,
+}
 
 /// The appended-but-not-applied records and who waits for them.
 struct Applying {
@@ -181,9 +191,20 @@ impl Core {
     }
 }
 
-/// How long a stream shard keeps an idempotency key whose record the stream refused: a repeat
-/// meanwhile is told to retry (the record may be stored all the same and come back applied).
+/// How long a stream shard keeps an idempotency key whose record the stream refused, when the
+/// stream's end could not be learned: a repeat meanwhile is told to retry (the record may be
+/// stored all the same and come back applied).
 pub const KEY_UNCERTAIN_MS: u64 = 5_000;
+
+impl Uncertain {
+    /// Whether the key's record would have been applied by now, had it been stored.
+    fn settled(&self, applied_lsn: u64, now_ms: u64) -> bool {
+        match self.applied {
+            Some(last) => applied_lsn >= last,
+            None => now_ms >= self.until_ms,
+        }
+    }
+}
 
 /// A repeat of a key whose first record is not known to be stored yet.
 pub(crate) fn key_unsettled(key: &str) -> EngineError {
@@ -588,7 +609,7 @@ impl Shard {
         }
         let durable = self.durable(lsn).await;
         if let Some(key) = &key {
-            self.settle_key(&endpoint, key, event_id, durable.is_ok(), now_ms);
+            self.settle_key(&endpoint, key, event_id, durable.is_ok(), now_ms).await;
         }
         durable?;
         if !self.core.state.borrow().events.contains_key(&event_id) {
@@ -614,8 +635,9 @@ impl Shard {
             // Keys whose waiter went away (their tickets settled), and refused ones whose time
             // is up.
             let tickets = std::mem::take(&mut applying.tickets);
-            applying.pending_keys.retain(|_, (pending, until)| match until {
-                Some(until) => *until > now_ms,
+            let applied = applying.applied_lsn;
+            applying.pending_keys.retain(|_, (pending, uncertain)| match uncertain {
+                Some(uncertain) => !uncertain.settled(applied, now_ms),
                 None => tickets.contains_key(&pending.lsn),
             });
             applying.tickets = tickets;
@@ -624,18 +646,26 @@ impl Shard {
     }
 
     /// A key's record was applied (`stored`), or not known to be stored: no longer on its way
-    /// (stream shards). A refused one is kept for [`KEY_UNCERTAIN_MS`]: if the stream stored it
-    /// all the same, it is applied meanwhile and the state's table answers repeats from then on.
-    pub(crate) fn settle_key(&self, scope: &Rc<str>, key: &str, event_id: EventId, stored: bool, now_ms: u64) {
-        let mut applying = self.core.applying.borrow_mut();
+    /// (stream shards). A refused one is kept until the shard has applied the stream up to its
+    /// last sequence as of now (or, that unknown, for [`KEY_UNCERTAIN_MS`]): if the stream stored
+    /// the record all the same it is applied by then, and the state's table answers repeats.
+    pub(crate) async fn settle_key(&self, scope: &Rc<str>, key: &str, event_id: EventId, stored: bool, now_ms: u64) {
         let entry = (Rc::clone(scope), Box::from(key));
-        if let Some((pending, until)) = applying.pending_keys.get_mut(&entry) {
+        if stored {
+            let mut applying = self.core.applying.borrow_mut();
+            if applying.pending_keys.get(&entry).is_some_and(|(pending, _)| pending.event_id == event_id) {
+                applying.pending_keys.remove(&entry);
+            }
+            return;
+        }
+        let last = match self.stream() {
+            Some(stream) => stream.extent().await.ok().map(|(_, last)| last),
+            None => return,
+        };
+        let mut applying = self.core.applying.borrow_mut();
+        if let Some((pending, uncertain)) = applying.pending_keys.get_mut(&entry) {
             if pending.event_id == event_id {
-                if stored {
-                    applying.pending_keys.remove(&entry);
-                } else {
-                    *until = Some(now_ms.saturating_add(KEY_UNCERTAIN_MS));
-                }
+                *uncertain = Some(Uncertain { applied: last, until_ms: now_ms.saturating_add(KEY_UNCERTAIN_MS) });
             }
         }
     }
@@ -646,7 +676,7 @@ impl Shard {
         let mut applying = self.core.applying.borrow_mut();
         let entry = (Rc::clone(scope), Box::from(key));
         match applying.pending_keys.get(&entry).copied() {
-            Some((_, Some(until))) if until <= now_ms => {
+            Some((_, Some(uncertain))) if uncertain.settled(applying.applied_lsn, now_ms) => {
                 applying.pending_keys.remove(&entry);
                 None
             }

@@ -85,7 +85,7 @@ impl Shard {
         }
         let durable = self.durable(lsn).await;
         if let Some(key) = &key {
-            self.settle_key(&scope, key, event_id, durable.is_ok(), now_ms);
+            self.settle_key(&scope, key, event_id, durable.is_ok(), now_ms).await;
         }
         durable?;
         self.notify_scheduler();

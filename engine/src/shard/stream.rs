@@ -22,18 +22,7 @@ use kapsel_wal::Position;
 
 use crate::state::Writer;
 
-/// A record as it lies in a partition's stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamRecord {
-    /// Its sequence in the stream (from 1).
-    pub sequence: u64,
-    /// Who wrote it, as its header says.
-    pub writer: Writer,
-    /// The engine's record kind.
-    pub kind: u8,
-    /// The encoded record.
-    pub body: Vec<u8>,
-}
+pub use crate::model::stream::{Feed, StreamRecord, KIND_SNAPSHOT};
 
 /// A record to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,11 +41,6 @@ pub type Publishing = Pin<Box<dyn Future<Output = Result<u64, String>>>>;
 
 /// Any other call's answer, awaited on the shard's runtime.
 pub type Answer<T> = Pin<Box<dyn Future<Output = Result<T, String>>>>;
-
-/// The kind of a partition's snapshot message (not a record: the shard skips it in its feed).
-/// Its body is an endpoint snapshot ([`crate::shard::snapshot::encode`]); its writer's epoch
-/// is the fence's epoch as of the sequence it covers.
-pub const KIND_SNAPSHOT: u8 = 0xF0;
 
 /// Why a partition's stream gave no inclusion proof of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,12 +95,6 @@ pub trait PartitionStream: Send + Sync {
 
     /// An RFC 6962 inclusion proof of the message at `sequence` in its sealed range.
     fn prove(&self, sequence: u64) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, ProofError>>>>;
-}
-
-/// An ordered feed of a partition's records from some sequence on.
-pub trait Feed {
-    /// The next record, in stream order; `None` once the feed has ended.
-    fn poll_record(&mut self, context: &mut Context<'_>) -> Poll<Option<StreamRecord>>;
 }
 
 /// The position the state keeps for a record of a stream: its sequence and length.

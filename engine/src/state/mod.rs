@@ -154,33 +154,7 @@ pub struct ShardState {
     fenced: u64,
 }
 
-/// Who wrote a record in a partition's stream (cluster mode, ADR 17): an event or an endpoint
-/// change comes from any node; attempts, requeues, carried and redriven events, handoffs and
-/// takeovers only from the partition's owner, stamped with its lease's epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Writer {
-    /// Any node (ingest, endpoint changes).
-    Anyone,
-    /// The owner holding the lease of this epoch.
-    Owner {
-        /// The lease's epoch.
-        epoch: u64,
-    },
-}
-
-/// The epoch fence (cluster mode, ADR 17): whether a record written by `writer` counts when
-/// the latest `Takeover` applied is of `owner_epoch`. A `Takeover` counts only above it; any
-/// other owner record only under it; an owner's kind of record claiming to come from anyone
-/// never. [`ShardState::apply_fenced`] and the index's reading of a stream share it.
-pub fn admits(owner_epoch: u64, record: &Record, writer: Writer) -> bool {
-    match (record, writer) {
-        (Record::Takeover(takeover), Writer::Owner { epoch }) => {
-            epoch == takeover.epoch && takeover.epoch > owner_epoch
-        }
-        (_, Writer::Owner { epoch }) => epoch == owner_epoch && epoch > 0,
-        (record, Writer::Anyone) => !record.is_owners(),
-    }
-}
+pub use crate::model::stream::{admits, Writer};
 
 impl ShardState {
     /// Empty state for shard `index`.
@@ -308,7 +282,11 @@ impl ShardState {
         debug_assert!(self.waiting <= self.events.len(), "{} waiting of {} events", self.waiting, self.events.len());
         debug_assert!(self.endpoints_waiting <= self.endpoints.len(), "more endpoints waiting than endpoints");
         debug_assert!((self.endpoints_waiting == 0) == (self.waiting == 0), "waiting events without endpoints");
-        debug_assert!(self.terminal.len() <= self.limits.terminal_events_max, "terminal window over its bound");
+        debug_assert!(
+            self.terminal.len() <= self.limits.terminal_events_max
+                || self.terminal.iter().any(|id| self.events.get(id).is_some_and(|event| event.in_flight)),
+            "terminal window over its bound"
+        );
         debug_assert!(self.terminal.len() + self.waiting <= self.events.len(), "an event both terminal and waiting");
     }
 
@@ -766,10 +744,22 @@ impl ShardState {
         event.set_next_attempt_at_ms(0);
         self.count_waiting(slot, false);
         self.terminal.push_back(event_id);
-        while self.terminal.len() > self.limits.terminal_events_max {
-            if let Some(oldest) = self.terminal.pop_front() {
-                self.events.remove(&oldest);
+        self.trim_terminal();
+    }
+
+    /// Forgets the oldest terminal events beyond the window, but none still in flight (its
+    /// outcome applied from a partition's stream before its attempt came back): it is forgotten
+    /// once it has (`finish_live` trims again), so the window may hold a few more meanwhile.
+    pub(crate) fn trim_terminal(&mut self) {
+        let mut index = 0;
+        while self.terminal.len() > self.limits.terminal_events_max && index < self.terminal.len() {
+            let oldest = self.terminal[index];
+            if self.events.get(&oldest).is_some_and(|event| event.in_flight) {
+                index += 1;
+                continue;
             }
+            self.terminal.remove(index);
+            self.events.remove(&oldest);
         }
     }
 

@@ -144,6 +144,19 @@ impl ShardState {
             };
             let cached = (from_retries || entry.resident > 0) && self.payloads.contains(&event_id);
             if !cached {
+                // A retry due later may start without this read (its payload can be held
+                // already, kept by an attempt whose outcome was not known to be recorded), and the
+                // read may have to wait for room in the budget that nothing else will free: the
+                // endpoint is looked at again when the retry is due (found by the cluster fan-out
+                // simulation, an endpoint parked for good).
+                let later = entry
+                    .retries
+                    .first()
+                    .map(|(due, _)| *due)
+                    .filter(|due| *due > now_ms && entry.wake_at.is_none_or(|at| at > *due));
+                if let Some(due) = later {
+                    self.set_wake(slot, due);
+                }
                 self.request_read(slot, from_retries.then_some(event_id), now_ms, plan);
                 break;
             }
@@ -557,6 +570,8 @@ impl ShardState {
         }
         self.activate(start.slot);
         self.wake_budget_waiters();
+        // A terminal event kept in the window while in flight may be forgotten now.
+        self.trim_terminal();
     }
 
     /// An endpoint's live scheduling state, described (for failure reports).
@@ -689,8 +704,14 @@ impl ShardState {
         if held != self.payloads.held_bytes() {
             return Err(format!("payload bytes held {} but endpoints hold {held}", self.payloads.held_bytes()));
         }
-        let largest =
-            self.events.values().filter(|event| event.is_waiting()).map(|event| event.payload_bytes as usize).max();
+        // An event in flight holds its payload until its attempt comes back, also once its
+        // outcome was applied from a partition's stream (terminal already).
+        let largest = self
+            .events
+            .values()
+            .filter(|event| event.is_waiting() || event.in_flight)
+            .map(|event| event.payload_bytes as usize)
+            .max();
         if held > self.limits.payload_memory_bytes_max && largest.is_none_or(|largest| held > largest) {
             return Err(format!("payload bytes held {held} over the budget {}", self.limits.payload_memory_bytes_max));
         }
