@@ -280,6 +280,12 @@ async function tour(browser) {
   assert.equal(disabled.json.enabled, false, 'the API says the endpoint is disabled');
   log(`endpoint ${disable} disabled through the dashboard`);
 
+  // Clearing the filters loads the unfiltered page once the address changes, which also sets
+  // the form from the address: filling a field before that load would be undone by it.
+  const clearEvents = async (page) => {
+    await page.click('#events-reset');
+    await page.locator('#events-table[data-query="limit=50"]').waitFor({ timeout: WAIT_MS });
+  };
   // Events: the failed one, found by status and by its hostile idempotency key; the source shown.
   await page.click('#nav a[data-view=events]');
   await page.locator('#events tbody tr').first().waitFor({ timeout: WAIT_MS });
@@ -291,19 +297,19 @@ async function tour(browser) {
   const statuses = await page.$$eval('#events tbody .badge', (badges) => badges.map((badge) => badge.textContent));
   assert.ok(statuses.length > 0 && statuses.every((status) => status === 'failed'), JSON.stringify(statuses));
   // By channel: the published event's deliveries only.
-  await page.click('#events-reset');
+  await clearEvents(page);
   await page.fill('#filter-channel', 'receipts');
   await page.click('#events-form button[type=submit]');
   await page.locator('#events-table[data-query="channel=receipts&limit=50"]').waitFor({ timeout: WAIT_MS });
   const byChannel = await page.$$eval('#events tbody tr', (rows) => rows.map((row) => row.dataset.event));
   assert.ok(byChannel.length > 0 && byChannel.every((id) => id === publishedEvent), JSON.stringify(byChannel));
   // A time window before any event: nothing (the window is sent as RFC 3339, read as UTC).
-  await page.click('#events-reset');
+  await clearEvents(page);
   await page.fill('#filter-before', '2001-02-03T04:05:06');
   await page.click('#events-form button[type=submit]');
   await page.locator('#events-table[data-query="received_before=2001-02-03T04%3A05%3A06Z&limit=50"]').waitFor({ timeout: WAIT_MS });
   assert.equal(await page.textContent('#events-table'), 'No events match.');
-  await page.click('#events-reset');
+  await clearEvents(page);
   const hostileKey = env('KAPSEL_HOSTILE_KEY');
   await page.fill('#filter-key', hostileKey);
   await page.click('#events-form button[type=submit]');
