@@ -58,15 +58,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+use support::stepping::{bounded, report_panics_with_seed, yield_now, AT, LOG};
 use support::{env_number, response, Random};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 
 use kapsel_engine::delivery::complete_attempt;
 use kapsel_engine::ids::EventId;
@@ -299,28 +298,6 @@ impl Counts {
     }
 }
 
-thread_local! {
-    /// The seed and step under way, and its last steps, for a report of an assertion that fails
-    /// inside the engine (in a task the simulation does not await).
-    static AT: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
-    static LOG: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Names the seed and step in the report of a panic in the engine's code.
-fn report_panics_with_seed() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let (seed, step) = AT.with(Cell::get);
-        if seed == u64::MAX {
-            // The simulation's own report, which names its seed.
-            return default(info);
-        }
-        let log = LOG.with(|log| log.borrow().join("\n  "));
-        eprintln!("seed {seed} panicked at step {step} (replay with KAPSEL_SIM_SEED={seed})\nlast steps:\n  {log}");
-        default(info);
-    }));
-}
-
 /// A seed's run.
 struct Sim {
     seed: u64,
@@ -363,45 +340,6 @@ fn endpoint_body(random: &mut Random, id: &str) -> String {
         100 + random.below(2000),
         1 + random.below(6)
     )
-}
-
-/// Yields to the runtime: the tasks ready now run (and those they wake) before this one goes
-/// on. A task that wakes itself while it is polled runs again first in monoio, so the wake
-/// comes from a task queued behind the others.
-async fn yield_now() {
-    let mut yielded = false;
-    poll_fn(|context| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        wake_later(context);
-        Poll::Pending
-    })
-    .await;
-}
-
-/// Wakes the current task from a task queued behind every task ready now.
-fn wake_later(context: &std::task::Context<'_>) {
-    let waker = context.waker().clone();
-    monoio::spawn(async move { waker.wake() });
-}
-
-/// Runs `future`, letting the other tasks run between its polls, for at most `rounds` polls:
-/// `None` if it still waits then (a hang, which the simulation reports rather than blocks on).
-async fn bounded<F: Future>(future: F, rounds: usize) -> Option<F::Output> {
-    let mut future = pin!(future);
-    let mut left = rounds;
-    poll_fn(|context| match future.as_mut().poll(context) {
-        Poll::Ready(output) => Poll::Ready(Some(output)),
-        Poll::Pending if left == 0 => Poll::Ready(None),
-        Poll::Pending => {
-            left -= 1;
-            wake_later(context);
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 impl Sim {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use kapsel_http::{OutboundResponse, SendError};
 
+pub mod stepping;
+
 /// A small, fast, seedable generator (splitmix64).
 pub struct Random(pub u64);
 
