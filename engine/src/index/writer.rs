@@ -178,7 +178,7 @@ impl Writer {
 
     /// After a batch that was not committed: every shard goes on from its checkpoint.
     fn restart_cursors(&mut self) {
-        let partitions = self.ledger_is_partitions();
+        let partitions = self.ledger() == Ledger::Partitions;
         for (index, cursor) in self.shards.iter_mut().enumerate() {
             cursor.next = self.status.shards[index].indexed() + 1;
             cursor.reader = None;
@@ -190,14 +190,10 @@ impl Writer {
         }
     }
 
-    fn ledger_is_partitions(&self) -> bool {
-        matches!(self.logs, Logs::Streams(_))
-    }
-
     /// Cluster mode: reads the checkpoint of each partition registered since its cursor was
     /// set (this node owns it now, and others may have indexed it meanwhile).
     async fn read_moved_checkpoints(&mut self) -> Result<(), String> {
-        if !self.ledger_is_partitions() {
+        if self.ledger() != Ledger::Partitions {
             return Ok(());
         }
         let stale: Vec<(usize, u64)> = self
@@ -222,7 +218,7 @@ impl Writer {
             .await
             .map_err(|_| format!("reading index checkpoints timed out after {} ms", CONNECT_TIMEOUT.as_millis()))?
             .map_err(|error| format!("reading index checkpoints: {}", describe(&error)))?;
-        let found = partition_checkpoints(&rows);
+        let found = checkpoint_rows(&rows);
         for (index, generation) in stale {
             let (sequence, fence) = found.get(&index).copied().unwrap_or((0, 0));
             self.status.shards[index].indexed.store(sequence, Ordering::Release);
@@ -292,7 +288,7 @@ impl Writer {
             outcome = connecting => outcome?,
             () = status.stopping() => return Err("shutting down".into()),
         };
-        let checkpoints = partition_checkpoints(&rows);
+        let checkpoints = checkpoint_rows(&rows);
         for (index, cursor) in self.shards.iter_mut().enumerate() {
             let progress = &self.status.shards[index];
             let (indexed, fence) = checkpoints.get(&index).copied().unwrap_or((0, 0));
@@ -316,7 +312,7 @@ impl Writer {
     /// Moves everything in the channel into the shards' pending queues (in cluster mode, of
     /// the partitions this node owns: a partition stopped here is indexed by its next owner).
     fn drain_channel(&mut self) {
-        let partitions = self.ledger_is_partitions();
+        let partitions = self.ledger() == Ledger::Partitions;
         while let Ok(change) = self.changes.try_recv() {
             let Some(cursor) = self.shards.get_mut(change.shard) else { continue };
             if change.lsn < cursor.next {
@@ -412,7 +408,7 @@ impl Writer {
         if self.status.is_diverged() {
             return true;
         }
-        if self.ledger_is_partitions() {
+        if self.ledger() == Ledger::Partitions {
             // A partition's new owner applies the stream from its snapshot while the index may
             // be further already (its previous owner indexed it): that is waiting, not a
             // different history.
@@ -511,7 +507,7 @@ async fn verify_checkpoints(
         }
     };
     let rows = transaction.query(statement, &[&shards]).await.map_err(|error| Refused::Failed(failed(&error)))?;
-    let found = partition_checkpoints(&rows);
+    let found = checkpoint_rows(&rows);
     for (shard, lsn) in expected {
         let at = found.get(shard).map_or(0, |(indexed, _)| *indexed);
         if at != *lsn {
@@ -529,7 +525,7 @@ async fn verify_checkpoints(
 }
 
 /// Checkpoint rows (shard or partition, LSN or sequence, fence epoch) by shard.
-fn partition_checkpoints(rows: &[tokio_postgres::Row]) -> std::collections::HashMap<usize, (u64, u64)> {
+fn checkpoint_rows(rows: &[tokio_postgres::Row]) -> std::collections::HashMap<usize, (u64, u64)> {
     rows.iter()
         .filter_map(|row| {
             let (shard, indexed, fence): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));

@@ -634,13 +634,11 @@ impl Shard {
         if applying.pending_keys.len() >= partition::TICKETS_MAX {
             // Keys whose waiter went away (their tickets settled), and refused ones whose time
             // is up.
-            let tickets = std::mem::take(&mut applying.tickets);
-            let applied = applying.applied_lsn;
-            applying.pending_keys.retain(|_, (pending, uncertain)| match uncertain {
-                Some(uncertain) => !uncertain.settled(applied, now_ms),
+            let Applying { tickets, pending_keys, applied_lsn, .. } = &mut *applying;
+            pending_keys.retain(|_, (pending, uncertain)| match uncertain {
+                Some(uncertain) => !uncertain.settled(*applied_lsn, now_ms),
                 None => tickets.contains_key(&pending.lsn),
             });
-            applying.tickets = tickets;
         }
         applying.pending_keys.insert((Rc::clone(scope), Box::from(key)), (remembered, None));
     }

@@ -536,8 +536,7 @@ impl Partitions {
         monoio::spawn(Rc::clone(self).serve(partition, shard, stop));
     }
 
-    /// Serves requests other nodes forward for `partition` until it is lost; keeps the applied
-    /// sequence for `GET /admin/cluster` meanwhile.
+    /// Serves requests other nodes forward for `partition` until it is lost.
     async fn serve(self: Rc<Self>, partition: u32, shard: Rc<Shard>, stop: Rc<Stop>) {
         let mut requests = match self.node.link.serve(rpc_subject(partition), RPC_QUEUE).await {
             Ok(requests) => requests,
@@ -548,7 +547,6 @@ impl Partitions {
             }
         };
         loop {
-            self.node.store(partition, |slot| &slot.applied, shard.state().borrow().applied_lsn());
             let next = std::future::poll_fn(|context| {
                 if stop.stopped.get() {
                     return std::task::Poll::Ready(None);
